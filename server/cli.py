@@ -1,0 +1,100 @@
+"""`tandem`: the one command. `serve` runs the server; `bench` measures the engine.
+(`lsp`, `audit` and others join as their parts are built.)"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from .engine import EngineConfig
+from .models import QUANT_CHOICES
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import ServerConfig, create_app
+
+    api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
+    if not is_loopback(args.host) and not api_key:
+        print(f"error: binding to {args.host} exposes the server beyond this machine; set --api-key (or TANDEM_API_KEY)", file=sys.stderr)
+        return 2
+    engine = EngineConfig(
+        max_batch_size=args.max_batch_size,
+        max_waiting=args.max_waiting,
+        prefix_cache_tokens=args.prefix_cache_tokens,
+    )
+    app = create_app(ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine))
+    print(f"Tandem: loading {args.model or 'the default model'} ({args.quant}); serving on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .models import resolve
+
+    name, path, _ = resolve(args.model)
+    print(f"{name} is ready in {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description="A local LLM behind an IDE and a support chat.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (OpenAI-compatible API, metrics)")
+    serve.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct; or a Hugging Face id, a local directory, a .gguf file")
+    serve.add_argument("--quant", choices=QUANT_CHOICES, default="none", help="weight precision (int8/nf4/fp4 through bitsandbytes)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (mandatory off loopback)")
+    serve.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size)
+    serve.add_argument("--max-waiting", type=int, default=EngineConfig.max_waiting, help="queue bound; beyond it requests get 503 + Retry-After")
+    serve.add_argument("--prefix-cache-tokens", type=int, default=EngineConfig.prefix_cache_tokens, help="0 turns the prefix cache off")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    prepare = sub.add_parser("prepare", help="convert the model into the local cache now (the first `serve` does it too)")
+    prepare.add_argument("--model", default=None)
+    prepare.set_defaults(func=_prepare)
+
+    bench = sub.add_parser("bench", help="engine throughput against sequential model.generate")
+    bench.add_argument("--model", default=None)
+    bench.add_argument("--quant", choices=QUANT_CHOICES, default="none")
+    bench.add_argument("--streams", default="1,4,16", help="comma-separated concurrency levels")
+    bench.add_argument("--max-tokens", type=int, default=64)
+    bench.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is reported")
+    bench.add_argument("--out", default=None, help="directory for bench.json and bench.md")
+    bench.add_argument("--kv-compare", action="store_true", help="also compare the in-place KV layout with transformers' concatenating one")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The shared streaming engine: one model, one worker thread, continuous batching.
+
+Its whole public interface is `stream(request)`, an async generator of `Delta`s. Requests join
+the running batch at the next step after they arrive and leave it at the step after they finish
+or their stream is closed, so a short completion never waits for a long chat answer to end.
+
+The torch loop runs in one worker thread (torch releases the GIL inside its kernels), and hands
+deltas to each caller's event loop with `call_soon_threadsafe`; asyncio never blocks on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .detokenize import IncrementalDetokenizer
+from .kv import RunningBatch
+from .metrics import EngineMetrics
+from .prefill import Prefilled, prefill_batch, prefill_on_prefix, row_kv
+from .prefix_cache import PrefixCache
+from .sampling import SamplingParams, sample_next
+from .scheduler import Scheduler
+from .types import (
+    Delta,
+    EngineClosed,
+    EngineError,
+    EngineOverloaded,
+    EngineStats,
+    GenerationRequest,
+    InvalidRequest,
+)
+
+log = logging.getLogger("tandem.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_size: int = 32
+    max_waiting: int = 64
+    prefill_token_budget: int = 4096  # prompt tokens admitted per step, so decode is not starved
+    prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
+    context_length: int | None = None  # default: the model's own
+    preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
+
+
+class _Sequence:
+    """One request as the worker sees it. Written by the worker, except `cancelled`."""
+
+    def __init__(self, req: GenerationRequest, prompt_ids: list[int], tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.req = req
+        self.priority = req.priority
+        self.prompt_ids = prompt_ids
+        self.max_tokens = req.max_tokens
+        self.sampling = SamplingParams.build(req.temperature, req.top_p, req.seed)
+        self.detok = IncrementalDetokenizer(tokenizer, req.stop)
+        self.loop = loop
+        self.queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self.cancelled = False
+        self.done = False
+        self.generated = 0
+        self.submitted = time.monotonic()
+        self.last_token = 0.0
+
+    def send(self, item: Delta | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's loop is gone; nobody is listening
+            self.cancelled = True
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None, metrics: EngineMetrics | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        self.metrics = metrics or EngineMetrics()
+        self.stats = EngineStats()
+        self.context_length = self.config.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
+        self.vocab_size = int(model.config.vocab_size)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._scheduler = Scheduler(self.config.max_waiting)
+        self._prefix = PrefixCache(self.config.prefix_cache_tokens)
+        self._batch = RunningBatch(self.config.preallocate_kv)
+        self._rows: list[_Sequence] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # ----- the public interface -------------------------------------------------------------
+
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tandem-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closing = True
+        self._scheduler.close()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for seq in self._scheduler.drain() + self._rows:
+            seq.send(EngineClosed("engine is shutting down"))
+
+    @property
+    def alive(self) -> bool:
+        return not self._closing and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._scheduler)
+
+    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+        """Tokenise and check a request; raises InvalidRequest with the offending parameter."""
+        if isinstance(req.prompt, str):
+            ids = list(self.tokenizer.encode(req.prompt, add_special_tokens=True))
+        else:
+            ids = list(req.prompt)
+            if any(not isinstance(i, int) or i < 0 or i >= self.vocab_size for i in ids):
+                raise InvalidRequest(f"prompt token ids must be integers in [0, {self.vocab_size})", "prompt")
+        if not ids:
+            raise InvalidRequest("prompt is empty", "prompt")
+        if req.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be at least 1, got {req.max_tokens}", "max_tokens")
+        if len(ids) >= self.context_length:
+            raise InvalidRequest(
+                f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens", "prompt"
+            )
+        if len(ids) + req.max_tokens > self.context_length:
+            raise InvalidRequest(
+                f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the model's context "
+                f"of {self.context_length} tokens",
+                "max_tokens",
+            )
+        if not 0.0 <= req.temperature <= 2.0:
+            raise InvalidRequest(f"temperature must be in [0, 2], got {req.temperature}", "temperature")
+        if not 0.0 < req.top_p <= 1.0:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {req.top_p}", "top_p")
+        return ids
+
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        """Generate for `req`. Closing the iterator cancels the request at the next step."""
+        if not self.alive:
+            raise EngineClosed("engine is not running")
+        seq = _Sequence(req, self.prompt_ids(req), self.tokenizer, asyncio.get_running_loop())
+        try:
+            self._scheduler.submit(seq)
+        except EngineOverloaded:
+            self.metrics.refused.inc()
+            raise
+        try:
+            while True:
+                item = await seq.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not seq.done:
+                seq.cancelled = True
+                self._scheduler.wake()
+
+    # ----- the worker ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closing:
+            self._drop_cancelled()
+            free = self.config.max_batch_size - len(self._rows)
+            new = self._scheduler.take(free, self.config.prefill_token_budget, block=not self._rows) if free > 0 else []
+            if self._closing:
+                break
+            try:
+                if new:
+                    self._admit(new)
+                if self._rows:
+                    self._decode()
+            except Exception as exc:  # a failed step must not take the engine down with it
+                log.exception("engine step failed; failing the %d requests in it", len(self._rows) + len(new))
+                for seq in {id(s): s for s in self._rows + new}.values():
+                    if not seq.done:
+                        self._finish(seq, "error")
+                        seq.send(EngineError(f"generation failed: {exc}"))
+                self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv)
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.running.set(len(self._rows))
+        self.metrics.waiting.set(len(self._scheduler))
+
+    def _drop_cancelled(self) -> None:
+        keep = [i for i, s in enumerate(self._rows) if not s.cancelled]
+        if len(keep) == len(self._rows):
+            return
+        for s in self._rows:
+            if s.cancelled:
+                self._finish(s, "cancelled")
+        self._rows = [self._rows[i] for i in keep]
+        self._batch.keep(keep)
+        self._update_gauges()
+
+    def _admit(self, new: list[_Sequence]) -> None:
+        now = time.monotonic()
+        misses: list[_Sequence] = []
+        for seq in new:
+            self.metrics.queue_time.observe(now - seq.submitted)
+            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
+            self.metrics.prefix_queries.inc()
+            reused, kv = self._prefix.lookup(seq.prompt_ids)
+            if kv is None:
+                misses.append(seq)
+                continue
+            self.stats.prefix_cache_hits += 1
+            self.stats.prefix_cache_tokens_reused += reused
+            self.metrics.prefix_hits.inc()
+            self.metrics.prefix_tokens.inc(reused)
+            self.metrics.prefill_tokens.inc(len(seq.prompt_ids) - reused)
+            pre = prefill_on_prefix(self.model, seq.prompt_ids, kv, reused)
+            self._prefix.store(seq.prompt_ids, pre.kv)
+            self._join([seq], pre)
+        if misses:
+            pre = prefill_batch(self.model, [s.prompt_ids for s in misses], self.pad_id)
+            self.metrics.prefill_tokens.inc(sum(len(s.prompt_ids) for s in misses))
+            for row, seq in enumerate(misses):
+                if len(seq.prompt_ids) >= self._prefix.min_reuse and self._prefix.max_tokens > 0:
+                    self._prefix.store(seq.prompt_ids, row_kv(pre, row))
+            self._join(misses, pre)
+
+    def _join(self, seqs: list[_Sequence], pre: Prefilled) -> None:
+        """Sample each new row's first token; rows that are not finished by it join the batch."""
+        tokens = sample_next(pre.logits, [s.sampling for s in seqs])
+        alive = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            if seq.cancelled:
+                self._finish(seq, "cancelled")
+            elif not self._emit(seq, token):
+                alive.append(i)
+        if not alive:
+            return
+        idx = torch.tensor(alive, dtype=torch.long)
+        kv = [(k[idx], v[idx]) for k, v in pre.kv]
+        self._batch.join(kv, pre.mask[idx], pre.positions[idx], torch.tensor(tokens, dtype=torch.long)[idx])
+        self._rows.extend(seqs[i] for i in alive)
+
+    def _decode(self) -> None:
+        started = time.monotonic()
+        logits = self._batch.step(self.model)
+        tokens = sample_next(logits, [s.sampling for s in self._rows])
+        size = len(self._rows)
+        self.stats.steps += 1
+        self.stats.steps_by_batch_size[size] = self.stats.steps_by_batch_size.get(size, 0) + 1
+        if size > self.stats.peak_batch_size:
+            self.stats.peak_batch_size = size
+            self.metrics.peak_batch.set(size)
+        self.metrics.batch_size.observe(size)
+        keep = [i for i, (s, t) in enumerate(zip(self._rows, tokens)) if not self._emit(s, t)]
+        self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long)
+        if len(keep) < size:
+            self._rows = [self._rows[i] for i in keep]
+            self._batch.keep(keep)
+        rate = size / max(time.monotonic() - started, 1e-6)
+        self._scheduler.tokens_per_second = 0.9 * self._scheduler.tokens_per_second + 0.1 * rate
+
+    def _emit(self, seq: _Sequence, token: int) -> bool:
+        """Account one generated token of `seq` and send its text; True when `seq` is finished."""
+        now = time.monotonic()
+        if seq.generated == 0:
+            self.metrics.ttft.observe(now - seq.submitted)
+        else:
+            self.metrics.itl.observe(now - seq.last_token)
+        seq.last_token = now
+        seq.generated += 1
+        self.metrics.generated.inc()
+        finish: str | None = None
+        if token in self.eos_ids:
+            text, finish = seq.detok.finish(), "stop"
+        else:
+            text, stopped = seq.detok.push(token)
+            if stopped:
+                finish = "stop"
+            elif seq.generated >= seq.max_tokens or len(seq.prompt_ids) + seq.generated >= self.context_length:
+                text, finish = text + seq.detok.finish(), "length"
+        if text or finish:
+            seq.send(Delta(text, seq.generated, finish, len(seq.prompt_ids)))
+        if finish:
+            self._finish(seq, finish)
+        return finish is not None
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        seq.done = True
+        self.metrics.finished.labels(reason).inc()
+        self.metrics.e2e.observe(time.monotonic() - seq.submitted)
+        if reason == "cancelled":
+            self.stats.requests_cancelled += 1
+        else:
+            self.stats.requests_finished += 1
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    # Chat models end a turn with their eos; raw completions end a document with this one.
+    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(end_of_text, int) and end_of_text != tokenizer.unk_token_id or end_of_text == 0:
+        ids.add(int(end_of_text))
+    return frozenset(ids)

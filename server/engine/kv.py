@@ -1,0 +1,145 @@
+"""KV storage for the running batch: rows that join, grow one token per step and leave.
+
+Why not transformers' `DynamicLayer` as it is: it grows by `torch.cat`, which copies the whole
+cache of every layer at every step (O(batch x length) bytes per token). `SlottedLayer` keeps
+spare capacity and writes the new token in place, so a decode step copies nothing; it only
+copies when rows join or leave, which happens once per request, not once per token.
+`tandem bench --kv-compare` measures the difference.
+
+Rows are left-padded to one length; `RunningBatch.mask` says which columns are real.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+GROW = 64  # spare columns allocated at once; a decode step writes in place until they run out
+
+
+class SlottedLayer(DynamicLayer):
+    """One layer's keys/values, [B, H, T, D], with spare capacity along T."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._length = keys.shape[-2]
+        self._kbuf = self._alloc(keys, self._length + GROW)
+        self._vbuf = self._alloc(values, self._length + GROW)
+        self._refresh()
+
+    @staticmethod
+    def _alloc(src: torch.Tensor, capacity: int) -> torch.Tensor:
+        b, h, t, d = src.shape
+        buf = src.new_zeros((b, h, capacity, d))
+        buf[:, :, :t] = src
+        return buf
+
+    def _refresh(self) -> None:
+        self.keys = self._kbuf[:, :, : self._length]
+        self.values = self._vbuf[:, :, : self._length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):  # type: ignore[override]
+        n = key_states.shape[-2]
+        if self._length + n > self._kbuf.shape[-2]:
+            self._kbuf = self._alloc(self.keys, self._length + n + GROW)
+            self._vbuf = self._alloc(self.values, self._length + n + GROW)
+        self._kbuf[:, :, self._length : self._length + n] = key_states
+        self._vbuf[:, :, self._length : self._length + n] = value_states
+        self._length += n
+        self._refresh()
+        return self.keys, self.values
+
+
+def pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Prepend `n` zero columns along `dim`."""
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def make_layer(keys: torch.Tensor, values: torch.Tensor, preallocate: bool) -> DynamicLayer:
+    if preallocate:
+        return SlottedLayer(keys, values)
+    layer = DynamicLayer()  # transformers' own: grows by concatenation (kept for comparison)
+    layer.update(keys, values)
+    return layer
+
+
+class RunningBatch:
+    """The sequences decoding together: their KV cache, attention mask, positions and next inputs."""
+
+    def __init__(self, preallocate: bool = True) -> None:
+        self.preallocate = preallocate
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)  # [B, T]; 1 = real token, 0 = left pad
+        self.positions = torch.zeros((0,), dtype=torch.long)  # [B]; position id of the next input
+        self.next_tokens = torch.zeros((0,), dtype=torch.long)  # [B]
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        assert self.cache is not None
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+    def join(
+        self,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        next_tokens: torch.Tensor,
+    ) -> None:
+        """Add freshly prefilled rows (kv: per layer [b, H, t, D], mask [b, t])."""
+        if self.size == 0:
+            layers = [make_layer(k, v, self.preallocate) for k, v in kv]
+            self.mask, self.positions, self.next_tokens = mask, positions, next_tokens
+        else:
+            old_t, new_t = self.mask.shape[1], mask.shape[1]
+            t = max(old_t, new_t)
+            layers = [
+                make_layer(
+                    torch.cat([pad_left(ok, t - old_t, 2), pad_left(nk, t - new_t, 2)]),
+                    torch.cat([pad_left(ov, t - old_t, 2), pad_left(nv, t - new_t, 2)]),
+                    self.preallocate,
+                )
+                for (ok, ov), (nk, nv) in zip(self.kv(), kv)
+            ]
+            self.mask = torch.cat([pad_left(self.mask, t - old_t, 1), pad_left(mask, t - new_t, 1)])
+            self.positions = torch.cat([self.positions, positions])
+            self.next_tokens = torch.cat([self.next_tokens, next_tokens])
+        self.cache = DynamicCache()
+        self.cache.layers = list(layers)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (in that order); drop columns that became padding for every row."""
+        if not rows:
+            self.__init__(self.preallocate)  # type: ignore[misc]
+            return
+        idx = torch.tensor(rows, dtype=torch.long)
+        mask = self.mask[idx]
+        lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
+        self.mask = mask[:, lead:]
+        self.positions = self.positions[idx]
+        self.next_tokens = self.next_tokens[idx]
+        layers = [make_layer(k[idx, :, lead:], v[idx, :, lead:], self.preallocate) for k, v in self.kv()]
+        self.cache = DynamicCache()
+        self.cache.layers = list(layers)
+
+    @torch.inference_mode()
+    def step(self, model: torch.nn.Module) -> torch.Tensor:
+        """One decode step for every row; returns logits [B, V] for the new position."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
+        out = model(
+            input_ids=self.next_tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.positions = self.positions + 1
+        return out.logits[:, -1, :]

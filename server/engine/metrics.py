@@ -1,0 +1,34 @@
+"""Prometheus instruments for the engine (names follow vLLM's, with a `tandem_` prefix).
+
+Each engine gets its own registry so that several engines (tests, benchmarks) never collide.
+prometheus_client is thread-safe, so the worker thread records directly.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+class EngineMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram("tandem_time_to_first_token_seconds", "Submission to first token.", buckets=_LATENCY, registry=r)
+        self.itl = Histogram("tandem_inter_token_latency_seconds", "Time between two tokens of one request.", buckets=_LATENCY, registry=r)
+        self.queue_time = Histogram("tandem_request_queue_time_seconds", "Time spent waiting for a batch slot.", buckets=_LATENCY, registry=r)
+        self.e2e = Histogram("tandem_e2e_request_latency_seconds", "Submission to last token.", buckets=_LATENCY, registry=r)
+        self.running = Gauge("tandem_requests_running", "Requests in the running batch.", registry=r)
+        self.waiting = Gauge("tandem_requests_waiting", "Requests waiting for a batch slot.", registry=r)
+        self.batch_size = Histogram("tandem_batch_size", "Rows in each decode step.", buckets=_BATCH, registry=r)
+        self.peak_batch = Gauge("tandem_batch_size_peak", "Largest decode batch since start.", registry=r)
+        self.generated = Counter("tandem_generation_tokens", "Tokens generated.", registry=r)
+        self.prompt_tokens = Counter("tandem_prompt_tokens", "Prompt tokens received.", registry=r)
+        self.prefill_tokens = Counter("tandem_prefill_tokens", "Prompt tokens computed (not served from the prefix cache).", registry=r)
+        self.prefix_queries = Counter("tandem_prefix_cache_queries", "Prompts looked up in the prefix cache.", registry=r)
+        self.prefix_hits = Counter("tandem_prefix_cache_hits", "Prompts that reused cached KV.", registry=r)
+        self.prefix_tokens = Counter("tandem_prefix_cache_reused_tokens", "Prompt tokens served from the prefix cache.", registry=r)
+        self.finished = Counter("tandem_requests_finished", "Requests that ended, by reason.", ["reason"], registry=r)
+        self.refused = Counter("tandem_requests_refused", "Requests refused because the queue was full.", registry=r)

@@ -1,0 +1,73 @@
+"""Prefill: run new prompts through the model once and hand their KV to the running batch.
+
+Prompts with no cached prefix are prefilled together, left-padded into one forward pass.
+A prompt whose beginning is in the prefix cache is prefilled alone, on top of that cached KV,
+so only its new tokens are computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, H, T, D]
+
+
+@dataclass
+class Prefilled:
+    kv: KV
+    mask: torch.Tensor  # [b, t]
+    positions: torch.Tensor  # [b] next position id
+    logits: torch.Tensor  # [b, V] at the last prompt token
+
+
+def _kv_of(cache: DynamicCache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+@torch.inference_mode()
+def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> Prefilled:
+    """Prefill several prompts in one left-padded forward pass."""
+    t = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), t), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, t - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, t - len(p) :] = 1
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    return Prefilled(_kv_of(cache), mask, lengths, out.logits[:, -1, :])
+
+
+@torch.inference_mode()
+def prefill_on_prefix(model: torch.nn.Module, prompt: list[int], prefix_kv: KV, reused: int) -> Prefilled:
+    """Prefill `prompt` whose first `reused` tokens already have KV in `prefix_kv`."""
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :reused], v[:, :, :reused]) for k, v in prefix_kv])
+    rest = torch.tensor([prompt[reused:]], dtype=torch.long)
+    out = model(
+        input_ids=rest,
+        attention_mask=torch.ones((1, len(prompt)), dtype=torch.long),
+        position_ids=torch.arange(reused, len(prompt), dtype=torch.long)[None, :],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    mask = torch.ones((1, len(prompt)), dtype=torch.long)
+    return Prefilled(_kv_of(cache), mask, torch.tensor([len(prompt)]), out.logits[:, -1, :])
+
+
+def row_kv(pre: Prefilled, row: int) -> KV:
+    """The unpadded KV of one row, detached from the batch's tensors (so they can be freed)."""
+    start = int((pre.mask[row] == 0).sum())
+    return [(k[row : row + 1, :, start:].clone(), v[row : row + 1, :, start:].clone()) for k, v in pre.kv]

@@ -1,0 +1,82 @@
+"""The waiting room in front of the running batch: bounded, ordered by priority then arrival.
+
+A full waiting room refuses new work with a retry-after estimate instead of growing without
+limit, so an overloaded server answers fast and honestly rather than slowly for everyone.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+from typing import Any, Protocol
+
+from .types import EngineOverloaded, Priority
+
+
+class Waiting(Protocol):
+    priority: Priority
+    cancelled: bool
+    prompt_ids: list[int]
+    max_tokens: int
+
+
+class Scheduler:
+    def __init__(self, max_waiting: int) -> None:
+        self.max_waiting = max_waiting
+        self._heap: list[tuple[int, int, Any]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.tokens_per_second = 0.0  # the engine's recent aggregate rate, for retry-after
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def submit(self, item: Waiting) -> None:
+        with self._cond:
+            if len(self._heap) >= self.max_waiting:
+                raise EngineOverloaded(self._retry_after())
+            heapq.heappush(self._heap, (int(item.priority), next(self._order), item))
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def take(self, slots: int, token_budget: int, block: bool) -> list[Any]:
+        """Pop up to `slots` live requests whose prompts fit `token_budget` (at least one).
+        With `block`, wait until there is something to do or the scheduler is closed."""
+        with self._cond:
+            while block and not self._heap and not self._closed:
+                self._cond.wait()
+            taken: list[Any] = []
+            spent = 0
+            while self._heap and len(taken) < slots:
+                item = self._heap[0][2]
+                if item.cancelled:
+                    heapq.heappop(self._heap)
+                    continue
+                if taken and spent + len(item.prompt_ids) > token_budget:
+                    break
+                heapq.heappop(self._heap)
+                taken.append(item)
+                spent += len(item.prompt_ids)
+            return taken
+
+    def drain(self) -> list[Any]:
+        with self._cond:
+            items = [entry[2] for entry in self._heap]
+            self._heap.clear()
+            return items
+
+    def _retry_after(self) -> int:
+        queued = sum(entry[2].max_tokens for entry in self._heap)
+        rate = max(self.tokens_per_second, 1.0)
+        return max(1, min(60, math.ceil(queued / rate)))

@@ -1,0 +1,79 @@
+"""The shapes that cross the engine's boundary: what a client asks for and what it gets back.
+
+This module imports nothing from the package so that every client (HTTP API, dialog, language
+server) can depend on it without pulling in torch.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first. Interactive completion is admitted ahead of chat."""
+
+    INTERACTIVE = 0
+    CHAT = 1
+    BATCH = 2
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation. `prompt` is text (tokenised by the engine) or token ids."""
+
+    prompt: str | list[int]
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    priority: Priority = Priority.CHAT
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed output. `finish_reason` is set on the last delta only."""
+
+    text: str
+    tokens: int  # tokens generated so far for this request
+    finish_reason: str | None = None  # "stop" | "length"
+    prompt_tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    """The engine's own record of what it did, for tests and /metrics (read-only for clients)."""
+
+    steps: int = 0
+    peak_batch_size: int = 0
+    steps_by_batch_size: dict[int, int] = field(default_factory=dict)
+    requests_finished: int = 0
+    requests_cancelled: int = 0
+    prefix_cache_hits: int = 0
+    prefix_cache_tokens_reused: int = 0
+
+
+class EngineError(Exception):
+    """Base class of the errors the engine raises to its callers."""
+
+
+class InvalidRequest(EngineError):
+    """The request cannot be served as asked (too long for the context, bad parameters)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class EngineOverloaded(EngineError):
+    """The waiting queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"engine overloaded, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class EngineClosed(EngineError):
+    """The engine is shutting down or its worker has failed."""

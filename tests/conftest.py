@@ -1,0 +1,148 @@
+"""Shared fixtures: the default model (converted once into TANDEM_HOME), a tiny random-weight
+model of the same architecture for fast engine tests, and real servers on real sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from server import models
+from server.app import ServerConfig, create_app
+from server.engine import Engine, EngineConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The default model's safetensors cache (converted here on a machine that lacks it)."""
+    _, path, _ = models.resolve(None)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir: Path):  # type: ignore[no-untyped-def]
+    return AutoTokenizer.from_pretrained(str(default_model_dir))
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    """A random-weight Llama (SmolLM2's architecture) small enough to build in a second."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):  # type: ignore[no-untyped-def]
+    return tiny_llama(len(tokenizer))
+
+
+@pytest.fixture
+def engine_factory(tiny_model, tokenizer):  # type: ignore[no-untyped-def]
+    """Builds started engines on the tiny model and closes them after the test."""
+    engines: list[Engine] = []
+
+    def make(**config: object) -> Engine:
+        engine = Engine(tiny_model, tokenizer, EngineConfig(**config)).start()  # type: ignore[arg-type]
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+def tiny_loaded(model, tokenizer, fim: tuple[str, str, str] | None = None) -> models.LoadedModel:  # type: ignore[no-untyped-def]
+    return models.LoadedModel("tiny-llama", model, tokenizer, "none", int(model.get_memory_footprint()),
+                              int(model.config.max_position_embeddings), fim, 0.0)
+
+
+class ThreadedServer:
+    """The real app under uvicorn on a real loopback socket, in a background thread."""
+
+    def __init__(self, app, port: int) -> None:  # type: ignore[no-untyped-def]
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def tiny_server(tiny_model, tokenizer):  # type: ignore[no-untyped-def]
+    """Start a tiny-model server with the given engine/server settings: `with tiny_server(...) as s`."""
+
+    def start(api_key: str | None = None, fim: tuple[str, str, str] | None = None, model=None, tok=None, **engine: object) -> ThreadedServer:  # type: ignore[no-untyped-def]
+        loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)
+        app = create_app(ServerConfig(api_key=api_key, engine=EngineConfig(**engine)), loader=lambda: loaded)  # type: ignore[arg-type]
+        return ThreadedServer(app, free_port())
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`tandem serve` on the default model, in its own process, with every off-machine
+    connection refused and recorded (yields the base URL and that record)."""
+    port = free_port()
+    guard_log = tmp_path_factory.mktemp("netguard") / "attempts.log"
+    guard_log.touch()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests' / 'netguard'}{os.pathsep}{ROOT}", "TANDEM_NETGUARD_LOG": str(guard_log)}
+    env.pop("HF_HUB_OFFLINE", None)  # the server must stay offline by itself
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--max-batch-size", "32"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"tandem serve did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.25)
+    try:
+        yield url, guard_log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

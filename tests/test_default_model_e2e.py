@@ -1,0 +1,148 @@
+"""`tandem serve` on the embedded default model, driven over a real socket by the official
+`openai` client: right answers, 16 batched streams, cancellation, metrics, and no network."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.default_model
+MODEL = "SmolLM2-135M-Instruct"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def metrics_text(url: str) -> str:
+    return httpx.get(f"{url}/metrics").text
+
+
+def metric(url: str, name: str) -> float:
+    for line in metrics_text(url).splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+@pytest.fixture(scope="module")
+def client(default_server):  # type: ignore[no-untyped-def]
+    url, _ = default_server
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_reports_context_quantization_and_fim(default_server) -> None:
+    url, _ = default_server
+    (model,) = httpx.get(f"{url}/v1/models").json()["data"]
+    assert model["id"] == MODEL
+    assert model["context_length"] == 8192
+    assert model["quantization"] == "none"
+    assert model["fim"] is False
+    assert 400 * 2**20 < model["memory_footprint_bytes"] < 700 * 2**20
+
+
+def test_chat_answers_a_factual_question(client) -> None:
+    out = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+    assert "Paris" in out.choices[0].message.content
+    assert out.choices[0].finish_reason == "stop"
+    assert out.usage.prompt_tokens > 10 and 0 < out.usage.completion_tokens <= 30
+
+
+def test_chat_streams_the_same_answer(client) -> None:
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "Paris" in text
+    assert len([c for c in chunks if c.choices[0].delta.content]) > 3  # it really streamed
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_completion_continues_text(client) -> None:
+    out = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert "Paris" in out.choices[0].text
+    streamed = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == out.choices[0].text
+
+
+def test_sixteen_concurrent_streams_are_batched_together(default_server) -> None:
+    url, _ = default_server
+    aclient = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+    topics = ["the sea", "a cat", "winter", "coffee", "trains", "the moon", "music", "a garden",
+              "mountains", "rain", "books", "the city", "bread", "friendship", "autumn", "stars"]
+
+    async def one(topic: str) -> tuple[str, str | None]:
+        stream = await aclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Write a poem about {topic}."}],
+            temperature=0, max_tokens=40, stream=True)
+        parts, finish = [], None
+        async for chunk in stream:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        return "".join(parts), finish
+
+    async def run() -> list[tuple[str, str | None]]:
+        try:
+            return await asyncio.gather(*(one(t) for t in topics))
+        finally:
+            await aclient.close()
+
+    results = asyncio.run(run())
+    assert all(text and finish in ("stop", "length") for text, finish in results)
+    # the engine's own record: one decode step ran with all sixteen in the batch
+    assert metric(url, "tandem_batch_size_peak") >= 16
+
+
+def test_a_cancelled_stream_frees_its_slot(default_server, client) -> None:
+    url, _ = default_server
+    before = _cancelled(url)
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell me a very long story."}],
+                                            max_tokens=2000, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 20
+    while _cancelled(url) < before + 1:
+        assert time.monotonic() < deadline, "the generation kept running after the client left"
+        time.sleep(0.1)
+    assert metric(url, "tandem_requests_running") == 0
+
+
+def _cancelled(url: str) -> float:
+    for line in metrics_text(url).splitlines():
+        if line.startswith('tandem_requests_finished_total{reason="cancelled"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_bad_inputs_on_the_real_model(client, default_server) -> None:
+    url, _ = default_server
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model=MODEL, prompt="lorem ipsum " * 5000, max_tokens=1)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=0)
+    r = httpx.post(f"{url}/v1/chat/completions", content=b"\xff\xfe{", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_encoding"
+    assert "Paris" in client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20).choices[0].message.content
+
+
+def test_metrics_are_exposed(default_server, client) -> None:
+    url, _ = default_server
+    client.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
+    text = metrics_text(url)
+    for name in ["tandem_time_to_first_token_seconds_bucket", "tandem_inter_token_latency_seconds_bucket",
+                 "tandem_request_queue_time_seconds_bucket", "tandem_requests_running", "tandem_requests_waiting",
+                 "tandem_batch_size_bucket", "tandem_generation_tokens_total", "tandem_prefix_cache_hits_total",
+                 "tandem_model_memory_bytes"]:
+        assert name in text, name
+    assert metric(url, "tandem_generation_tokens_total") > 0
+    assert metric(url, "tandem_time_to_first_token_seconds_count") > 0
+
+
+def test_the_server_made_no_connection_off_this_machine(default_server, client) -> None:
+    url, guard_log = default_server
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
+    assert guard_log.read_text() == ""

@@ -1,0 +1,199 @@
+"""The engine on a tiny random-weight Llama: batching, cancellation, priorities, limits, sampling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from server.engine import Engine, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+
+PROMPTS = [
+    "def add(a, b):",
+    "The quick brown fox jumps over the lazy dog, and then",
+    "Once upon a time",
+    "import numpy as np\nimport torch\n\nclass Model:",
+    "héllo 你好 🎉",
+]
+
+
+async def collect(engine: Engine, req: GenerationRequest) -> tuple[str, str | None, int]:
+    text, finish, tokens = [], None, 0
+    async for delta in engine.stream(req):
+        text.append(delta.text)
+        finish, tokens = delta.finish_reason, delta.tokens
+    return "".join(text), finish, tokens
+
+
+def reference(model, tokenizer, prompt: str, max_tokens: int) -> str:  # type: ignore[no-untyped-def]
+    """What plain `model.generate` produces greedily, stopping where the engine stops (eos)."""
+    ids = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=[0, 2], pad_token_id=2)
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_batched_output_equals_plain_generate(engine_factory, tiny_model, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=0)
+    results = await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=24)) for p in PROMPTS))
+    assert engine.stats.peak_batch_size == len(PROMPTS)
+    for prompt, (text, finish, tokens) in zip(PROMPTS, results):
+        assert text == reference(tiny_model, tokenizer, prompt, 24)
+        assert finish in ("stop", "length")
+
+
+async def test_requests_join_and_leave_mid_flight(engine_factory, tiny_model, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=0)
+    long_task = asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=120)))
+    await wait_until(lambda: engine.running == 1)
+    short = await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=8)) for p in PROMPTS[2:4]))
+    assert engine.running == 1  # the short ones left; the long one is still decoding
+    assert not long_task.done()
+    long_text = (await long_task)[0]
+    assert long_text == reference(tiny_model, tokenizer, PROMPTS[1], 120)
+    assert [s[0] for s in short] == [reference(tiny_model, tokenizer, p, 8) for p in PROMPTS[2:4]]
+    assert engine.stats.peak_batch_size == 3
+
+
+async def test_closing_the_stream_frees_the_slot(engine_factory) -> None:
+    engine = engine_factory()
+    stream = engine.stream(GenerationRequest(prompt=PROMPTS[0], max_tokens=200))
+    await stream.__anext__()
+    await stream.__anext__()
+    assert engine.running == 1
+    await stream.aclose()
+    await wait_until(lambda: engine.running == 0)
+    assert engine.stats.requests_cancelled == 1
+    # the engine keeps serving
+    assert (await collect(engine, GenerationRequest(prompt=PROMPTS[2], max_tokens=4)))[2] == 4
+
+
+async def test_interactive_requests_are_admitted_before_chat(engine_factory) -> None:
+    engine = engine_factory(max_batch_size=1)
+    order: list[str] = []
+
+    async def run(name: str, priority: Priority, max_tokens: int) -> None:
+        async for delta in engine.stream(GenerationRequest(prompt=PROMPTS[0], max_tokens=max_tokens, priority=priority)):
+            if delta.finish_reason:
+                order.append(name)
+
+    blocker = asyncio.create_task(run("blocker", Priority.CHAT, 40))
+    await wait_until(lambda: engine.running == 1)
+    chat = asyncio.create_task(run("chat", Priority.CHAT, 4))
+    await wait_until(lambda: engine.waiting == 1)
+    completion = asyncio.create_task(run("completion", Priority.INTERACTIVE, 4))
+    await asyncio.gather(blocker, chat, completion)
+    assert order == ["blocker", "completion", "chat"]
+
+
+async def test_full_queue_refuses_with_retry_after(engine_factory) -> None:
+    engine = engine_factory(max_batch_size=1, max_waiting=1)
+    first = asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=60)))
+    await wait_until(lambda: engine.running == 1)
+    second = asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=4)))
+    await wait_until(lambda: engine.waiting == 1)
+    with pytest.raises(EngineOverloaded) as refused:
+        await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=4))
+    assert refused.value.retry_after >= 1
+    assert "retry after" in str(refused.value)
+    assert (await first)[2] == 60 and (await second)[2] == 4  # nothing lost
+
+
+async def test_stop_string_across_token_boundaries(engine_factory, tokenizer) -> None:
+    engine = engine_factory()
+    pieces: list[str] = []
+    async for delta in engine.stream(GenerationRequest(prompt=PROMPTS[2], max_tokens=30)):
+        pieces.append(delta.text)
+    # a stop string made of the end of one token's text and the start of the next one's
+    i = next(i for i in range(3, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 2)
+    stop = pieces[i][-2:] + pieces[i + 1][:2]
+    full = "".join(pieces)
+    text, finish, _ = await collect(engine, GenerationRequest(prompt=PROMPTS[2], max_tokens=30, stop=(stop,)))
+    assert finish == "stop"
+    assert text == full[: full.index(stop)]
+
+
+async def test_max_tokens_and_length_finish(engine_factory) -> None:
+    engine = engine_factory()
+    text, finish, tokens = await collect(engine, GenerationRequest(prompt=PROMPTS[3], max_tokens=5))
+    assert (finish, tokens) == ("length", 5)
+
+
+async def test_seeded_sampling_is_reproducible_whatever_the_batch(engine_factory) -> None:
+    engine = engine_factory()
+    req = GenerationRequest(prompt=PROMPTS[0], max_tokens=20, temperature=1.0, top_p=0.9, seed=1234)
+    alone = await collect(engine, req)
+    together = await asyncio.gather(collect(engine, req), collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=20, temperature=1.0)))
+    assert together[0][0] == alone[0]
+    other_seed = await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=20, temperature=1.0, top_p=0.9, seed=99))
+    assert other_seed[0] != alone[0]
+
+
+@pytest.mark.parametrize(
+    ("req", "param"),
+    [
+        (GenerationRequest(prompt="x", max_tokens=0), "max_tokens"),
+        (GenerationRequest(prompt="x", max_tokens=10_000), "max_tokens"),
+        (GenerationRequest(prompt="hello " * 400, max_tokens=1), "prompt"),
+        (GenerationRequest(prompt="", max_tokens=1), "prompt"),
+        (GenerationRequest(prompt=[1, 2, 10**9], max_tokens=1), "prompt"),
+        (GenerationRequest(prompt="x", temperature=-1), "temperature"),
+        (GenerationRequest(prompt="x", top_p=0), "top_p"),
+    ],
+)
+async def test_invalid_requests_are_refused_and_the_engine_keeps_serving(engine_factory, req, param) -> None:
+    engine = engine_factory()
+    with pytest.raises(InvalidRequest) as err:
+        await collect(engine, req)
+    assert err.value.param == param
+    assert (await collect(engine, GenerationRequest(prompt="ok", max_tokens=3)))[2] == 3
+
+
+async def test_prefix_cache_reuses_a_previous_prompt(engine_factory, tiny_model, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=4096)
+    base = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
+    await collect(engine, GenerationRequest(prompt=base, max_tokens=4))
+    assert engine.stats.prefix_cache_hits == 0
+    typed = base + "\nprint(fib"  # the next keystrokes
+    text = (await collect(engine, GenerationRequest(prompt=typed, max_tokens=12)))[0]
+    assert engine.stats.prefix_cache_hits == 1
+    assert engine.stats.prefix_cache_tokens_reused >= len(tokenizer.encode(base)) - 2
+    assert text == reference(tiny_model, tokenizer, typed, 12)  # reuse changes nothing in the output
+
+
+async def test_a_failing_step_fails_its_requests_not_the_engine(engine_factory, monkeypatch) -> None:
+    engine = engine_factory()
+    from server.engine import engine as engine_module
+
+    real = engine_module.prefill_batch
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(engine_module, "prefill_batch", broken)
+    with pytest.raises(Exception, match="out of memory"):
+        await collect(engine, GenerationRequest(prompt="x", max_tokens=3))
+    monkeypatch.setattr(engine_module, "prefill_batch", real)
+    assert (await collect(engine, GenerationRequest(prompt="x", max_tokens=3)))[2] == 3
+
+
+def test_kv_layouts_agree(tiny_model, tokenizer) -> None:
+    """The in-place KV layout computes exactly what transformers' concatenating one does."""
+    outs = []
+    for preallocate in (True, False):
+        engine = Engine(tiny_model, tokenizer, __import__("server.engine", fromlist=["EngineConfig"]).EngineConfig(preallocate_kv=preallocate)).start()
+        try:
+            async def run() -> list[str]:
+                return [r[0] for r in await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=80)) for p in PROMPTS))]
+            outs.append(asyncio.run(run()))
+        finally:
+            engine.close()
+    assert outs[0] == outs[1]
+    assert torch.get_num_threads() >= 1

@@ -1,0 +1,52 @@
+"""Finding, converting and loading models: the default GGUF, other specs, and quantization."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from server import models
+
+
+def test_default_model_is_converted_once_with_a_progress_bar(tmp_path, capsys) -> None:
+    started = time.monotonic()
+    name, path, offline = models.resolve(None, home=tmp_path)
+    assert (name, offline) == ("SmolLM2-135M-Instruct", True)
+    assert (tmp_path / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    assert "Converting SmolLM2-135M-Instruct.Q4_1.gguf" in capsys.readouterr().err
+    first = time.monotonic() - started
+    started = time.monotonic()
+    assert models.resolve(None, home=tmp_path)[1] == path
+    assert capsys.readouterr().err == ""  # cached: no conversion the second time
+    assert time.monotonic() - started < first
+
+
+def test_a_gguf_path_and_a_directory_are_accepted(default_model_dir) -> None:
+    gguf = models.default_gguf_path()
+    assert models.resolve(str(gguf))[1] == str(default_model_dir)
+    assert models.resolve(str(default_model_dir)) == (default_model_dir.name, str(default_model_dir), True)
+
+
+@pytest.mark.parametrize("spec", ["/no/such/dir", "./missing.gguf"])
+def test_missing_models_are_reported(spec: str) -> None:
+    with pytest.raises(models.ModelNotFound):
+        models.resolve(spec)
+
+
+def test_a_directory_without_a_checkpoint_is_refused(tmp_path) -> None:
+    with pytest.raises(models.ModelNotFound, match="config.json"):
+        models.resolve(str(tmp_path))
+
+
+@pytest.mark.parametrize(("quant", "max_mib"), [("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)])
+def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, quant: str, max_mib: int) -> None:
+    loaded = models.load(None, quant)
+    assert loaded.quant == quant
+    assert loaded.footprint_bytes < max_mib * 2**20
+    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = loaded.model.generate(**ids, max_new_tokens=10, do_sample=False)
+    assert "Paris" in loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
