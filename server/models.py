@@ -133,17 +133,19 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    placement = {"device_map": device} if device == "cuda" else {}  # on CPU, load as it always did
     if quant == "none":
-        return {"dtype": torch.float32}
+        return {"dtype": torch.float32, **placement}
     if quant == "bf16":
-        return {"dtype": torch.bfloat16}
+        return {"dtype": torch.bfloat16, **placement}
     if quant == "int8":
         # fp16 activations: what LLM.int8 computes in anyway (it casts fp32 inputs, with a warning per call)
-        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float16, "device_map": "cpu"}
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float16, "device_map": device}
     if quant in ("nf4", "fp4"):
         # bf16 compute: the fast CPU path of bitsandbytes' 4-bit kernels (see design notes)
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_compute_dtype=torch.bfloat16)
-        return {"quantization_config": config, "dtype": torch.bfloat16, "device_map": "cpu"}
+        return {"quantization_config": config, "dtype": torch.bfloat16, "device_map": device}
     raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_CHOICES)}")
 
 

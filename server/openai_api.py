@@ -9,6 +9,7 @@ its generation: for streams Starlette cancels the response task, for whole answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -85,6 +86,10 @@ async def _until_disconnect(request: Request, work: Any) -> Any:
         watcher.cancel()
         if not task.done():
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # the generation is closed (and its slot freed) before we go on
+    if task.cancelled():
+        raise APIError(499, "client closed the request", code="client_closed_request")
     return task.result()
 
 

@@ -248,9 +248,10 @@ class Engine:
                 alive.append(i)
         if not alive:
             return
-        idx = torch.tensor(alive, dtype=torch.long)
+        device = pre.mask.device
+        idx = torch.tensor(alive, dtype=torch.long, device=device)
         kv = [(k[idx], v[idx]) for k, v in pre.kv]
-        self._batch.join(kv, pre.mask[idx], pre.positions[idx], torch.tensor(tokens, dtype=torch.long)[idx])
+        self._batch.join(kv, pre.mask[idx], pre.positions[idx], torch.tensor(tokens, dtype=torch.long, device=device)[idx])
         self._rows.extend(seqs[i] for i in alive)
 
     def _decode(self) -> None:
@@ -265,7 +266,7 @@ class Engine:
             self.metrics.peak_batch.set(size)
         self.metrics.batch_size.observe(size)
         keep = [i for i, (s, t) in enumerate(zip(self._rows, tokens)) if not self._emit(s, t)]
-        self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long)
+        self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._batch.mask.device)
         if len(keep) < size:
             self._rows = [self._rows[i] for i in keep]
             self._batch.keep(keep)

@@ -120,7 +120,7 @@ class RunningBatch:
         if not rows:
             self.__init__(self.preallocate)  # type: ignore[misc]
             return
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask[idx]
         lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
         self.mask = mask[:, lead:]

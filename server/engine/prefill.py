@@ -23,6 +23,10 @@ class Prefilled:
     logits: torch.Tensor  # [b, V] at the last prompt token
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _kv_of(cache: DynamicCache) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -36,6 +40,8 @@ def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int)
     for row, p in enumerate(prompts):
         ids[row, t - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[row, t - len(p) :] = 1
+    device = device_of(model)
+    ids, mask = ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     cache = DynamicCache()
     out = model(
@@ -46,7 +52,7 @@ def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int)
         use_cache=True,
         logits_to_keep=1,
     )
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
     return Prefilled(_kv_of(cache), mask, lengths, out.logits[:, -1, :])
 
 
@@ -54,17 +60,18 @@ def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int)
 def prefill_on_prefix(model: torch.nn.Module, prompt: list[int], prefix_kv: KV, reused: int) -> Prefilled:
     """Prefill `prompt` whose first `reused` tokens already have KV in `prefix_kv`."""
     cache = DynamicCache(ddp_cache_data=[(k[:, :, :reused], v[:, :, :reused]) for k, v in prefix_kv])
-    rest = torch.tensor([prompt[reused:]], dtype=torch.long)
+    device = device_of(model)
+    rest = torch.tensor([prompt[reused:]], dtype=torch.long, device=device)
+    mask = torch.ones((1, len(prompt)), dtype=torch.long, device=device)
     out = model(
         input_ids=rest,
-        attention_mask=torch.ones((1, len(prompt)), dtype=torch.long),
-        position_ids=torch.arange(reused, len(prompt), dtype=torch.long)[None, :],
+        attention_mask=mask,
+        position_ids=torch.arange(reused, len(prompt), dtype=torch.long, device=device)[None, :],
         past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
     )
-    mask = torch.ones((1, len(prompt)), dtype=torch.long)
-    return Prefilled(_kv_of(cache), mask, torch.tensor([len(prompt)]), out.logits[:, -1, :])
+    return Prefilled(_kv_of(cache), mask, torch.tensor([len(prompt)], device=device), out.logits[:, -1, :])
 
 
 def row_kv(pre: Prefilled, row: int) -> KV:

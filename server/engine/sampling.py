@@ -38,7 +38,7 @@ def sample_next(logits: torch.Tensor, params: list[SamplingParams]) -> list[int]
     for row, p in enumerate(params):
         if p.greedy:
             continue
-        scores = logits[row : row + 1].float()  # [1, V]
+        scores = logits[row : row + 1].float().cpu()  # [1, V]; on the CPU, where the row's generator lives
         scores = TemperatureLogitsWarper(p.temperature)(None, scores)  # type: ignore[arg-type]
         if p.top_p < 1.0:
             scores = TopPLogitsWarper(p.top_p)(None, scores)  # type: ignore[arg-type]
