@@ -319,7 +319,7 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     # Chat models end a turn with their eos; raw completions end a document with this one.
-    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if isinstance(end_of_text, int) and end_of_text != tokenizer.unk_token_id or end_of_text == 0:
+    end_of_text = tokenizer.get_vocab().get("<|endoftext|>")
+    if end_of_text is not None:
         ids.add(int(end_of_text))
     return frozenset(ids)
