@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.applications import Starlette
@@ -19,13 +22,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import models, openai_api
+from .audit import AuditConfig, AuditLog
+from .audit import web as audit_web
 from .engine import Engine, EngineConfig, EngineMetrics
 from .errors import APIError, handle_api_error, handle_not_found, handle_unexpected
+from .gateway import Gateway
+from .settings import tandem_home
 from .state import AppState
 
 log = logging.getLogger("tandem.server")
 
 OPEN_PATHS = ("/healthz",)  # answered without an API key, so load balancers can probe
+OWN_AUTH_PREFIXES = ("/audit",)  # the review page checks its admin token itself
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,28 @@ class ServerConfig:
     quant: str = "none"
     api_key: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
+    audit_dir: Path | None = None  # default: $TANDEM_HOME/audit
+    audit_checkpoint_every: int = 256
+    audit_content_days: int = 30
+    admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token
+
+    def audit_config(self) -> AuditConfig:
+        return AuditConfig(self.audit_dir or tandem_home() / "audit", self.audit_checkpoint_every, self.audit_content_days)
+
+
+def admin_token(config: ServerConfig) -> str:
+    """The review page's token: the configured one, or one generated once and kept (mode 600)
+    beside the audit log, so an operator can read it with `cat` and nobody else can."""
+    if config.admin_token:
+        return config.admin_token
+    path = config.audit_config().directory / "admin.token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        log.info("audit review token written to %s", path)
+    return path.read_text().strip()
 
 
 class BearerAuth:
@@ -43,7 +73,9 @@ class BearerAuth:
         self.app, self.api_key = app, api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key and scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS:
+        path = scope.get("path", "")
+        exempt = path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in OWN_AUTH_PREFIXES)
+        if self.api_key and scope["type"] in ("http", "websocket") and not exempt:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             given = header[7:] if header.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), self.api_key.encode()):
@@ -58,9 +90,9 @@ class BearerAuth:
 
 async def healthz(request: Request) -> Response:
     state: AppState = request.state.tandem
-    alive = state.engine.alive
-    body = {"status": "ok" if alive else "engine stopped", "model": state.model.name,
-            "running": state.engine.running, "waiting": state.engine.waiting}
+    alive = state.gateway.engine_alive
+    running, waiting = state.gateway.engine_load
+    body = {"status": "ok" if alive else "engine stopped", "model": state.model.name, "running": running, "waiting": waiting}
     return JSONResponse(body, status_code=200 if alive else 503)
 
 
@@ -69,27 +101,37 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | None = None) -> Starlette:
-    """`loader` replaces model loading (tests hand in a tiny model); by default `config.model`."""
+EngineFactory = Callable[[models.LoadedModel, EngineConfig, EngineMetrics], Engine]
+
+
+def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | None = None, engine_factory: EngineFactory | None = None) -> Starlette:
+    """`loader` replaces model loading (tests hand in a tiny model); by default `config.model`.
+    `engine_factory` replaces the engine (protocol tests script its output)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
         loaded = loader() if loader else models.load(config.model, config.quant)
         engine_metrics = EngineMetrics()
         Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=engine_metrics.registry).set(loaded.footprint_bytes)
-        engine = Engine(loaded.model, loaded.tokenizer, config.engine, engine_metrics).start()
-        log.info("engine ready: %s, %s, %.1f MiB", loaded.name, loaded.quant, loaded.footprint_bytes / 2**20)
+        audit = AuditLog(config.audit_config()).start()
+        if engine_factory is not None:
+            engine = engine_factory(loaded, config.engine, engine_metrics)
+        else:
+            engine = Engine(loaded.model, loaded.tokenizer, config.engine, engine_metrics).start()
+        gateway = Gateway(loaded, engine, audit, engine_metrics.registry)
+        log.info("engine ready: %s, %s, %.1f MiB; audit log %s", loaded.name, loaded.quant, loaded.footprint_bytes / 2**20, audit.path)
         try:
-            yield {"tandem": AppState(loaded, engine, engine_metrics.registry, int(time.time()))}
+            yield {"tandem": AppState(loaded, gateway, engine_metrics.registry, int(time.time())),
+                   "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config))}
         finally:
-            engine.close()
+            gateway.close()
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes],
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes, *audit_web.routes],
         middleware=[Middleware(BearerAuth, api_key=config.api_key)],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_not_found, Exception: handle_unexpected},
         lifespan=lifespan,
     )
 
 
-__all__ = ["Engine", "ServerConfig", "create_app"]
+__all__ = ["ServerConfig", "create_app"]

@@ -1,5 +1,5 @@
-"""`tandem`: the one command. `serve` runs the server; `bench` measures the engine.
-(`lsp`, `audit` and others join as their parts are built.)"""
+"""`tandem`: the one command. `serve` runs the server; `audit` reviews its log; `guard` shows what
+the guard finds in files; `bench` measures the engine; `prepare` converts the model ahead of time."""
 
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ def _serve(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
         prefix_cache_tokens=args.prefix_cache_tokens,
     )
-    app = create_app(ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine))
+    from pathlib import Path
+
+    config = ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine,
+                          audit_dir=Path(args.audit_dir) if args.audit_dir else None, audit_checkpoint_every=args.audit_checkpoint_every,
+                          audit_content_days=args.audit_content_days, admin_token=args.admin_token or os.environ.get("TANDEM_ADMIN_TOKEN") or None)
+    app = create_app(config)
     print(f"Tandem: loading {args.model or 'the default model'} ({args.quant}); serving on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
@@ -71,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size)
     serve.add_argument("--max-waiting", type=int, default=EngineConfig.max_waiting, help="queue bound; beyond it requests get 503 + Retry-After")
     serve.add_argument("--prefix-cache-tokens", type=int, default=EngineConfig.prefix_cache_tokens, help="0 turns the prefix cache off")
+    serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
+    serve.add_argument("--audit-checkpoint-every", type=int, default=256, help="sign the chain head every N records")
+    serve.add_argument("--audit-content-days", type=int, default=30, help="keep redacted prompts/outputs this long; 0 keeps only their HMACs")
+    serve.add_argument("--admin-token", default=None, help="token for the /audit review page (or TANDEM_ADMIN_TOKEN; default: generated into the audit dir)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 
@@ -87,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="directory for bench.json and bench.md")
     bench.add_argument("--kv-compare", action="store_true", help="also compare the in-place KV layout with transformers' concatenating one")
     bench.set_defaults(func=_bench)
+
+    from .audit.cli import add_parser as add_audit
+    from .guard.cli import add_parser as add_guard
+
+    add_audit(sub)
+    add_guard(sub)
     return parser
 
 

@@ -1,8 +1,8 @@
 """The OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models.
 
-Each handler turns a validated body into one `GenerationRequest`, streams it from the engine,
-and shapes the deltas as OpenAI's JSON or server-sent events. A client that goes away cancels
-its generation: for streams Starlette cancels the response task, for whole answers
+Each handler turns a validated body into one gateway `Call` (the gateway guards, generates and
+audits it) and shapes the deltas as OpenAI's JSON or server-sent events. A client that goes
+away cancels its generation: for streams Starlette cancels the response task, for whole answers
 `_until_disconnect` does.
 """
 
@@ -20,13 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .engine import Delta, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from .engine import Delta, EngineClosed, EngineError, EngineOverloaded, InvalidRequest, Priority
 from .errors import APIError
+from .gateway import Actor, Call, ChatPrompt, FimPrompt, Params, Refused, TextPrompt
 from .schemas import ChatBody, CompletionBody, _Sampling, parse_body
 from .state import AppState
-
-DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
-DEFAULT_CHAT_TOKENS = 1024  # cap when a chat request names no max_tokens
 
 
 def _state(request: Request) -> AppState:
@@ -40,7 +38,9 @@ def _check_model(state: AppState, body: _Sampling) -> None:
         raise APIError(400, "only n=1 is supported", param="n")
 
 
-def _engine_error(exc: EngineError) -> APIError:
+def _engine_error(exc: EngineError | Refused) -> APIError:
+    if isinstance(exc, Refused):
+        return APIError(exc.status, exc.message, param="messages" if exc.scanner == "injection" else "prompt", code=exc.code)
     if isinstance(exc, InvalidRequest):
         code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
         return APIError(400, str(exc), param=exc.param, code=code)
@@ -51,13 +51,13 @@ def _engine_error(exc: EngineError) -> APIError:
     return APIError(500, str(exc), type="server_error")
 
 
-async def _open(state: AppState, req: GenerationRequest) -> tuple[Delta, AsyncIterator[Delta]]:
-    """Start a generation and wait for its first delta, so that refusals become HTTP errors
+async def _open(state: AppState, call: Call) -> tuple[Delta, AsyncIterator[Delta]]:
+    """Start a call and wait for its first delta, so that refusals become HTTP errors
     before any response header is sent."""
-    gen = state.engine.stream(req)
+    gen = state.gateway.stream(call)
     try:
         first = await gen.__anext__()
-    except EngineError as exc:
+    except (EngineError, Refused) as exc:
         raise _engine_error(exc) from None
     return first, gen
 
@@ -98,7 +98,7 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         try:
             async for event in events:
                 yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        except EngineError as exc:  # after the headers: the error travels in the stream
+        except (EngineError, Refused) as exc:  # after the headers: the error travels in the stream
             err = _engine_error(exc)
             yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.type, 'code': err.code}})}\n\n"
         yield "data: [DONE]\n\n"
@@ -110,30 +110,28 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _sampling(body: _Sampling, prompt: str | list[int], max_tokens: int, priority: Priority, rid: str) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=prompt,
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=body.stop_strings(),
-        priority=priority,
-        request_id=rid,
-    )
+def _actor(request: Request, body: _Sampling) -> Actor:
+    client = request.headers.get("x-tandem-client") or request.headers.get("user-agent")
+    kind = "ide_user" if request.headers.get("x-tandem-client", "").startswith("tandem-lsp") else "api_client"
+    return Actor(kind, user=body.user, ip=request.client.host if request.client else None, client=client[:120] if client else None)
+
+
+def _call(request: Request, body: _Sampling, surface: str, prompt: Any, max_tokens: int | None, priority: Priority, rid: str) -> Call:
+    params = Params(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop_strings())
+    return Call(surface, _actor(request, body), prompt, params, priority, request_id=rid)
 
 
 async def _respond(
     request: Request,
     body: _Sampling,
-    gen_req: GenerationRequest,
+    call: Call,
     chunk: Callable[[str | None, str | None], dict[str, Any]],
     whole: Callable[[str, str, dict[str, int]], dict[str, Any]],
     opening_chunk: bool = False,
 ) -> Response:
     """Shared by both endpoints: stream `chunk(text, finish)` events or return `whole(...)`."""
     state = _state(request)
-    first, gen = await _open(state, gen_req)
+    first, gen = await _open(state, call)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     if body.stream:
@@ -160,7 +158,7 @@ async def _respond(
 
     try:
         text, last = await _until_disconnect(request, collect())
-    except EngineError as exc:
+    except (EngineError, Refused) as exc:
         raise _engine_error(exc) from None
     return JSONResponse(whole(text, last.finish_reason or "stop", _usage(last.prompt_tokens, last.tokens)))
 
@@ -175,10 +173,9 @@ async def completions(request: Request) -> Response:
             raise APIError(400, f"model {state.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone", param="suffix", code="fim_not_supported")
         if not isinstance(prompt, str):
             raise APIError(400, "`suffix` needs a text prompt", param="prompt")
-        pre, suf, mid = state.model.fim_tokens
-        prompt = f"{pre}{prompt}{suf}{body.suffix}{mid}"
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    gen_req = _sampling(body, prompt, body.max_tokens if body.max_tokens is not None else DEFAULT_COMPLETION_TOKENS, Priority.INTERACTIVE, rid)
+    guarded = FimPrompt(prompt, body.suffix) if body.suffix is not None else TextPrompt(prompt)  # type: ignore[arg-type]
+    call = _call(request, body, "ide_completion", guarded, body.max_tokens, Priority.INTERACTIVE, rid)
 
     def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
         return {"id": rid, "object": "text_completion", "created": created, "model": state.model.name,
@@ -187,26 +184,19 @@ async def completions(request: Request) -> Response:
     def whole(text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
         return {**chunk(text, finish), "usage": usage}
 
-    return await _respond(request, body, gen_req, chunk, whole)
+    return await _respond(request, body, call, chunk, whole)
 
 
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
     body = parse_body(await request.body(), ChatBody)
     _check_model(state, body)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    tokenizer = state.model.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
+    if not getattr(state.model.tokenizer, "chat_template", None):
         raise APIError(400, f"model {state.model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
-    try:
-        ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-    except Exception as exc:  # templates raise on role orders they do not support
-        raise APIError(400, f"the model's chat template rejected these messages: {exc}", param="messages") from None
+    messages = tuple(("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    if max_tokens is None:
-        max_tokens = max(1, min(DEFAULT_CHAT_TOKENS, state.engine.context_length - len(ids)))
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    gen_req = _sampling(body, ids, max_tokens, Priority.CHAT, rid)
+    call = _call(request, body, "support_chat", ChatPrompt(messages), max_tokens, Priority.CHAT, rid)
     opened = [False]
 
     def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
@@ -223,7 +213,7 @@ async def chat_completions(request: Request) -> Response:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
                 "usage": usage}
 
-    return await _respond(request, body, gen_req, chunk, whole, opening_chunk=True)
+    return await _respond(request, body, call, chunk, whole, opening_chunk=True)
 
 
 async def list_models(request: Request) -> Response:

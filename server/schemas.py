@@ -35,6 +35,7 @@ class _Sampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    user: str | None = Field(default=None, max_length=256)  # the end user, for the audit log (stored pseudonymised)
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

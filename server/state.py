@@ -1,4 +1,5 @@
-"""What the lifespan owns and hands to every request: the loaded model and its engine."""
+"""What the lifespan owns and hands to every request: the loaded model and the gateway (which
+alone holds the engine)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from .engine import Engine
+from .gateway import Gateway
 from .models import LoadedModel
 
 
 @dataclass
 class AppState:
     model: LoadedModel
-    engine: Engine
+    gateway: Gateway
     registry: CollectorRegistry
     started: int  # unix time the server started

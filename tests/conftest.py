@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -101,30 +102,51 @@ class ThreadedServer:
         self.thread.join(timeout=30)
 
 
-@pytest.fixture
-def tiny_server(tiny_model, tokenizer):  # type: ignore[no-untyped-def]
-    """Start a tiny-model server with the given engine/server settings: `with tiny_server(...) as s`."""
+ADMIN_TOKEN = "test-admin-token-4f1c"
 
-    def start(api_key: str | None = None, fim: tuple[str, str, str] | None = None, model=None, tok=None, **engine: object) -> ThreadedServer:  # type: ignore[no-untyped-def]
+
+@pytest.fixture
+def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
+    """Start a tiny-model server with the given engine/server settings: `with tiny_server(...) as s`.
+    Its audit log lives in `s.audit_dir` (a fresh directory per server)."""
+    count = [0]
+
+    def start(api_key: str | None = None, fim: tuple[str, str, str] | None = None, model=None, tok=None,  # type: ignore[no-untyped-def]
+              checkpoint_every: int = 256, content_days: int = 30, **engine: object) -> ThreadedServer:
+        count[0] += 1
         loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)
-        app = create_app(ServerConfig(api_key=api_key, engine=EngineConfig(**engine)), loader=lambda: loaded)  # type: ignore[arg-type]
-        return ThreadedServer(app, free_port())
+        audit_dir = tmp_path / f"audit-{count[0]}"
+        config = ServerConfig(api_key=api_key, engine=EngineConfig(**engine), audit_dir=audit_dir, audit_checkpoint_every=checkpoint_every,  # type: ignore[arg-type]
+                              audit_content_days=content_days, admin_token=ADMIN_TOKEN)
+        server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
+        server.audit_dir = audit_dir
+        return server
 
     return start
 
 
+class DefaultServer(NamedTuple):
+    url: str
+    guard_log: Path  # off-machine connection attempts (must stay empty)
+    audit_dir: Path
+    log_path: Path  # everything the server printed
+    admin_token: str
+
+
 @pytest.fixture(scope="session")
-def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DefaultServer]:
     """`tandem serve` on the default model, in its own process, with every off-machine
-    connection refused and recorded (yields the base URL and that record)."""
+    connection refused and recorded."""
     port = free_port()
     guard_log = tmp_path_factory.mktemp("netguard") / "attempts.log"
     guard_log.touch()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests' / 'netguard'}{os.pathsep}{ROOT}", "TANDEM_NETGUARD_LOG": str(guard_log)}
     env.pop("HF_HUB_OFFLINE", None)  # the server must stay offline by itself
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    audit_dir = tmp_path_factory.mktemp("audit")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--max-batch-size", "32"],
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--max-batch-size", "32",
+                                 "--audit-dir", str(audit_dir), "--admin-token", ADMIN_TOKEN, "--audit-checkpoint-every", "50", "--log-level", "debug"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -139,7 +161,7 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
             raise RuntimeError(f"tandem serve did not come up:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.25)
     try:
-        yield url, guard_log
+        yield DefaultServer(url, guard_log, audit_dir, log_path, ADMIN_TOKEN)
     finally:
         proc.terminate()
         try:

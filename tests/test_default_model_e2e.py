@@ -28,12 +28,12 @@ def metric(url: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def client(default_server):  # type: ignore[no-untyped-def]
-    url, _ = default_server
+    url = default_server.url
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_models_reports_context_quantization_and_fim(default_server) -> None:
-    url, _ = default_server
+    url = default_server.url
     (model,) = httpx.get(f"{url}/v1/models").json()["data"]
     assert model["id"] == MODEL
     assert model["context_length"] == 8192
@@ -66,7 +66,7 @@ def test_completion_continues_text(client) -> None:
 
 
 def test_sixteen_concurrent_streams_are_batched_together(default_server) -> None:
-    url, _ = default_server
+    url = default_server.url
     aclient = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
     topics = ["the sea", "a cat", "winter", "coffee", "trains", "the moon", "music", "a garden",
               "mountains", "rain", "books", "the city", "bread", "friendship", "autumn", "stars"]
@@ -94,7 +94,7 @@ def test_sixteen_concurrent_streams_are_batched_together(default_server) -> None
 
 
 def test_a_cancelled_stream_frees_its_slot(default_server, client) -> None:
-    url, _ = default_server
+    url = default_server.url
     before = _cancelled(url)
     stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell me a very long story."}],
                                             max_tokens=2000, stream=True)
@@ -117,7 +117,7 @@ def _cancelled(url: str) -> float:
 
 
 def test_bad_inputs_on_the_real_model(client, default_server) -> None:
-    url, _ = default_server
+    url = default_server.url
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     with pytest.raises(openai.BadRequestError, match="context"):
@@ -130,7 +130,7 @@ def test_bad_inputs_on_the_real_model(client, default_server) -> None:
 
 
 def test_metrics_are_exposed(default_server, client) -> None:
-    url, _ = default_server
+    url = default_server.url
     client.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
     text = metrics_text(url)
     for name in ["tandem_time_to_first_token_seconds_bucket", "tandem_inter_token_latency_seconds_bucket",
@@ -143,6 +143,6 @@ def test_metrics_are_exposed(default_server, client) -> None:
 
 
 def test_the_server_made_no_connection_off_this_machine(default_server, client) -> None:
-    url, guard_log = default_server
+    url, guard_log = default_server.url, default_server.guard_log
     client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
     assert guard_log.read_text() == ""

@@ -1,0 +1,141 @@
+"""`tandem audit tail | search | show | verify | export`: reviewing the log from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..settings import tandem_home
+from .keys import load_public_key
+from .review import AuditReader, Filters
+
+
+def _reader(args: argparse.Namespace) -> AuditReader:
+    directory = Path(args.audit_dir) if args.audit_dir else tandem_home() / "audit"
+    public = load_public_key(Path(args.public_key)) if getattr(args, "public_key", None) else None
+    return AuditReader(directory, public_key=public)
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(since=args.since, until=args.until, surface=args.surface, verdict=args.verdict, outcome=args.outcome,
+                   conversation=args.conversation, user=args.user, type=args.type)
+
+
+def _line(row: dict[str, Any]) -> str:
+    r = row["record"]
+    guard, outcome, output = r.get("guard") or {}, r.get("outcome") or {}, r.get("output") or {}
+    types = sorted({f["type"] for res in guard.get("input", []) + guard.get("output", []) for f in res.get("findings", [])})
+    user = (r.get("actor") or {}).get("user_ref") or "-"
+    return (f"{row['seq']:>6}  {r['ts']}  {r.get('surface') or r.get('type'):<15} {guard.get('action', '-'):<7} "
+            f"{outcome.get('status', '-'):<9} {str(output.get('finish_reason') or '-'):<9} {user[:17]:<17} "
+            f"{r.get('conversation_id') or '-':<12} {','.join(types) or '-'}")
+
+
+HEADER = f"{'seq':>6}  {'time (UTC)':<24}  {'surface':<15} {'verdict':<7} {'outcome':<9} {'finish':<9} {'user':<17} {'conversation':<12} findings"
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    print(HEADER)
+    for row in rows:
+        print(_line(row))
+
+
+def tail(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    rows = list(reversed(reader.search(_filters(args), limit=args.n)))
+    _print(rows, args.json)
+    last = rows[-1]["seq"] if rows else 0
+    while args.follow:
+        time.sleep(1)
+        new = [r for r in reversed(reader.search(_filters(args), limit=500)) if r["seq"] > last]
+        for row in new:
+            print(json.dumps(row, ensure_ascii=False) if args.json else _line(row), flush=True)
+            last = row["seq"]
+    return 0
+
+
+def search(args: argparse.Namespace) -> int:
+    _print(_reader(args).search(_filters(args), limit=args.limit), args.json)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    row = _reader(args).get(args.ref)
+    if row is None:
+        print(f"error: no record {args.ref!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(row, indent=2, ensure_ascii=False))
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    v = _reader(args).verify()
+    if args.json:
+        print(json.dumps(v.to_json(), indent=2))
+    elif v.ok:
+        print(f"OK: {v.records} records chained, head {v.head[:16]}…; {v.checkpoints} signed checkpoints, signed through record {v.signed_through}; "
+              f"{v.content_checked} contents match their HMACs, {v.content_expired} expired")
+        for note in v.notes:
+            print(f"note: {note}")
+    else:
+        print(f"FAILED at record {v.first_bad_seq}{f' ({v.first_bad_id})' if v.first_bad_id else ''}: {v.problem}")
+    return 0 if v.ok else 1
+
+
+def export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    manifest = _reader(args).export(out, _filters(args))
+    print(f"wrote {manifest['records']} records to {out} (sha256 {manifest['sha256']}) and {out.name}.manifest.json")
+    if not manifest["chain"]["verified"]:
+        print(f"warning: the chain does not verify: {manifest['chain']['problem']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="review the audit log: tail, search, show, verify, export")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+
+    def common(p: argparse.ArgumentParser, filters: bool = True) -> None:
+        p.add_argument("--audit-dir", default=None, help="default: $TANDEM_HOME/audit")
+        if filters:
+            p.add_argument("--since", help="ISO time or a span back from now (90m, 24h, 7d)")
+            p.add_argument("--until", help="ISO time")
+            p.add_argument("--surface", choices=["ide_completion", "support_chat"])
+            p.add_argument("--verdict", choices=["allow", "flag", "redact", "block"], help="the guard's overall action")
+            p.add_argument("--outcome", choices=["ok", "cancelled", "error", "blocked"])
+            p.add_argument("--conversation")
+            p.add_argument("--user", help="a user id (matched through its HMAC) or an hmac: reference")
+            p.add_argument("--type", help="record type, e.g. llm.interaction")
+            p.add_argument("--json", action="store_true", help="one JSON record per line")
+
+    p = audit_sub.add_parser("tail", help="the newest records")
+    common(p)
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=tail)
+    p = audit_sub.add_parser("search", help="records matching filters, newest first")
+    common(p)
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=search)
+    p = audit_sub.add_parser("show", help="one record (by seq or id) with its content")
+    common(p, filters=False)
+    p.add_argument("ref")
+    p.set_defaults(func=show)
+    p = audit_sub.add_parser("verify", help="check the hash chain, checkpoints and content; exit 1 naming the first bad record")
+    common(p, filters=False)
+    p.add_argument("--public-key", help="verify checkpoints with this public key (e.g. a copy kept off the machine)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=verify)
+    p = audit_sub.add_parser("export", help="JSON Lines plus a manifest (first/last record, sha256)")
+    common(p)
+    p.add_argument("--out", required=True, help="e.g. audit-2026-11.jsonl")
+    p.set_defaults(func=export)

@@ -1,0 +1,217 @@
+"""The reading side, shared by `tandem audit` and the `/audit` page: filters, one record, verification, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Engine, and_, select
+
+from . import store
+from .chain import GENESIS, canonical, checkpoint_text, record_hash, utc_now
+from .keys import load_public_key, mac, verify_signature
+
+RELATIVE = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_time(value: str) -> str:
+    """An ISO time (any prefix of 2026-11-22T10:15:03.412Z) or a span back from now: 90m, 24h, 7d."""
+    m = RELATIVE.match(value.strip())
+    if m:
+        import datetime as dt
+
+        seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    if not re.match(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]*Z?)?$", value.strip()):
+        raise ValueError(f"not a time: {value!r} (use 2026-11-22, 2026-11-22T10:15, or 90m / 24h / 7d)")
+    return value.strip().replace(" ", "T")
+
+
+@dataclass
+class Filters:
+    since: str | None = None
+    until: str | None = None
+    surface: str | None = None
+    verdict: str | None = None  # the guard's action: allow | flag | redact | block
+    outcome: str | None = None  # ok | cancelled | error | blocked
+    conversation: str | None = None
+    user: str | None = None  # a raw user id (pseudonymised here) or an `hmac:` reference
+    type: str | None = None
+    before_seq: int | None = None  # paging: records older than this
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Verification:
+    ok: bool
+    records: int = 0
+    checkpoints: int = 0
+    head: str = GENESIS
+    signed_through: int = 0  # the last record covered by a valid signed checkpoint
+    first_bad_seq: int | None = None
+    first_bad_id: str | None = None
+    problem: str | None = None
+    content_checked: int = 0
+    content_expired: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AuditReader:
+    def __init__(self, directory: Path, hmac_key: bytes | None = None, public_key: Ed25519PublicKey | None = None) -> None:
+        self.directory = directory
+        path = directory / "audit.db"
+        if not path.exists():
+            raise FileNotFoundError(f"no audit log at {path}")
+        self.db: Engine = store.open_db(path)
+        key_path = directory / "hmac.key"
+        self.hmac_key = hmac_key if hmac_key is not None else (key_path.read_bytes() if key_path.exists() else None)
+        self.public_key = public_key if public_key is not None else load_public_key(directory / "audit.pub")
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def _user_ref(self, user: str) -> str:
+        if user.startswith("hmac:") or self.hmac_key is None:
+            return user
+        return mac(self.hmac_key, user, "user")
+
+    def _where(self, f: Filters) -> Any:
+        c = store.records.c
+        conds = []
+        if f.since:
+            conds.append(c.ts >= parse_time(f.since))
+        if f.until:
+            conds.append(c.ts <= parse_time(f.until))
+        for col, value in ((c.surface, f.surface), (c.action, f.verdict), (c.outcome, f.outcome), (c.conversation_id, f.conversation), (c.type, f.type)):
+            if value:
+                conds.append(col == value)
+        if f.user:
+            conds.append(c.actor_ref == self._user_ref(f.user))
+        if f.before_seq:
+            conds.append(c.seq < f.before_seq)
+        return and_(True, *conds)
+
+    def search(self, filters: Filters, limit: int = 50, newest_first: bool = True) -> list[dict[str, Any]]:
+        order = store.records.c.seq.desc() if newest_first else store.records.c.seq.asc()
+        query = select(store.records).where(self._where(filters)).order_by(order).limit(limit)
+        with self.db.connect() as conn:
+            return [self._row(r) for r in conn.execute(query)]
+
+    def get(self, ref: str) -> dict[str, Any] | None:
+        """One record by id or seq, with its content (or why there is none)."""
+        c = store.records.c
+        cond = c.seq == int(ref) if ref.isdigit() else c.id == ref
+        with self.db.connect() as conn:
+            row = conn.execute(select(store.records).where(cond)).first()
+            if row is None:
+                return None
+            content = conn.execute(select(store.contents).where(store.contents.c.record_id == row.id)).first()
+        out = self._row(row)
+        out["content"] = {"prompt": content.prompt, "output": content.output, "expires_at": content.expires_at} if content else None
+        return out
+
+    @staticmethod
+    def _row(row: Any) -> dict[str, Any]:
+        return {"seq": row.seq, "id": row.id, "hash": row.hash, "prev_hash": row.prev_hash, "record": json.loads(row.envelope)}
+
+    def verify(self) -> Verification:
+        """Re-hash every record in order, check seq continuity, the indexed columns, the content
+        HMACs, and every checkpoint's signature and chain. Names the first bad record."""
+        v = Verification(ok=True)
+        hashes: dict[int, str] = {}
+        prev, expected = GENESIS, 1
+
+        def bad(seq: int, record_id: str | None, problem: str) -> Verification:
+            v.ok, v.first_bad_seq, v.first_bad_id, v.problem = False, seq, record_id, problem
+            return v
+
+        with self.db.connect() as conn:
+            cps = list(conn.execute(select(store.checkpoints).order_by(store.checkpoints.c.seq)))
+            wanted = {cp.seq for cp in cps}
+            content = {r.record_id: r for r in conn.execute(select(store.contents))}
+            for row in conn.execute(select(store.records).order_by(store.records.c.seq)):
+                if row.seq != expected:
+                    return bad(expected, None, f"record {expected} is missing (the next record is {row.seq})")
+                if row.prev_hash != prev:
+                    return bad(row.seq, row.id, f"record {row.seq} does not follow record {row.seq - 1} (prev_hash differs): reordered or replaced")
+                if record_hash(prev, row.envelope.encode("utf-8")) != row.hash:
+                    return bad(row.seq, row.id, f"record {row.seq} was altered (its hash no longer matches its contents)")
+                envelope = json.loads(row.envelope)
+                if canonical(envelope).decode("utf-8") != row.envelope or envelope.get("seq") != row.seq:
+                    return bad(row.seq, row.id, f"record {row.seq} is not in canonical form or carries another seq")
+                for col, path in store.INDEXED.items():
+                    if getattr(row, col) != store.dig(envelope, path):
+                        return bad(row.seq, row.id, f"record {row.seq}: column {col!r} differs from the sealed record")
+                if row.id in content:
+                    problem = self._check_content(envelope, content[row.id])
+                    if problem:
+                        return bad(row.seq, row.id, f"record {row.seq}: {problem}")
+                    v.content_checked += 1
+                elif envelope.get("prompt", {}).get("content_hmac"):
+                    v.content_expired += 1
+                if row.seq in wanted:
+                    hashes[row.seq] = row.hash
+                prev, expected = row.hash, expected + 1
+        v.records, v.head = expected - 1, prev
+
+        prev_sig = ""
+        for cp in cps:
+            if cp.seq > v.records:
+                return bad(v.records + 1, None, f"records after {v.records} were deleted (a checkpoint covers up to {cp.seq})")
+            if cp.head != hashes.get(cp.seq):
+                return bad(cp.seq, None, f"the checkpoint at record {cp.seq} does not match the chain there")
+            if cp.prev_sig != prev_sig:
+                return bad(cp.seq, None, f"the checkpoint at record {cp.seq} does not follow the previous checkpoint")
+            if not verify_signature(self.public_key, cp.sig, checkpoint_text(cp.seq, cp.head, cp.prev_sig)):
+                return bad(cp.seq, None, f"the checkpoint at record {cp.seq} has an invalid signature")
+            prev_sig, v.signed_through = cp.sig, cp.seq
+            v.checkpoints += 1
+        if v.records > v.signed_through:
+            v.notes.append(f"records {v.signed_through + 1}..{v.records} are chained but not yet covered by a signed checkpoint")
+        return v
+
+    def _check_content(self, envelope: dict[str, Any], row: Any) -> str | None:
+        if self.hmac_key is None:
+            return None
+        for part in ("prompt", "output"):
+            sealed = (envelope.get(part) or {}).get("content_hmac")
+            stored = getattr(row, part)
+            if sealed is None and stored is None:
+                continue
+            if sealed != mac(self.hmac_key, stored or "", "content"):
+                return f"its stored {part} does not match the sealed HMAC"
+        return None
+
+    def export(self, out: Path, filters: Filters) -> dict[str, Any]:
+        """JSON Lines (oldest first), plus `<out>.manifest.json`: first/last record, count, sha256."""
+        rows = self.search(filters, limit=10**9, newest_first=False)
+        digest = hashlib.sha256()
+        with open(out, "wb") as f:
+            for row in rows:
+                full = self.get(str(row["seq"])) or row
+                line = canonical({"seq": row["seq"], "id": row["id"], "prev_hash": row["prev_hash"], "hash": row["hash"],
+                                  "record": row["record"], "content": full.get("content")}) + b"\n"
+                f.write(line)
+                digest.update(line)
+        verification = self.verify()
+        ends = {"first": rows[0], "last": rows[-1]} if rows else {"first": None, "last": None}
+        manifest = {
+            "file": out.name, "format": "jsonl", "records": len(rows), "sha256": digest.hexdigest(), "exported_at": utc_now(),
+            "filters": filters.describe(),
+            **{k: ({"seq": r["seq"], "id": r["id"], "ts": r["record"]["ts"], "hash": r["hash"]} if r else None) for k, r in ends.items()},
+            "chain": {"verified": verification.ok, "records": verification.records, "head": verification.head,
+                      "signed_through": verification.signed_through, "problem": verification.problem},
+            "how_to_check": "each line: hash == sha256(prev_hash + '\\n' + canonical_json(record)); the file: sha256 of its bytes",
+        }
+        out.with_name(out.name + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest

@@ -1,0 +1,135 @@
+"""The audit database: its own SQLite file, append-only by trigger, read and written through SQLAlchemy.
+
+Three tables. `audit_records` holds the sealed envelopes and the chain; a few envelope fields are
+copied into indexed columns for the review filters (verification checks they still agree).
+`audit_content` holds the redacted prompt and output apart from the chain, so a retention policy
+can delete them (only once expired: a trigger refuses earlier deletes) without breaking it: the
+envelope holds their HMACs. `audit_checkpoints` holds the signed chain heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text, create_engine, event, text
+
+from .chain import GENESIS, canonical, record_hash, ulid, utc_now
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+records = Table(
+    "audit_records", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("id", String, nullable=False, unique=True),
+    Column("ts", String, nullable=False),
+    Column("type", String, nullable=False),
+    Column("surface", String),
+    Column("actor_ref", String),
+    Column("conversation_id", String),
+    Column("request_id", String),
+    Column("action", String),  # the guard's overall action: allow | flag | redact | block
+    Column("outcome", String),  # ok | cancelled | error | blocked
+    Column("envelope", Text, nullable=False),  # canonical JSON: what the hash covers
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_ts", "ts"),
+    Index("ix_audit_conversation", "conversation_id", "seq"),
+    Index("ix_audit_actor", "actor_ref", "ts"),
+    Index("ix_audit_action", "action", "ts"),
+    Index("ix_audit_surface", "surface", "ts"),
+    Index("ix_audit_outcome", "outcome", "ts"),
+)
+
+contents = Table(
+    "audit_content", metadata,
+    Column("record_id", String, primary_key=True),
+    Column("prompt", Text),
+    Column("output", Text),
+    Column("expires_at", String, nullable=False),
+)
+
+checkpoints = Table(
+    "audit_checkpoints", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),  # the last record it covers
+    Column("ts", String, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("prev_sig", String, nullable=False),
+    Column("key_id", String, nullable=False),
+    Column("sig", String, nullable=False),
+)
+
+# Columns copied out of the envelope, and where in the envelope they come from.
+INDEXED = {
+    "id": ("id",), "ts": ("ts",), "type": ("type",), "surface": ("surface",), "actor_ref": ("actor", "user_ref"),
+    "conversation_id": ("conversation_id",), "request_id": ("request_id",), "action": ("guard", "action"), "outcome": ("outcome", "status"),
+}
+
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+TRIGGERS = [
+    "CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_content_no_update BEFORE UPDATE ON audit_content BEGIN SELECT RAISE(ABORT, 'audit content cannot be changed'); END",
+    f"CREATE TRIGGER IF NOT EXISTS audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
+    "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END",
+]
+
+
+def dig(envelope: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = envelope
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def open_db(path: Path, writer: bool = False) -> Engine:
+    """A SQLAlchemy engine on the audit file. The writer's transactions start with BEGIN IMMEDIATE,
+    so the server and a CLI command appending at the same time take turns on the chain head."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi: Any, _record: Any) -> None:
+        dbapi.isolation_level = None  # SQLAlchemy's documented pysqlite recipe: we issue BEGIN ourselves
+        cur = dbapi.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # an audit record is durable once committed
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    if writer:
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+            for ddl in TRIGGERS:
+                conn.execute(text(ddl))
+            conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return engine
+
+
+def head(conn: Any) -> tuple[int, str]:
+    row = conn.execute(records.select().with_only_columns(records.c.seq, records.c.hash).order_by(records.c.seq.desc()).limit(1)).first()
+    return (row.seq, row.hash) if row else (0, GENESIS)
+
+
+def append(conn: Any, body: dict[str, Any], content: dict[str, Any] | None, expires_at: str | None) -> dict[str, Any]:
+    """Seal one record onto the chain inside the caller's (IMMEDIATE) transaction."""
+    seq, prev = head(conn)
+    envelope = {"v": 1, **body, "seq": seq + 1, "id": ulid(), "ts": utc_now()}
+    sealed = canonical(envelope)
+    digest = record_hash(prev, sealed)
+    row = {col: dig(envelope, path) for col, path in INDEXED.items()}
+    conn.execute(records.insert().values(seq=seq + 1, envelope=sealed.decode("utf-8"), prev_hash=prev, hash=digest, **row))
+    if content is not None and expires_at is not None:
+        conn.execute(contents.insert().values(record_id=envelope["id"], expires_at=expires_at, **content))
+    return {**envelope, "hash": digest, "prev_hash": prev}
+
+
+def expire_content(conn: Any) -> int:
+    result = conn.execute(contents.delete().where(contents.c.expires_at <= text(NOW)))
+    return int(result.rowcount or 0)

@@ -1,0 +1,161 @@
+"""`/audit`: the review page and its JSON API, behind the admin token.
+
+The token is sent as `Authorization: Bearer <token>` (API clients) or, after signing in on the
+page, as an HttpOnly, SameSite=Strict cookie holding an HMAC of it (never the token itself).
+Without either, every route here answers 401. The page is static HTML and JavaScript served from
+here (no CDN), renders every value as text, and is locked down by a Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from .review import AuditReader, Filters
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "tandem_audit"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+@dataclass
+class ReviewState:
+    directory: Path
+    token: str
+    _reader: AuditReader | None = field(default=None, repr=False)
+
+    @property
+    def reader(self) -> AuditReader:
+        if self._reader is None:
+            self._reader = AuditReader(self.directory)
+        return self._reader
+
+    def session_value(self) -> str:
+        return hmac.new(self.token.encode(), b"tandem-audit-session", hashlib.sha256).hexdigest()
+
+    def authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer ") and hmac.compare_digest(header[7:].strip().encode(), self.token.encode()):
+            return True
+        cookie = request.cookies.get(COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session_value().encode())
+
+
+def _state(request: Request) -> ReviewState:
+    return request.state.audit_review  # type: ignore[no-any-return]
+
+
+def _login_page(status: int, message: str = "") -> HTMLResponse:
+    html = (STATIC / "login.html").read_text().replace("{{message}}", message)
+    return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+def _unauthorized() -> JSONResponse:
+    return JSONResponse({"error": {"message": "the audit review needs the admin token (Authorization: Bearer <token>)", "type": "authentication_error",
+                                   "param": None, "code": "admin_token_required"}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def page(request: Request) -> Response:
+    if not _state(request).authorized(request):
+        return _login_page(401)
+    return FileResponse(STATIC / "audit.html", headers=SECURITY_HEADERS)
+
+
+async def asset(request: Request) -> Response:
+    if not _state(request).authorized(request):
+        return _unauthorized()
+    name = request.path_params["name"]
+    if name not in ("audit.js", "audit.css"):
+        return JSONResponse({"error": {"message": "no such asset", "type": "invalid_request_error", "param": None, "code": "not_found"}}, status_code=404)
+    return FileResponse(STATIC / name, headers=SECURITY_HEADERS)
+
+
+async def login(request: Request) -> Response:
+    state = _state(request)
+    # a one-field urlencoded form: the standard library parses it (Starlette's form parser needs python-multipart)
+    fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
+    given = (fields.get("token") or [""])[0].strip()
+    if not given or not hmac.compare_digest(given.encode(), state.token.encode()):
+        return _login_page(401, "That token is not right.")
+    response = RedirectResponse("/audit", status_code=303)
+    response.set_cookie(COOKIE, state.session_value(), httponly=True, samesite="strict", path="/audit", secure=request.url.scheme == "https")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/audit", status_code=303)
+    response.delete_cookie(COOKIE, path="/audit")
+    return response
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    r = row["record"]
+    guard = r.get("guard") or {}
+    findings: dict[str, int] = {}
+    for result in guard.get("input", []) + guard.get("output", []):
+        for f in result.get("findings", []):
+            findings[f["type"]] = findings.get(f["type"], 0) + 1
+    return {"seq": row["seq"], "id": row["id"], "ts": r.get("ts"), "type": r.get("type"), "surface": r.get("surface"),
+            "action": guard.get("action"), "outcome": (r.get("outcome") or {}).get("status"),
+            "finish_reason": (r.get("output") or {}).get("finish_reason"), "user_ref": (r.get("actor") or {}).get("user_ref"),
+            "conversation_id": r.get("conversation_id"), "findings": findings,
+            "tokens": {"prompt": (r.get("prompt") or {}).get("tokens"), "output": (r.get("output") or {}).get("tokens")},
+            "timing": r.get("timing")}
+
+
+FILTER_FIELDS = ("since", "until", "surface", "verdict", "outcome", "conversation", "user", "type")
+
+
+async def api_records(request: Request) -> Response:
+    state = _state(request)
+    if not state.authorized(request):
+        return _unauthorized()
+    q = request.query_params
+    try:
+        before = int(q["before"]) if q.get("before") else None
+        limit = min(max(int(q.get("limit", "50")), 1), 500)
+        filters = Filters(**{k: q.get(k) or None for k in FILTER_FIELDS}, before_seq=before)
+        rows = await asyncio.to_thread(state.reader.search, filters, limit)
+    except ValueError as exc:
+        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": "invalid_filter"}}, status_code=400)
+    return JSONResponse({"records": [_summary(r) for r in rows], "next_before": rows[-1]["seq"] if len(rows) == limit else None})
+
+
+async def api_record(request: Request) -> Response:
+    state = _state(request)
+    if not state.authorized(request):
+        return _unauthorized()
+    row = await asyncio.to_thread(state.reader.get, request.path_params["ref"])
+    if row is None:
+        return JSONResponse({"error": {"message": "no such record", "type": "invalid_request_error", "param": "ref", "code": "not_found"}}, status_code=404)
+    return JSONResponse(row)
+
+
+async def api_verify(request: Request) -> Response:
+    state = _state(request)
+    if not state.authorized(request):
+        return _unauthorized()
+    result = await asyncio.to_thread(state.reader.verify)
+    return JSONResponse(result.to_json())
+
+
+routes = [
+    Route("/audit", page, methods=["GET"]),
+    Route("/audit/login", login, methods=["POST"]),
+    Route("/audit/logout", logout, methods=["POST"]),
+    Route("/audit/static/{name}", asset, methods=["GET"]),
+    Route("/audit/api/records", api_records, methods=["GET"]),
+    Route("/audit/api/records/{ref}", api_record, methods=["GET"]),
+    Route("/audit/api/verify", api_verify, methods=["GET"]),
+]

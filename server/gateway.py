@@ -1,0 +1,312 @@
+"""The gateway: the only road to the engine.
+
+Every surface (HTTP API, support chat, language server) hands it a `Call` — surface, actor,
+prompt, parameters — and gets back a stream of deltas. In between it sanitises the input with
+the surface's guard profile, renders the model's prompt (chat template, fill-in-the-middle),
+streams from the engine, scans the output as it streams, and writes exactly one audit record
+whatever the outcome: ok, cancelled, error or blocked. The engine object lives only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from .audit import AuditLog, Entry
+from .audit.chain import iso_utc
+from .engine import Delta, Engine, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall
+from .models import LoadedModel
+
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+DEFAULT_CHAT_TOKENS = 1024  # cap when a chat call names no max_tokens
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is calling. Raw values never reach the audit log: user and IP are stored as keyed HMACs."""
+
+    kind: str  # api_client | ide_user | widget_visitor | system
+    user: str | None = None
+    ip: str | None = None
+    client: str | None = None  # e.g. a User-Agent or "tandem-lsp/0.1"
+    tenant: str | None = None  # e.g. the support widget's site
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    text: str | list[int]  # token ids are decoded for scanning
+
+
+@dataclass(frozen=True)
+class FimPrompt:
+    prefix: str
+    suffix: str
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+
+
+Prompt = TextPrompt | FimPrompt | ChatPrompt
+
+
+@dataclass(frozen=True)
+class Params:
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Call:
+    surface: str  # a guard profile: ide_completion | support_chat
+    actor: Actor
+    prompt: Prompt
+    params: Params = field(default_factory=Params)
+    priority: Priority = Priority.CHAT
+    request_id: str = ""
+    conversation_id: str | None = None
+    message_id: str | None = None
+    session_id: str | None = None
+    context: Mapping[str, Any] | None = None  # what the caller's context builder kept and dropped
+
+
+class Refused(Exception):
+    """The gateway refused or ended a call; `code` is stable for clients, `status` the HTTP equivalent."""
+
+    def __init__(self, status: int, code: str, message: str, scanner: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.scanner = status, code, message, scanner
+
+
+class InputBlocked(Refused):
+    pass
+
+
+class OutputRefused(Refused):
+    pass
+
+
+class GuardMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.actions = Counter("tandem_guard_actions_total", "Gateway calls by surface and the guard's overall action.", ["surface", "action"], registry=registry)
+        self.findings = Counter("tandem_guard_findings_total", "Guard findings by scanner and type.", ["direction", "scanner", "type"], registry=registry)
+        self.records = Counter("tandem_audit_records_total", "Audit records queued, by outcome.", ["outcome"], registry=registry)
+
+
+class Gateway:
+    def __init__(self, model: LoadedModel, engine: Engine, audit: AuditLog, registry: CollectorRegistry) -> None:
+        self.model, self._engine, self.audit = model, engine, audit
+        self.metrics = GuardMetrics(registry)
+        tokenizer = model.tokenizer
+        special = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])] + [str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})]
+        self._guards = {
+            name: InputGuard(profile, self._count_tokens, engine.context_length, special) for name, profile in PROFILES.items()
+        }
+
+    # Read-only views of the engine for health checks; nothing else of it leaves this module.
+    @property
+    def engine_alive(self) -> bool:
+        return self._engine.alive
+
+    @property
+    def engine_load(self) -> tuple[int, int]:
+        return self._engine.running, self._engine.waiting
+
+    @property
+    def context_length(self) -> int:
+        return self._engine.context_length
+
+    def close(self) -> None:
+        self._engine.close()
+        self.audit.close()
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def stream(self, call: Call) -> AsyncIterator[Delta]:
+        """Guarded, audited generation. Raises `Refused` (before or during the stream) or `EngineError`."""
+        if call.surface not in PROFILES:
+            raise ValueError(f"unknown surface {call.surface!r}")
+        rec = _Record(call, time.monotonic())
+        try:
+            segments = _segments(call.prompt, self.model.tokenizer)
+            sanitized = await asyncio.to_thread(self._guards[call.surface].scan, segments)
+            rec.input_results, rec.prompt_text = sanitized.results, _joined(sanitized.segments)
+            if sanitized.blocked is not None:
+                raise _input_refusal(sanitized.blocked)
+            engine_prompt, default_max = self._render(call.prompt, sanitized.segments)
+            rec.prompt_tokens = len(engine_prompt) if isinstance(engine_prompt, list) else self._count_tokens(engine_prompt)
+            req = GenerationRequest(
+                prompt=engine_prompt,
+                max_tokens=call.params.max_tokens if call.params.max_tokens is not None else default_max,
+                temperature=call.params.temperature, top_p=call.params.top_p, seed=call.params.seed, stop=call.params.stop,
+                priority=call.priority, request_id=call.request_id,
+            )
+            rec.scanner = output_scanner(PROFILES[call.surface])
+            gen = self._engine.stream(req)
+            try:
+                async for delta in gen:
+                    text = rec.scanner.feed(delta.text)
+                    if delta.finish_reason is not None:
+                        text += rec.scanner.finish()
+                        rec.finish = delta.finish_reason
+                    rec.emit(text, delta)
+                    yield Delta(text, delta.tokens, delta.finish_reason, delta.prompt_tokens)
+            finally:
+                await gen.aclose()  # type: ignore[attr-defined]
+        except OutputBlocked as exc:
+            rec.fail("blocked", "output_blocked")
+            raise OutputRefused(422, "output_blocked", f"the answer was stopped: {exc}", exc.scanner) from None
+        except Refused as exc:
+            rec.fail("blocked" if isinstance(exc, InputBlocked) else "error", exc.code)
+            raise
+        except EngineError as exc:
+            rec.fail("error", _engine_code(exc))
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            rec.fail("ok" if rec.finish else "cancelled", None)
+            raise
+        except Exception:
+            rec.fail("error", "internal_error")
+            raise
+        finally:
+            self._write(rec)
+
+    def _render(self, prompt: Prompt, segments: list[Segment]) -> tuple[str | list[int], int]:
+        """The sanitised segments as the model's prompt, and the default max_tokens for this kind of call."""
+        if isinstance(prompt, ChatPrompt):
+            tokenizer = self.model.tokenizer
+            if not getattr(tokenizer, "chat_template", None):
+                raise InvalidRequest(f"model {self.model.name!r} has no chat template; use /v1/completions", "messages")
+            messages = [{"role": s.role, "content": s.text} for s in segments]
+            try:
+                ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+            except Exception as exc:  # templates raise on role orders they do not support
+                raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", "messages") from None
+            return ids, max(1, min(DEFAULT_CHAT_TOKENS, self._engine.context_length - len(ids)))
+        if isinstance(prompt, FimPrompt):
+            if self.model.fim_tokens is None:
+                raise InvalidRequest(f"model {self.model.name!r} has no fill-in-the-middle tokens", "suffix")
+            pre, suf, mid = self.model.fim_tokens
+            return f"{pre}{segments[0].text}{suf}{segments[1].text}{mid}", DEFAULT_COMPLETION_TOKENS
+        if isinstance(prompt.text, list) and segments[0].text == self.model.tokenizer.decode(prompt.text):
+            return prompt.text, DEFAULT_COMPLETION_TOKENS  # unchanged by the guard: keep the caller's exact ids
+        return segments[0].text, DEFAULT_COMPLETION_TOKENS
+
+    def _write(self, rec: _Record) -> None:
+        audit = self.audit
+        body = rec.envelope(self.model, audit)
+        self.metrics.actions.labels(rec.call.surface, body["guard"]["action"]).inc()
+        self.metrics.records.labels(body["outcome"]["status"]).inc()
+        for direction, results in (("input", rec.input_results), ("output", rec.output_results())):
+            for r in results:
+                for f in r.findings:
+                    self.metrics.findings.labels(direction, r.scanner, f.type).inc()
+        audit.submit(Entry(body, rec.prompt_text, rec.output_text() if rec.scanner is not None else None))
+
+
+def _segments(prompt: Prompt, tokenizer: Any) -> list[Segment]:
+    if isinstance(prompt, ChatPrompt):
+        return [Segment(role, text) for role, text in prompt.messages]
+    if isinstance(prompt, FimPrompt):
+        return [Segment("code", prompt.prefix), Segment("code", prompt.suffix)]
+    text = prompt.text if isinstance(prompt.text, str) else tokenizer.decode(prompt.text)
+    return [Segment("code", text)]
+
+
+def _joined(segments: list[Segment]) -> str:
+    if len(segments) == 1:
+        return segments[0].text
+    return "\n".join(f"[{s.role}]\n{s.text}" for s in segments)
+
+
+def _input_refusal(blocked: ScanResult) -> InputBlocked:
+    if blocked.scanner == "size":
+        return InputBlocked(413, "input_too_large", blocked.reason or "input too large", "size")
+    if blocked.scanner == "tokens":
+        return InputBlocked(400, "context_length_exceeded", blocked.reason or "input too long", "tokens")
+    return InputBlocked(400, "content_blocked", f"the request was blocked by the input guard ({blocked.reason})", blocked.scanner)
+
+
+def _engine_code(exc: EngineError) -> str:
+    if isinstance(exc, EngineOverloaded):
+        return "overloaded"
+    if isinstance(exc, InvalidRequest):
+        return "invalid_request"
+    return "engine_error"
+
+
+class _Record:
+    """What one call accumulates for its audit record."""
+
+    def __init__(self, call: Call, started: float) -> None:
+        self.call, self.started, self.started_at = call, started, time.time()
+        self.input_results: list[ScanResult] = []
+        self.scanner = None  # type: Any
+        self.prompt_text: str | None = None
+        self.prompt_tokens = 0
+        self.parts: list[str] = []
+        self.tokens = 0
+        self.chunks = 0
+        self.ttft: float | None = None
+        self.finish: str | None = None
+        self.status, self.error_code = "ok", None  # type: str, str | None
+
+    def emit(self, text: str, delta: Delta) -> None:
+        self.tokens = delta.tokens
+        if text:
+            self.parts.append(text)
+            self.chunks += 1
+            if self.ttft is None:
+                self.ttft = time.monotonic() - self.started
+
+    def fail(self, status: str, code: str | None) -> None:
+        self.status, self.error_code = status, code
+
+    def output_text(self) -> str:
+        return "".join(self.parts)
+
+    def output_results(self) -> list[ScanResult]:
+        if self.scanner is not None:
+            return self.scanner.results()  # type: ignore[no-any-return]
+        reason = "no output: the call ended before generation"
+        return [ScanResult(name, Verdict.NOT_SCANNED, reason=reason) for name in PROFILES[self.call.surface].output_scanners]
+
+    def envelope(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
+        call, p = self.call, self.call.params
+        results_in, results_out = self.input_results, self.output_results()
+        if not results_in:
+            results_in = [ScanResult(n, Verdict.NOT_SCANNED, reason="not run") for n in PROFILES[call.surface].input_scanners]
+        finish = self.finish if self.status == "ok" else ("cancelled" if self.status == "cancelled" else self.status)
+        output = self.output_text() if self.scanner is not None else None
+        return {
+            "type": "llm.interaction",
+            "surface": call.surface,
+            "request_id": call.request_id,
+            "actor": {"kind": call.actor.kind, "user_ref": audit.pseudonym(call.actor.user, "user"), "ip_ref": audit.pseudonym(call.actor.ip, "ip"),
+                      "client": call.actor.client, "tenant": call.actor.tenant},
+            "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
+            "model": {"name": model.name, "quantization": model.quant,
+                      "params": {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop_count": len(p.stop)}},
+            "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens,
+                       "chars": len(self.prompt_text) if self.prompt_text is not None else None,
+                       "content_hmac": audit.seal_content(self.prompt_text) if self.prompt_text is not None else None,
+                       "context": dict(call.context) if call.context else None},
+            "guard": {"profile": call.surface, "policy_version": POLICY_VERSION, "input": [r.to_json() for r in results_in],
+                      "output": [r.to_json() for r in results_out], "action": overall(results_in + results_out)},
+            "output": {"tokens": self.tokens, "chars": len(output) if output is not None else None, "chunks": self.chunks, "finish_reason": finish,
+                       "content_hmac": audit.seal_content(output) if output is not None else None},
+            "timing": {"started_at": iso_utc(self.started_at),
+                       "ttft_ms": round(self.ttft * 1000) if self.ttft is not None else None, "total_ms": round((time.monotonic() - self.started) * 1000)},
+            "outcome": {"status": self.status, "error_code": self.error_code},
+        }

@@ -1,0 +1,138 @@
+"""The input side of the guard: a profile per surface, and the pipeline that applies it.
+
+Order matters (guard notes, 1.3): size caps run first, bytes then tokens, so no pattern ever
+runs on an oversized input; then Unicode controls, secrets, and for chat personal data,
+template tokens and injection tripwires. Every scanner of the profile reports a verdict; one
+that did not run (because an earlier one blocked) says `not_scanned`, never `pass`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import injection, pii, secrets, unicode
+from .report import Finding, ScanResult, Span, Verdict, choose, redact
+
+POLICY_VERSION = "2026-11-22"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_bytes: int
+    strip_invisible: bool  # chat: strip; code: flag only, never rewrite
+    pii: bool
+    injection: bool
+    output_exfil: bool
+
+    @property
+    def input_scanners(self) -> list[str]:
+        names = ["size", "tokens", "unicode", "secrets"]
+        if self.pii:
+            names.append("pii")
+        if self.injection:
+            names += ["template_tokens", "injection"]
+        return names
+
+    @property
+    def output_scanners(self) -> list[str]:
+        return ["secrets", "remote_images"] if self.output_exfil else ["secrets"]
+
+
+PROFILES = {
+    "ide_completion": Profile("ide_completion", max_bytes=512 * 1024, strip_invisible=False, pii=False, injection=False, output_exfil=False),
+    "support_chat": Profile("support_chat", max_bytes=64 * 1024, strip_invisible=True, pii=True, injection=True, output_exfil=True),
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of caller text: a chat message (role) or a part of a completion prompt."""
+
+    role: str  # "system" | "user" | "assistant" | "code"
+    text: str
+
+
+@dataclass
+class Sanitized:
+    segments: list[Segment]
+    results: list[ScanResult]
+    blocked: ScanResult | None = None
+
+    @property
+    def redacted(self) -> bool:
+        return any(r.verdict is Verdict.REDACT for r in self.results)
+
+
+@dataclass
+class InputGuard:
+    """Applies one profile. `count_tokens` is the model's tokenizer; `token_limit` its window."""
+
+    profile: Profile
+    count_tokens: Callable[[str], int]
+    token_limit: int
+    special_tokens: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.template_rx: re.Pattern[str] = injection.template_pattern(self.special_tokens)
+
+    def scan(self, segments: list[Segment]) -> Sanitized:
+        results: list[ScanResult] = []
+        pending = list(self.profile.input_scanners)
+
+        def done(result: ScanResult) -> None:
+            results.append(result)
+            pending.remove(result.scanner)
+
+        def block(result: ScanResult) -> Sanitized:
+            done(result)
+            results.extend(ScanResult(name, Verdict.NOT_SCANNED, reason=f"not run: blocked by {result.scanner}") for name in pending)
+            return Sanitized(segments, results, result)
+
+        size = sum(len(s.text.encode("utf-8", "surrogatepass")) for s in segments)
+        if size > self.profile.max_bytes:
+            return block(ScanResult("size", Verdict.BLOCK, reason=f"input is {size} bytes; the {self.profile.name} limit is {self.profile.max_bytes}"))
+        done(ScanResult("size", Verdict.PASS))
+        tokens = sum(self.count_tokens(s.text) for s in segments)
+        if tokens > self.token_limit:
+            return block(ScanResult("tokens", Verdict.BLOCK, reason=f"input is {tokens} tokens; the model's context is {self.token_limit}"))
+        done(ScanResult("tokens", Verdict.PASS))
+
+        segments, found = self._each(segments, unicode.find_invisible, rewrite=self.profile.strip_invisible, strip=True)
+        done(ScanResult("unicode", Verdict.FLAG if found else Verdict.PASS, found, reason="stripped" if found and self.profile.strip_invisible else None))
+
+        segments, found = self._each(segments, lambda t: choose(secrets.find_secrets(t)), rewrite=True)
+        done(ScanResult("secrets", Verdict.REDACT if found else Verdict.PASS, found))
+
+        if self.profile.pii:
+            segments, found = self._each(segments, lambda t: choose(pii.find_pii(t)), rewrite=True, roles=("user", "assistant"))
+            done(ScanResult("pii", Verdict.REDACT if found else Verdict.PASS, found))
+
+        if self.profile.injection:
+            find_tokens = lambda t: [Span(m.start(), m.end(), "template_token") for m in self.template_rx.finditer(t)]  # noqa: E731
+            segments, tokens_found = self._each(segments, find_tokens, rewrite=True, strip=True, roles=("user", "assistant"))
+            done(ScanResult("template_tokens", Verdict.FLAG if tokens_found else Verdict.PASS, tokens_found, reason="neutralised" if tokens_found else None))
+            _, wires = self._each(segments, injection.find_tripwires, rewrite=False, roles=("user",))
+            if injection.strong_evidence([Span(f.start, f.end, f.type) for f in wires], len(tokens_found)):
+                kinds = sorted({f.type for f in wires})
+                return block(ScanResult("injection", Verdict.BLOCK, wires, reason="prompt injection: " + ", ".join(kinds)))
+            done(ScanResult("injection", Verdict.FLAG if wires else Verdict.PASS, wires))
+        return Sanitized(segments, results)
+
+    @staticmethod
+    def _each(segments: list[Segment], find: Callable[[str], list[Span]], rewrite: bool, strip: bool = False,
+              roles: tuple[str, ...] | None = None) -> tuple[list[Segment], list[Finding]]:
+        """Run a finder over every segment (of the given roles); replace (or strip) what it finds."""
+        out, findings = [], []
+        single = len(segments) == 1
+        for i, seg in enumerate(segments):
+            spans = find(seg.text) if roles is None or seg.role in roles else []
+            for s in spans:
+                placeholder = None if strip or not rewrite else s.placeholder
+                findings.append(Finding(s.type, s.start, s.end, placeholder, None if single else i))
+            if spans and rewrite:
+                seg = Segment(seg.role, unicode.strip(seg.text, spans) if strip else redact(seg.text, spans))
+            out.append(seg)
+        return out, findings
