@@ -113,7 +113,7 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
         loaded = loader() if loader else models.load(config.model, config.quant)
         engine_metrics = EngineMetrics()
         Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=engine_metrics.registry).set(loaded.footprint_bytes)
-        audit = AuditLog(config.audit_config()).start()
+        audit = AuditLog(config.audit_config(), engine_metrics.registry).start()
         if engine_factory is not None:
             engine = engine_factory(loaded, config.engine, engine_metrics)
         else:

@@ -1,6 +1,7 @@
 """`AuditLog`: the writing side. Records are queued by the gateway without blocking the event loop
 and sealed onto the chain by one writer thread, a batch per transaction; every `checkpoint_every`
-records (and at shutdown) the chain head is signed.
+records (and at shutdown) the chain head is signed. A batch the database refuses (disk full,
+locked) is retried with backoff, in order, never dropped; each failure is logged and counted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
 from . import store
@@ -39,13 +41,17 @@ class Entry:
 
 
 class AuditLog:
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, config: AuditConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
+        registry = registry or CollectorRegistry()
+        self._failures = Counter("tandem_audit_write_failures", "Attempts to write audit records that the database refused (they are retried).", registry=registry)
+        self._depth = Gauge("tandem_audit_queue_depth", "Audit records waiting to be written.", registry=registry)
+        self._depth.set_function(lambda: self._queue.qsize())
         self.keys = AuditKeys.load_or_create(config.directory)
         self.db = store.open_db(config.directory / "audit.db", writer=True)
         self._queue: queue.Queue[Entry | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.failures = 0
+        self._stopping = threading.Event()
         with self.db.begin() as conn:
             expired = store.expire_content(conn)
         if expired:
@@ -80,6 +86,7 @@ class AuditLog:
 
     def close(self) -> None:
         if self._thread is not None:
+            self._stopping.set()
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
@@ -127,12 +134,17 @@ class AuditLog:
                     break
             entries = [e for e in batch if e is not None]
             stop = len(entries) < len(batch)
-            try:
-                if entries:
+            delay = 0.2
+            while entries:
+                try:
                     self.write(entries)
-            except Exception:  # a failed write must be loud, and must not kill the writer
-                self.failures += len(entries)
-                log.exception("audit: %d records could not be written", len(entries))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                    break
+                except Exception:  # loud, counted, retried: a record is never silently dropped
+                    self._failures.inc()
+                    log.exception("audit: %d records could not be written; retrying in %.1f s", len(entries), delay)
+                    if self._stopping.wait(delay) and delay >= 5:
+                        log.error("audit: giving up on %d records at shutdown", len(entries))
+                        break
+                    delay = min(delay * 2, 5.0)
+            for _ in batch:
+                self._queue.task_done()

@@ -1,10 +1,14 @@
-"""The shared streaming engine. Clients use `Engine.stream` and the types below, nothing else."""
+"""The shared streaming engine. Clients use `Engine.stream` and the types below, nothing else.
 
-from .engine import Engine, EngineConfig
-from .metrics import EngineMetrics
+`Engine` and `EngineMetrics` are imported on first use (PEP 562), so that commands which only
+need the types (`tandem audit`, `tandem guard`) start without loading torch."""
+
+from typing import TYPE_CHECKING, Any
+
 from .types import (
     Delta,
     EngineClosed,
+    EngineConfig,
     EngineError,
     EngineOverloaded,
     EngineStats,
@@ -12,6 +16,23 @@ from .types import (
     InvalidRequest,
     Priority,
 )
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .metrics import EngineMetrics
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    if name == "EngineMetrics":
+        from .metrics import EngineMetrics
+
+        return EngineMetrics
+    raise AttributeError(name)
+
 
 __all__ = [
     "Delta",

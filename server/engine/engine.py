@@ -28,6 +28,7 @@ from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, sample_next
 from .scheduler import Scheduler
 from .types import (
+    EngineConfig,
     Delta,
     EngineClosed,
     EngineError,
@@ -38,16 +39,6 @@ from .types import (
 )
 
 log = logging.getLogger("tandem.engine")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = 32
-    max_waiting: int = 64
-    prefill_token_budget: int = 4096  # prompt tokens admitted per step, so decode is not starved
-    prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
-    context_length: int | None = None  # default: the model's own
-    preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
 
 
 class _Sequence:

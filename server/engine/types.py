@@ -19,6 +19,16 @@ class Priority(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    max_batch_size: int = 32
+    max_waiting: int = 64
+    prefill_token_budget: int = 4096  # prompt tokens admitted per step, so decode is not starved
+    prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
+    context_length: int | None = None  # default: the model's own
+    preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation. `prompt` is text (tokenised by the engine) or token ids."""
 

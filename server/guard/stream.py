@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .report import Finding, ScanResult, Span, Verdict, choose, redact
 from .secrets import OPEN_PRIVATE_KEY
 
-CONTEXT_CHARS = 256  # released text kept as left context for the rules
+CONTEXT_CHARS = 256  # released text kept as left context for the rules (more after a forced release)
 HOLD_LIMIT = 4096  # longest run held back before it must be released
 OPEN_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:(?!-----END)[\s\S])*$")
 TRAILING_RUN = re.compile(r"\S+$")
@@ -104,5 +104,13 @@ class OutputScanner:
         out = redact(self.pending[:hold], released)
         self.consumed += hold
         self.pending = self.pending[hold:]
-        self.tail = (self.tail + out)[-CONTEXT_CHARS:]
+        self.tail = self._context(self.tail + out)
         return out
+
+    @staticmethod
+    def _context(released: str) -> str:
+        """The left context to keep: 256 characters, or, after a run too long to hold was let go,
+        that whole run (so a match that completes later is seen to reach into sent text)."""
+        run = TRAILING_RUN.search(released)
+        keep = max(CONTEXT_CHARS, min(len(run.group(0)) if run else 0, 2 * HOLD_LIMIT))
+        return released[-keep:]

@@ -1,0 +1,41 @@
+"""A scripted stand-in for the engine, for protocol tests that need exact model output
+(a secret split across tokens, a block after text has gone out). It honours the engine's
+interface: `stream(GenerationRequest) -> AsyncIterator[Delta]`, plus the read-only status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from server.engine import Delta, EngineError, GenerationRequest
+
+
+class ScriptedEngine:
+    def __init__(self, context_length: int = 2048) -> None:
+        self.context_length = context_length
+        self.requests: list[GenerationRequest] = []
+        self.script: list[str] = ["Hello", " there."]
+        self.error: EngineError | None = None
+        self.delay = 0.0
+        self.alive, self.running, self.waiting = True, 0, 0
+        self.closed_early = 0
+
+    async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        self.requests.append(req)
+        if self.error is not None:
+            raise self.error
+        pieces = self.script[: req.max_tokens]
+        finished = False
+        try:
+            for i, piece in enumerate(pieces):
+                await asyncio.sleep(self.delay)
+                last = i == len(pieces) - 1
+                finish = ("stop" if len(pieces) < req.max_tokens else "length") if last else None
+                yield Delta(piece, i + 1, finish, 5)
+            finished = True
+        finally:
+            if not finished:
+                self.closed_early += 1
+
+    def close(self) -> None:
+        self.alive = False
