@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the browser tests drive Debian's chromium through Playwright (Playwright's own browser download cannot work offline)
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test model bench clean
 
@@ -23,7 +26,11 @@ model: $(STAMP)
 run: model
 	$(BIN)/tandem serve
 
-test: model
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: model $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: model

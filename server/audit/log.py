@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger("tandem.audit")
 class AuditConfig:
     directory: Path
     checkpoint_every: int = 256
+    checkpoint_seconds: float = 3600.0  # also sign a moved head at least this often
     content_days: int = 30  # redacted prompts and outputs are kept this long; 0 keeps none (HMACs only)
 
 
@@ -124,9 +126,16 @@ class AuditLog:
         return when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
     def _run(self) -> None:
-        stop = False
+        stop, last_signed = False, time.monotonic()
         while not stop:
-            batch = [self._queue.get()]
+            try:
+                first = self._queue.get(timeout=min(60.0, self.config.checkpoint_seconds))
+            except queue.Empty:
+                if time.monotonic() - last_signed >= self.config.checkpoint_seconds:
+                    self.checkpoint()
+                    last_signed = time.monotonic()
+                continue
+            batch = [first]
             while len(batch) < 256:
                 try:
                     batch.append(self._queue.get_nowait())

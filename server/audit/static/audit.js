@@ -123,8 +123,11 @@ async function loadVerification() {
   try {
     const v = await getJSON("/audit/api/verify");
     el.className = "status " + (v.ok ? "ok" : "bad");
+    const signed = v.signed_through
+      ? (v.signed_through === v.records ? "all signed" : `signed through record ${v.signed_through}`)
+      : "no signed checkpoint yet";
     el.textContent = v.ok
-      ? `Chain verified: ${v.records} records, signed through record ${v.signed_through}`
+      ? `Chain verified: ${v.records} records, ${signed}`
       : `Verification FAILED at record ${v.first_bad_seq}: ${v.problem}`;
   } catch (err) {
     el.className = "status bad";
