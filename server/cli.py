@@ -44,7 +44,9 @@ def _serve(args: argparse.Namespace) -> int:
                           audit_dir=Path(args.audit_dir) if args.audit_dir else None, audit_checkpoint_every=args.audit_checkpoint_every,
                           audit_content_days=args.audit_content_days, admin_token=args.admin_token or os.environ.get("TANDEM_ADMIN_TOKEN") or None)
     app = create_app(config)
-    print(f"Tandem: loading {args.model or 'the default model'} ({args.quant}); serving on http://{args.host}:{args.port}", flush=True)
+    token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit_config().directory / 'admin.token'}"
+    print(f"Tandem: loading {args.model or 'the default model'} ({args.quant}); serving on http://{args.host}:{args.port}\n"
+          f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
 
