@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from .audit import AuditLog, Entry
 from .audit.chain import iso_utc
 from .engine import Delta, Engine, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
-from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall
+from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall, scrub
 from .models import LoadedModel
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -294,7 +294,7 @@ class _Record:
             "surface": call.surface,
             "request_id": call.request_id,
             "actor": {"kind": call.actor.kind, "user_ref": audit.pseudonym(call.actor.user, "user"), "ip_ref": audit.pseudonym(call.actor.ip, "ip"),
-                      "client": call.actor.client, "tenant": call.actor.tenant},
+                      "client": scrub(call.actor.client) if call.actor.client else None, "tenant": call.actor.tenant},
             "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
             "model": {"name": model.name, "quantization": model.quant,
                       "params": {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop_count": len(p.stop)}},

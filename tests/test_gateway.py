@@ -243,3 +243,11 @@ def test_a_refused_audit_write_is_counted_and_retried_not_dropped(tiny_server) -
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "bye", "max_tokens": 1}).status_code == 200
         rows = records(s.audit_dir, 3)
         assert [r["seq"] for r in rows] == [1, 2, 3] and rows[2]["_content"]["prompt"] == "bye"
+
+
+def test_a_secret_in_the_user_agent_is_not_recorded(tiny_server) -> None:
+    with tiny_server() as s:
+        ua = "deploy-bot/1.0 (token ghp_jwTEBysr7h8xR1nxCPPYTbXF0WFq72TGuZon)"
+        assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}, headers={"User-Agent": ua}).status_code == 200
+        (row,) = records(s.audit_dir, 1)
+        assert row["actor"]["client"] == "deploy-bot/1.0 (token [REDACTED:github_token])"

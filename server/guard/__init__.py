@@ -7,7 +7,15 @@ from .sanitize import POLICY_VERSION, PROFILES, InputGuard, Profile, Sanitized, 
 from .stream import OutputBlocked, OutputScanner
 
 __all__ = ["POLICY_VERSION", "PROFILES", "Finding", "InputGuard", "OutputBlocked", "OutputScanner", "Profile", "Sanitized",
-           "ScanResult", "Segment", "Span", "Verdict", "output_scanner", "overall"]
+           "ScanResult", "Segment", "Span", "Verdict", "output_scanner", "overall", "scrub"]
+
+
+def scrub(text: str) -> str:
+    """Secrets redacted from a short caller-supplied string (a User-Agent, a client name) before it is recorded."""
+    from .report import choose, redact
+    from .secrets import find_secrets
+
+    return redact(text, choose(find_secrets(text)))
 
 
 def output_scanner(profile: Profile) -> OutputScanner:
