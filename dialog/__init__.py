@@ -1,2 +1,1 @@
-"""The support chat: WebSocket dialog service, SQLite store and embeddable widget. Built with the
-support-chat issue; it will reach the engine only through the gateway's interface."""
+"""The support chat: a WebSocket dialog service (protocol v1), its SQLite store, and widget.js."""

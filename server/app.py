@@ -21,6 +21,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+# The app is where the parts are composed: the support chat mounts here, and nothing else in
+# server/ imports dialog/ (dialog depends on the gateway, never the reverse).
+from dialog import web as dialog_web
+from dialog.service import DialogConfig, DialogService
+from dialog.store import Site
+
 from . import models, openai_api
 from .audit import AuditConfig, AuditLog
 from .audit import web as audit_web
@@ -30,10 +36,14 @@ from .gateway import Gateway
 from .settings import tandem_home
 from .state import AppState
 
+DEMO_SITE = Site("demo", "Tandem demo shop", ("http://127.0.0.1:*", "http://localhost:*"),
+                 "You are the friendly support assistant of the Tandem demo shop. Answer briefly and politely.")
 log = logging.getLogger("tandem.server")
 
 OPEN_PATHS = ("/healthz",)  # answered without an API key, so load balancers can probe
-OWN_AUTH_PREFIXES = ("/audit",)  # the review page checks its admin token itself
+# these check their own credentials: the review page its admin token; the support chat its site
+# key, the page's origin and the visitor token (a widget on a customer's site has no API key)
+OWN_AUTH_PREFIXES = ("/audit", "/v1/dialog", "/widget.js", "/widget")
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,13 @@ class ServerConfig:
     audit_checkpoint_every: int = 256
     audit_content_days: int = 30
     admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token
+    dialog_dir: Path | None = None  # chat store and visitor-token key; default: $TANDEM_HOME/dialog
+    demo_site: bool = True  # create the `demo` site (loopback origins) for /widget/demo when missing
+    dialog: dict[str, object] = field(default_factory=dict)  # DialogConfig overrides (limits, answer length)
+
+    def dialog_config(self) -> DialogConfig:
+        directory = self.dialog_dir or tandem_home() / "dialog"
+        return DialogConfig(db_path=directory / "chat.db", key_path=directory / "visitor.key", **self.dialog)  # type: ignore[arg-type]
 
     def audit_config(self) -> AuditConfig:
         return AuditConfig(self.audit_dir or tandem_home() / "audit", self.audit_checkpoint_every, self.audit_content_days)
@@ -120,14 +137,19 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
             engine = Engine(loaded.model, loaded.tokenizer, config.engine, engine_metrics).start()
         gateway = Gateway(loaded, engine, audit, engine_metrics.registry)
         log.info("engine ready: %s, %s, %.1f MiB; audit log %s", loaded.name, loaded.quant, loaded.footprint_bytes / 2**20, audit.path)
+        dialog = await DialogService.open(gateway, config.dialog_config())
+        if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
+            await dialog.store.put_site(DEMO_SITE)
         try:
             yield {"tandem": AppState(loaded, gateway, engine_metrics.registry, int(time.time())),
-                   "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config))}
+                   "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config)),
+                   "dialog": dialog}
         finally:
+            await dialog.close()
             gateway.close()
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes, *audit_web.routes],
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes, *audit_web.routes, *dialog_web.routes],
         middleware=[Middleware(BearerAuth, api_key=config.api_key)],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_not_found, Exception: handle_unexpected},
         lifespan=lifespan,

@@ -130,6 +130,17 @@ class Gateway:
         self._engine.close()
         self.audit.close()
 
+    def count_chat_tokens(self, messages: list[tuple[str, str]]) -> int:
+        """The prompt length of these (role, content) messages under the model's chat template."""
+        rendered = self.model.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True,
+                                                            tokenize=True, return_dict=True)
+        return len(rendered["input_ids"])
+
+    def sanitize_text(self, surface: str, text: str) -> str:
+        """A user's text as the guard passes it to the model, for stores that keep only that
+        (the chat store never holds the secret or card number a visitor pasted)."""
+        return self._guards[surface].scan([Segment("user", text)]).segments[0].text
+
     def _count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -112,14 +112,16 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
     count = [0]
 
     def start(api_key: str | None = None, fim: tuple[str, str, str] | None = None, model=None, tok=None,  # type: ignore[no-untyped-def]
-              checkpoint_every: int = 256, content_days: int = 30, **engine: object) -> ThreadedServer:
+              checkpoint_every: int = 256, content_days: int = 30, dialog: dict | None = None, dialog_dir: Path | None = None,
+              **engine: object) -> ThreadedServer:
         count[0] += 1
         loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)
         audit_dir = tmp_path / f"audit-{count[0]}"
+        dialog_dir = dialog_dir or tmp_path / f"dialog-{count[0]}"
         config = ServerConfig(api_key=api_key, engine=EngineConfig(**engine), audit_dir=audit_dir, audit_checkpoint_every=checkpoint_every,  # type: ignore[arg-type]
-                              audit_content_days=content_days, admin_token=ADMIN_TOKEN)
+                              audit_content_days=content_days, admin_token=ADMIN_TOKEN, dialog_dir=dialog_dir, dialog=dialog or {})
         server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
-        server.audit_dir = audit_dir
+        server.audit_dir, server.dialog_dir = audit_dir, dialog_dir
         return server
 
     return start
@@ -131,6 +133,7 @@ class DefaultServer(NamedTuple):
     audit_dir: Path
     log_path: Path  # everything the server printed
     admin_token: str
+    dialog_dir: Path
 
 
 @pytest.fixture(scope="session")
@@ -144,9 +147,11 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     env.pop("HF_HUB_OFFLINE", None)  # the server must stay offline by itself
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
     audit_dir = tmp_path_factory.mktemp("audit")
+    dialog_dir = tmp_path_factory.mktemp("dialog")
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--max-batch-size", "32",
-                                 "--audit-dir", str(audit_dir), "--admin-token", ADMIN_TOKEN, "--audit-checkpoint-every", "50", "--log-level", "debug"],
+                                 "--audit-dir", str(audit_dir), "--admin-token", ADMIN_TOKEN, "--audit-checkpoint-every", "50",
+                                 "--dialog-dir", str(dialog_dir), "--log-level", "debug"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -161,7 +166,7 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
             raise RuntimeError(f"tandem serve did not come up:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.25)
     try:
-        yield DefaultServer(url, guard_log, audit_dir, log_path, ADMIN_TOKEN)
+        yield DefaultServer(url, guard_log, audit_dir, log_path, ADMIN_TOKEN, dialog_dir)
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,84 @@
+"""Numbered schema migrations for the chat store (the pattern of simonw/llm's migrations.py).
+
+Each step is a function `mNNN_what(conn)` appended in order; applied names are recorded in
+`_migrations`, so a database at any earlier step is brought forward and a blank one is built
+from the start. Steps never change once released: a new need is a new step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+
+Migration = Callable[[Any], None]
+MIGRATIONS: list[Migration] = []
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_initial(conn: Any) -> None:
+    conn.execute(text("""
+        CREATE TABLE sites (
+            site_key TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            allowed_origins TEXT NOT NULL,          -- JSON list
+            system_prompt TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""))
+    conn.execute(text("""
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            site_key TEXT NOT NULL REFERENCES sites(site_key),
+            visitor_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"""))
+    conn.execute(text("CREATE INDEX ix_conversations_visitor ON conversations(visitor_id, updated_at)"))
+    conn.execute(text("""
+        CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            role TEXT NOT NULL,                     -- user | assistant
+            text TEXT NOT NULL,
+            status TEXT NOT NULL,                   -- streaming | done | cancelled | interrupted | blocked | error
+            client_msg_id TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"""))
+    conn.execute(text("CREATE INDEX ix_messages_conversation ON messages(conversation_id, created_at)"))
+    conn.execute(text("CREATE UNIQUE INDEX ux_messages_client_msg ON messages(conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL"))
+
+
+@migration
+def m002_events_and_seq(conn: Any) -> None:
+    """Resume needs every frame a client was sent, in order: one row per ack, delta and done."""
+    conn.execute(text("ALTER TABLE conversations ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE messages ADD COLUMN finish_reason TEXT"))
+    conn.execute(text("ALTER TABLE messages ADD COLUMN seq INTEGER"))  # the seq of the message's ack (user) or first frame (assistant)
+    conn.execute(text("""
+        CREATE TABLE events (
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            seq INTEGER NOT NULL,
+            frame TEXT NOT NULL,                    -- the server frame as sent (JSON)
+            PRIMARY KEY (conversation_id, seq)
+        )"""))
+
+
+def applied(conn: Any) -> list[str]:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
+    return [row[0] for row in conn.execute(text("SELECT name FROM _migrations ORDER BY rowid"))]
+
+
+def migrate(conn: Any, upto: int | None = None) -> list[str]:
+    """Apply the steps not yet applied (up to step `upto`, for tests of older schemas); returns their names."""
+    done = set(applied(conn))
+    ran = []
+    for step in MIGRATIONS[:upto]:
+        if step.__name__ in done:
+            continue
+        step(conn)
+        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES (:n, strftime('%Y-%m-%dT%H:%M:%fZ','now'))"), {"n": step.__name__})
+        ran.append(step.__name__)
+    return ran

@@ -1,0 +1,308 @@
+"""`WS /v1/dialog`: the support chat's WebSocket service (protocol v1 of design.md).
+
+One `Hub` per live conversation holds its seq counter, the sockets watching it and its one
+running generation. Every frame a hub sends gets the next seq and is queued for the store, which
+writes them in small batches; a socket that (re)joins is, under the hub's lock, first given what
+it missed from the store and then added to the live watchers, so each frame arrives exactly once.
+A generation belongs to the conversation, not the socket: a dropped connection does not stop it,
+and the next socket picks it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.engine import EngineOverloaded, Priority
+from server.gateway import Actor, Call, ChatPrompt, Gateway, InputBlocked, OutputRefused, Params
+
+from . import frames
+from .context import TooLong, fit
+from .limits import RateLimiter
+from .store import Message, Site, Store
+from .tokens import Visitor, VisitorTokens
+
+log = logging.getLogger("tandem.dialog")
+
+PLAIN_WORDS = {
+    "blocked": "Sorry, I can't help with that message.",
+    "overloaded": "We're very busy right now. Please try again in a moment.",
+    "error": "Something went wrong while answering. Please try again.",
+}
+
+
+@dataclass(frozen=True)
+class DialogConfig:
+    db_path: Path
+    key_path: Path
+    max_message_chars: int = 4000
+    max_answer_tokens: int = 256
+    temperature: float = 0.0
+    visitor_messages_per_minute: int = 20
+    ip_messages_per_minute: int = 60
+    ip_connections_per_minute: int = 60
+    flush_seconds: float = 0.1  # at most this much of a streaming answer is lost to a crash
+    hello_timeout: float = 10.0
+
+
+class Client:
+    """One socket. Sends never raise: a dead socket just stops receiving."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.alive = True
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if not self.alive:
+            return
+        try:
+            await self.ws.send_json(frame)
+        except Exception:  # closed mid-send: the client will resume from its last seq
+            self.alive = False
+
+
+class Hub:
+    def __init__(self, cid: str, last_seq: int) -> None:
+        self.cid, self.seq = cid, last_seq
+        self.lock = asyncio.Lock()
+        self.clients: set[Client] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.updates: dict[str, dict[str, Any]] = {}
+        self.last_flush = time.monotonic()
+
+    @property
+    def generating(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def emit(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Number, queue for the store and send one frame (the caller holds the lock)."""
+        self.seq += 1
+        frame = {**frame, "seq": self.seq}
+        self.pending.append(frame)
+        for client in list(self.clients):
+            await client.send(frame)
+            if not client.alive:
+                self.clients.discard(client)
+        return frame
+
+    async def flush(self, store: Store) -> None:
+        if self.pending or self.updates:
+            pending, updates = self.pending, self.updates
+            self.pending, self.updates = [], {}
+            await store.append_frames(self.cid, pending, updates)
+        self.last_flush = time.monotonic()
+
+
+class DialogService:
+    def __init__(self, store: Store, gateway: Gateway, tokens: VisitorTokens, config: DialogConfig) -> None:
+        self.store, self.gateway, self.tokens, self.config = store, gateway, tokens, config
+        self.hubs: dict[str, Hub] = {}
+        self.visitor_limit = RateLimiter(config.visitor_messages_per_minute, 60)
+        self.ip_limit = RateLimiter(config.ip_messages_per_minute, 60)
+        self.connect_limit = RateLimiter(config.ip_connections_per_minute, 60)
+
+    @classmethod
+    async def open(cls, gateway: Gateway, config: DialogConfig) -> DialogService:
+        store = await Store.open(config.db_path)
+        interrupted = await store.interrupt_streaming()
+        if interrupted:
+            log.warning("dialog: %d answers cut by the last shutdown marked interrupted", len(interrupted))
+        return cls(store, gateway, VisitorTokens.load_or_create(config.key_path), config)
+
+    async def close(self) -> None:
+        tasks = [hub.task for hub in self.hubs.values() if hub.generating]
+        for task in tasks:
+            task.cancel()  # type: ignore[union-attr]
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task  # type: ignore[misc]
+        await self.store.close()
+
+    async def _hub(self, cid: str) -> Hub:
+        hub = self.hubs.get(cid)
+        if hub is None:
+            conv = await self.store.conversation(cid)
+            hub = self.hubs.setdefault(cid, Hub(cid, conv["last_seq"] if conv else 0))
+        return hub
+
+    def _release(self, hub: Hub) -> None:
+        if not hub.clients and not hub.generating and not hub.pending and self.hubs.get(hub.cid) is hub:
+            del self.hubs[hub.cid]
+
+    # --- the socket --------------------------------------------------------------------------------
+    async def endpoint(self, ws: WebSocket) -> None:
+        ip = ws.client.host if ws.client else "unknown"
+        await ws.accept()
+        client = Client(ws)
+        hub: Hub | None = None
+        try:
+            site, visitor, hub = await self._handshake(ws, client, ip)
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    frame = frames.parse(message.get("text") if message.get("text") is not None else message.get("bytes") or b"")
+                    if isinstance(frame, frames.Ping):
+                        await client.send({"type": "pong"})
+                    elif isinstance(frame, frames.Hello):
+                        raise frames.FrameError("already_greeted", "this connection has already said hello")
+                    elif isinstance(frame, frames.Cancel):
+                        await self._cancel(hub)
+                    else:
+                        await self._message(hub, site, visitor, ip, client, frame)
+                except frames.FrameError as err:
+                    await client.send(err.frame())
+        except frames.FrameError as err:  # refused at the door: say why, then close
+            await client.send(err.frame())
+            with contextlib.suppress(Exception):
+                await ws.close(code=4403 if err.code in ("origin_not_allowed", "forbidden") else 4400)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if hub is not None:
+                hub.clients.discard(client)
+                self._release(hub)
+
+    async def _handshake(self, ws: WebSocket, client: Client, ip: str) -> tuple[Site, Visitor, Hub]:
+        wait = self.connect_limit.check(ip)
+        if wait is not None:
+            raise frames.FrameError("rate_limited", "Too many connections from your network. Please wait a moment.", retry_after=wait)
+        site_key = ws.query_params.get("site_key", "")
+        site = await self.store.site(site_key)
+        if site is None:
+            raise frames.FrameError("unknown_site", f"no site with key {site_key[:64]!r}")
+        if not site.allows(ws.headers.get("origin")):
+            raise frames.FrameError("origin_not_allowed", "This chat is not enabled for this website.")
+        try:
+            message = await asyncio.wait_for(ws.receive(), self.config.hello_timeout)
+        except asyncio.TimeoutError:
+            raise frames.FrameError("hello_required", "the first frame must be hello") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect()
+        hello = frames.parse(message.get("text") if message.get("text") is not None else message.get("bytes") or b"")
+        if not isinstance(hello, frames.Hello):
+            raise frames.FrameError("hello_required", "the first frame must be hello")
+        if hello.v != frames.PROTOCOL_VERSION:
+            raise frames.FrameError("unsupported_version", f"this server speaks dialog protocol v{frames.PROTOCOL_VERSION}")
+        if hello.site_key != site.site_key:
+            raise frames.FrameError("forbidden", "the hello names another site than the connection")
+        visitor = self.tokens.verify(hello.token) if hello.token else None
+        if hello.token and (visitor is None or visitor.site_key != site.site_key):
+            raise frames.FrameError("forbidden", "this visitor token is not valid for this site")
+        token = hello.token
+        if visitor is None:
+            token, visitor = self.tokens.issue(site.site_key)
+        if hello.conversation_id:
+            conv = await self.store.conversation(hello.conversation_id)
+            if conv is None or conv["visitor_id"] != visitor.visitor_id or conv["site_key"] != site.site_key:
+                raise frames.FrameError("forbidden", "this conversation belongs to someone else")
+            cid = hello.conversation_id
+        else:
+            cid = await self.store.create_conversation(site.site_key, visitor.visitor_id)
+        hub = await self._hub(cid)
+        async with hub.lock:
+            await hub.flush(self.store)
+            if hello.last_seq is not None and hello.last_seq <= hub.seq and hello.conversation_id:
+                await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": [], "seq": hello.last_seq, "reset": False})
+                for frame in await self.store.frames_after(cid, hello.last_seq):
+                    await client.send(frame)
+            else:  # a fresh page, or a client ahead of what survived a crash: the whole history
+                history = [m.to_frame() for m in await self.store.messages(cid)]
+                await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": history, "seq": hub.seq, "reset": True})
+            hub.clients.add(client)
+        return site, visitor, hub
+
+    # --- frames --------------------------------------------------------------------------------------
+    async def _message(self, hub: Hub, site: Site, visitor: Visitor, ip: str, client: Client, frame: frames.Message) -> None:
+        text = frame.text.strip()
+        if not text:
+            raise frames.FrameError("empty_message", "The message is empty.")
+        if len(frame.text) > self.config.max_message_chars:
+            raise frames.FrameError("message_too_large", f"Messages can be at most {self.config.max_message_chars} characters.")
+        existing = await self.store.by_client_msg_id(hub.cid, frame.client_msg_id)
+        if existing is not None:  # a retry of a message we have: acknowledge it again, answer it once
+            await client.send({"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": existing.id, "seq": existing.seq})
+            return
+        if hub.generating:
+            raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
+        for limiter, key in ((self.visitor_limit, visitor.visitor_id), (self.ip_limit, ip)):
+            wait = limiter.check(key)
+            if wait is not None:
+                raise frames.FrameError("rate_limited", f"You're sending messages too quickly. Please wait {wait} s.", retry_after=wait)
+        stored_text = await asyncio.to_thread(self.gateway.sanitize_text, "support_chat", frame.text)
+        async with hub.lock:
+            user = await self.store.add_message(hub.cid, "user", stored_text, "done", hub.seq + 1, frame.client_msg_id)
+            await hub.emit({"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id})
+            answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
+            await hub.flush(self.store)
+        hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer))
+
+    async def _cancel(self, hub: Hub) -> None:
+        if hub.generating:
+            hub.task.cancel()  # type: ignore[union-attr]
+            with contextlib.suppress(BaseException):
+                await hub.task  # type: ignore[misc]
+
+    async def _generate(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, answer: Message) -> None:
+        parts: list[str] = []
+        finish, error = "error", None  # type: str, frames.FrameError | None
+        gen = None
+        try:
+            earlier = [(m.role, m.text) for m in await self.store.messages(hub.cid)
+                       if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")]
+            window = self.gateway.context_length
+            fitted = await asyncio.to_thread(fit, site.system_prompt, earlier, user.text, self.gateway.count_chat_tokens, window - self.config.max_answer_tokens)
+            call = Call("support_chat", Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
+                        ChatPrompt(fitted.messages), Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
+                        Priority.CHAT, request_id=answer.id, conversation_id=hub.cid, message_id=answer.id, context=fitted.audit(window))
+            gen = self.gateway.stream(call)
+            async for delta in gen:
+                async with hub.lock:
+                    if delta.text:
+                        parts.append(delta.text)
+                        await hub.emit({"type": "delta", "message_id": answer.id, "text": delta.text})
+                        hub.updates[answer.id] = {"text": "".join(parts)}
+                    if time.monotonic() - hub.last_flush >= self.config.flush_seconds:
+                        await hub.flush(self.store)
+                if delta.finish_reason:
+                    finish = delta.finish_reason
+        except asyncio.CancelledError:
+            finish = "cancelled"
+        except TooLong:
+            finish, error = "blocked", frames.FrameError("message_too_large", "That message is too long for me to read in one go.")
+        except InputBlocked:
+            finish, error = "blocked", frames.FrameError("message_blocked", PLAIN_WORDS["blocked"])
+        except OutputRefused:
+            finish, error = "blocked", frames.FrameError("answer_blocked", "The answer was stopped because it contained something it should not.")
+        except EngineOverloaded as exc:
+            error = frames.FrameError("overloaded", PLAIN_WORDS["overloaded"], retry_after=exc.retry_after)
+        except Exception:
+            log.exception("dialog: generation failed in %s", hub.cid)
+            error = frames.FrameError("error", PLAIN_WORDS["error"])
+        finally:
+            if gen is not None:
+                with contextlib.suppress(BaseException):
+                    await gen.aclose()  # type: ignore[attr-defined]
+        status = {"stop": "done", "length": "done", "cancelled": "cancelled", "blocked": "blocked"}.get(finish, "error")
+        async with hub.lock:
+            await hub.emit({"type": "done", "message_id": answer.id, "finish_reason": finish})
+            hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": finish}
+            if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
+                hub.updates[user.id] = {"status": "blocked"}
+            await hub.flush(self.store)
+            if error is not None:
+                for client in list(hub.clients):
+                    await client.send(error.frame())
+        self._release_later(hub)
+
+    def _release_later(self, hub: Hub) -> None:
+        asyncio.get_running_loop().call_soon(self._release, hub)

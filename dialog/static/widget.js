@@ -1,0 +1,338 @@
+/*
+ * Tandem support chat widget. One tag on any page:
+ *   <script src="https://support.example.com/widget.js" data-site-key="KEY" defer></script>
+ * Plain JavaScript, no build step, no dependencies. The UI lives in a shadow root so the host
+ * page's CSS cannot break it (nor it the page's). Everything the model or the server says is
+ * rendered as text nodes: Markdown is turned into elements by hand, raw HTML never is, remote
+ * images are never loaded, and links open with rel="noopener noreferrer".
+ */
+(function () {
+  "use strict";
+  var script = document.currentScript;
+  if (!script) return;
+  var siteKey = script.getAttribute("data-site-key") || "";
+  var base = new URL(script.src, location.href);
+  var wsUrl = (base.protocol === "https:" ? "wss://" : "ws://") + base.host + "/v1/dialog?site_key=" + encodeURIComponent(siteKey);
+  var storeKey = "tandem-chat:" + base.host + ":" + siteKey;
+
+  var ERRORS = {
+    origin_not_allowed: "The chat is not available on this website.",
+    unknown_site: "The chat is not set up for this website.",
+    forbidden: "Your previous chat could not be reopened; a new one has started.",
+    rate_limited: "You're sending messages too quickly. Please wait a moment.",
+    busy: "Please wait for the answer to finish, or press Stop.",
+    message_too_large: "That message is too long. Please shorten it.",
+    empty_message: "Please type a message first.",
+    message_blocked: "Sorry, I can't help with that message.",
+    answer_blocked: "The answer was stopped because it contained something it should not.",
+    overloaded: "We're very busy right now. Please try again in a moment.",
+  };
+  var FATAL = { origin_not_allowed: 1, unknown_site: 1, unsupported_version: 1 };
+
+  // ---- state ---------------------------------------------------------------------------------
+  var saved = {};
+  try { saved = JSON.parse(localStorage.getItem(storeKey) || "{}") || {}; } catch (e) { saved = {}; }
+  var ws = null, lastSeq = null, generating = false, stopped = false, attempts = 0, pingTimer = null;
+  var outbox = [];          // messages typed while disconnected: sent (same client_msg_id) on reconnect
+  var bubbles = {};         // message_id -> {el, text}
+  var pendingUser = {};     // client_msg_id -> element
+
+  function save() { try { localStorage.setItem(storeKey, JSON.stringify(saved)); } catch (e) { /* private mode */ } }
+
+  // ---- UI ------------------------------------------------------------------------------------
+  var host = document.createElement("div");
+  host.id = "tandem-chat";
+  var root = host.attachShadow({ mode: "open" });
+  var style = document.createElement("style");
+  style.textContent = [
+    ":host{all:initial;font:14px/1.45 system-ui,sans-serif;color:#1d2327}",
+    ".launcher{position:fixed;right:20px;bottom:20px;z-index:2147483000;border:0;border-radius:24px;padding:12px 18px;background:#2457d6;color:#fff;font:inherit;font-weight:600;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.2)}",
+    ".panel{position:fixed;right:20px;bottom:76px;z-index:2147483000;width:360px;max-width:calc(100vw - 40px);height:520px;max-height:calc(100vh - 100px);display:flex;flex-direction:column;background:#fff;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden}",
+    ".panel[hidden]{display:none}",
+    ".head{display:flex;align-items:center;justify-content:space-between;padding:10px 14px;background:#2457d6;color:#fff;font-weight:600}",
+    ".head button{background:none;border:0;color:#fff;font-size:18px;cursor:pointer}",
+    ".log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:8px}",
+    ".msg{max-width:85%;padding:8px 11px;border-radius:10px;white-space:normal;word-wrap:break-word}",
+    ".user{align-self:flex-end;background:#2457d6;color:#fff}",
+    ".assistant{align-self:flex-start;background:#f0f2f5}",
+    ".msg p{margin:0 0 .5em}.msg p:last-child{margin:0}",
+    ".msg pre{background:#1d2327;color:#f0f2f5;padding:8px;border-radius:6px;overflow-x:auto;white-space:pre}",
+    ".msg code{font-family:ui-monospace,monospace;font-size:12.5px}",
+    ".msg a{color:inherit;text-decoration:underline}",
+    ".note{font-size:12px;opacity:.7;margin-top:4px}",
+    ".pending{opacity:.6}",
+    ".status{padding:4px 12px;font-size:12px;color:#7a4b00;min-height:1em}",
+    ".status.error{color:#8a1c1c}",
+    ".compose{display:flex;gap:6px;padding:10px;border-top:1px solid #e3e6e8}",
+    ".compose textarea{flex:1;resize:none;height:38px;font:inherit;padding:8px;border:1px solid #c8cdd2;border-radius:8px}",
+    ".compose button{border:0;border-radius:8px;padding:0 12px;font:inherit;font-weight:600;cursor:pointer;background:#2457d6;color:#fff}",
+    ".compose button.stop{background:#8a1c1c}",
+    ".compose button[hidden]{display:none}",
+  ].join("\n");
+  root.appendChild(style);
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text != null) node.textContent = text;
+    return node;
+  }
+
+  var launcher = el("button", "launcher", "Chat with us");
+  launcher.setAttribute("aria-label", "Open the support chat");
+  var panel = el("div", "panel");
+  panel.hidden = true;
+  panel.setAttribute("role", "dialog");
+  panel.setAttribute("aria-label", "Support chat");
+  var head = el("div", "head");
+  head.appendChild(el("span", null, "Support"));
+  var closeBtn = el("button", null, "\u00d7");
+  closeBtn.setAttribute("aria-label", "Close the chat");
+  head.appendChild(closeBtn);
+  var log = el("div", "log");
+  log.setAttribute("aria-live", "polite");
+  var status = el("div", "status");
+  status.setAttribute("role", "status");
+  var compose = el("form", "compose");
+  var input = el("textarea");
+  input.setAttribute("placeholder", "Type your message…");
+  input.setAttribute("aria-label", "Your message");
+  var sendBtn = el("button", "send", "Send");
+  sendBtn.type = "submit";
+  var stopBtn = el("button", "stop", "Stop");
+  stopBtn.type = "button";
+  stopBtn.hidden = true;
+  compose.appendChild(input);
+  compose.appendChild(sendBtn);
+  compose.appendChild(stopBtn);
+  panel.appendChild(head);
+  panel.appendChild(log);
+  panel.appendChild(status);
+  panel.appendChild(compose);
+  root.appendChild(launcher);
+  root.appendChild(panel);
+
+  function showStatus(text, isError) {
+    status.textContent = text || "";
+    status.className = "status" + (isError ? " error" : "");
+  }
+
+  function setGenerating(on) {
+    generating = on;
+    stopBtn.hidden = !on;
+    sendBtn.hidden = on;
+  }
+
+  // ---- Markdown, safely: elements built by hand, never innerHTML ------------------------------
+  var SAFE_URL = /^(https?:|mailto:)/i;
+
+  function inline(parent, text) {
+    // `code`, **bold**, *italic*, [text](url), ![alt](url) (shown as its text, never loaded)
+    var re = /(`[^`]+`)|(\*\*[^*]+\*\*)|(\*[^*\s][^*]*\*)|(!?\[[^\]]*\]\([^)\s]+\))/g;
+    var at = 0, m;
+    while ((m = re.exec(text))) {
+      if (m.index > at) parent.appendChild(document.createTextNode(text.slice(at, m.index)));
+      var tok = m[0];
+      if (m[1]) parent.appendChild(el("code", null, tok.slice(1, -1)));
+      else if (m[2]) parent.appendChild(el("strong", null, tok.slice(2, -2)));
+      else if (m[3]) parent.appendChild(el("em", null, tok.slice(1, -1)));
+      else {
+        var image = tok.charAt(0) === "!";
+        var label = tok.slice(image ? 2 : 1, tok.indexOf("]("));
+        var url = tok.slice(tok.indexOf("](") + 2, -1);
+        if (image || !SAFE_URL.test(url)) {
+          parent.appendChild(document.createTextNode(label || url));
+        } else {
+          var a = el("a", null, label || url);
+          a.href = url;
+          a.rel = "noopener noreferrer";
+          a.target = "_blank";
+          parent.appendChild(a);
+        }
+      }
+      at = m.index + tok.length;
+    }
+    if (at < text.length) parent.appendChild(document.createTextNode(text.slice(at)));
+  }
+
+  function markdown(text) {
+    var frag = document.createDocumentFragment();
+    var parts = text.split(/```/);
+    parts.forEach(function (part, i) {
+      if (i % 2 === 1) {  // a fenced code block (its first line may name the language)
+        var body = part.replace(/^[\w+-]*\n/, "");
+        var pre = el("pre");
+        pre.appendChild(el("code", null, body.replace(/\n$/, "")));
+        frag.appendChild(pre);
+        return;
+      }
+      part.split(/\n{2,}/).forEach(function (block) {
+        if (!block.trim()) return;
+        var lines = block.split("\n");
+        var bullets = lines.every(function (l) { return /^\s*([-*]|\d+\.)\s+/.test(l) || !l.trim(); });
+        if (bullets) {
+          var ordered = /^\s*\d+\./.test(lines[0]);
+          var list = el(ordered ? "ol" : "ul");
+          lines.forEach(function (l) {
+            if (!l.trim()) return;
+            var li = el("li");
+            inline(li, l.replace(/^\s*([-*]|\d+\.)\s+/, ""));
+            list.appendChild(li);
+          });
+          frag.appendChild(list);
+        } else {
+          var p = el("p");
+          lines.forEach(function (l, j) {
+            if (j) p.appendChild(el("br"));
+            inline(p, l);
+          });
+          frag.appendChild(p);
+        }
+      });
+    });
+    return frag;
+  }
+
+  // ---- messages ------------------------------------------------------------------------------
+  function scroll() { log.scrollTop = log.scrollHeight; }
+
+  function renderMessage(id, role, text, note) {
+    var b = bubbles[id];
+    if (!b) {
+      b = bubbles[id] = { el: el("div", "msg " + role), text: "" };
+      b.el.setAttribute("data-message-id", id);
+      b.el.setAttribute("data-role", role);
+      log.appendChild(b.el);
+    }
+    b.text = text;
+    b.el.replaceChildren(role === "assistant" ? markdown(text) : document.createTextNode(text));
+    if (note) b.el.appendChild(el("div", "note", note));
+    scroll();
+    return b;
+  }
+
+  var NOTES = { cancelled: "(stopped)", interrupted: "(interrupted: the answer was cut off)", blocked: "(blocked)", error: "(failed)" };
+
+  function onFrame(f) {
+    if (f.type !== "welcome" && typeof f.seq === "number") {
+      if (lastSeq !== null && f.seq <= lastSeq) return;  // already shown
+      lastSeq = f.seq;
+    }
+    switch (f.type) {
+      case "welcome":
+        saved.token = f.token;
+        saved.conversation_id = f.conversation_id;
+        save();
+        attempts = 0;
+        showStatus("");
+        if (f.reset) {
+          log.replaceChildren();
+          bubbles = {};
+          setGenerating(false);
+          f.history.forEach(function (m) {
+            var note = m.status === "streaming" ? null : NOTES[m.status];
+            renderMessage(m.message_id, m.role, m.text, m.role === "assistant" ? note : null);
+            if (m.role === "assistant" && m.status === "streaming") setGenerating(true);
+          });
+        }
+        lastSeq = f.seq;
+        outbox.splice(0).forEach(function (m) { ws.send(JSON.stringify(m)); });
+        break;
+      case "ack":
+        var pending = pendingUser[f.client_msg_id];
+        if (pending) {
+          pending.classList.remove("pending");
+          pending.setAttribute("data-message-id", f.message_id);
+          bubbles[f.message_id] = { el: pending, text: pending.textContent };
+          delete pendingUser[f.client_msg_id];
+        }
+        setGenerating(true);
+        break;
+      case "delta":
+        var b = bubbles[f.message_id];
+        renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text);
+        setGenerating(true);
+        break;
+      case "done":
+        var d = bubbles[f.message_id];
+        renderMessage(f.message_id, "assistant", d ? d.text : "", NOTES[f.finish_reason]);
+        setGenerating(false);
+        break;
+      case "error":
+        if (f.code === "forbidden") { delete saved.token; delete saved.conversation_id; save(); }
+        var words = ERRORS[f.code] || f.message || "Something went wrong.";
+        if (f.retry_after) words += " (try again in " + f.retry_after + " s)";
+        showStatus(words, true);
+        if (FATAL[f.code]) stopped = true;
+        break;
+    }
+  }
+
+  // ---- connection ----------------------------------------------------------------------------
+  function connect() {
+    if (stopped) return;
+    showStatus(attempts ? "Reconnecting…" : "Connecting…");
+    ws = new WebSocket(wsUrl);
+    ws.onopen = function () {
+      var hello = { type: "hello", v: 1, site_key: siteKey };
+      if (saved.token) hello.token = saved.token;
+      if (saved.conversation_id) hello.conversation_id = saved.conversation_id;
+      if (lastSeq !== null && saved.conversation_id) hello.last_seq = lastSeq;
+      ws.send(JSON.stringify(hello));
+      clearInterval(pingTimer);
+      pingTimer = setInterval(function () { if (ws.readyState === 1) ws.send('{"type":"ping"}'); }, 25000);
+    };
+    ws.onmessage = function (ev) {
+      var f;
+      try { f = JSON.parse(ev.data); } catch (e) { return; }
+      onFrame(f);
+    };
+    ws.onclose = function () {
+      clearInterval(pingTimer);
+      if (stopped) return;
+      attempts += 1;
+      var delay = Math.min(10000, 500 * Math.pow(2, attempts - 1)) * (0.75 + Math.random() / 2);
+      showStatus("Connection lost. Reconnecting…", true);
+      setTimeout(connect, delay);
+    };
+  }
+
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return "m" + Date.now().toString(36) + Math.random().toString(36).slice(2);
+  }
+
+  compose.addEventListener("submit", function (e) {
+    e.preventDefault();
+    var text = input.value.trim();
+    if (!text || generating) return;
+    input.value = "";
+    var id = newId();
+    var bubble = el("div", "msg user pending", text);
+    bubble.setAttribute("data-role", "user");
+    log.appendChild(bubble);
+    pendingUser[id] = bubble;
+    scroll();
+    var frame = { type: "message", client_msg_id: id, text: text };
+    if (ws && ws.readyState === 1) ws.send(JSON.stringify(frame));
+    else outbox.push(frame);
+    showStatus("");
+  });
+  input.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); compose.requestSubmit(); }
+  });
+  stopBtn.addEventListener("click", function () {
+    if (ws && ws.readyState === 1) ws.send('{"type":"cancel"}');
+  });
+  launcher.addEventListener("click", function () {
+    panel.hidden = !panel.hidden;
+    if (!panel.hidden) input.focus();
+  });
+  closeBtn.addEventListener("click", function () { panel.hidden = true; });
+
+  function start() {
+    document.body.appendChild(host);
+    connect();
+  }
+  if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);
+})();

@@ -1,0 +1,193 @@
+"""The chat store: sites, conversations, messages and the frames sent, in SQLite through
+SQLAlchemy's async engine (aiosqlite), in WAL mode so support staff can read while it writes.
+
+Answers are written while they stream: the service appends frames in small batches
+(`append_frames`), each batch one transaction that also brings the message text up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, event, func, literal_column, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .migrations import migrate
+
+meta = MetaData()
+sites = Table("sites", meta, Column("site_key", String, primary_key=True), Column("name", String), Column("allowed_origins", Text),
+              Column("system_prompt", Text), Column("created_at", String))
+conversations = Table("conversations", meta, Column("id", String, primary_key=True), Column("site_key", String), Column("visitor_id", String),
+                      Column("created_at", String), Column("updated_at", String), Column("last_seq", Integer))
+messages = Table("messages", meta, Column("id", String, primary_key=True), Column("conversation_id", String), Column("role", String),
+                 Column("text", Text), Column("status", String), Column("client_msg_id", String), Column("created_at", String),
+                 Column("updated_at", String), Column("finish_reason", String), Column("seq", Integer))
+events = Table("events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text))
+
+
+def now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Site:
+    site_key: str
+    name: str
+    allowed_origins: tuple[str, ...]
+    system_prompt: str
+
+    def allows(self, origin: str | None) -> bool:
+        """Exact origins, or `scheme://host:*` for any port."""
+        if origin is None:
+            return False
+        for allowed in self.allowed_origins:
+            if allowed == origin or allowed == "*":
+                return True
+            if allowed.endswith(":*") and origin.startswith(allowed[:-1]) and origin[len(allowed) - 1:].isdigit():
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    conversation_id: str
+    role: str
+    text: str
+    status: str
+    client_msg_id: str | None
+    created_at: str
+    finish_reason: str | None
+    seq: int | None
+
+    def to_frame(self) -> dict[str, Any]:
+        return {"message_id": self.id, "role": self.role, "text": self.text, "status": self.status, "created_at": self.created_at}
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi: Any, _record: Any) -> None:
+            cur = dbapi.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed batch, power loss at most the last
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- sites ---------------------------------------------------------------------------------
+    async def put_site(self, site: Site) -> None:
+        async with self.engine.begin() as conn:
+            exists = (await conn.execute(select(sites.c.site_key).where(sites.c.site_key == site.site_key))).first()
+            values = {"name": site.name, "allowed_origins": json.dumps(list(site.allowed_origins)), "system_prompt": site.system_prompt}
+            if exists:
+                await conn.execute(update(sites).where(sites.c.site_key == site.site_key).values(**values))
+            else:
+                await conn.execute(sites.insert().values(site_key=site.site_key, created_at=now(), **values))
+
+    async def site(self, site_key: str) -> Site | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(sites).where(sites.c.site_key == site_key))).first()
+        return _site(row) if row else None
+
+    async def list_sites(self) -> list[Site]:
+        async with self.engine.connect() as conn:
+            return [_site(r) for r in await conn.execute(select(sites).order_by(sites.c.created_at))]
+
+    # --- conversations -------------------------------------------------------------------------
+    async def create_conversation(self, site_key: str, visitor_id: str) -> str:
+        cid = new_id("conv")
+        async with self.engine.begin() as conn:
+            await conn.execute(conversations.insert().values(id=cid, site_key=site_key, visitor_id=visitor_id, created_at=now(), updated_at=now(), last_seq=0))
+        return cid
+
+    async def conversation(self, cid: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(conversations).where(conversations.c.id == cid))).first()
+        return dict(row._mapping) if row else None
+
+    async def list_conversations(self, site_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        count = select(func.count()).where(messages.c.conversation_id == conversations.c.id).scalar_subquery()
+        query = select(conversations, count.label("messages")).order_by(conversations.c.updated_at.desc()).limit(limit)
+        if site_key:
+            query = query.where(conversations.c.site_key == site_key)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    # --- messages and frames -------------------------------------------------------------------
+    async def messages(self, cid: str) -> list[Message]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(messages).where(messages.c.conversation_id == cid).order_by(literal_column("messages.rowid")))
+            return [_message(r) for r in rows]
+
+    async def by_client_msg_id(self, cid: str, client_msg_id: str) -> Message | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(messages).where(messages.c.conversation_id == cid, messages.c.client_msg_id == client_msg_id))).first()
+        return _message(row) if row else None
+
+    async def add_message(self, cid: str, role: str, text: str, status: str, seq: int, client_msg_id: str | None = None) -> Message:
+        msg = Message(new_id("msg"), cid, role, text, status, client_msg_id, now(), None, seq)
+        async with self.engine.begin() as conn:
+            await conn.execute(messages.insert().values(id=msg.id, conversation_id=cid, role=role, text=text, status=status, seq=seq,
+                                                        client_msg_id=client_msg_id, created_at=msg.created_at, updated_at=msg.created_at))
+        return msg
+
+    async def append_frames(self, cid: str, frames: list[dict[str, Any]], message_updates: dict[str, dict[str, Any]]) -> None:
+        """One batch in one transaction: the frames sent, the conversation's last seq, and each
+        touched message's text/status so far."""
+        async with self.engine.begin() as conn:
+            if frames:
+                await conn.execute(events.insert(), [{"conversation_id": cid, "seq": f["seq"], "frame": json.dumps(f, ensure_ascii=False)} for f in frames])
+                await conn.execute(update(conversations).where(conversations.c.id == cid).values(last_seq=frames[-1]["seq"], updated_at=now()))
+            for mid, values in message_updates.items():
+                await conn.execute(update(messages).where(messages.c.id == mid).values(updated_at=now(), **values))
+
+    async def frames_after(self, cid: str, seq: int) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(events.c.frame).where(events.c.conversation_id == cid, events.c.seq > seq).order_by(events.c.seq))
+            return [json.loads(r.frame) for r in rows]
+
+    async def interrupt_streaming(self) -> list[tuple[str, str]]:
+        """At start-up: answers left `streaming` by a crash become `interrupted`, each with a closing
+        `done` frame so a client that resumes learns how it ended."""
+        async with self.engine.begin() as conn:
+            rows = list(await conn.execute(select(messages.c.id, messages.c.conversation_id).where(messages.c.status == "streaming")))
+            for mid, cid in rows:
+                seq = (await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))).scalar_one() + 1
+                frame = {"type": "done", "message_id": mid, "seq": seq, "finish_reason": "interrupted"}
+                await conn.execute(events.insert().values(conversation_id=cid, seq=seq, frame=json.dumps(frame)))
+                await conn.execute(update(conversations).where(conversations.c.id == cid).values(last_seq=seq))
+                await conn.execute(update(messages).where(messages.c.id == mid).values(status="interrupted", finish_reason="interrupted", updated_at=now()))
+        return [(cid, mid) for mid, cid in rows]
+
+
+def _site(row: Any) -> Site:
+    return Site(row.site_key, row.name, tuple(json.loads(row.allowed_origins)), row.system_prompt)
+
+
+def _message(row: Any) -> Message:
+    return Message(row.id, row.conversation_id, row.role, row.text, row.status, row.client_msg_id, row.created_at, row.finish_reason, row.seq)
