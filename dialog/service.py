@@ -74,13 +74,14 @@ class Hub:
         self.lock = asyncio.Lock()
         self.clients: set[Client] = set()
         self.task: asyncio.Task[None] | None = None
+        self.answering: str | None = None  # the message being generated; cleared as its `done` goes out
         self.pending: list[dict[str, Any]] = []
         self.updates: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
 
     @property
     def generating(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self.answering is not None
 
     async def emit(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Number, queue for the store and send one frame (the caller holds the lock)."""
@@ -118,12 +119,12 @@ class DialogService:
         return cls(store, gateway, VisitorTokens.load_or_create(config.key_path), config)
 
     async def close(self) -> None:
-        tasks = [hub.task for hub in self.hubs.values() if hub.generating]
+        tasks = [hub.task for hub in self.hubs.values() if hub.task is not None and not hub.task.done()]
         for task in tasks:
-            task.cancel()  # type: ignore[union-attr]
+            task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
-                await task  # type: ignore[misc]
+                await task
         await self.store.close()
 
     async def _hub(self, cid: str) -> Hub:
@@ -134,7 +135,8 @@ class DialogService:
         return hub
 
     def _release(self, hub: Hub) -> None:
-        if not hub.clients and not hub.generating and not hub.pending and self.hubs.get(hub.cid) is hub:
+        busy = hub.generating or (hub.task is not None and not hub.task.done())
+        if not hub.clients and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
             del self.hubs[hub.cid]
 
     # --- the socket --------------------------------------------------------------------------------
@@ -244,11 +246,12 @@ class DialogService:
             await hub.emit({"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id})
             answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
             await hub.flush(self.store)
+            hub.answering = answer.id
         hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer))
 
     async def _cancel(self, hub: Hub) -> None:
-        if hub.generating:
-            hub.task.cancel()  # type: ignore[union-attr]
+        if hub.generating and hub.task is not None:
+            hub.task.cancel()
             with contextlib.suppress(BaseException):
                 await hub.task  # type: ignore[misc]
 
@@ -294,6 +297,7 @@ class DialogService:
                     await gen.aclose()  # type: ignore[attr-defined]
         status = {"stop": "done", "length": "done", "cancelled": "cancelled", "blocked": "blocked"}.get(finish, "error")
         async with hub.lock:
+            hub.answering = None  # a client may send its next message the moment it sees `done`
             await hub.emit({"type": "done", "message_id": answer.id, "finish_reason": finish})
             hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": finish}
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":

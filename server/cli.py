@@ -1,5 +1,6 @@
 """`tandem`: the one command. `serve` runs the server; `audit` reviews its log; `guard` shows what
-the guard finds in files; `bench` measures the engine; `prepare` converts the model ahead of time."""
+the guard finds in files; `sites` and `conversations` manage the support chat; `bench` measures
+the engine; `prepare` converts the model ahead of time."""
 
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit(sub)
     add_guard(sub)
+    from dialog.cli import add_parsers as add_dialog
+
+    add_dialog(sub)
     return parser
 
 

@@ -1,0 +1,72 @@
+"""A small real WebSocket client for the dialog protocol (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from websockets.sync.client import connect
+
+
+class Chat:
+    def __init__(self, base_url: str, site: str = "demo", origin: str | None = None, token: str | None = None,
+                 conversation_id: str | None = None, last_seq: int | None = None, hello: bool = True) -> None:
+        url = base_url.replace("http://", "ws://") + f"/v1/dialog?site_key={site}"
+        self._connection = connect(url, additional_headers={"Origin": origin or base_url}, open_timeout=10, max_size=2**22)
+        self.ws = self._connection.__enter__()
+        self.site = site
+        self.welcome: dict[str, Any] = {}
+        if hello:
+            frame: dict[str, Any] = {"type": "hello", "v": 1, "site_key": site}
+            if token:
+                frame["token"] = token
+            if conversation_id:
+                frame["conversation_id"] = conversation_id
+            if last_seq is not None:
+                frame["last_seq"] = last_seq
+            self.send(frame)
+            self.welcome = self.recv()
+
+    @property
+    def token(self) -> str:
+        return str(self.welcome["token"])
+
+    @property
+    def conversation_id(self) -> str:
+        return str(self.welcome["conversation_id"])
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def recv(self, timeout: float = 60) -> dict[str, Any]:
+        return json.loads(self.ws.recv(timeout=timeout))  # type: ignore[no-any-return]
+
+    def until(self, kind: str, timeout: float = 120) -> list[dict[str, Any]]:
+        """Frames up to and including the first of `kind`."""
+        out = []
+        while True:
+            frame = self.recv(timeout)
+            out.append(frame)
+            if frame["type"] == kind:
+                return out
+
+    def say(self, text: str, client_msg_id: str | None = None) -> str:
+        cmid = client_msg_id or uuid.uuid4().hex
+        self.send({"type": "message", "client_msg_id": cmid, "text": text})
+        return cmid
+
+    def ask(self, text: str, timeout: float = 120) -> tuple[str, list[dict[str, Any]]]:
+        """Send a message and read to its `done`: (answer text, frames)."""
+        self.say(text)
+        frames = self.until("done", timeout)
+        return "".join(f["text"] for f in frames if f["type"] == "delta"), frames
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
