@@ -213,9 +213,13 @@ class DialogService:
         hub = await self._hub(cid)
         async with hub.lock:
             await hub.flush(self.store)
-            if hello.last_seq is not None and hello.last_seq <= hub.seq and hello.conversation_id:
-                await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": [], "seq": hello.last_seq, "reset": False})
-                for frame in await self.store.frames_after(cid, hello.last_seq):
+            # resume only from a frame the store has: a client that saw frames a crash lost gets the whole history
+            resumable = hello.last_seq is not None and hello.conversation_id and hello.last_seq <= hub.seq and (
+                hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq))
+            if resumable:
+                last_seq = hello.last_seq or 0
+                await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": [], "seq": last_seq, "reset": False})
+                for frame in await self.store.frames_after(cid, last_seq):
                     await client.send(frame)
             else:  # a fresh page, or a client ahead of what survived a crash: the whole history
                 history = [m.to_frame() for m in await self.store.messages(cid)]

@@ -30,6 +30,9 @@ messages = Table("messages", meta, Column("id", String, primary_key=True), Colum
 events = Table("events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text))
 
 
+SEQ_GAP_AFTER_CRASH = 1000  # far more frames than a 100 ms flush interval can leave unsaved
+
+
 def now() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
@@ -171,13 +174,18 @@ class Store:
             rows = await conn.execute(select(events.c.frame).where(events.c.conversation_id == cid, events.c.seq > seq).order_by(events.c.seq))
             return [json.loads(r.frame) for r in rows]
 
+    async def has_frame(self, cid: str, seq: int) -> bool:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(events.c.seq).where(events.c.conversation_id == cid, events.c.seq == seq))).first() is not None
+
     async def interrupt_streaming(self) -> list[tuple[str, str]]:
         """At start-up: answers left `streaming` by a crash become `interrupted`, each with a closing
-        `done` frame so a client that resumes learns how it ended."""
+        `done` frame so a client that resumes learns how it ended. The seq jumps past any frame that
+        was sent but not yet saved, so no seq a client has seen is ever given to another frame."""
         async with self.engine.begin() as conn:
             rows = list(await conn.execute(select(messages.c.id, messages.c.conversation_id).where(messages.c.status == "streaming")))
             for mid, cid in rows:
-                seq = (await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))).scalar_one() + 1
+                seq = (await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))).scalar_one() + SEQ_GAP_AFTER_CRASH
                 frame = {"type": "done", "message_id": mid, "seq": seq, "finish_reason": "interrupted"}
                 await conn.execute(events.insert().values(conversation_id=cid, seq=seq, frame=json.dumps(frame)))
                 await conn.execute(update(conversations).where(conversations.c.id == cid).values(last_seq=seq))
