@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -22,8 +24,15 @@ async def widget_js(request: Request) -> Response:
                         headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
 
 
+SITE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 async def demo(request: Request) -> Response:
-    return FileResponse(STATIC / "demo.html", media_type="text/html; charset=utf-8")
+    """The demo page, for the `demo` site or, with `?site_key=KEY`, a preview of any site's widget."""
+    key = request.query_params.get("site_key", "demo")
+    if not SITE_KEY.match(key):
+        return HTMLResponse("<p>site_key may hold letters, digits, '.', '_' and '-' only</p>", status_code=400)
+    return HTMLResponse((STATIC / "demo.html").read_text().replace("{{site_key}}", html.escape(key, quote=True)))
 
 
 routes = [

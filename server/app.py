@@ -36,8 +36,9 @@ from .gateway import Gateway
 from .settings import tandem_home
 from .state import AppState
 
-DEMO_SITE = Site("demo", "Tandem demo shop", ("http://127.0.0.1:*", "http://localhost:*"),
-                 "You are the friendly support assistant of the Tandem demo shop. Answer briefly and politely.")
+# The 135M default model follows a plain system prompt best (a shop persona made it ramble);
+# real sites set their own with `tandem sites add`.
+DEMO_SITE = Site("demo", "Tandem demo shop", ("http://127.0.0.1:*", "http://localhost:*"), "You are a helpful assistant.")
 log = logging.getLogger("tandem.server")
 
 OPEN_PATHS = ("/healthz",)  # answered without an API key, so load balancers can probe

@@ -231,7 +231,8 @@
           setGenerating(false);
           f.history.forEach(function (m) {
             var note = m.status === "streaming" ? null : NOTES[m.status];
-            renderMessage(m.message_id, m.role, m.text, m.role === "assistant" ? note : null);
+            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" ? note : null);
+            if (m.role === "assistant" && m.status !== "streaming") shown.el.setAttribute("data-finish", m.status);
             if (m.role === "assistant" && m.status === "streaming") setGenerating(true);
           });
         }
@@ -255,7 +256,7 @@
         break;
       case "done":
         var d = bubbles[f.message_id];
-        renderMessage(f.message_id, "assistant", d ? d.text : "", NOTES[f.finish_reason]);
+        renderMessage(f.message_id, "assistant", d ? d.text : "", NOTES[f.finish_reason]).el.setAttribute("data-finish", f.finish_reason);
         setGenerating(false);
         break;
       case "error":
