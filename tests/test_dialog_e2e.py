@@ -3,6 +3,7 @@ resume in the middle of an answer, and a server killed with SIGKILL mid-answer."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -103,3 +104,24 @@ def test_a_server_killed_mid_answer_comes_back_with_the_conversation_intact(defa
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def test_protocol_guards_on_the_real_server(default_server) -> None:
+    """On the default model: a repeated client_msg_id, another visitor's token, bad frames and a
+    wrong origin each get their answer, and the conversation goes on."""
+    url = default_server.url
+    with Chat(url) as alice, Chat(url) as bob:
+        alice.say("Hello!", client_msg_id="hello-1")
+        first = alice.until("done")
+        alice.say("Hello!", client_msg_id="hello-1")
+        assert alice.recv() == first[0]  # acknowledged again, not answered again
+        with Chat(url, token=bob.token, conversation_id=alice.conversation_id) as mallory:
+            assert mallory.welcome["code"] == "forbidden"
+        for raw, code in (("{nope", "bad_frame"), (json.dumps({"type": "message", "client_msg_id": "x", "text": "a" * 20_000}), "frame_too_large"),
+                          (json.dumps({"type": "launch"}), "unknown_type")):
+            alice.ws.send(raw)
+            assert alice.recv()["code"] == code
+        answer, frames = alice.ask("What is the capital of France?")
+        assert "Paris" in answer and frames[0]["seq"] == first[-1]["seq"] + 1
+    with Chat(url, origin="https://evil.example", hello=False) as evil:
+        assert evil.recv()["code"] == "origin_not_allowed"

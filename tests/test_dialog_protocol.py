@@ -210,3 +210,13 @@ def test_a_blocked_message_is_explained_and_marked(tiny_server) -> None:
         assert [f["type"] for f in frames[:-1]] == ["ack", "done"] and frames[-2]["finish_reason"] == "blocked"
         db = sqlite3.connect(s.dialog_dir / "chat.db")
         assert sorted(r[0] for r in db.execute("SELECT status FROM messages")) == ["blocked", "blocked"]
+
+
+def test_the_per_ip_limit_covers_every_visitor_from_that_address(tiny_server) -> None:
+    with tiny_server(dialog={"max_answer_tokens": 4, "ip_messages_per_minute": 2}) as s:
+        with Chat(s.url) as one, Chat(s.url) as two, Chat(s.url) as three:
+            one.ask("hi")
+            two.ask("hi")
+            three.say("hi")
+            refused = three.recv()
+            assert refused["code"] == "rate_limited" and refused["retry_after"] >= 1
