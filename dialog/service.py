@@ -163,6 +163,11 @@ class DialogService:
                         await self._message(hub, site, visitor, ip, client, frame)
                 except frames.FrameError as err:
                     await client.send(err.frame())
+                except (WebSocketDisconnect, asyncio.CancelledError):
+                    raise
+                except Exception:  # one failed frame (a store error, say) must not end the conversation
+                    log.exception("dialog: frame failed in %s", hub.cid)
+                    await client.send(frames.FrameError("error", PLAIN_WORDS["error"]).frame())
         except frames.FrameError as err:  # refused at the door: say why, then close
             await client.send(err.frame())
             with contextlib.suppress(Exception):
