@@ -1,2 +1,1 @@
-"""The language server (pygls) that brings completions into editors. Built with the code-completion
-issue; it will reach the engine only through the server's HTTP API."""
+"""The language server: inline code completion from Tandem's shared engine."""

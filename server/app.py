@@ -27,7 +27,7 @@ from dialog import web as dialog_web
 from dialog.service import DialogConfig, DialogService
 from dialog.store import Site
 
-from . import models, openai_api
+from . import feedback, models, openai_api
 from .audit import AuditConfig, AuditLog
 from .audit import web as audit_web
 from .engine import Engine, EngineConfig, EngineMetrics
@@ -142,7 +142,7 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
         try:
-            yield {"tandem": AppState(loaded, gateway, engine_metrics.registry, int(time.time())),
+            yield {"tandem": AppState(loaded, gateway, engine_metrics.registry, int(time.time()), feedback.feedback_counter(engine_metrics.registry)),
                    "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config)),
                    "dialog": dialog}
         finally:
@@ -150,7 +150,7 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
             gateway.close()
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes, *audit_web.routes, *dialog_web.routes],
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes, *feedback.routes, *audit_web.routes, *dialog_web.routes],
         middleware=[Middleware(BearerAuth, api_key=config.api_key)],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_not_found, Exception: handle_unexpected},
         lifespan=lifespan,

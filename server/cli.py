@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit(sub)
     add_guard(sub)
     from dialog.cli import add_parsers as add_dialog
+    from lsp.cli import add_parser as add_lsp
 
     add_dialog(sub)
+    add_lsp(sub)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from .gateway import Gateway
 from .models import LoadedModel
@@ -17,3 +17,4 @@ class AppState:
     gateway: Gateway
     registry: CollectorRegistry
     started: int  # unix time the server started
+    completion_feedback: Counter  # accepted / dismissed, from clients

@@ -1,0 +1,40 @@
+"""The language server's settings: defaults from the command line, then `tandem.*` from the
+client through `workspace/configuration` (VS Code's settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_url: str = "http://127.0.0.1:8080"
+    enabled_languages: tuple[str, ...] = ("*",)  # language ids, or "*" for all
+    max_tokens: int = 64
+    multiline: bool = True
+    time_budget_ms: int = 3000  # a suggestion later than this is cut to what has arrived
+    cache: bool = True
+
+    def enabled_for(self, language: str) -> bool:
+        return "*" in self.enabled_languages or language in self.enabled_languages
+
+    def updated(self, section: Any) -> Settings:
+        """Apply a `tandem` configuration section; unknown keys and wrong types are ignored."""
+        if not isinstance(section, dict):
+            return self
+        changes: dict[str, Any] = {}
+        if isinstance(section.get("serverUrl"), str) and section["serverUrl"].startswith(("http://", "https://")):
+            changes["server_url"] = section["serverUrl"]
+        langs = section.get("enabledLanguages")
+        if isinstance(langs, list) and all(isinstance(x, str) for x in langs):
+            changes["enabled_languages"] = tuple(langs)
+        if isinstance(section.get("maxTokens"), int) and 1 <= section["maxTokens"] <= 512:
+            changes["max_tokens"] = section["maxTokens"]
+        if isinstance(section.get("multiline"), bool):
+            changes["multiline"] = section["multiline"]
+        if isinstance(section.get("timeBudgetMs"), int) and 100 <= section["timeBudgetMs"] <= 30_000:
+            changes["time_budget_ms"] = section["timeBudgetMs"]
+        if isinstance(section.get("cache"), bool):
+            changes["cache"] = section["cache"]
+        return replace(self, **changes)

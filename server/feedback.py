@@ -1,0 +1,39 @@
+"""`POST /v1/feedback`: a client reports that a completion was accepted or dismissed.
+
+Counted in `/metrics` (`tandem_completion_feedback_total{event}`, so acceptance rate is
+accepted / (accepted + dismissed)) and recorded in the audit log beside the completion it
+refers to (same `request_id`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .audit import Entry
+from .schemas import _Strict, parse_body
+from .state import AppState
+
+class FeedbackBody(_Strict):
+    request_id: str = Field(min_length=1, max_length=128)
+    event: str = Field(pattern="^(accepted|dismissed)$")
+
+
+def feedback_counter(registry: CollectorRegistry) -> Counter:
+    return Counter("tandem_completion_feedback", "Completions accepted or dismissed, as reported by clients.", ["event"], registry=registry)
+
+
+async def feedback(request: Request) -> Response:
+    state: AppState = request.state.tandem
+    body = parse_body(await request.body(), FeedbackBody)
+    state.completion_feedback.labels(body.event).inc()
+    client = request.headers.get("x-tandem-client") or request.headers.get("user-agent")
+    state.gateway.audit.submit(Entry({"type": "completion.feedback", "surface": "ide_completion", "request_id": body.request_id,
+                                      "actor": {"kind": "ide_user", "client": client[:120] if client else None},
+                                      "guard": {"action": None}, "outcome": {"status": body.event}}))
+    return JSONResponse({"ok": True})
+
+
+routes = [Route("/v1/feedback", feedback, methods=["POST"])]

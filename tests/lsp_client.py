@@ -1,0 +1,44 @@
+"""Starting the real language server under a real LSP client (pytest-lsp), for tests and the benchmark."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from tests.conftest import ROOT
+
+
+async def start_lsp(server_url: str, *extra: str, env: dict[str, str] | None = None, settings: dict[str, Any] | None = None) -> LanguageClient:
+    config = ClientServerConfig(server_command=[sys.executable, "-m", "server.cli", "lsp", "--server-url", server_url, *extra], server_env=env)
+    client = await config.start()
+    if settings is not None:
+        client.set_configuration(settings, section="tandem")
+    caps = client_capabilities("visual-studio-code")
+    caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+    client.initialize_result = await client.initialize_session(types.InitializeParams(capabilities=caps, root_uri=ROOT.as_uri(), process_id=None))  # type: ignore[attr-defined]
+    return client
+
+
+def open_doc(client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+
+
+def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+
+
+def end_of(text: str) -> tuple[int, int]:
+    """(line, UTF-16 character) of the end of text."""
+    lines = text.split("\n")
+    return len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2
+
+
+async def stats(client: LanguageClient) -> dict[str, Any]:
+    """The language server's own counters (`tandem/stats`)."""
+    result = await client.protocol.send_request_async("tandem/stats", None)
+    return result._asdict() if hasattr(result, "_asdict") else dict(result)

@@ -1,0 +1,188 @@
+"""The real language server (`tandem lsp`, pygls) through a real LSP client (pytest-lsp), against
+a real `tandem serve` on the default model: completions arrive, cancellation and supersession
+stop the generation in the engine, auto-start and sharing one engine, and bad inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
+
+from server.settings import tandem_home
+from tests.conftest import free_port
+from tests.lsp_client import end_of, inline_params, open_doc, start_lsp, stats
+
+pytestmark = pytest.mark.default_model
+PY = "import os\n\ndef list_python_files(path):\n    "  # the 135M model writes poor Python, but here it writes some
+PY_END = (3, 4)
+LONG = "# one thousand primes, on one line\nprimes = [2, 3, 5, 7, 11, 13, 17, 19, 23, "  # the model goes on and on
+
+
+def metric(url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cancelled_in_engine(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith('tandem_requests_finished_total{reason="cancelled"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_inline_completion_for_a_python_file_arrives(default_server) -> None:
+    client = await start_lsp(default_server.url, settings={"maxTokens": 32})
+    try:
+        init = client.initialize_result.capabilities  # inline completion is advertised: it is registered with options
+        assert init.inline_completion_provider is not None and init.completion_provider is not None
+        assert init.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+        open_doc(client, "file:///work/fib.py", PY)
+        result = await client.text_document_inline_completion_async(inline_params("file:///work/fib.py", *PY_END))
+        (item,) = result.items
+        assert item.insert_text.strip() and item.range.start == types.Position(*PY_END)
+        assert item.command.command == "tandem.accepted" and item.command.arguments[0].startswith("cmpl-")
+        # the same state again comes from the cache, and the plain completion request gives the same text
+        listed = await client.text_document_completion_async(types.CompletionParams(types.TextDocumentIdentifier("file:///work/fib.py"), types.Position(*PY_END)))
+        assert listed.items[0].insert_text == item.insert_text
+        counts = await stats(client)
+        assert counts["cache_hits"] == 1 and counts["engine_calls"] == 1
+        # feedback reaches the server's metrics
+        before = metric(default_server.url, "tandem_completion_feedback_total")
+        client.protocol.notify("tandem/completionFeedback", {"request_id": item.command.arguments[0], "event": "accepted"})
+        await wait_until(lambda: metric(default_server.url, "tandem_completion_feedback_total") == before + 1)
+    finally:
+        await client.shutdown_session()
+
+
+async def test_incremental_edits_and_utf16_positions(default_server) -> None:
+    client = await start_lsp(default_server.url, settings={"maxTokens": 8})
+    try:
+        text = 'greeting = "こんにちは 😀"\nname = '
+        open_doc(client, "file:///work/u.py", text)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/u.py"),
+            [types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 15), types.Position(0, 17)), text="🎉")]))
+        line, character = end_of(text)
+        result = await client.text_document_inline_completion_async(inline_params("file:///work/u.py", line, character))
+        assert result is not None
+        # inside the surrogate pair of the emoji that replaced the two UTF-16 units at 15..17
+        with pytest.raises(JsonRpcInvalidParams, match="surrogate"):
+            await client.text_document_inline_completion_async(inline_params("file:///work/u.py", 0, 16))
+        with pytest.raises(JsonRpcInvalidParams, match="past the end"):
+            await client.text_document_inline_completion_async(inline_params("file:///work/u.py", 1, 99))
+        with pytest.raises(JsonRpcInvalidParams, match="past the end"):
+            await client.text_document_inline_completion_async(inline_params("file:///work/u.py", 7, 0))
+        unknown = await client.text_document_inline_completion_async(inline_params("file:///work/never-opened.py", 0, 0))
+        assert not unknown.items
+        huge = "x = 1\n" * 300_000 + "def f():\n    "
+        open_doc(client, "file:///work/huge.py", huge)
+        line, character = end_of(huge)
+        assert (await client.text_document_inline_completion_async(inline_params("file:///work/huge.py", line, character))) is not None
+        # and it keeps serving: every request above was answered, and the engine was asked each time it should be
+        open_doc(client, "file:///work/fib.py", PY)
+        assert (await client.text_document_inline_completion_async(inline_params("file:///work/fib.py", *PY_END))) is not None
+        counts = await stats(client)
+        assert counts["requests"] == counts["engine_calls"] == 3 and counts["unknown_document"] == 1  # refused positions never got that far
+    finally:
+        await client.shutdown_session()
+
+
+async def test_a_cancelled_request_leaves_no_generation_running(default_server) -> None:
+    url = default_server.url
+    client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000})
+    try:
+        open_doc(client, "file:///work/primes.py", LONG)
+        line, character = end_of(LONG)
+        before = cancelled_in_engine(url)
+        # pytest-lsp's send_request_async is a coroutine: a task sends it now, not when awaited
+        future = asyncio.ensure_future(client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", line, character), msg_id="slow-1"))
+        await wait_until(lambda: metric(url, "tandem_requests_running") >= 1)
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
+        with pytest.raises(JsonRpcRequestCancelled):
+            await future
+        await wait_until(lambda: cancelled_in_engine(url) == before + 1)
+        await wait_until(lambda: metric(url, "tandem_requests_running") == 0)
+    finally:
+        await client.shutdown_session()
+
+
+async def test_a_newer_request_on_the_document_supersedes_the_older(default_server) -> None:
+    url = default_server.url
+    client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000})
+    try:
+        open_doc(client, "file:///work/primes.py", LONG)
+        line, character = end_of(LONG)
+        before = cancelled_in_engine(url)
+        older = asyncio.ensure_future(client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", line, character)))
+        await wait_until(lambda: metric(url, "tandem_requests_running") >= 1)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/primes.py"),
+            [types.TextDocumentContentChangePartial(range=types.Range(types.Position(line, character), types.Position(line, character)), text="29, ")]))
+        client.set_configuration({"maxTokens": 8, "timeBudgetMs": 30_000}, section="tandem")
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+        await asyncio.sleep(0.5)
+        newer = await client.text_document_inline_completion_async(inline_params("file:///work/primes.py", line, character + 4))
+        with pytest.raises(JsonRpcRequestCancelled):
+            await older
+        assert newer is not None
+        counts = await stats(client)
+        assert counts["superseded"] == 1
+        await wait_until(lambda: cancelled_in_engine(url) >= before + 1)
+    finally:
+        await client.shutdown_session()
+
+
+@pytest.fixture
+def private_home(tmp_path: Path) -> Path:
+    """A TANDEM_HOME of its own (auto-start lock and log), sharing the converted model cache."""
+    (tmp_path / "models").symlink_to(tandem_home() / "models", target_is_directory=True)
+    return tmp_path
+
+
+async def test_auto_start_and_two_language_servers_share_one_engine(default_model_dir, private_home: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TANDEM_HOME": str(private_home)}
+    first = await start_lsp(url, env=env, settings={"maxTokens": 8})
+    second = None
+    try:
+        open_doc(first, "file:///work/a.py", PY)
+        result = await first.text_document_inline_completion_async(inline_params("file:///work/a.py", *PY_END))
+        assert result.items, "no completion after auto-start"
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        second = await start_lsp(url, env=env, settings={"maxTokens": 8})
+        open_doc(second, "file:///work/b.py", "class Stack:\n    def push(self, item):\n        ")
+        assert (await second.text_document_inline_completion_async(inline_params("file:///work/b.py", 2, 8))) is not None
+        s1 = await stats(first)
+        s2 = await stats(second)
+        assert s1["engine_started_here"] is True and s2["engine_started_here"] is False
+        servers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "serve" in p.info["cmdline"] and str(port) in p.info["cmdline"]]
+        assert len(servers) == 1  # one engine for both
+        assert metric(url, "tandem_requests_finished_total") == s1["engine_calls"] + s2["engine_calls"]
+    finally:
+        await first.shutdown_session()
+        if second is not None:
+            await second.shutdown_session()
+        for p in psutil.process_iter(["cmdline"]):
+            if p.info["cmdline"] and "serve" in p.info["cmdline"] and str(port) in p.info["cmdline"]:
+                os.kill(p.pid, signal.SIGTERM)
