@@ -109,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit(sub)
     add_guard(sub)
     from dialog.cli import add_parsers as add_dialog
+    from lsp.bench_typing import add_parser as add_typing_bench
     from lsp.cli import add_parser as add_lsp
 
     add_dialog(sub)
     add_lsp(sub)
+    add_typing_bench(sub)
     return parser
 
 
