@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -102,15 +103,19 @@ async def replay(url: str, text: str, start: int, chars: int, interval: float, p
         pos = (after.count("\n"), _utf16_len(after[after.rfind("\n") + 1:]))
         pending.append(asyncio.ensure_future(ask(*pos)))
         await asyncio.sleep(pause if ch == "\n" else interval)  # people pause at the end of a line
-    await asyncio.gather(*pending)
-    stats = await client.protocol.send_request_async("tandem/stats", None)
+    done, late = await asyncio.wait(pending, timeout=30)
+    for task in late:  # an answer that never came is counted, not waited for forever
+        task.cancel()
+    stats = await asyncio.wait_for(client.protocol.send_request_async("tandem/stats", None), 10)
     stats = stats._asdict() if hasattr(stats, "_asdict") else dict(stats)
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.shutdown_async(None), 10)
+        client.exit(None)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), 10)
     lat = sorted(latencies)
     return {
-        "requests": chars, "answered": answered, "cancelled": cancelled, "cancelled_share": cancelled / chars,
+        "requests": chars, "answered": answered, "cancelled": cancelled, "unanswered": len(late), "cancelled_share": cancelled / chars,
         "p50_ms": statistics.median(lat) * 1000 if lat else None,
         "p95_ms": lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1000 if lat else None,
         "cache_hits": stats.get("cache_hits", 0), "cache_hit_rate": stats.get("cache_hits", 0) / max(stats.get("requests", 1), 1),
