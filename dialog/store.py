@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, event, func, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from server.clock import utc_now as now
 
 from .migrations import migrate
 
@@ -31,11 +32,6 @@ events = Table("events", meta, Column("conversation_id", String, primary_key=Tru
 
 
 SEQ_GAP_AFTER_CRASH = 1000  # far more frames than a 100 ms flush interval can leave unsaved
-
-
-def now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def new_id(prefix: str) -> str:

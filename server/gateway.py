@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from .audit import AuditLog, Entry
-from .audit.chain import iso_utc
+from .clock import iso_utc
 from .engine import Delta, Engine, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
 from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall, scrub
 from .models import LoadedModel
@@ -155,8 +155,8 @@ class Gateway:
             rec.input_results, rec.prompt_text = sanitized.results, _joined(sanitized.segments)
             if sanitized.blocked is not None:
                 raise _input_refusal(sanitized.blocked)
-            engine_prompt, default_max = self._render(call.prompt, sanitized.segments)
-            rec.prompt_tokens = len(engine_prompt) if isinstance(engine_prompt, list) else self._count_tokens(engine_prompt)
+            engine_prompt, default_max = self._render(call.prompt, sanitized.segments, unchanged=sanitized.segments == segments)
+            rec.engine_prompt = engine_prompt
             req = GenerationRequest(
                 prompt=engine_prompt,
                 max_tokens=call.params.max_tokens if call.params.max_tokens is not None else default_max,
@@ -172,6 +172,7 @@ class Gateway:
                         text += rec.scanner.finish()
                         rec.finish = delta.finish_reason
                     rec.emit(text, delta)
+                    rec.prompt_tokens = delta.prompt_tokens
                     yield Delta(text, delta.tokens, delta.finish_reason, delta.prompt_tokens)
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
@@ -193,7 +194,7 @@ class Gateway:
         finally:
             self._write(rec)
 
-    def _render(self, prompt: Prompt, segments: list[Segment]) -> tuple[str | list[int], int]:
+    def _render(self, prompt: Prompt, segments: list[Segment], unchanged: bool) -> tuple[str | list[int], int]:
         """The sanitised segments as the model's prompt, and the default max_tokens for this kind of call."""
         if isinstance(prompt, ChatPrompt):
             tokenizer = self.model.tokenizer
@@ -210,12 +211,14 @@ class Gateway:
                 raise InvalidRequest(f"model {self.model.name!r} has no fill-in-the-middle tokens", "suffix")
             pre, suf, mid = self.model.fim_tokens
             return f"{pre}{segments[0].text}{suf}{segments[1].text}{mid}", DEFAULT_COMPLETION_TOKENS
-        if isinstance(prompt.text, list) and segments[0].text == self.model.tokenizer.decode(prompt.text):
+        if isinstance(prompt.text, list) and unchanged:
             return prompt.text, DEFAULT_COMPLETION_TOKENS  # unchanged by the guard: keep the caller's exact ids
         return segments[0].text, DEFAULT_COMPLETION_TOKENS
 
     def _write(self, rec: _Record) -> None:
         audit = self.audit
+        if rec.prompt_tokens is None and rec.engine_prompt is not None:  # ended before the engine said
+            rec.prompt_tokens = len(rec.engine_prompt) if isinstance(rec.engine_prompt, list) else self._count_tokens(rec.engine_prompt)
         body = rec.envelope(self.model, audit)
         self.metrics.actions.labels(rec.call.surface, body["guard"]["action"]).inc()
         self.metrics.records.labels(body["outcome"]["status"]).inc()
@@ -265,7 +268,8 @@ class _Record:
         self.input_results: list[ScanResult] = []
         self.scanner = None  # type: Any
         self.prompt_text: str | None = None
-        self.prompt_tokens = 0
+        self.engine_prompt: str | list[int] | None = None
+        self.prompt_tokens: int | None = None
         self.parts: list[str] = []
         self.tokens = 0
         self.chunks = 0
@@ -309,7 +313,7 @@ class _Record:
             "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
             "model": {"name": model.name, "quantization": model.quant,
                       "params": {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop_count": len(p.stop)}},
-            "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens,
+            "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens or 0,
                        "chars": len(self.prompt_text) if self.prompt_text is not None else None,
                        "content_hmac": audit.seal_content(self.prompt_text) if self.prompt_text is not None else None,
                        "context": dict(call.context) if call.context else None},

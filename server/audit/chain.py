@@ -37,11 +37,3 @@ def ulid() -> str:
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
     return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
-
-def iso_utc(t: float) -> str:
-    """ISO-8601 UTC with milliseconds: sorts as text, and matches SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def utc_now() -> str:
-    return iso_utc(time.time())

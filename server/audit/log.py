@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
 from . import store
-from .chain import checkpoint_text, utc_now
+from ..clock import utc_now
+from .chain import checkpoint_text
 from .keys import AuditKeys, public_key_id
 
 log = logging.getLogger("tandem.audit")

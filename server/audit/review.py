@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, and_, select
 
 from . import store
-from .chain import GENESIS, canonical, checkpoint_text, record_hash, utc_now
+from ..clock import utc_now
+from .chain import GENESIS, canonical, checkpoint_text, record_hash
 from .keys import load_public_key, mac, verify_signature
 
 RELATIVE = re.compile(r"^(\d+)([smhd])$")
@@ -108,7 +109,7 @@ class AuditReader:
             return [self._row(r) for r in conn.execute(query)]
 
     def get(self, ref: str) -> dict[str, Any] | None:
-        """One record by id or seq, with its content (or why there is none)."""
+        """One record by id or seq, with its content (or None where it expired or was not kept)."""
         c = store.records.c
         cond = c.seq == int(ref) if ref.isdigit() else c.id == ref
         with self.db.connect() as conn:
@@ -116,9 +117,7 @@ class AuditReader:
             if row is None:
                 return None
             content = conn.execute(select(store.contents).where(store.contents.c.record_id == row.id)).first()
-        out = self._row(row)
-        out["content"] = {"prompt": content.prompt, "output": content.output, "expires_at": content.expires_at} if content else None
-        return out
+        return {**self._row(row), "content": _content(content)}
 
     @staticmethod
     def _row(row: Any) -> dict[str, Any]:
@@ -195,12 +194,13 @@ class AuditReader:
     def export(self, out: Path, filters: Filters) -> dict[str, Any]:
         """JSON Lines (oldest first), plus `<out>.manifest.json`: first/last record, count, sha256."""
         rows = self.search(filters, limit=10**9, newest_first=False)
+        with self.db.connect() as conn:  # one query for every record's content, not one per record
+            contents = {r.record_id: r for r in conn.execute(select(store.contents))}
         digest = hashlib.sha256()
         with open(out, "wb") as f:
             for row in rows:
-                full = self.get(str(row["seq"])) or row
                 line = canonical({"seq": row["seq"], "id": row["id"], "prev_hash": row["prev_hash"], "hash": row["hash"],
-                                  "record": row["record"], "content": full.get("content")}) + b"\n"
+                                  "record": row["record"], "content": _content(contents.get(row["id"]))}) + b"\n"
                 f.write(line)
                 digest.update(line)
         verification = self.verify()
@@ -215,3 +215,7 @@ class AuditReader:
         }
         out.with_name(out.name + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+
+def _content(row: Any) -> dict[str, Any] | None:
+    return {"prompt": row.prompt, "output": row.output, "expires_at": row.expires_at} if row is not None else None

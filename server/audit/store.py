@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text, create_engine, event, text
 
-from .chain import GENESIS, canonical, record_hash, ulid, utc_now
+from ..clock import utc_now
+from .chain import GENESIS, canonical, record_hash, ulid
 
 SCHEMA_VERSION = 1
 metadata = MetaData()

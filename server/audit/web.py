@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ..errors import APIError
 from .review import AuditReader, Filters
 
 STATIC = Path(__file__).parent / "static"
@@ -62,8 +63,8 @@ def _login_page(status: int, message: str = "") -> HTMLResponse:
 
 
 def _unauthorized() -> JSONResponse:
-    return JSONResponse({"error": {"message": "the audit review needs the admin token (Authorization: Bearer <token>)", "type": "authentication_error",
-                                   "param": None, "code": "admin_token_required"}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return APIError(401, "the audit review needs the admin token (Authorization: Bearer <token>)", type="authentication_error",
+                    code="admin_token_required", headers={"WWW-Authenticate": "Bearer"}).response()
 
 
 async def page(request: Request) -> Response:
@@ -77,7 +78,7 @@ async def asset(request: Request) -> Response:
         return _unauthorized()
     name = request.path_params["name"]
     if name not in ("audit.js", "audit.css"):
-        return JSONResponse({"error": {"message": "no such asset", "type": "invalid_request_error", "param": None, "code": "not_found"}}, status_code=404)
+        return APIError(404, "no such asset", code="not_found").response()
     return FileResponse(STATIC / name, headers=SECURITY_HEADERS)
 
 
@@ -128,7 +129,7 @@ async def api_records(request: Request) -> Response:
         filters = Filters(**{k: q.get(k) or None for k in FILTER_FIELDS}, before_seq=before)
         rows = await asyncio.to_thread(state.reader.search, filters, limit)
     except ValueError as exc:
-        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": "invalid_filter"}}, status_code=400)
+        return APIError(400, str(exc), code="invalid_filter").response()
     return JSONResponse({"records": [_summary(r) for r in rows], "next_before": rows[-1]["seq"] if len(rows) == limit else None})
 
 
@@ -138,7 +139,7 @@ async def api_record(request: Request) -> Response:
         return _unauthorized()
     row = await asyncio.to_thread(state.reader.get, request.path_params["ref"])
     if row is None:
-        return JSONResponse({"error": {"message": "no such record", "type": "invalid_request_error", "param": "ref", "code": "not_found"}}, status_code=404)
+        return APIError(404, "no such record", param="ref", code="not_found").response()
     return JSONResponse(row)
 
 

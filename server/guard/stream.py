@@ -100,7 +100,6 @@ class OutputScanner:
                 continue
             released.append(Span(start, end, span.type))
             self.findings[name].append(Finding(span.type, self.consumed + start, self.consumed + end, span.placeholder))
-        released = [s for s in released if s.end <= hold]
         out = redact(self.pending[:hold], released)
         self.consumed += hold
         self.pending = self.pending[hold:]
