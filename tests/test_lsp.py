@@ -48,6 +48,12 @@ async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-unt
         await asyncio.sleep(0.05)
 
 
+async def engine_idle(url: str) -> None:
+    """Wait out generations other tests left behind (the default server is shared, and a stream the
+    client closed ends in the engine a moment later), so the counters read next belong to this test."""
+    await wait_until(lambda: metric(url, "tandem_requests_running") == 0 and metric(url, "tandem_requests_waiting") == 0)
+
+
 async def test_an_inline_completion_for_a_python_file_arrives(default_server) -> None:
     client = await start_lsp(default_server.url, settings={"maxTokens": 32})
     try:
@@ -111,6 +117,7 @@ async def test_a_cancelled_request_leaves_no_generation_running(default_server) 
     try:
         open_doc(client, "file:///work/primes.py", LONG)
         line, character = end_of(LONG)
+        await engine_idle(url)
         before = cancelled_in_engine(url)
         # pytest-lsp's send_request_async is a coroutine: a task sends it now, not when awaited
         future = asyncio.ensure_future(client.protocol.send_request_async(
@@ -131,6 +138,7 @@ async def test_a_newer_request_on_the_document_supersedes_the_older(default_serv
     try:
         open_doc(client, "file:///work/primes.py", LONG)
         line, character = end_of(LONG)
+        await engine_idle(url)
         before = cancelled_in_engine(url)
         older = asyncio.ensure_future(client.protocol.send_request_async(
             types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", line, character)))
