@@ -99,19 +99,23 @@ class EngineClient:
         body: dict[str, object] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "stop": stop[:4]}
         if suffix is not None:
             body["suffix"] = suffix
-        async with self.http.stream("POST", "/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                detail = (await response.aread()).decode("utf-8", "replace")[:300]
-                raise EngineUnavailable(f"completion failed ({response.status_code}): {detail}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    raise EngineUnavailable(event["error"].get("message", "stream error"))
-                text = event["choices"][0]["text"]
-                if text:
-                    yield event["id"], text
+        try:
+            async with self.http.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode("utf-8", "replace")[:300]
+                    raise EngineUnavailable(f"completion failed ({response.status_code}): {detail}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise EngineUnavailable(event["error"].get("message", "stream error"))
+                    text = event["choices"][0]["text"]
+                    if text:
+                        yield event["id"], text
+        except httpx.TransportError as exc:
+            self.info = None  # the server went away: the next request checks again (and restarts it)
+            raise EngineUnavailable(f"lost the Tandem server at {self.url}: {exc}") from exc
 
     async def feedback(self, request_id: str, event: str) -> None:
         try:

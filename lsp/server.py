@@ -20,7 +20,7 @@ from pygls.lsp.server import LanguageServer
 
 from . import postprocess
 from .cache import CompletionCache
-from .engine_client import EngineClient, EngineUnavailable
+from .engine_client import EngineClient, EngineUnavailable, ServerInfo
 from .positions import PositionError, offset_of
 from .prompt import OpenDocument, build
 from .settings import Settings
@@ -29,6 +29,7 @@ log = logging.getLogger("tandem.lsp")
 VERSION = "0.1.0"
 FEEDBACK = "tandem/completionFeedback"
 STATS = "tandem/stats"
+ENGINE_STATUS = "tandem/engineStatus"  # server -> client: {"state": "starting" | "ready" | "unreachable", "detail"}
 
 
 class TandemLanguageServer(LanguageServer):
@@ -41,11 +42,32 @@ class TandemLanguageServer(LanguageServer):
         self.edited: dict[str, float] = {}
         self.stats: Counter[str] = Counter()
         self.configured = asyncio.Event()  # set once the client's settings are in (or known absent)
+        self.engine_state = "unknown"
+        self.warm_up: asyncio.Future[None] | None = None
+
+    def report_engine(self, state: str, detail: str = "") -> None:
+        """Tell the client (VS Code's status bar) when the engine's state changes."""
+        if state != self.engine_state:
+            self.engine_state = state
+            self.protocol.notify(ENGINE_STATUS, {"state": state, "detail": detail, "server_url": self.settings.server_url})
+
+    async def engine_info(self) -> ServerInfo:
+        """The engine's model info, starting the engine when none answers; reported to the client."""
+        if self.engine.info is None:
+            self.report_engine("starting", self.settings.server_url)
+        try:
+            info = await self.engine.ready()
+        except EngineUnavailable as exc:
+            self.report_engine("unreachable", str(exc))
+            raise
+        self.report_engine("ready", info.model)
+        return info
 
     def apply(self, settings: Settings) -> None:
         if settings.server_url != self.settings.server_url:
             old = self.engine
             self.engine = EngineClient(settings.server_url, self.autostart)
+            self.engine_state = "unknown"
             asyncio.ensure_future(old.close())
         self.settings = settings
 
@@ -90,10 +112,10 @@ class TandemLanguageServer(LanguageServer):
                 self.stats["cache_hits"] += 1
                 return (hit.completion, hit.request_id) if hit.completion else None
         try:
-            info = await self.engine.ready()
+            info = await self.engine_info()
         except EngineUnavailable as exc:
             self.stats["engine_unavailable"] += 1
-            self.show_message_log(f"Tandem: {exc}", types.MessageType.Warning)
+            self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"Tandem: {exc}"))
             return None
         others = [OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0)) for u, d in self.workspace.text_documents.items()]
         prompt = build(prefix, suffix, language, uri, others, budget_tokens=min(1536, info.context_length // 2))
@@ -115,7 +137,9 @@ class TandemLanguageServer(LanguageServer):
             self.stats["time_budget_cuts"] += 1
             raw = raw[: raw.rfind("\n")] if "\n" in raw else raw
         except EngineUnavailable as exc:
-            self.show_message_log(f"Tandem: {exc}", types.MessageType.Warning)
+            self.stats["engine_unavailable"] += 1
+            self.report_engine("unreachable", str(exc))
+            self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"Tandem: {exc}"))
             return None
         completion = postprocess.postprocess(raw, ctx)
         if s.cache:
@@ -139,10 +163,13 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
     @server.feature(types.INITIALIZED)
     async def initialized(ls: TandemLanguageServer, params: types.InitializedParams) -> None:
         await _load_configuration(ls)
+        ls.warm_up = asyncio.ensure_future(_warm_up(ls))  # the engine is ready (or started) before the first keystroke
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def configuration_changed(ls: TandemLanguageServer, params: types.DidChangeConfigurationParams) -> None:
         await _load_configuration(ls)
+        if ls.engine_state == "unknown":  # a new server URL
+            ls.warm_up = asyncio.ensure_future(_warm_up(ls))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def changed(ls: TandemLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -184,9 +211,14 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
     @server.feature(STATS)
     def stats(ls: TandemLanguageServer, params: Any) -> dict[str, Any]:
         return {**ls.stats, "cache_hits_total": ls.cache.hits, "cache_misses_total": ls.cache.misses,
-                "engine_started_here": ls.engine.started_server, "server_url": ls.settings.server_url}
+                "engine_started_here": ls.engine.started_server, "server_url": ls.settings.server_url, "engine_state": ls.engine_state}
 
     return server
+
+
+async def _warm_up(ls: TandemLanguageServer) -> None:
+    with contextlib.suppress(EngineUnavailable):
+        await ls.engine_info()
 
 
 async def _load_configuration(ls: TandemLanguageServer) -> None:

@@ -14,6 +14,12 @@ from tests.conftest import ROOT
 async def start_lsp(server_url: str, *extra: str, env: dict[str, str] | None = None, settings: dict[str, Any] | None = None) -> LanguageClient:
     config = ClientServerConfig(server_command=[sys.executable, "-m", "server.cli", "lsp", "--server-url", server_url, *extra], server_env=env)
     client = await config.start()
+    client.engine_status = []  # type: ignore[attr-defined]  # every tandem/engineStatus notification, in order
+
+    @client.feature("tandem/engineStatus")
+    def engine_status(params: Any) -> None:
+        client.engine_status.append(params._asdict() if hasattr(params, "_asdict") else dict(params))  # type: ignore[attr-defined]
+
     if settings is not None:
         client.set_configuration(settings, section="tandem")
     caps = client_capabilities("visual-studio-code")

@@ -55,7 +55,7 @@ async def engine_idle(url: str) -> None:
 
 
 async def test_an_inline_completion_for_a_python_file_arrives(default_server) -> None:
-    client = await start_lsp(default_server.url, settings={"maxTokens": 32})
+    client = await start_lsp(default_server.url, settings={"maxTokens": 32, "timeBudgetMs": 30_000})  # arrival, not speed, is tested here
     try:
         init = client.initialize_result.capabilities  # inline completion is advertised: it is registered with options
         assert init.inline_completion_provider is not None and init.completion_provider is not None
@@ -70,6 +70,8 @@ async def test_an_inline_completion_for_a_python_file_arrives(default_server) ->
         assert listed.items[0].insert_text == item.insert_text
         counts = await stats(client)
         assert counts["cache_hits"] == 1 and counts["engine_calls"] == 1
+        # the status bar's source: the engine was reported ready (warmed up right after initialisation)
+        assert [s["state"] for s in client.engine_status][-1] == "ready" and counts["engine_state"] == "ready"
         # feedback reaches the server's metrics
         before = metric(default_server.url, "tandem_completion_feedback_total")
         client.protocol.notify("tandem/completionFeedback", {"request_id": item.command.arguments[0], "event": "accepted"})
@@ -107,6 +109,22 @@ async def test_incremental_edits_and_utf16_positions(default_server) -> None:
         assert (await client.text_document_inline_completion_async(inline_params("file:///work/fib.py", *PY_END))) is not None
         counts = await stats(client)
         assert counts["requests"] == counts["engine_calls"] == 3 and counts["unknown_document"] == 1  # refused positions never got that far
+    finally:
+        await client.shutdown_session()
+
+
+async def test_an_unreachable_engine_is_reported_and_requests_get_empty_answers() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens here, and --no-autostart starts nobody
+    client = await start_lsp(url, "--no-autostart", settings={"maxTokens": 8})
+    try:
+        await wait_until(lambda: any(s["state"] == "unreachable" for s in client.engine_status), timeout=10)
+        assert client.engine_status[-1]["server_url"] == url and "no Tandem server" in client.engine_status[-1]["detail"]
+        open_doc(client, "file:///work/a.py", PY)
+        result = await client.text_document_inline_completion_async(inline_params("file:///work/a.py", *PY_END))
+        assert not result.items
+        counts = await stats(client)
+        assert counts["engine_unavailable"] == 1 and counts["engine_state"] == "unreachable"
+        assert any("no Tandem server" in m.message for m in client.log_messages)  # the output channel says why
     finally:
         await client.shutdown_session()
 
@@ -171,7 +189,7 @@ async def test_auto_start_and_two_language_servers_share_one_engine(default_mode
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TANDEM_HOME": str(private_home)}
-    first = await start_lsp(url, env=env, settings={"maxTokens": 8})
+    first = await start_lsp(url, env=env, settings={"maxTokens": 8, "timeBudgetMs": 30_000})
     second = None
     try:
         open_doc(first, "file:///work/a.py", PY)
