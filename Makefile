@@ -9,7 +9,13 @@ STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test model bench clean
+# the VS Code extension: built with npm, tested end to end in code-server (a real VS Code in Chromium)
+EXT         := vscode-extension
+VSIX        := $(EXT)/tandem.vsix
+EXT_DEPS    := $(EXT)/node_modules/.installed
+CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
+
+.PHONY: run test model bench clean vsix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +36,24 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: model $(CHROMIUM)
+$(EXT_DEPS): $(EXT)/package.json $(EXT)/package-lock.json
+	cd $(EXT) && npm ci --no-audit --no-fund
+	touch $@
+
+$(VSIX): $(EXT_DEPS) $(wildcard $(EXT)/src/*.ts) $(EXT)/package.json $(EXT)/README.md
+	cd $(EXT) && npm run package
+
+vsix: $(VSIX)
+
+$(CODE_SERVER):
+	SUDO="$(SUDO)" $(EXT)/scripts/install-code-server.sh $(EXT)/.code-server
+
+test: model $(CHROMIUM) $(VSIX) $(CODE_SERVER)
+	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest
 
 bench: model
 	$(BIN)/tandem bench --kv-compare --out bench-out
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(EXT)/node_modules $(EXT)/out $(VSIX) $(EXT)/.code-server
