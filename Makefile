@@ -15,7 +15,7 @@ VSIX        := $(EXT)/tandem.vsix
 EXT_DEPS    := $(EXT)/node_modules/.installed
 CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
-.PHONY: run test model bench clean vsix
+.PHONY: run test model bench bench-quick clean vsix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,25 @@ test: model $(CHROMIUM) $(VSIX) $(CODE_SERVER)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest
 
-bench: model
-	$(BIN)/tandem bench --kv-compare --out bench-out
+# The optional llama.cpp peer of `tandem bench`: pip builds llama-cpp-python from source (several
+# minutes, once; --no-cache-dir: a cached wheel may be a build for other flags). For AVX2, plus the AVX-512 extensions this CPU has, rather than -march=native:
+# the native build turns on ggml's AMX kernels, which die of SIGILL in VMs that do not grant AMX.
+LLAMA_CPP   := $(VENV)/.llama-cpp-python
+cpu_has      = $(shell grep -qw $(1) /proc/cpuinfo 2>/dev/null && echo $(2))
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(call cpu_has,avx512f,-DGGML_AVX512=ON) $(call cpu_has,avx512_vnni,-DGGML_AVX512_VNNI=ON) \
+	$(call cpu_has,avx512_bf16,-DGGML_AVX512_BF16=ON) $(call cpu_has,avx_vnni,-DGGML_AVX_VNNI=ON)
+
+$(LLAMA_CPP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/python -m pip install --no-cache-dir llama-cpp-python==0.3.36 \
+		|| echo "llama-cpp-python did not build: tandem bench runs without that peer and says so"
+	touch $@
+
+bench: model $(LLAMA_CPP)
+	$(BIN)/tandem bench --out bench-out
+
+bench-quick: model
+	$(BIN)/tandem bench --quick --out bench-out
 
 clean:
 	rm -rf $(VENV) $(EXT)/node_modules $(EXT)/out $(VSIX) $(EXT)/.code-server

@@ -93,14 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model", default=None)
     prepare.set_defaults(func=_prepare)
 
-    bench = sub.add_parser("bench", help="engine throughput against sequential model.generate")
-    bench.add_argument("--model", default=None)
-    bench.add_argument("--quant", choices=QUANT_CHOICES, default="none")
-    bench.add_argument("--streams", default="1,4,16", help="comma-separated concurrency levels")
-    bench.add_argument("--max-tokens", type=int, default=64)
-    bench.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is reported")
-    bench.add_argument("--out", default=None, help="directory for bench.json and bench.md")
-    bench.add_argument("--kv-compare", action="store_true", help="also compare the in-place KV layout with transformers' concatenating one")
+    bench = sub.add_parser("bench", help="the engine side by side with its peers (throughput, mixed load, quantization, ceiling)")
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
     from .audit.cli import add_parser as add_audit

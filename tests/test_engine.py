@@ -53,7 +53,8 @@ async def test_requests_join_and_leave_mid_flight(engine_factory, tiny_model, to
     long_task = asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=120)))
     await wait_until(lambda: engine.running == 1)
     short = await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=8)) for p in PROMPTS[2:4]))
-    assert engine.running == 1  # the short ones left; the long one is still decoding
+    # the short ones left (their last delta can reach us a moment before the worker drops their rows)
+    await wait_until(lambda: engine.running == 1)
     assert not long_task.done()
     long_text = (await long_task)[0]
     assert long_text == reference(tiny_model, tokenizer, PROMPTS[1], 120)
@@ -195,3 +196,24 @@ def test_kv_layouts_agree(tiny_model, tokenizer) -> None:
         finally:
             engine.close()
     assert outs[0] == outs[1]
+
+
+def test_the_scheduler_never_mixes_priorities_in_one_prefill() -> None:
+    from dataclasses import dataclass
+
+    from server.engine.scheduler import Scheduler
+
+    @dataclass
+    class Item:
+        name: str
+        priority: Priority
+        prompt_ids: list[int]
+        max_tokens: int = 8
+        cancelled: bool = False
+
+    scheduler = Scheduler(max_waiting=8)
+    for item in (Item("chat-1", Priority.CHAT, [1] * 40), Item("completion", Priority.INTERACTIVE, [1] * 450), Item("chat-2", Priority.CHAT, [1] * 40)):
+        scheduler.submit(item)
+    assert [i.name for i in scheduler.take(8, 4096, block=False)] == ["completion"]  # alone: not padded out with chats
+    assert [i.name for i in scheduler.take(8, 4096, block=False)] == ["chat-1", "chat-2"]
+    assert scheduler.take(8, 4096, block=False) == []

@@ -4,7 +4,7 @@ Why not transformers' `DynamicLayer` as it is: it grows by `torch.cat`, which co
 cache of every layer at every step (O(batch x length) bytes per token). `SlottedLayer` keeps
 spare capacity and writes the new token in place, so a decode step copies nothing; it only
 copies when rows join or leave, which happens once per request, not once per token.
-`tandem bench --kv-compare` measures the difference.
+(`preallocate_kv=False` keeps transformers' own layer, for comparison.)
 
 Rows are left-padded to one length; `RunningBatch.mask` says which columns are real.
 """

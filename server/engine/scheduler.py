@@ -10,9 +10,13 @@ import heapq
 import itertools
 import math
 import threading
+import time
 from typing import Any, Protocol
 
 from .types import EngineOverloaded, Priority
+
+
+GATHER_SECONDS = 0.005
 
 
 class Waiting(Protocol):
@@ -51,11 +55,19 @@ class Scheduler:
             self._cond.notify_all()
 
     def take(self, slots: int, token_budget: int, block: bool) -> list[Any]:
-        """Pop up to `slots` live requests whose prompts fit `token_budget` (at least one).
-        With `block`, wait until there is something to do or the scheduler is closed."""
+        """Pop up to `slots` live requests of the most urgent priority whose prompts fit
+        `token_budget` (at least one). With `block`, wait until there is something to do or the
+        scheduler is closed."""
         with self._cond:
-            while block and not self._heap and not self._closed:
-                self._cond.wait()
+            if block and not self._heap and not self._closed:
+                while not self._heap and not self._closed:
+                    self._cond.wait()
+                # Woken from idle by the first arrival of what is often a burst (a page of chat
+                # widgets, several completions): gather the burst for a moment so that it is
+                # prefilled in one pass rather than one request per pass.
+                deadline = time.monotonic() + GATHER_SECONDS
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
             taken: list[Any] = []
             spent = 0
             while self._heap and len(taken) < slots:
@@ -65,6 +77,8 @@ class Scheduler:
                     continue
                 if taken and spent + len(item.prompt_ids) > token_budget:
                     break
+                if taken and item.priority != taken[0].priority:
+                    break  # one prefill per priority: a completion's prefill is never padded out to chat prompts
                 heapq.heappop(self._heap)
                 taken.append(item)
                 spent += len(item.prompt_ids)

@@ -1,0 +1,68 @@
+"""Each quantization mode side by side: memory, batch-1 and batch-16 decode speed through the
+engine, and perplexity on held-out text relative to full precision."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import models
+from ..engine import Engine, EngineConfig
+from .ceiling import read_bandwidth, weight_bytes_per_token
+from .measure import percentile
+from .peers import engine_streams
+from .quality import perplexity
+from .workload import chat_ids, heldout_text
+
+
+@dataclass
+class QuantRow:
+    quant: str
+    footprint_mib: float
+    weight_bytes_per_token: int
+    decode_b1_tok_s: float
+    decode_b16_tok_s: float
+    bandwidth_bytes_per_s: float  # measured next to each batch-1 run (the neighbours' load moves both)
+    fraction_of_ceiling: float  # median over rounds of decode x bytes per token / bandwidth
+    perplexity: dict[str, float] = field(default_factory=dict)
+    perplexity_vs_none: dict[str, float] = field(default_factory=dict)
+
+
+def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -> float:
+    """Decode tokens/s at a batch of `streams`: rows per step over the median step time."""
+    run = engine_streams(engine, chat_ids(tokenizer, streams), max_tokens)
+    return streams / percentile(run.itl, 50)
+
+
+def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, log: Any = print) -> QuantRow:
+    loaded = models.load(spec, quant)
+    engine = Engine(loaded.model, loaded.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0)).start()
+    try:
+        decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up: first calls allocate and pick kernels
+        per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)
+        rounds = []  # (decode tok/s, bandwidth): paired, so a noisy neighbour moves both sides of the ratio
+        for _ in range(rounds_b1):
+            bandwidth = read_bandwidth(repeats=3)["bytes_per_s"]
+            rounds.append((decode_rate(engine, loaded.tokenizer, 1, max_tokens), bandwidth))
+        b1 = statistics.median(r for r, _ in rounds)
+        bw = statistics.median(b for _, b in rounds)
+        fraction = statistics.median(r * per_token / b for r, b in rounds)
+        b16 = decode_rate(engine, loaded.tokenizer, 16, max_tokens)
+    finally:
+        engine.close()
+    ppl = {name: round(perplexity(loaded.model, loaded.tokenizer, text, ppl_tokens), 3) for name, text in heldout_text()}
+    row = QuantRow(quant, loaded.footprint_bytes / 2**20, per_token, b1, b16, bw, fraction, ppl)
+    log(f"  {quant:>5}: {row.footprint_mib:6.1f} MiB, decode {b1:6.1f} tok/s at batch 1, {b16:6.1f} at 16, perplexity {ppl}")
+    del engine, loaded
+    gc.collect()
+    return row
+
+
+def relative_to_none(rows: list[QuantRow]) -> None:
+    base = next((r for r in rows if r.quant == "none"), None)
+    if base is None:
+        return
+    for row in rows:
+        row.perplexity_vs_none = {k: round(v / base.perplexity[k], 3) for k, v in row.perplexity.items()}

@@ -1,0 +1,185 @@
+"""The benchmark's driver: runs the sections, prints progress, writes bench.md and bench.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+
+from .. import models
+from ..engine import Engine, EngineConfig
+from .ceiling import read_bandwidth
+from .measure import Run, summarise
+from .mixed import mixed_load
+from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
+from .quantization import measure_quant, relative_to_none
+from .report import markdown
+from .workload import chat_ids
+
+PEERS = ("tandem_engine", "sequential_generate", "static_batch_generate", "cb_manager", "llama_cpp")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    return {
+        "streams": [int(s) for s in (args.streams or ("1,16" if quick else "1,4,16,32")).split(",")],
+        "max_tokens": args.max_tokens or (16 if quick else 64),
+        "repeats": args.repeats or (1 if quick else 3),
+        "mixed_completions": 10 if quick else 40,
+        "quant_modes": ["none", "nf4"] if quick else list(models.QUANT_CHOICES),
+        "quant_tokens": 16 if quick else 48,
+        "ppl_tokens": 192 if quick else 2048,
+        "b1_rounds": 2 if quick else 5,
+        "sections": args.sections.split(","),
+    }
+
+
+def throughput(loaded: Any, s: dict[str, Any], llama: LlamaCpp | None) -> list[dict[str, Any]]:
+    engine = Engine(loaded.model, loaded.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0)).start()
+    eos = set(engine.eos_ids)
+    pad = engine.pad_id
+    model = loaded.model
+    peers: dict[str, Callable[[list[list[int]], int], Run]] = {
+        "tandem_engine": lambda p, t: engine_streams(engine, p, t),
+        "sequential_generate": lambda p, t: sequential_generate(model, p, t, eos),
+        "static_batch_generate": lambda p, t: static_batch_generate(model, p, t, eos, pad),
+        "cb_manager": lambda p, t: continuous_batching_manager(model, p, t, eos),
+    }
+    if llama is not None:
+        peers["llama_cpp"] = lambda p, t: llama.run(p, t)
+    warm = chat_ids(loaded.tokenizer, 2)
+    for run in peers.values():  # first calls allocate and pick kernels
+        run(warm, 4)
+    rows = []
+    try:
+        for n in s["streams"]:
+            prompts = chat_ids(loaded.tokenizer, n)
+            runs: dict[str, list[Run]] = {name: [] for name in peers}
+            order = list(peers)
+            for rep in range(s["repeats"]):
+                for name in order[rep % len(order):] + order[: rep % len(order)]:  # rotate who goes first
+                    runs[name].append(peers[name](prompts, s["max_tokens"]))
+            summaries = {name: summarise(r).as_dict() for name, r in runs.items()}
+            row: dict[str, Any] = {"streams": n, "peers": summaries}
+            engine_rate = summaries["tandem_engine"]["tok_s"]
+            for name in PEERS[1:]:
+                row[f"ratio_vs_{_short(name)}"] = round(engine_rate / summaries[name]["tok_s"], 2) if name in summaries else None
+            rows.append(row)
+            print(f"  {n:>3} streams: " + ", ".join(f"{name} {v['tok_s']:.1f} tok/s" for name, v in summaries.items()), flush=True)
+    finally:
+        engine.close()
+    return rows
+
+
+def _short(peer: str) -> str:
+    return {"sequential_generate": "sequential", "static_batch_generate": "static_batch", "cb_manager": "cb_manager", "llama_cpp": "llama_cpp"}[peer]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    s = _settings(args)
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__, "transformers": transformers.__version__},
+        "quick": args.quick, "settings": s,
+    }
+    loaded = models.load(args.model, args.quant)
+    result["model"] = {"name": loaded.name, "quant": loaded.quant, "footprint_mib": round(loaded.footprint_bytes / 2**20, 1)}
+
+    llama = None
+    gguf = models.default_gguf_path() if args.model in (None, "default") else (Path(args.model) if str(args.model).endswith(".gguf") else None)
+    if args.no_llama_cpp:
+        result["llama_cpp"] = {"status": "left out (--no-llama-cpp)"}
+    elif gguf is None:
+        result["llama_cpp"] = {"status": "no GGUF file for this model"}
+    elif (problem := llama_cpp_problem(gguf)) is not None:
+        result["llama_cpp"] = {"status": problem}
+    else:
+        llama = LlamaCpp(gguf, torch.get_num_threads())
+        result["llama_cpp"] = {"status": "ran", "version": llama.version, "gguf": gguf.name}
+
+    if "throughput" in s["sections"]:
+        print(f"throughput: {s['max_tokens']} new tokens per stream, {s['repeats']} run(s) per cell", flush=True)
+        rows = throughput(loaded, s, llama)
+        result["throughput"] = rows
+        at16 = next((r for r in rows if r["streams"] == 16), None)
+        if at16 is not None:
+            result["at_16_streams"] = {k: v for k, v in at16.items() if k.startswith("ratio_vs_")}
+            result["ratio_vs_sequential"] = at16["ratio_vs_sequential"]
+            result["ratio_vs_cb_manager"] = at16["ratio_vs_cb_manager"]
+    del llama
+
+    if "mixed" in s["sections"]:
+        print("mixed load: completions at typing pace, idle and under 8 chat streams", flush=True)
+        def fresh() -> Engine:  # the server's configuration, and a prefix cache that no earlier run has warmed
+            return Engine(loaded.model, loaded.tokenizer, EngineConfig(max_batch_size=32)).start()
+
+        runs: dict[int, list[Any]] = {0: [], 8: []}
+        warm = fresh()
+        mixed_load(warm, loaded.tokenizer, 8, 3)  # first calls allocate and pick kernels
+        warm.close()
+        for rep in range(s["repeats"]):
+            for chats in ((0, 8) if rep % 2 == 0 else (8, 0)):
+                engine = fresh()
+                try:
+                    runs[chats].append(mixed_load(engine, loaded.tokenizer, chats, s["mixed_completions"]))
+                finally:
+                    engine.close()
+        idle, busy = (sorted(runs[c], key=lambda r: r.ttft_p95_ms)[len(runs[c]) // 2] for c in (0, 8))  # the median run
+        result["mixed"] = {"idle": asdict(idle), "under_8_chats": asdict(busy), "p95_ratio": round(busy.ttft_p95_ms / idle.ttft_p95_ms, 2)}
+        print(f"  completion TTFT p95: idle {idle.ttft_p95_ms:.0f} ms, under 8 chats {busy.ttft_p95_ms:.0f} ms", flush=True)
+
+    quant_rows = []
+    if "quantization" in s["sections"] or "ceiling" in s["sections"]:
+        print("quantization: " + ", ".join(s["quant_modes"]), flush=True)
+        del loaded
+        quant_rows = [measure_quant(args.model, q, s["quant_tokens"], s["ppl_tokens"], s["b1_rounds"]) for q in s["quant_modes"]]
+        relative_to_none(quant_rows)
+        result["quantization"] = [asdict(r) for r in quant_rows]
+
+    if "ceiling" in s["sections"]:
+        bw = read_bandwidth()
+        rows = [{"quant": r.quant, "weight_bytes_per_token": r.weight_bytes_per_token, "decode_b1_tok_s": round(r.decode_b1_tok_s, 1),
+                 "bandwidth_gb_s": round(r.bandwidth_bytes_per_s / 1e9, 1), "ceiling_tok_s": round(r.bandwidth_bytes_per_s / r.weight_bytes_per_token, 1),
+                 "fraction_of_ceiling": round(r.fraction_of_ceiling, 3)} for r in quant_rows]
+        fastest = max(rows, key=lambda r: r["decode_b1_tok_s"])
+        result["ceiling"] = {"bandwidth": {k: round(v / 1e9, 2) if k.endswith("per_s") else v for k, v in bw.items()}, "modes": rows,
+                             "fastest_mode": fastest["quant"], "fastest_fraction_of_ceiling": fastest["fraction_of_ceiling"],
+                             "best_fraction_of_ceiling": max(r["fraction_of_ceiling"] for r in rows)}
+        print(f"  read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s; fastest batch-1 mode {fastest['quant']}: "
+              f"{fastest['fraction_of_ceiling']:.0%} of its ceiling", flush=True)
+
+    result["bars"] = bars(result)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(result)
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    print(text)
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.json'} in {result['seconds']} s")
+    return 0
+
+
+def bars(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's bars, each with the measured value and whether it holds."""
+    out: dict[str, Any] = {}
+    if "at_16_streams" in result:
+        r = result["at_16_streams"]
+        out["engine_vs_sequential_at_16_ge_5x"] = {"value": r["ratio_vs_sequential"], "pass": r["ratio_vs_sequential"] >= 5}
+        out["engine_vs_cb_manager_at_16_ge_1.5x"] = {"value": r["ratio_vs_cb_manager"], "pass": r["ratio_vs_cb_manager"] >= 1.5}
+    if "mixed" in result:
+        out["completion_p95_ttft_under_8_chats_le_2x_idle"] = {"value": result["mixed"]["p95_ratio"], "pass": result["mixed"]["p95_ratio"] <= 2}
+    if "ceiling" in result:
+        f = result["ceiling"]["fastest_fraction_of_ceiling"]
+        out["batch1_decode_ge_60pct_of_ceiling"] = {"value": f, "mode": result["ceiling"]["fastest_mode"], "pass": f >= 0.6}
+    return out

@@ -1,0 +1,57 @@
+"""The benchmark's inputs: open-ended chat prompts (answers run to the token limit), code
+prefixes for completion, and held-out text for perplexity. All ship with the package or the
+interpreter, so the benchmark needs no download."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from typing import Any
+
+CHAT_PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a refrigerator works.",
+    "Describe the water cycle in detail.",
+    "Write a letter to a friend about your holiday.",
+    "Explain why the sky is blue.",
+    "Describe how to bake bread at home.",
+    "Write a poem about the sea.",
+    "Explain how vaccines work.",
+    "Describe a day in the life of a farmer.",
+    "Explain the rules of chess.",
+    "Write a short story about a robot learning to paint.",
+    "Describe the history of the bicycle.",
+    "Explain how a computer processor works.",
+    "Describe your favourite city and why.",
+    "Explain photosynthesis to a child.",
+    "Write a product description for a backpack.",
+]
+
+
+def chat_ids(tokenizer: Any, n: int) -> list[list[int]]:
+    """n distinct chat prompts as token ids (repeats get a suffix so that no two are equal)."""
+    prompts = [CHAT_PROMPTS[i % len(CHAT_PROMPTS)] + ("" if i < len(CHAT_PROMPTS) else f" (version {i // len(CHAT_PROMPTS)})") for i in range(n)]
+    return [
+        list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        for p in prompts
+    ]
+
+
+def code_prefixes(n: int, context_chars: int = 1500) -> list[str]:
+    """What completion requests see while someone types textwrap.py: the text up to the cursor
+    at n points a few characters apart, from a window that starts at a line boundary and stays
+    put while they type, as the language server's prompt does."""
+    source = inspect.getsource(textwrap)
+    cursor = source.index("    def _wrap_chunks")
+    start = source.rfind("\n", 0, cursor - context_chars) + 1
+    return [source[start: cursor + 7 * i] for i in range(n)]
+
+
+def heldout_text() -> list[tuple[str, str]]:
+    """(name, text) for perplexity: Python source and documentation that ship with the interpreter."""
+    import json.decoder
+
+    from pydoc_data import topics
+
+    docs = "\n\n".join(topics.topics[k] for k in ("exceptions", "for", "with", "lambda", "import", "assignment"))
+    return [("Python source (json/decoder.py)", inspect.getsource(json.decoder)), ("Python documentation (pydoc topics)", docs)]
