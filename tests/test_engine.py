@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from server.engine import Engine, EngineConfig, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
 
@@ -217,3 +218,26 @@ def test_the_scheduler_never_mixes_priorities_in_one_prefill() -> None:
     assert [i.name for i in scheduler.take(8, 4096, block=False)] == ["completion"]  # alone: not padded out with chats
     assert [i.name for i in scheduler.take(8, 4096, block=False)] == ["chat-1", "chat-2"]
     assert scheduler.take(8, 4096, block=False) == []
+
+
+def test_the_single_row_fast_step_matches_transformers_forward(tiny_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from server.engine.fast_decode import supports
+    from server.engine.kv import RunningBatch
+    from server.engine.prefill import prefill_batch
+
+    assert supports(tiny_model)
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    batches = []
+    for fast in (False, True):
+        pre = prefill_batch(tiny_model, [ids], pad_id=2)
+        batch = RunningBatch(preallocate=True, fast_decode=fast)
+        batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+        batches.append(batch)
+    for _ in range(70):  # past the slotted cache's spare columns, so it also grows once
+        slow, fast = (b.step(tiny_model) for b in batches)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+        for b in batches:
+            b.next_tokens = slow.argmax(-1)
+    for (k1, v1), (k2, v2) in zip(batches[0].kv(), batches[1].kv()):
+        torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)

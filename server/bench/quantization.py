@@ -66,3 +66,28 @@ def relative_to_none(rows: list[QuantRow]) -> None:
         return
     for row in rows:
         row.perplexity_vs_none = {k: round(v / base.perplexity[k], 3) for k, v in row.perplexity.items()}
+
+
+def decode_paths(loaded: Any, max_tokens: int, rounds: int) -> dict[str, Any]:
+    """Batch-1 decode on the engine's single-row step against transformers' forward (the same
+    engine otherwise), paired round by round with a bandwidth reading: the before and after of
+    `server/engine/fast_decode.py`."""
+    per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)
+    engines = {name: Engine(loaded.model, loaded.tokenizer, EngineConfig(prefix_cache_tokens=0, fast_decode=fast)).start()
+               for name, fast in (("transformers_forward", False), ("fast_single_row_step", True))}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+    try:
+        for engine in engines.values():
+            decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up
+        for i in range(rounds):
+            for name in (list(engines) if i % 2 == 0 else list(engines)[::-1]):
+                bandwidth = read_bandwidth(repeats=3)["bytes_per_s"]
+                samples[name].append((decode_rate(engines[name], loaded.tokenizer, 1, max_tokens), bandwidth))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    out: dict[str, Any] = {"active": engines["fast_single_row_step"].fast_decode}
+    for name, pairs in samples.items():
+        out[name] = {"decode_b1_tok_s": round(statistics.median(r for r, _ in pairs), 1),
+                     "fraction_of_ceiling": round(statistics.median(r * per_token / b for r, b in pairs), 3)}
+    return out

@@ -63,6 +63,12 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {row['quant']} | {row['weight_bytes_per_token'] / 1e6:.0f} | {row['bandwidth_gb_s']:.1f} | {row['ceiling_tok_s']:.1f} | "
                          f"{row['decode_b1_tok_s']:.1f} | {row['fraction_of_ceiling']:.0%} |")
         lines.append("")
+        if "decode_paths" in r:
+            p = r["decode_paths"]
+            lines += [f"Before and after the engine's single-row step (`server/engine/fast_decode.py`), {r['model']['quant']}, paired rounds:", "",
+                      "| batch-1 path | decode tok/s | fraction of ceiling |", "|---|---:|---:|",
+                      f"| transformers' forward | {p['transformers_forward']['decode_b1_tok_s']:.1f} | {p['transformers_forward']['fraction_of_ceiling']:.0%} |",
+                      f"| single-row step | {p['fast_single_row_step']['decode_b1_tok_s']:.1f} | {p['fast_single_row_step']['fraction_of_ceiling']:.0%} |", ""]
     if r.get("bars"):
         lines += ["## Bars", "", "| bar | value | holds |", "|---|---:|---|"]
         for name, b in r["bars"].items():

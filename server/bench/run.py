@@ -20,7 +20,7 @@ from .ceiling import read_bandwidth
 from .measure import Run, summarise
 from .mixed import mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
-from .quantization import measure_quant, relative_to_none
+from .quantization import decode_paths, measure_quant, relative_to_none
 from .report import markdown
 from .workload import chat_ids
 
@@ -139,6 +139,11 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"  completion TTFT p95: idle {idle.ttft_p95_ms:.0f} ms, under 8 chats {busy.ttft_p95_ms:.0f} ms", flush=True)
 
     quant_rows = []
+    if "ceiling" in s["sections"]:
+        print("batch-1 decode: the engine's single-row step against transformers' forward", flush=True)
+        paths = decode_paths(loaded, s["quant_tokens"], s["b1_rounds"])
+        result["decode_paths"] = paths
+        print(f"  {paths}", flush=True)
     if "quantization" in s["sections"] or "ceiling" in s["sections"]:
         print("quantization: " + ", ".join(s["quant_modes"]), flush=True)
         del loaded

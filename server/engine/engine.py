@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .detokenize import IncrementalDetokenizer
+from .fast_decode import supports
 from .kv import RunningBatch
 from .metrics import EngineMetrics
 from .prefill import Prefilled, prefill_batch, prefill_on_prefix, row_kv
@@ -79,7 +80,8 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._scheduler = Scheduler(self.config.max_waiting)
         self._prefix = PrefixCache(self.config.prefix_cache_tokens)
-        self._batch = RunningBatch(self.config.preallocate_kv)
+        self.fast_decode = self.config.fast_decode and supports(model)
+        self._batch = RunningBatch(self.config.preallocate_kv, self.fast_decode)
         self._rows: list[_Sequence] = []
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -183,7 +185,7 @@ class Engine:
                     if not seq.done:
                         self._finish(seq, "error")
                         seq.send(EngineError(f"generation failed: {exc}"))
-                self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv)
+                self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv, self.fast_decode)
             self._update_gauges()
 
     def _update_gauges(self) -> None:

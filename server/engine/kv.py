@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .fast_decode import decode_one
+
 GROW = 64  # spare columns allocated at once; a decode step writes in place until they run out
 
 
@@ -72,8 +74,9 @@ def make_layer(keys: torch.Tensor, values: torch.Tensor, preallocate: bool) -> D
 class RunningBatch:
     """The sequences decoding together: their KV cache, attention mask, positions and next inputs."""
 
-    def __init__(self, preallocate: bool = True) -> None:
+    def __init__(self, preallocate: bool = True, fast_decode: bool = False) -> None:
         self.preallocate = preallocate
+        self.fast_decode = fast_decode and preallocate  # the single-row step writes into SlottedLayers
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # [B, T]; 1 = real token, 0 = left pad
         self.positions = torch.zeros((0,), dtype=torch.long)  # [B]; position id of the next input
@@ -118,7 +121,7 @@ class RunningBatch:
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order); drop columns that became padding for every row."""
         if not rows:
-            self.__init__(self.preallocate)  # type: ignore[misc]
+            self.__init__(self.preallocate, self.fast_decode)  # type: ignore[misc]
             return
         idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask[idx]
@@ -134,6 +137,10 @@ class RunningBatch:
     def step(self, model: torch.nn.Module) -> torch.Tensor:
         """One decode step for every row; returns logits [B, V] for the new position."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
+        if self.fast_decode and self.size == 1 and self.cache is not None and bool(self.mask.all()):
+            logits = decode_one(model, self.next_tokens, self.positions, self.cache.layers)
+            self.positions = self.positions + 1
+            return logits
         out = model(
             input_ids=self.next_tokens[:, None],
             attention_mask=self.mask,

@@ -26,6 +26,7 @@ class EngineConfig:
     prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
     context_length: int | None = None  # default: the model's own
     preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
+    fast_decode: bool = True  # a single running row of a Llama-family model skips transformers' forward
 
 
 @dataclass(frozen=True)
