@@ -127,6 +127,21 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
     return start
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float, name: str) -> None:
+    """Until `url`/healthz answers 200; a process that exits or a timeout fails with its log's tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{name} did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 class DefaultServer(NamedTuple):
     url: str
     guard_log: Path  # off-machine connection attempts (must stay empty)
@@ -154,17 +169,7 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
                                  "--dialog-dir", str(dialog_dir), "--log-level", "debug"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"tandem serve did not come up:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.25)
+    wait_healthy(url, proc, log_path, 300, "tandem serve")
     try:
         yield DefaultServer(url, guard_log, audit_dir, log_path, ADMIN_TOKEN, dialog_dir)
     finally:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.default_model]
 
@@ -86,16 +86,7 @@ def code_server(default_server, tmp_path_factory: pytest.TempPathFactory) -> Ite
         proc = subprocess.Popen([*common, "--disable-workspace-trust", "--disable-getting-started-override", str(workspace)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"code-server did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
+    wait_healthy(url, proc, log, 60, "code-server")
     try:
         yield CodeServer(url, workspace, log)
     finally:
