@@ -57,7 +57,8 @@ def scripted(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
 
 # --- one road ------------------------------------------------------------------------------------
 
-ALLOWED_ENGINE_USERS = {"server/gateway.py", "server/app.py", "server/bench.py"}
+ALLOWED_ENGINE_USERS = {"server/gateway.py", "server/app.py"}
+BENCHMARK = "server/bench/"  # measures the engine itself, beside its peers; serves no client
 
 
 def test_no_module_but_the_gateway_calls_the_engine() -> None:
@@ -66,7 +67,7 @@ def test_no_module_but_the_gateway_calls_the_engine() -> None:
     offenders = []
     for path in [*ROOT.glob("server/**/*.py"), *ROOT.glob("lsp/**/*.py"), *ROOT.glob("dialog/**/*.py")]:
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith("server/engine/") or rel in ALLOWED_ENGINE_USERS:
+        if rel.startswith(("server/engine/", BENCHMARK)) or rel in ALLOWED_ENGINE_USERS:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "engine" and "Engine" in {a.name for a in node.names}:
