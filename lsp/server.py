@@ -114,8 +114,7 @@ class TandemLanguageServer(LanguageServer):
         try:
             info = await self.engine_info()
         except EngineUnavailable as exc:
-            self.stats["engine_unavailable"] += 1
-            self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"Tandem: {exc}"))
+            self._unavailable(exc)
             return None
         others = [OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0)) for u, d in self.workspace.text_documents.items()]
         prompt = build(prefix, suffix, language, uri, others, budget_tokens=min(1536, info.context_length // 2))
@@ -137,14 +136,19 @@ class TandemLanguageServer(LanguageServer):
             self.stats["time_budget_cuts"] += 1
             raw = raw[: raw.rfind("\n")] if "\n" in raw else raw
         except EngineUnavailable as exc:
-            self.stats["engine_unavailable"] += 1
-            self.report_engine("unreachable", str(exc))
-            self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"Tandem: {exc}"))
+            self._unavailable(exc)
             return None
         completion = postprocess.postprocess(raw, ctx)
         if s.cache:
             self.cache.put(uri, prefix, suffix, completion, request_id)
         return (completion, request_id) if completion else None
+
+
+    def _unavailable(self, exc: EngineUnavailable) -> None:
+        """No suggestion: counted, shown in the status bar and said in the client's log."""
+        self.stats["engine_unavailable"] += 1
+        self.report_engine("unreachable", str(exc))
+        self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"Tandem: {exc}"))
 
 
 def _plainly_complete(raw: str, ctx: postprocess.Context) -> bool:

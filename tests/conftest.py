@@ -127,6 +127,16 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
     return start
 
 
+def metric(url: str, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples on a server's /metrics whose labels contain `labels`
+    (0 when none: a labelled counter appears only once it is first counted)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if (line.startswith(name + " ") or line.startswith(name + "{")) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float, name: str) -> None:
     """Until `url`/healthz answers 200; a process that exits or a timeout fails with its log's tail."""
     deadline = time.monotonic() + timeout

@@ -8,22 +8,15 @@ import json
 import sqlite3
 import time
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from dialog.store import Site, Store
 from server.audit import AuditReader, Filters
+from tests.conftest import metric
 from tests.dialog_client import Chat
 
 DIALOG = {"max_answer_tokens": 16}
-
-
-def metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(name)
 
 
 def test_a_conversation_in_v1_frames(tiny_server) -> None:

@@ -17,7 +17,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from server.settings import tandem_home
-from tests.conftest import free_port
+from tests.conftest import free_port, metric
 from tests.lsp_client import end_of, inline_params, open_doc, start_lsp, stats
 
 pytestmark = pytest.mark.default_model
@@ -26,19 +26,8 @@ PY_END = (3, 4)
 LONG = "# one thousand primes, on one line\nprimes = [2, 3, 5, 7, 11, 13, 17, 19, 23, "  # the model goes on and on
 
 
-def metric(url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def cancelled_in_engine(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith('tandem_requests_finished_total{reason="cancelled"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric(url, "tandem_requests_finished_total", 'reason="cancelled"')
 
 
 async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
@@ -52,6 +41,21 @@ async def engine_idle(url: str) -> None:
     """Wait out generations other tests left behind (the default server is shared, and a stream the
     client closed ends in the engine a moment later), so the counters read next belong to this test."""
     await wait_until(lambda: metric(url, "tandem_requests_running") == 0 and metric(url, "tandem_requests_waiting") == 0)
+
+
+async def start_slow_request(client, url: str, msg_id: str | None = None):  # type: ignore[no-untyped-def]
+    """Open a document the model goes on and on about, wait for the engine to be idle, and start
+    an inline completion there; returns (its future, the engine's cancel count before, the cursor)
+    once the generation is running."""
+    open_doc(client, "file:///work/primes.py", LONG)
+    cursor = end_of(LONG)
+    await engine_idle(url)
+    before = cancelled_in_engine(url)
+    # pytest-lsp's send_request_async is a coroutine: a task sends it now, not when awaited
+    future = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", *cursor), msg_id=msg_id))
+    await wait_until(lambda: metric(url, "tandem_requests_running") >= 1)
+    return future, before, cursor
 
 
 async def test_an_inline_completion_for_a_python_file_arrives(default_server) -> None:
@@ -133,14 +137,7 @@ async def test_a_cancelled_request_leaves_no_generation_running(default_server) 
     url = default_server.url
     client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000})
     try:
-        open_doc(client, "file:///work/primes.py", LONG)
-        line, character = end_of(LONG)
-        await engine_idle(url)
-        before = cancelled_in_engine(url)
-        # pytest-lsp's send_request_async is a coroutine: a task sends it now, not when awaited
-        future = asyncio.ensure_future(client.protocol.send_request_async(
-            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", line, character), msg_id="slow-1"))
-        await wait_until(lambda: metric(url, "tandem_requests_running") >= 1)
+        future, before, _ = await start_slow_request(client, url, msg_id="slow-1")
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
         with pytest.raises(JsonRpcRequestCancelled):
             await future
@@ -154,13 +151,7 @@ async def test_a_newer_request_on_the_document_supersedes_the_older(default_serv
     url = default_server.url
     client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000})
     try:
-        open_doc(client, "file:///work/primes.py", LONG)
-        line, character = end_of(LONG)
-        await engine_idle(url)
-        before = cancelled_in_engine(url)
-        older = asyncio.ensure_future(client.protocol.send_request_async(
-            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", line, character)))
-        await wait_until(lambda: metric(url, "tandem_requests_running") >= 1)
+        older, before, (line, character) = await start_slow_request(client, url)
         client.text_document_did_change(types.DidChangeTextDocumentParams(
             types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/primes.py"),
             [types.TextDocumentContentChangePartial(range=types.Range(types.Position(line, character), types.Position(line, character)), text="29, ")]))

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import ROOT, free_port, wait_healthy
+from tests.conftest import ROOT, free_port, metric, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.default_model]
 
@@ -30,6 +29,7 @@ INSTALL = EXT / ".code-server"
 CODE_SERVER = INSTALL / "cs" / "node_modules" / ".bin" / "code-server"
 NODE24_BIN = INSTALL / "node24" / "node_modules" / "node" / "bin"
 ARTIFACTS = Path(os.environ.get("TANDEM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+GHOST = ".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text"  # on the cursor's line, and the lines below
 SOURCE = "import os\n\n\ndef list_python_files(path):\n    "
 
 # a quiet, offline workbench: no welcome page, chat panel, trust prompt, gallery or telemetry
@@ -48,14 +48,6 @@ class CodeServer(NamedTuple):
     url: str
     workspace: Path
     log: Path
-
-
-def metric(url: str, name: str, label: str = "") -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name) and label in line and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +120,7 @@ def test_a_tandem_suggestion_appears_in_vs_code_and_tab_accepts_it(code_server: 
         page.keyboard.press("Control+End")
         expect(page.locator("#workbench\\.parts\\.statusbar")).to_contain_text("Ln 5, Col 5")
         page.keyboard.type("fi", delay=120)  # a developer starts the line, then pauses
-        ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first
+        ghost = page.locator(GHOST).first
         try:
             expect(ghost).to_be_visible(timeout=60_000)
         except AssertionError:
@@ -181,7 +173,7 @@ def test_commands_toggle_show_the_log_and_dismissals_are_reported(code_server: C
         page.keyboard.press("Control+End")
         page.keyboard.type("# list ", delay=120)
         time.sleep(3)
-        assert page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").count() == 0
+        assert page.locator(GHOST).count() == 0
         assert metric(default_server.url, "tandem_requests_finished_total") == finished
         # on again; a suggestion the developer walks away from is reported dismissed
         run_command(page, "Tandem: Toggle completions")
@@ -190,7 +182,7 @@ def test_commands_toggle_show_the_log_and_dismissals_are_reported(code_server: C
         page.locator(".monaco-editor .view-lines").first.click()
         page.keyboard.press("Control+End")
         run_command(page, "Tandem: Suggest a completion here")
-        ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first
+        ghost = page.locator(GHOST).first
         expect(ghost).to_be_visible(timeout=60_000)
         page.keyboard.press("Escape")
         page.keyboard.type("\n\nclass Stack:\n", delay=120)  # typing on elsewhere: a new request replaces the shown one

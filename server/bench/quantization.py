@@ -42,13 +42,7 @@ def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int
     try:
         decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up: first calls allocate and pick kernels
         per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)
-        rounds = []  # (decode tok/s, bandwidth): paired, so a noisy neighbour moves both sides of the ratio
-        for _ in range(rounds_b1):
-            bandwidth = read_bandwidth(repeats=3)["bytes_per_s"]
-            rounds.append((decode_rate(engine, loaded.tokenizer, 1, max_tokens), bandwidth))
-        b1 = statistics.median(r for r, _ in rounds)
-        bw = statistics.median(b for _, b in rounds)
-        fraction = statistics.median(r * per_token / b for r, b in rounds)
+        b1, bw, fraction = _medians([_paired_b1(engine, loaded.tokenizer, max_tokens) for _ in range(rounds_b1)], per_token)
         b16 = decode_rate(engine, loaded.tokenizer, 16, max_tokens)
     finally:
         engine.close()
@@ -58,6 +52,19 @@ def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int
     del engine, loaded
     gc.collect()
     return row
+
+
+def _paired_b1(engine: Engine, tokenizer: Any, max_tokens: int) -> tuple[float, float]:
+    """(batch-1 decode tok/s, read bandwidth just before it): paired, so that a noisy neighbour on
+    the host moves both sides of the ratio."""
+    bandwidth = read_bandwidth(repeats=3)["bytes_per_s"]
+    return decode_rate(engine, tokenizer, 1, max_tokens), bandwidth
+
+
+def _medians(pairs: list[tuple[float, float]], per_token: int) -> tuple[float, float, float]:
+    """Median decode rate, bandwidth and fraction of the ceiling over paired rounds."""
+    return (statistics.median(r for r, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(r * per_token / b for r, b in pairs))
 
 
 def relative_to_none(rows: list[QuantRow]) -> None:
@@ -81,13 +88,12 @@ def decode_paths(loaded: Any, max_tokens: int, rounds: int) -> dict[str, Any]:
             decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up
         for i in range(rounds):
             for name in (list(engines) if i % 2 == 0 else list(engines)[::-1]):
-                bandwidth = read_bandwidth(repeats=3)["bytes_per_s"]
-                samples[name].append((decode_rate(engines[name], loaded.tokenizer, 1, max_tokens), bandwidth))
+                samples[name].append(_paired_b1(engines[name], loaded.tokenizer, max_tokens))
     finally:
         for engine in engines.values():
             engine.close()
     out: dict[str, Any] = {"active": engines["fast_single_row_step"].fast_decode}
     for name, pairs in samples.items():
-        out[name] = {"decode_b1_tok_s": round(statistics.median(r for r, _ in pairs), 1),
-                     "fraction_of_ceiling": round(statistics.median(r * per_token / b for r, b in pairs), 3)}
+        rate, _, fraction = _medians(pairs, per_token)
+        out[name] = {"decode_b1_tok_s": round(rate, 1), "fraction_of_ceiling": round(fraction, 3)}
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .measure import RATIO_KEYS
+
 LABELS = {"tandem_engine": "Tandem engine", "sequential_generate": "sequential `generate`", "static_batch_generate": "static-batched `generate`",
           "cb_manager": "transformers CB manager", "llama_cpp": "llama.cpp (llama-cpp-python)"}
 
@@ -27,7 +29,7 @@ def markdown(r: dict[str, Any]) -> str:
                   "|---:|---|---:|---:|---:|---:|---:|---:|"]
         for row in r["throughput"]:
             for name, v in row["peers"].items():
-                ratio = "" if name == "tandem_engine" else f"{row[_ratio_key(name)]:.2f}x"
+                ratio = "" if name == "tandem_engine" else f"{row[RATIO_KEYS[name]]:.2f}x"
                 lines.append(f"| {row['streams']} | {LABELS[name]} | {_f(v['tok_s'])} | {_f(v['ttft_p50_ms'], 0)} | {_f(v['ttft_p95_ms'], 0)} | "
                              f"{_f(v['itl_p50_ms'])} | {_f(v['peak_mem_mib'], 0)} | {ratio} |")
         lines.append("")
@@ -76,6 +78,3 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append("")
     return "\n".join(lines)
 
-
-def _ratio_key(peer: str) -> str:
-    return "ratio_vs_" + {"sequential_generate": "sequential", "static_batch_generate": "static_batch", "cb_manager": "cb_manager", "llama_cpp": "llama_cpp"}[peer]

@@ -17,15 +17,12 @@ import transformers
 from .. import models
 from ..engine import Engine, EngineConfig
 from .ceiling import read_bandwidth
-from .measure import Run, summarise
+from .measure import RATIO_KEYS, Run, summarise
 from .mixed import mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
 from .quantization import decode_paths, measure_quant, relative_to_none
 from .report import markdown
 from .workload import chat_ids
-
-PEERS = ("tandem_engine", "sequential_generate", "static_batch_generate", "cb_manager", "llama_cpp")
-
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
@@ -70,17 +67,13 @@ def throughput(loaded: Any, s: dict[str, Any], llama: LlamaCpp | None) -> list[d
             summaries = {name: summarise(r).as_dict() for name, r in runs.items()}
             row: dict[str, Any] = {"streams": n, "peers": summaries}
             engine_rate = summaries["tandem_engine"]["tok_s"]
-            for name in PEERS[1:]:
-                row[f"ratio_vs_{_short(name)}"] = round(engine_rate / summaries[name]["tok_s"], 2) if name in summaries else None
+            for name, key in RATIO_KEYS.items():
+                row[key] = round(engine_rate / summaries[name]["tok_s"], 2) if name in summaries else None
             rows.append(row)
             print(f"  {n:>3} streams: " + ", ".join(f"{name} {v['tok_s']:.1f} tok/s" for name, v in summaries.items()), flush=True)
     finally:
         engine.close()
     return rows
-
-
-def _short(peer: str) -> str:
-    return {"sequential_generate": "sequential", "static_batch_generate": "static_batch", "cb_manager": "cb_manager", "llama_cpp": "llama_cpp"}[peer]
 
 
 def run_bench(args: argparse.Namespace) -> int:
