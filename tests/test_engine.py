@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from server.engine import Engine, EngineConfig, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from server.engine.packed import PackedLinear, pack_linears
+from tests.conftest import tiny_llama
 
 PROMPTS = [
     "def add(a, b):",
@@ -26,8 +28,16 @@ async def collect(engine: Engine, req: GenerationRequest) -> tuple[str, str | No
     return "".join(text), finish, tokens
 
 
+@pytest.fixture(scope="module")
+def plain_model(tokenizer):  # type: ignore[no-untyped-def]
+    """The tiny model's twin (same seed, same weights) that no engine ever gets: engines repack
+    the weights of the model they are given, and the reference must come from transformers alone."""
+    return tiny_llama(len(tokenizer))
+
+
 def reference(model, tokenizer, prompt: str, max_tokens: int) -> str:  # type: ignore[no-untyped-def]
     """What plain `model.generate` produces greedily, stopping where the engine stops (eos)."""
+    assert all(type(m) is not PackedLinear for m in model.modules())
     ids = tokenizer(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=[0, 2], pad_token_id=2)
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
@@ -40,16 +50,16 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[
         await asyncio.sleep(0.01)
 
 
-async def test_batched_output_equals_plain_generate(engine_factory, tiny_model, tokenizer) -> None:
+async def test_batched_output_equals_plain_generate(engine_factory, plain_model, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=0)
     results = await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=24)) for p in PROMPTS))
     assert engine.stats.peak_batch_size == len(PROMPTS)
     for prompt, (text, finish, tokens) in zip(PROMPTS, results):
-        assert text == reference(tiny_model, tokenizer, prompt, 24)
+        assert text == reference(plain_model, tokenizer, prompt, 24)
         assert finish in ("stop", "length")
 
 
-async def test_requests_join_and_leave_mid_flight(engine_factory, tiny_model, tokenizer) -> None:
+async def test_requests_join_and_leave_mid_flight(engine_factory, plain_model, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=0)
     long_task = asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=120)))
     await wait_until(lambda: engine.running == 1)
@@ -58,8 +68,8 @@ async def test_requests_join_and_leave_mid_flight(engine_factory, tiny_model, to
     await wait_until(lambda: engine.running == 1)
     assert not long_task.done()
     long_text = (await long_task)[0]
-    assert long_text == reference(tiny_model, tokenizer, PROMPTS[1], 120)
-    assert [s[0] for s in short] == [reference(tiny_model, tokenizer, p, 8) for p in PROMPTS[2:4]]
+    assert long_text == reference(plain_model, tokenizer, PROMPTS[1], 120)
+    assert [s[0] for s in short] == [reference(plain_model, tokenizer, p, 8) for p in PROMPTS[2:4]]
     assert engine.stats.peak_batch_size == 3
 
 
@@ -157,7 +167,7 @@ async def test_invalid_requests_are_refused_and_the_engine_keeps_serving(engine_
     assert (await collect(engine, GenerationRequest(prompt="ok", max_tokens=3)))[2] == 3
 
 
-async def test_prefix_cache_reuses_a_previous_prompt(engine_factory, tiny_model, tokenizer) -> None:
+async def test_prefix_cache_reuses_a_previous_prompt(engine_factory, plain_model, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=4096)
     base = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
     await collect(engine, GenerationRequest(prompt=base, max_tokens=4))
@@ -166,7 +176,7 @@ async def test_prefix_cache_reuses_a_previous_prompt(engine_factory, tiny_model,
     text = (await collect(engine, GenerationRequest(prompt=typed, max_tokens=12)))[0]
     assert engine.stats.prefix_cache_hits == 1
     assert engine.stats.prefix_cache_tokens_reused >= len(tokenizer.encode(base)) - 2
-    assert text == reference(tiny_model, tokenizer, typed, 12)  # reuse changes nothing in the output
+    assert text == reference(plain_model, tokenizer, typed, 12)  # reuse changes nothing in the output
 
 
 async def test_a_failing_step_fails_its_requests_not_the_engine(engine_factory, monkeypatch) -> None:
@@ -220,24 +230,58 @@ def test_the_scheduler_never_mixes_priorities_in_one_prefill() -> None:
     assert scheduler.take(8, 4096, block=False) == []
 
 
-def test_the_single_row_fast_step_matches_transformers_forward(tiny_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_packed_linear_computes_what_the_plain_one_does_for_any_row_count(bias: bool) -> None:
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(96, 160, bias=bias)
+    parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))
+    parent[0].load_state_dict(plain.state_dict())
+    assert pack_linears(parent) == 1
+    packed = parent[0]
+    assert isinstance(packed, PackedLinear) and not any(p.dim() == 2 for p in packed.parameters())  # the plain weight is gone
+    with torch.inference_mode():
+        for rows in (1, 2, 7, 16, 33, 600):
+            x = torch.randn(rows, 96)
+            torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
+        x = torch.randn(3, 5, 96)  # batch x sequence, as transformers calls it
+        torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
+        assert pack_linears(parent) == 0  # packing twice is harmless
+
+
+def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Rows of different lengths (left-padded), joining and leaving, past the slotted cache's
+    growth point: logits and KV agree with transformers' forward on the plain weights."""
     from server.engine.fast_decode import supports
     from server.engine.kv import RunningBatch
     from server.engine.prefill import prefill_batch
 
-    assert supports(tiny_model)
-    ids = tokenizer(PROMPTS[1])["input_ids"]
-    batches = []
-    for fast in (False, True):
-        pre = prefill_batch(tiny_model, [ids], pad_id=2)
+    packed_model = tiny_llama(len(tokenizer))
+    assert pack_linears(packed_model) > 0
+    assert supports(packed_model) and supports(plain_model)
+    hooked = tiny_llama(len(tokenizer))
+    hooked.register_forward_hook(lambda *_: None)
+    assert not supports(hooked)  # an instrumented model keeps transformers' forward
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    batches = {}
+    for name, model, fast in (("reference", plain_model, False), ("fast", packed_model, True)):
         batch = RunningBatch(preallocate=True, fast_decode=fast)
+        pre = prefill_batch(model, prompts[:1], pad_id=2)  # one row first: the single-row case
         batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
-        batches.append(batch)
-    for _ in range(70):  # past the slotted cache's spare columns, so it also grows once
-        slow, fast = (b.step(tiny_model) for b in batches)
+        batches[name] = (batch, model)
+    for step in range(80):
+        if step == 5:  # more rows join, of other lengths
+            for batch, model in batches.values():
+                pre = prefill_batch(model, prompts[1:], pad_id=2)
+                batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+        if step == 40:  # two leave
+            for batch, _ in batches.values():
+                batch.keep([0, 2, 4])
+        slow, fast = (batch.step(model) for batch, model in batches.values())
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
-        for b in batches:
-            b.next_tokens = slow.argmax(-1)
-    for (k1, v1), (k2, v2) in zip(batches[0].kv(), batches[1].kv()):
+        for batch, _ in batches.values():
+            batch.next_tokens = slow.argmax(-1)
+    (ref, _), (fast_batch, _) = batches.values()
+    assert ref.size == fast_batch.size == 3
+    for (k1, v1), (k2, v2) in zip(ref.kv(), fast_batch.kv()):
         torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)

@@ -38,10 +38,10 @@ def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -
 
 def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, log: Any = print) -> QuantRow:
     loaded = models.load(spec, quant)
+    per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)  # before the engine repacks the weights
     engine = Engine(loaded.model, loaded.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0)).start()
     try:
         decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up: first calls allocate and pick kernels
-        per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)
         b1, bw, fraction = _medians([_paired_b1(engine, loaded.tokenizer, max_tokens) for _ in range(rounds_b1)], per_token)
         b16 = decode_rate(engine, loaded.tokenizer, 16, max_tokens)
     finally:
@@ -75,25 +75,41 @@ def relative_to_none(rows: list[QuantRow]) -> None:
         row.perplexity_vs_none = {k: round(v / base.perplexity[k], 3) for k, v in row.perplexity.items()}
 
 
-def decode_paths(loaded: Any, max_tokens: int, rounds: int) -> dict[str, Any]:
-    """Batch-1 decode on the engine's single-row step against transformers' forward (the same
-    engine otherwise), paired round by round with a bandwidth reading: the before and after of
-    `server/engine/fast_decode.py`."""
-    per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)
-    engines = {name: Engine(loaded.model, loaded.tokenizer, EngineConfig(prefix_cache_tokens=0, fast_decode=fast)).start()
-               for name, fast in (("transformers_forward", False), ("fast_single_row_step", True))}
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+PATHS = {  # name: (EngineConfig.fast_decode, EngineConfig.pack_weights)
+    "transformers_forward": (False, False),
+    "fast_step": (True, False),
+    "fast_step_packed": (True, True),  # the engine's default
+}
+
+
+def decode_paths(plain: Any, served: Any, max_tokens: int, rounds: int) -> dict[str, Any]:
+    """Decode at 1 and 16 rows through transformers' forward, through the engine's own step
+    (`server/engine/fast_decode.py`), and through that step on MKL-packed weights
+    (`server/engine/packed.py`): the before and after of each. `plain` is a model as transformers
+    loads it, `served` the engine's copy (packed in place). Batch-1 rounds are paired with a
+    bandwidth reading; the paths take turns going first."""
+    per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
+    engines = {name: Engine((served if pack else plain).model, plain.tokenizer,
+                            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack)).start()
+               for name, (fast, pack) in PATHS.items()}
+    b1: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
+    b16: dict[str, list[float]] = {name: [] for name in engines}
     try:
         for engine in engines.values():
-            decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up
+            decode_rate(engine, plain.tokenizer, 1, 4)  # warm-up
         for i in range(rounds):
-            for name in (list(engines) if i % 2 == 0 else list(engines)[::-1]):
-                samples[name].append(_paired_b1(engines[name], loaded.tokenizer, max_tokens))
+            order = list(engines)[i % len(engines):] + list(engines)[:i % len(engines)]
+            for name in order:
+                b1[name].append(_paired_b1(engines[name], plain.tokenizer, max_tokens))
+            for name in order:
+                b16[name].append(decode_rate(engines[name], plain.tokenizer, 16, max_tokens))
     finally:
         for engine in engines.values():
             engine.close()
-    out: dict[str, Any] = {"active": engines["fast_single_row_step"].fast_decode}
-    for name, pairs in samples.items():
-        rate, _, fraction = _medians(pairs, per_token)
-        out[name] = {"decode_b1_tok_s": round(rate, 1), "fraction_of_ceiling": round(fraction, 3)}
+    out: dict[str, Any] = {"fast_step_active": engines["fast_step_packed"].fast_decode,
+                           "packed_linears": engines["fast_step_packed"].packed_linears}
+    for name in engines:
+        rate, _, fraction = _medians(b1[name], per_token)
+        out[name] = {"decode_b1_tok_s": round(rate, 1), "fraction_of_ceiling": round(fraction, 3),
+                     "decode_b16_tok_s": round(statistics.median(b16[name]), 1)}
     return out

@@ -67,10 +67,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append("")
         if "decode_paths" in r:
             p = r["decode_paths"]
-            lines += [f"Before and after the engine's single-row step (`server/engine/fast_decode.py`), {r['model']['quant']}, paired rounds:", "",
-                      "| batch-1 path | decode tok/s | fraction of ceiling |", "|---|---:|---:|",
-                      f"| transformers' forward | {p['transformers_forward']['decode_b1_tok_s']:.1f} | {p['transformers_forward']['fraction_of_ceiling']:.0%} |",
-                      f"| single-row step | {p['fast_single_row_step']['decode_b1_tok_s']:.1f} | {p['fast_single_row_step']['fraction_of_ceiling']:.0%} |", ""]
+            lines += [f"Before and after the engine's decode step (`server/engine/fast_decode.py`) and its packed weights "
+                      f"(`server/engine/packed.py`), {r['model']['quant']}; medians of paired rounds:", "",
+                      "| decode path | batch-1 tok/s | fraction of ceiling | batch-16 tok/s |", "|---|---:|---:|---:|"]
+            for key, label in (("transformers_forward", "transformers' forward"), ("fast_step", "engine's step"),
+                               ("fast_step_packed", "engine's step, packed weights (default)")):
+                lines.append(f"| {label} | {p[key]['decode_b1_tok_s']:.1f} | {p[key]['fraction_of_ceiling']:.0%} | {p[key]['decode_b16_tok_s']:.1f} |")
+            lines.append("")
     if r.get("bars"):
         lines += ["## Bars", "", "| bar | value | holds |", "|---|---:|---|"]
         for name, b in r["bars"].items():

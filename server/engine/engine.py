@@ -24,6 +24,7 @@ from .detokenize import IncrementalDetokenizer
 from .fast_decode import supports
 from .kv import RunningBatch
 from .metrics import EngineMetrics
+from .packed import pack_linears
 from .prefill import Prefilled, prefill_batch, prefill_on_prefix, row_kv
 from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, sample_next
@@ -68,10 +69,15 @@ class _Sequence:
 
 
 class Engine:
+    """Takes the model over: with `pack_weights` its fp32 Linear weights are repacked in place,
+    so the caller should not keep using it for anything but this engine (it still works through
+    transformers' forward, with the same results)."""
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None, metrics: EngineMetrics | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
+        self.packed_linears = pack_linears(model) if self.config.pack_weights else 0
         self.metrics = metrics or EngineMetrics()
         self.stats = EngineStats()
         self.context_length = self.config.context_length or int(getattr(model.config, "max_position_embeddings", 2048))

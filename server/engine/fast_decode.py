@@ -1,13 +1,15 @@
-"""One decode step for a single row of a Llama-family model (Llama, Qwen2), without going
+"""One decode step for the running batch of a Llama-family model (Llama, Qwen2), without going
 through transformers' forward.
 
-Why by hand: at batch 1 a small model's step is mostly framework time, not weight reads. On
-SmolLM2-135M (fp32, 2 cores) the weights' matrix-vector products take about 27 ms a token, and
-transformers' forward adds about 10 ms more for module calls, attention-interface dispatch and
-mask building. This step calls the same weights through torch's functional ops, with
-transformers' own rotary embedding, and writes the new key and value into the running batch's
-slotted cache in place, so the batch can grow again at any step. `tandem bench` (the ceiling
-section) measures both paths side by side; `tests/test_engine.py` checks that they agree.
+Why by hand: a decode step multiplies a few rows by every weight, and on a CPU transformers'
+forward adds a fixed cost around those products (module calls, attention-interface dispatch, a
+4-D mask built per step and per layer group) that is a large share of a small model's step: on
+SmolLM2-135M at 16 rows, 86 ms for transformers' forward against about 50 ms for the products.
+This step calls the same modules' weights through torch's functional ops, uses transformers' own
+rotary embedding, builds the padding mask once per step, and writes the new keys and values into
+the running batch's slotted cache in place. `tests/test_engine.py` checks that its logits and
+cache match transformers' forward at 1 and at several left-padded rows; `tandem bench`
+(`--sections ceiling`) measures both.
 """
 
 from __future__ import annotations
@@ -18,49 +20,56 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from .packed import PackedLinear
+
 SUPPORTED_TYPES = ("llama", "qwen2")
 
 
 def supports(model: Any) -> bool:
-    """Plain (unquantized) Linear layers in a Llama-shaped decoder with full attention."""
+    """Plain or packed fp32-style Linear layers in a Llama-shaped decoder with full attention,
+    and no forward hooks (a hooked model is instrumented: it keeps transformers' forward)."""
     config = model.config
     if config.model_type not in SUPPORTED_TYPES or getattr(config, "use_sliding_window", False):
         return False
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
         return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return False
     for layer in inner.layers:
         projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
                        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-        if any(type(p) is not torch.nn.Linear for p in projections):  # bitsandbytes layers keep their own forward
+        if any(type(p) not in (torch.nn.Linear, PackedLinear) for p in projections):  # bitsandbytes layers keep their own forward
             return False
-    return type(model.lm_head) is torch.nn.Linear
+    return type(model.lm_head) in (torch.nn.Linear, PackedLinear)
 
 
 @torch.inference_mode()
-def decode_one(model: Any, token: torch.Tensor, position: torch.Tensor, layers: list[Any]) -> torch.Tensor:
-    """token, position: [1]; layers: the batch's SlottedLayer per decoder layer (updated in place).
-    Returns the logits [1, V] for the next token."""
+def decode_step(model: Any, tokens: torch.Tensor, positions: torch.Tensor, layers: list[Any], mask: torch.Tensor) -> torch.Tensor:
+    """tokens, positions: [B]; layers: the batch's SlottedLayer per decoder layer (updated in
+    place); mask: [B, T] with the new column included, 0 where a row is left-padded.
+    Returns the logits [B, V] for each row's next token."""
     inner = model.model
-    x = inner.embed_tokens(token.view(1, 1))  # [1, 1, hidden]
-    cos, sin = inner.rotary_emb(x, position.view(1, 1))
+    rows = tokens.shape[0]
+    x = inner.embed_tokens(tokens.view(rows, 1))  # [B, 1, hidden]
+    cos, sin = inner.rotary_emb(x, positions.view(rows, 1))
+    # One boolean mask for every layer; none at all when no row is padded (always so for one row).
+    attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
     for layer, cache in zip(inner.layers, layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = _rms_norm(layer.input_layernorm, x)
-        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(1, 1, -1, attn.head_dim).transpose(1, 2)
-        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(1, 1, -1, attn.head_dim).transpose(1, 2)
-        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+        q = attn.q_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = cache.update(k, v)
-        # one query row that sees every cached position: no mask needed
-        o = F.scaled_dot_product_attention(q, keys, values, scale=attn.scaling, enable_gqa=keys.shape[1] != q.shape[1])
-        x = x + F.linear(o.transpose(1, 2).reshape(1, 1, -1), attn.o_proj.weight, attn.o_proj.bias)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=attn.scaling,
+                                           enable_gqa=keys.shape[1] != q.shape[1])
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, 1, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
-        gate = F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
-        up = F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
-        x = x + F.linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
+        x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
     x = _rms_norm(inner.norm, x)
-    return F.linear(x[:, -1], model.lm_head.weight, model.lm_head.bias)
+    return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:

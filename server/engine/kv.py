@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .fast_decode import decode_one
+from .fast_decode import decode_step
 
 GROW = 64  # spare columns allocated at once; a decode step writes in place until they run out
 
@@ -76,7 +76,7 @@ class RunningBatch:
 
     def __init__(self, preallocate: bool = True, fast_decode: bool = False) -> None:
         self.preallocate = preallocate
-        self.fast_decode = fast_decode and preallocate  # the single-row step writes into SlottedLayers
+        self.fast_decode = fast_decode and preallocate  # the fast step writes into SlottedLayers
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # [B, T]; 1 = real token, 0 = left pad
         self.positions = torch.zeros((0,), dtype=torch.long)  # [B]; position id of the next input
@@ -137,8 +137,8 @@ class RunningBatch:
     def step(self, model: torch.nn.Module) -> torch.Tensor:
         """One decode step for every row; returns logits [B, V] for the new position."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
-        if self.fast_decode and self.size == 1 and self.cache is not None and bool(self.mask.all()):
-            logits = decode_one(model, self.next_tokens, self.positions, self.cache.layers)
+        if self.fast_decode and self.cache is not None:
+            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask)
             self.positions = self.positions + 1
             return logits
         out = model(

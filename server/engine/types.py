@@ -26,7 +26,8 @@ class EngineConfig:
     prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
     context_length: int | None = None  # default: the model's own
     preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
-    fast_decode: bool = True  # a single running row of a Llama-family model skips transformers' forward
+    fast_decode: bool = True  # decode steps of a Llama-family model skip transformers' forward
+    pack_weights: bool = True  # repack the model's fp32 CPU Linear weights for MKL, in place (see packed.py)
 
 
 @dataclass(frozen=True)
