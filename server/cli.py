@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_waiting=args.max_waiting,
         prefix_cache_tokens=args.prefix_cache_tokens,
+        compile_decode=not args.no_compile and os.environ.get("TANDEM_COMPILE", "1") != "0",
     )
     from pathlib import Path
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size)
     serve.add_argument("--max-waiting", type=int, default=EngineConfig.max_waiting, help="queue bound; beyond it requests get 503 + Retry-After")
     serve.add_argument("--prefix-cache-tokens", type=int, default=EngineConfig.prefix_cache_tokens, help="0 turns the prefix cache off")
+    serve.add_argument("--no-compile", action="store_true",
+                       help="keep the eager decode step instead of compiling the one-row step in the background (also TANDEM_COMPILE=0)")
     serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
     serve.add_argument("--audit-checkpoint-every", type=int, default=256, help="sign the chain head every N records")
     serve.add_argument("--audit-content-days", type=int, default=30, help="keep redacted prompts/outputs this long; 0 keeps only their HMACs")

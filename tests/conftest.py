@@ -25,6 +25,11 @@ from server.engine import Engine, EngineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every `tandem serve` the tests start (directly, or through the language server's auto-start)
+# keeps the eager decode step: compiling takes a minute of CPU that would slow every other test
+# on a 2-core machine. The compiled step has its own test (test_engine.py), in-process.
+os.environ["TANDEM_COMPILE"] = "0"
+
 
 def free_port() -> int:
     with socket.socket() as s:

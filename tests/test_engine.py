@@ -285,3 +285,45 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
     for (k1, v1), (k2, v2) in zip(ref.kv(), fast_batch.kv()):
         torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+
+
+def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_model(default_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The eager step serves while torch.compile works; then single-row steps run compiled, with
+    the logits of the eager step (and so the same greedy text)."""
+    from server import models
+    from server.engine.kv import RunningBatch
+    from server.engine.prefill import prefill_batch
+
+    served, reference = models.load(str(default_model_dir)), models.load(str(default_model_dir))
+    engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
+    eager = Engine(reference.model, reference.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
+    prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "Explain why the sky is blue."}],
+                                                  add_generation_prompt=True, tokenize=False)
+    req = GenerationRequest(prompt=prompt, max_tokens=24)
+    try:
+        assert not engine.compiled.is_set() and engine.compiled_step is None
+        while_compiling = asyncio.run(collect(engine, req))[0]  # served by the eager step meanwhile
+        assert engine.compiled.wait(timeout=900), "compiling did not finish"
+        step = engine.compiled_step
+        assert step is not None and step.failed is None
+        compiled_text, finish, tokens = asyncio.run(collect(engine, req))
+        assert step.calls >= tokens - 1 and step.failed is None  # every decode step after the first token ran compiled
+        assert compiled_text == asyncio.run(collect(eager, req))[0] == while_compiling
+    finally:
+        engine.close()
+        eager.close()
+    ids = served.tokenizer(prompt)["input_ids"]
+    batches = []
+    for model in (served.model, reference.model):
+        pre = prefill_batch(model, [ids], pad_id=0)
+        batch = RunningBatch(preallocate=True, fast_decode=True)
+        batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+        batches.append(batch)
+    calls = step.calls
+    for _ in range(40):  # past the slotted cache's growth point: the compiled graph takes the new buffer size
+        compiled_logits = batches[0].step(served.model, step)
+        eager_logits = batches[1].step(reference.model)
+        torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-3, atol=1e-3)
+        for batch in batches:
+            batch.next_tokens = eager_logits.argmax(-1)
+    assert step.calls == calls + 40 and step.failed is None

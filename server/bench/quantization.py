@@ -36,10 +36,15 @@ def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -
     return streams / percentile(run.itl, 50)
 
 
-def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, log: Any = print) -> QuantRow:
+def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, compile_decode: bool = False,
+                  log: Any = print) -> QuantRow:
+    """The engine as `tandem serve` runs it in each mode (compiling its one-row step where it can,
+    unless told not to)."""
     loaded = models.load(spec, quant)
     per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)  # before the engine repacks the weights
-    engine = Engine(loaded.model, loaded.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0)).start()
+    engine = Engine(loaded.model, loaded.tokenizer,
+                    EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode)).start()
+    engine.compiled.wait()
     try:
         decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up: first calls allocate and pick kernels
         b1, bw, fraction = _medians([_paired_b1(engine, loaded.tokenizer, max_tokens) for _ in range(rounds_b1)], per_token)
@@ -75,23 +80,27 @@ def relative_to_none(rows: list[QuantRow]) -> None:
         row.perplexity_vs_none = {k: round(v / base.perplexity[k], 3) for k, v in row.perplexity.items()}
 
 
-PATHS = {  # name: (EngineConfig.fast_decode, EngineConfig.pack_weights)
-    "transformers_forward": (False, False),
-    "fast_step": (True, False),
-    "fast_step_packed": (True, True),  # the engine's default
+PATHS = {  # name: (EngineConfig.fast_decode, EngineConfig.pack_weights, EngineConfig.compile_decode)
+    "transformers_forward": (False, False, False),
+    "fast_step": (True, False, False),
+    "fast_step_packed": (True, True, False),
+    "fast_step_packed_compiled": (True, True, True),  # `tandem serve`'s default
 }
 
 
-def decode_paths(plain: Any, served: Any, max_tokens: int, rounds: int) -> dict[str, Any]:
+def decode_paths(plain: Any, served: Any, max_tokens: int, rounds: int, compile_decode: bool = True) -> dict[str, Any]:
     """Decode at 1 and 16 rows through transformers' forward, through the engine's own step
-    (`server/engine/fast_decode.py`), and through that step on MKL-packed weights
-    (`server/engine/packed.py`): the before and after of each. `plain` is a model as transformers
-    loads it, `served` the engine's copy (packed in place). Batch-1 rounds are paired with a
-    bandwidth reading; the paths take turns going first."""
+    (`server/engine/fast_decode.py`), through that step on MKL-packed weights
+    (`server/engine/packed.py`), and with its one-row step compiled: the before and after of
+    each. `plain` is a model as transformers loads it, `served` the engine's copy (packed in
+    place). Batch-1 rounds are paired with a bandwidth reading; the paths take turns going first."""
     per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
+    paths = {name: flags for name, flags in PATHS.items() if compile_decode or not flags[2]}
     engines = {name: Engine((served if pack else plain).model, plain.tokenizer,
-                            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack)).start()
-               for name, (fast, pack) in PATHS.items()}
+                            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, compile_decode=compiled)).start()
+               for name, (fast, pack, compiled) in paths.items()}
+    for engine in engines.values():
+        engine.compiled.wait()
     b1: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     b16: dict[str, list[float]] = {name: [] for name in engines}
     try:
@@ -108,6 +117,9 @@ def decode_paths(plain: Any, served: Any, max_tokens: int, rounds: int) -> dict[
             engine.close()
     out: dict[str, Any] = {"fast_step_active": engines["fast_step_packed"].fast_decode,
                            "packed_linears": engines["fast_step_packed"].packed_linears}
+    if "fast_step_packed_compiled" in engines:
+        step = engines["fast_step_packed_compiled"].compiled_step
+        out["compiled_step"] = "not available" if step is None else (f"fell back to eager: {step.failed}" if step.failed else f"ran {step.calls} steps")
     for name in engines:
         rate, _, fraction = _medians(b1[name], per_token)
         out[name] = {"decode_b1_tok_s": round(rate, 1), "fraction_of_ceiling": round(fraction, 3),

@@ -35,14 +35,18 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "quant_tokens": 16 if quick else 48,
         "ppl_tokens": 192 if quick else 2048,
         "b1_rounds": 2 if quick else 5,
+        "path_rounds": 1 if quick else 3,
         "sections": args.sections.split(","),
+        "compile": not quick,  # the compiled one-row step, as `tandem serve` runs it (--quick cannot wait a minute for it)
     }
 
 
 def throughput(loaded: Any, served: Any, s: dict[str, Any], llama: LlamaCpp | None) -> list[dict[str, Any]]:
     """`loaded` is the peers' model, as transformers loads it; `served` is the engine's own copy
     (the engine repacks its weights in place, which must not speed up the peers)."""
-    engine = Engine(served.model, served.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0)).start()
+    engine = Engine(served.model, served.tokenizer,
+                    EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=s["compile"])).start()
+    engine.compiled.wait()  # measure the engine as it serves once warm
     eos = set(engine.eos_ids)
     pad = engine.pad_id
     model = loaded.model
@@ -136,14 +140,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     quant_rows = []
     if "ceiling" in s["sections"]:
-        print("decode at 1 and 16 rows: transformers' forward, the engine's own step, and that step on packed weights", flush=True)
-        paths = decode_paths(loaded, served, s["quant_tokens"], s["b1_rounds"])
+        print("decode at 1 and 16 rows: transformers' forward, the engine's own step, on packed weights, compiled", flush=True)
+        paths = decode_paths(loaded, served, s["quant_tokens"], s["path_rounds"], s["compile"])
         result["decode_paths"] = paths
         print(f"  {paths}", flush=True)
     if "quantization" in s["sections"] or "ceiling" in s["sections"]:
         print("quantization: " + ", ".join(s["quant_modes"]), flush=True)
         del loaded, served
-        quant_rows = [measure_quant(args.model, q, s["quant_tokens"], s["ppl_tokens"], s["b1_rounds"]) for q in s["quant_modes"]]
+        quant_rows = [measure_quant(args.model, q, s["quant_tokens"], s["ppl_tokens"], s["b1_rounds"], s["compile"]) for q in s["quant_modes"]]
         relative_to_none(quant_rows)
         result["quantization"] = [asdict(r) for r in quant_rows]
 

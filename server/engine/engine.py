@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .detokenize import IncrementalDetokenizer
-from .fast_decode import supports
+from .fast_decode import CompiledStep, compile_one_row, supports
 from .kv import RunningBatch
 from .metrics import EngineMetrics
 from .packed import pack_linears
@@ -91,6 +91,10 @@ class Engine:
         self._rows: list[_Sequence] = []
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._one_row_step: CompiledStep | None = None  # the compiled step, once it is ready
+        self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
+        if not (self.config.compile_decode and self.fast_decode):
+            self.compiled.set()
 
     # ----- the public interface -------------------------------------------------------------
 
@@ -98,7 +102,26 @@ class Engine:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="tandem-engine", daemon=True)
             self._thread.start()
+            if not self.compiled.is_set():
+                threading.Thread(target=self._compile, name="tandem-compile", daemon=True).start()
         return self
+
+    @property
+    def compiled_step(self) -> CompiledStep | None:
+        """The compiled one-row step once it is ready (its `calls` and `failed` say how it fares)."""
+        return self._one_row_step
+
+    def _compile(self) -> None:
+        """Compile the one-row step while the worker serves with the eager one; it switches at its next step."""
+        started = time.monotonic()
+        log.info("compiling the one-row decode step in the background (the eager step serves meanwhile)")
+        try:
+            self._one_row_step = compile_one_row(self.model)
+            log.info("one-row decode step compiled in %.0f s", time.monotonic() - started)
+        except Exception:  # the eager step stays; compiling is an optimisation, not a requirement
+            log.exception("compiling the one-row decode step failed; the eager step stays")
+        finally:
+            self.compiled.set()
 
     def close(self) -> None:
         self._closing = True
@@ -174,6 +197,10 @@ class Engine:
     # ----- the worker ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        with torch.inference_mode():  # every tensor the worker makes is an inference tensor (the compiled step guards on it)
+            self._serve()
+
+    def _serve(self) -> None:
         while not self._closing:
             self._drop_cancelled()
             free = self.config.max_batch_size - len(self._rows)
@@ -255,7 +282,7 @@ class Engine:
 
     def _decode(self) -> None:
         started = time.monotonic()
-        logits = self._batch.step(self.model)
+        logits = self._batch.step(self.model, self._one_row_step)
         tokens = sample_next(logits, [s.sampling for s in self._rows])
         size = len(self._rows)
         self.stats.steps += 1

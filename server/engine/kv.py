@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .fast_decode import decode_step
+from .fast_decode import StepFn, decode_step
 
 GROW = 64  # spare columns allocated at once; a decode step writes in place until they run out
 
@@ -42,15 +42,32 @@ class SlottedLayer(DynamicLayer):
         self.keys = self._kbuf[:, :, : self._length]
         self.values = self._vbuf[:, :, : self._length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):  # type: ignore[override]
-        n = key_states.shape[-2]
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole key and value buffers, spare columns included (the fast step writes into them)."""
+        return self._kbuf, self._vbuf
+
+    def reserve(self, n: int) -> None:
+        """Make room for n more columns."""
         if self._length + n > self._kbuf.shape[-2]:
             self._kbuf = self._alloc(self.keys, self._length + n + GROW)
             self._vbuf = self._alloc(self.values, self._length + n + GROW)
-        self._kbuf[:, :, self._length : self._length + n] = key_states
-        self._vbuf[:, :, self._length : self._length + n] = value_states
+
+    def advance(self, n: int) -> None:
+        """Count n columns written into the buffers as part of the cache."""
         self._length += n
         self._refresh()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):  # type: ignore[override]
+        n = key_states.shape[-2]
+        self.reserve(n)
+        self._kbuf[:, :, self._length : self._length + n] = key_states
+        self._vbuf[:, :, self._length : self._length + n] = value_states
+        self.advance(n)
         return self.keys, self.values
 
 
@@ -90,6 +107,7 @@ class RunningBatch:
         assert self.cache is not None
         return [(layer.keys, layer.values) for layer in self.cache.layers]
 
+    @torch.inference_mode()  # every buffer an inference tensor, as in the step (a compiled step guards on it)
     def join(
         self,
         kv: list[tuple[torch.Tensor, torch.Tensor]],
@@ -118,6 +136,7 @@ class RunningBatch:
         self.cache = DynamicCache()
         self.cache.layers = list(layers)
 
+    @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order); drop columns that became padding for every row."""
         if not rows:
@@ -134,11 +153,14 @@ class RunningBatch:
         self.cache.layers = list(layers)
 
     @torch.inference_mode()
-    def step(self, model: torch.nn.Module) -> torch.Tensor:
-        """One decode step for every row; returns logits [B, V] for the new position."""
+    def step(self, model: torch.nn.Module, one_row_step: StepFn | None = None) -> torch.Tensor:
+        """One decode step for every row; returns logits [B, V] for the new position.
+        `one_row_step`, when given, replaces the fast step's forward for a single row (the
+        compiled one, see fast_decode.compile_one_row)."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
         if self.fast_decode and self.cache is not None:
-            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask)
+            forward = one_row_step if one_row_step is not None and self.size == 1 else None
+            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask, forward)
             self.positions = self.positions + 1
             return logits
         out = model(

@@ -36,6 +36,24 @@ def _packable(module: torch.nn.Module) -> bool:
             and module.weight.device.type == "cpu" and not module._forward_hooks and not module._forward_pre_hooks)
 
 
+def let_inductor_call_packed_linears() -> None:
+    """Let torch.compile take a graph that calls `mkl::_mkl_linear` on these packed weights.
+
+    Inductor lowers that op only for weights it packed itself (under `freezing`, with its own copy
+    of every weight) and fails on a packed weight that arrives as an input, as ours do. Registered
+    as a plain fallback, the compiled graph calls the same MKL kernel directly, and no weight is
+    copied. This touches inductor's lowering table, which is private; a failure here only means
+    the engine keeps its eager step."""
+    from torch._inductor import lowering
+    from torch._inductor import mkldnn_lowerings  # noqa: F401  (registers the lowering that is replaced here)
+
+    op = torch.ops.mkl._mkl_linear
+    if lowering.lowerings.get(op.default) is not None and op.default in lowering.fallbacks:
+        return
+    lowering.lowerings.pop(op.default, None)
+    lowering.make_fallback(op, warn=False)
+
+
 class PackedLinear(torch.nn.Module):
     """y = x W^T + b with W held only in MKL's packed layout."""
 
