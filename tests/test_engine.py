@@ -245,7 +245,7 @@ def test_a_packed_linear_computes_what_the_plain_one_does_for_any_row_count(bias
             torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
         x = torch.randn(3, 5, 96)  # batch x sequence, as transformers calls it
         torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
-        assert pack_linears(parent) == 0  # packing twice is harmless
+        assert pack_linears(parent) == 1 and parent[0] is packed  # packing twice repacks nothing
 
 
 def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -302,10 +302,14 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
     req = GenerationRequest(prompt=prompt, max_tokens=24)
     try:
         assert not engine.compiled.is_set() and engine.compiled_step is None
+        step_in_use = engine.metrics.registry.get_sample_value
+        assert step_in_use("tandem_decode_step_info", {"step": "engine"}) == 1
         while_compiling = asyncio.run(collect(engine, req))[0]  # served by the eager step meanwhile
         assert engine.compiled.wait(timeout=900), "compiling did not finish"
         step = engine.compiled_step
         assert step is not None and step.failed is None
+        assert step_in_use("tandem_decode_step_info", {"step": "compiled"}) == 1
+        assert step_in_use("tandem_decode_step_info", {"step": "engine"}) == 0
         compiled_text, finish, tokens = asyncio.run(collect(engine, req))
         assert step.calls >= tokens - 1 and step.failed is None  # every decode step after the first token ran compiled
         assert compiled_text == asyncio.run(collect(eager, req))[0] == while_compiling

@@ -28,6 +28,7 @@ class QuantRow:
     fraction_of_ceiling: float  # median over rounds of decode x bytes per token / bandwidth
     perplexity: dict[str, float] = field(default_factory=dict)
     perplexity_vs_none: dict[str, float] = field(default_factory=dict)
+    decode_step: str = ""  # which one-row step served: compiled, the engine's, or transformers' forward
 
 
 def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -> float:
@@ -49,11 +50,13 @@ def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int
         decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up: first calls allocate and pick kernels
         b1, bw, fraction = _medians([_paired_b1(engine, loaded.tokenizer, max_tokens) for _ in range(rounds_b1)], per_token)
         b16 = decode_rate(engine, loaded.tokenizer, 16, max_tokens)
+        step = engine.compiled_step
+        decode_step = ("compiled" if step is not None and not step.failed else "engine's") if engine.fast_decode else "transformers'"
     finally:
         engine.close()
     ppl = {name: round(perplexity(loaded.model, loaded.tokenizer, text, ppl_tokens), 3) for name, text in heldout_text()}
-    row = QuantRow(quant, loaded.footprint_bytes / 2**20, per_token, b1, b16, bw, fraction, ppl)
-    log(f"  {quant:>5}: {row.footprint_mib:6.1f} MiB, decode {b1:6.1f} tok/s at batch 1, {b16:6.1f} at 16, perplexity {ppl}")
+    row = QuantRow(quant, loaded.footprint_bytes / 2**20, per_token, b1, b16, bw, fraction, ppl, decode_step=decode_step)
+    log(f"  {quant:>5}: {row.footprint_mib:6.1f} MiB, decode {b1:6.1f} tok/s at batch 1 ({decode_step} step), {b16:6.1f} at 16, perplexity {ppl}")
     del engine, loaded
     gc.collect()
     return row

@@ -46,11 +46,11 @@ def markdown(r: dict[str, Any]) -> str:
     if "quantization" in r:
         texts = list(r["quantization"][0]["perplexity"])
         lines += ["## Quantization", "",
-                  "| mode | weights MiB | decode tok/s, batch 1 | decode tok/s, batch 16 | " + " | ".join(f"perplexity: {t}" for t in texts) + " |",
-                  "|---|---:|---:|---:|" + "---:|" * len(texts)]
+                  "| mode | weights MiB | one-row step | decode tok/s, batch 1 | decode tok/s, batch 16 | " + " | ".join(f"perplexity: {t}" for t in texts) + " |",
+                  "|---|---:|---|---:|---:|" + "---:|" * len(texts)]
         for q in r["quantization"]:
             ppl = " | ".join(f"{q['perplexity'][t]:.2f} ({q['perplexity_vs_none'].get(t, float('nan')):.3f}x)" for t in texts)
-            lines.append(f"| {q['quant']} | {q['footprint_mib']:.0f} | {q['decode_b1_tok_s']:.1f} | {q['decode_b16_tok_s']:.1f} | {ppl} |")
+            lines.append(f"| {q['quant']} | {q['footprint_mib']:.0f} | {q.get('decode_step', '')} | {q['decode_b1_tok_s']:.1f} | {q['decode_b16_tok_s']:.1f} | {ppl} |")
         lines.append("")
     if "ceiling" in r:
         c = r["ceiling"]

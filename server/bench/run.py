@@ -28,13 +28,13 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     return {
         "streams": [int(s) for s in (args.streams or ("1,16" if quick else "1,4,16,32")).split(",")],
-        "max_tokens": args.max_tokens or (16 if quick else 64),
+        "max_tokens": args.max_tokens or (12 if quick else 64),
         "repeats": args.repeats or (1 if quick else 3),
-        "mixed_completions": 10 if quick else 40,
+        "mixed_completions": 6 if quick else 40,
         "quant_modes": ["none", "nf4"] if quick else list(models.QUANT_CHOICES),
         "quant_tokens": 16 if quick else 48,
         "ppl_tokens": 192 if quick else 2048,
-        "b1_rounds": 2 if quick else 5,
+        "b1_rounds": 1 if quick else 5,
         "path_rounds": 1 if quick else 3,
         "sections": args.sections.split(","),
         "compile": not quick,  # the compiled one-row step, as `tandem serve` runs it (--quick cannot wait a minute for it)

@@ -95,6 +95,7 @@ class Engine:
         self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
         if not (self.config.compile_decode and self.fast_decode):
             self.compiled.set()
+        self._report_step("engine" if self.fast_decode else "transformers")
 
     # ----- the public interface -------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class Engine:
         log.info("compiling the one-row decode step in the background (the eager step serves meanwhile)")
         try:
             self._one_row_step = compile_one_row(self.model)
+            self._report_step("compiled")
             log.info("one-row decode step compiled in %.0f s", time.monotonic() - started)
         except Exception:  # the eager step stays; compiling is an optimisation, not a requirement
             log.exception("compiling the one-row decode step failed; the eager step stays")
@@ -220,6 +222,10 @@ class Engine:
                         seq.send(EngineError(f"generation failed: {exc}"))
                 self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv, self.fast_decode)
             self._update_gauges()
+
+    def _report_step(self, step: str) -> None:
+        for name in ("transformers", "engine", "compiled"):
+            self.metrics.decode_step.labels(name).set(1 if name == step else 0)
 
     def _update_gauges(self) -> None:
         self.metrics.running.set(len(self._rows))

@@ -31,4 +31,5 @@ class EngineMetrics:
         self.prefix_hits = Counter("tandem_prefix_cache_hits", "Prompts that reused cached KV.", registry=r)
         self.prefix_tokens = Counter("tandem_prefix_cache_reused_tokens", "Prompt tokens served from the prefix cache.", registry=r)
         self.finished = Counter("tandem_requests_finished", "Requests that ended, by reason.", ["reason"], registry=r)
+        self.decode_step = Gauge("tandem_decode_step_info", "The one-row decode step in use (1 for the current one).", ["step"], registry=r)
         self.refused = Counter("tandem_requests_refused", "Requests refused because the queue was full.", registry=r)

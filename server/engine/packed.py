@@ -75,11 +75,11 @@ class PackedLinear(torch.nn.Module):
 
 
 def pack_linears(model: torch.nn.Module) -> int:
-    """Replace every plain fp32 CPU Linear of `model` by a PackedLinear; returns how many."""
-    if not can_pack(model):
-        return 0
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
-    for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child))
-    log.info("repacked %d Linear weights into MKL's GEMM layout", len(targets))
-    return len(targets)
+    """Replace every plain fp32 CPU Linear of `model` by a PackedLinear (idempotent); returns how
+    many of the model's Linear layers are packed."""
+    if can_pack(model):
+        targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
+        for parent, name, child in targets:
+            setattr(parent, name, PackedLinear(child))
+        log.info("repacked %d Linear weights into MKL's GEMM layout", len(targets))
+    return sum(isinstance(m, PackedLinear) for m in model.modules())
