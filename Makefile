@@ -36,6 +36,12 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# torch.compile (the engine's compiled one-row step, and its test) builds C++ kernels
+CXX_COMPILER := /usr/bin/g++
+$(CXX_COMPILER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
+
 $(EXT_DEPS): $(EXT)/package.json $(EXT)/package-lock.json
 	cd $(EXT) && npm ci --no-audit --no-fund
 	touch $@
@@ -48,7 +54,7 @@ vsix: $(VSIX)
 $(CODE_SERVER):
 	SUDO="$(SUDO)" $(EXT)/scripts/install-code-server.sh $(EXT)/.code-server
 
-test: model $(CHROMIUM) $(VSIX) $(CODE_SERVER)
+test: model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest
 
