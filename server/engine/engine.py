@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +40,8 @@ from .types import (
 )
 
 log = logging.getLogger("tandem.engine")
+
+DECODE_STEPS = ("transformers", "engine", "compiled")  # Engine.decode_step's values
 
 
 class _Sequence:
@@ -91,11 +92,12 @@ class Engine:
         self._rows: list[_Sequence] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._one_row_step: CompiledStep | None = None  # the compiled step, once it is ready
+        self.compiled_step: CompiledStep | None = None  # the compiled one-row step, once it is ready
         self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
         if not (self.config.compile_decode and self.fast_decode):
             self.compiled.set()
-        self._report_step("engine" if self.fast_decode else "transformers")
+        for step in DECODE_STEPS:  # read at scrape time, so a compiled step that falls back shows at once
+            self.metrics.decode_step.labels(step).set_function(lambda step=step: float(self.decode_step == step))
 
     # ----- the public interface -------------------------------------------------------------
 
@@ -108,17 +110,18 @@ class Engine:
         return self
 
     @property
-    def compiled_step(self) -> CompiledStep | None:
-        """The compiled one-row step once it is ready (its `calls` and `failed` say how it fares)."""
-        return self._one_row_step
+    def decode_step(self) -> str:
+        """Which step decodes a single row: transformers' forward, the engine's own, or its compiled copy."""
+        if not self.fast_decode:
+            return "transformers"
+        return "compiled" if self.compiled_step is not None and self.compiled_step.failed is None else "engine"
 
     def _compile(self) -> None:
         """Compile the one-row step while the worker serves with the eager one; it switches at its next step."""
         started = time.monotonic()
         log.info("compiling the one-row decode step in the background (the eager step serves meanwhile)")
         try:
-            self._one_row_step = compile_one_row(self.model)
-            self._report_step("compiled")
+            self.compiled_step = compile_one_row(self.model)
             log.info("one-row decode step compiled in %.0f s", time.monotonic() - started)
         except Exception:  # the eager step stays; compiling is an optimisation, not a requirement
             log.exception("compiling the one-row decode step failed; the eager step stays")
@@ -223,10 +226,6 @@ class Engine:
                 self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv, self.fast_decode)
             self._update_gauges()
 
-    def _report_step(self, step: str) -> None:
-        for name in ("transformers", "engine", "compiled"):
-            self.metrics.decode_step.labels(name).set(1 if name == step else 0)
-
     def _update_gauges(self) -> None:
         self.metrics.running.set(len(self._rows))
         self.metrics.waiting.set(len(self._scheduler))
@@ -288,7 +287,7 @@ class Engine:
 
     def _decode(self) -> None:
         started = time.monotonic()
-        logits = self._batch.step(self.model, self._one_row_step)
+        logits = self._batch.step(self.model, self.compiled_step)
         tokens = sample_next(logits, [s.sampling for s in self._rows])
         size = len(self._rows)
         self.stats.steps += 1

@@ -14,8 +14,8 @@ cache match transformers' forward at 1 and at several left-padded rows; `tandem 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,8 +55,8 @@ StepFn = Callable[..., torch.Tensor]  # forward_rows or a compiled copy of it
 def decode_step(model: Any, tokens: torch.Tensor, positions: torch.Tensor, layers: list[Any], mask: torch.Tensor,
                 forward: StepFn | None = None) -> torch.Tensor:
     """tokens, positions: [B]; layers: the batch's SlottedLayer per decoder layer (updated in
-    place); mask: [B, T] with the new column included, 0 where a row is left-padded.
-    Returns the logits [B, V] for each row's next token."""
+    place); mask: [B, T] with the new column included, 0 where a row is left-padded; `forward`
+    replaces `forward_rows` for one unpadded row. Returns the logits [B, V] for each row's next token."""
     length = layers[0].length
     for cache in layers:  # growing the buffers stays outside the (possibly compiled) forward
         cache.reserve(1)

@@ -155,12 +155,11 @@ class RunningBatch:
     @torch.inference_mode()
     def step(self, model: torch.nn.Module, one_row_step: StepFn | None = None) -> torch.Tensor:
         """One decode step for every row; returns logits [B, V] for the new position.
-        `one_row_step`, when given, replaces the fast step's forward for a single row (the
-        compiled one, see fast_decode.compile_one_row)."""
+        `one_row_step`, when given, replaces the fast step's forward for a single unpadded row
+        (the compiled one, see fast_decode.compile_one_row)."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
         if self.fast_decode and self.cache is not None:
-            forward = one_row_step if one_row_step is not None and self.size == 1 else None
-            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask, forward)
+            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask, one_row_step)
             self.positions = self.positions + 1
             return logits
         out = model(

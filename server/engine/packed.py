@@ -24,13 +24,6 @@ log = logging.getLogger("tandem.engine")
 PACK_ROWS = 16  # the row count MKL is told when packing; any count computes with the result
 
 
-def can_pack(model: torch.nn.Module) -> bool:
-    """MKL is in this torch build and the model's Linear weights are fp32 on the CPU."""
-    if not torch.backends.mkl.is_available() or not hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
-        return False
-    return any(_packable(m) for m in model.modules())
-
-
 def _packable(module: torch.nn.Module) -> bool:
     return (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
             and module.weight.device.type == "cpu" and not module._forward_hooks and not module._forward_pre_hooks)
@@ -48,7 +41,7 @@ def let_inductor_call_packed_linears() -> None:
     from torch._inductor import mkldnn_lowerings  # noqa: F401  (registers the lowering that is replaced here)
 
     op = torch.ops.mkl._mkl_linear
-    if lowering.lowerings.get(op.default) is not None and op.default in lowering.fallbacks:
+    if op.default in lowering.fallbacks:
         return
     lowering.lowerings.pop(op.default, None)
     lowering.make_fallback(op, warn=False)
@@ -77,9 +70,10 @@ class PackedLinear(torch.nn.Module):
 def pack_linears(model: torch.nn.Module) -> int:
     """Replace every plain fp32 CPU Linear of `model` by a PackedLinear (idempotent); returns how
     many of the model's Linear layers are packed."""
-    if can_pack(model):
+    if torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
         targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
         for parent, name, child in targets:
             setattr(parent, name, PackedLinear(child))
-        log.info("repacked %d Linear weights into MKL's GEMM layout", len(targets))
+        if targets:
+            log.info("repacked %d Linear weights into MKL's GEMM layout", len(targets))
     return sum(isinstance(m, PackedLinear) for m in model.modules())
