@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.engine import Engine, EngineConfig, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
-from server.engine.packed import PackedLinear, pack_linears
+from server.engine.packed import FusedPart, PackedLinear, fused_outputs, pack_linears
 from tests.conftest import tiny_llama
 
 PROMPTS = [
@@ -248,6 +248,50 @@ def test_a_packed_linear_computes_what_the_plain_one_does_for_any_row_count(bias
         assert pack_linears(parent) == 1 and parent[0] is packed  # packing twice repacks nothing
 
 
+class _Attention(torch.nn.Module):
+    """Sibling projections named as a Llama layer names them; `biases` says which have a bias."""
+
+    def __init__(self, biases: tuple[bool, bool, bool]) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(96, 160, bias=biases[0])
+        self.k_proj = torch.nn.Linear(96, 32, bias=biases[1])
+        self.v_proj = torch.nn.Linear(96, 32, bias=biases[2])
+
+
+@pytest.mark.parametrize("biases", [(False, False, False), (True, True, True), (True, False, True)])
+def test_sibling_projections_packed_as_one_matrix_compute_what_each_plain_one_does(biases: tuple[bool, bool, bool]) -> None:
+    torch.manual_seed(0)
+    plain, fused = _Attention(biases), _Attention(biases)
+    fused.load_state_dict(plain.state_dict())
+    assert pack_linears(fused) == 3
+    parts = (fused.q_proj, fused.k_proj, fused.v_proj)
+    assert all(isinstance(p, FusedPart) for p in parts) and parts[0].fused is parts[1].fused is parts[2].fused
+    names = ("q_proj", "k_proj", "v_proj")
+
+    def check(x: torch.Tensor, name: str) -> None:
+        torch.testing.assert_close(getattr(fused, name)(x), getattr(plain, name)(x), rtol=1e-5, atol=1e-5)
+
+    with torch.inference_mode():
+        for shape in ((1, 96), (7, 96), (3, 5, 96), (600, 96)):
+            x = torch.randn(shape)
+            for name in names:  # as transformers calls them: one after the other on the same input
+                check(x, name)
+            assert parts[0].fused._pending is None  # all handed out: nothing kept
+            for a, b in zip(fused_outputs(x, *parts), (plain.q_proj(x), plain.k_proj(x), plain.v_proj(x))):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            check(x, "v_proj")  # alone, out of order, twice
+            check(x, "v_proj")
+            check(torch.randn(shape), "q_proj")  # another input is never answered from the last one
+            check(x, "k_proj")
+    with torch.no_grad():  # a tensor changed in place between sibling calls is multiplied again
+        x = torch.randn(4, 96)
+        check(x, "q_proj")
+        x.mul_(2)
+        check(x, "k_proj")
+        check(x, "v_proj")
+    assert pack_linears(fused) == 3 and fused.q_proj is parts[0]  # packing twice repacks nothing
+
+
 def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
     """Rows of different lengths (left-padded), joining and leaving, past the slotted cache's
     growth point: logits and KV agree with transformers' forward on the plain weights."""
@@ -257,6 +301,8 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
 
     packed_model = tiny_llama(len(tokenizer))
     assert pack_linears(packed_model) > 0
+    layer = packed_model.model.layers[0]
+    assert type(layer.self_attn.q_proj) is type(layer.mlp.up_proj) is FusedPart  # q/k/v and gate/up: one matrix each
     assert supports(packed_model) and supports(plain_model)
     hooked = tiny_llama(len(tokenizer))
     hooked.register_forward_hook(lambda *_: None)
@@ -291,7 +337,7 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
     """The eager step serves while torch.compile works; then single-row steps run compiled, with
     the logits of the eager step (and so the same greedy text)."""
     from server import models
-    from server.engine.kv import RunningBatch
+    from server.engine.kv import GROW, RunningBatch
     from server.engine.prefill import prefill_batch
 
     served, reference = models.load(str(default_model_dir)), models.load(str(default_model_dir))
@@ -323,11 +369,11 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
         batch = RunningBatch(preallocate=True, fast_decode=True)
         batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
         batches.append(batch)
-    calls = step.calls
-    for _ in range(40):  # past the slotted cache's growth point: the compiled graph takes the new buffer size
+    calls, steps = step.calls, 2 * GROW + 8
+    for _ in range(steps):  # past the slotted cache's growth points, twice: the compiled graph takes each new buffer
         compiled_logits = batches[0].step(served.model, step)
         eager_logits = batches[1].step(reference.model)
         torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-3, atol=1e-3)
         for batch in batches:
             batch.next_tokens = eager_logits.argmax(-1)
-    assert step.calls == calls + 40 and step.failed is None
+    assert step.calls == calls + steps and step.failed is None

@@ -82,25 +82,28 @@ def relative_to_none(rows: list[QuantRow]) -> None:
         row.perplexity_vs_none = {k: round(v / base.perplexity[k], 3) for k, v in row.perplexity.items()}
 
 
-PATHS = {  # name: (EngineConfig.fast_decode, EngineConfig.pack_weights, EngineConfig.compile_decode)
-    "transformers_forward": (False, False, False),
-    "fast_step": (True, False, False),
-    "fast_step_packed": (True, True, False),
-    "fast_step_packed_compiled": (True, True, True),  # `tandem serve`'s default
+PATHS = {  # name: (EngineConfig.fast_decode, .pack_weights, .fuse_projections, .compile_decode)
+    "transformers_forward": (False, False, False, False),
+    "fast_step": (True, False, False, False),
+    "fast_step_packed": (True, True, False, False),
+    "fast_step_packed_fused": (True, True, True, False),
+    "fast_step_packed_fused_compiled": (True, True, True, True),  # `tandem serve`'s default
 }
 
 
-def decode_paths(plain: Any, served: Any, max_tokens: int, rounds: int, compile_decode: bool = True) -> dict[str, Any]:
+def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds: int, compile_decode: bool = True) -> dict[str, Any]:
     """Decode at 1 and 16 rows through transformers' forward, through the engine's own step
-    (`server/engine/fast_decode.py`), through that step on MKL-packed weights
-    (`server/engine/packed.py`), and with its one-row step compiled: the before and after of
-    each. `plain` is a model as transformers loads it, `served` the engine's copy (packed in
-    place). Batch-1 rounds are paired with a bandwidth reading; the paths take turns going first."""
+    (`server/engine/fast_decode.py`), through that step on MKL-packed weights, with q/k/v and
+    gate/up fused into one packed matrix each (`server/engine/packed.py`), and with its one-row
+    step compiled: the before and after of each. `plain` is a model as transformers loads it,
+    `unfused` and `served` copies that the engines pack in place (without and with fusing).
+    Batch-1 rounds are paired with a bandwidth reading; the paths take turns going first."""
     per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
-    paths = {name: flags for name, flags in PATHS.items() if compile_decode or not flags[2]}
-    engines = {name: Engine((served if pack else plain).model, plain.tokenizer,
-                            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, compile_decode=compiled)).start()
-               for name, (fast, pack, compiled) in paths.items()}
+    paths = {name: flags for name, flags in PATHS.items() if compile_decode or not flags[3]}
+    engines = {name: Engine((served if fuse else unfused if pack else plain).model, plain.tokenizer,
+                            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, fuse_projections=fuse,
+                                         compile_decode=compiled)).start()
+               for name, (fast, pack, fuse, compiled) in paths.items()}
     for engine in engines.values():
         engine.compiled.wait()
     b1: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
@@ -117,10 +120,10 @@ def decode_paths(plain: Any, served: Any, max_tokens: int, rounds: int, compile_
     finally:
         for engine in engines.values():
             engine.close()
-    out: dict[str, Any] = {"fast_step_active": engines["fast_step_packed"].fast_decode,
-                           "packed_linears": engines["fast_step_packed"].packed_linears}
-    if "fast_step_packed_compiled" in engines:  # "engine" here: the compile failed or fell back (the log says why)
-        out["compiled_path_step"] = engines["fast_step_packed_compiled"].decode_step
+    out: dict[str, Any] = {"fast_step_active": engines["fast_step_packed_fused"].fast_decode,
+                           "packed_linears": engines["fast_step_packed_fused"].packed_linears}
+    if "fast_step_packed_fused_compiled" in engines:  # "engine" here: the compile failed or fell back (the log says why)
+        out["compiled_path_step"] = engines["fast_step_packed_fused_compiled"].decode_step
     for name in engines:
         rate, _, fraction = _medians(b1[name], per_token)
         out[name] = {"decode_b1_tok_s": round(rate, 1), "fraction_of_ceiling": round(fraction, 3),

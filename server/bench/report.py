@@ -72,7 +72,8 @@ def markdown(r: dict[str, Any]) -> str:
                       "| decode path | batch-1 tok/s | fraction of ceiling | batch-16 tok/s |", "|---|---:|---:|---:|"]
             for key, label in (("transformers_forward", "transformers' forward"), ("fast_step", "engine's step"),
                                ("fast_step_packed", "engine's step, packed weights"),
-                               ("fast_step_packed_compiled", "engine's step, packed weights, one-row step compiled (`tandem serve`)")):
+                               ("fast_step_packed_fused", "engine's step, packed weights, q/k/v and gate/up fused"),
+                               ("fast_step_packed_fused_compiled", "engine's step, packed and fused, one-row step compiled (`tandem serve`)")):
                 if key in p:
                     lines.append(f"| {label} | {p[key]['decode_b1_tok_s']:.1f} | {p[key]['fraction_of_ceiling']:.0%} | {p[key]['decode_b16_tok_s']:.1f} |")
             lines.append("")

@@ -140,8 +140,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
     quant_rows = []
     if "ceiling" in s["sections"]:
-        print("decode at 1 and 16 rows: transformers' forward, the engine's own step, on packed weights, compiled", flush=True)
-        paths = decode_paths(loaded, served, s["quant_tokens"], s["path_rounds"], s["compile"])
+        print("decode at 1 and 16 rows: transformers' forward, the engine's own step, on packed weights, fused, compiled", flush=True)
+        unfused = models.load(args.model, args.quant)  # packed by its engine without fusing, for the before and after
+        paths = decode_paths(loaded, served, unfused, s["quant_tokens"], s["path_rounds"], s["compile"])
+        del unfused
         result["decode_paths"] = paths
         print(f"  {paths}", flush=True)
     if "quantization" in s["sections"] or "ceiling" in s["sections"]:

@@ -78,7 +78,7 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        self.packed_linears = pack_linears(model) if self.config.pack_weights else 0
+        self.packed_linears = pack_linears(model, self.config.fuse_projections) if self.config.pack_weights else 0
         self.metrics = metrics or EngineMetrics()
         self.stats = EngineStats()
         self.context_length = self.config.context_length or int(getattr(model.config, "max_position_embeddings", 2048))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from .packed import PackedLinear, let_inductor_call_packed_linears
+from .packed import FusedPart, PackedLinear, fused_outputs, let_inductor_call_packed_linears
 
 SUPPORTED_TYPES = ("llama", "qwen2")
 
@@ -43,7 +43,7 @@ def supports(model: Any) -> bool:
     for layer in inner.layers:
         projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
                        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-        if any(type(p) not in (torch.nn.Linear, PackedLinear) for p in projections):  # bitsandbytes layers keep their own forward
+        if any(type(p) not in (torch.nn.Linear, PackedLinear, FusedPart) for p in projections):  # bitsandbytes layers keep their own forward
             return False
     return type(model.lm_head) in (torch.nn.Linear, PackedLinear)
 
@@ -86,9 +86,7 @@ def forward_rows(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys
     for layer, kbuf, vbuf in zip(inner.layers, keys, values):
         attn, mlp = layer.self_attn, layer.mlp
         h = _rms_norm(layer.input_layernorm, x)
-        q = attn.q_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        q, k, v = (p.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for p in fused_outputs(h, attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kbuf[:, :, length : length + 1] = k
         vbuf[:, :, length : length + 1] = v
@@ -96,7 +94,8 @@ def forward_rows(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys
                                            scale=attn.scaling, enable_gqa=attn.num_key_value_groups != 1)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, 1, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
-        x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+        gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
+        x = x + mlp.down_proj(mlp.act_fn(gate) * up)
     x = _rms_norm(inner.norm, x)
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 

@@ -52,8 +52,10 @@ class SlottedLayer(DynamicLayer):
         return self._kbuf, self._vbuf
 
     def reserve(self, n: int) -> None:
-        """Make room for n more columns."""
-        if self._length + n > self._kbuf.shape[-2]:
+        """Make room for n more columns, and keep one spare beyond them: the compiled one-row
+        step was traced on buffers longer than what it attends over, and inductor guards on
+        that (a step whose slice were the whole buffer would need a compile of its own)."""
+        if self._length + n >= self._kbuf.shape[-2]:
             self._kbuf = self._alloc(self.keys, self._length + n + GROW)
             self._vbuf = self._alloc(self.values, self._length + n + GROW)
 

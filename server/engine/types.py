@@ -28,6 +28,7 @@ class EngineConfig:
     preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
     fast_decode: bool = True  # decode steps of a Llama-family model skip transformers' forward
     pack_weights: bool = True  # repack the model's fp32 CPU Linear weights for MKL, in place (see packed.py)
+    fuse_projections: bool = True  # with pack_weights: a layer's q/k/v, and its gate/up, as one packed matrix each
     compile_decode: bool = False  # compile the one-row decode step in the background (a minute or two of CPU)
 
 
