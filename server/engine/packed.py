@@ -149,7 +149,7 @@ def _fuse_siblings(model: torch.nn.Module) -> int:
     for parent in list(model.modules()):
         for names in FUSED_SIBLINGS:
             group = [getattr(parent, name, None) for name in names]
-            if not all(isinstance(child, torch.nn.Module) and _packable(child) for child in group):
+            if not all(_packable(child) for child in group):  # type: ignore[arg-type]
                 continue
             if len({child.in_features for child in group}) != 1:  # type: ignore[union-attr]
                 continue
