@@ -90,8 +90,7 @@ def forward_rows(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kbuf[:, :, length : length + 1] = k
         vbuf[:, :, length : length + 1] = v
-        o = F.scaled_dot_product_attention(q, kbuf[:, :, : length + 1], vbuf[:, :, : length + 1], attn_mask=attn_mask,
-                                           scale=attn.scaling, enable_gqa=attn.num_key_value_groups != 1)
+        o = _attend(q, kbuf[:, :, : length + 1], vbuf[:, :, : length + 1], attn_mask, attn.scaling)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, 1, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
         gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
@@ -104,12 +103,13 @@ def compile_one_row(model: Any) -> StepFn:
     """`forward_rows` compiled by torch.compile (inductor) for a single row, warmed up on
     scratch buffers so that the first real call finds it ready.
 
-    Why: at one row the step's products read every weight once and take about 23 ms here; the
-    ~40 small ops per layer around them (norms, rotary, cache writes, attention) each pay
-    Python and dispatch time, about 10 ms a step in eager mode. Inductor fuses them into a few
-    C++ kernels (measured on SmolLM2-135M: 37.8 ms eager, 31.0 ms compiled, in alternating
-    rounds). Compiling takes 30 s to 2 min on 2 cores, so the engine does it in the background
-    and keeps the eager step until it is ready. `tandem bench` (ceiling) measures both."""
+    Why: at one row the step's products read every weight once and take about 25-30 ms here;
+    the ~40 small ops per layer around them (norms, rotary, cache writes, attention) each pay
+    Python and dispatch time, about 10-15 ms a step in eager mode. Inductor fuses them into a
+    few C++ kernels (measured on SmolLM2-135M in alternating rounds: 46.6 ms eager, 32.8 ms
+    compiled, of which 1.7 ms outside the products). Compiling takes 30 s to 2 min on 2 cores,
+    so the engine does it in the background and keeps the eager step until it is ready.
+    `tandem bench` (ceiling) measures both."""
     let_inductor_call_packed_linears()
     compiled = CompiledStep(torch.compile(forward_rows, dynamic=True))
     config = model.config
@@ -146,6 +146,27 @@ class CompiledStep:
                 self.failed = f"{type(exc).__name__}: {exc}"
                 log.warning("the compiled decode step cannot run this call (%s); using the eager step from now on", self.failed)
         return forward_rows(*args)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for one query per row; q: [B, heads, 1, D], k and v: [B, kv_heads, T, D],
+    attn_mask: [B, 1, 1, T] (False for padding) or None.
+
+    Eager: torch's SDPA, one fused kernel. Compiled (one unpadded row): the same sums written as
+    broadcast products and reductions, which inductor fuses into its own loops with the rotary
+    and the cache writes around them. Why: inductor cannot fuse SDPA and calls it as an opaque
+    op, about 70 us each on CPU at one query, 30 times a step on SmolLM2-135M; written out, the
+    compiled step's time outside its products fell from 4.3 to 1.7 ms (alternating rounds in one
+    process). `tandem bench --sections ceiling` measures the compiled step against the eager one,
+    and `tests/test_engine.py` checks their logits against each other."""
+    if attn_mask is not None or not torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    rows, heads, _, dim = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.view(rows, kv_heads, heads // kv_heads, 1, dim)  # query heads i*g .. i*g+g-1 share kv head i (as transformers' repeat_kv)
+    scores = (grouped * k[:, :, None]).sum(-1) * scale  # [B, kv_heads, g, T]
+    out = (torch.softmax(scores, dim=-1)[..., None] * v[:, :, None]).sum(-2)  # [B, kv_heads, g, D]
+    return out.view(rows, heads, 1, dim)
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,11 @@ def let_inductor_call_packed_linears() -> None:
     lowering.make_fallback(op, warn=False)
 
 
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b for W packed by `_pack`; `shape` stands in for W's shape (and dtype)."""
+    return torch.ops.mkl._mkl_linear(x, packed, shape, bias, x.numel() // x.shape[-1])  # type: ignore[no-any-return]
+
+
 class PackedLinear(torch.nn.Module):
     """y = x W^T + b with W held only in MKL's packed layout."""
 
@@ -72,8 +77,7 @@ class PackedLinear(torch.nn.Module):
         self._shape = torch.zeros((), dtype=torch.float32).expand(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        return torch.ops.mkl._mkl_linear(x, self.packed, self._shape, self.bias, rows)  # type: ignore[no-any-return]
+        return _packed_linear(x, self.packed, self._shape, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed=MKL"
@@ -96,8 +100,7 @@ class FusedPackedLinear(torch.nn.Module):
         self._pending: tuple[weakref.ref[torch.Tensor], int, list[torch.Tensor | None]] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rows = x.numel() // self.in_features
-        return torch.ops.mkl._mkl_linear(x, self.packed, self._shape, self.bias, rows).split(self.sizes, dim=-1)  # type: ignore[no-any-return]
+        return _packed_linear(x, self.packed, self._shape, self.bias).split(self.sizes, dim=-1)
 
     def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Output `index` of `forward(x)`. The whole product is computed once for a run of
