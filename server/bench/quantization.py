@@ -91,15 +91,21 @@ PATHS = {  # name: (EngineConfig.fast_decode, .pack_weights, .fuse_projections, 
 }
 
 
-def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds: int, compile_decode: bool = True) -> dict[str, Any]:
+def needs_unfused_copy(names: list[str]) -> bool:
+    """Whether any of these paths packs weights without fusing them (it needs a model copy of its own)."""
+    return any(PATHS[name][1] and not PATHS[name][2] for name in names)
+
+
+def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds: int, names: list[str]) -> dict[str, Any]:
     """Decode at 1 and 16 rows through transformers' forward, through the engine's own step
     (`server/engine/fast_decode.py`), through that step on MKL-packed weights, with q/k/v and
     gate/up fused into one packed matrix each (`server/engine/packed.py`), and with its one-row
     step compiled: the before and after of each. `plain` is a model as transformers loads it,
-    `unfused` and `served` copies that the engines pack in place (without and with fusing).
-    Batch-1 rounds are paired with a bandwidth reading; the paths take turns going first."""
+    `unfused` and `served` copies that the engines pack in place (without and with fusing;
+    `unfused` may be None where `needs_unfused_copy(names)` is false); `names` picks the paths
+    (keys of PATHS), which must include "fast_step_packed_fused". Batch-1 rounds are paired with a bandwidth reading; the paths take turns going first."""
     per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
-    paths = {name: flags for name, flags in PATHS.items() if compile_decode or not flags[3]}
+    paths = {name: PATHS[name] for name in names}
     engines = {name: Engine((served if fuse else unfused if pack else plain).model, plain.tokenizer,
                             EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, fuse_projections=fuse,
                                          compile_decode=compiled)).start()

@@ -20,7 +20,7 @@ from .ceiling import read_bandwidth
 from .measure import RATIO_KEYS, Run, summarise
 from .mixed import mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
-from .quantization import decode_paths, measure_quant, relative_to_none
+from .quantization import PATHS, decode_paths, measure_quant, needs_unfused_copy, relative_to_none
 from .report import markdown
 from .workload import chat_ids
 
@@ -38,6 +38,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "path_rounds": 1 if quick else 3,
         "sections": args.sections.split(","),
         "compile": not quick,  # the compiled one-row step, as `tandem serve` runs it (--quick cannot wait a minute for it)
+        # --quick: the first and the last eager path only (each path is an engine, and one needs a model copy)
+        "decode_paths": ["transformers_forward", "fast_step_packed_fused"] if quick else list(PATHS),
     }
 
 
@@ -140,9 +142,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     quant_rows = []
     if "ceiling" in s["sections"]:
-        print("decode at 1 and 16 rows: transformers' forward, the engine's own step, on packed weights, fused, compiled", flush=True)
-        unfused = models.load(args.model, args.quant)  # packed by its engine without fusing, for the before and after
-        paths = decode_paths(loaded, served, unfused, s["quant_tokens"], s["path_rounds"], s["compile"])
+        print("decode at 1 and 16 rows: " + ", ".join(s["decode_paths"]), flush=True)
+        unfused = models.load(args.model, args.quant) if needs_unfused_copy(s["decode_paths"]) else None  # packed without fusing
+        paths = decode_paths(loaded, served, unfused, s["quant_tokens"], s["path_rounds"], s["decode_paths"])
         del unfused
         result["decode_paths"] = paths
         print(f"  {paths}", flush=True)
