@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .audit import AuditLog, Entry
 from .clock import iso_utc
@@ -101,6 +101,8 @@ class GuardMetrics:
         self.actions = Counter("tandem_guard_actions_total", "Gateway calls by surface and the guard's overall action.", ["surface", "action"], registry=registry)
         self.findings = Counter("tandem_guard_findings_total", "Guard findings by scanner and type.", ["direction", "scanner", "type"], registry=registry)
         self.records = Counter("tandem_audit_records_total", "Audit records queued, by outcome.", ["outcome"], registry=registry)
+        self.in_flight = Gauge("tandem_gateway_calls_in_flight", "Calls between arrival and their audit record (being guarded, "
+                               "queued, generated or streamed).", registry=registry)
 
 
 class Gateway:
@@ -149,6 +151,7 @@ class Gateway:
         if call.surface not in PROFILES:
             raise ValueError(f"unknown surface {call.surface!r}")
         rec = _Record(call, time.monotonic())
+        self.metrics.in_flight.inc()
         try:
             segments = _segments(call.prompt, self.model.tokenizer)
             sanitized = await asyncio.to_thread(self._guards[call.surface].scan, segments)
@@ -192,7 +195,10 @@ class Gateway:
             rec.fail("error", "internal_error")
             raise
         finally:
-            self._write(rec)
+            try:
+                self._write(rec)
+            finally:
+                self.metrics.in_flight.dec()  # after the record: a call seen leaving has its record counted
 
     def _render(self, prompt: Prompt, segments: list[Segment], unchanged: bool) -> tuple[str | list[int], int]:
         """The sanitised segments as the model's prompt, and the default max_tokens for this kind of call."""

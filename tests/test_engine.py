@@ -74,14 +74,23 @@ async def test_requests_join_and_leave_mid_flight(engine_factory, plain_model, t
 
 
 async def test_closing_the_stream_frees_the_slot(engine_factory) -> None:
-    engine = engine_factory()
+    engine = engine_factory(max_batch_size=1)
+    gauge = engine.metrics.registry.get_sample_value
+    cancelled = lambda: gauge("tandem_requests_finished_total", {"reason": "cancelled"})  # noqa: E731
     stream = engine.stream(GenerationRequest(prompt=PROMPTS[0], max_tokens=200))
     await stream.__anext__()
     await stream.__anext__()
-    assert engine.running == 1
+    assert engine.running == 1 and gauge("tandem_requests_running") == 1
+    queued = engine.stream(GenerationRequest(prompt=PROMPTS[1], max_tokens=200))  # no slot: it waits
+    waiting = asyncio.ensure_future(queued.__anext__())
+    await wait_until(lambda: gauge("tandem_requests_waiting") == 1)
+    waiting.cancel()  # its caller leaves while it waits
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
     await stream.aclose()
-    await wait_until(lambda: engine.running == 0)
-    assert engine.stats.requests_cancelled == 1
+    await wait_until(lambda: engine.running == 0 and engine.waiting == 0)
+    assert engine.stats.requests_cancelled == 2 and cancelled() == 2  # the one that never ran counts too
+    assert gauge("tandem_requests_running") == gauge("tandem_requests_waiting") == gauge("tandem_requests_prefilling") == 0
     # the engine keeps serving
     assert (await collect(engine, GenerationRequest(prompt=PROMPTS[2], max_tokens=4)))[2] == 4
 

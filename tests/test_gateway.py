@@ -16,7 +16,7 @@ import pytest
 from server.app import ServerConfig, create_app
 from server.audit import AuditReader
 from server.engine import Engine, EngineConfig, EngineOverloaded
-from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, tiny_loaded
+from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_loaded
 from tests.scripted_engine import ScriptedEngine
 from tests.secrets_corpus import corpus
 
@@ -123,11 +123,17 @@ def test_completed_blocked_failed_and_cancelled_calls_each_leave_one_record(tiny
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "input_too_large"
         failed = httpx.post(f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 100_000})
         assert failed.status_code == 400
+        assert metric(s.url, "tandem_gateway_calls_in_flight") == 0
         with httpx.stream("POST", f"{s.url}/v1/completions", json={"prompt": "a story", "max_tokens": 200, "stream": True}) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i == 2:
+                    assert metric(s.url, "tandem_gateway_calls_in_flight") == 1  # streaming: no record yet
                     break
         rows = records(s.audit_dir, 5)
+        deadline = time.monotonic() + 10
+        while metric(s.url, "tandem_gateway_calls_in_flight") != 0:  # the call leaves once its record is written
+            assert time.monotonic() < deadline, "the cancelled call never left the gateway"
+            time.sleep(0.05)
         assert len(rows) == 5
         outcomes = [(r["outcome"]["status"], r["outcome"]["error_code"], r["guard"]["action"]) for r in rows]
         assert outcomes == [("ok", None, "allow"), ("blocked", "content_blocked", "block"), ("blocked", "input_too_large", "block"),

@@ -38,9 +38,12 @@ async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-unt
 
 
 async def engine_idle(url: str) -> None:
-    """Wait out generations other tests left behind (the default server is shared, and a stream the
-    client closed ends in the engine a moment later), so the counters read next belong to this test."""
-    await wait_until(lambda: metric(url, "tandem_requests_running") == 0 and metric(url, "tandem_requests_waiting") == 0)
+    """Wait out calls other tests left behind (the default server is shared, and a stream whose
+    client left ends in the server a moment later: after a long prefill, say), so the counters
+    read next belong to this test. Every call is in the gateway from its arrival to its audit
+    record, and a cancelled one stays in the engine's counts until the worker drops it."""
+    await wait_until(lambda: metric(url, "tandem_gateway_calls_in_flight") == 0)
+    await wait_until(lambda: sum(metric(url, f"tandem_requests_{state}") for state in ("running", "prefilling", "waiting")) == 0)
 
 
 async def start_slow_request(client, url: str, msg_id: str | None = None):  # type: ignore[no-untyped-def]

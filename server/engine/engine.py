@@ -85,17 +85,21 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self._scheduler = Scheduler(self.config.max_waiting)
+        self._scheduler = Scheduler(self.config.max_waiting, on_cancelled=lambda seq: self._finish(seq, "cancelled"))
         self._prefix = PrefixCache(self.config.prefix_cache_tokens)
         self.fast_decode = self.config.fast_decode and supports(model)
         self._batch = RunningBatch(self.config.preallocate_kv, self.fast_decode)
         self._rows: list[_Sequence] = []
+        self._prefilling = 0  # requests taken from the queue and not yet in the batch (or finished)
         self._closing = False
         self._thread: threading.Thread | None = None
         self.compiled_step: CompiledStep | None = None  # the compiled one-row step, once it is ready
         self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
         if not (self.config.compile_decode and self.fast_decode):
             self.compiled.set()
+        self.metrics.running.set_function(lambda: len(self._rows))
+        self.metrics.prefilling.set_function(lambda: self._prefilling)
+        self.metrics.waiting.set_function(lambda: len(self._scheduler))
         for step in DECODE_STEPS:  # read at scrape time, so a compiled step that falls back shows at once
             self.metrics.decode_step.labels(step).set_function(lambda step=step: float(self.decode_step == step))
 
@@ -214,7 +218,11 @@ class Engine:
                 break
             try:
                 if new:
-                    self._admit(new)
+                    self._prefilling = len(new)
+                    try:
+                        self._admit(new)
+                    finally:
+                        self._prefilling = 0
                 if self._rows:
                     self._decode()
             except Exception as exc:  # a failed step must not take the engine down with it
@@ -224,11 +232,6 @@ class Engine:
                         self._finish(seq, "error")
                         seq.send(EngineError(f"generation failed: {exc}"))
                 self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv, self.fast_decode)
-            self._update_gauges()
-
-    def _update_gauges(self) -> None:
-        self.metrics.running.set(len(self._rows))
-        self.metrics.waiting.set(len(self._scheduler))
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._rows) if not s.cancelled]
@@ -239,7 +242,6 @@ class Engine:
                 self._finish(s, "cancelled")
         self._rows = [self._rows[i] for i in keep]
         self._batch.keep(keep)
-        self._update_gauges()
 
     def _admit(self, new: list[_Sequence]) -> None:
         now = time.monotonic()
@@ -270,6 +272,7 @@ class Engine:
 
     def _join(self, seqs: list[_Sequence], pre: Prefilled) -> None:
         """Sample each new row's first token; rows that are not finished by it join the batch."""
+        self._prefilling -= len(seqs)  # prefilled: from here on they are finished or running
         tokens = sample_next(pre.logits, [s.sampling for s in seqs])
         alive = []
         for i, (seq, token) in enumerate(zip(seqs, tokens)):

@@ -20,7 +20,10 @@ class EngineMetrics:
         self.itl = Histogram("tandem_inter_token_latency_seconds", "Time between two tokens of one request.", buckets=_LATENCY, registry=r)
         self.queue_time = Histogram("tandem_request_queue_time_seconds", "Time spent waiting for a batch slot.", buckets=_LATENCY, registry=r)
         self.e2e = Histogram("tandem_e2e_request_latency_seconds", "Submission to last token.", buckets=_LATENCY, registry=r)
+        # These three are read at scrape time, not set when the worker last passed by (a scrape
+        # during a long prefill would see an idle engine).
         self.running = Gauge("tandem_requests_running", "Requests in the running batch.", registry=r)
+        self.prefilling = Gauge("tandem_requests_prefilling", "Requests taken from the queue whose prompt is being computed.", registry=r)
         self.waiting = Gauge("tandem_requests_waiting", "Requests waiting for a batch slot.", registry=r)
         self.batch_size = Histogram("tandem_batch_size", "Rows in each decode step.", buckets=_BATCH, registry=r)
         self.peak_batch = Gauge("tandem_batch_size_peak", "Largest decode batch since start.", registry=r)

@@ -11,6 +11,7 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .types import EngineOverloaded, Priority
@@ -27,8 +28,9 @@ class Waiting(Protocol):
 
 
 class Scheduler:
-    def __init__(self, max_waiting: int) -> None:
+    def __init__(self, max_waiting: int, on_cancelled: Callable[[Any], None] = lambda item: None) -> None:
         self.max_waiting = max_waiting
+        self._on_cancelled = on_cancelled  # told of each request dropped because it was cancelled while it waited
         self._heap: list[tuple[int, int, Any]] = []
         self._order = itertools.count()
         self._cond = threading.Condition()
@@ -74,6 +76,7 @@ class Scheduler:
                 item = self._heap[0][2]
                 if item.cancelled:
                     heapq.heappop(self._heap)
+                    self._on_cancelled(item)
                     continue
                 if taken and spent + len(item.prompt_ids) > token_budget:
                     break
