@@ -103,7 +103,8 @@ def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds:
     step compiled: the before and after of each. `plain` is a model as transformers loads it,
     `unfused` and `served` copies that the engines pack in place (without and with fusing;
     `unfused` may be None where `needs_unfused_copy(names)` is false); `names` picks the paths
-    (keys of PATHS), which must include "fast_step_packed_fused". Batch-1 rounds are paired with a bandwidth reading; the paths take turns going first."""
+    (keys of PATHS), which must include "fast_step_packed_fused". Batch-1 rounds are paired
+    with a bandwidth reading; the paths take turns going first."""
     per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
     paths = {name: PATHS[name] for name in names}
     engines = {name: Engine((served if fuse else unfused if pack else plain).model, plain.tokenizer,

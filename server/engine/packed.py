@@ -37,9 +37,12 @@ def _packable(module: torch.nn.Module) -> bool:
             and module.weight.device.type == "cpu" and not module._forward_hooks and not module._forward_pre_hooks)
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
+def _pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W in MKL's packed layout, a zero-byte stand-in for W's shape): `_mkl_linear` reads only
+    the shape and dtype of the plain weight once it has the packed one."""
     with torch.no_grad():
-        return torch.ops.mkl._mkl_reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS)  # type: ignore[no-any-return]
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS)
+    return packed, torch.zeros((), dtype=torch.float32).expand(*weight.shape)
 
 
 def let_inductor_call_packed_linears() -> None:
@@ -61,7 +64,7 @@ def let_inductor_call_packed_linears() -> None:
 
 
 def _packed_linear(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + b for W packed by `_pack`; `shape` stands in for W's shape (and dtype)."""
+    """x W^T + b for W packed by `_pack` (`packed`, `shape`)."""
     return torch.ops.mkl._mkl_linear(x, packed, shape, bias, x.numel() // x.shape[-1])  # type: ignore[no-any-return]
 
 
@@ -71,10 +74,8 @@ class PackedLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight)
+        self.packed, self._shape = _pack(linear.weight)
         self.bias = linear.bias
-        # `_mkl_linear` reads only the shape and dtype of the plain weight once it has the packed one
-        self._shape = torch.zeros((), dtype=torch.float32).expand(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _packed_linear(x, self.packed, self._shape, self.bias)
@@ -91,12 +92,11 @@ class FusedPackedLinear(torch.nn.Module):
         super().__init__()
         self.in_features = linears[0].in_features
         self.sizes = [linear.out_features for linear in linears]
-        self.packed = _pack(torch.cat([linear.weight for linear in linears]))
+        self.packed, self._shape = _pack(torch.cat([linear.weight for linear in linears]))
         biases = [linear.bias for linear in linears]
         self.bias = None if all(b is None for b in biases) else torch.nn.Parameter(
             torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
                        for b, linear in zip(biases, linears)]), requires_grad=False)
-        self._shape = torch.zeros((), dtype=torch.float32).expand(sum(self.sizes), self.in_features)
         self._pending: tuple[weakref.ref[torch.Tensor], int, list[torch.Tensor | None]] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
