@@ -159,6 +159,7 @@ class LlamaCpp:
         with MemorySampler() as memory:
             for i, ids in enumerate(prompts):
                 self.llm.reset()
-                for _ in self.llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1, stream=True):
-                    clock.tick(i)
+                for chunk in self.llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1, stream=True):
+                    if chunk["choices"][0]["finish_reason"] is None:  # its last chunk only says why it ended: no token
+                        clock.tick(i)
         return clock.run(memory=memory.peak_delta)
