@@ -15,10 +15,18 @@ import pytest
 
 from server.app import ServerConfig, create_app
 from server.audit import AuditReader
-from server.engine import Engine, EngineConfig, EngineOverloaded
+from server.engine import Engine, EngineOverloaded
 from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_loaded
 from tests.scripted_engine import ScriptedEngine
 from tests.secrets_corpus import corpus
+
+
+def wait_for(check, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def records(audit_dir: Path, n: int, timeout: float = 10) -> list[dict]:
@@ -130,10 +138,8 @@ def test_completed_blocked_failed_and_cancelled_calls_each_leave_one_record(tiny
                     assert metric(s.url, "tandem_gateway_calls_in_flight") == 1  # streaming: no record yet
                     break
         rows = records(s.audit_dir, 5)
-        deadline = time.monotonic() + 10
-        while metric(s.url, "tandem_gateway_calls_in_flight") != 0:  # the call leaves once its record is written
-            assert time.monotonic() < deadline, "the cancelled call never left the gateway"
-            time.sleep(0.05)
+        # the call leaves once its record is written
+        wait_for(lambda: metric(s.url, "tandem_gateway_calls_in_flight") == 0, "the cancelled call never left the gateway")
         assert len(rows) == 5
         outcomes = [(r["outcome"]["status"], r["outcome"]["error_code"], r["guard"]["action"]) for r in rows]
         assert outcomes == [("ok", None, "allow"), ("blocked", "content_blocked", "block"), ("blocked", "input_too_large", "block"),
@@ -241,10 +247,7 @@ def test_a_refused_audit_write_is_counted_and_retried_not_dropped(tiny_server) -
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
         db.commit()
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
-        deadline = time.monotonic() + 10
-        while "tandem_audit_write_failures_total 1.0" not in httpx.get(f"{s.url}/metrics").text:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: "tandem_audit_write_failures_total 1.0" in httpx.get(f"{s.url}/metrics").text, "the refused write was never counted")
         db.execute("DROP TRIGGER refuse")
         db.commit()
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "bye", "max_tokens": 1}).status_code == 200

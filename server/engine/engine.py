@@ -218,11 +218,8 @@ class Engine:
                 break
             try:
                 if new:
-                    self._prefilling = len(new)
-                    try:
-                        self._admit(new)
-                    finally:
-                        self._prefilling = 0
+                    self._prefilling = len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
+                    self._admit(new)
                 if self._rows:
                     self._decode()
             except Exception as exc:  # a failed step must not take the engine down with it
@@ -231,7 +228,7 @@ class Engine:
                     if not seq.done:
                         self._finish(seq, "error")
                         seq.send(EngineError(f"generation failed: {exc}"))
-                self._rows, self._batch = [], RunningBatch(self.config.preallocate_kv, self.fast_decode)
+                self._rows, self._batch, self._prefilling = [], RunningBatch(self.config.preallocate_kv, self.fast_decode), 0
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._rows) if not s.cancelled]
