@@ -33,6 +33,7 @@ from .audit import web as audit_web
 from .engine import Engine, EngineConfig, EngineMetrics
 from .errors import APIError, handle_api_error, handle_not_found, handle_unexpected
 from .gateway import Gateway
+from .logs import quiet_logs
 from .settings import tandem_home
 from .state import AppState
 
@@ -56,6 +57,7 @@ class ServerConfig:
     audit_dir: Path | None = None  # default: $TANDEM_HOME/audit
     audit_checkpoint_every: int = 256
     audit_content_days: int = 30
+    audit_max_queue: int = 4096  # unwritten records past which new calls are refused (503 audit_unavailable)
     admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token
     dialog_dir: Path | None = None  # chat store and visitor-token key; default: $TANDEM_HOME/dialog
     demo_site: bool = True  # create the `demo` site (loopback origins) for /widget/demo when missing
@@ -66,7 +68,8 @@ class ServerConfig:
         return DialogConfig(db_path=directory / "chat.db", key_path=directory / "visitor.key", **self.dialog)  # type: ignore[arg-type]
 
     def audit_config(self) -> AuditConfig:
-        return AuditConfig(self.audit_dir or tandem_home() / "audit", self.audit_checkpoint_every, self.audit_content_days)
+        return AuditConfig(self.audit_dir or tandem_home() / "audit", self.audit_checkpoint_every, self.audit_content_days,
+                           max_queue=self.audit_max_queue)
 
 
 def admin_token(config: ServerConfig) -> str:
@@ -108,10 +111,11 @@ class BearerAuth:
 
 async def healthz(request: Request) -> Response:
     state: AppState = request.state.tandem
-    alive = state.gateway.engine_alive
+    alive, audit_stuck = state.gateway.engine_alive, state.gateway.audit_stuck
     running, waiting = state.gateway.engine_load
-    body = {"status": "ok" if alive else "engine stopped", "model": state.model.name, "running": running, "waiting": waiting}
-    return JSONResponse(body, status_code=200 if alive else 503)
+    status = "ok" if alive and not audit_stuck else ("engine stopped" if not alive else "audit writer stuck")
+    body = {"status": status, "model": state.model.name, "running": running, "waiting": waiting, "audit_queue": state.gateway.audit_depth}
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -128,6 +132,7 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
+        quiet_logs()  # after uvicorn has configured its loggers
         loaded = loader() if loader else models.load(config.model, config.quant)
         engine_metrics = EngineMetrics()
         Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=engine_metrics.registry).set(loaded.footprint_bytes)

@@ -12,12 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .audit import Entry
-from .schemas import _Strict, parse_body
+from .schemas import _Strict, parse_body, read_body
 from .state import AppState
 
 class FeedbackBody(_Strict):
-    request_id: str = Field(min_length=1, max_length=128)
+    # the id this server gave the completion (cmpl-/chatcmpl- and 32 hex digits): nothing a client invents is recorded
+    request_id: str = Field(pattern="^(?:cmpl|chatcmpl)-[0-9a-f]{32}$")
     event: str = Field(pattern="^(accepted|dismissed)$")
 
 
@@ -27,12 +27,10 @@ def feedback_counter(registry: CollectorRegistry) -> Counter:
 
 async def feedback(request: Request) -> Response:
     state: AppState = request.state.tandem
-    body = parse_body(await request.body(), FeedbackBody)
+    body = parse_body(await read_body(request), FeedbackBody)
     state.completion_feedback.labels(body.event).inc()
     client = request.headers.get("x-tandem-client") or request.headers.get("user-agent")
-    state.gateway.audit.submit(Entry({"type": "completion.feedback", "surface": "ide_completion", "request_id": body.request_id,
-                                      "actor": {"kind": "ide_user", "client": client[:120] if client else None},
-                                      "guard": {"action": None}, "outcome": {"status": body.event}}))
+    state.gateway.record_feedback(body.request_id, body.event, client)
     return JSONResponse({"ok": True})
 
 

@@ -10,6 +10,7 @@ whatever the outcome: ok, cancelled, error or blocked. The engine object lives o
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from .audit import AuditLog, Entry
 from .clock import iso_utc
 from .engine import Delta, Engine, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
-from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall, scrub
+from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall, scrub, scrub_header
 from .models import LoadedModel
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -125,6 +126,14 @@ class Gateway:
         return self._engine.running, self._engine.waiting
 
     @property
+    def audit_stuck(self) -> bool:
+        return self.audit.stuck
+
+    @property
+    def audit_depth(self) -> int:
+        return self.audit.depth
+
+    @property
     def context_length(self) -> int:
         return self._engine.context_length
 
@@ -143,6 +152,21 @@ class Gateway:
         (the chat store never holds the secret or card number a visitor pasted)."""
         return self._guards[surface].scan([Segment("user", text)]).segments[0].text
 
+    def record_refusal(self, surface: str, actor: Actor, request_id: str, code: str | None, param: str | None) -> None:
+        """A request refused at the door, before it became a call (a body that does not parse or
+        validate): it gets its record too, so a fuzzing or probing client shows in the log."""
+        self.audit.submit(Entry({"type": "request.refused", "surface": surface, "request_id": scrub(request_id),
+                                 "actor": {"kind": actor.kind, "user_ref": None, "ip_ref": self.audit.pseudonym(actor.ip, "ip"),
+                                           "client": scrub_header(actor.client) if actor.client else None, "tenant": actor.tenant},
+                                 "guard": {"action": None}, "outcome": {"status": "refused", "error_code": code, "param": scrub(param or "")[:80] or None}}))
+        self.metrics.records.labels("refused").inc()
+
+    def record_feedback(self, request_id: str, event: str, client: str | None) -> None:
+        """An IDE's report that a completion was accepted or dismissed, recorded beside the call it names."""
+        self.audit.submit(Entry({"type": "completion.feedback", "surface": "ide_completion", "request_id": scrub(request_id),
+                                 "actor": {"kind": "ide_user", "client": scrub_header(client[:120]) if client else None},
+                                 "guard": {"action": None}, "outcome": {"status": event}}))
+
     def _count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -153,9 +177,16 @@ class Gateway:
         rec = _Record(call, time.monotonic())
         self.metrics.in_flight.inc()
         try:
+            if not self.audit.accepting:  # a call is never served unaudited: refuse while the writer cannot keep up
+                raise Refused(503, "audit_unavailable", "the audit log is not keeping up; retry in a few seconds")
             segments = _segments(call.prompt, self.model.tokenizer)
             sanitized = await asyncio.to_thread(self._guards[call.surface].scan, segments)
-            rec.input_results, rec.prompt_text = sanitized.results, _joined(sanitized.segments)
+            rec.input_results = sanitized.results
+            joined = _joined(sanitized.segments)
+            rec.prompt_chars, rec.prompt_hmac = len(joined), self.audit.seal_content(joined)
+            # only text the secret scanner has been over is kept; a prompt refused before it (for its
+            # size or token count) is recorded as its length, HMAC and verdicts, never its text
+            rec.prompt_text = joined if sanitized.scrubbed else None
             if sanitized.blocked is not None:
                 raise _input_refusal(sanitized.blocked)
             engine_prompt, default_max = self._render(call.prompt, sanitized.segments, unchanged=sanitized.segments == segments)
@@ -258,6 +289,12 @@ def _input_refusal(blocked: ScanResult) -> InputBlocked:
     return InputBlocked(400, "content_blocked", f"the request was blocked by the input guard ({blocked.reason})", blocked.scanner)
 
 
+def _number(value: float) -> float | str:
+    """A parameter as the audit record can hold it: JSON has no NaN or infinity (the door refuses
+    them, but a record must be writable whatever reached the gateway)."""
+    return value if math.isfinite(value) else repr(value)
+
+
 def _engine_code(exc: EngineError) -> str:
     if isinstance(exc, EngineOverloaded):
         return "overloaded"
@@ -273,7 +310,9 @@ class _Record:
         self.call, self.started, self.started_at = call, started, time.time()
         self.input_results: list[ScanResult] = []
         self.scanner = None  # type: Any
-        self.prompt_text: str | None = None
+        self.prompt_text: str | None = None  # the redacted prompt, kept as audit content
+        self.prompt_chars: int | None = None
+        self.prompt_hmac: str | None = None
         self.engine_prompt: str | list[int] | None = None
         self.prompt_tokens: int | None = None
         self.parts: list[str] = []
@@ -313,15 +352,15 @@ class _Record:
         return {
             "type": "llm.interaction",
             "surface": call.surface,
-            "request_id": call.request_id,
+            "request_id": scrub(call.request_id),
             "actor": {"kind": call.actor.kind, "user_ref": audit.pseudonym(call.actor.user, "user"), "ip_ref": audit.pseudonym(call.actor.ip, "ip"),
-                      "client": scrub(call.actor.client) if call.actor.client else None, "tenant": call.actor.tenant},
+                      "client": scrub_header(call.actor.client) if call.actor.client else None, "tenant": call.actor.tenant},
             "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
             "model": {"name": model.name, "quantization": model.quant,
-                      "params": {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop_count": len(p.stop)}},
+                      "params": {"max_tokens": p.max_tokens, "temperature": _number(p.temperature), "top_p": _number(p.top_p), "seed": p.seed,
+                                 "stop_count": len(p.stop)}},
             "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens or 0,
-                       "chars": len(self.prompt_text) if self.prompt_text is not None else None,
-                       "content_hmac": audit.seal_content(self.prompt_text) if self.prompt_text is not None else None,
+                       "chars": self.prompt_chars, "content_hmac": self.prompt_hmac, "content_kept": self.prompt_text is not None,
                        "context": dict(call.context) if call.context else None},
             "guard": {"profile": call.surface, "policy_version": POLICY_VERSION, "input": [r.to_json() for r in results_in],
                       "output": [r.to_json() for r in results_out], "action": overall(results_in + results_out)},

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from .engine import Delta, EngineClosed, EngineError, EngineOverloaded, InvalidRequest, Priority
 from .errors import APIError
 from .gateway import Actor, Call, ChatPrompt, FimPrompt, Params, Refused, TextPrompt
-from .schemas import ChatBody, CompletionBody, _Sampling, parse_body
+from .schemas import Body, ChatBody, CompletionBody, _Sampling, parse_body, read_body
 from .state import AppState
 
 
@@ -40,7 +40,8 @@ def _check_model(state: AppState, body: _Sampling) -> None:
 
 def _engine_error(exc: EngineError | Refused) -> APIError:
     if isinstance(exc, Refused):
-        return APIError(exc.status, exc.message, param="messages" if exc.scanner == "injection" else "prompt", code=exc.code)
+        param = ("messages" if exc.scanner == "injection" else "prompt") if exc.scanner else None
+        return APIError(exc.status, exc.message, param=param, code=exc.code)
     if isinstance(exc, InvalidRequest):
         code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
         return APIError(400, str(exc), param=exc.param, code=code)
@@ -116,6 +117,17 @@ def _actor(request: Request, body: _Sampling) -> Actor:
     return Actor(kind, user=body.user, ip=request.client.host if request.client else None, client=client[:120] if client else None)
 
 
+async def _parse(request: Request, body_type: type[Body], surface: str, rid: str) -> Body:
+    """The validated body; a body refused here is audited as a refused request before the 4xx goes out."""
+    try:
+        return parse_body(await read_body(request), body_type)
+    except APIError as exc:
+        client = request.headers.get("x-tandem-client") or request.headers.get("user-agent")
+        actor = Actor("api_client", ip=request.client.host if request.client else None, client=client[:120] if client else None)
+        _state(request).gateway.record_refusal(surface, actor, rid, exc.code, exc.param)
+        raise
+
+
 def _call(request: Request, body: _Sampling, surface: str, prompt: Any, max_tokens: int | None, priority: Priority, rid: str) -> Call:
     params = Params(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop_strings())
     return Call(surface, _actor(request, body), prompt, params, priority, request_id=rid)
@@ -165,7 +177,8 @@ async def _respond(
 
 async def completions(request: Request) -> Response:
     state = _state(request)
-    body = parse_body(await request.body(), CompletionBody)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    body = await _parse(request, CompletionBody, "ide_completion", rid)
     _check_model(state, body)
     prompt = body.single_prompt()
     if body.suffix is not None:
@@ -173,7 +186,6 @@ async def completions(request: Request) -> Response:
             raise APIError(400, f"model {state.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone", param="suffix", code="fim_not_supported")
         if not isinstance(prompt, str):
             raise APIError(400, "`suffix` needs a text prompt", param="prompt")
-    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     guarded = FimPrompt(prompt, body.suffix) if body.suffix is not None else TextPrompt(prompt)  # type: ignore[arg-type]
     call = _call(request, body, "ide_completion", guarded, body.max_tokens, Priority.INTERACTIVE, rid)
 
@@ -189,13 +201,13 @@ async def completions(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
-    body = parse_body(await request.body(), ChatBody)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    body = await _parse(request, ChatBody, "support_chat", rid)
     _check_model(state, body)
     if not getattr(state.model.tokenizer, "chat_template", None):
         raise APIError(400, f"model {state.model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
     messages = tuple(("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     call = _call(request, body, "support_chat", ChatPrompt(messages), max_tokens, Priority.CHAT, rid)
     opened = [False]
 

@@ -118,13 +118,13 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
 
     def start(api_key: str | None = None, fim: tuple[str, str, str] | None = None, model=None, tok=None,  # type: ignore[no-untyped-def]
               checkpoint_every: int = 256, content_days: int = 30, dialog: dict | None = None, dialog_dir: Path | None = None,
-              **engine: object) -> ThreadedServer:
+              audit_max_queue: int = 4096, **engine: object) -> ThreadedServer:
         count[0] += 1
         loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)
         audit_dir = tmp_path / f"audit-{count[0]}"
         dialog_dir = dialog_dir or tmp_path / f"dialog-{count[0]}"
         config = ServerConfig(api_key=api_key, engine=EngineConfig(**engine), audit_dir=audit_dir, audit_checkpoint_every=checkpoint_every,  # type: ignore[arg-type]
-                              audit_content_days=content_days, admin_token=ADMIN_TOKEN, dialog_dir=dialog_dir, dialog=dialog or {})
+                              audit_content_days=content_days, audit_max_queue=audit_max_queue, admin_token=ADMIN_TOKEN, dialog_dir=dialog_dir, dialog=dialog or {})
         server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
         server.audit_dir, server.dialog_dir = audit_dir, dialog_dir
         return server

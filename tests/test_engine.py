@@ -386,3 +386,53 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
         for batch in batches:
             batch.next_tokens = eager_logits.argmax(-1)
     assert step.calls == calls + steps and step.failed is None
+
+
+@pytest.mark.parametrize("poison", ["nan_logits", "overflowing_temperature"])
+async def test_a_poisoned_row_fails_alone_and_its_neighbours_decode_as_in_a_clean_run(engine_factory, monkeypatch, poison) -> None:
+    """One row's logits turn NaN (or its temperature overflows them) a few steps into a running batch:
+    that stream ends with an error; every other row (greedy and seeded) gives exactly its clean-run tokens."""
+    from server.engine import engine as engine_module
+    from server.engine.sampling import SamplingParams
+
+    engine = engine_factory(prefix_cache_tokens=0)
+    neighbours = [GenerationRequest(prompt=p, max_tokens=24) for p in PROMPTS[:3]]
+    neighbours.append(GenerationRequest(prompt=PROMPTS[3], max_tokens=24, temperature=1.0, top_p=0.9, seed=7))
+    victim = GenerationRequest(prompt=PROMPTS[4], max_tokens=24, temperature=1.0, seed=666)
+    clean = await asyncio.gather(*(collect(engine, r) for r in neighbours + [victim]))
+
+    marked: list[SamplingParams] = []
+    real_build, real_sample = SamplingParams.build, engine_module.sample_next
+
+    def build(temperature: float, top_p: float, seed: int | None) -> SamplingParams:
+        params = real_build(temperature, top_p, seed)
+        if seed == 666:
+            marked.append(params)
+        return params
+
+    def poisoned(logits: torch.Tensor, params: list[SamplingParams]) -> list[int | None]:
+        for row, p in enumerate(params):
+            if any(p is m for m in marked) and p.generator is not None and p.generator.initial_seed() == 666:
+                uses = getattr(p, "uses", 0) + 1
+                p.uses = uses  # type: ignore[attr-defined]
+                if uses > 3 and poison == "nan_logits":
+                    logits[row] = float("nan")
+                elif uses > 3:
+                    p.temperature = 1e-45  # past the door's checks: logits / T overflow to inf, softmax to nan
+        return real_sample(logits, params)
+
+    monkeypatch.setattr(SamplingParams, "build", staticmethod(build))
+    monkeypatch.setattr(engine_module, "sample_next", poisoned)
+    results = await asyncio.gather(*(collect(engine, r) for r in neighbours + [victim]), return_exceptions=True)
+    assert marked, "the victim was never built"
+    assert isinstance(results[-1], Exception) and "not finite" in str(results[-1])
+    assert results[:-1] == clean[:-1]
+    monkeypatch.setattr(engine_module, "sample_next", real_sample)
+    assert (await collect(engine, GenerationRequest(prompt="ok", max_tokens=3)))[2] == 3
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 5e-324, 1e-6])
+async def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(engine_factory, temperature: float) -> None:
+    engine = engine_factory(prefix_cache_tokens=0)
+    greedy = await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=12))
+    assert await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=12, temperature=temperature, seed=3)) == greedy

@@ -1,7 +1,14 @@
 """`AuditLog`: the writing side. Records are queued by the gateway without blocking the event loop
 and sealed onto the chain by one writer thread, a batch per transaction; every `checkpoint_every`
-records (and at shutdown) the chain head is signed. A batch the database refuses (disk full,
-locked) is retried with backoff, in order, never dropped; each failure is logged and counted.
+records (and at shutdown) the chain head is signed.
+
+Nothing a caller sends can stall the writer: an entry is made sealable before it is written (a
+body that cannot be serialised becomes a minimal record naming the error, text the database
+cannot store is escaped), and a batch the database refuses is split so one bad entry cannot
+hold back the others. A refusal that is the database's own (disk full, locked) is retried with
+backoff, in order, never dropped; each failure is logged and counted. Shutdown drains the queue.
+The queue is bounded softly: past `max_queue` the gateway refuses new calls (`accepting`) rather
+than let records pile up unwritten; what is already queued is always kept.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from sqlalchemy import select
 
 from . import store
 from ..clock import utc_now
-from .chain import checkpoint_text
+from .chain import canonical, checkpoint_text
 from .keys import AuditKeys, public_key_id
 
 log = logging.getLogger("tandem.audit")
@@ -32,6 +39,8 @@ class AuditConfig:
     checkpoint_every: int = 256
     checkpoint_seconds: float = 3600.0  # also sign a moved head at least this often
     content_days: int = 30  # redacted prompts and outputs are kept this long; 0 keeps none (HMACs only)
+    max_queue: int = 4096  # past this many unwritten records, new calls are refused until the writer catches up
+    stuck_seconds: float = 30.0  # records waiting this long with no commit: the writer is stuck (healthz says so)
 
 
 @dataclass
@@ -48,13 +57,19 @@ class AuditLog:
         self.config = config
         registry = registry or CollectorRegistry()
         self._failures = Counter("tandem_audit_write_failures", "Attempts to write audit records that the database refused (they are retried).", registry=registry)
+        self._unsealable = Counter("tandem_audit_unsealable_records", "Records that could not be serialised as they were and were "
+                                   "written as a minimal record naming the error.", registry=registry)
         self._depth = Gauge("tandem_audit_queue_depth", "Audit records waiting to be written.", registry=registry)
         self._depth.set_function(lambda: self._queue.qsize())
+        self._stuck = Gauge("tandem_audit_writer_stuck", "1 while records wait and the writer has committed nothing for "
+                            "stuck_seconds.", registry=registry)
+        self._stuck.set_function(lambda: float(self.stuck))
         self.keys = AuditKeys.load_or_create(config.directory)
         self.db = store.open_db(config.directory / "audit.db", writer=True)
         self._queue: queue.Queue[Entry | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._last_progress = time.monotonic()  # the writer's last commit, or the moment the queue was last empty
         with self.db.begin() as conn:
             expired = store.expire_content(conn)
         if expired:
@@ -73,13 +88,32 @@ class AuditLog:
         return None if value is None else self.keys.mac(value, purpose)
 
     def seal_content(self, text: str) -> str:
-        return self.keys.mac(text, "content")
+        """The HMAC of content as it will be stored (see `_storable`), so verification can recompute it."""
+        return self.keys.mac(_storable(text) or "", "content")
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def stuck(self) -> bool:
+        """Records are waiting and nothing has been committed for `stuck_seconds` (or the writer died)."""
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping.is_set():
+            return True
+        return self.depth > 0 and time.monotonic() - self._last_progress > self.config.stuck_seconds
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the gateway may start new calls: their records would be written, not pile up."""
+        return self.depth < self.config.max_queue and not self.stuck
 
     def submit(self, entry: Entry) -> None:
-        """Queue a record (never blocks). Without a running writer, it is written at once."""
+        """Queue a record (never blocks, never drops). Without a running writer, it is written at once."""
         if self._thread is None:
             self.write([entry])
         else:
+            if self._queue.empty():
+                self._last_progress = time.monotonic()
             self._queue.put(entry)
 
     def flush(self) -> None:
@@ -89,9 +123,12 @@ class AuditLog:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._stopping.set()
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+            self._queue.put(None)  # after everything queued so far: the writer drains, then stops
+            self._thread.join(timeout=60)
+            if self._thread.is_alive():
+                self._stopping.set()  # the database keeps refusing: stop retrying, and say how much is lost
+                self._thread.join(timeout=10)
+                log.error("audit: the writer could not drain at shutdown; %d records unwritten", self.depth)
             self._thread = None
         self.checkpoint()
         self.db.dispose()
@@ -99,6 +136,7 @@ class AuditLog:
     def write(self, entries: list[Entry]) -> list[dict[str, Any]]:
         sealed = []
         expires = self._expiry()
+        entries = [self._sealable(e) for e in entries]
         with self.db.begin() as conn:
             for entry in entries:
                 content = {"prompt": entry.prompt, "output": entry.output} if expires else None
@@ -119,6 +157,18 @@ class AuditLog:
                    "sig": self.keys.sign(checkpoint_text(seq, head, prev_sig))}
             conn.execute(store.checkpoints.insert().values(**row))
         return row
+
+    def _sealable(self, entry: Entry) -> Entry:
+        """The entry as it can be written: a body that cannot be serialised (a NaN, a type JSON does
+        not know, a lone surrogate) becomes a minimal record that keeps the call's identity and
+        names the error, so the call still has its record; content is escaped where it must be."""
+        try:
+            canonical(entry.body)
+        except (TypeError, ValueError, RecursionError) as exc:
+            self._unsealable.inc()
+            log.error("audit: a %s record could not be serialised (%s); writing a minimal record", entry.body.get("type"), type(exc).__name__)
+            entry = Entry(_minimal(entry.body, exc))  # its content has no sealed HMAC to be checked against: not kept
+        return Entry(entry.body, _storable(entry.prompt), _storable(entry.output))
 
     def _expiry(self) -> str | None:
         if self.config.content_days <= 0:
@@ -144,17 +194,52 @@ class AuditLog:
                     break
             entries = [e for e in batch if e is not None]
             stop = len(entries) < len(batch)
-            delay = 0.2
-            while entries:
-                try:
-                    self.write(entries)
-                    break
-                except Exception:  # loud, counted, retried: a record is never silently dropped
-                    self._failures.inc()
-                    log.exception("audit: %d records could not be written; retrying in %.1f s", len(entries), delay)
-                    if self._stopping.wait(delay) and delay >= 5:
-                        log.error("audit: giving up on %d records at shutdown", len(entries))
-                        break
-                    delay = min(delay * 2, 5.0)
+            self._write_retrying(entries)
             for _ in batch:
                 self._queue.task_done()
+
+    def _write_retrying(self, entries: list[Entry]) -> None:
+        """Write a batch; if the database refuses it, write its entries one by one, so that an
+        entry it refuses on its own is retried alone, in order, while the database itself is
+        retried with backoff (never dropped, unless shutdown gives up on it)."""
+        delay = 0.2
+        while entries:
+            try:
+                self.write(entries)
+                self._last_progress = time.monotonic()
+                return
+            except Exception:  # loud, counted, retried: a record is never silently dropped
+                self._failures.inc()
+                if len(entries) > 1:
+                    log.exception("audit: a batch of %d records was refused; writing them one by one", len(entries))
+                    for entry in entries:
+                        self._write_retrying([entry])
+                    return
+                log.exception("audit: a record could not be written; retrying in %.1f s", delay)
+                if self._stopping.wait(delay):
+                    log.error("audit: giving up on a record at shutdown")
+                    return
+                delay = min(delay * 2, 5.0)
+
+
+def _minimal(body: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """What of a record can always be written: its kind and identity, its outcome, and the error."""
+    def text(value: Any) -> str | None:
+        return _storable(value) if isinstance(value, str) else None
+
+    outcome = body.get("outcome") if isinstance(body.get("outcome"), dict) else {}
+    return {"type": text(body.get("type")) or "unknown", "surface": text(body.get("surface")), "request_id": text(body.get("request_id")),
+            "conversation_id": text(body.get("conversation_id")),
+            "outcome": {"status": text(outcome.get("status")) or "error", "error_code": text(outcome.get("error_code"))},
+            "guard": {"action": None}, "audit_error": _storable(f"the full record could not be serialised: {type(exc).__name__}: {str(exc)[:200]}")}
+
+
+def _storable(value: str | None) -> str | None:
+    """Text SQLite can store as UTF-8: lone surrogates are escaped rather than refused."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")

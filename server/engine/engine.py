@@ -178,6 +178,8 @@ class Engine:
             raise InvalidRequest(f"temperature must be in [0, 2], got {req.temperature}", "temperature")
         if not 0.0 < req.top_p <= 1.0:
             raise InvalidRequest(f"top_p must be in (0, 1], got {req.top_p}", "top_p")
+        if req.seed is not None and not -(2**63) <= req.seed < 2**64:
+            raise InvalidRequest(f"seed must be a 64-bit integer, got {req.seed}", "seed")
         return ids
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
@@ -270,12 +272,13 @@ class Engine:
     def _join(self, seqs: list[_Sequence], pre: Prefilled) -> None:
         """Sample each new row's first token; rows that are not finished by it join the batch."""
         self._prefilling -= len(seqs)  # prefilled: from here on they are finished or running
-        tokens = sample_next(pre.logits, [s.sampling for s in seqs])
+        sampled = sample_next(pre.logits, [s.sampling for s in seqs])
+        tokens = [self.pad_id if t is None else t for t in sampled]
         alive = []
-        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+        for i, (seq, token) in enumerate(zip(seqs, sampled)):
             if seq.cancelled:
                 self._finish(seq, "cancelled")
-            elif not self._emit(seq, token):
+            elif self._advance(seq, token):
                 alive.append(i)
         if not alive:
             return
@@ -288,7 +291,8 @@ class Engine:
     def _decode(self) -> None:
         started = time.monotonic()
         logits = self._batch.step(self.model, self.compiled_step)
-        tokens = sample_next(logits, [s.sampling for s in self._rows])
+        sampled = sample_next(logits, [s.sampling for s in self._rows])
+        tokens = [self.pad_id if t is None else t for t in sampled]
         size = len(self._rows)
         self.stats.steps += 1
         self.stats.steps_by_batch_size[size] = self.stats.steps_by_batch_size.get(size, 0) + 1
@@ -296,7 +300,7 @@ class Engine:
             self.stats.peak_batch_size = size
             self.metrics.peak_batch.set(size)
         self.metrics.batch_size.observe(size)
-        keep = [i for i, (s, t) in enumerate(zip(self._rows, tokens)) if not self._emit(s, t)]
+        keep = [i for i, (s, t) in enumerate(zip(self._rows, sampled)) if self._advance(s, t)]
         self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._batch.mask.device)
         if len(keep) < size:
             self._rows = [self._rows[i] for i in keep]
@@ -328,6 +332,16 @@ class Engine:
         if finish:
             self._finish(seq, finish)
         return finish is not None
+
+    def _advance(self, seq: _Sequence, token: int | None) -> bool:
+        """Take one sampled token for `seq`; True while it stays in the batch. `None` is a row whose
+        logits or probabilities were not finite: it fails alone and its neighbours go on."""
+        if token is not None:
+            return not self._emit(seq, token)
+        log.warning("request %s failed alone: its next-token probabilities were not finite", seq.req.request_id or "?")
+        self._finish(seq, "error")
+        seq.send(EngineError("generation failed: this request's next-token probabilities were not finite"))
+        return False
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         seq.done = True

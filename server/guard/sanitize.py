@@ -62,6 +62,11 @@ class Sanitized:
     blocked: ScanResult | None = None
 
     @property
+    def scrubbed(self) -> bool:
+        """Whether the secret scanner has been over these segments (it has not when a size cap blocked first)."""
+        return any(r.scanner == "secrets" and r.verdict is not Verdict.NOT_SCANNED for r in self.results)
+
+    @property
     def redacted(self) -> bool:
         return any(r.verdict is Verdict.REDACT for r in self.results)
 
