@@ -4,6 +4,7 @@ codes the widget knows how to explain."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -55,22 +56,79 @@ class FrameError(Exception):
         return out
 
 
+MAX_DEPTH = 8  # client frames are flat objects: anything nested deeper is not a frame
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')  # strings (skipped whole) and brackets
+
+
+def _too_deep(raw: str) -> bool:
+    depth = 0
+    for tok in _TOKENS.finditer(raw):
+        c = tok.group()
+        if c == "[" or c == "{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif c == "]" or c == "}":
+            depth -= 1
+    return False
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON number")
+
+
+def _encodable(value: Any) -> bool:
+    """No lone surrogates (JSON's `\\ud800` escapes): every string must survive UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    """A client's value in an error message: short, and always valid UTF-8."""
+    return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse(raw: str | bytes) -> Hello | Message | Cancel | Ping:
+    """One client frame, or `FrameError` (and never anything else: a malformed frame gets an error
+    frame, whatever it holds: deep nesting, NaN, numbers too long, lone surrogates, binary)."""
     if isinstance(raw, bytes):
         raise FrameError("bad_frame", "frames are JSON text, not binary")
     if len(raw.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
         raise FrameError("frame_too_large", f"a frame may be at most {MAX_FRAME_BYTES} bytes")
+    if _too_deep(raw):
+        raise FrameError("bad_frame", f"a frame may nest at most {MAX_DEPTH} levels deep")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise FrameError("bad_frame", f"not valid JSON: {exc.msg}") from None
+    except _NotJSON as exc:  # NaN, Infinity
+        raise FrameError("bad_frame", f"not valid JSON: {exc}") from None
+    except ValueError:  # an integer of thousands of digits (Python's int conversion limit)
+        raise FrameError("bad_frame", "not valid JSON: a number has too many digits") from None
+    except RecursionError:  # not reached below MAX_DEPTH, but never a dropped connection
+        raise FrameError("bad_frame", f"a frame may nest at most {MAX_DEPTH} levels deep") from None
     if not isinstance(data, dict) or "type" not in data:
         raise FrameError("bad_frame", "a frame is a JSON object with a `type`")
+    if not _encodable(data):
+        raise FrameError("bad_frame", "strings must be valid Unicode (no lone surrogates)")
     if data["type"] not in ("hello", "message", "cancel", "ping"):
-        raise FrameError("unknown_type", f"unknown frame type {str(data['type'])[:40]!r}")
+        raise FrameError("unknown_type", f"unknown frame type {_clip(data['type'])!r}")
     try:
         return _adapter.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-        raise FrameError("bad_frame", f"{where}: {first['msg']}") from None
+        raise FrameError("bad_frame", f"{_clip(where)}: {first['msg']}") from None

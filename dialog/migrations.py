@@ -66,6 +66,17 @@ def m002_events_and_seq(conn: Any) -> None:
         )"""))
 
 
+@migration
+def m003_client_refs(conn: Any) -> None:
+    """A client's message id is kept only as a keyed hash, `client_ref` (see tokens.py): the id is
+    the client's to choose and may hold anything, a secret included. The raw ids of older rows, in
+    `messages.client_msg_id` and in their stored `ack` frames, are replaced when the service first
+    opens the store with its key (`Store.open`); the column stays, empty, for those rows."""
+    conn.execute(text("ALTER TABLE messages ADD COLUMN client_ref TEXT"))
+    conn.execute(text("DROP INDEX ux_messages_client_msg"))
+    conn.execute(text("CREATE UNIQUE INDEX ux_messages_client_ref ON messages(conversation_id, client_ref) WHERE client_ref IS NOT NULL"))
+
+
 def applied(conn: Any) -> list[str]:
     conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
     return [row[0] for row in conn.execute(text("SELECT name FROM _migrations ORDER BY rowid"))]

@@ -6,6 +6,13 @@ writes them in small batches; a socket that (re)joins is, under the hub's lock, 
 it missed from the store and then added to the live watchers, so each frame arrives exactly once.
 A generation belongs to the conversation, not the socket: a dropped connection does not stop it,
 and the next socket picks it up.
+
+One generation per conversation holds across sockets: a message is looked up, checked and claimed
+(`Hub.answering`) under the hub's lock, without letting go of it in between, so of two sockets
+sending at once one is answered and the other told `busy`, and a retry racing its original with
+the same `client_msg_id` is acknowledged as that message. The store keeps a client's id only as a
+keyed hash (`client_ref`): the ack a client is sent live echoes its own id, the stored copy that a
+resume replays carries the hash.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.engine import EngineOverloaded, Priority
@@ -72,6 +80,7 @@ class Hub:
     def __init__(self, cid: str, last_seq: int) -> None:
         self.cid, self.seq = cid, last_seq
         self.lock = asyncio.Lock()
+        self.users = 0  # sockets holding this hub, joined or still joining: it is not released under them
         self.clients: set[Client] = set()
         self.task: asyncio.Task[None] | None = None
         self.answering: str | None = None  # the message being generated; cleared as its `done` goes out
@@ -83,11 +92,12 @@ class Hub:
     def generating(self) -> bool:
         return self.answering is not None
 
-    async def emit(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Number, queue for the store and send one frame (the caller holds the lock)."""
+    async def emit(self, frame: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Number, queue for the store and send one frame (the caller holds the lock); `stored` is
+        what the store keeps of it, and a resume replays, where that differs from what is sent."""
         self.seq += 1
         frame = {**frame, "seq": self.seq}
-        self.pending.append(frame)
+        self.pending.append(frame if stored is None else {**stored, "seq": self.seq})
         for client in list(self.clients):
             await client.send(frame)
             if not client.alive:
@@ -112,11 +122,12 @@ class DialogService:
 
     @classmethod
     async def open(cls, gateway: Gateway, config: DialogConfig) -> DialogService:
-        store = await Store.open(config.db_path)
+        tokens = VisitorTokens.load_or_create(config.key_path)
+        store = await Store.open(config.db_path, client_ref=tokens.client_ref)
         interrupted = await store.interrupt_streaming()
         if interrupted:
             log.warning("dialog: %d answers cut by the last shutdown marked interrupted", len(interrupted))
-        return cls(store, gateway, VisitorTokens.load_or_create(config.key_path), config)
+        return cls(store, gateway, tokens, config)
 
     async def close(self) -> None:
         tasks = [hub.task for hub in self.hubs.values() if hub.task is not None and not hub.task.done()]
@@ -128,15 +139,22 @@ class DialogService:
         await self.store.close()
 
     async def _hub(self, cid: str) -> Hub:
+        """The conversation's one hub, counted as used by the caller until it calls `_leave`."""
         hub = self.hubs.get(cid)
         if hub is None:
             conv = await self.store.conversation(cid)
             hub = self.hubs.setdefault(cid, Hub(cid, conv["last_seq"] if conv else 0))
+        hub.users += 1  # no await since the lookup: a hub being joined is never released (else a second hub, a second generation)
         return hub
+
+    def _leave(self, hub: Hub, client: Client) -> None:
+        hub.clients.discard(client)
+        hub.users -= 1
+        self._release(hub)
 
     def _release(self, hub: Hub) -> None:
         busy = hub.generating or (hub.task is not None and not hub.task.done())
-        if not hub.clients and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
+        if hub.users <= 0 and not hub.clients and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
             del self.hubs[hub.cid]
 
     # --- the socket --------------------------------------------------------------------------------
@@ -146,7 +164,9 @@ class DialogService:
         client = Client(ws)
         hub: Hub | None = None
         try:
-            site, visitor, hub = await self._handshake(ws, client, ip)
+            site, visitor, cid, token, hello = await self._handshake(ws, ip)
+            hub = await self._hub(cid)
+            await self._join(hub, client, cid, token, hello)
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
@@ -174,12 +194,16 @@ class DialogService:
                 await ws.close(code=4403 if err.code in ("origin_not_allowed", "forbidden") else 4400)
         except WebSocketDisconnect:
             pass
+        except Exception:  # a failure at the door (the store, say): an error frame, never a silent drop
+            log.exception("dialog: connection failed before its first frame")
+            await client.send(frames.FrameError("error", PLAIN_WORDS["error"]).frame())
+            with contextlib.suppress(Exception):
+                await ws.close(code=1011)
         finally:
             if hub is not None:
-                hub.clients.discard(client)
-                self._release(hub)
+                self._leave(hub, client)
 
-    async def _handshake(self, ws: WebSocket, client: Client, ip: str) -> tuple[Site, Visitor, Hub]:
+    async def _handshake(self, ws: WebSocket, ip: str) -> tuple[Site, Visitor, str, str, frames.Hello]:
         wait = self.connect_limit.check(ip)
         if wait is not None:
             raise frames.FrameError("rate_limited", "Too many connections from your network. Please wait a moment.", retry_after=wait)
@@ -215,9 +239,14 @@ class DialogService:
             cid = hello.conversation_id
         else:
             cid = await self.store.create_conversation(site.site_key, visitor.visitor_id)
-        hub = await self._hub(cid)
+        return site, visitor, cid, token or "", hello
+
+    async def _join(self, hub: Hub, client: Client, cid: str, token: str, hello: frames.Hello) -> None:
         async with hub.lock:
             await hub.flush(self.store)
+            # a new hub's seq was read before the lock: if a previous hub flushed frames since, go on after them
+            conv = await self.store.conversation(cid)
+            hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
             # resume only from a frame the store has: a client that saw frames a crash lost gets the whole history
             resumable = hello.last_seq is not None and hello.conversation_id and hello.last_seq <= hub.seq and (
                 hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq))
@@ -230,7 +259,6 @@ class DialogService:
                 history = [m.to_frame() for m in await self.store.messages(cid)]
                 await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": history, "seq": hub.seq, "reset": True})
             hub.clients.add(client)
-        return site, visitor, hub
 
     # --- frames --------------------------------------------------------------------------------------
     async def _message(self, hub: Hub, site: Site, visitor: Visitor, ip: str, client: Client, frame: frames.Message) -> None:
@@ -239,24 +267,44 @@ class DialogService:
             raise frames.FrameError("empty_message", "The message is empty.")
         if len(frame.text) > self.config.max_message_chars:
             raise frames.FrameError("message_too_large", f"Messages can be at most {self.config.max_message_chars} characters.")
-        existing = await self.store.by_client_msg_id(hub.cid, frame.client_msg_id)
-        if existing is not None:  # a retry of a message we have: acknowledge it again, answer it once
-            await client.send({"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": existing.id, "seq": existing.seq})
-            return
-        if hub.generating:
-            raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
+        ref = self.tokens.client_ref(hub.cid, frame.client_msg_id)
+        # Lookup, check and claim under the lock, all of it: nothing of this conversation can slip in
+        # between (another socket's message, or this one's retry racing its original).
+        async with hub.lock:
+            existing = await self.store.by_client_ref(hub.cid, ref)
+            refused = None if existing is None or hub.generating else await self.store.refused_answer(hub.cid, existing.id)
+            if existing is not None and refused is None:  # a retry of a message we have: acknowledge it again, answer it once
+                await client.send(_ack(frame.client_msg_id, existing))
+                return
+            if hub.generating:
+                raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
+            self._check_rate(visitor, ip)
+            if existing is not None and refused is not None:  # the engine was too busy for it: answer it now, in the same answer
+                user, answer = existing, refused
+                await client.send(_ack(frame.client_msg_id, existing))
+                hub.updates[answer.id] = {"text": "", "status": "streaming", "finish_reason": None}
+            else:
+                stored_text = await asyncio.to_thread(self.gateway.sanitize_text, "support_chat", frame.text)
+                try:
+                    user = await self.store.add_message(hub.cid, "user", stored_text, "done", hub.seq + 1, ref)
+                except IntegrityError:  # the same client_ref already stored (only another process could have): a retry
+                    again = await self.store.by_client_ref(hub.cid, ref)
+                    if again is None:
+                        raise
+                    await client.send(_ack(frame.client_msg_id, again))
+                    return
+                ack = {"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id}
+                await hub.emit(ack, stored={**ack, "client_msg_id": ref})  # live: the client's own id; kept and replayed: its hash
+                answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
+            await hub.flush(self.store)
+            hub.answering = answer.id
+            hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer))
+
+    def _check_rate(self, visitor: Visitor, ip: str) -> None:
         for limiter, key in ((self.visitor_limit, visitor.visitor_id), (self.ip_limit, ip)):
             wait = limiter.check(key)
             if wait is not None:
                 raise frames.FrameError("rate_limited", f"You're sending messages too quickly. Please wait {wait} s.", retry_after=wait)
-        stored_text = await asyncio.to_thread(self.gateway.sanitize_text, "support_chat", frame.text)
-        async with hub.lock:
-            user = await self.store.add_message(hub.cid, "user", stored_text, "done", hub.seq + 1, frame.client_msg_id)
-            await hub.emit({"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id})
-            answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
-            await hub.flush(self.store)
-            hub.answering = answer.id
-        hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer))
 
     async def _cancel(self, hub: Hub) -> None:
         if hub.generating and hub.task is not None:
@@ -267,6 +315,7 @@ class DialogService:
     async def _generate(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, answer: Message) -> None:
         parts: list[str] = []
         finish, error = "error", None  # type: str, frames.FrameError | None
+        overloaded = False  # refused by the engine before a token: the client may send the message again
         gen = None
         try:
             earlier = [(m.role, m.text) for m in await self.store.messages(hub.cid)
@@ -297,6 +346,7 @@ class DialogService:
             finish, error = "blocked", frames.FrameError("answer_blocked", "The answer was stopped because it contained something it should not.")
         except EngineOverloaded as exc:
             error = frames.FrameError("overloaded", PLAIN_WORDS["overloaded"], retry_after=exc.retry_after)
+            overloaded = not parts
         except Exception:
             log.exception("dialog: generation failed in %s", hub.cid)
             error = frames.FrameError("error", PLAIN_WORDS["error"])
@@ -308,7 +358,7 @@ class DialogService:
         async with hub.lock:
             hub.answering = None  # a client may send its next message the moment it sees `done`
             await hub.emit({"type": "done", "message_id": answer.id, "finish_reason": finish})
-            hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": finish}
+            hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": "overloaded" if overloaded else finish}
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
                 hub.updates[user.id] = {"status": "blocked"}
             await hub.flush(self.store)
@@ -319,3 +369,8 @@ class DialogService:
 
     def _release_later(self, hub: Hub) -> None:
         asyncio.get_running_loop().call_soon(self._release, hub)
+
+
+def _ack(client_msg_id: str, message: Message) -> dict[str, Any]:
+    """The ack of a message already stored, again, to the client that sent it (its own id echoed)."""
+    return {"type": "ack", "client_msg_id": client_msg_id, "message_id": message.id, "seq": message.seq}

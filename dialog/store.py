@@ -3,12 +3,16 @@ SQLAlchemy's async engine (aiosqlite), in WAL mode so support staff can read whi
 
 Answers are written while they stream: the service appends frames in small batches
 (`append_frames`), each batch one transaction that also brings the message text up to date.
+
+The files are the server user's alone (dialog/files.py), and a client's own id for a message is
+kept only as the keyed hash the service makes of it (`client_ref`, see tokens.py).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from server.clock import utc_now as now
 
+from .files import private_dir, private_sqlite
 from .migrations import migrate
 
 meta = MetaData()
@@ -25,9 +30,10 @@ sites = Table("sites", meta, Column("site_key", String, primary_key=True), Colum
               Column("system_prompt", Text), Column("created_at", String))
 conversations = Table("conversations", meta, Column("id", String, primary_key=True), Column("site_key", String), Column("visitor_id", String),
                       Column("created_at", String), Column("updated_at", String), Column("last_seq", Integer))
+# messages.client_msg_id holds raw ids only in rows from before m003, until the service scrubs them; client_ref is what is kept
 messages = Table("messages", meta, Column("id", String, primary_key=True), Column("conversation_id", String), Column("role", String),
                  Column("text", Text), Column("status", String), Column("client_msg_id", String), Column("created_at", String),
-                 Column("updated_at", String), Column("finish_reason", String), Column("seq", Integer))
+                 Column("updated_at", String), Column("finish_reason", String), Column("seq", Integer), Column("client_ref", String))
 events = Table("events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text))
 
 
@@ -64,7 +70,7 @@ class Message:
     role: str
     text: str
     status: str
-    client_msg_id: str | None
+    client_ref: str | None  # the keyed hash of the client's client_msg_id (user messages)
     created_at: str
     finish_reason: str | None
     seq: int | None
@@ -78,8 +84,11 @@ class Store:
         self.engine = engine
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(cls, path: Path, client_ref: Callable[[str, str], str] | None = None) -> Store:
+        """`client_ref(conversation_id, client_msg_id)` is the service's keyed hash: given, any raw
+        client ids left by a release before m003 are replaced by it (the CLI opens without it)."""
+        private_dir(path.parent)
+        private_sqlite(path)
         engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -89,11 +98,35 @@ class Store:
             cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed batch, power loss at most the last
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=5000")
+            cur.execute("PRAGMA secure_delete=ON")  # what is replaced or deleted is overwritten, not left in free space
             cur.close()
 
         async with engine.begin() as conn:
             await conn.run_sync(migrate)
-        return cls(engine)
+        store = cls(engine)
+        if client_ref is not None:
+            await store._scrub_raw_client_ids(client_ref)
+        return store
+
+    async def _scrub_raw_client_ids(self, client_ref: Callable[[str, str], str]) -> int:
+        """Rows from before m003 kept the client's id raw, in the message and in its ack frame."""
+        async with self.engine.begin() as conn:
+            rows = list(await conn.execute(select(messages.c.id, messages.c.conversation_id, messages.c.client_msg_id)
+                                           .where(messages.c.client_msg_id.is_not(None))))
+            for mid, cid, raw in rows:
+                ref = client_ref(cid, raw)
+                await conn.execute(update(messages).where(messages.c.id == mid).values(client_ref=ref, client_msg_id=None))
+                acks = await conn.execute(select(events.c.seq, events.c.frame)
+                                          .where(events.c.conversation_id == cid, events.c.frame.contains(mid)))
+                for seq, text in list(acks):
+                    frame = json.loads(text)
+                    if frame.get("type") == "ack" and frame.get("message_id") == mid:
+                        await conn.execute(update(events).where(events.c.conversation_id == cid, events.c.seq == seq)
+                                           .values(frame=json.dumps({**frame, "client_msg_id": ref}, ensure_ascii=False)))
+        if rows:  # and the old pages leave the write-ahead log too
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(rows)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -143,17 +176,29 @@ class Store:
             rows = await conn.execute(select(messages).where(messages.c.conversation_id == cid).order_by(literal_column("messages.rowid")))
             return [_message(r) for r in rows]
 
-    async def by_client_msg_id(self, cid: str, client_msg_id: str) -> Message | None:
+    async def by_client_ref(self, cid: str, client_ref: str) -> Message | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(messages).where(messages.c.conversation_id == cid, messages.c.client_msg_id == client_msg_id))).first()
+            query = select(messages).where(messages.c.conversation_id == cid, messages.c.client_ref == client_ref)
+            row = (await conn.execute(query)).first()
         return _message(row) if row else None
 
-    async def add_message(self, cid: str, role: str, text: str, status: str, seq: int, client_msg_id: str | None = None) -> Message:
-        msg = Message(new_id("msg"), cid, role, text, status, client_msg_id, now(), None, seq)
+    async def add_message(self, cid: str, role: str, text: str, status: str, seq: int, client_ref: str | None = None) -> Message:
+        msg = Message(new_id("msg"), cid, role, text, status, client_ref, now(), None, seq)
         async with self.engine.begin() as conn:
             await conn.execute(messages.insert().values(id=msg.id, conversation_id=cid, role=role, text=text, status=status, seq=seq,
-                                                        client_msg_id=client_msg_id, created_at=msg.created_at, updated_at=msg.created_at))
+                                                        client_ref=client_ref, created_at=msg.created_at, updated_at=msg.created_at))
         return msg
+
+    async def refused_answer(self, cid: str, user_id: str) -> Message | None:
+        """The answer to `user_id` if the engine refused it for load (finish_reason `overloaded`, no
+        text) and it is still the conversation's last message: such a message may be sent again."""
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(select(messages).where(messages.c.conversation_id == cid)
+                                           .order_by(literal_column("messages.rowid").desc()).limit(2)))
+        if len(rows) < 2 or rows[1].id != user_id:
+            return None
+        last = rows[0]
+        return _message(last) if last.role == "assistant" and last.finish_reason == "overloaded" and not last.text else None
 
     async def append_frames(self, cid: str, frames: list[dict[str, Any]], message_updates: dict[str, dict[str, Any]]) -> None:
         """One batch in one transaction: the frames sent, the conversation's last seq, and each
@@ -194,4 +239,4 @@ def _site(row: Any) -> Site:
 
 
 def _message(row: Any) -> Message:
-    return Message(row.id, row.conversation_id, row.role, row.text, row.status, row.client_msg_id, row.created_at, row.finish_reason, row.seq)
+    return Message(row.id, row.conversation_id, row.role, row.text, row.status, row.client_ref, row.created_at, row.finish_reason, row.seq)

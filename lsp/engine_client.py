@@ -25,6 +25,8 @@ import httpx
 
 from server.settings import tandem_home
 
+from .positions import clean
+
 log = logging.getLogger("tandem.lsp")
 CLIENT_NAME = "tandem-lsp/0.1"
 
@@ -96,9 +98,12 @@ class EngineClient:
     async def complete(self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str]) -> AsyncIterator[tuple[str, str]]:
         """Stream (request_id, text) pieces. Leaving the loop early closes the stream, which
         cancels the generation in the engine."""
-        body: dict[str, object] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "stop": stop[:4]}
+        # clean: a lone surrogate cannot be encoded, and would fail the request (documents are
+        # cleaned as they arrive; this is the last line of defence)
+        body: dict[str, object] = {"prompt": clean(prompt), "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                                   "stop": [clean(s) for s in stop[:4]]}
         if suffix is not None:
-            body["suffix"] = suffix
+            body["suffix"] = clean(suffix)
         try:
             async with self.http.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code != 200:
@@ -110,7 +115,7 @@ class EngineClient:
                     event = json.loads(line[6:])
                     if "error" in event:
                         raise EngineUnavailable(event["error"].get("message", "stream error"))
-                    text = event["choices"][0]["text"]
+                    text = clean(event["choices"][0]["text"])
                     if text:
                         yield event["id"], text
         except httpx.TransportError as exc:

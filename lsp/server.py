@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
-from . import postprocess
+from . import postprocess, transport
 from .cache import CompletionCache
 from .engine_client import EngineClient, EngineUnavailable, ServerInfo
 from .positions import PositionError, offset_of
 from .prompt import OpenDocument, build
+from .protocol import TandemProtocol, strict_converter
 from .settings import Settings
 
 log = logging.getLogger("tandem.lsp")
@@ -33,8 +37,10 @@ ENGINE_STATUS = "tandem/engineStatus"  # server -> client: {"state": "starting" 
 
 
 class TandemLanguageServer(LanguageServer):
+    protocol: TandemProtocol
+
     def __init__(self, settings: Settings, autostart: bool = True) -> None:
-        super().__init__("tandem-lsp", VERSION)
+        super().__init__("tandem-lsp", VERSION, protocol_cls=TandemProtocol, converter_factory=strict_converter)
         self.settings, self.autostart = settings, autostart
         self.engine = EngineClient(settings.server_url, autostart)
         self.cache = CompletionCache()
@@ -44,6 +50,43 @@ class TandemLanguageServer(LanguageServer):
         self.configured = asyncio.Event()  # set once the client's settings are in (or known absent)
         self.engine_state = "unknown"
         self.warm_up: asyncio.Future[None] | None = None
+
+    # The transports: pygls's, but reading through lsp/transport.py's framing (any Content-Length,
+    # garbage, an oversized message: skipped, and the server goes on) into TandemProtocol.
+
+    def start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(self._serve(transport.stdin_chunks(stdin or sys.stdin.buffer)))
+        except BrokenPipeError:
+            log.error("lost the client; shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    def start_tcp(self, host: str, port: int) -> None:
+        self._stop_event = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            try:
+                await self._serve(transport.stream_chunks(reader))
+            finally:
+                self.shutdown()  # one client per server, as pygls
+
+        async def listen() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+            asyncio.run(listen())
+
+    async def _serve(self, chunks: Any) -> None:
+        assert self._stop_event is not None
+        await transport.serve(chunks, self.protocol.handle_body, self.protocol.handle_framing_error, self._stop_event)
 
     def report_engine(self, state: str, detail: str = "") -> None:
         """Tell the client (VS Code's status bar) when the engine's state changes."""

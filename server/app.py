@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class ServerConfig:
     audit_dir: Path | None = None  # default: $TANDEM_HOME/audit
     audit_checkpoint_every: int = 256
     audit_content_days: int = 30
+    audit_key: Path | None = None  # the signing key's path; default: <audit_dir>/signing.key
     audit_max_queue: int = 4096  # unwritten records past which new calls are refused (503 audit_unavailable)
     admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token
     dialog_dir: Path | None = None  # chat store and visitor-token key; default: $TANDEM_HOME/dialog
@@ -69,7 +71,7 @@ class ServerConfig:
 
     def audit_config(self) -> AuditConfig:
         return AuditConfig(self.audit_dir or tandem_home() / "audit", self.audit_checkpoint_every, self.audit_content_days,
-                           max_queue=self.audit_max_queue)
+                           signing_key=self.audit_key, max_queue=self.audit_max_queue)
 
 
 def admin_token(config: ServerConfig) -> str:
@@ -96,6 +98,8 @@ class BearerAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         exempt = path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in OWN_AUTH_PREFIXES)
+        if self.api_key and scope["type"] == "websocket" and path == "/v1/dialog" and _site_key(scope) == DEMO_SITE.site_key:
+            exempt = False  # the demo site trusts loopback origins, which any client can claim: with a key, it needs the key
         if self.api_key and scope["type"] in ("http", "websocket") and not exempt:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             given = header[7:] if header.lower().startswith("bearer ") else ""
@@ -107,6 +111,11 @@ class BearerAuth:
                     await send({"type": "websocket.close", "code": 1008})
                 return
         await self.app(scope, receive, send)
+
+
+def _site_key(scope: Scope) -> str:
+    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return (query.get("site_key") or [""])[0]
 
 
 async def healthz(request: Request) -> Response:

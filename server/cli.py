@@ -44,8 +44,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine,
                           audit_dir=Path(args.audit_dir) if args.audit_dir else None, audit_checkpoint_every=args.audit_checkpoint_every,
+                          audit_key=Path(args.audit_key) if args.audit_key else None,
                           audit_content_days=args.audit_content_days, admin_token=args.admin_token or os.environ.get("TANDEM_ADMIN_TOKEN") or None,
-                          dialog_dir=Path(args.dialog_dir) if args.dialog_dir else None, demo_site=not args.no_demo_site)
+                          dialog_dir=Path(args.dialog_dir) if args.dialog_dir else None, demo_site=not args.no_demo_site and is_loopback(args.host))
     app = create_app(config)
     token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit_config().directory / 'admin.token'}"
     print(f"Tandem: loading {args.model or 'the default model'} ({args.quant}); serving on http://{args.host}:{args.port}\n"
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-compile", action="store_true",
                        help="keep the eager decode step instead of compiling the one-row step in the background (also TANDEM_COMPILE=0)")
     serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
+    serve.add_argument("--audit-key", default=None, help="the checkpoint signing key, kept outside the audit folder (created if missing)")
     serve.add_argument("--audit-checkpoint-every", type=int, default=256, help="sign the chain head every N records")
     serve.add_argument("--audit-content-days", type=int, default=30, help="keep redacted prompts/outputs this long; 0 keeps only their HMACs")
     serve.add_argument("--admin-token", default=None, help="token for the /audit review page (or TANDEM_ADMIN_TOKEN; default: generated into the audit dir)")

@@ -179,6 +179,7 @@ class Gateway:
         try:
             if not self.audit.accepting:  # a call is never served unaudited: refuse while the writer cannot keep up
                 raise Refused(503, "audit_unavailable", "the audit log is not keeping up; retry in a few seconds")
+            rec.journal = self.audit.open_call(rec.skeleton(self.model, self.audit))
             segments = _segments(call.prompt, self.model.tokenizer)
             sanitized = await asyncio.to_thread(self._guards[call.surface].scan, segments)
             rec.input_results = sanitized.results
@@ -263,7 +264,7 @@ class Gateway:
             for r in results:
                 for f in r.findings:
                     self.metrics.findings.labels(direction, r.scanner, f.type).inc()
-        audit.submit(Entry(body, rec.prompt_text, rec.output_text() if rec.scanner is not None else None))
+        audit.submit(Entry(body, rec.prompt_text, rec.output_text() if rec.scanner is not None else None, rec.journal))
 
 
 def _segments(prompt: Prompt, tokenizer: Any) -> list[Segment]:
@@ -310,6 +311,7 @@ class _Record:
         self.call, self.started, self.started_at = call, started, time.time()
         self.input_results: list[ScanResult] = []
         self.scanner = None  # type: Any
+        self.journal: str | None = None  # the audit journal's token for this call, once it is journalled
         self.prompt_text: str | None = None  # the redacted prompt, kept as audit content
         self.prompt_chars: int | None = None
         self.prompt_hmac: str | None = None
@@ -342,6 +344,23 @@ class _Record:
         reason = "no output: the call ended before generation"
         return [ScanResult(name, Verdict.NOT_SCANNED, reason=reason) for name in PROFILES[self.call.surface].output_scanners]
 
+    def identity(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
+        """Who called, on which surface, about what: all the record needs to exist, known at the call's start."""
+        call = self.call
+        return {
+            "type": "llm.interaction",
+            "surface": call.surface,
+            "request_id": scrub(call.request_id),
+            "actor": {"kind": call.actor.kind, "user_ref": audit.pseudonym(call.actor.user, "user"), "ip_ref": audit.pseudonym(call.actor.ip, "ip"),
+                      "client": scrub_header(call.actor.client) if call.actor.client else None, "tenant": call.actor.tenant},
+            "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
+        }
+
+    def skeleton(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
+        """The journal's copy of a call in progress: the record it gets if a crash cuts it."""
+        return {**self.identity(model, audit), "model": {"name": model.name, "quantization": model.quant},
+                "timing": {"started_at": iso_utc(self.started_at)}, "guard": {"profile": self.call.surface, "policy_version": POLICY_VERSION}}
+
     def envelope(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
         call, p = self.call, self.call.params
         results_in, results_out = self.input_results, self.output_results()
@@ -350,12 +369,7 @@ class _Record:
         finish = self.finish if self.status == "ok" else ("cancelled" if self.status == "cancelled" else self.status)
         output = self.output_text() if self.scanner is not None else None
         return {
-            "type": "llm.interaction",
-            "surface": call.surface,
-            "request_id": scrub(call.request_id),
-            "actor": {"kind": call.actor.kind, "user_ref": audit.pseudonym(call.actor.user, "user"), "ip_ref": audit.pseudonym(call.actor.ip, "ip"),
-                      "client": scrub_header(call.actor.client) if call.actor.client else None, "tenant": call.actor.tenant},
-            "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
+            **self.identity(model, audit),
             "model": {"name": model.name, "quantization": model.quant,
                       "params": {"max_tokens": p.max_tokens, "temperature": _number(p.temperature), "top_p": _number(p.top_p), "seed": p.seed,
                                  "stop_count": len(p.stop)}},

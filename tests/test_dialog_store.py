@@ -1,20 +1,29 @@
 """The chat store on a real SQLite file: migrations from a blank database and from the previous
-schema, origins, and crash recovery (answers left streaming become interrupted)."""
+schema, origins, crash recovery (answers left streaming become interrupted), the client's ids kept
+only as keyed hashes, and the files' modes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from sqlalchemy import create_engine
 
 from dialog.migrations import MIGRATIONS, migrate
 from dialog.store import Site, Store
+from dialog.tokens import VisitorTokens
 
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
+
+
+async def reopen(path: Path) -> None:
+    await (await Store.open(path)).close()
 
 
 def test_migrations_build_a_blank_database(tmp_path: Path) -> None:
@@ -22,7 +31,7 @@ def test_migrations_build_a_blank_database(tmp_path: Path) -> None:
     run(store.close())
     db = sqlite3.connect(tmp_path / "chat.db")
     assert [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")] == [m.__name__ for m in MIGRATIONS]
-    assert {r[1] for r in db.execute("PRAGMA table_info(messages)")} >= {"id", "status", "client_msg_id", "finish_reason", "seq"}
+    assert {r[1] for r in db.execute("PRAGMA table_info(messages)")} >= {"id", "status", "client_ref", "finish_reason", "seq"}
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -72,3 +81,71 @@ def test_answers_left_streaming_become_interrupted_with_a_closing_frame(tmp_path
         await store.close()
 
     run(scenario())
+
+
+def test_raw_client_ids_from_before_m003_are_replaced_by_their_keyed_hash(tmp_path: Path) -> None:
+    """A store made by the previous release kept the client's id raw, in the message and in its ack
+    frame: opened with the service's key, both hold the hash, and the raw bytes are gone from the files."""
+    path, secret = tmp_path / "chat.db", "sk_live_0123456789abcdef0123"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        assert migrate(conn, upto=2) == ["m001_initial", "m002_events_and_seq"]
+        conn.exec_driver_sql("INSERT INTO sites VALUES ('acme', 'Acme', '[\"https://acme.test\"]', 'Be kind.', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO conversations VALUES ('c1', 'acme', 'v1', '2026-01-01', '2026-01-01', 2)")
+        day = "'2026-01-01', '2026-01-01'"
+        conn.exec_driver_sql(f"INSERT INTO messages VALUES ('msg_1', 'c1', 'user', 'hello', 'done', '{secret}', {day}, NULL, 1)")
+        conn.exec_driver_sql(f"INSERT INTO messages VALUES ('msg_2', 'c1', 'assistant', 'Hi!', 'done', NULL, {day}, 'stop', 2)")
+        ack = json.dumps({"type": "ack", "client_msg_id": secret, "message_id": "msg_1", "seq": 1})
+        conn.exec_driver_sql("INSERT INTO events VALUES ('c1', 1, ?)", (ack,))
+        done = json.dumps({"type": "done", "message_id": "msg_2", "seq": 2, "finish_reason": "stop"})
+        conn.exec_driver_sql("INSERT INTO events VALUES ('c1', 2, ?)", (done,))
+    engine.dispose()
+    tokens = VisitorTokens(b"k" * 32)
+    ref = tokens.client_ref("c1", secret)
+    assert ref.startswith("ref_") and ref != tokens.client_ref("c2", secret) and secret not in ref
+
+    async def scenario() -> None:
+        store = await Store.open(path)  # the CLI opens without the key: nothing it can hash yet
+        await store.close()
+        store = await Store.open(path, client_ref=tokens.client_ref)
+        try:
+            found = await store.by_client_ref("c1", ref)
+            assert found is not None and found.id == "msg_1"
+            ack, done = await store.frames_after("c1", 0)
+            assert ack == {"type": "ack", "client_msg_id": ref, "message_id": "msg_1", "seq": 1} and done["type"] == "done"
+        finally:
+            await store.close()
+
+    run(scenario())
+    for name in ("chat.db", "chat.db-wal", "chat.db-shm"):
+        if (tmp_path / name).exists():
+            assert secret.encode() not in (tmp_path / name).read_bytes(), name
+
+
+def test_the_store_and_its_folder_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Created under umask 000: the folder 0700, chat.db and the -wal/-shm files SQLite makes 0600,
+    and the key 0600. Files an earlier release left readable are tightened on open."""
+    folder = tmp_path / "home" / "dialog"
+    old = os.umask(0)
+    try:
+        async def scenario() -> None:
+            store = await Store.open(folder / "chat.db")
+            try:
+                await store.put_site(Site("s", "S", ("https://a.test",), "p"))
+                for name in ("chat.db", "chat.db-wal", "chat.db-shm"):  # while it is open, the side files exist
+                    assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+            finally:
+                await store.close()
+
+        run(scenario())
+        VisitorTokens.load_or_create(folder / "visitor.key")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "visitor.key").stat().st_mode) == 0o600
+    for name in ("chat.db", "visitor.key"):
+        os.chmod(folder / name, 0o644)
+    VisitorTokens.load_or_create(folder / "visitor.key")
+    run(reopen(folder / "chat.db"))
+    for name in ("chat.db", "visitor.key"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name

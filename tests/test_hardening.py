@@ -266,3 +266,111 @@ def test_fuzzed_bodies_never_get_a_5xx_or_a_hang(tiny_server, route: str) -> Non
         assert len(seen) >= 2000
         assert client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 2}).status_code == 200
         assert httpx.get(f"{s.url}/healthz").status_code == 200
+
+
+# --- a crash mid-answer ---------------------------------------------------------------------------
+
+
+def test_a_call_cut_by_sigkill_gets_an_interrupted_record_at_the_next_start(tmp_path: Path, default_model_dir) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port, wait_healthy
+
+    audit_dir, dialog_dir, log_path = tmp_path / "audit", tmp_path / "dialog", tmp_path / "serve.log"
+
+    def serve() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        with open(log_path, "a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--audit-dir", str(audit_dir),
+                                     "--dialog-dir", str(dialog_dir), "--admin-token", ADMIN_TOKEN, "--no-compile"],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "TANDEM_COMPILE": "0"})
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc, log_path, 300, "tandem serve")
+        return proc, url
+
+    proc, url = serve()
+    try:
+        body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}], "max_tokens": 400, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+            rid = first["id"]
+            next(line for line in lines if '"content"' in line and '""' not in line)  # the answer is streaming
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert not any(r.get("request_id") == rid for r in records(audit_dir))  # no record: the call never ended
+        proc, url = serve()
+        wait_for(lambda: any(r.get("request_id") == rid for r in records(audit_dir)), what="the interrupted call's record")
+        record = next(r for r in records(audit_dir) if r.get("request_id") == rid)
+        assert record["outcome"]["status"] == "interrupted" and record["surface"] == "support_chat"
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    v = verify(audit_dir)
+    assert v.ok, v.problem
+    with sqlite3.connect(audit_dir / "audit.db") as conn:
+        assert conn.execute("SELECT count(*) FROM audit_pending").fetchone()[0] == 0
+
+
+def test_the_audit_database_is_readable_by_its_owner_alone(tiny_server) -> None:
+    with tiny_server() as s:
+        assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
+        wait_for(lambda: len(records(s.audit_dir)) == 1, what="a record")
+        assert s.audit_dir.stat().st_mode & 0o777 == 0o700
+        for name in ("audit.db", "audit.db-wal", "audit.db-shm", "audit.key"):
+            path = s.audit_dir / name
+            if path.exists():
+                assert path.stat().st_mode & 0o777 == 0o600, name
+        assert (s.audit_dir / "audit.db").exists()
+
+
+# --- the chat's doors -----------------------------------------------------------------------------
+
+
+def test_with_an_api_key_the_demo_site_needs_the_key_and_real_sites_their_origin(tiny_server) -> None:
+    import asyncio
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from dialog.store import Site, Store
+    from tests.dialog_client import Chat
+
+    with tiny_server(api_key="k-3f9a") as s:
+        async def add_site() -> None:
+            store = await Store.open(s.dialog_dir / "chat.db")
+            await store.put_site(Site("acme", "Acme", (s.url,), "You are Acme's assistant."))
+            await store.close()
+
+        asyncio.run(add_site())
+        ws_url = s.url.replace("http://", "ws://") + "/v1/dialog?site_key=demo"
+        with pytest.raises(InvalidStatus) as refused:  # a forged loopback origin, no key: refused before the upgrade
+            connect(ws_url, additional_headers={"Origin": s.url}, open_timeout=10)
+        assert refused.value.response.status_code == 403
+        with connect(ws_url, additional_headers={"Origin": s.url, "Authorization": "Bearer k-3f9a"}, open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "hello", "v": 1, "site_key": "demo"}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        with Chat(s.url, site="acme") as chat:  # a real site: its key and its origin are the widget's credential
+            assert chat.welcome["type"] == "welcome"
+        with Chat(s.url, site="acme", origin="https://evil.example") as chat:
+            assert chat.welcome["type"] == "error" and chat.welcome["code"] == "origin_not_allowed"
+
+
+def test_serving_beyond_loopback_creates_no_demo_site(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    import server.app as app_module
+    from server import cli
+
+    captured: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(kwargs))
+    monkeypatch.setattr(app_module, "create_app", lambda config, *a, **k: captured.update(config=config))
+    args = ["serve", "--api-key", "k", "--audit-dir", str(tmp_path / "a"), "--dialog-dir", str(tmp_path / "d")]
+    assert cli.main(args + ["--host", "0.0.0.0"]) == 0
+    assert captured["config"].demo_site is False and captured["host"] == "0.0.0.0"
+    assert cli.main(args + ["--host", "127.0.0.1"]) == 0
+    assert captured["config"].demo_site is True

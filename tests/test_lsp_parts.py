@@ -1,14 +1,18 @@
 """The language server's pure parts: UTF-16 positions, the completion cache, the prompt window
-and snippets, and settings from `workspace/configuration`."""
+and snippets, settings from `workspace/configuration`, and the hardened wire: framing, lone surrogates, strict types."""
 
 from __future__ import annotations
 
 import pytest
+from cattrs import ClassValidationError
+from lsprotocol import types
 
 from lsp.cache import CompletionCache
-from lsp.positions import PositionError, offset_of
+from lsp.positions import PositionError, clean, offset_of, scrub
 from lsp.prompt import OpenDocument, build
+from lsp.protocol import strict_converter
 from lsp.settings import Settings
+from lsp.transport import MAX_BODY, Framer, FramingError, parse_header
 
 
 @pytest.mark.parametrize("text, line, character, expected", [
@@ -63,3 +67,55 @@ def test_settings_from_the_client_are_validated() -> None:
     assert s.time_budget_ms == Settings().time_budget_ms  # out of range: ignored
     assert Settings().updated({"serverUrl": "file:///etc/passwd", "maxTokens": "many"}) == Settings()
     assert Settings().updated(None) == Settings() and s.enabled_for("python") and not s.enabled_for("go")
+
+
+# --- hardening: the wire and the decoding (the fuzzing is in test_lsp_fuzz.py) -----------------
+
+def test_lone_surrogates_are_replaced_and_utf16_positions_keep_their_meaning() -> None:
+    text = clean("x = '\udc80' + '😀' + '\ud800'")
+    assert text == "x = '\ufffd' + '😀' + '\ufffd'" and text.encode("utf-8")
+    assert offset_of(text, 0, 7) == 7  # one UTF-16 unit before, one after
+    assert scrub({"k\udfff": ["\ud83d", 1, None, {"t": "ok"}]}) == {"k\ufffd": ["\ufffd", 1, None, {"t": "ok"}]}
+
+
+@pytest.mark.parametrize("header, expected", [
+    (b"Content-Length: 12", 12),
+    (b"content-length:7\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8", 7),
+    (b"Content-Length: 007", 7),
+    (b"Content-Length: 99999999999999999999", MAX_BODY + 1),  # refused by the framer, never int()-ed into a read
+    (b"Content-Length: -5", "non-negative decimal"),
+    (b"Content-Length: 1e3", "non-negative decimal"),
+    (b"Content-Length:", "non-negative decimal"),
+    (b"Content-Type: text/plain", "no Content-Length"),
+    (b"Content-Length: 2\r\nContent-Length: 3", "two different"),
+    (b"garbage", "without a colon"),
+])
+def test_headers_are_parsed_strictly(header: bytes, expected: int | str) -> None:
+    parsed = parse_header(header)
+    assert parsed == expected if isinstance(expected, int) else expected in parsed
+
+
+def test_framer_skips_bad_and_oversized_messages_and_resynchronises() -> None:
+    framer = Framer(max_body=10, max_header=64)
+    stream = (b"Content-Length: 99999999999999999999\r\n\r\n{\"skipped\": 1}" + b"Content-Length: 2\r\n\r\n{}"
+              + b"Content-Length: 11\r\n\r\n0123456789A" + b"Content-Length: 3\r\n\r\n[1]" + b"x" * 100 + b"Content-Length: 1\r\n\r\n7")
+    out = [framer.feed(stream[i:i + 5]) for i in range(0, len(stream), 5)]
+    items = [x for chunk in out for x in chunk]
+    assert [x for x in items if isinstance(x, bytes)] == [b"{}", b"[1]", b"7"]
+    errors = [x for x in items if isinstance(x, FramingError)]
+    assert [e.refused for e in errors] == [True, True, False]  # two too large (answered), one header block too long
+    assert len(framer.buf) < 64  # nothing of the skipped bodies is kept
+
+
+def test_the_converter_refuses_wrong_json_types_instead_of_casting() -> None:
+    converter = strict_converter()
+    good = {"textDocument": {"uri": "file:///a.py"}, "position": {"line": 1, "character": 2}, "context": {"triggerKind": 1}}
+    params = converter.structure(good, types.InlineCompletionParams)
+    assert params.context.trigger_kind is types.InlineCompletionTriggerKind.Invoked and params.position == types.Position(1, 2)
+    for field, value in [("line", "1"), ("line", True), ("line", 1.0), ("line", -1), ("character", None)]:
+        with pytest.raises(ClassValidationError):
+            converter.structure({**good, "position": {**good["position"], field: value}}, types.InlineCompletionParams)
+    with pytest.raises(ClassValidationError):
+        converter.structure({**good, "textDocument": {"uri": 5}}, types.InlineCompletionParams)
+    with pytest.raises(ClassValidationError):
+        converter.structure({**good, "context": {"triggerKind": 99}}, types.InlineCompletionParams)

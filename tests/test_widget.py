@@ -127,3 +127,130 @@ def test_errors_are_shown_in_plain_words(tiny_server, browser) -> None:
             expect(page.locator("#tandem-chat .status")).to_have_text("The chat is not available on this website.")
         finally:
             page.close()
+
+
+def scripted_socket(page: Page, on_hello, on_message):  # type: ignore[no-untyped-def]
+    """Route the widget's WebSocket to a script: `on_hello(ws, frame, n)` and `on_message(ws, frame, n)`
+    for the n-th connection (from 1). Returns the frames the widget sent, as (connection, frame)."""
+    sent: list[tuple[int, dict]] = []
+    count = [0]
+
+    def server(ws):  # type: ignore[no-untyped-def]
+        count[0] += 1
+        n = count[0]
+
+        def on_frame(message):  # type: ignore[no-untyped-def]
+            frame = json.loads(message)
+            sent.append((n, frame))
+            if frame["type"] == "hello":
+                on_hello(ws, frame, n)
+            elif frame["type"] == "message":
+                on_message(ws, frame, n)
+        ws.on_message(on_frame)
+
+    page.route_web_socket("**/v1/dialog*", server)
+    return sent
+
+
+def welcome(ws, reset: bool = True) -> None:  # type: ignore[no-untyped-def]
+    ws.send(json.dumps({"type": "welcome", "conversation_id": "c", "token": "t", "history": [], "seq": 0, "reset": reset}))
+
+
+def send_message(page: Page, text: str) -> None:
+    page.locator("#tandem-chat textarea").fill(text)
+    page.locator("#tandem-chat textarea").press("Enter")
+
+
+def test_a_message_the_engine_was_too_busy_for_is_sent_again_after_retry_after(tiny_server, browser) -> None:
+    """`overloaded` with retry_after 2: the widget counts down ("We're busy — retrying in N s") and
+    sends the very same message again (same client_msg_id), which is then answered."""
+    with tiny_server() as s:
+        page = browser.new_page()
+        try:
+            def on_message(ws, frame, n):  # type: ignore[no-untyped-def]
+                first = len([f for _, f in sent if f["type"] == "message"]) == 1
+                ack = {"type": "ack", "client_msg_id": frame["client_msg_id"], "message_id": "u1", "seq": 1}
+                if first:
+                    ws.send(json.dumps(ack))
+                    ws.send(json.dumps({"type": "done", "message_id": "a1", "seq": 2, "finish_reason": "error"}))
+                    ws.send(json.dumps({"type": "error", "code": "overloaded", "message": "busy", "retry_after": 2}))
+                else:  # the server acknowledges it again (the old seq) and answers it in the same answer
+                    ws.send(json.dumps(ack))
+                    ws.send(json.dumps({"type": "delta", "message_id": "a1", "seq": 3, "text": "Thanks for waiting."}))
+                    ws.send(json.dumps({"type": "done", "message_id": "a1", "seq": 4, "finish_reason": "stop"}))
+
+            sent = scripted_socket(page, lambda ws, f, n: welcome(ws), on_message)
+            open_chat(page, s.url)
+            send_message(page, "are you there?")
+            expect(page.locator("#tandem-chat .status")).to_contain_text("We're busy \u2014 retrying in", timeout=5_000)
+            answer = page.locator("#tandem-chat .msg.assistant[data-finish='stop']")
+            expect(answer).to_have_text("Thanks for waiting.", timeout=10_000)
+            expect(page.locator("#tandem-chat .status")).to_have_text("")
+            messages = [f for _, f in sent if f["type"] == "message"]
+            assert len(messages) == 2 and messages[0] == messages[1]  # the same client_msg_id and text
+            expect(page.locator("#tandem-chat .msg.user")).to_have_count(1)
+            expect(page.locator("#tandem-chat .msg.user.pending")).to_have_count(0)
+            expect(page.locator("#tandem-chat .send")).to_be_visible()
+        finally:
+            page.close()
+
+
+def test_the_widget_retries_an_overloaded_message_a_bounded_number_of_times(tiny_server, browser) -> None:
+    with tiny_server() as s:
+        page = browser.new_page()
+        try:
+            def on_message(ws, frame, n):  # type: ignore[no-untyped-def]
+                count = len([f for _, f in sent if f["type"] == "message"])
+                if count == 1:
+                    ws.send(json.dumps({"type": "ack", "client_msg_id": frame["client_msg_id"], "message_id": "u1", "seq": 1}))
+                    ws.send(json.dumps({"type": "done", "message_id": "a1", "seq": 2, "finish_reason": "error"}))
+                else:  # acknowledged again, refused again
+                    ws.send(json.dumps({"type": "ack", "client_msg_id": frame["client_msg_id"], "message_id": "u1", "seq": 1}))
+                    ws.send(json.dumps({"type": "done", "message_id": "a1", "seq": count + 1, "finish_reason": "error"}))
+                ws.send(json.dumps({"type": "error", "code": "overloaded", "message": "busy", "retry_after": 1}))
+
+            sent = scripted_socket(page, lambda ws, f, n: welcome(ws), on_message)
+            open_chat(page, s.url)
+            send_message(page, "hello?")
+            status = page.locator("#tandem-chat .status")
+            expect(status).to_have_text("We're very busy right now. Please try again in a moment. (try again in 1 s)", timeout=15_000)
+            messages = [f for _, f in sent if f["type"] == "message"]
+            assert len(messages) == 4 and all(m == messages[0] for m in messages)  # the first send and three retries
+            send_message(page, "and now?")  # the visitor can go on; a new message starts a new count
+            expect(status).to_contain_text("retrying in", timeout=5_000)
+            assert [f for _, f in sent if f["type"] == "message"][-1]["text"] == "and now?"
+        finally:
+            page.close()
+
+
+def test_a_resumed_ack_carrying_the_servers_reference_settles_the_pending_message(tiny_server, browser) -> None:
+    """The connection drops before the ack; on resume the server replays the ack as it stored it, with
+    its keyed reference ("ref_…") instead of the widget's client_msg_id: the pending message settles."""
+    with tiny_server() as s:
+        page = browser.new_page()
+        try:
+            def on_hello(ws, frame, n):  # type: ignore[no-untyped-def]
+                if n == 1:
+                    welcome(ws)
+                    return
+                assert frame.get("conversation_id") == "c" and frame.get("last_seq") == 0
+                welcome(ws, reset=False)
+                ws.send(json.dumps({"type": "ack", "client_msg_id": "ref_" + "ab" * 20, "message_id": "u1", "seq": 1}))
+                ws.send(json.dumps({"type": "delta", "message_id": "a1", "seq": 2, "text": "Back again."}))
+                ws.send(json.dumps({"type": "done", "message_id": "a1", "seq": 3, "finish_reason": "stop"}))
+
+            def on_message(ws, frame, n):  # type: ignore[no-untyped-def]
+                if n == 1:
+                    ws.close()  # received, then the connection drops before the ack goes out
+
+            sent = scripted_socket(page, on_hello, on_message)
+            open_chat(page, s.url)
+            send_message(page, "will this arrive?")
+            expect(page.locator("#tandem-chat .msg.assistant[data-finish='stop']")).to_have_text("Back again.", timeout=15_000)
+            user = page.locator("#tandem-chat .msg.user")
+            expect(user).to_have_count(1)
+            expect(user).to_have_attribute("data-message-id", "u1")
+            expect(page.locator("#tandem-chat .msg.user.pending")).to_have_count(0)
+            assert [n for n, f in sent if f["type"] == "hello"] == [1, 2]
+        finally:
+            page.close()

@@ -27,6 +27,7 @@
     answer_blocked: "The answer was stopped because it contained something it should not.",
     overloaded: "We're very busy right now. Please try again in a moment.",
   };
+  var BUSY_RETRIES = 3;     // a message the engine was too busy for is sent again by itself, this many times
   var FATAL = { origin_not_allowed: 1, unknown_site: 1, unsupported_version: 1 };
 
   // ---- state ---------------------------------------------------------------------------------
@@ -35,7 +36,9 @@
   var ws = null, lastSeq = null, generating = false, stopped = false, attempts = 0, pingTimer = null;
   var outbox = [];          // messages typed while disconnected: sent (same client_msg_id) on reconnect
   var bubbles = {};         // message_id -> {el, text}
-  var pendingUser = {};     // client_msg_id -> element
+  var pending = [];         // user messages shown but not acknowledged yet, oldest first: {id: client_msg_id, el}
+  var lastSent = null;      // the newest message sent, until it is answered: {frame}
+  var busyRetries = 0, retryTimer = null, retrying = false;
 
   function save() { try { localStorage.setItem(storeKey, JSON.stringify(saved)); } catch (e) { /* private mode */ } }
 
@@ -235,38 +238,75 @@
             if (m.role === "assistant" && m.status !== "streaming") shown.el.setAttribute("data-finish", m.status);
             if (m.role === "assistant" && m.status === "streaming") setGenerating(true);
           });
+          // what the history holds is shown; of the rest, only messages still to be sent stay pending
+          pending = pending.filter(function (p) { return outbox.some(function (m) { return m.client_msg_id === p.id; }); });
+          pending.forEach(function (p) { log.appendChild(p.el); });
         }
         lastSeq = f.seq;
         outbox.splice(0).forEach(function (m) { ws.send(JSON.stringify(m)); });
         break;
       case "ack":
-        var pending = pendingUser[f.client_msg_id];
-        if (pending) {
-          pending.classList.remove("pending");
-          pending.setAttribute("data-message-id", f.message_id);
-          bubbles[f.message_id] = { el: pending, text: pending.textContent };
-          delete pendingUser[f.client_msg_id];
+        if (bubbles[f.message_id]) break;  // acknowledged again (a retry): it is shown already
+        var at = -1;
+        pending.forEach(function (p, i) { if (at < 0 && p.id === f.client_msg_id) at = i; });
+        // A resume replays the ack as the server stored it: with its keyed reference ("ref_…") in
+        // place of the id this page chose. Messages are acknowledged in order: it is the oldest one.
+        if (at < 0 && /^ref_/.test(String(f.client_msg_id)) && pending.length) at = 0;
+        if (at >= 0) {
+          var p = pending.splice(at, 1)[0];
+          p.el.classList.remove("pending");
+          p.el.setAttribute("data-message-id", f.message_id);
+          bubbles[f.message_id] = { el: p.el, text: p.el.textContent };
         }
         setGenerating(true);
         break;
       case "delta":
         var b = bubbles[f.message_id];
-        renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text);
+        renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text).el.removeAttribute("data-finish");
+        if (retrying) { retrying = false; showStatus(""); }
         setGenerating(true);
         break;
       case "done":
         var d = bubbles[f.message_id];
         renderMessage(f.message_id, "assistant", d ? d.text : "", NOTES[f.finish_reason]).el.setAttribute("data-finish", f.finish_reason);
         setGenerating(false);
+        if (f.finish_reason !== "error") { lastSent = null; retrying = false; }  // answered or stopped: nothing to send again
         break;
       case "error":
         if (f.code === "forbidden") { delete saved.token; delete saved.conversation_id; save(); }
+        if (f.code === "overloaded" && lastSent && busyRetries < BUSY_RETRIES) { retryLater(lastSent, f.retry_after); break; }
         var words = ERRORS[f.code] || f.message || "Something went wrong.";
         if (f.retry_after) words += " (try again in " + f.retry_after + " s)";
+        retrying = false;
         showStatus(words, true);
         if (FATAL[f.code]) stopped = true;
         break;
     }
+  }
+
+  // The engine was too busy to answer: wait what the server asks, counting down, then send the very
+  // same message again (same client_msg_id: the server answers it once, in the same answer).
+  function retryLater(sent, seconds) {
+    busyRetries += 1;
+    var left = Math.max(1, Math.ceil(Number(seconds) || 1));
+    clearTimeout(retryTimer);
+    (function tick() {
+      if (lastSent !== sent) return;  // the visitor sent something else meanwhile
+      if (left <= 0) {
+        retrying = true;
+        showStatus("Retrying…");
+        sendFrame(sent.frame);
+        return;
+      }
+      showStatus("We're busy \u2014 retrying in " + left + " s");
+      left -= 1;
+      retryTimer = setTimeout(tick, 1000);
+    })();
+  }
+
+  function sendFrame(frame) {
+    if (ws && ws.readyState === 1) ws.send(JSON.stringify(frame));
+    else outbox.push(frame);
   }
 
   // ---- connection ----------------------------------------------------------------------------
@@ -312,11 +352,14 @@
     var bubble = el("div", "msg user pending", text);
     bubble.setAttribute("data-role", "user");
     log.appendChild(bubble);
-    pendingUser[id] = bubble;
+    pending.push({ id: id, el: bubble });
     scroll();
     var frame = { type: "message", client_msg_id: id, text: text };
-    if (ws && ws.readyState === 1) ws.send(JSON.stringify(frame));
-    else outbox.push(frame);
+    lastSent = { frame: frame };
+    busyRetries = 0;
+    retrying = false;
+    clearTimeout(retryTimer);
+    sendFrame(frame);
     showStatus("");
   });
   input.addEventListener("keydown", function (e) {

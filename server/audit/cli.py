@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import tandem_home
+from . import merkle, treehead
 from .keys import load_public_key
 from .review import AuditReader, Filters
 
@@ -76,18 +77,67 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _directory(args: argparse.Namespace) -> Path:
+    return Path(args.audit_dir) if args.audit_dir else tandem_home() / "audit"
+
+
 def verify(args: argparse.Namespace) -> int:
-    v = _reader(args).verify()
+    heads = treehead.read(Path(args.checkpoint)) if args.checkpoint else None
+    v = _reader(args).verify(heads)
     if args.json:
         print(json.dumps(v.to_json(), indent=2))
     elif v.ok:
         print(f"OK: {v.records} records chained, head {v.head[:16]}…; {v.checkpoints} signed checkpoints, signed through record {v.signed_through}; "
               f"{v.content_checked} contents match their HMACs, {v.content_expired} expired")
+        if v.tree_heads_checked:
+            print(f"OK: the log holds exactly what {v.tree_heads_checked} tree heads from {args.checkpoint} cover (Merkle root {v.tree_root})")
         for note in v.notes:
             print(f"note: {note}")
     else:
         print(f"FAILED at record {v.first_bad_seq}{f' ({v.first_bad_id})' if v.first_bad_id else ''}: {v.problem}")
     return 0 if v.ok else 1
+
+
+def checkpoints_export(args: argparse.Namespace) -> int:
+    """Copy the published tree heads (all, or the newest) somewhere else: the copy is what verify --checkpoint trusts."""
+    source = Path(args.from_file) if args.from_file else _directory(args) / "checkpoints.jsonl"
+    heads = treehead.read(source)
+    if not heads:
+        print(f"error: no tree heads in {source}", file=sys.stderr)
+        return 1
+    chosen = heads[-1:] if args.latest else heads
+    Path(args.out).write_text("".join(json.dumps(th, sort_keys=True) + "\n" for th in chosen))
+    print(f"wrote {len(chosen)} tree heads (newest: size {chosen[-1]['size']}, root {chosen[-1]['root'][:16]}…) to {args.out}")
+    return 0
+
+
+def prove(args: argparse.Namespace) -> int:
+    """An inclusion proof of one record in the tree of `--size` records (default: the whole log)."""
+    reader = _reader(args)
+    leaves = reader.leaves()
+    size = args.size or len(leaves)
+    row = reader.get(args.ref)
+    if row is None or not 1 <= size <= len(leaves) or row["seq"] > size:
+        print(f"error: no record {args.ref!r} in a tree of {size} records", file=sys.stderr)
+        return 1
+    index = row["seq"] - 1
+    proof = merkle.inclusion_proof(index, leaves[:size])
+    print(json.dumps({"seq": row["seq"], "leaf_index": index, "tree_size": size, "leaf_hash": leaves[index].hex(),
+                      "root": merkle.root(leaves[:size]).hex(), "path": [p.hex() for p in proof]}, indent=2))
+    return 0
+
+
+def consistency(args: argparse.Namespace) -> int:
+    """A consistency proof that the tree of OLD records is a prefix of the tree of NEW records."""
+    leaves = _reader(args).leaves()
+    new = args.new or len(leaves)
+    if not 1 <= args.old <= new <= len(leaves):
+        print(f"error: need 1 <= old <= new <= {len(leaves)}", file=sys.stderr)
+        return 1
+    proof = merkle.consistency_proof(args.old, leaves[:new])
+    print(json.dumps({"old_size": args.old, "new_size": new, "old_root": merkle.root(leaves[:args.old]).hex(),
+                      "new_root": merkle.root(leaves[:new]).hex(), "proof": [p.hex() for p in proof]}, indent=2))
+    return 0
 
 
 def export(args: argparse.Namespace) -> int:
@@ -133,8 +183,27 @@ def add_parser(sub: Any) -> None:
     p = audit_sub.add_parser("verify", help="check the hash chain, checkpoints and content; exit 1 naming the first bad record")
     common(p, filters=False)
     p.add_argument("--public-key", help="verify checkpoints with this public key (e.g. a copy kept off the machine)")
+    p.add_argument("--checkpoint", help="tree heads kept elsewhere (from `checkpoints export`): catches truncation, rollback and rewriting")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=verify)
+    p = audit_sub.add_parser("checkpoints", help="the signed tree heads the server publishes")
+    cp_sub = p.add_subparsers(dest="checkpoints_command", required=True)
+    p = cp_sub.add_parser("export", help="copy the tree heads elsewhere (the copy is what verify --checkpoint checks against)")
+    common(p, filters=False)
+    p.add_argument("--from", dest="from_file", help="default: <audit-dir>/checkpoints.jsonl")
+    p.add_argument("--latest", action="store_true", help="only the newest head")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=checkpoints_export)
+    p = audit_sub.add_parser("prove", help="an inclusion proof (RFC 9162) of one record")
+    common(p, filters=False)
+    p.add_argument("ref", help="seq or id")
+    p.add_argument("--size", type=int, help="the tree size to prove against (default: the whole log)")
+    p.set_defaults(func=prove)
+    p = audit_sub.add_parser("consistency", help="a consistency proof (RFC 9162) between two tree sizes")
+    common(p, filters=False)
+    p.add_argument("old", type=int)
+    p.add_argument("new", type=int, nargs="?")
+    p.set_defaults(func=consistency)
     p = audit_sub.add_parser("export", help="JSON Lines plus a manifest (first/last record, sha256)")
     common(p)
     p.add_argument("--out", required=True, help="e.g. audit-2026-11.jsonl")

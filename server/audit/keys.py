@@ -65,9 +65,13 @@ class AuditKeys:
         return self.signing.public_key()
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> AuditKeys:
+    def load_or_create(cls, directory: Path, signing_path: Path | None = None) -> AuditKeys:
+        """`signing_path` keeps the signing key outside the audit folder, so that someone who can
+        rewrite the log there cannot also sign a new head for it."""
         directory.mkdir(parents=True, exist_ok=True)
-        hmac_path, sign_path, pub_path = directory / "hmac.key", directory / "signing.key", directory / "audit.pub"
+        hmac_path, pub_path = directory / "hmac.key", directory / "audit.pub"
+        sign_path = signing_path or directory / "signing.key"
+        sign_path.parent.mkdir(parents=True, exist_ok=True)
         if not hmac_path.exists():
             _write_private(hmac_path, secrets.token_bytes(32))
         if not sign_path.exists():

@@ -14,6 +14,7 @@ than let records pile up unwritten; what is already queued is always kept.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import queue
 import threading
@@ -25,9 +26,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
-from . import store
+from . import merkle, store, treehead
 from ..clock import utc_now
-from .chain import canonical, checkpoint_text
+from .chain import canonical, checkpoint_text, ulid
 from .keys import AuditKeys, public_key_id
 
 log = logging.getLogger("tandem.audit")
@@ -39,6 +40,8 @@ class AuditConfig:
     checkpoint_every: int = 256
     checkpoint_seconds: float = 3600.0  # also sign a moved head at least this often
     content_days: int = 30  # redacted prompts and outputs are kept this long; 0 keeps none (HMACs only)
+    signing_key: Path | None = None  # default: <directory>/signing.key
+    tree_heads: Path | None = None  # where signed tree heads are published; default: <directory>/checkpoints.jsonl
     max_queue: int = 4096  # past this many unwritten records, new calls are refused until the writer catches up
     stuck_seconds: float = 30.0  # records waiting this long with no commit: the writer is stuck (healthz says so)
 
@@ -50,6 +53,15 @@ class Entry:
     body: dict[str, Any]
     prompt: str | None = None
     output: str | None = None
+    call: str | None = None  # the journal entry this record closes (see `Opened`)
+
+
+@dataclass
+class Opened:
+    """A call has started: journalled until its `Entry` (with the same `call`) is sealed."""
+
+    call: str
+    body: dict[str, Any]
 
 
 class AuditLog:
@@ -64,9 +76,12 @@ class AuditLog:
         self._stuck = Gauge("tandem_audit_writer_stuck", "1 while records wait and the writer has committed nothing for "
                             "stuck_seconds.", registry=registry)
         self._stuck.set_function(lambda: float(self.stuck))
-        self.keys = AuditKeys.load_or_create(config.directory)
+        self.keys = AuditKeys.load_or_create(config.directory, config.signing_key)
         self.db = store.open_db(config.directory / "audit.db", writer=True)
-        self._queue: queue.Queue[Entry | None] = queue.Queue()
+        self.tree_heads_path = config.tree_heads or config.directory / "checkpoints.jsonl"
+        self._tree = merkle.CompactRange()
+        self._published = 0  # the tree size of the last head published by this process
+        self._queue: queue.Queue[Entry | Opened | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_progress = time.monotonic()  # the writer's last commit, or the moment the queue was last empty
@@ -74,6 +89,9 @@ class AuditLog:
             expired = store.expire_content(conn)
         if expired:
             log.info("audit: %d expired content rows deleted", expired)
+        self.recovered = self._recover_interrupted()
+        self._sync_tree()
+        self.publish_tree_head()
 
     @property
     def path(self) -> Path:
@@ -107,7 +125,27 @@ class AuditLog:
         """Whether the gateway may start new calls: their records would be written, not pile up."""
         return self.depth < self.config.max_queue and not self.stuck
 
-    def submit(self, entry: Entry) -> None:
+    def open_call(self, body: dict[str, Any]) -> str:
+        """Journal a call that has started (its skeleton envelope); returns the token its `Entry` carries."""
+        call = ulid()
+        self.submit(Opened(call, body))
+        return call
+
+    def _recover_interrupted(self) -> int:
+        """Calls journalled but never sealed were cut by a crash: each gets its record now, `interrupted`."""
+        with self.db.begin() as conn:
+            rows = conn.execute(select(store.pending)).fetchall()
+            for row in rows:
+                body = json.loads(row.body)
+                body["outcome"] = {"status": "interrupted", "error_code": "server_stopped"}
+                body["interrupted"] = {"note": "the server stopped before this call ended; what it streamed, if anything, is not known here"}
+                store.append(conn, body, None, None)
+                conn.execute(store.pending.delete().where(store.pending.c.call == row.call))
+        if rows:
+            log.warning("audit: %d calls cut by the last shutdown recorded as interrupted", len(rows))
+        return len(rows)
+
+    def submit(self, entry: Entry | Opened) -> None:
         """Queue a record (never blocks, never drops). Without a running writer, it is written at once."""
         if self._thread is None:
             self.write([entry])
@@ -133,17 +171,49 @@ class AuditLog:
         self.checkpoint()
         self.db.dispose()
 
-    def write(self, entries: list[Entry]) -> list[dict[str, Any]]:
+    def write(self, entries: list[Entry | Opened]) -> list[dict[str, Any]]:
         sealed = []
         expires = self._expiry()
-        entries = [self._sealable(e) for e in entries]
+        entries = [self._sealable(e) if isinstance(e, Entry) else e for e in entries]
         with self.db.begin() as conn:
             for entry in entries:
+                if isinstance(entry, Opened):
+                    conn.execute(store.pending.insert().values(call=entry.call, body=canonical(entry.body).decode("utf-8")))
+                    continue
                 content = {"prompt": entry.prompt, "output": entry.output} if expires else None
                 sealed.append(store.append(conn, entry.body, content, expires))
+                if entry.call is not None:
+                    conn.execute(store.pending.delete().where(store.pending.c.call == entry.call))
+        if sealed:
+            if self._tree.size != sealed[0]["seq"] - 1:
+                self._sync_tree()  # another process appended meanwhile: rebuild from the database
+            else:
+                for record in sealed:
+                    self._tree.append(bytes.fromhex(record["leaf_hash"]))
+            self.publish_tree_head()
         if sealed and sealed[-1]["seq"] // self.config.checkpoint_every > (sealed[0]["seq"] - 1) // self.config.checkpoint_every:
             self.checkpoint()
         return sealed
+
+    def _sync_tree(self) -> None:
+        tree = merkle.CompactRange()
+        with self.db.connect() as conn:
+            for leaf in store.leaves(conn):
+                tree.append(leaf)
+        self._tree = tree
+
+    def publish_tree_head(self) -> dict[str, Any] | None:
+        """Sign the tree as it stands and append the head to the published file (if the tree moved)."""
+        if self._tree.size == 0 or self._tree.size == self._published:
+            return None
+        with self.db.connect() as conn:
+            seq, head = store.head(conn)
+        if seq != self._tree.size:
+            self._sync_tree()
+        th = treehead.sign(self.keys, self._tree.size, self._tree.root().hex(), head, utc_now())
+        treehead.publish(self.tree_heads_path, th)
+        self._published = self._tree.size
+        return th
 
     def checkpoint(self) -> dict[str, Any] | None:
         """Sign the chain head (if it moved since the last checkpoint)."""
@@ -167,8 +237,8 @@ class AuditLog:
         except (TypeError, ValueError, RecursionError) as exc:
             self._unsealable.inc()
             log.error("audit: a %s record could not be serialised (%s); writing a minimal record", entry.body.get("type"), type(exc).__name__)
-            entry = Entry(_minimal(entry.body, exc))  # its content has no sealed HMAC to be checked against: not kept
-        return Entry(entry.body, _storable(entry.prompt), _storable(entry.output))
+            entry = Entry(_minimal(entry.body, exc), call=entry.call)  # its content has no sealed HMAC to be checked against: not kept
+        return Entry(entry.body, _storable(entry.prompt), _storable(entry.output), entry.call)
 
     def _expiry(self) -> str | None:
         if self.config.content_days <= 0:
@@ -198,7 +268,7 @@ class AuditLog:
             for _ in batch:
                 self._queue.task_done()
 
-    def _write_retrying(self, entries: list[Entry]) -> None:
+    def _write_retrying(self, entries: list[Entry | Opened]) -> None:
         """Write a batch; if the database refuses it, write its entries one by one, so that an
         entry it refuses on its own is retried alone, in order, while the database itself is
         retried with backoff (never dropped, unless shutdown gives up on it)."""

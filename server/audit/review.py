@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, and_, select
 
-from . import store
+from . import merkle, store, treehead
 from ..clock import utc_now
 from .chain import GENESIS, canonical, checkpoint_text, record_hash
 from .keys import load_public_key, mac, verify_signature
@@ -61,6 +61,9 @@ class Verification:
     problem: str | None = None
     content_checked: int = 0
     content_expired: int = 0
+    tree_heads_checked: int = 0
+    tree_size: int | None = None
+    tree_root: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -111,7 +114,9 @@ class AuditReader:
     def get(self, ref: str) -> dict[str, Any] | None:
         """One record by id or seq, with its content (or None where it expired or was not kept)."""
         c = store.records.c
-        cond = c.seq == int(ref) if ref.isdigit() else c.id == ref
+        if len(ref) > 64:
+            return None
+        cond = c.seq == int(ref) if ref.isascii() and ref.isdigit() and len(ref) < 19 else c.id == ref
         with self.db.connect() as conn:
             row = conn.execute(select(store.records).where(cond)).first()
             if row is None:
@@ -123,10 +128,16 @@ class AuditReader:
     def _row(row: Any) -> dict[str, Any]:
         return {"seq": row.seq, "id": row.id, "hash": row.hash, "prev_hash": row.prev_hash, "record": json.loads(row.envelope)}
 
-    def verify(self) -> Verification:
+    def verify(self, tree_heads: list[dict[str, Any]] | None = None) -> Verification:
         """Re-hash every record in order, check seq continuity, the indexed columns, the content
-        HMACs, and every checkpoint's signature and chain. Names the first bad record."""
+        HMACs, and every checkpoint's signature and chain. With `tree_heads` (signed heads kept
+        elsewhere), also check that the log still holds exactly what each of them covers and
+        nothing after the newest. Names the first bad record."""
         v = Verification(ok=True)
+        heads = sorted(tree_heads or [], key=lambda th: int(th.get("size", 0)))
+        at_sizes = {int(th.get("size", 0)) for th in heads}
+        tree, roots = merkle.CompactRange(), {}  # the tree's root after each record a head covers
+        now = utc_now()
         hashes: dict[int, str] = {}
         prev, expected = GENESIS, 1
 
@@ -156,9 +167,14 @@ class AuditReader:
                     if problem:
                         return bad(row.seq, row.id, f"record {row.seq}: {problem}")
                     v.content_checked += 1
+                elif envelope.get("content_until") and envelope["content_until"] > now:
+                    return bad(row.seq, row.id, f"record {row.seq}: its content was deleted before it expired (kept until {envelope['content_until']})")
                 elif envelope.get("prompt", {}).get("content_hmac"):
                     v.content_expired += 1
-                if row.seq in wanted:
+                tree.append(merkle.leaf_hash(row.envelope.encode("utf-8")))
+                if row.seq in at_sizes:
+                    roots[row.seq] = tree.root().hex()
+                if row.seq in wanted or row.seq in at_sizes:
                     hashes[row.seq] = row.hash
                 prev, expected = row.hash, expected + 1
         v.records, v.head = expected - 1, prev
@@ -177,7 +193,38 @@ class AuditReader:
             v.checkpoints += 1
         if v.records > v.signed_through:
             v.notes.append(f"records {v.signed_through + 1}..{v.records} are chained but not yet covered by a signed checkpoint")
+        if tree_heads is not None:
+            return self._check_heads(v, heads, roots, hashes)
         return v
+
+    def _check_heads(self, v: Verification, heads: list[dict[str, Any]], roots: dict[int, str], hashes: dict[int, str]) -> Verification:
+        """The log against signed tree heads held elsewhere: truncation, rollback, rewriting, forged appends."""
+        def bad(seq: int, problem: str) -> Verification:
+            v.ok, v.first_bad_seq, v.problem = False, seq, problem
+            return v
+
+        if not heads:
+            return bad(1, "the checkpoint file holds no tree head")
+        for th in heads:
+            size, when = int(th["size"]), th.get("ts", "?")
+            if not treehead.valid(self.public_key, th):
+                return bad(size, f"the tree head of {when} (size {size}) is not signed by this log's key: forged, or the key was replaced")
+            if size > v.records:
+                return bad(v.records + 1, f"the log has {v.records} records but the tree head of {when} covers {size}: "
+                                          "records were deleted or the log was rolled back to an older copy")
+            if roots.get(size) != th["root"] or hashes.get(size) != th["head"]:
+                return bad(size, f"the first {size} records are not those the tree head of {when} covers: records were rewritten or replaced")
+            v.tree_heads_checked += 1
+        newest = heads[-1]
+        if int(newest["size"]) < v.records:
+            return bad(int(newest["size"]) + 1, f"records {int(newest['size']) + 1}..{v.records} were appended after the newest tree head "
+                                                f"you hold ({newest.get('ts')}): nothing signed covers them (export the heads again if they are newer)")
+        v.tree_size, v.tree_root = v.records, roots.get(v.records)
+        return v
+
+    def leaves(self) -> list[bytes]:
+        with self.db.connect() as conn:
+            return store.leaves(conn)
 
     def _check_content(self, envelope: dict[str, Any], row: Any) -> str | None:
         if self.hmac_key is None:

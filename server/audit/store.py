@@ -9,15 +9,17 @@ envelope holds their HMACs. `audit_checkpoints` holds the signed chain heads.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text, create_engine, event, text
+from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text, create_engine, event, select, text
 
 from ..clock import utc_now
+from . import merkle
 from .chain import GENESIS, canonical, record_hash, ulid
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: audit_pending (created by create_all on a version-1 file)
 metadata = MetaData()
 
 records = Table(
@@ -61,6 +63,14 @@ checkpoints = Table(
     Column("sig", String, nullable=False),
 )
 
+# The journal of calls in progress: a row per call from its start until its record is sealed (in
+# the same transaction), so a call cut by a crash is found at the next start and gets its record.
+pending = Table(
+    "audit_pending", metadata,
+    Column("call", String, primary_key=True),
+    Column("body", Text, nullable=False),  # the call's skeleton envelope (canonical JSON): identity, actor refs, model
+)
+
 # Columns copied out of the envelope, and where in the envelope they come from.
 INDEXED = {
     "id": ("id",), "ts": ("ts",), "type": ("type",), "surface": ("surface",), "actor_ref": ("actor", "user_ref"),
@@ -89,7 +99,11 @@ def dig(envelope: dict[str, Any], path: tuple[str, ...]) -> Any:
 def open_db(path: Path, writer: bool = False) -> Engine:
     """A SQLAlchemy engine on the audit file. The writer's transactions start with BEGIN IMMEDIATE,
     so the server and a CLI command appending at the same time take turns on the chain head."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if writer:  # only the operator reads the log: a 0700 folder, a 0600 file (SQLite gives -wal/-shm the file's mode)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -122,13 +136,23 @@ def append(conn: Any, body: dict[str, Any], content: dict[str, Any] | None, expi
     """Seal one record onto the chain inside the caller's (IMMEDIATE) transaction."""
     seq, prev = head(conn)
     envelope = {"v": 1, **body, "seq": seq + 1, "id": ulid(), "ts": utc_now()}
+    if content is not None and expires_at is not None:
+        envelope["content_until"] = expires_at  # so verification can tell content deleted early from content expired
     sealed = canonical(envelope)
     digest = record_hash(prev, sealed)
     row = {col: dig(envelope, path) for col, path in INDEXED.items()}
     conn.execute(records.insert().values(seq=seq + 1, envelope=sealed.decode("utf-8"), prev_hash=prev, hash=digest, **row))
     if content is not None and expires_at is not None:
         conn.execute(contents.insert().values(record_id=envelope["id"], expires_at=expires_at, **content))
-    return {**envelope, "hash": digest, "prev_hash": prev}
+    return {**envelope, "hash": digest, "prev_hash": prev, "leaf_hash": merkle.leaf_hash(sealed).hex()}
+
+
+def leaves(conn: Any, upto: int | None = None) -> list[bytes]:
+    """The Merkle leaf hashes of the records in order (the first `upto` of them)."""
+    query = select(records.c.envelope).order_by(records.c.seq)
+    if upto is not None:
+        query = query.limit(upto)
+    return [merkle.leaf_hash(row.envelope.encode("utf-8")) for row in conn.execute(query)]
 
 
 def expire_content(conn: Any) -> int:
