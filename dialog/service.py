@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.engine import EngineOverloaded, Priority
-from server.gateway import Actor, Call, ChatPrompt, Gateway, InputBlocked, OutputRefused, Params
+from server.gateway import Actor, Call, ChatPrompt, Gateway, InputBlocked, OutputRefused, Params, Screened
 
 from . import frames
 from .context import TooLong, fit
@@ -284,9 +284,8 @@ class DialogService:
                 await client.send(_ack(frame.client_msg_id, existing))
                 hub.updates[answer.id] = {"text": "", "status": "streaming", "finish_reason": None}
             else:
-                stored_text = await asyncio.to_thread(self.gateway.sanitize_text, "support_chat", frame.text)
-                try:
-                    user = await self.store.add_message(hub.cid, "user", stored_text, "done", hub.seq + 1, ref)
+                try:  # kept empty until the gateway's one scan says what of it may be kept (see _generate)
+                    user = await self.store.add_message(hub.cid, "user", "", "done", hub.seq + 1, ref)
                 except IntegrityError:  # the same client_ref already stored (only another process could have): a retry
                     again = await self.store.by_client_ref(hub.cid, ref)
                     if again is None:
@@ -298,7 +297,7 @@ class DialogService:
                 answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
             await hub.flush(self.store)
             hub.answering = answer.id
-            hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer))
+            hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer, frame.text))
 
     def _check_rate(self, visitor: Visitor, ip: str) -> None:
         for limiter, key in ((self.visitor_limit, visitor.visitor_id), (self.ip_limit, ip)):
@@ -312,7 +311,10 @@ class DialogService:
             with contextlib.suppress(BaseException):
                 await hub.task  # type: ignore[misc]
 
-    async def _generate(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, answer: Message) -> None:
+    async def _generate(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, answer: Message, text: str) -> None:
+        """Answer `user`, whose raw `text` the gateway guards once: the store gets the text as the
+        guard passed it (secrets and card numbers redacted), and the guard sees every template
+        token and tripwire the visitor typed."""
         parts: list[str] = []
         finish, error = "error", None  # type: str, frames.FrameError | None
         overloaded = False  # refused by the engine before a token: the client may send the message again
@@ -321,10 +323,17 @@ class DialogService:
             earlier = [(m.role, m.text) for m in await self.store.messages(hub.cid)
                        if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")]
             window = self.gateway.context_length
-            fitted = await asyncio.to_thread(fit, site.system_prompt, earlier, user.text, self.gateway.count_chat_tokens, window - self.config.max_answer_tokens)
+            fitted = await asyncio.to_thread(fit, site.system_prompt, earlier, text, self.gateway.count_chat_tokens, window - self.config.max_answer_tokens)
+
+            async def keep(screened: Screened) -> None:
+                async with hub.lock:
+                    hub.updates[user.id] = {"text": screened.texts[-1] or ""}
+                    await hub.flush(self.store)
+
             call = Call("support_chat", Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
                         ChatPrompt(fitted.messages), Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
-                        Priority.CHAT, request_id=answer.id, conversation_id=hub.cid, message_id=answer.id, context=fitted.audit(window))
+                        Priority.CHAT, request_id=answer.id, conversation_id=hub.cid, message_id=answer.id, context=fitted.audit(window),
+                        on_screened=keep)
             gen = self.gateway.stream(call)
             async for delta in gen:
                 async with hub.lock:
@@ -360,7 +369,7 @@ class DialogService:
             await hub.emit({"type": "done", "message_id": answer.id, "finish_reason": finish})
             hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": "overloaded" if overloaded else finish}
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
-                hub.updates[user.id] = {"status": "blocked"}
+                hub.updates[user.id] = {**hub.updates.get(user.id, {}), "status": "blocked"}
             await hub.flush(self.store)
             if error is not None:
                 for client in list(hub.clients):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,16 @@ class Params:
 
 
 @dataclass(frozen=True)
+class Screened:
+    """What the input guard made of a call's messages, for a caller that stores them (the chat
+    keeps the visitor's text only as the guard passed it). `texts[i]` is message i as sanitised,
+    or None where it was refused before the secret scanner ran (a size cap): nothing to keep."""
+
+    texts: tuple[str | None, ...]
+    blocked: bool
+
+
+@dataclass(frozen=True)
 class Call:
     surface: str  # a guard profile: ide_completion | support_chat
     actor: Actor
@@ -79,6 +89,7 @@ class Call:
     message_id: str | None = None
     session_id: str | None = None
     context: Mapping[str, Any] | None = None  # what the caller's context builder kept and dropped
+    on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned, before generation
 
 
 class Refused(Exception):
@@ -147,11 +158,6 @@ class Gateway:
                                                             tokenize=True, return_dict=True)
         return len(rendered["input_ids"])
 
-    def sanitize_text(self, surface: str, text: str) -> str:
-        """A user's text as the guard passes it to the model, for stores that keep only that
-        (the chat store never holds the secret or card number a visitor pasted)."""
-        return self._guards[surface].scan([Segment("user", text)]).segments[0].text
-
     def record_refusal(self, surface: str, actor: Actor, request_id: str, code: str | None, param: str | None) -> None:
         """A request refused at the door, before it became a call (a body that does not parse or
         validate): it gets its record too, so a fuzzing or probing client shows in the log."""
@@ -188,6 +194,9 @@ class Gateway:
             # only text the secret scanner has been over is kept; a prompt refused before it (for its
             # size or token count) is recorded as its length, HMAC and verdicts, never its text
             rec.prompt_text = joined if sanitized.scrubbed else None
+            if call.on_screened is not None:  # the one scan of this input: the caller keeps what it produced
+                await call.on_screened(Screened(tuple(seg.text if sanitized.scrubbed else None for seg in sanitized.segments),
+                                                sanitized.blocked is not None))
             if sanitized.blocked is not None:
                 raise _input_refusal(sanitized.blocked)
             engine_prompt, default_max = self._render(call.prompt, sanitized.segments, unchanged=sanitized.segments == segments)

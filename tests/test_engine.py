@@ -436,3 +436,40 @@ async def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(e
     engine = engine_factory(prefix_cache_tokens=0)
     greedy = await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=12))
     assert await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=12, temperature=temperature, seed=3)) == greedy
+
+
+def test_retry_after_follows_the_measured_rate_not_the_worst_case() -> None:
+    from server.engine.scheduler import Scheduler
+
+    class Waiting:
+        def __init__(self, max_tokens: int) -> None:
+            self.priority, self.cancelled, self.prompt_ids, self.max_tokens = Priority.CHAT, False, [1, 2], max_tokens
+
+    scheduler = Scheduler(max_waiting=4)
+    for _ in range(4):
+        scheduler.submit(Waiting(max_tokens=1000))
+    scheduler.tokens_per_second = 100.0
+    with pytest.raises(EngineOverloaded) as cold:  # nothing finished yet: 4 answers of a guessed 64 tokens at 100 tok/s
+        scheduler.submit(Waiting(max_tokens=1000))
+    assert cold.value.retry_after == 3
+    for _ in range(20):  # then 20 requests finish within a second: the queue of 4 drains in well under one
+        scheduler.note_finished(12)
+    with pytest.raises(EngineOverloaded) as measured:
+        scheduler.submit(Waiting(max_tokens=1000))
+    assert measured.value.retry_after == 1
+
+
+async def test_a_refused_request_is_told_to_come_back_about_when_the_queue_has_drained(engine_factory) -> None:
+    engine = engine_factory(max_batch_size=2, max_waiting=4)
+    for p in PROMPTS:  # a measured rate
+        await collect(engine, GenerationRequest(prompt=p, max_tokens=3))
+    running = [asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[i], max_tokens=40))) for i in range(2)]
+    await wait_until(lambda: engine.running == 2)
+    running += [asyncio.create_task(collect(engine, GenerationRequest(prompt=PROMPTS[i % 5], max_tokens=40))) for i in range(4)]
+    await wait_until(lambda: engine.waiting == 4)
+    with pytest.raises(EngineOverloaded) as refused:
+        await collect(engine, GenerationRequest(prompt="x", max_tokens=3))
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*running)
+    drained = asyncio.get_running_loop().time() - started
+    assert 1 <= refused.value.retry_after <= max(3, 3 * drained)  # of the order of the real drain, never the 60 s cap

@@ -72,7 +72,7 @@ class AuditLog:
         self._unsealable = Counter("tandem_audit_unsealable_records", "Records that could not be serialised as they were and were "
                                    "written as a minimal record naming the error.", registry=registry)
         self._depth = Gauge("tandem_audit_queue_depth", "Audit records waiting to be written.", registry=registry)
-        self._depth.set_function(lambda: self._queue.qsize())
+        self._depth.set_function(lambda: self.depth)
         self._stuck = Gauge("tandem_audit_writer_stuck", "1 while records wait and the writer has committed nothing for "
                             "stuck_seconds.", registry=registry)
         self._stuck.set_function(lambda: float(self.stuck))
@@ -111,7 +111,8 @@ class AuditLog:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Records not yet committed: queued, or in the batch the writer is writing."""
+        return self._queue.unfinished_tasks
 
     @property
     def stuck(self) -> bool:

@@ -115,6 +115,13 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
             "timing": r.get("timing")}
 
 
+def _seq(value: str, name: str) -> int:
+    """A record number as SQLite can hold it: plain ASCII digits, at most 18 of them."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise ValueError(f"{name} must be a whole number below 10**18, got {value[:32]!r}")
+    return int(value)
+
+
 FILTER_FIELDS = ("since", "until", "surface", "verdict", "outcome", "conversation", "user", "type")
 
 
@@ -124,8 +131,8 @@ async def api_records(request: Request) -> Response:
         return _unauthorized()
     q = request.query_params
     try:
-        before = int(q["before"]) if q.get("before") else None
-        limit = min(max(int(q.get("limit", "50")), 1), 500)
+        before = _seq(q["before"], "before") if q.get("before") else None
+        limit = min(max(_seq(q.get("limit", "50"), "limit"), 1), 500)
         filters = Filters(**{k: q.get(k) or None for k in FILTER_FIELDS}, before_seq=before)
         rows = await asyncio.to_thread(state.reader.search, filters, limit)
     except ValueError as exc:

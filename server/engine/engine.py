@@ -345,6 +345,8 @@ class Engine:
 
     def _finish(self, seq: _Sequence, reason: str) -> None:
         seq.done = True
+        if reason != "cancelled":
+            self._scheduler.note_finished(seq.generated)
         self.metrics.finished.labels(reason).inc()
         self.metrics.e2e.observe(time.monotonic() - seq.submitted)
         if reason == "cancelled":

@@ -6,6 +6,7 @@ limit, so an overloaded server answers fast and honestly rather than slowly for 
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import math
@@ -18,6 +19,8 @@ from .types import EngineOverloaded, Priority
 
 
 GATHER_SECONDS = 0.005
+RATE_WINDOW_SECONDS = 30.0  # finished requests this recent make the throughput behind retry-after
+UNMEASURED_ANSWER_TOKENS = 64  # before anything has finished, a queued request is guessed at this many tokens
 
 
 class Waiting(Protocol):
@@ -35,7 +38,8 @@ class Scheduler:
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
-        self.tokens_per_second = 0.0  # the engine's recent aggregate rate, for retry-after
+        self.tokens_per_second = 0.0  # the engine's recent aggregate decode rate, for retry-after
+        self._finished: collections.deque[tuple[float, int]] = collections.deque()  # (when, tokens) of recent finishes
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -93,7 +97,24 @@ class Scheduler:
             self._heap.clear()
             return items
 
+    def note_finished(self, generated: int) -> None:
+        """A request left the engine having generated `generated` tokens: the measured throughput
+        behind retry-after (the requests a waiting room drains in, not the worst case of max_tokens)."""
+        now = time.monotonic()
+        with self._cond:
+            self._finished.append((now, generated))
+            while self._finished and now - self._finished[0][0] > RATE_WINDOW_SECONDS:
+                self._finished.popleft()
+
     def _retry_after(self) -> int:
-        queued = sum(entry[2].max_tokens for entry in self._heap)
-        rate = max(self.tokens_per_second, 1.0)
-        return max(1, min(60, math.ceil(queued / rate)))
+        """Seconds until a place in the waiting room is likely free: the queue ahead divided by the
+        rate requests have been finishing at lately (or, before any finished, the queue's expected
+        tokens over the decode rate)."""
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self._finished if now - t <= RATE_WINDOW_SECONDS]
+        if len(recent) >= 2:
+            span = max(now - recent[0][0], 1.0)
+            per_second = len(recent) / span
+            return max(1, min(60, math.ceil(len(self._heap) / per_second)))
+        expected = sum(min(entry[2].max_tokens, UNMEASURED_ANSWER_TOKENS) for entry in self._heap)
+        return max(1, min(60, math.ceil(expected / max(self.tokens_per_second, 1.0))))
