@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from .models import LoadedModel
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 1024  # cap when a chat call names no max_tokens
+SCAN_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,9 @@ class Gateway:
         self.metrics = GuardMetrics(registry)
         tokenizer = model.tokenizer
         special = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])] + [str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})]
+        # Scanning is CPU work on caller text: a pool of its own, bounded, so that big inputs queue
+        # here instead of taking every thread asyncio.to_thread would lend (the event loop never waits on it)
+        self._scanners = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="tandem-guard")
         self._guards = {
             name: InputGuard(profile, self._count_tokens, engine.context_length, special) for name, profile in PROFILES.items()
         }
@@ -150,6 +155,7 @@ class Gateway:
 
     def close(self) -> None:
         self._engine.close()
+        self._scanners.shutdown(wait=True)
         self.audit.close()
 
     def count_chat_tokens(self, messages: list[tuple[str, str]]) -> int:
@@ -187,7 +193,7 @@ class Gateway:
                 raise Refused(503, "audit_unavailable", "the audit log is not keeping up; retry in a few seconds")
             rec.journal = self.audit.open_call(rec.skeleton(self.model, self.audit))
             segments = _segments(call.prompt, self.model.tokenizer)
-            sanitized = await asyncio.to_thread(self._guards[call.surface].scan, segments)
+            sanitized = await asyncio.get_running_loop().run_in_executor(self._scanners, self._guards[call.surface].scan, segments)
             rec.input_results = sanitized.results
             joined = _joined(sanitized.segments)
             rec.prompt_chars, rec.prompt_hmac = len(joined), self.audit.seal_content(joined)
@@ -199,7 +205,9 @@ class Gateway:
                                                 sanitized.blocked is not None))
             if sanitized.blocked is not None:
                 raise _input_refusal(sanitized.blocked)
-            engine_prompt, default_max = self._render(call.prompt, sanitized.segments, unchanged=sanitized.segments == segments)
+            # the chat template tokenises the whole conversation: on the scanners' pool, not the event loop
+            engine_prompt, default_max = await asyncio.get_running_loop().run_in_executor(
+                self._scanners, self._render, call.prompt, sanitized.segments, sanitized.segments == segments)
             rec.engine_prompt = engine_prompt
             req = GenerationRequest(
                 prompt=engine_prompt,
@@ -264,8 +272,8 @@ class Gateway:
 
     def _write(self, rec: _Record) -> None:
         audit = self.audit
-        if rec.prompt_tokens is None and rec.engine_prompt is not None:  # ended before the engine said
-            rec.prompt_tokens = len(rec.engine_prompt) if isinstance(rec.engine_prompt, list) else self._count_tokens(rec.engine_prompt)
+        if rec.prompt_tokens is None and isinstance(rec.engine_prompt, list):  # ended before the engine said
+            rec.prompt_tokens = len(rec.engine_prompt)  # (a text prompt is not tokenised here, on the event loop, just for the record)
         body = rec.envelope(self.model, audit)
         self.metrics.actions.labels(rec.call.surface, body["guard"]["action"]).inc()
         self.metrics.records.labels(body["outcome"]["status"]).inc()
@@ -382,7 +390,7 @@ class _Record:
             "model": {"name": model.name, "quantization": model.quant,
                       "params": {"max_tokens": p.max_tokens, "temperature": _number(p.temperature), "top_p": _number(p.top_p), "seed": p.seed,
                                  "stop_count": len(p.stop)}},
-            "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens or 0,
+            "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens,
                        "chars": self.prompt_chars, "content_hmac": self.prompt_hmac, "content_kept": self.prompt_text is not None,
                        "context": dict(call.context) if call.context else None},
             "guard": {"profile": call.surface, "policy_version": POLICY_VERSION, "input": [r.to_json() for r in results_in],

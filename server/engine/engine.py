@@ -186,7 +186,9 @@ class Engine:
         """Generate for `req`. Closing the iterator cancels the request at the next step."""
         if not self.alive:
             raise EngineClosed("engine is not running")
-        seq = _Sequence(req, self.prompt_ids(req), self.tokenizer, asyncio.get_running_loop())
+        # tokenising a long prompt takes long enough to stall every other stream: off the event loop
+        ids = await asyncio.to_thread(self.prompt_ids, req) if len(req.prompt) > 4096 else self.prompt_ids(req)
+        seq = _Sequence(req, ids, self.tokenizer, asyncio.get_running_loop())
         try:
             self._scheduler.submit(seq)
         except EngineOverloaded:
