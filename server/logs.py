@@ -17,7 +17,11 @@ DATA_ECHOING = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool")
 
 
 class DropQueryStrings(logging.Filter):
+    """Also drops the WebSocket library's frame dumps (`< TEXT '…'`, debug level): they hold what visitors type."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG and isinstance(record.msg, str) and record.msg.startswith(("< ", "> ", "% ", "= ")):
+            return False
         if isinstance(record.args, tuple):
             record.args = tuple(_QUERY.sub("?[query omitted]", a) if isinstance(a, str) and "?" in a else a for a in record.args)
         if isinstance(record.msg, str) and "?" in record.msg and not record.args:

@@ -44,6 +44,28 @@ def test_the_corpus_is_large_and_varied() -> None:
     assert len({s.type for s in corpus()}) >= 25
 
 
+ROLE_SECRETS = [  # (text, the secret in it)
+    ("my password is Tr0ub4dor&3x, please don't share it", "Tr0ub4dor&3x"),
+    ("The password for the staging box is h4ck-Me-2026 - reset it?", "h4ck-Me-2026"),
+    ('db_password = "S3cr3t!pw"', "S3cr3t!pw"),
+    ("SESSION_SECRET=ovCvmpE9FSmoesp7yb8lcJY4AZxiaNCt", "ovCvmpE9FSmoesp7yb8lcJY4AZxiaNCt"),
+    ("api_key: 4a9Zq7LmX2pR8sT1vW3yB6nC", "4a9Zq7LmX2pR8sT1vW3yB6nC"),
+]
+
+
+@pytest.mark.parametrize("profile", ["ide_completion", "support_chat"])
+@pytest.mark.parametrize("role", ["system", "assistant", "user"])
+def test_passwords_in_prose_and_assignments_are_redacted_in_every_role(profile, role) -> None:
+    """API clients send system and assistant messages too: secrets are scanned in every role (only personal
+    data and template tokens are limited to user and assistant text, injection tripwires to user text)."""
+    sanitized = guard(profile).scan([Segment(role, text) for text, _ in ROLE_SECRETS])
+    for seg, (_, secret) in zip(sanitized.segments, ROLE_SECRETS, strict=True):
+        assert "[REDACTED:generic_secret]" in seg.text and secret not in seg.text, seg.text
+    conversation = [Segment("system", ROLE_SECRETS[0][0]), Segment("user", "hi"), Segment("assistant", ROLE_SECRETS[3][0])]
+    out = guard(profile).scan(conversation).segments
+    assert ROLE_SECRETS[0][1] not in out[0].text and ROLE_SECRETS[3][1] not in out[2].text
+
+
 BENIGN_CODE = [
     'password = os.environ["DB_PASSWORD"]',
     "token = tokenizer.encode(text)",

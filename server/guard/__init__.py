@@ -10,6 +10,12 @@ __all__ = ["POLICY_VERSION", "PROFILES", "Finding", "InputGuard", "OutputBlocked
            "ScanResult", "Segment", "Span", "Verdict", "output_scanner", "overall", "scrub", "scrub_header"]
 
 
+import re as _re
+
+PRODUCT_TOKEN = _re.compile(r"[A-Za-z][A-Za-z_.+-]{0,23}(?:/v?[0-9][0-9A-Za-z.+-]{0,23}|/[A-Za-z][A-Za-z_.+-]{0,23})?")  # digits only after a slash
+VERSION = _re.compile(r"v?[0-9]{1,4}(?:\.[0-9]{1,6}){1,3}")
+
+
 def scrub(text: str) -> str:
     """Secrets redacted from a short caller-supplied string before it is recorded."""
     from .report import choose, redact
@@ -19,22 +25,23 @@ def scrub(text: str) -> str:
 
 
 def scrub_header(text: str) -> str:
-    """A header (User-Agent, a client name) as it may be recorded: known secrets redacted, and any
-    other long random-looking token too, since a header can carry a credential of any format;
-    `Product/1.2.3` tokens stay readable."""
+    """A header (User-Agent, a client name) as it may be recorded. A header can carry a credential
+    of any format, so this keeps only what reads as a product description: words, `Product/1.2.3`
+    tokens and bare version numbers; every other token becomes a placeholder (and known secrets go
+    first, whole)."""
     import re
 
-    from .report import Span, choose, redact
-    from .secrets import entropy, find_secrets
+    from .report import choose, redact
+    from .secrets import find_secrets
 
-    spans = find_secrets(text)
-    for m in re.finditer(r"[A-Za-z0-9_\-+/=~.]{20,}", text):
-        token = m.group()
-        if re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-.]*/v?[0-9][0-9A-Za-z.\-]*", token):
-            continue
-        if entropy(token) >= 3.5 and any(c.isdigit() for c in token) and any(c.isalpha() for c in token):
-            spans.append(Span(m.start(), m.end(), "opaque_token", 3))
-    return redact(text, choose(spans))
+    kept = []
+    for token in redact(text, choose(find_secrets(text))).split():
+        bare = token.strip("();,")
+        if (bare.startswith("[REDACTED:") or PRODUCT_TOKEN.fullmatch(bare) or VERSION.fullmatch(bare)) and len(bare) <= 48:
+            kept.append(token)
+        else:
+            kept.append("[REDACTED:opaque]")
+    return " ".join(kept)
 
 
 def output_scanner(profile: Profile) -> OutputScanner:

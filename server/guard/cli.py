@@ -1,5 +1,6 @@
 """`tandem guard scan FILE...`: what the input guard would do to files, for tuning and for
-measuring false positives (the README quotes its numbers on the standard library)."""
+measuring false positives (the README quotes its numbers on the standard library).
+`tandem guard bench`: the injection tripwires measured on known attacks and ordinary questions."""
 
 from __future__ import annotations
 
@@ -43,3 +44,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--profile", choices=sorted(PROFILES), default="ide_completion")
     p.add_argument("--scanners", default="secrets,pii,unicode,injection,template_tokens", type=lambda s: set(s.split(",")))
     p.set_defaults(func=scan)
+    from . import bench
+
+    b = guard_sub.add_parser("bench", help="measure the injection tripwires on known injections and ordinary support questions")
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.bench)
