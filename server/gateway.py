@@ -289,8 +289,12 @@ def _segments(prompt: Prompt, tokenizer: Any) -> list[Segment]:
         return [Segment(role, text) for role, text in prompt.messages]
     if isinstance(prompt, FimPrompt):
         return [Segment("code", prompt.prefix), Segment("code", prompt.suffix)]
-    text = prompt.text if isinstance(prompt.text, str) else tokenizer.decode(prompt.text)
-    return [Segment("code", text)]
+    if isinstance(prompt.text, str):
+        return [Segment("code", prompt.text)]
+    vocab = len(tokenizer)
+    if any(not 0 <= i < vocab for i in prompt.text):  # the tokenizer cannot decode them for the guard
+        raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})", "prompt")
+    return [Segment("code", tokenizer.decode(prompt.text))]
 
 
 def _joined(segments: list[Segment]) -> str:

@@ -12,7 +12,7 @@ nesting) is a 400 too, never a 500.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -55,8 +55,11 @@ class _Sampling(_Strict):
         return stops
 
 
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+
+
 class CompletionBody(_Sampling):
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[TokenId]
     suffix: str | None = None
 
     def single_prompt(self) -> str | list[int]:

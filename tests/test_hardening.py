@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import shutil
 import sqlite3
 import string
 import time
@@ -18,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.audit import AuditConfig, AuditLog, AuditReader, Entry
+from server.audit import AuditConfig, AuditLog, AuditReader, Entry, treehead
+from server.audit.chain import canonical, record_hash
 from tests.conftest import ADMIN_TOKEN, metric
 
 
@@ -161,6 +163,9 @@ NON_FINITE = [
      "invalid_encoding"),
     ("nested feedback", "feedback", b'{"request_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid_json"),
     ("feedback with an invented request id", "feedback", b'{"request_id": "ghp_abc", "event": "accepted"}', "invalid_value"),
+    # found by the fuzz test below, kept as regressions
+    ("negative token id", "completions", b'{"prompt": [-1]}', "invalid_type"),  # no member of prompt's union takes it
+    ("token id past the vocabulary", "completions", b'{"prompt": [0, 2147483646]}', "invalid_value"),
 ]
 
 
@@ -216,6 +221,8 @@ def test_prompts_refused_for_size_or_tokens_are_recorded_without_their_text(tiny
         assert record["prompt"]["content_kept"] is False and record["prompt"]["chars"] > 10_000 and record["prompt"]["content_hmac"]
     assert leaked(s.audit_dir, [token, ua.split()[1]]) == []
     assert written[-1]["type"] == "completion.feedback" and written[-1]["request_id"] == rid
+    v = verify(s.audit_dir)  # a prompt sealed but not kept is no verification failure
+    assert v.ok, v.problem
 
 
 def test_query_strings_never_reach_the_server_log(default_server) -> None:
@@ -267,7 +274,8 @@ def bodies(route: str) -> st.SearchStrategy[bytes]:
 def test_fuzzed_bodies_never_get_a_5xx_or_a_hang(tiny_server, route: str) -> None:
     """2,000 generated bodies per route (typed fields with hostile values, raw bytes): every answer
     is a 2xx or 4xx within the timeout, and the server still serves afterwards."""
-    with tiny_server() as s, httpx.Client(base_url=s.url, timeout=30) as client:
+    # a fresh connection per body: an idle keep-alive connection the server closes between two examples is no finding
+    with tiny_server() as s, httpx.Client(base_url=s.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         seen: list[int] = []
 
         @settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -310,6 +318,9 @@ def test_a_call_cut_by_sigkill_gets_an_interrupted_record_at_the_next_start(tmp_
 
     proc, url = serve()
     try:
+        for i in range(3):  # three calls already sealed and published before the cut
+            assert httpx.post(f"{url}/v1/completions", json={"prompt": f"call {i}", "max_tokens": 1}).status_code == 200
+        wait_for(lambda: len(records(audit_dir)) == 3, what="three records")
         body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}], "max_tokens": 400, "stream": True}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
@@ -319,6 +330,26 @@ def test_a_call_cut_by_sigkill_gets_an_interrupted_record_at_the_next_start(tmp_
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         assert not any(r.get("request_id") == rid for r in records(audit_dir))  # no record: the call never ended
+        tampered = tmp_path / "tampered"  # someone rewrites the last record before the restart: the heads published so far catch it
+        shutil.copytree(audit_dir, tampered)
+        held = tmp_path / "held-heads.jsonl"
+        shutil.copy(audit_dir / "checkpoints.jsonl", held)
+        with sqlite3.connect(tampered / "audit.db", isolation_level=None) as conn:
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                conn.execute(f"DROP TRIGGER {name}")
+            seq, envelope, prev = conn.execute("SELECT seq, envelope, prev_hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+            forged = json.loads(envelope)
+            forged["outcome"] = {"status": "blocked", "error_code": "content_blocked"}
+            sealed = canonical(forged)
+            conn.execute("UPDATE audit_records SET envelope = ?, outcome = 'blocked', hash = ? WHERE seq = ?",
+                         (sealed.decode(), record_hash(prev, sealed), seq))
+        reader = AuditReader(tampered)
+        try:
+            assert reader.verify().ok  # the chain alone is satisfied: the rewritten tail was not yet checkpointed in the database
+            caught = reader.verify(treehead.read(held))
+        finally:
+            reader.close()
+        assert not caught.ok and "rewritten" in (caught.problem or ""), caught
         proc, url = serve()
         wait_for(lambda: any(r.get("request_id") == rid for r in records(audit_dir)), what="the interrupted call's record")
         record = next(r for r in records(audit_dir) if r.get("request_id") == rid)

@@ -232,6 +232,8 @@ class AuditReader:
         for part in ("prompt", "output"):
             sealed = (envelope.get(part) or {}).get("content_hmac")
             stored = getattr(row, part)
+            if stored is None and (envelope.get(part) or {}).get("content_kept") is False:
+                continue  # sealed but never kept (a prompt refused before the secret scan): nothing to compare
             if sealed is None and stored is None:
                 continue
             if sealed != mac(self.hmac_key, stored or "", "content"):

@@ -21,7 +21,7 @@ from .secrets import OPEN_PRIVATE_KEY
 CONTEXT_CHARS = 256  # released text kept as left context for the rules (more after a forced release)
 HOLD_LIMIT = 4096  # longest run held back before it must be released
 OPEN_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:(?!-----END)[\s\S])*$")
-TRAILING_RUN = re.compile(r"\S+$")
+TRAILING_RUN = re.compile(r"(?<!\S)\S+$")  # the lookbehind anchors each try at a run start: linear, where \S+$ is quadratic
 
 
 class OutputBlocked(Exception):
