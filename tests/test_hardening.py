@@ -517,4 +517,4 @@ def test_healthz_answers_at_once_while_the_largest_allowed_prompt_is_scanned(tin
     assert response.json()["error"]["code"] == ("context_length_exceeded" if route == "completions" else "content_blocked"), response.text[:300]
     print(f"big prompt answered in {outcome['seconds']:.2f} s; /healthz x{len(latencies)}: median "
           f"{statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
-    assert statistics.quantiles(latencies, n=20)[-1] < 0.1 and max(latencies) < 0.25  # p95 within 100 ms (max: room for a noisy CI)
+    assert statistics.quantiles(latencies, n=20, method="inclusive")[-1] < 0.1 and max(latencies) < 0.25  # p95 within 100 ms (max: room for a noisy CI)
