@@ -22,19 +22,12 @@ from hypothesis import strategies as st
 from server.audit import AuditConfig, AuditLog, AuditReader, Entry, treehead
 from server.audit.chain import canonical, record_hash
 from tests.conftest import ADMIN_TOKEN, metric
+from tests.test_audit import verify
 
 
 def records(directory: Path) -> list[dict]:
     with sqlite3.connect(directory / "audit.db") as conn:
         return [json.loads(row[0]) for row in conn.execute("SELECT envelope FROM audit_records ORDER BY seq")]
-
-
-def verify(directory: Path):  # type: ignore[no-untyped-def]
-    reader = AuditReader(directory)
-    try:
-        return reader.verify()
-    finally:
-        reader.close()
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
