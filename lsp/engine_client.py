@@ -95,13 +95,17 @@ class EngineClient:
                     raise EngineUnavailable(f"started a Tandem server on port {port}, but it did not become healthy")
                 time.sleep(0.25)
 
-    async def complete(self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str]) -> AsyncIterator[tuple[str, str]]:
+    async def complete(self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str],
+                       background: bool = False) -> AsyncIterator[tuple[str, str]]:
         """Stream (request_id, text) pieces. Leaving the loop early closes the stream, which
-        cancels the generation in the engine."""
+        cancels the generation in the engine. `background` asks the engine to serve every
+        interactive request first (a warm-up)."""
         # clean: a lone surrogate cannot be encoded, and would fail the request (documents are
         # cleaned as they arrive; this is the last line of defence)
         body: dict[str, object] = {"prompt": clean(prompt), "max_tokens": max_tokens, "temperature": 0, "stream": True,
                                    "stop": [clean(s) for s in stop[:4]]}
+        if background:
+            body["priority"] = "background"
         if suffix is not None:
             body["suffix"] = clean(suffix)
         try:
@@ -116,7 +120,7 @@ class EngineClient:
                     if "error" in event:
                         raise EngineUnavailable(event["error"].get("message", "stream error"))
                     text = clean(event["choices"][0]["text"])
-                    if text:
+                    if text or background:
                         yield event["id"], text
         except httpx.TransportError as exc:
             self.info = None  # the server went away: the next request checks again (and restarts it)

@@ -1,13 +1,22 @@
 """What the model sees: a prefix and a suffix window around the cursor, cut to a token budget, then
-short snippets of other open documents of the same language (most recently edited first) while
-budget remains. Tokens are estimated from characters (code averages about 3.5 characters a token
-for this tokenizer family); the server's guard enforces the exact limit."""
+short snippets of other open documents of the same language (most recently edited first) within
+their own share of the budget. Tokens are estimated from characters (code averages about 3.5
+characters a token for this tokenizer family); the server's guard enforces the exact limit.
+
+The prompt is laid out so that the engine's prefix cache stays valid while the user types: the
+prefix window starts on a line number that is a multiple of `WINDOW_LINES` (so it stays put until
+the cursor has moved that many lines on), and the snippets' share does not depend on the window's
+length. On a line holding only indentation, the indentation is left out of the prompt (the model
+writes its own, and the language server aligns it to the cursor): a prompt ending in spaces is
+split into tokens the model rarely saw at a line start."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 CHARS_PER_TOKEN = 3.5
+WINDOW_LINES = 32
+PREFIX_SHARE, SUFFIX_SHARE, SNIPPET_SHARE = 0.6, 0.2, 0.2
 COMMENT = {"python": "#", "ruby": "#", "shellscript": "#", "yaml": "#", "toml": "#", "r": "#", "perl": "#"}
 
 
@@ -25,6 +34,7 @@ class Prompt:
     suffix: str  # the suffix window
     cursor_prefix: str  # the prefix window alone, for post-processing
     snippets: int
+    omitted_indent: str = ""  # the cursor line's indentation, left out of `prefix`
 
 
 def _tail_lines(text: str, chars: int) -> str:
@@ -33,6 +43,23 @@ def _tail_lines(text: str, chars: int) -> str:
     cut = text[-chars:]
     nl = cut.find("\n")
     return cut[nl + 1:] if 0 <= nl < len(cut) - 1 else cut
+
+
+def _stable_tail(text: str, chars: int) -> str:
+    """The end of `text` from the latest line whose number is a multiple of WINDOW_LINES and that
+    leaves at most `chars` characters (the plain line-cut tail when no such line fits)."""
+    if len(text) <= chars:
+        return text
+    earliest = len(text) - chars
+    line = text.count("\n", 0, earliest) + (0 if earliest == 0 or text[earliest - 1] == "\n" else 1)
+    aligned = -(-line // WINDOW_LINES) * WINDOW_LINES
+    offset = earliest if text[earliest - 1] == "\n" else text.find("\n", earliest) + 1
+    for _ in range(aligned - line):  # walk on to the aligned line
+        nl = text.find("\n", offset)
+        if nl < 0:
+            return _tail_lines(text, chars)
+        offset = nl + 1
+    return text[offset:] if 0 < offset < len(text) else _tail_lines(text, chars)
 
 
 def _head_lines(text: str, chars: int) -> str:
@@ -46,9 +73,11 @@ def _head_lines(text: str, chars: int) -> str:
 def build(prefix: str, suffix: str, language: str, uri: str, others: list[OpenDocument], budget_tokens: int = 1536,
           snippet_lines: int = 30) -> Prompt:
     budget = int(budget_tokens * CHARS_PER_TOKEN)
-    window_prefix = _tail_lines(prefix, int(budget * 0.6))
-    window_suffix = _head_lines(suffix, int(budget * 0.2))
-    left = budget - len(window_prefix) - len(window_suffix)
+    window_prefix = _stable_tail(prefix, int(budget * PREFIX_SHARE))
+    window_suffix = _head_lines(suffix, int(budget * SUFFIX_SHARE))
+    line_before = window_prefix[window_prefix.rfind("\n") + 1:]
+    omitted = line_before if line_before and not line_before.strip(" \t") else ""
+    left = int(budget * SNIPPET_SHARE)
     comment = COMMENT.get(language, "//")
     parts = []
     for doc in sorted((d for d in others if d.language == language and d.uri != uri), key=lambda d: -d.edited_at):
@@ -58,4 +87,5 @@ def build(prefix: str, suffix: str, language: str, uri: str, others: list[OpenDo
             break
         parts.append(snippet)
         left -= len(snippet)
-    return Prompt("".join(parts) + window_prefix, window_suffix, window_prefix, len(parts))
+    sent = window_prefix[: len(window_prefix) - len(omitted)]
+    return Prompt("".join(parts) + sent, window_suffix, window_prefix, len(parts), omitted)

@@ -22,18 +22,24 @@ from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from . import postprocess, transport
-from .cache import CompletionCache
 from .engine_client import EngineClient, EngineUnavailable, ServerInfo
+from .generations import LINGER_SECONDS, Generation, Generations
 from .positions import PositionError, offset_of
-from .prompt import OpenDocument, build
+from .present import aligned, block_complete, has_first_line, suggestion
+from .prompt import OpenDocument, Prompt, build
 from .protocol import TandemProtocol, strict_converter
 from .settings import Settings
+from .warmup import Warmer
 
 log = logging.getLogger("tandem.lsp")
 VERSION = "0.1.0"
 FEEDBACK = "tandem/completionFeedback"
 STATS = "tandem/stats"
 ENGINE_STATUS = "tandem/engineStatus"  # server -> client: {"state": "starting" | "ready" | "unreachable", "detail"}
+CURSOR_MOVED = "tandem/cursorMoved"  # client -> server: {"uri", "line", "character"}, when the cursor comes to rest
+PROMPT_TOKENS = 1536
+BLOCK_WAIT_SECONDS = 0.8  # an explicit request waits this long for the whole block, then shows the lines written so far
+CONTEXT_CHARS = 4000  # of the text around the cursor, what post-processing looks at
 
 
 class TandemLanguageServer(LanguageServer):
@@ -43,7 +49,8 @@ class TandemLanguageServer(LanguageServer):
         super().__init__("tandem-lsp", VERSION, protocol_cls=TandemProtocol, converter_factory=strict_converter)
         self.settings, self.autostart = settings, autostart
         self.engine = EngineClient(settings.server_url, autostart)
-        self.cache = CompletionCache()
+        self.generations = Generations()
+        self.warmer = Warmer(self._send_warm_up)
         self.inflight: dict[str, asyncio.Task[Any]] = {}
         self.edited: dict[str, float] = {}
         self.stats: Counter[str] = Counter()
@@ -114,8 +121,10 @@ class TandemLanguageServer(LanguageServer):
             asyncio.ensure_future(old.close())
         self.settings = settings
 
-    async def suggest(self, uri: str, position: types.Position) -> tuple[str, str] | None:
-        """(completion, request id) for the cursor, or None. Cancels this document's older request."""
+    async def suggest(self, uri: str, position: types.Position, whole_block: bool = False) -> tuple[str, str] | None:
+        """(completion, request id) for the cursor, or None. Cancels this document's older request.
+        `whole_block`: an explicit request, which may wait for a multi-line block; otherwise the
+        first complete line is the answer (as-you-type)."""
         doc = self.workspace.text_documents.get(uri)
         if doc is None:
             self.stats["unknown_document"] += 1
@@ -127,6 +136,7 @@ class TandemLanguageServer(LanguageServer):
             offset = offset_of(source, position.line, position.character)
         except PositionError as exc:
             raise JsonRpcInvalidParams(str(exc)) from None
+        self.warmer.cancel_all()  # nothing of the warm-ups may stand before a real request
         current = asyncio.current_task()
         previous = self.inflight.get(uri)
         if previous is not None and previous is not current and not previous.done():
@@ -139,7 +149,7 @@ class TandemLanguageServer(LanguageServer):
             if not self.configured.is_set():  # the first request can race the settings' arrival
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.configured.wait(), 2.0)
-            return await self._suggest(uri, doc.language_id or "", source[:offset], source[offset:])
+            return await self._suggest(uri, doc.language_id or "", source[:offset], source[offset:], whole_block or not self.settings.first_line)
         except asyncio.CancelledError:
             self.stats["cancelled"] += 1
             raise
@@ -147,61 +157,132 @@ class TandemLanguageServer(LanguageServer):
             if self.inflight.get(uri) is current:
                 del self.inflight[uri]
 
-    async def _suggest(self, uri: str, language: str, prefix: str, suffix: str) -> tuple[str, str] | None:
+    async def _suggest(self, uri: str, language: str, prefix: str, suffix: str, whole_block: bool) -> tuple[str, str] | None:
         s = self.settings
-        if s.cache:
-            hit = self.cache.get(uri, prefix, suffix)
-            if hit is not None:
+        ctx = postprocess.Context(prefix[-CONTEXT_CHARS:], suffix[:CONTEXT_CHARS], s.multiline)
+        found = self.generations.find(uri, prefix, suffix) if s.cache else None
+        if found is not None:
+            gen = found[0]
+            answer = await self._answer(gen, prefix, suffix, ctx, whole_block)
+            if gen.rest_after(prefix, suffix) is not None and (answer is not None or not gen.cut):
                 self.stats["cache_hits"] += 1
-                return (hit.completion, hit.request_id) if hit.completion else None
+                self.generations.hits += 1
+                return (answer, gen.request_id) if answer else None
+            # a generation cut short, with nothing usable from here: never an empty answer, make a new one
+        self.generations.misses += 1
+        self.stats["generations_cancelled"] += self.generations.cancel_live(uri)  # nothing here can use them
         try:
             info = await self.engine_info()
         except EngineUnavailable as exc:
             self._unavailable(exc)
             return None
-        others = [OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0)) for u, d in self.workspace.text_documents.items()]
-        prompt = build(prefix, suffix, language, uri, others, budget_tokens=min(1536, info.context_length // 2))
+        gen = self._start(uri, language, prefix, suffix, info)
+        answer = await self._answer(gen, prefix, suffix, ctx, whole_block)
+        if isinstance(gen.error, EngineUnavailable):
+            self._unavailable(gen.error)
+            return None
+        return (answer, gen.request_id) if answer else None
+
+    def _start(self, uri: str, language: str, prefix: str, suffix: str, info: ServerInfo) -> Generation:
+        """A new generation for this document state, running in the background."""
+        s = self.settings
+        prompt = self._prompt(uri, language, prefix, suffix, info)
         stop = ["\n\n"] if s.multiline else ["\n"]
-        below = next((line.strip() for line in suffix.split("\n")[1:] if line.strip()), "")
+        below = next((line.strip() for line in suffix.split("\n", 8)[1:] if line.strip()), "")
         if len(below) >= 6:
             stop.append(below)  # the suffix drives the stopping: never write what already follows
         ctx = postprocess.Context(prompt.cursor_prefix, suffix, s.multiline)
-        raw, request_id = "", ""
+        line_before = prompt.cursor_prefix[prompt.cursor_prefix.rfind("\n") + 1:]
+        pieces = aligned(self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop),
+                         prompt.omitted_indent, blank_line=not line_before.strip())
+        gen = Generation(uri, prefix, suffix)
+        gen.task = asyncio.ensure_future(gen.run(pieces, lambda text: block_complete(text, ctx)))
+        gen.task.add_done_callback(lambda task: self._ended(gen))
+        self.generations.add(gen)
         self.stats["engine_calls"] += 1
-        try:
-            async with asyncio.timeout(s.time_budget_ms / 1000):
-                async for request_id, piece in self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop):
-                    raw += piece
-                    if _plainly_complete(raw, ctx):
-                        self.stats["early_stops"] += 1
-                        break  # leaving the stream cancels the rest of the generation
-        except TimeoutError:
-            self.stats["time_budget_cuts"] += 1
-            raw = raw[: raw.rfind("\n")] if "\n" in raw else raw
-        except EngineUnavailable as exc:
-            self._unavailable(exc)
-            return None
-        completion = postprocess.postprocess(raw, ctx)
-        if s.cache:
-            self.cache.put(uri, prefix, suffix, completion, request_id)
-        return (completion, request_id) if completion else None
+        return gen
 
+    def _ended(self, gen: Generation) -> None:
+        if gen.stopped_early:
+            self.stats["early_stops"] += 1
+
+    def _prompt(self, uri: str, language: str, prefix: str, suffix: str, info: ServerInfo) -> Prompt:
+        others = [OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0)) for u, d in self.workspace.text_documents.items()
+                  if u != uri and (d.language_id or "") == language]
+        return build(prefix, suffix, language, uri, others, budget_tokens=min(PROMPT_TOKENS, info.context_length // 2))
+
+    async def _answer(self, gen: Generation, prefix: str, suffix: str, ctx: postprocess.Context, whole_block: bool) -> str | None:
+        """The suggestion `gen` gives for this state: once it is ready (a first line, or with
+        `whole_block` the block) or the time budget is over; None when it has nothing usable."""
+
+        def rest() -> str | None:
+            return gen.rest_after(prefix, suffix)
+
+        def ready() -> bool:
+            r = rest()
+            if r is None:
+                return True  # it wrote something else than was typed: nothing to wait for
+            return block_complete(r, ctx) if whole_block else has_first_line(r)
+
+        def first_line() -> bool:
+            r = rest()
+            return r is None or has_first_line(r)
+
+        budget = self.settings.time_budget_ms / 1000
+        try:
+            if whole_block:  # the block if it comes soon; else its whole lines so far, once there is one
+                in_time = await gen.wait(ready, min(BLOCK_WAIT_SECONDS, budget))
+                if not in_time:
+                    in_time = await gen.wait(first_line, max(budget - BLOCK_WAIT_SECONDS, 0.0))
+            else:
+                in_time = await gen.wait(ready, budget)
+        except asyncio.CancelledError:
+            if gen.waiting == 0 and not gen.done:
+                gen.abandoned = True  # it may still serve the next keystroke; reaped if none wants it
+                asyncio.get_running_loop().call_later(LINGER_SECONDS + 0.05, self._reap)
+            raise
+        if not in_time:
+            self.stats["time_budget_cuts"] += 1
+        r = rest()
+        if r is None:
+            return None
+        return suggestion(r, ctx, whole_block=whole_block, finished=gen.done and not gen.cut) or None
+
+    def _reap(self) -> None:
+        for gen in self.generations.unwanted(time.monotonic()):
+            gen.cancel()
+            self.stats["generations_reaped"] += 1
+
+    def warm(self, uri: str, offset: int | None) -> None:
+        """The cursor came to rest at `offset` (None: the document's last edit): warm the prompt there."""
+        s = self.settings
+        if not (s.warm_up and self.engine.info is not None):
+            return
+
+        def prompt() -> tuple[str, str | None] | None:
+            doc = self.workspace.text_documents.get(uri)
+            info = self.engine.info
+            if doc is None or info is None or not s.enabled_for(doc.language_id or ""):
+                return None
+            source = doc.source
+            at = min(max(offset if offset is not None else len(source), 0), len(source))
+            prefix, suffix = source[:at], source[at:]
+            if self.generations.find(uri, prefix, suffix) is not None:
+                return None  # a request was here already: its prompt is in the engine's cache
+            built = self._prompt(uri, doc.language_id or "", prefix, suffix, info)
+            return built.prefix, built.suffix if info.fim else None
+
+        self.warmer.schedule(uri, prompt)
+
+    async def _send_warm_up(self, prompt: str, suffix: str | None) -> None:
+        async for _ in self.engine.complete(prompt, suffix, 1, [], background=True):
+            pass
 
     def _unavailable(self, exc: EngineUnavailable) -> None:
         """No suggestion: counted, shown in the status bar and said in the client's log."""
         self.stats["engine_unavailable"] += 1
         self.report_engine("unreachable", str(exc))
         self.window_log_message(types.LogMessageParams(types.MessageType.Warning, f"Tandem: {exc}"))
-
-
-def _plainly_complete(raw: str, ctx: postprocess.Context) -> bool:
-    """The block has ended: a finished line after which the scope filter would cut anyway."""
-    if "\n" not in raw:
-        return False
-    if not ctx.multiline:
-        return True
-    complete = raw[: raw.rfind("\n")]
-    return "\n" in complete and postprocess.limit_scope(complete, ctx) != complete
 
 
 def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageServer:
@@ -220,16 +301,28 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def changed(ls: TandemLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.edited[params.text_document.uri] = time.monotonic()
+        uri = params.text_document.uri
+        ls.edited[uri] = time.monotonic()
+        ls.warm(uri, _edit_end(ls, uri, params.content_changes))
+
+    @server.feature(CURSOR_MOVED)
+    def cursor_moved(ls: TandemLanguageServer, params: Any) -> None:
+        uri, line, character = (getattr(params, k, None) for k in ("uri", "line", "character"))
+        doc = ls.workspace.text_documents.get(uri) if isinstance(uri, str) else None
+        if doc is None or not (isinstance(line, int) and isinstance(character, int)):
+            return
+        with contextlib.suppress(PositionError):
+            ls.warm(uri, offset_of(doc.source, line, character))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def closed(ls: TandemLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.edited.pop(params.text_document.uri, None)
-        ls.cache.forget(params.text_document.uri)
+        ls.generations.forget(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: TandemLanguageServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
-        found = await ls.suggest(params.text_document.uri, params.position)
+        invoked = params.context is not None and params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        found = await ls.suggest(params.text_document.uri, params.position, whole_block=invoked)
         if found is None:
             return types.InlineCompletionList(items=[])
         text, request_id = found
@@ -257,10 +350,26 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
 
     @server.feature(STATS)
     def stats(ls: TandemLanguageServer, params: Any) -> dict[str, Any]:
-        return {**ls.stats, "cache_hits_total": ls.cache.hits, "cache_misses_total": ls.cache.misses,
+        return {**ls.stats, "cache_hits_total": ls.generations.hits, "cache_misses_total": ls.generations.misses,
+                "warmups_sent": ls.warmer.sent, "warmups_cancelled": ls.warmer.cancelled, "warmups_skipped": ls.warmer.skipped,
+                "warmups_in_flight": ls.warmer.in_flight, "generations_running": ls.generations.running(),
                 "engine_started_here": ls.engine.started_server, "server_url": ls.settings.server_url, "engine_state": ls.engine_state}
 
     return server
+
+
+def _edit_end(ls: TandemLanguageServer, uri: str, changes: Any) -> int | None:
+    """Where the cursor is after an edit: the end of the last change's new text (None when unknown)."""
+    doc = ls.workspace.text_documents.get(uri)
+    if doc is None or not changes:
+        return None
+    last = changes[-1]
+    if not isinstance(last, types.TextDocumentContentChangePartial):
+        return None
+    try:
+        return offset_of(doc.source, last.range.start.line, last.range.start.character) + len(last.text)
+    except PositionError:
+        return None
 
 
 async def _warm_up(ls: TandemLanguageServer) -> None:

@@ -14,7 +14,9 @@ class Settings:
     max_tokens: int = 64
     multiline: bool = True
     time_budget_ms: int = 3000  # a suggestion later than this is cut to what has arrived
-    cache: bool = True
+    cache: bool = True  # answer from generations already made (typing through a suggestion, repeats)
+    first_line: bool = True  # as-you-type requests answer once the first line is complete; the rest serves later keystrokes
+    warm_up: bool = True  # warm the engine's prefix cache for the text around the cursor before a request
 
     def enabled_for(self, language: str) -> bool:
         return "*" in self.enabled_languages or language in self.enabled_languages
@@ -35,6 +37,7 @@ class Settings:
             changes["multiline"] = section["multiline"]
         if isinstance(section.get("timeBudgetMs"), int) and 100 <= section["timeBudgetMs"] <= 30_000:
             changes["time_budget_ms"] = section["timeBudgetMs"]
-        if isinstance(section.get("cache"), bool):
-            changes["cache"] = section["cache"]
+        for key, name in (("cache", "cache"), ("firstLine", "first_line"), ("warmUp", "warm_up")):
+            if isinstance(section.get(key), bool):
+                changes[name] = section[key]
         return replace(self, **changes)

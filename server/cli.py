@@ -1,6 +1,6 @@
 """`tandem`: the one command. `serve` runs the server; `audit` reviews its log; `guard` shows what
 the guard finds in files; `sites` and `conversations` manage the support chat; `bench` measures
-the engine; `prepare` converts the model ahead of time."""
+the engine; `prepare` converts the model ahead of time; `models` installs and lists the code models."""
 
 from __future__ import annotations
 
@@ -34,11 +34,17 @@ def _serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"error: binding to {args.host} exposes the server beyond this machine; set --api-key (or TANDEM_API_KEY)", file=sys.stderr)
         return 2
+    from .model_install import CATALOGUE, installed_gguf
+
+    if args.model in CATALOGUE and installed_gguf(CATALOGUE[args.model]) is None:
+        print(f"error: {args.model} is not installed; run `tandem models install {args.model}`", file=sys.stderr)
+        return 2
     engine = EngineConfig(
         max_batch_size=args.max_batch_size,
         max_waiting=args.max_waiting,
         prefix_cache_tokens=args.prefix_cache_tokens,
         compile_decode=not args.no_compile and os.environ.get("TANDEM_COMPILE", "1") != "0",
+        speculative=args.speculative == "on",
     )
     from pathlib import Path
 
@@ -62,9 +68,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .models import resolve
+    from .models import ModelNotFound, resolve
 
-    name, path, _ = resolve(args.model)
+    try:
+        name, path, _ = resolve(args.model)
+    except ModelNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{name} is ready in {path}")
     return 0
 
@@ -84,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefix-cache-tokens", type=int, default=EngineConfig.prefix_cache_tokens, help="0 turns the prefix cache off")
     serve.add_argument("--no-compile", action="store_true",
                        help="keep the eager decode step instead of compiling the one-row step in the background (also TANDEM_COMPILE=0)")
+    serve.add_argument("--speculative", choices=("on", "off"), default="on",
+                       help="prompt-lookup speculative decoding for greedy interactive requests while the batch is small (same tokens either way)")
     serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
     serve.add_argument("--audit-key", default=None, help="the checkpoint signing key, kept outside the audit folder (created if missing)")
     serve.add_argument("--audit-checkpoint-every", type=int, default=256, help="sign the chain head every N records")
@@ -104,18 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
+    from .models_cli import add_parser as add_models
+
+    add_models(sub)
+
     from .audit.cli import add_parser as add_audit
     from .guard.cli import add_parser as add_guard
 
     add_audit(sub)
     add_guard(sub)
     from dialog.cli import add_parsers as add_dialog
+    from lsp.bench_quality import add_parser as add_quality_bench
     from lsp.bench_typing import add_parser as add_typing_bench
     from lsp.cli import add_parser as add_lsp
 
     add_dialog(sub)
     add_lsp(sub)
     add_typing_bench(sub)
+    add_quality_bench(sub)
     return parser
 
 

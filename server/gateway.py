@@ -264,8 +264,7 @@ class Gateway:
         if isinstance(prompt, FimPrompt):
             if self.model.fim_tokens is None:
                 raise InvalidRequest(f"model {self.model.name!r} has no fill-in-the-middle tokens", "suffix")
-            pre, suf, mid = self.model.fim_tokens
-            return f"{pre}{segments[0].text}{suf}{segments[1].text}{mid}", DEFAULT_COMPLETION_TOKENS
+            return fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text), DEFAULT_COMPLETION_TOKENS
         if isinstance(prompt.text, list) and unchanged:
             return prompt.text, DEFAULT_COMPLETION_TOKENS  # unchanged by the guard: keep the caller's exact ids
         return segments[0].text, DEFAULT_COMPLETION_TOKENS
@@ -282,6 +281,19 @@ class Gateway:
                 for f in r.findings:
                     self.metrics.findings.labels(direction, r.scanner, f.type).inc()
         audit.submit(Entry(body, rec.prompt_text, rec.output_text() if rec.scanner is not None else None, rec.journal))
+
+
+def fim_prompt_ids(tokenizer: Any, tokens: tuple[str, str, str], prefix: str, suffix: str) -> list[int]:
+    """The model's fill-in-the-middle prompt (prefix, suffix, middle order: the one the Qwen and
+    StarCoder families are trained on) as token ids. The control tokens come from the tokenizer's
+    vocabulary and the code is encoded with special tokens split, so a file that contains the text
+    `<|fim_suffix|>` is code to the model, not a second hole."""
+    pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in tokens)
+
+    def code(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]) if text else []
+
+    return [pre, *code(prefix), suf, *code(suffix), mid]
 
 
 def _segments(prompt: Prompt, tokenizer: Any) -> list[Segment]:

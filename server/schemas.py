@@ -61,6 +61,9 @@ TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 class CompletionBody(_Sampling):
     prompt: str | list[str] | list[TokenId]
     suffix: str | None = None
+    # Tandem's extension: "background" is served after every interactive request (an editor
+    # warming the engine's prefix cache for the text around its cursor)
+    priority: Literal["interactive", "background"] = "interactive"
 
     def single_prompt(self) -> str | list[int]:
         if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str):

@@ -16,7 +16,7 @@ import pytest
 from server.app import ServerConfig, create_app
 from server.audit import AuditReader
 from server.engine import Engine, EngineOverloaded
-from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_loaded
+from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_llama, tiny_loaded
 from tests.scripted_engine import ScriptedEngine
 from tests.secrets_corpus import corpus
 
@@ -178,7 +178,9 @@ def test_no_corpus_secret_reaches_the_engine_on_either_surface(scripted, tokeniz
 
 def test_fill_in_the_middle_prefix_and_suffix_are_both_sanitised(tiny_server, tokenizer) -> None:
     fim = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-    with tiny_server(fim=fim) as s:
+    tok = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    tok.add_special_tokens({"additional_special_tokens": list(fim)})
+    with tiny_server(fim=fim, model=tiny_llama(len(tok)), tok=tok) as s:
         r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "KEY = 'AKIAC3NCCOUIJCQ2CCZD'\n", "suffix": "\nTOKEN = 'ghp_jwTEBysr7h8xR1nxCPPYTbXF0WFq72TGuZon'", "max_tokens": 2})
         assert r.status_code == 200
         (row,) = records(s.audit_dir, 1)

@@ -3,13 +3,17 @@ and snippets, settings from `workspace/configuration`, and the hardened wire: fr
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from cattrs import ClassValidationError
 from lsprotocol import types
 
-from lsp.cache import CompletionCache
+from lsp.generations import Generation, Generations
 from lsp.positions import PositionError, clean, offset_of, scrub
-from lsp.prompt import OpenDocument, build
+from lsp.postprocess import Context
+from lsp.present import aligned, first_line, has_first_line, settled, suggestion
+from lsp.prompt import WINDOW_LINES, OpenDocument, build
 from lsp.protocol import strict_converter
 from lsp.settings import Settings
 from lsp.transport import MAX_BODY, Framer, FramingError, parse_header
@@ -39,15 +43,77 @@ def test_bad_positions_are_refused_not_guessed(text: str, line: int, character: 
         offset_of(text, line, character)
 
 
-def test_cache_answers_repeats_and_typing_through_the_suggestion() -> None:
-    cache = CompletionCache()
-    cache.put("u", "def f(x):\n    ", "\n", "return x * 2", "cmpl-1")
-    assert cache.get("u", "def f(x):\n    ", "\n").completion == "return x * 2"
-    assert cache.get("u", "def f(x):\n    ret", "\n").completion == "urn x * 2"  # typed 'ret' of it
-    assert cache.get("u", "def f(x):\n    rex", "\n") is None  # typed something else
-    assert cache.get("u", "def f(x):\n    ", "\nmore") is None  # the suffix changed
-    assert cache.get("other", "def f(x):\n    ret", "\n") is None  # typing-through is per document
-    assert (cache.hits, cache.misses) == (2, 3)
+def test_a_generation_serves_repeats_and_typing_through_it() -> None:
+    gen = Generation("u", "def f(x):\n    ", "\n", text="return x * 2\n", done=True)
+    store = Generations()
+    store.add(gen)
+    assert store.find("u", "def f(x):\n    ", "\n") == (gen, "return x * 2\n")
+    assert store.find("u", "def f(x):\n    ret", "\n") == (gen, "urn x * 2\n")  # typed 'ret' of it
+    assert store.find("u", "def f(x):\n    return x * 2\n", "\n") == (gen, "")  # accepted it all
+    assert store.find("u", "def f(x):\n    rex", "\n") is None  # typed something else
+    assert store.find("u", "def f(x):\n    ", "\nmore") is None  # the suffix changed
+    assert store.find("other", "def f(x):\n    ret", "\n") is None  # per document
+    running = Generation("u", "x = ", "", text="1")
+    assert running.rest_after("x = 1 +", "") == ""  # typed ahead of a running generation: it may still write it
+    assert running.rest_after("x = 2", "") is None
+
+
+async def test_waiting_on_a_generation_ends_when_ready_or_done_and_times_out_otherwise() -> None:
+    async def pieces(parts: list[str], hold: asyncio.Event):  # type: ignore[no-untyped-def]
+        for part in parts:
+            yield "cmpl-1", part
+        await hold.wait()
+
+    hold = asyncio.Event()
+    gen = Generation("u", "", "")
+    gen.task = asyncio.ensure_future(gen.run(pieces(["return x", "\n", "y"], hold), lambda text: False))
+    assert await gen.wait(lambda: "\n" in gen.text, timeout=10) and gen.text.startswith("return x\n")
+    assert not await gen.wait(lambda: "never" in gen.text, timeout=0.05)  # still running: a timeout, not an answer
+    hold.set()
+    assert await gen.wait(lambda: False, timeout=10) and gen.done and not gen.cut and gen.request_id == "cmpl-1"
+    cut = Generation("u", "", "")
+    cut.task = asyncio.ensure_future(cut.run(pieces(["a"], asyncio.Event()), lambda text: False))
+    await cut.wait(lambda: bool(cut.text), timeout=10)
+    cut.cancel()
+    assert await cut.wait(lambda: False, timeout=10) and cut.done and cut.cut
+
+
+async def _joined(pieces: list[str], indent: str, blank: bool) -> str:
+    async def source():  # type: ignore[no-untyped-def]
+        for p in pieces:
+            yield "id", p
+    return "".join([p async for _, p in aligned(source(), indent, blank)])
+
+
+@pytest.mark.parametrize("pieces, indent, blank, expected", [
+    (["\n", "    ", "return x"], "    ", True, "return x"),  # a blank line and an indent the document already has
+    (["  ", "  ret", "urn x\n    y"], "    ", True, "return x\n    y"),  # the indentation split over pieces
+    (["        deeper()"], "    ", True, "    deeper()"),  # deeper than the cursor: the difference stays
+    (["\n    return x"], "", False, "\n    return x"),  # at the end of a line of code: the next line
+])
+async def test_output_is_aligned_to_a_cursor_on_an_indented_blank_line(pieces: list[str], indent: str, blank: bool, expected: str) -> None:
+    assert await _joined(pieces, indent, blank) == expected
+
+
+def test_what_is_shown_of_a_running_generation_is_whole_lines_or_whole_words() -> None:
+    assert settled("a = 1\nreturn sel", finished=False) == "a = 1"
+    assert settled("return sel", finished=False) == "return "
+    assert settled("return sel", finished=True) == "return sel"
+    assert first_line("\n    return x\n    y") == "\n    return x" and has_first_line("\n    x\n") and not has_first_line("\n    x")
+    ctx = Context("def f(x):\n    ", "\n", True)
+    assert suggestion("return x * 2\n    y = 1\n", ctx, whole_block=False, finished=False) == "return x * 2"
+    assert suggestion("return x * 2\n    y = 1\n", ctx, whole_block=True, finished=False) == "return x * 2\n    y = 1"
+
+
+def test_the_prompt_window_starts_on_a_stable_line_while_the_user_types() -> None:
+    text = "".join(f"value_{i} = {i}\n" for i in range(3000))
+    first = build(text, "", "python", "u", [], budget_tokens=512)
+    starts = {build(text + typed, "", "python", "u", [], budget_tokens=512).prefix.split("\n", 1)[0] for typed in ("x", "x = ", "x = compute(\n    ")}
+    assert starts == {first.prefix.split("\n", 1)[0]}
+    number = int(first.prefix.split("_", 1)[1].split(" ", 1)[0])
+    assert number % WINDOW_LINES == 0
+    blank = build("def f():\n    ", "\n", "python", "u", [])
+    assert blank.prefix == "def f():\n" and blank.omitted_indent == "    " and blank.cursor_prefix == "def f():\n    "
 
 
 def test_prompt_window_and_snippets_by_recency_and_language() -> None:
@@ -67,6 +133,9 @@ def test_settings_from_the_client_are_validated() -> None:
     assert s.time_budget_ms == Settings().time_budget_ms  # out of range: ignored
     assert Settings().updated({"serverUrl": "file:///etc/passwd", "maxTokens": "many"}) == Settings()
     assert Settings().updated(None) == Settings() and s.enabled_for("python") and not s.enabled_for("go")
+    toggled = Settings().updated({"firstLine": False, "warmUp": False, "cache": False})
+    assert (toggled.first_line, toggled.warm_up, toggled.cache) == (False, False, False)
+    assert Settings().updated({"firstLine": "no", "warmUp": 1}) == Settings()
 
 
 # --- hardening: the wire and the decoding (the fuzzing is in test_lsp_fuzz.py) -----------------

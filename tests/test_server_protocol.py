@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from server.gateway import fim_prompt_ids
 from tests.conftest import ROOT, tiny_llama
 
 
@@ -144,9 +145,16 @@ def test_fill_in_the_middle_builds_the_model_family_prompt(tiny_server, tokenize
         assert httpx.get(f"{s.url}/v1/models").json()["data"][0]["fim"] is True
         r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "def add(a, b):\n    return ", "suffix": "\n\nprint(add(1, 2))", "max_tokens": 5, "temperature": 0})
         assert r.status_code == 200, r.text
-        expected = tok.encode("<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))<|fim_middle|>")
+        pre, suf, mid = tok.convert_tokens_to_ids(list(fim))
+        expected = [pre, *tok.encode("def add(a, b):\n    return "), suf, *tok.encode("\n\nprint(add(1, 2))"), mid]
+        assert fim_prompt_ids(tok, fim, "def add(a, b):\n    return ", "\n\nprint(add(1, 2))") == expected
         assert r.json()["usage"]["prompt_tokens"] == len(expected)
-        assert sum(i in expected for i in tok.convert_tokens_to_ids(list(fim))) == 3
+        # control tokens written in the code are code: one hole, whatever the file says
+        sent = fim_prompt_ids(tok, fim, "x = '<|fim_suffix|>'\n", "<|fim_middle|>")
+        assert (sent.count(pre), sent.count(suf), sent.count(mid)) == (1, 1, 1) and sent[0] == pre and sent[-1] == mid
+        r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "x = '<|fim_suffix|>'\n", "suffix": "<|fim_middle|>", "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == len(sent)
 
 
 def test_client_disconnect_mid_stream_cancels_the_generation(tiny_server, tokenizer) -> None:

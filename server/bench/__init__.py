@@ -6,7 +6,8 @@ same model, the same prompts and the same machine, in one run.
    llama.cpp through llama-cpp-python on the same GGUF file;
 2. mixed load: completion time to first token while chat streams run, against idle;
 3. quantization: memory, decode speed and perplexity for each mode;
-4. the ceiling: batch-1 decode against memory bandwidth / weight bytes per token.
+4. the ceiling: batch-1 decode against memory bandwidth / weight bytes per token;
+5. speculative: prompt-lookup speculation on and off on code completion, by batch size.
 
 Machines here are noisy: peers run interleaved, in rotating order, and cells report medians.
 """
@@ -31,6 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", default=None, help="comma-separated concurrency levels (default 1,4,16,32)")
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per stream (default 64; quick 16)")
     p.add_argument("--repeats", type=int, default=None, help="runs per cell, median reported (default 3; quick 1)")
-    p.add_argument("--sections", default="throughput,mixed,quantization,ceiling", help="which sections to run")
+    p.add_argument("--sections", default="throughput,mixed,speculative,quantization,ceiling", help="which sections to run")
     p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out even when installed")
     p.add_argument("--out", default="bench-out", help="directory for bench.md and bench.json")

@@ -43,6 +43,25 @@ def markdown(r: dict[str, Any]) -> str:
                   f"| 0 | {idle['completions']} | {_f(idle['ttft_p50_ms'], 0)} | {_f(idle['ttft_p95_ms'], 0)} | {_f(idle['first_ttft_ms'], 0)} |",
                   f"| 8 | {busy['completions']} | {_f(busy['ttft_p50_ms'], 0)} | {_f(busy['ttft_p95_ms'], 0)} | {_f(busy['first_ttft_ms'], 0)} |", "",
                   f"p95 under load ÷ idle: **{r['mixed']['p95_ratio']:.2f}x**", ""]
+    if "speculative" in r:
+        sp = r["speculative"]
+        lines += ["## Speculative decoding: prompt lookup on code completion", "",
+                  f"{sp['prompts']}; each request {sp['max_tokens']} new tokens, greedy, interactive priority, all rows arriving at once; "
+                  f"up to {sp['draft_tokens']} drafts per row and step; speculation on and off alternating over {sp['rounds']} round(s), medians "
+                  f"(one-row step: {sp['decode_step']}). Acceptance = drafts accepted ÷ drafted; tokens per step = a row's tokens per decode step it was in (1 without speculation).", "",
+                  "| rows | on tok/s | off tok/s | on ÷ off | latency p50 ms on | off | acceptance | tokens/step on |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in sp["rows"]:
+            on, off = row["on"], row["off"]
+            lines.append(f"| {row['rows']} | {_f(on['tok_s'])} | {_f(off['tok_s'])} | {row['speedup']:.2f}x | {_f(on['latency_p50_ms'], 0)} | "
+                         f"{_f(off['latency_p50_ms'], 0)} | {_f(on['acceptance'], 3)} | {_f(on['tokens_per_step'], 2)} |")
+        lines.append("")
+        if sp["draft_sweep"]:
+            lines += ["Draft length at one row (speculation on):", "", "| drafts per step | tok/s | acceptance | tokens/step |", "|---:|---:|---:|---:|"]
+            lines += [f"| {d['draft_tokens']} | {_f(d['tok_s'])} | {_f(d['acceptance'], 3)} | {_f(d['tokens_per_step'], 2)} |" for d in sp["draft_sweep"]]
+            lines.append("")
+        lines += [f"Speculation was not slower at any measured size up to **{sp['measured_max_rows']}** rows; the engine speculates up to "
+                  f"`SPEC_MAX_ROWS` = **{sp['spec_max_rows']}** rows (`server/engine/speculative.py`).", ""]
     if "quantization" in r:
         texts = list(r["quantization"][0]["perplexity"])
         lines += ["## Quantization", "",

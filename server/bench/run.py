@@ -22,6 +22,7 @@ from .mixed import mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
 from .quantization import PATHS, decode_paths, measure_quant, needs_unfused_copy, relative_to_none
 from .report import markdown
+from .speculative import measure_speculative
 from .workload import chat_ids
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,6 +38,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "b1_rounds": 1 if quick else 5,
         "path_rounds": 1 if quick else 3,
         "sections": args.sections.split(","),
+        "spec_rows": [1, 8] if quick else [1, 2, 4, 8, 16],
+        "spec_tokens": 16 if quick else 64,
+        "spec_rounds": 1 if quick else 3,
+        "spec_draft_sweep": [] if quick else [4, 8, 16],
         "compile": not quick,  # the compiled one-row step, as `tandem serve` runs it (--quick cannot wait a minute for it)
         # --quick: the first and the last eager path only (each path is an engine, and one needs a model copy)
         "decode_paths": ["transformers_forward", "fast_step_packed_fused"] if quick else list(PATHS),
@@ -139,6 +144,10 @@ def run_bench(args: argparse.Namespace) -> int:
         idle, busy = (sorted(runs[c], key=lambda r: r.ttft_p95_ms)[len(runs[c]) // 2] for c in (0, 8))  # the median run
         result["mixed"] = {"idle": asdict(idle), "under_8_chats": asdict(busy), "p95_ratio": round(busy.ttft_p95_ms / idle.ttft_p95_ms, 2)}
         print(f"  completion TTFT p95: idle {idle.ttft_p95_ms:.0f} ms, under 8 chats {busy.ttft_p95_ms:.0f} ms", flush=True)
+
+    if "speculative" in s["sections"]:
+        print(f"speculative: code completion at {s['spec_rows']} rows, on and off alternating, {s['spec_rounds']} round(s)", flush=True)
+        result["speculative"] = measure_speculative(served, s["spec_rows"], s["spec_tokens"], s["spec_rounds"], s["compile"], s["spec_draft_sweep"])
 
     quant_rows = []
     if "ceiling" in s["sections"]:

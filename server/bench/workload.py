@@ -4,8 +4,11 @@ interpreter, so the benchmark needs no download."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import re
 import textwrap
+from pathlib import Path
 from typing import Any
 
 CHAT_PROMPTS = [
@@ -55,3 +58,42 @@ def heldout_text() -> list[tuple[str, str]]:
 
     docs = "\n\n".join(topics.topics[k] for k in ("exceptions", "for", "with", "lambda", "import", "assignment"))
     return [("Python source (json/decoder.py)", inspect.getsource(json.decoder)), ("Python documentation (pydoc topics)", docs)]
+
+
+# Library sources that come into .venv as dependencies of torch (the project itself uses none of them).
+CODE_SOURCES = (
+    ("networkx", "algorithms/shortest_paths/weighted.py"),
+    ("sympy", "utilities/iterables.py"),
+    ("networkx", "algorithms/dag.py"),
+    ("networkx", "classes/graph.py"),
+)
+_STATEMENT = re.compile(r"^ {8,}(if |for |return |while |yield |elif |[A-Za-z_][A-Za-z_0-9.]* = )")
+
+
+def code_completion_prompts(n: int, context_chars: int = 1500) -> list[str]:
+    """n code-completion prompts, each the ~context_chars of source before a statement inside a
+    function body (the cursor at the start of that line), evenly spread over CODE_SOURCES: the
+    continuation often repeats names, calls and whole lines from above, as real completions do."""
+    texts = []
+    for package, relpath in CODE_SOURCES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"{package} is not installed in this environment (it comes with torch)")
+        texts.append((Path(next(iter(spec.submodule_search_locations))) / relpath).read_text(encoding="utf-8"))
+    cuts: list[list[int]] = []
+    for text in texts:
+        offsets, at = [], 0
+        for line in text.splitlines(keepends=True):
+            if at > context_chars and _STATEMENT.match(line):
+                offsets.append(at)
+            at += len(line)
+        cuts.append(offsets)
+    per_file = -(-n // len(texts))
+    prompts = []
+    for i in range(n):
+        f, j = i % len(texts), i // len(texts)
+        offsets = cuts[f]
+        cut = offsets[(j * len(offsets)) // per_file + len(offsets) // (2 * per_file)]
+        start = texts[f].rfind("\n", 0, cut - context_chars) + 1
+        prompts.append(texts[f][start:cut])
+    return prompts

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from .prefill import Prefilled, prefill_batch, prefill_on_prefix, row_kv
 from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, sample_next
 from .scheduler import Scheduler
+from .speculative import DRAFT_TOKENS, MAX_BACKOFF, SPEC_MAX_ROWS, PromptLookup, accepted_prefix
 from .types import (
     EngineConfig,
     Delta,
@@ -37,17 +39,21 @@ from .types import (
     EngineStats,
     GenerationRequest,
     InvalidRequest,
+    Priority,
 )
 
 log = logging.getLogger("tandem.engine")
 
 DECODE_STEPS = ("transformers", "engine", "compiled")  # Engine.decode_step's values
+COMPILE_NICE = 19  # the compile thread's nice value (Linux: per thread, inherited by the compiler processes it starts)
+COMPILE_IDLE_SECONDS = 1.0  # the compile starts once the engine has been idle this long
 
 
 class _Sequence:
     """One request as the worker sees it. Written by the worker, except `cancelled`."""
 
-    def __init__(self, req: GenerationRequest, prompt_ids: list[int], tokenizer: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, req: GenerationRequest, prompt_ids: list[int], tokenizer: Any, loop: asyncio.AbstractEventLoop,
+                 speculative: bool = False) -> None:
         self.req = req
         self.priority = req.priority
         self.prompt_ids = prompt_ids
@@ -61,6 +67,12 @@ class _Sequence:
         self.generated = 0
         self.submitted = time.monotonic()
         self.last_token = 0.0
+        wants = req.speculative if req.speculative is not None else req.priority == Priority.INTERACTIVE
+        # Greedy rows only: a sampled row would need rejection sampling to keep its distribution.
+        self.lookup = PromptLookup(prompt_ids) if speculative and wants and self.sampling.greedy else None
+        self.spec_wait = 0  # steps left before this row drafts again (after drafts that were all rejected)
+        self.spec_backoff = 0  # the length of the last such pause
+        self.shadow: int | None = None  # while paused: what its first draft would have been for the coming token
 
     def send(self, item: Delta | BaseException) -> None:
         try:
@@ -89,14 +101,22 @@ class Engine:
         self._prefix = PrefixCache(self.config.prefix_cache_tokens)
         self.fast_decode = self.config.fast_decode and supports(model)
         self._batch = RunningBatch(self.config.preallocate_kv, self.fast_decode)
+        self.speculative = self.config.speculative and self._batch.fast_decode  # verification is the fast step's
+        self.spec_max_rows = SPEC_MAX_ROWS  # (the benchmark lifts it to measure where speculation stops paying)
+        self.draft_tokens = DRAFT_TOKENS
         self._rows: list[_Sequence] = []
         self._prefilling = 0  # requests taken from the queue and not yet in the batch (or finished)
         self._closing = False
         self._thread: threading.Thread | None = None
         self.compiled_step: CompiledStep | None = None  # the compiled one-row step, once it is ready
         self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
+        self.compile_nice: int | None = None  # the compile thread's nice value, once lowered
+        self._quiet = threading.Event()  # set while the engine has nothing to do (no request running, prefilling or waiting)
+        self._quiet_since = time.monotonic()
+        self._quiet.set()
         if not (self.config.compile_decode and self.fast_decode):
             self.compiled.set()
+        self.compile_state = "off" if self.compiled.is_set() else "deferred"  # then "compiling", "done"
         self.metrics.running.set_function(lambda: len(self._rows))
         self.metrics.prefilling.set_function(lambda: self._prefilling)
         self.metrics.waiting.set_function(lambda: len(self._scheduler))
@@ -121,19 +141,60 @@ class Engine:
         return "compiled" if self.compiled_step is not None and self.compiled_step.failed is None else "engine"
 
     def _compile(self) -> None:
-        """Compile the one-row step while the worker serves with the eager one; it switches at its next step."""
-        started = time.monotonic()
-        log.info("compiling the one-row decode step in the background (the eager step serves meanwhile)")
+        """Compile the one-row step while the worker serves with the eager one; it switches at its
+        next step. It must not starve live requests, so this thread runs at the lowest priority
+        (COMPILE_NICE: on Linux per thread, and the C++ compiler processes inductor starts inherit
+        it), inductor compiles in it rather than in a pool of worker processes at normal priority
+        (compile_threads=1), and it starts only once the engine has been idle for
+        COMPILE_IDLE_SECONDS, so that a burst of requests at start-up is not served beside it.
+        Pausing it while requests run (a trace function that waits) was tried: it gained nothing
+        measurable over the lowest priority, and a thread stopped at an arbitrary Python call may
+        hold a lock (the import lock, a logging handler's) that the worker then waits for."""
         try:
-            self.compiled_step = compile_one_row(self.model)
+            if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPILE_NICE)
+                self.compile_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        except OSError:
+            log.warning("could not lower the compile thread's priority", exc_info=True)
+        self._wait_quiet()
+        if self._closing:
+            self.compile_state = "done"
+            self.compiled.set()
+            return
+        self.compile_state = "compiling"
+        started = time.monotonic()
+        log.info("compiling the one-row decode step in the background, at low priority (the eager step serves meanwhile)")
+        try:
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(compile_threads=1):
+                self.compiled_step = compile_one_row(self.model)
             log.info("one-row decode step compiled in %.0f s", time.monotonic() - started)
         except Exception:  # the eager step stays; compiling is an optimisation, not a requirement
             log.exception("compiling the one-row decode step failed; the eager step stays")
         finally:
+            self.compile_state = "done"
             self.compiled.set()
+
+    def _wait_quiet(self) -> None:
+        """Until the engine has been idle for COMPILE_IDLE_SECONDS (or is closing)."""
+        while not self._closing:
+            self._quiet.wait(timeout=1.0)
+            left = COMPILE_IDLE_SECONDS - (time.monotonic() - self._quiet_since)
+            if self._quiet.is_set() and left <= 0:
+                return
+            time.sleep(max(left, 0.05))
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy:
+            self._quiet.clear()
+        elif not self._quiet.is_set():
+            self._quiet_since = time.monotonic()
+            self._quiet.set()
 
     def close(self) -> None:
         self._closing = True
+        self._quiet.set()  # a compile still waiting for quiet ends with the engine
         self._scheduler.close()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -188,9 +249,10 @@ class Engine:
             raise EngineClosed("engine is not running")
         # tokenising a long prompt takes long enough to stall every other stream: off the event loop
         ids = await asyncio.to_thread(self.prompt_ids, req) if len(req.prompt) > 4096 else self.prompt_ids(req)
-        seq = _Sequence(req, ids, self.tokenizer, asyncio.get_running_loop())
+        seq = _Sequence(req, ids, self.tokenizer, asyncio.get_running_loop(), self.speculative)
         try:
             self._scheduler.submit(seq)
+            self._set_busy(True)
         except EngineOverloaded:
             self.metrics.refused.inc()
             raise
@@ -217,11 +279,14 @@ class Engine:
         while not self._closing:
             self._drop_cancelled()
             free = self.config.max_batch_size - len(self._rows)
+            if not self._rows and not len(self._scheduler):
+                self._set_busy(False)  # about to wait for work: a background compile may run
             new = self._scheduler.take(free, self.config.prefill_token_budget, block=not self._rows) if free > 0 else []
             if self._closing:
                 break
             try:
                 if new:
+                    self._set_busy(True)
                     self._prefilling = len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
                     self._admit(new)
                 if self._rows:
@@ -292,9 +357,6 @@ class Engine:
 
     def _decode(self) -> None:
         started = time.monotonic()
-        logits = self._batch.step(self.model, self.compiled_step)
-        sampled = sample_next(logits, [s.sampling for s in self._rows])
-        tokens = [self.pad_id if t is None else t for t in sampled]
         size = len(self._rows)
         self.stats.steps += 1
         self.stats.steps_by_batch_size[size] = self.stats.steps_by_batch_size.get(size, 0) + 1
@@ -302,13 +364,86 @@ class Engine:
             self.stats.peak_batch_size = size
             self.metrics.peak_batch.set(size)
         self.metrics.batch_size.observe(size)
+        drafts = self._drafts()
+        emitted = self._speculate(drafts) if drafts is not None else self._plain_step()
+        rate = emitted / max(time.monotonic() - started, 1e-6)
+        self._scheduler.tokens_per_second = 0.9 * self._scheduler.tokens_per_second + 0.1 * rate
+
+    def _plain_step(self) -> int:
+        """One token for every row; returns how many were emitted."""
+        size = len(self._rows)
+        logits = self._batch.step(self.model, self.compiled_step)
+        sampled = sample_next(logits, [s.sampling for s in self._rows])
+        tokens = [self.pad_id if t is None else t for t in sampled]
         keep = [i for i, (s, t) in enumerate(zip(self._rows, sampled)) if self._advance(s, t)]
         self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._batch.mask.device)
         if len(keep) < size:
             self._rows = [self._rows[i] for i in keep]
             self._batch.keep(keep)
-        rate = size / max(time.monotonic() - started, 1e-6)
-        self._scheduler.tokens_per_second = 0.9 * self._scheduler.tokens_per_second + 0.1 * rate
+        return size
+
+    def _drafts(self) -> list[list[int]] | None:
+        """Each row's prompt-lookup drafts (none for rows that do not speculate), or None when
+        this step should be a plain one: speculation off, a batch too large for it to pay, or
+        nothing to propose."""
+        if not self.speculative or len(self._rows) > self.spec_max_rows:
+            return None
+        drafts = []
+        for seq in self._rows:
+            if seq.lookup is None:
+                drafts.append([])
+                continue
+            if seq.spec_wait > 0:
+                seq.spec_wait -= 1
+                guess = seq.lookup.draft(1)
+                seq.shadow = guess[0] if guess else None
+                drafts.append([])
+                continue
+            generated = len(seq.prompt_ids) + seq.generated
+            room = min(self.draft_tokens, seq.max_tokens - seq.generated - 1, self.context_length - generated - 1)  # the bonus token needs a place too
+            drafts.append(seq.lookup.draft(room))
+        return drafts if any(drafts) else None
+
+    def _speculate(self, drafts: list[list[int]]) -> int:
+        """Verify every row's drafts in one pass; each row emits the drafts the model agrees with
+        and then the model's own next token, in order, until one of them finishes it. Greedy rows
+        get exactly the tokens plain steps would give; rows without drafts get their one token.
+        Returns how many tokens were emitted."""
+        size = len(self._rows)
+        logits, starts = self._batch.verify(self.model, drafts)
+        chosen = sample_next(logits, [s.sampling for s, d in zip(self._rows, drafts) for _ in range(1 + len(d))])
+        accepted, nexts, keep, emitted = [], [], [], 0
+        for r, (seq, d) in enumerate(zip(self._rows, drafts)):
+            mine = chosen[starts[r] : starts[r] + 1 + len(d)]
+            m = accepted_prefix(d, mine)
+            accepted.append(m)
+            if d and m == 0:
+                seq.spec_backoff = min(max(1, 2 * seq.spec_backoff), MAX_BACKOFF)
+                seq.spec_wait = seq.spec_backoff
+            elif m:
+                seq.spec_backoff = 0
+            out = [*d[:m], mine[m]]
+            nexts.append(self.pad_id if out[-1] is None else out[-1])
+            alive = True
+            for token in out:
+                emitted += 1
+                if not self._advance(seq, token):
+                    alive = False
+                    break
+            if alive:
+                keep.append(r)
+        drafted, agreed = sum(len(d) for d in drafts), sum(accepted)
+        self.stats.speculative_steps += 1
+        self.stats.drafted_tokens += drafted
+        self.stats.accepted_tokens += agreed
+        self.metrics.spec_steps.inc()
+        self.metrics.spec_drafted.inc(drafted)
+        self.metrics.spec_accepted.inc(agreed)
+        self._batch.accept(accepted, nexts)
+        if len(keep) < size:
+            self._rows = [self._rows[i] for i in keep]
+            self._batch.keep(keep)
+        return emitted
 
     def _emit(self, seq: _Sequence, token: int) -> bool:
         """Account one generated token of `seq` and send its text; True when `seq` is finished."""
@@ -319,6 +454,11 @@ class Engine:
             self.metrics.itl.observe(now - seq.last_token)
         seq.last_token = now
         seq.generated += 1
+        if seq.lookup is not None:
+            seq.lookup.append(token)
+            if seq.shadow is not None:  # paused, and the draft it did not verify would have been right: resume
+                seq.spec_wait = 0 if token == seq.shadow else seq.spec_wait
+                seq.shadow = None
         self.metrics.generated.inc()
         finish: str | None = None
         if token in self.eos_ids:
@@ -367,8 +507,16 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
             ids.update(int(e) for e in eos)
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
-    # Chat models end a turn with their eos; raw completions end a document with this one.
-    end_of_text = tokenizer.get_vocab().get("<|endoftext|>")
-    if end_of_text is not None:
-        ids.add(int(end_of_text))
+    # Chat models end a turn with their eos; raw completions end a document with this one, and a
+    # fill-in-the-middle answer ends where the model writes one of its control tokens (Qwen2.5-Coder
+    # ends a middle with <|endoftext|>, but also with <|fim_pad|> or <|file_sep|>; none of them is
+    # ever text to show).
+    vocab = tokenizer.get_vocab()
+    for name in END_TOKENS:
+        if name in vocab:
+            ids.add(int(vocab[name]))
     return frozenset(ids)
+
+
+END_TOKENS = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>",
+              "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<file_sep>", "<|im_end|>")

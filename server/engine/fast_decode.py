@@ -79,24 +79,51 @@ def forward_rows(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys
     """The decoder on one new token per row. Writes each layer's new key and value into column
     `length` of its buffers and attends over columns [0, length]. A pure function of its inputs
     (no Python state changes), so that torch.compile can take it whole."""
-    inner = model.model
     rows = tokens.shape[0]
-    x = inner.embed_tokens(tokens.view(rows, 1))  # [B, 1, hidden]
-    cos, sin = inner.rotary_emb(x, positions.view(rows, 1))
+    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), keys, values, length, attn_mask)
+    return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+
+
+def forward_block(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
+                  values: list[torch.Tensor], length: int, attn_mask: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """`forward_rows` on S new tokens per row at once (speculative verification): tokens and
+    positions [B, S]; writes the keys and values into columns [length, length + S) of the
+    buffers; attn_mask [B, 1, S, length + S] (the row's mask, then causal within the block).
+    Returns the logits of the flattened [B * S] positions listed in `keep` (all when None), so
+    that lm_head, the largest product, runs only on the positions the caller reads."""
+    x = _decoder(model, tokens, positions, keys, values, length, attn_mask)
+    x = x.reshape(-1, x.shape[-1])
+    return model.lm_head(x if keep is None else x[keep])  # type: ignore[no-any-return]
+
+
+def block_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """The boolean attention mask [B, 1, S, T + S] for `forward_block`: each of a row's S new
+    tokens sees the row's mask [B, T] (holes included) and the block's tokens up to itself."""
+    rows, t = mask.shape
+    causal = torch.ones((width, width), dtype=torch.bool, device=mask.device).tril()
+    return torch.cat([mask.bool()[:, None, None, :].expand(rows, 1, width, t), causal.expand(rows, 1, width, width)], dim=-1)
+
+
+def _decoder(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
+             values: list[torch.Tensor], length: int, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden]."""
+    inner = model.model
+    rows, width = tokens.shape
+    x = inner.embed_tokens(tokens)  # [B, S, hidden]
+    cos, sin = inner.rotary_emb(x, positions)
     for layer, kbuf, vbuf in zip(inner.layers, keys, values):
         attn, mlp = layer.self_attn, layer.mlp
         h = _rms_norm(layer.input_layernorm, x)
-        q, k, v = (p.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for p in fused_outputs(h, attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (p.view(rows, width, -1, attn.head_dim).transpose(1, 2) for p in fused_outputs(h, attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        kbuf[:, :, length : length + 1] = k
-        vbuf[:, :, length : length + 1] = v
-        o = _attend(q, kbuf[:, :, : length + 1], vbuf[:, :, : length + 1], attn_mask, attn.scaling)
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, 1, -1))
+        kbuf[:, :, length : length + width] = k
+        vbuf[:, :, length : length + width] = v
+        o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
         gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
         x = x + mlp.down_proj(mlp.act_fn(gate) * up)
-    x = _rms_norm(inner.norm, x)
-    return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+    return _rms_norm(inner.norm, x)
 
 
 def compile_one_row(model: Any) -> StepFn:
@@ -149,8 +176,8 @@ class CompiledStep:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v for one query per row; q: [B, heads, 1, D], k and v: [B, kv_heads, T, D],
-    attn_mask: [B, 1, 1, T] (False for padding) or None.
+    """softmax(q k^T * scale) v; q: [B, heads, S, D], k and v: [B, kv_heads, T, D], attn_mask:
+    [B, 1, S, T] (False where a query must not look) or None (one query per row, nothing masked).
 
     Eager: torch's SDPA, one fused kernel. Compiled (one unpadded row): the same sums written as
     broadcast products and reductions, which inductor fuses into its own loops with the rotary

@@ -6,7 +6,10 @@ spare capacity and writes the new token in place, so a decode step copies nothin
 copies when rows join or leave, which happens once per request, not once per token.
 (`preallocate_kv=False` keeps transformers' own layer, for comparison.)
 
-Rows are left-padded to one length; `RunningBatch.mask` says which columns are real.
+Rows are left-padded to one length; `RunningBatch.mask` says which columns are real. After a
+speculative step (`verify`, `accept`) a row that accepted fewer drafts than another has holes:
+zero columns between real ones, where its rejected drafts were written. Attention reads the
+mask as it is, positions are per row, and `keep` drops the columns no remaining row uses.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .fast_decode import StepFn, decode_step
+from .fast_decode import StepFn, block_mask, decode_step, forward_block
 
 GROW = 64  # spare columns allocated at once; a decode step writes in place until they run out
 
@@ -140,19 +143,67 @@ class RunningBatch:
 
     @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (in that order); drop columns that became padding for every row."""
+        """Keep only `rows` (in that order); drop columns that became padding (or holes) for every row."""
         if not rows:
             self.__init__(self.preallocate, self.fast_decode)  # type: ignore[misc]
             return
         idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask[idx]
+        used = mask.bool().any(0)
         lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
-        self.mask = mask[:, lead:]
+        if bool(used[lead:].all()):
+            self.mask = mask[:, lead:]
+            layers = [make_layer(k[idx, :, lead:], v[idx, :, lead:], self.preallocate) for k, v in self.kv()]
+        else:  # speculation left holes that no kept row uses (always so for a row left alone: its compiled step needs none)
+            cols = used.nonzero().view(-1)
+            self.mask = mask[:, cols]
+            layers = [make_layer(k[idx][:, :, cols], v[idx][:, :, cols], self.preallocate) for k, v in self.kv()]
         self.positions = self.positions[idx]
         self.next_tokens = self.next_tokens[idx]
-        layers = [make_layer(k[idx, :, lead:], v[idx, :, lead:], self.preallocate) for k, v in self.kv()]
         self.cache = DynamicCache()
         self.cache.layers = list(layers)
+
+    @torch.inference_mode()
+    def verify(self, model: torch.nn.Module, drafts: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """One forward pass over each row's next token followed by its drafts (fast step only).
+        Writes their keys and values after the cache's last column without counting them yet
+        (`accept` does). Returns the logits [sum(1 + k_r), V] of every real position, row after
+        row, and where each row's start in them."""
+        assert self.fast_decode and self.cache is not None
+        rows, width = self.size, 1 + max(len(d) for d in drafts)
+        device = self.mask.device
+        firsts = self.next_tokens.tolist()
+        tokens = torch.tensor([[t, *d] + [0] * (width - 1 - len(d)) for t, d in zip(firsts, drafts)], dtype=torch.long, device=device)
+        positions = self.positions[:, None] + torch.arange(width, device=device)
+        starts, keep = [], []
+        for r, d in enumerate(drafts):
+            starts.append(len(keep))
+            keep.extend(range(r * width, r * width + 1 + len(d)))
+        layers = self.cache.layers
+        length = layers[0].length
+        for cache in layers:
+            cache.reserve(width)
+        keys = [cache.buffers[0] for cache in layers]
+        values = [cache.buffers[1] for cache in layers]
+        everything = len(keep) == rows * width
+        logits = forward_block(model, tokens, positions, keys, values, length, block_mask(self.mask, width),
+                               None if everything else torch.tensor(keep, dtype=torch.long, device=device))
+        return logits, starts
+
+    @torch.inference_mode()
+    def accept(self, accepted: list[int], next_tokens: list[int]) -> None:
+        """After `verify`: row r keeps its next token and its first accepted[r] drafts. The cache
+        grows by 1 + max(accepted); a row that accepted fewer gets mask 0 where the rest of its
+        drafts (or another row's) were written."""
+        top = max(accepted)
+        for cache in self.cache.layers:  # type: ignore[union-attr]
+            cache.advance(1 + top)
+        device = self.mask.device
+        taken = torch.tensor(accepted, dtype=torch.long, device=device)
+        cols = (torch.arange(1 + top, device=device)[None, :] <= taken[:, None]).to(self.mask.dtype)
+        self.mask = torch.cat([self.mask, cols], dim=1)
+        self.positions = self.positions + 1 + taken
+        self.next_tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
 
     @torch.inference_mode()
     def step(self, model: torch.nn.Module, one_row_step: StepFn | None = None) -> torch.Tensor:

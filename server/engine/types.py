@@ -30,6 +30,7 @@ class EngineConfig:
     pack_weights: bool = True  # repack the model's fp32 CPU Linear weights for MKL, in place (see packed.py)
     fuse_projections: bool = True  # with pack_weights: a layer's q/k/v, and its gate/up, as one packed matrix each
     compile_decode: bool = False  # compile the one-row decode step in the background (a minute or two of CPU)
+    speculative: bool = True  # prompt-lookup drafts for the greedy rows that ask for them, while the batch is small (speculative.py)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     priority: Priority = Priority.CHAT
     request_id: str = ""
+    # Prompt-lookup speculation (greedy rows only; the same tokens either way). None: on for
+    # INTERACTIVE (completion copies from its window), off otherwise.
+    speculative: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class EngineStats:
     requests_cancelled: int = 0
     prefix_cache_hits: int = 0
     prefix_cache_tokens_reused: int = 0
+    speculative_steps: int = 0  # decode steps that verified drafts
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0  # drafts the model agreed with (each one a token without a step of its own)
 
 
 class EngineError(Exception):

@@ -22,6 +22,7 @@ import { StatusModel } from "./status";
 
 const FEEDBACK = "tandem/completionFeedback";
 const ENGINE_STATUS = "tandem/engineStatus";
+const CURSOR_MOVED = "tandem/cursorMoved"; // where the caret is: the server warms the engine there once it rests
 
 interface EngineStatus {
   state: string;
@@ -105,6 +106,14 @@ class Tandem implements vscode.Disposable {
     }
   }
 
+  cursorMoved(editor: vscode.TextEditor | undefined): void {
+    const client = this.client;
+    if (editor === undefined || client?.state !== State.Running || !this.status.enabled) return;
+    const { selection, document } = editor;
+    if (!selection.isEmpty || !["file", "untitled"].includes(document.uri.scheme)) return;
+    void client.sendNotification(CURSOR_MOVED, { uri: document.uri.toString(), line: selection.active.line, character: selection.active.character });
+  }
+
   accepted(requestId: unknown): void {
     if (typeof requestId === "string") this.send(this.feedback.accepted(requestId));
   }
@@ -175,6 +184,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("tandem.restart", () => instance.restart()),
     vscode.commands.registerCommand("tandem.accepted", (requestId: unknown) => { instance.accepted(requestId); }),
     vscode.workspace.onDidChangeConfiguration((event) => { instance.settingsChanged(event); }),
+    vscode.window.onDidChangeTextEditorSelection((event) => { instance.cursorMoved(event.textEditor); }),
+    vscode.window.onDidChangeActiveTextEditor((editor) => { instance.cursorMoved(editor); }),
   );
   await instance.start();
 }

@@ -1,0 +1,85 @@
+"""Warming the engine's prefix cache for the text around the cursor, before a request needs it.
+
+When the cursor settles (moved, or an edit made, and then nothing for `DELAY_SECONDS`), the
+language server sends the prompt a request there would send, for one token at background
+priority: the engine prefills it and keeps its KV, so the first suggestion at that spot is not a
+cold prefill. Every real request cancels the warm-ups pending or in flight (the engine serves
+interactive requests before background ones anyway), and a prompt warmed lately is not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("tandem.lsp")
+DELAY_SECONDS = 0.25
+REMEMBERED = 64
+
+Send = Callable[[str, str | None], Awaitable[None]]  # (prompt, suffix or None): one warm-up request
+
+
+class Warmer:
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # per document: the pending or running warm-up
+        self._sending: set[asyncio.Task[None]] = set()
+        self._warmed: OrderedDict[str, None] = OrderedDict()
+        self.sent = self.cancelled = self.skipped = self.failed = 0
+
+    def schedule(self, uri: str, prompt: Callable[[], tuple[str, str | None] | None]) -> None:
+        """Warm `prompt()` (built when the delay is over, from the document as it is then) unless
+        another edit or cursor move on the document comes first."""
+        old = self._tasks.pop(uri, None)
+        if old is not None and not old.done():
+            old.cancel()
+        self._tasks[uri] = asyncio.ensure_future(self._later(prompt))
+
+    async def _later(self, prompt: Callable[[], tuple[str, str | None] | None]) -> None:
+        await asyncio.sleep(DELAY_SECONDS)  # a debounce: only a cursor at rest is worth warming
+        built = prompt()
+        if built is None:
+            return
+        text, suffix = built
+        key = hashlib.sha1(f"{text}\0{suffix}".encode("utf-8", "surrogatepass")).hexdigest()
+        if key in self._warmed:
+            self.skipped += 1
+            return
+        current = asyncio.current_task()
+        assert current is not None
+        self._sending.add(current)
+        try:
+            await self._send(text, suffix)
+            self.sent += 1
+            self._warmed[key] = None
+            while len(self._warmed) > REMEMBERED:
+                self._warmed.popitem(last=False)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        except Exception as exc:  # a warm-up is an optimisation; its failure is only logged
+            self.failed += 1
+            log.debug("warm-up failed: %s", exc)
+        finally:
+            self._sending.discard(current)
+
+    def cancel_all(self) -> None:
+        """A real request is starting: nothing of ours may stand before it."""
+        for task in list(self._tasks.values()):
+            if not task.done():
+                task.cancel()
+        self._tasks.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._sending)
+
+    async def close(self) -> None:
+        self.cancel_all()
+        for task in list(self._sending):
+            with contextlib.suppress(BaseException):
+                await task

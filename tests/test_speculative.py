@@ -1,0 +1,213 @@
+"""Prompt-lookup speculative decoding on the default model: greedy output is the same token for
+token with speculation on and off (one row, ragged rows joining mid-flight, stop strings and
+max_tokens inside accepted runs), drafts are accepted on code that repeats itself, sampled rows
+never speculate; and the background compile waits for an idle engine and runs at the lowest priority."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from server import models
+from server.engine import Engine, EngineConfig, GenerationRequest, Priority
+from server.engine import engine as engine_module
+from server.engine.kv import RunningBatch
+from server.engine.speculative import PromptLookup, accepted_prefix
+
+pytestmark = pytest.mark.default_model
+
+REPETITIVE = (
+    "def area_square(side):\n    return side * side\n\n\n"
+    "def area_rectangle(width, height):\n    return width * height\n\n\n"
+    "def perimeter_square(side):\n    return 4 * side\n\n\n"
+    "def perimeter_rectangle(width, height):\n    return 2 * (width + height)\n\n\n"
+    "def area_"
+)
+CLASS = (
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
+    "    def __repr__(self):\n        return f\"Point({self.x}, {self.y})\"\n\n\n"
+    "class Size:\n    def __init__(self, width, height):\n"
+)
+PROSE = "The history of the bicycle begins in the early nineteenth century, when"
+LOOP = "for i in range(10):\n    print(i)\nfor j in range(10):\n    print(j)\nfor k in range(10):\n"
+PROMPTS = [REPETITIVE, CLASS, PROSE, LOOP]
+
+
+@pytest.fixture(scope="module")
+def engines(default_model_dir):  # type: ignore[no-untyped-def]
+    """The same model twice (each engine repacks its own copy): speculation on, and off."""
+    on_model, off_model = models.load(str(default_model_dir)), models.load(str(default_model_dir))
+    on = Engine(on_model.model, on_model.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
+    off = Engine(off_model.model, off_model.tokenizer, EngineConfig(prefix_cache_tokens=0, speculative=False)).start()
+    yield on, off
+    on.close()
+    off.close()
+
+
+async def generate(engine: Engine, req: GenerationRequest, delay: float = 0.0) -> tuple[str, str | None, int]:
+    await asyncio.sleep(delay)
+    text, finish, tokens = [], None, 0
+    async for delta in engine.stream(req):
+        text.append(delta.text)
+        finish, tokens = delta.finish_reason, delta.tokens
+    return "".join(text), finish, tokens
+
+
+def interactive(prompt: str, max_tokens: int = 48, **kw: object) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, priority=Priority.INTERACTIVE, **kw)  # type: ignore[arg-type]
+
+
+def test_prompt_lookup_proposes_what_followed_the_latest_earlier_occurrence() -> None:
+    lookup = PromptLookup([5, 1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3])
+    assert lookup.draft(2) == [7, 1]  # the latest earlier "1 2 3" is followed by 7, not 9
+    lookup.append(7)
+    assert lookup.draft(8) == [1, 2, 3, 7]  # "2 3 7" ended at index 8; what followed runs on into the newest tokens
+    assert PromptLookup([4, 5, 6]).draft(8) == []
+    assert PromptLookup([4, 5, 4]).draft(8) == [5, 4]  # falls back to the one-token suffix
+    assert accepted_prefix([1, 2, 3], [1, 2, 9, 4]) == 2 and accepted_prefix([1], [None, 1]) == 0
+
+
+async def test_greedy_output_is_the_same_with_speculation_at_one_row(engines) -> None:  # type: ignore[no-untyped-def]
+    on, off = engines
+    before = on.stats.accepted_tokens
+    for prompt in PROMPTS:
+        steps = on.stats.steps
+        assert await generate(on, interactive(prompt, 48)) == await generate(off, interactive(prompt, 48))
+        assert on.stats.steps - steps < 48 or prompt == PROSE  # accepted drafts saved steps where the text repeats itself
+    assert on.stats.accepted_tokens - before > 20
+    assert on.metrics.registry.get_sample_value("tandem_speculative_accepted_tokens_total") == on.stats.accepted_tokens
+    assert off.stats.speculative_steps == 0
+
+
+async def test_ragged_rows_joining_mid_flight_decode_as_without_speculation(engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rows of different lengths join at different times, some speculating and some not (a chat
+    row, one that opts out, a seeded sampled one): rows accept different numbers of drafts in one
+    step, which leaves holes in the others' masks; every row still gets its plain tokens."""
+    on, off = engines
+    ragged = []
+    real_accept = RunningBatch.accept
+
+    def accept(self: RunningBatch, accepted: list[int], next_tokens: list[int]) -> None:
+        if len(set(accepted)) > 1:
+            ragged.append(list(accepted))
+        real_accept(self, accepted, next_tokens)
+
+    monkeypatch.setattr(RunningBatch, "accept", accept)
+    reqs = [
+        (interactive(REPETITIVE, 40), 0.0),
+        (interactive(PROSE, 24), 0.0),
+        (GenerationRequest(prompt=CLASS, max_tokens=32, speculative=True), 0.3),  # chat priority, asked to speculate
+        (interactive(LOOP, 30, speculative=False), 0.6),
+        (interactive(CLASS, 36, temperature=0.8, seed=11), 0.9),
+    ]
+    monkeypatch.setattr(on, "spec_max_rows", len(reqs))
+    spec_steps = on.stats.speculative_steps
+    got = await asyncio.gather(*(generate(on, r, d) for r, d in reqs))
+    want = await asyncio.gather(*(generate(off, r, d) for r, d in reqs))
+    assert got == want
+    assert on.stats.speculative_steps > spec_steps and ragged, "no step where rows accepted different numbers of drafts"
+
+
+async def test_stop_strings_and_max_tokens_inside_accepted_runs(engines) -> None:  # type: ignore[no-untyped-def]
+    on, off = engines
+    full, _, _ = await generate(off, interactive(REPETITIVE, 48))
+    stops = [full[10:14], full[23:26], "\n\n\n"]
+    for stop in stops:
+        req = interactive(REPETITIVE, 48, stop=(stop,))
+        assert await generate(on, req) == await generate(off, req)
+    for max_tokens in (1, 2, 5, 9, 17):
+        req = interactive(REPETITIVE, max_tokens)
+        got = await generate(on, req)
+        assert got == await generate(off, req) and got[2] == max_tokens
+
+
+async def test_sampled_rows_and_large_batches_never_speculate(engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    on, _ = engines
+    steps = on.stats.speculative_steps
+    await generate(on, interactive(REPETITIVE, 24, temperature=0.7, seed=3, speculative=True))
+    await generate(on, GenerationRequest(prompt=REPETITIVE, max_tokens=12))  # chat priority: off unless asked
+    assert on.stats.speculative_steps == steps
+    sizes = []
+    real_verify = RunningBatch.verify
+
+    def verify(self: RunningBatch, model: torch.nn.Module, drafts: list[list[int]]):  # type: ignore[no-untyped-def]
+        sizes.append(self.size)
+        return real_verify(self, model, drafts)
+
+    monkeypatch.setattr(RunningBatch, "verify", verify)
+    monkeypatch.setattr(on, "spec_max_rows", 2)
+    await asyncio.gather(*(generate(on, interactive(p, n)) for p, n in ((REPETITIVE, 24), (CLASS, 4), (LOOP, 24))))
+    assert sizes and max(sizes) <= 2  # three rows decode plainly until one has finished
+
+
+# ----- the background compile ------------------------------------------------------------------
+
+
+def _python_heavy_compile(progress: list[int], seconds: float):  # type: ignore[no-untyped-def]
+    """Stands in for torch.compile: Python calls holding the GIL for `seconds` of its own time,
+    recording inductor's compile_threads as it finds it."""
+
+    def compile_one_row(model: object) -> None:
+        import torch._inductor.config as inductor_config
+
+        progress.append(inductor_config.compile_threads)
+        ran = 0.0
+        while ran < seconds:
+            started = time.perf_counter()
+            for _ in range(2000):
+                progress.append(len(progress))
+            ran += time.perf_counter() - started
+
+    return compile_one_row
+
+
+async def test_the_background_compile_waits_for_an_idle_engine_and_runs_at_the_lowest_priority(engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Deferred while a request runs; then niced (19, inherited by the compiler processes it
+    starts), with inductor compiling in that thread, not a pool of processes at normal priority;
+    a stream beside it keeps the inter-token latency of an engine that compiles nothing (with a
+    wide margin: timings on a shared machine are for `tandem bench`, not tests)."""
+    _, off = engines
+    progress: list[int] = []
+    monkeypatch.setattr(engine_module, "compile_one_row", _python_heavy_compile(progress, 4.0))
+    monkeypatch.setattr(engine_module, "COMPILE_IDLE_SECONDS", 0.3)
+    plain = await _gaps(off, 24)
+    engine = Engine(off.model, off.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
+    try:
+        busy = asyncio.create_task(generate(engine, GenerationRequest(prompt=PROSE, max_tokens=12)))
+        await asyncio.sleep(0.5)
+        assert engine.compile_state == "deferred" and not progress  # no compiling while a request runs
+        await busy
+        deadline = time.monotonic() + 30
+        while not progress:
+            assert time.monotonic() < deadline, "the compile never started on an idle engine"
+            await asyncio.sleep(0.05)
+        assert progress[0] == 1 and engine.compile_state == "compiling"
+        if hasattr(os, "setpriority"):
+            assert engine.compile_nice == 19
+            compile_thread = next(t for t in threading.enumerate() if t.name == "tandem-compile")
+            assert compile_thread.native_id is not None and os.getpriority(os.PRIO_PROCESS, compile_thread.native_id) == 19
+        gaps = await _gaps(engine, 24)
+        assert not engine.compiled.is_set()  # the stream ran beside the compile
+        assert _median(gaps) < 2.0 * _median(plain) + 0.02
+        assert engine.compiled.wait(timeout=60) and engine.compile_state == "done"
+    finally:
+        engine.close()
+
+
+async def _gaps(engine: Engine, tokens: int) -> list[float]:
+    gaps, last = [], None
+    async for _ in engine.stream(GenerationRequest(prompt=PROSE, max_tokens=tokens)):
+        now = time.perf_counter()
+        if last is not None:
+            gaps.append(now - last)
+        last = now
+    return gaps
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
