@@ -97,7 +97,7 @@ class Store:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed batch, power loss at most the last
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=5000")
+            cur.execute("PRAGMA busy_timeout=30000")  # a loaded machine can hold the write lock for seconds
             cur.execute("PRAGMA secure_delete=ON")  # what is replaced or deleted is overwritten, not left in free space
             cur.close()
 

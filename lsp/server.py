@@ -256,7 +256,7 @@ class TandemLanguageServer(LanguageServer):
     def warm(self, uri: str, offset: int | None) -> None:
         """The cursor came to rest at `offset` (None: the document's last edit): warm the prompt there."""
         s = self.settings
-        if not (s.warm_up and self.engine.info is not None):
+        if not (s.enabled and s.warm_up and self.engine.info is not None):
             return
 
         def prompt() -> tuple[str, str | None] | None:

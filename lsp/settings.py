@@ -10,6 +10,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Settings:
     server_url: str = "http://127.0.0.1:8080"
+    enabled: bool = True  # the extension's on/off switch: off, nothing is asked of the engine (warm-ups included)
     enabled_languages: tuple[str, ...] = ("*",)  # language ids, or "*" for all
     max_tokens: int = 64
     multiline: bool = True
@@ -19,7 +20,7 @@ class Settings:
     warm_up: bool = True  # warm the engine's prefix cache for the text around the cursor before a request
 
     def enabled_for(self, language: str) -> bool:
-        return "*" in self.enabled_languages or language in self.enabled_languages
+        return self.enabled and ("*" in self.enabled_languages or language in self.enabled_languages)
 
     def updated(self, section: Any) -> Settings:
         """Apply a `tandem` configuration section; unknown keys and wrong types are ignored."""
@@ -37,7 +38,7 @@ class Settings:
             changes["multiline"] = section["multiline"]
         if isinstance(section.get("timeBudgetMs"), int) and 100 <= section["timeBudgetMs"] <= 30_000:
             changes["time_budget_ms"] = section["timeBudgetMs"]
-        for key, name in (("cache", "cache"), ("firstLine", "first_line"), ("warmUp", "warm_up")):
+        for key, name in (("enabled", "enabled"), ("cache", "cache"), ("firstLine", "first_line"), ("warmUp", "warm_up")):
             if isinstance(section.get(key), bool):
                 changes[name] = section[key]
         return replace(self, **changes)

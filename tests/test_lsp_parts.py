@@ -133,8 +133,9 @@ def test_settings_from_the_client_are_validated() -> None:
     assert s.time_budget_ms == Settings().time_budget_ms  # out of range: ignored
     assert Settings().updated({"serverUrl": "file:///etc/passwd", "maxTokens": "many"}) == Settings()
     assert Settings().updated(None) == Settings() and s.enabled_for("python") and not s.enabled_for("go")
-    toggled = Settings().updated({"firstLine": False, "warmUp": False, "cache": False})
-    assert (toggled.first_line, toggled.warm_up, toggled.cache) == (False, False, False)
+    toggled = Settings().updated({"firstLine": False, "warmUp": False, "cache": False, "enabled": False})
+    assert (toggled.first_line, toggled.warm_up, toggled.cache, toggled.enabled) == (False, False, False, False)
+    assert not toggled.enabled_for("python")
     assert Settings().updated({"firstLine": "no", "warmUp": 1}) == Settings()
 
 
