@@ -315,6 +315,14 @@ def start_server(home: Path, model: str | None = None, speculative: bool | None 
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"serve-{port}.log"
     proc = subprocess.Popen(args, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        return _wait_ready(proc, args, log, port, compile_wait)
+    except BaseException:  # stopped while starting (SIGTERM, Ctrl-C): not left running
+        proc.kill()
+        raise
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], args: list[str], log: Path, port: int, compile_wait: float) -> Served:
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900  # a model's first start converts its GGUF file
     while True:
