@@ -157,6 +157,15 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeou
         time.sleep(0.2)
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited 30 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class DefaultServer(NamedTuple):
     url: str
     guard_log: Path  # off-machine connection attempts (must stay empty)
@@ -188,11 +197,7 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     try:
         yield DefaultServer(url, guard_log, audit_dir, log_path, ADMIN_TOKEN, dialog_dir)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 CHROMIUM = os.environ.get("TANDEM_CHROMIUM", "/usr/bin/chromium")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import sys
+import time
 from typing import Any
 
 from lsprotocol import types
@@ -48,3 +51,16 @@ async def stats(client: LanguageClient) -> dict[str, Any]:
     """The language server's own counters (`tandem/stats`)."""
     result = await client.protocol.send_request_async("tandem/stats", None)
     return result._asdict() if hasattr(result, "_asdict") else dict(result)
+
+
+async def wait_until(check: Any, timeout: float = 20) -> None:
+    """Until `check()` (a value, or an awaitable of one) is true; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)  # the poll interval of the condition, not a wait for time to pass

@@ -4,10 +4,8 @@ through the real language server. The first FIM model to run through Tandem."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +16,8 @@ from transformers import AutoTokenizer
 
 from server.gateway import fim_prompt_ids
 from server.models import ModelNotFound, fim_tokens, resolve
-from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, wait_healthy
-from tests.lsp_client import inline_params, open_doc, start_lsp, stats
+from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, stop_process, wait_healthy
+from tests.lsp_client import inline_params, open_doc, start_lsp, stats, wait_until
 
 pytestmark = pytest.mark.default_model
 CODE_MODEL = "qwen2.5-coder-0.5b"
@@ -52,11 +50,7 @@ def code_server(code_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_the_fim_prompt_is_built_from_the_qwen_tokens(code_model_dir: Path) -> None:
@@ -122,13 +116,15 @@ async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(
     the as-you-type request that follows reuses all of it but the last tokens."""
     client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "maxTokens": 24})
     try:
-        await _until(lambda: any(s["state"] == "ready" for s in client.engine_status))
+        await wait_until(lambda: any(s["state"] == "ready" for s in client.engine_status), timeout=60)
         uri = "file:///work/warm.py"
         open_doc(client, uri, BEFORE + AFTER)
         line, character = BEFORE.count("\n"), len(BEFORE.rsplit("\n", 1)[1])
         client.protocol.notify("tandem/cursorMoved", {"uri": uri, "line": line, "character": character})
-        while (await stats(client)).get("warmups_sent", 0) < 1:  # the warm-up's one token has come back
-            await asyncio.sleep(0.05)
+        async def warmed() -> bool:  # the warm-up's one token has come back
+            return bool((await stats(client)).get("warmups_sent", 0) >= 1)
+
+        await wait_until(warmed, timeout=60)
         reused_before = metric(code_server, "tandem_prefix_cache_reused_tokens_total")
         result = await client.text_document_inline_completion_async(inline_params(uri, line, character))
         assert result.items and result.items[0].insert_text.strip()
@@ -137,9 +133,3 @@ async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(
     finally:
         await client.shutdown_session()
 
-
-async def _until(check, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)

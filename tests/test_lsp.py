@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from server.settings import tandem_home
 from tests.conftest import free_port, metric
-from tests.lsp_client import end_of, inline_params, open_doc, start_lsp, stats
+from tests.lsp_client import end_of, inline_params, open_doc, start_lsp, stats, wait_until
 
 pytestmark = pytest.mark.default_model
 PY = "import os\n\ndef list_python_files(path):\n    "  # the 135M model writes poor Python, but here it writes some
@@ -28,13 +27,6 @@ LONG = "# one thousand primes, on one line\nprimes = [2, 3, 5, 7, 11, 13, 17, 19
 
 def cancelled_in_engine(url: str) -> float:
     return metric(url, "tandem_requests_finished_total", 'reason="cancelled"')
-
-
-async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def engine_idle(url: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from tests.conftest import ThreadedServer, free_port
-from tests.lsp_client import inline_params, open_doc, start_lsp, stats
+from tests.lsp_client import inline_params, open_doc, start_lsp, stats, wait_until
 
 DOC = "def double(x):\n    "
 CURSOR = (1, 4)
@@ -54,7 +53,7 @@ class PacedEngine:
             ended = False
             try:
                 for piece in script:
-                    await asyncio.sleep(pace)
+                    await asyncio.sleep(pace)  # the scripted engine's pace (the model's time per piece), server side
                     yield f"data: {json.dumps({'id': f'cmpl-{n:032x}', 'choices': [{'text': piece}]})}\n\n"
                 yield "data: [DONE]\n\n"
                 ended = True
@@ -79,13 +78,6 @@ def engine(served: tuple[str, PacedEngine]) -> PacedEngine:
     engine.bodies.clear(), engine.closed_early.clear(), engine.finished.clear()
     engine.pace = 0.0
     return engine
-
-
-async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def type_text(client: Any, uri: str, version: int, line: int, character: int, text: str) -> None:
