@@ -2,8 +2,9 @@
 
 Each handler turns a validated body into one gateway `Call` (the gateway guards, generates and
 audits it) and shapes the deltas as OpenAI's JSON or server-sent events. A client that goes
-away cancels its generation: for streams Starlette cancels the response task, for whole answers
-`_until_disconnect` does.
+away cancels its generation, wherever it is: queued or prefilling (before the first delta,
+`_until_disconnect` watches), streaming (Starlette cancels the response task) or being collected
+into a whole answer (`_until_disconnect` again).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ async def _respond(
 ) -> Response:
     """Shared by both endpoints: stream `chunk(text, finish)` events or return `whole(...)`."""
     state = _state(request)
-    first, gen = await _open(state, call)
+    first, gen = await _until_disconnect(request, _open(state, call))  # a queued request whose client left must not run
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     if body.stream:

@@ -184,6 +184,27 @@ def test_client_disconnect_before_a_whole_answer_cancels_it(tiny_server, tokeniz
         assert metric(s.url, "tandem_requests_running") == 0
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_queued_request_whose_client_leaves_never_runs(tiny_server, tokenizer, stream: bool) -> None:
+    """Disconnect is watched from arrival, not only once tokens flow: a request still waiting for
+    a batch slot when its client goes away leaves the queue (an editor cancels most of its
+    requests before they start)."""
+    with tiny_server(model=slow_tiny_model(tokenizer, 0.05), max_batch_size=1, max_waiting=4) as s, ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 150, "temperature": 0}, timeout=60)
+        wait_for_metric(s.url, "tandem_requests_running", 1)
+        queued = {"prompt": "a queued prompt", "max_tokens": 150, "stream": stream}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{s.url}/v1/completions", json=queued, timeout=httpx.Timeout(5, read=0.5))
+        deadline = time.monotonic() + 10
+        while metric(s.url, "tandem_requests_waiting") > 0:
+            assert time.monotonic() < deadline, "the queued request stayed in the queue after its client left"
+            time.sleep(0.02)
+        assert not running.done() and _has_cancelled(s.url)  # it left the queue, it did not run next
+        assert running.result().status_code == 200  # the running one is untouched
+        assert metric(s.url, "tandem_requests_running") == 0
+        still_serving(s.url)
+
+
 def _has_cancelled(url: str) -> bool:
     return 'tandem_requests_finished_total{reason="cancelled"} 1.0' in httpx.get(f"{url}/metrics").text
 

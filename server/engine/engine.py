@@ -267,7 +267,8 @@ class Engine:
         finally:
             if not seq.done:
                 seq.cancelled = True
-                self._scheduler.wake()
+                if not self._scheduler.withdraw(seq):  # still waiting: gone now; else the worker drops it at its next step
+                    self._scheduler.wake()
 
     # ----- the worker ----------------------------------------------------------------------
 

@@ -51,6 +51,23 @@ class Scheduler:
             heapq.heappush(self._heap, (int(item.priority), next(self._order), item))
             self._cond.notify()
 
+    def withdraw(self, item: Waiting) -> bool:
+        """Take a cancelled request out of the waiting room now, rather than when a batch slot
+        frees: it must not hold a place (or count as waiting) while the batch is full. False if it
+        is no longer waiting (the worker took it; its own cancel path finishes it)."""
+        with self._cond:
+            for i, entry in enumerate(self._heap):
+                if entry[2] is item:
+                    self._heap[i] = self._heap[-1]
+                    self._heap.pop()
+                    heapq.heapify(self._heap)
+                    break
+            else:
+                return False
+            self._cond.notify()
+        self._on_cancelled(item)
+        return True
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify()
