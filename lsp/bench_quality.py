@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from .settings import Settings
 from .bench_typing import (
     ROOT,
     SOURCES,
@@ -97,7 +98,7 @@ class Technique:
 
 TECHNIQUES = {t.name: t for t in (
     Technique("raw", "raw"),
-    Technique("raw-indent", "raw"),
+    Technique("raw-no-indent", "raw"),
     Technique("lsp", "lsp"),
     Technique("lsp-30s", "lsp", time_budget_ms=30_000),
     Technique("lsp-auto", "lsp", invoked=False),
@@ -109,12 +110,12 @@ TECHNIQUES = {t.name: t for t in (
 )}
 # lsp-auto is left out by default: with firstLine off, the language server treats an Automatic
 # request as an Invoked one (it waits for the block), so that row repeats `lsp`
-# raw-indent (a diagnostic of lsp/prompt.py's leaving the indentation out) and raw-speculative (the
+# raw-no-indent (a diagnostic: lsp/prompt.py keeps the indentation, this row leaves it out) and raw-speculative (the
 # same tokens as raw by construction) on request
 DEFAULT_TECHNIQUES = "raw,lsp,lsp-auto-firstLine,lsp-warmUp,lsp-speculative,llama.cpp"
 DESCRIPTIONS = {
     "raw": "(a) raw model output, Tandem `/v1/completions`",
-    "raw-indent": "(a') raw, the cursor line's indentation kept at the prompt's end",
+    "raw-no-indent": "(a') raw, the cursor line's indentation left out of the prompt (it ends at the line start)",
     "lsp": "(b) Tandem language server, Invoked",
     "lsp-30s": "(b') language server, Invoked, time budget 30 s (what post-processing makes of a whole answer)",
     "lsp-auto": "(c) language server, Automatic (as you type)",
@@ -126,15 +127,15 @@ DESCRIPTIONS = {
 }
 
 
-def prompt_for(pos: Position, info: dict[str, Any], keep_indent: bool = False) -> tuple[str, str | None]:
+def prompt_for(pos: Position, info: dict[str, Any], no_indent: bool = False) -> tuple[str, str | None]:
     """The prefix window and suffix window the language server would send for this position
-    (no other documents open), the suffix only when the model has FIM tokens; `keep_indent`
-    puts back the indentation lsp/prompt.py leaves out on a blank line."""
+    (no other documents open), the suffix only when the model has FIM tokens; `no_indent` leaves
+    the cursor line's indentation out (the diagnostic row that keeps lsp/prompt.py honest)."""
     from .prompt import build
 
     prompt = build(pos.prefix, pos.suffix, "python", f"file:///bench/{pos.source.package}/{pos.source.relpath}", [],
-                   budget_tokens=min(1536, int(info.get("context_length") or 2048) // 2))
-    prefix = prompt.prefix + (getattr(prompt, "omitted_indent", "") if keep_indent else "")
+                   budget_tokens=min(Settings.prompt_tokens, int(info.get("context_length") or 2048) // 2))
+    prefix = prompt.prefix[: len(prompt.prefix) - len(pos.indent)] if no_indent else prompt.prefix
     return prefix, (prompt.suffix if info.get("fim") else None)
 
 
@@ -162,11 +163,11 @@ async def stream_completion(http: httpx.AsyncClient, url: str, prompt: str, suff
     return {"text": text, "latency_ms": total * 1000, "first_line_ms": (first_line_at or total) * 1000}
 
 
-async def run_raw(url: str, positions: list[Position], info: dict[str, Any], max_tokens: int, keep_indent: bool = False) -> list[dict[str, Any]]:
+async def run_raw(url: str, positions: list[Position], info: dict[str, Any], max_tokens: int, no_indent: bool = False) -> list[dict[str, Any]]:
     out = []
     async with httpx.AsyncClient(trust_env=False) as http:
         for pos in positions:
-            prompt, suffix = prompt_for(pos, info, keep_indent)
+            prompt, suffix = prompt_for(pos, info, no_indent)
             r = await stream_completion(http, url, prompt, suffix, max_tokens)
             out.append({**_where(pos), **score(pos, r["text"]), "latency_ms": r["latency_ms"], "first_line_ms": r["first_line_ms"]})
     return out
@@ -333,7 +334,7 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
                 if t.kind == "lsp":
                     got = asyncio.run(run_lsp(url, chunk, t, args.max_tokens, args.time_budget_ms, args.open_wait_ms / 1000))
                 else:
-                    got = asyncio.run(run_raw(url, chunk, info, args.max_tokens, keep_indent=t.name == "raw-indent"))
+                    got = asyncio.run(run_raw(url, chunk, info, args.max_tokens, no_indent=t.name == "raw-no-indent"))
                 if before is not None:
                     got[-1]["engine_prompt_tokens"] = reused_share(before, prompt_tokens(url))
                 records[t.name] += got

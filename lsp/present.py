@@ -15,18 +15,24 @@ from . import postprocess
 _WORD_TAIL = re.compile(r"[\w.]+$")
 
 
-async def aligned(pieces: AsyncIterator[tuple[str, str]], omitted_indent: str, blank_line: bool) -> AsyncIterator[tuple[str, str]]:
-    """The stream relative to the cursor. On a blank line (only indentation before the cursor) the
-    prompt ended at the line start, so the model's leading newlines and up to the omitted
-    indentation are already in the document: dropped, or an accepted suggestion would insert a
-    blank line and indent twice."""
-    pending = blank_line
-    skip = len(omitted_indent)
+async def aligned(pieces: AsyncIterator[tuple[str, str]], blank_indent: str | None) -> AsyncIterator[tuple[str, str]]:
+    """The stream relative to the cursor. `blank_indent`: the indentation before the cursor when
+    that is all its line holds (else None). There, a model that starts with a newline (leaving the
+    line blank) and indents the next one would have an accepted suggestion insert a blank line
+    and indent twice: its leading newlines are dropped, and as much of the indentation after them
+    as the cursor already has. Whitespace it writes on the cursor's own line is dropped too: the
+    prompt ends inside a run of spaces the tokenizer would have split differently, so the model
+    often adds the space it expects before a word (" return"), never a deeper indentation."""
+    pending = blank_indent is not None
+    skip = 1 << 30  # on the cursor's line: all of it
     async for request_id, piece in pieces:
         if pending:
             if not piece.strip("\n"):
+                skip = len(blank_indent or "")
                 continue  # leading newlines (possibly alone in their piece)
-            piece = piece.lstrip("\n")
+            if piece.startswith("\n"):
+                skip = len(blank_indent or "")
+                piece = piece.lstrip("\n")
             spaces = len(piece) - len(piece.lstrip(" \t"))
             if spaces < len(piece) or spaces >= skip:  # the indentation is complete in this piece
                 pending = False
@@ -77,7 +83,10 @@ def block_complete(raw: str, ctx: postprocess.Context) -> bool:
 
 
 def suggestion(rest: str, ctx: postprocess.Context, *, whole_block: bool, finished: bool) -> str:
-    """The suggestion to show for the output `rest` (from the cursor on)."""
+    """The suggestion to show for the output `rest` (from the cursor on); nothing when it opens a
+    Markdown code fence (a chat-tuned model stepping out of the file, not code to insert)."""
+    if rest.lstrip().startswith("```"):
+        return ""
     raw = settled(rest, finished)
     if not whole_block or not ctx.multiline:
         raw = first_line(raw)

@@ -6,9 +6,10 @@ characters a token for this tokenizer family); the server's guard enforces the e
 The prompt is laid out so that the engine's prefix cache stays valid while the user types: the
 prefix window starts on a line number that is a multiple of `WINDOW_LINES` (so it stays put until
 the cursor has moved that many lines on), and the snippets' share does not depend on the window's
-length. On a line holding only indentation, the indentation is left out of the prompt (the model
-writes its own, and the language server aligns it to the cursor): a prompt ending in spaces is
-split into tokens the model rarely saw at a line start."""
+length. On a line holding only indentation the prompt ends with that indentation: leaving it out
+(so that the prompt ends at a line start, as the model's tokenizer would split the line) was
+measured worse (`tandem bench-completion`'s raw-no-indent row): the model, placed at column 0,
+writes code fences, comments and new top-level definitions instead of the function's next line."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 
 CHARS_PER_TOKEN = 3.5
 WINDOW_LINES = 32
-PREFIX_SHARE, SUFFIX_SHARE, SNIPPET_SHARE = 0.6, 0.2, 0.2
+# The suffix share is small: a FIM prompt (prefix, suffix, middle) has the suffix after the
+# prefix, so every keystroke re-prefills all of it; the lines right below the cursor are what
+# fill-in-the-middle needs most.
+PREFIX_SHARE, SUFFIX_SHARE, SNIPPET_SHARE = 0.7, 0.1, 0.2
 COMMENT = {"python": "#", "ruby": "#", "shellscript": "#", "yaml": "#", "toml": "#", "r": "#", "perl": "#"}
 
 
@@ -34,7 +38,6 @@ class Prompt:
     suffix: str  # the suffix window
     cursor_prefix: str  # the prefix window alone, for post-processing
     snippets: int
-    omitted_indent: str = ""  # the cursor line's indentation, left out of `prefix`
 
 
 def _tail_lines(text: str, chars: int) -> str:
@@ -70,13 +73,11 @@ def _head_lines(text: str, chars: int) -> str:
     return cut[:nl] if nl > 0 else cut
 
 
-def build(prefix: str, suffix: str, language: str, uri: str, others: list[OpenDocument], budget_tokens: int = 1536,
+def build(prefix: str, suffix: str, language: str, uri: str, others: list[OpenDocument], budget_tokens: int = 512,
           snippet_lines: int = 30) -> Prompt:
     budget = int(budget_tokens * CHARS_PER_TOKEN)
     window_prefix = _stable_tail(prefix, int(budget * PREFIX_SHARE))
     window_suffix = _head_lines(suffix, int(budget * SUFFIX_SHARE))
-    line_before = window_prefix[window_prefix.rfind("\n") + 1:]
-    omitted = line_before if line_before and not line_before.strip(" \t") else ""
     left = int(budget * SNIPPET_SHARE)
     comment = COMMENT.get(language, "//")
     parts = []
@@ -87,5 +88,4 @@ def build(prefix: str, suffix: str, language: str, uri: str, others: list[OpenDo
             break
         parts.append(snippet)
         left -= len(snippet)
-    sent = window_prefix[: len(window_prefix) - len(omitted)]
-    return Prompt("".join(parts) + sent, window_suffix, window_prefix, len(parts), omitted)
+    return Prompt("".join(parts) + window_prefix, window_suffix, window_prefix, len(parts))

@@ -37,8 +37,11 @@ FEEDBACK = "tandem/completionFeedback"
 STATS = "tandem/stats"
 ENGINE_STATUS = "tandem/engineStatus"  # server -> client: {"state": "starting" | "ready" | "unreachable", "detail"}
 CURSOR_MOVED = "tandem/cursorMoved"  # client -> server: {"uri", "line", "character"}, when the cursor comes to rest
-PROMPT_TOKENS = 1536
 BLOCK_WAIT_SECONDS = 0.8  # an explicit request waits this long for the whole block, then shows the lines written so far
+# An explicit request with no whole line by then shows the whole words written so far. (As you
+# type, the `lineWaitMs` setting: a line takes longer to decode on a CPU than the pause a developer
+# gives a suggestion, and the rest comes as they type through the words, from the same generation.)
+INVOKED_LINE_WAIT_SECONDS = 0.9
 CONTEXT_CHARS = 4000  # of the text around the cursor, what post-processing looks at
 
 
@@ -136,7 +139,7 @@ class TandemLanguageServer(LanguageServer):
             offset = offset_of(source, position.line, position.character)
         except PositionError as exc:
             raise JsonRpcInvalidParams(str(exc)) from None
-        self.warmer.cancel_all()  # nothing of the warm-ups may stand before a real request
+        self.warmer.cancel_pending()  # no warm-up goes out before a real request (in-flight ones: _start)
         current = asyncio.current_task()
         previous = self.inflight.get(uri)
         if previous is not None and previous is not current and not previous.done():
@@ -187,6 +190,7 @@ class TandemLanguageServer(LanguageServer):
         """A new generation for this document state, running in the background."""
         s = self.settings
         prompt = self._prompt(uri, language, prefix, suffix, info)
+        self.warmer.cancel_all(keeping=prompt.prefix)  # except one prefilling this prompt's start
         stop = ["\n\n"] if s.multiline else ["\n"]
         below = next((line.strip() for line in suffix.split("\n", 8)[1:] if line.strip()), "")
         if len(below) >= 6:
@@ -194,7 +198,7 @@ class TandemLanguageServer(LanguageServer):
         ctx = postprocess.Context(prompt.cursor_prefix, suffix, s.multiline)
         line_before = prompt.cursor_prefix[prompt.cursor_prefix.rfind("\n") + 1:]
         pieces = aligned(self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop),
-                         prompt.omitted_indent, blank_line=not line_before.strip())
+                         line_before if not line_before.strip() else None)
         gen = Generation(uri, prefix, suffix)
         gen.task = asyncio.ensure_future(gen.run(pieces, lambda text: block_complete(text, ctx)))
         gen.task.add_done_callback(lambda task: self._ended(gen))
@@ -209,7 +213,7 @@ class TandemLanguageServer(LanguageServer):
     def _prompt(self, uri: str, language: str, prefix: str, suffix: str, info: ServerInfo) -> Prompt:
         others = [OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0)) for u, d in self.workspace.text_documents.items()
                   if u != uri and (d.language_id or "") == language]
-        return build(prefix, suffix, language, uri, others, budget_tokens=min(PROMPT_TOKENS, info.context_length // 2))
+        return build(prefix, suffix, language, uri, others, budget_tokens=min(self.settings.prompt_tokens, info.context_length // 2))
 
     async def _answer(self, gen: Generation, prefix: str, suffix: str, ctx: postprocess.Context, whole_block: bool) -> str | None:
         """The suggestion `gen` gives for this state: once it is ready (a first line, or with
@@ -228,14 +232,26 @@ class TandemLanguageServer(LanguageServer):
             r = rest()
             return r is None or has_first_line(r)
 
+        def words() -> bool:
+            r = rest()
+            return r is None or bool(suggestion(r, ctx, whole_block=False, finished=gen.done and not gen.cut))
+
         budget = self.settings.time_budget_ms / 1000
+        started = time.monotonic()
+
+        def left(until: float) -> float:
+            return max(min(until, budget) - (time.monotonic() - started), 0.0)
+
         try:
             if whole_block:  # the block if it comes soon; else its whole lines so far, once there is one
-                in_time = await gen.wait(ready, min(BLOCK_WAIT_SECONDS, budget))
+                in_time = await gen.wait(ready, left(BLOCK_WAIT_SECONDS))
                 if not in_time:
-                    in_time = await gen.wait(first_line, max(budget - BLOCK_WAIT_SECONDS, 0.0))
+                    in_time = await gen.wait(first_line, left(INVOKED_LINE_WAIT_SECONDS))
             else:
-                in_time = await gen.wait(ready, budget)
+                in_time = await gen.wait(ready, left(self.settings.line_wait_ms / 1000))
+            if not in_time:  # no whole line yet: its whole words, once there are some
+                in_time = await gen.wait(words, left(budget))
+                self.stats["partial_lines"] += in_time
         except asyncio.CancelledError:
             if gen.waiting == 0 and not gen.done:
                 gen.abandoned = True  # it may still serve the next keystroke; reaped if none wants it

@@ -3,8 +3,10 @@
 When the cursor settles (moved, or an edit made, and then nothing for `DELAY_SECONDS`), the
 language server sends the prompt a request there would send, for one token at background
 priority: the engine prefills it and keeps its KV, so the first suggestion at that spot is not a
-cold prefill. Every real request cancels the warm-ups pending or in flight (the engine serves
-interactive requests before background ones anyway), and a prompt warmed lately is not sent again.
+cold prefill. Every real request cancels the warm-ups still pending; one already in the engine
+is cancelled too unless it is prefilling what the real request's own prompt starts with (cancelling
+that would throw away the very prefill the request is about to need, and make it start over).
+A prompt warmed lately is not sent again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class Warmer:
     def __init__(self, send: Send) -> None:
         self._send = send
         self._tasks: dict[str, asyncio.Task[None]] = {}  # per document: the pending or running warm-up
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], str] = {}  # in the engine: task -> its prompt
         self._warmed: OrderedDict[str, None] = OrderedDict()
         self.sent = self.cancelled = self.skipped = self.failed = 0
 
@@ -51,7 +53,7 @@ class Warmer:
             return
         current = asyncio.current_task()
         assert current is not None
-        self._sending.add(current)
+        self._sending[current] = text
         try:
             await self._send(text, suffix)
             self.sent += 1
@@ -65,14 +67,25 @@ class Warmer:
             self.failed += 1
             log.debug("warm-up failed: %s", exc)
         finally:
-            self._sending.discard(current)
+            self._sending.pop(current, None)
 
-    def cancel_all(self) -> None:
-        """A real request is starting: nothing of ours may stand before it."""
+    def cancel_pending(self) -> None:
+        """A real request is coming: no new warm-up may go out before it."""
         for task in list(self._tasks.values()):
-            if not task.done():
+            if not task.done() and task not in self._sending:
                 task.cancel()
-        self._tasks.clear()
+
+    def cancel_all(self, keeping: str | None = None) -> None:
+        """A real request with prompt `keeping` goes to the engine: nothing of ours may stand
+        before it, except a warm-up of that prompt's own beginning (most of it)."""
+        for task in list(self._tasks.values()):
+            if task.done():
+                continue
+            sent = self._sending.get(task)
+            if sent is not None and keeping is not None and _shares_most(sent, keeping):
+                continue
+            task.cancel()
+        self._tasks = {uri: t for uri, t in self._tasks.items() if not t.done() and not t.cancelling()}
 
     @property
     def in_flight(self) -> int:
@@ -83,3 +96,16 @@ class Warmer:
         for task in list(self._sending):
             with contextlib.suppress(BaseException):
                 await task
+
+
+def _shares_most(warming: str, prompt: str) -> bool:
+    """Whether the prompt being warmed is, for at least 3/4 of it, the start of `prompt`."""
+    n = min(len(warming), len(prompt))
+    same = 0
+    step = 256
+    while same < n and warming[same:same + step] == prompt[same:same + step]:
+        same += step
+    while same < n and warming[same] == prompt[same]:
+        same += 1
+    same = min(same, n)
+    return same >= 0.75 * len(warming)

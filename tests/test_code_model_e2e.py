@@ -78,7 +78,7 @@ def test_fim_completions_through_the_language_server(code_server: str) -> None:
 
 
 async def test_an_explicit_fim_request_through_tandem_lsp(code_server: str) -> None:
-    client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "maxTokens": 48})
+    client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "lineWaitMs": 30_000, "maxTokens": 48})
     try:
         uri = "file:///work/files.py"
         open_doc(client, uri, BEFORE + AFTER)
@@ -114,7 +114,7 @@ async def test_an_explicit_fim_request_through_tandem_lsp(code_server: str) -> N
 async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(code_server: str) -> None:
     """The cursor comes to rest; the language server warms the FIM prompt there in the background;
     the as-you-type request that follows reuses all of it but the last tokens."""
-    client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "maxTokens": 24})
+    client = await start_lsp(code_server, "--no-autostart", settings={"timeBudgetMs": 30_000, "lineWaitMs": 30_000, "maxTokens": 24})
     try:
         await wait_until(lambda: any(s["state"] == "ready" for s in client.engine_status), timeout=60)
         uri = "file:///work/warm.py"

@@ -54,7 +54,7 @@ async def start_slow_request(client, url: str, msg_id: str | None = None):  # ty
 
 
 async def test_an_inline_completion_for_a_python_file_arrives(default_server) -> None:
-    client = await start_lsp(default_server.url, settings={"maxTokens": 32, "timeBudgetMs": 30_000})  # arrival, not speed, is tested here
+    client = await start_lsp(default_server.url, settings={"maxTokens": 32, "timeBudgetMs": 30_000, "lineWaitMs": 30_000})  # arrival, not speed, is tested here
     try:
         init = client.initialize_result.capabilities  # inline completion is advertised: it is registered with options
         assert init.inline_completion_provider is not None and init.completion_provider is not None
@@ -130,7 +130,7 @@ async def test_an_unreachable_engine_is_reported_and_requests_get_empty_answers(
 
 async def test_a_cancelled_request_leaves_no_generation_running(default_server) -> None:
     url = default_server.url
-    client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000})
+    client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000, "lineWaitMs": 30_000})
     try:
         future, before, _ = await start_slow_request(client, url, msg_id="slow-1")
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
@@ -149,13 +149,13 @@ async def test_a_cancelled_request_leaves_no_generation_running(default_server) 
 
 async def test_a_newer_request_on_the_document_supersedes_the_older(default_server) -> None:
     url = default_server.url
-    client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000})
+    client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000, "lineWaitMs": 30_000})
     try:
         older, before, (line, character) = await start_slow_request(client, url)
         client.text_document_did_change(types.DidChangeTextDocumentParams(
             types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/primes.py"),
             [types.TextDocumentContentChangePartial(range=types.Range(types.Position(line, character), types.Position(line, character)), text="x, ")]))
-        client.set_configuration({"maxTokens": 8, "timeBudgetMs": 30_000}, section="tandem")
+        client.set_configuration({"maxTokens": 8, "timeBudgetMs": 30_000, "lineWaitMs": 30_000}, section="tandem")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
         await asyncio.sleep(0.5)
         newer = await client.text_document_inline_completion_async(inline_params("file:///work/primes.py", line, character + 3))
@@ -180,7 +180,7 @@ async def test_auto_start_and_two_language_servers_share_one_engine(default_mode
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TANDEM_HOME": str(private_home)}
-    first = await start_lsp(url, env=env, settings={"maxTokens": 8, "timeBudgetMs": 30_000})
+    first = await start_lsp(url, env=env, settings={"maxTokens": 8, "timeBudgetMs": 30_000, "lineWaitMs": 30_000})
     second = None
     try:
         open_doc(first, "file:///work/a.py", PY)
@@ -195,7 +195,8 @@ async def test_auto_start_and_two_language_servers_share_one_engine(default_mode
         assert s1["engine_started_here"] is True and s2["engine_started_here"] is False
         servers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "serve" in p.info["cmdline"] and str(port) in p.info["cmdline"]]
         assert len(servers) == 1  # one engine for both
-        assert metric(url, "tandem_requests_finished_total") == s1["engine_calls"] + s2["engine_calls"]
+        calls = s1["engine_calls"] + s2["engine_calls"]  # each language server's generations, all in that one engine
+        await wait_until(lambda: metric(url, "tandem_requests_finished_total") >= calls, timeout=120)
     finally:
         await first.shutdown_session()
         if second is not None:

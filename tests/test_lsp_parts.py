@@ -78,21 +78,23 @@ async def test_waiting_on_a_generation_ends_when_ready_or_done_and_times_out_oth
     assert await cut.wait(lambda: False, timeout=10) and cut.done and cut.cut
 
 
-async def _joined(pieces: list[str], indent: str, blank: bool) -> str:
+async def _joined(pieces: list[str], indent: str | None) -> str:
     async def source():  # type: ignore[no-untyped-def]
         for p in pieces:
             yield "id", p
-    return "".join([p async for _, p in aligned(source(), indent, blank)])
+    return "".join([p async for _, p in aligned(source(), indent)])
 
 
-@pytest.mark.parametrize("pieces, indent, blank, expected", [
-    (["\n", "    ", "return x"], "    ", True, "return x"),  # a blank line and an indent the document already has
-    (["  ", "  ret", "urn x\n    y"], "    ", True, "return x\n    y"),  # the indentation split over pieces
-    (["        deeper()"], "    ", True, "    deeper()"),  # deeper than the cursor: the difference stays
-    (["\n    return x"], "", False, "\n    return x"),  # at the end of a line of code: the next line
+@pytest.mark.parametrize("pieces, indent, expected", [
+    (["return x"], "    ", "return x"),  # the prompt ends with the indentation: the model goes on after it
+    (["\n", "    ", "return x"], "    ", "return x"),  # a blank line and an indent the document already has
+    (["\n  ", "  ret", "urn x\n    y"], "    ", "return x\n    y"),  # the indentation split over pieces
+    (["\n        deeper()"], "    ", "    deeper()"),  # deeper than the cursor: the difference stays
+    ([" ", "return x"], "        ", "return x"),  # the space the tokenizer puts before a word, on the cursor's line: not inserted
+    (["\n    return x"], None, "\n    return x"),  # at the end of a line of code: the next line
 ])
-async def test_output_is_aligned_to_a_cursor_on_an_indented_blank_line(pieces: list[str], indent: str, blank: bool, expected: str) -> None:
-    assert await _joined(pieces, indent, blank) == expected
+async def test_output_is_aligned_to_a_cursor_on_an_indented_blank_line(pieces: list[str], indent: str | None, expected: str) -> None:
+    assert await _joined(pieces, indent) == expected
 
 
 def test_what_is_shown_of_a_running_generation_is_whole_lines_or_whole_words() -> None:
@@ -103,6 +105,7 @@ def test_what_is_shown_of_a_running_generation_is_whole_lines_or_whole_words() -
     ctx = Context("def f(x):\n    ", "\n", True)
     assert suggestion("return x * 2\n    y = 1\n", ctx, whole_block=False, finished=False) == "return x * 2"
     assert suggestion("return x * 2\n    y = 1\n", ctx, whole_block=True, finished=False) == "return x * 2\n    y = 1"
+    assert suggestion("```python\nx = 1\n```\n", ctx, whole_block=True, finished=True) == ""  # a chat model's code fence
 
 
 def test_the_prompt_window_starts_on_a_stable_line_while_the_user_types() -> None:
@@ -113,7 +116,7 @@ def test_the_prompt_window_starts_on_a_stable_line_while_the_user_types() -> Non
     number = int(first.prefix.split("_", 1)[1].split(" ", 1)[0])
     assert number % WINDOW_LINES == 0
     blank = build("def f():\n    ", "\n", "python", "u", [])
-    assert blank.prefix == "def f():\n" and blank.omitted_indent == "    " and blank.cursor_prefix == "def f():\n    "
+    assert blank.prefix == blank.cursor_prefix == "def f():\n    "  # the indentation stays: the model writes the body
 
 
 def test_prompt_window_and_snippets_by_recency_and_language() -> None:

@@ -98,7 +98,7 @@ async def test_the_first_line_arrives_before_the_block_and_typing_through_is_ser
     url, _ = served
     engine.script = ["if x", " is None:\n", "        log(x)", "\n        return 0", "\n    return x * 2", "\n"]
     engine.pace = 0.3
-    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "warmUp": False})
+    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "warmUp": False, "lineWaitMs": 20_000})
     try:
         open_doc(client, "file:///w/a.py", DOC)
         assert await ask(client, "file:///w/a.py", *CURSOR) == "if x is None:"  # the first line, while the block is still coming
@@ -113,6 +113,24 @@ async def test_the_first_line_arrives_before_the_block_and_typing_through_is_ser
         assert await ask(client, "file:///w/a.py", 1, 17, invoked=True) == "\n        log(x)\n        return 0"
         counts = await stats(client)
         assert counts["engine_calls"] == 1 and len(engine.real()) == 1 and counts["cache_hits"] == 3
+    finally:
+        await client.shutdown_session()
+
+
+async def test_a_slow_line_shows_its_whole_words_and_typing_through_them_gets_the_rest(served, engine) -> None:
+    """No whole line within `lineWaitMs`: the words written so far (never half a word), and the
+    same generation then serves the rest of the line as the user types through them."""
+    url, _ = served
+    engine.script = ["if x", " is None:\n", "        return 0\n"]
+    engine.pace = 0.4
+    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "warmUp": False, "lineWaitMs": 100})
+    try:
+        open_doc(client, "file:///w/w.py", DOC)
+        assert await ask(client, "file:///w/w.py", *CURSOR) == "if "  # "x" may be the start of a longer name: not yet
+        type_text(client, "file:///w/w.py", 2, 1, 4, "if ")
+        assert await ask(client, "file:///w/w.py", 1, 7) == "x is None:"
+        counts = await stats(client)
+        assert counts["engine_calls"] == 1 and counts["partial_lines"] >= 1
     finally:
         await client.shutdown_session()
 
@@ -137,7 +155,7 @@ async def test_typing_something_else_cancels_the_generation_and_starts_a_new_one
     url, _ = served
     engine.script = ["return", " x * 2", "\n", "    pass", "\n"] * 4
     engine.pace = 0.2
-    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "warmUp": False})
+    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "warmUp": False, "lineWaitMs": 20_000})
     try:
         open_doc(client, "file:///w/c.py", DOC)
         assert await ask(client, "file:///w/c.py", *CURSOR) == "return x * 2"
@@ -170,28 +188,35 @@ async def test_a_cancelled_request_leaves_its_generation_only_for_a_moment(serve
 
 
 async def test_warm_ups_go_out_in_the_background_and_real_requests_cancel_them(served, engine) -> None:
+    """A real request cancels the warm-ups in flight, except one prefilling its own prompt (that
+    prefill is what the request needs next)."""
     url, _ = served
     engine.script = ["return", " x * 2", "\n"]
     engine.pace = 0.2  # a warm-up takes 20 times as long here: it is still in flight when the real request comes
-    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000})
+    client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "lineWaitMs": 20_000})
     try:
         await wait_until(lambda: any(s["state"] == "ready" for s in client.engine_status))
         open_doc(client, "file:///w/e.py", DOC + "\n\nprint(double(2))\n")
         client.protocol.notify("tandem/cursorMoved", {"uri": "file:///w/e.py", "line": 1, "character": 4})
         await wait_until(lambda: len(engine.bodies) == 1)
         warm = engine.bodies[0]
-        assert warm["priority"] == "background" and warm["max_tokens"] == 1 and warm["prompt"].endswith("def double(x):\n")
+        assert warm["priority"] == "background" and warm["max_tokens"] == 1 and warm["prompt"].endswith("def double(x):\n    ")
         assert await ask(client, "file:///w/e.py", *CURSOR) == "return x * 2"
-        await wait_until(lambda: 0 in engine.closed_early)  # the real request cancelled the warm-up
         real = engine.real()
         assert len(real) == 1 and "priority" not in real[0] and real[0]["prompt"] == warm["prompt"]  # the same prompt: warmed
-        counts = await stats(client)
-        assert counts["warmups_cancelled"] == 1 and counts["warmups_in_flight"] == 0
+        assert 0 not in engine.closed_early  # so that warm-up was left to finish its prefill
+        await wait_until(lambda: 0 in engine.finished)
         # the same spot again is not warmed twice; an edit warms where it ended
         client.protocol.notify("tandem/cursorMoved", {"uri": "file:///w/e.py", "line": 1, "character": 4})
         type_text(client, "file:///w/e.py", 2, 3, 16, "\n")
         await wait_until(lambda: len(engine.bodies) == 3)
         assert engine.bodies[2]["priority"] == "background" and engine.bodies[2]["prompt"].endswith("print(double(2))\n")
+        # a real request elsewhere: that warm-up, in flight for another prompt, is cancelled
+        type_text(client, "file:///w/e.py", 3, 1, 4, "y = x\n    ")
+        assert await ask(client, "file:///w/e.py", 2, 4) == "return x * 2"
+        await wait_until(lambda: 2 in engine.closed_early)
+        counts = await stats(client)
+        assert counts["warmups_cancelled"] == 1 and counts["warmups_in_flight"] == 0
         for bad in ({"uri": "file:///w/e.py", "line": 99, "character": 0}, {"uri": 3}, {"uri": "file:///nope.py", "line": 0, "character": 0}):
             client.protocol.notify("tandem/cursorMoved", bad)  # ignored, and the server goes on
         assert await ask(client, "file:///w/e.py", *CURSOR) == "return x * 2"

@@ -17,7 +17,7 @@ from server import models
 from server.engine import Engine, EngineConfig, GenerationRequest, Priority
 from server.engine import engine as engine_module
 from server.engine.kv import RunningBatch
-from server.engine.speculative import PromptLookup, accepted_prefix
+from server.engine.speculative import OPENING_GAIN, Gate, PromptLookup, accepted_prefix
 
 pytestmark = pytest.mark.default_model
 
@@ -70,6 +70,39 @@ def test_prompt_lookup_proposes_what_followed_the_latest_earlier_occurrence() ->
     assert PromptLookup([4, 5, 6]).draft(8) == []
     assert PromptLookup([4, 5, 4]).draft(8) == [5, 4]  # falls back to the one-token suffix
     assert accepted_prefix([1, 2, 3], [1, 2, 9, 4]) == 2 and accepted_prefix([1], [None, 1]) == 0
+
+
+def test_the_gate_follows_what_the_drafts_would_have_gained_verified_or_not() -> None:
+    gate = Gate()
+    assert gate.gain == OPENING_GAIN  # a new row verifies its first drafts, and so is measured
+    for _ in range(6):
+        gate.record(0)  # verified drafts the model rejected
+    assert gate.gain < 0.5
+    gate.watch([1, 2, 3])
+    gate.watch([9, 9, 9])  # one draft is scored at a time
+    for token in (1, 2, 3):
+        gate.token(token)  # the plain steps gave what the unverified draft said: all three would have been accepted
+    assert not gate.shadow and gate.gain > 0.5
+    gate.watch([4, 5])
+    gate.token(4)
+    gate.token(7)  # one of two
+    assert not gate.shadow
+    before = gate.gain
+    gate.token(1)  # nothing being scored: no change
+    assert gate.gain == before
+
+
+async def test_rows_that_are_not_copying_stop_verifying(engines) -> None:  # type: ignore[no-untyped-def]
+    """Prose finds one-token matches in its prompt that the model rarely follows: after its first
+    rejected drafts the row decodes plainly (a verification costs more than a plain step), while a
+    row copying code keeps verifying."""
+    on, _ = engines
+    steps, drafted = on.stats.speculative_steps, on.stats.drafted_tokens
+    await generate(on, interactive(PROSE, 48))
+    assert on.stats.speculative_steps - steps <= 12
+    steps = on.stats.speculative_steps
+    await generate(on, interactive(REPETITIVE, 48))
+    assert on.stats.speculative_steps - steps >= 3 and on.stats.drafted_tokens > drafted
 
 
 async def test_greedy_output_is_the_same_with_speculation_at_one_row(engines) -> None:  # type: ignore[no-untyped-def]

@@ -18,13 +18,13 @@ CASES = json.loads((Path(__file__).parent / "golden" / "suggestion" / "cases.jso
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 async def test_suggestion_golden(case: dict) -> None:
-    prompt = build(case["prefix"], case["suffix"], "python", "file:///golden.py", [])
+    assert build(case["prefix"], case["suffix"], "python", "file:///golden.py", []).prefix.endswith(case["prefix"][-200:])
     line_before = case["prefix"][case["prefix"].rfind("\n") + 1:]
 
     async def stream():  # type: ignore[no-untyped-def]
         for piece in case["pieces"]:
             yield "cmpl-golden", piece
 
-    rest = "".join([p async for _, p in aligned(stream(), prompt.omitted_indent, blank_line=not line_before.strip())])
+    rest = "".join([p async for _, p in aligned(stream(), line_before if not line_before.strip() else None)])
     ctx = Context(case["prefix"], case["suffix"])
     assert suggestion(rest, ctx, whole_block=case["whole_block"], finished=case["finished"]) == case["expected"]

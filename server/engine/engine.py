@@ -29,7 +29,7 @@ from .prefill import Prefilled, prefill_batch, prefill_on_prefix, row_kv
 from .prefix_cache import PrefixCache
 from .sampling import SamplingParams, sample_next
 from .scheduler import Scheduler
-from .speculative import DRAFT_TOKENS, MAX_BACKOFF, SPEC_MAX_ROWS, PromptLookup, accepted_prefix
+from .speculative import DRAFT_TOKENS, SPEC_MAX_ROWS, Gate, PromptLookup, accepted_prefix
 from .types import (
     EngineConfig,
     Delta,
@@ -70,9 +70,7 @@ class _Sequence:
         wants = req.speculative if req.speculative is not None else req.priority == Priority.INTERACTIVE
         # Greedy rows only: a sampled row would need rejection sampling to keep its distribution.
         self.lookup = PromptLookup(prompt_ids) if speculative and wants and self.sampling.greedy else None
-        self.spec_wait = 0  # steps left before this row drafts again (after drafts that were all rejected)
-        self.spec_backoff = 0  # the length of the last such pause
-        self.shadow: int | None = None  # while paused: what its first draft would have been for the coming token
+        self.gate = Gate()  # whether its drafts have been paying lately
 
     def send(self, item: Delta | BaseException) -> None:
         try:
@@ -104,6 +102,8 @@ class Engine:
         self.speculative = self.config.speculative and self._batch.fast_decode  # verification is the fast step's
         self.spec_max_rows = SPEC_MAX_ROWS  # (the benchmark lifts it to measure where speculation stops paying)
         self.draft_tokens = DRAFT_TOKENS
+        self._plain_seconds: float | None = None  # EMA of a plain step's time, at batch sizes that may speculate
+        self._verify_seconds: float | None = None  # EMA of a verification step's time, likewise
         self._rows: list[_Sequence] = []
         self._prefilling = 0  # requests taken from the queue and not yet in the batch (or finished)
         self._closing = False
@@ -367,7 +367,13 @@ class Engine:
         self.metrics.batch_size.observe(size)
         drafts = self._drafts()
         emitted = self._speculate(drafts) if drafts is not None else self._plain_step()
-        rate = emitted / max(time.monotonic() - started, 1e-6)
+        took = time.monotonic() - started
+        if self.speculative and size <= self.spec_max_rows:  # the costs behind the speculation gate
+            if drafts is None:
+                self._plain_seconds = took if self._plain_seconds is None else 0.8 * self._plain_seconds + 0.2 * took
+            else:
+                self._verify_seconds = took if self._verify_seconds is None else 0.8 * self._verify_seconds + 0.2 * took
+        rate = emitted / max(took, 1e-6)
         self._scheduler.tokens_per_second = 0.9 * self._scheduler.tokens_per_second + 0.1 * rate
 
     def _plain_step(self) -> int:
@@ -390,20 +396,26 @@ class Engine:
         if not self.speculative or len(self._rows) > self.spec_max_rows:
             return None
         drafts = []
+        pays = self.spec_break_even()
         for seq in self._rows:
             if seq.lookup is None:
                 drafts.append([])
                 continue
-            if seq.spec_wait > 0:
-                seq.spec_wait -= 1
-                guess = seq.lookup.draft(1)
-                seq.shadow = guess[0] if guess else None
-                drafts.append([])
-                continue
             generated = len(seq.prompt_ids) + seq.generated
             room = min(self.draft_tokens, seq.max_tokens - seq.generated - 1, self.context_length - generated - 1)  # the bonus token needs a place too
-            drafts.append(seq.lookup.draft(room))
+            draft = seq.lookup.draft(room)
+            if seq.gate.gain < pays:
+                seq.gate.watch(draft)  # not verified: scored against what the plain steps give
+                draft = []
+            drafts.append(draft)
         return drafts if any(drafts) else None
+
+    def spec_break_even(self) -> float:
+        """Accepted drafts per verification that pay for it: how much longer a verification pass
+        has been taking than a plain step, in plain steps (EMAs of both, as measured here)."""
+        if self._plain_seconds is None or self._verify_seconds is None:
+            return 1.0
+        return max(self._verify_seconds / self._plain_seconds - 1.0, 0.25)
 
     def _speculate(self, drafts: list[list[int]]) -> int:
         """Verify every row's drafts in one pass; each row emits the drafts the model agrees with
@@ -418,11 +430,8 @@ class Engine:
             mine = chosen[starts[r] : starts[r] + 1 + len(d)]
             m = accepted_prefix(d, mine)
             accepted.append(m)
-            if d and m == 0:
-                seq.spec_backoff = min(max(1, 2 * seq.spec_backoff), MAX_BACKOFF)
-                seq.spec_wait = seq.spec_backoff
-            elif m:
-                seq.spec_backoff = 0
+            if d:
+                seq.gate.record(m)
             out = [*d[:m], mine[m]]
             nexts.append(self.pad_id if out[-1] is None else out[-1])
             alive = True
@@ -457,9 +466,7 @@ class Engine:
         seq.generated += 1
         if seq.lookup is not None:
             seq.lookup.append(token)
-            if seq.shadow is not None:  # paused, and the draft it did not verify would have been right: resume
-                seq.spec_wait = 0 if token == seq.shadow else seq.spec_wait
-                seq.shadow = None
+            seq.gate.token(token)
         self.metrics.generated.inc()
         finish: str | None = None
         if token in self.eos_ids:

@@ -22,11 +22,13 @@ DRAFT_TOKENS = 8  # drafts proposed per row and step (`tandem bench --sections s
 # bound by reading the weights) and a full batch pays in full. Set from `tandem bench
 # --sections speculative`, whose output quotes the measurement.
 SPEC_MAX_ROWS = 4
-# A row whose drafts were all rejected stops drafting for a while (1, 2, 4, ... steps, at most this
-# many): a verification pass costs more than a plain step (at one row, more than the compiled
-# one), and text the row is not copying would pay that on every step. Meanwhile its would-be
-# first draft is checked against the token the plain step gives; a hit ends the pause at once.
-MAX_BACKOFF = 16
+# Whether a row's drafts are worth verifying is measured, not assumed: a verification pass costs
+# more than a plain step (at one row, more than the compiled one), so a row verifies only while
+# the drafts it has been proposing lately (verified or not: unverified ones are scored against the
+# tokens the plain steps then give) would have gained more tokens per step than the engine's
+# measured verification costs over a plain step. GAIN_ALPHA: how fast that record follows the text.
+GAIN_ALPHA = 0.3
+OPENING_GAIN = 2.0  # a new row's record: it verifies its first drafts, and so gets measured
 
 
 class PromptLookup:
@@ -57,6 +59,33 @@ class PromptLookup:
             if found is not None:
                 return ids[found + 1 : found + 1 + k]
         return []
+
+
+class Gate:
+    """A row's record of how many of its drafts the model would have accepted, per draft."""
+
+    def __init__(self) -> None:
+        self.gain = OPENING_GAIN
+        self.shadow: list[int] = []  # an unverified draft being scored against the coming tokens
+        self._matched = 0
+
+    def record(self, accepted: int) -> None:
+        self.gain = (1 - GAIN_ALPHA) * self.gain + GAIN_ALPHA * accepted
+
+    def watch(self, draft: list[int]) -> None:
+        """Score `draft` against the next tokens (unless one is being scored already)."""
+        if not self.shadow and draft:
+            self.shadow, self._matched = draft, 0
+
+    def token(self, token: int) -> None:
+        if not self.shadow:
+            return
+        if token == self.shadow[self._matched]:
+            self._matched += 1
+            if self._matched < len(self.shadow):
+                return
+        self.record(self._matched)
+        self.shadow = []
 
 
 def accepted_prefix(drafts: list[int], chosen: list[int | None]) -> int:
