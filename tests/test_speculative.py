@@ -196,7 +196,7 @@ def _python_heavy_compile(progress: list[int], release: threading.Event):  # typ
             for _ in range(2000):
                 progress.append(len(progress))
             del progress[1:]
-            time.sleep(0.001)
+            release.wait(0.001)  # the compile's own wait (a compiler subprocess), GIL released
 
     return compile_one_row
 
