@@ -291,6 +291,9 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
     run has measured if it is stopped)."""
     home = Path(args.work_dir)
     result.update({"model_arg": model or "default", "rows": {}, "records": {}})
+    model, _, quant = (model or "").partition("@")  # "name@quant": tandem serve --quant quant
+    model = model if model not in ("", "default") else None
+    quant = quant or None
     wanted = [t for t in techniques if t.needs is None or avail[t.needs]]
     result["left_out"] = {t.name: f"{t.needs} not available" for t in techniques if t not in wanted}
     gguf = find_gguf(model)
@@ -303,7 +306,7 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
     try:
         for spec in dict.fromkeys(t.speculative for t in wanted if t.kind != "peer"):
             print(f"starting tandem serve --model {model or 'default'} (speculative {'on' if spec else 'off'})", flush=True)
-            servers[f"tandem-{spec}"] = start_server(home, model, speculative=spec if avail["speculative"] else None, compile_wait=compile_wait)
+            servers[f"tandem-{spec}"] = start_server(home, model, speculative=spec if avail["speculative"] else None, compile_wait=compile_wait, quant=quant)
         info = model_info(next(iter(servers.values())).url)
         result["model"], result["decode_steps"] = info, sorted({s.decode_step for s in servers.values()})
         if any(t.kind == "peer" for t in wanted):
@@ -326,7 +329,7 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
                 key = "peer" if t.kind == "peer" else f"tandem-{t.speculative}"
                 if fresh and t.kind != "peer" and used.get(key):  # a short chunk: the last row's prompts would still be in the prefix cache
                     servers.pop(key).stop()
-                    servers[key] = start_server(home, model, speculative=t.speculative if avail["speculative"] else None, compile_wait=compile_wait)
+                    servers[key] = start_server(home, model, speculative=t.speculative if avail["speculative"] else None, compile_wait=compile_wait, quant=quant)
                 used[key] = True
                 url = servers[key].url
                 before = prompt_tokens(url) if t.kind != "peer" else None
@@ -375,6 +378,8 @@ def markdown(result: dict[str, Any]) -> str:
     notes = []
     for m in result["models"]:
         name = m.get("model", {}).get("id", m["model_arg"])
+        if m.get("model", {}).get("quantization"):
+            name += f" ({m['model']['quantization']})"
         for tech, row in m["rows"].items():
             label = DESCRIPTIONS.get(tech, tech)
             if tech == "llama.cpp" and m["llama_cpp"].get("version"):
@@ -407,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown techniques: {', '.join(bad)} (known: {', '.join(TECHNIQUES)})")
     techniques = [TECHNIQUES[n] for n in names]
     if args.models:
-        model_list: list[str | None] = [None if m == "default" else m for m in args.models.split(",")]
+        model_list: list[str | None] = [m for m in args.models.split(",") if m]
     else:
         model_list = [None] + ([CODE_MODEL] if code_model_installed() else [])
     avail = availability()
@@ -438,7 +443,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("bench-completion", help="completion quality at held-out positions in real code: exact match, edit similarity, latency, vs llama.cpp")
-    p.add_argument("--models", default=None, help=f"comma-separated, passed to tandem serve (default: default, plus {CODE_MODEL} when installed)")
+    p.add_argument("--models", default=None, help=f"comma-separated, passed to tandem serve, each NAME or NAME@QUANT for --quant QUANT "
+                                                 f"(default: default, plus {CODE_MODEL} when installed)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 16 positions, one chunk, eager decode")
     p.add_argument("--positions", type=int, default=None, help="how many (default 120; quick 16)")
     p.add_argument("--seed", type=int, default=0)

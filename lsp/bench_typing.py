@@ -297,7 +297,7 @@ def reused_share(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 
 def start_server(home: Path, model: str | None = None, speculative: bool | None = None, prefix_cache: bool = True,
-                 compile_wait: float = 0.0) -> Served:
+                 compile_wait: float = 0.0, quant: str | None = None) -> Served:
     """`tandem serve` on a free port; `speculative` is passed only when serve lists the flag.
     With compile_wait > 0, wait (that long at most) for the compiled one-row decode step, the
     step a long-running server decodes with; 0 runs it eager (--no-compile)."""
@@ -306,6 +306,8 @@ def start_server(home: Path, model: str | None = None, speculative: bool | None 
             "--dialog-dir", str(home / f"dialog-{port}"), "--log-level", "warning", "--no-demo-site"]
     if model not in (None, "default"):
         args += ["--model", str(model)]
+    if quant:
+        args += ["--quant", quant]
     if not prefix_cache:
         args += ["--prefix-cache-tokens", "0"]
     if speculative is not None and serve_has("--speculative"):
@@ -499,8 +501,10 @@ async def replay(url: str, source: Source, chars: int, interval: float, pause: f
             await asyncio.sleep(interval)
             continue
         await asyncio.sleep(pause)  # people pause at the end of a line and look at the suggestion
-        shown = task.done() and not task.cancelled() and task.exception() is None and bool(task.result()[1].strip())
-        pauses.append({"shown": shown, "latency_ms": task.result()[0] * 1000 if shown else None})
+        answered_now = task.done() and not task.cancelled() and task.exception() is None
+        shown = answered_now and bool(task.result()[1].strip())
+        pauses.append({"shown": shown, "latency_ms": task.result()[0] * 1000 if shown else None,
+                       "line": line_col(text[:offset + length])[0], "suggestion": task.result()[1] if answered_now else None})
     done, late = await asyncio.wait(pending, timeout=60)
     for task in late:  # an answer that never came is counted, not waited for forever
         task.cancel()

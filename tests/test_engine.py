@@ -257,6 +257,45 @@ def test_a_packed_linear_computes_what_the_plain_one_does_for_any_row_count(bias
         assert pack_linears(parent) == 1 and parent[0] is packed  # packing twice repacks nothing
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_an_int8_linear_is_within_int8_error_of_the_plain_one_and_each_row_is_its_own(bias: bool) -> None:
+    """Per-row activation scales and exact integer sums: a row's output is the same bits alone
+    or in any batch (what keeps batched and speculative decoding equal to one-row decoding)."""
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(96, 160, bias=bias)
+    parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))
+    parent[0].load_state_dict(plain.state_dict())
+    assert pack_linears(parent, int8=True) == 1
+    packed = parent[0]
+    assert isinstance(packed, PackedLinear) and packed.packed.dtype == torch.int8 and "int8" in repr(packed)
+    with torch.inference_mode():
+        for rows in (1, 2, 7, 33, 600):
+            x = torch.randn(rows, 96)
+            x[0] *= 1000  # one row far larger than the others changes nothing for them
+            want = plain(x)
+            got = packed(x)
+            assert ((got - want).norm(dim=-1) / want.norm(dim=-1)).max() < 0.02
+            for row in {0, rows // 2, rows - 1}:
+                assert torch.equal(packed(x[row : row + 1]), got[row : row + 1])
+        x = torch.randn(3, 5, 96)
+        torch.testing.assert_close(packed(x), plain(x), rtol=0.05, atol=0.05)
+        assert packed(torch.zeros(2, 96)).abs().max() == (plain.bias.abs().max() if bias else 0)  # a zero row: no division by zero
+        assert packed(torch.randn(0, 96)).shape == (0, 160)
+        assert pack_linears(parent, int8=True) == 1 and parent[0] is packed
+
+
+def test_int8_siblings_in_one_matrix_give_what_each_int8_projection_gives() -> None:
+    torch.manual_seed(0)
+    alone, fused = _Attention((True, False, True)), _Attention((True, False, True))
+    fused.load_state_dict(alone.state_dict())
+    assert pack_linears(fused, fuse=True, int8=True) == 3 and isinstance(fused.q_proj, FusedPart)
+    assert pack_linears(alone, fuse=False, int8=True) == 3 and isinstance(alone.q_proj, PackedLinear)
+    with torch.inference_mode():
+        x = torch.randn(5, 96)
+        for name in ("q_proj", "k_proj", "v_proj"):  # the same row scale and integer sums: the same bits
+            assert torch.equal(getattr(fused, name)(x), getattr(alone, name)(x))
+
+
 class _Attention(torch.nn.Module):
     """Sibling projections named as a Llama layer names them; `biases` says which have a bias."""
 
@@ -301,15 +340,21 @@ def test_sibling_projections_packed_as_one_matrix_compute_what_each_plain_one_do
     assert pack_linears(fused) == 3 and fused.q_proj is parts[0]  # packing twice repacks nothing
 
 
-def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer, int8: bool) -> None:  # type: ignore[no-untyped-def]
     """Rows of different lengths (left-padded), joining and leaving, past the slotted cache's
-    growth point: logits and KV agree with transformers' forward on the plain weights."""
+    growth point: logits and KV agree with transformers' forward on the plain weights (int8:
+    on the same int8 weights, within what one int8 step of an activation moves)."""
     from server.engine.fast_decode import supports
     from server.engine.kv import RunningBatch
     from server.engine.prefill import prefill_batch
 
     packed_model = tiny_llama(len(tokenizer))
-    assert pack_linears(packed_model) > 0
+    assert pack_linears(packed_model, int8=int8) > 0
+    if int8:
+        plain_model = tiny_llama(len(tokenizer))
+        pack_linears(plain_model, fuse=False, int8=True)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if int8 else {"rtol": 1e-4, "atol": 1e-4}
     layer = packed_model.model.layers[0]
     assert type(layer.self_attn.q_proj) is type(layer.mlp.up_proj) is FusedPart  # q/k/v and gate/up: one matrix each
     assert supports(packed_model) and supports(plain_model)
@@ -332,14 +377,14 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
             for batch, _ in batches.values():
                 batch.keep([0, 2, 4])
         slow, fast = (batch.step(model) for batch, model in batches.values())
-        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast, slow, **tol)
         for batch, _ in batches.values():
             batch.next_tokens = slow.argmax(-1)
     (ref, _), (fast_batch, _) = batches.values()
     assert ref.size == fast_batch.size == 3
     for (k1, v1), (k2, v2) in zip(ref.kv(), fast_batch.kv()):
-        torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(k2, k1, **tol)
+        torch.testing.assert_close(v2, v1, **tol)
 
 
 def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_model(default_model_dir) -> None:  # type: ignore[no-untyped-def]

@@ -40,7 +40,7 @@ def test_a_directory_without_a_checkpoint_is_refused(tmp_path) -> None:
         models.resolve(str(tmp_path))
 
 
-@pytest.mark.parametrize(("quant", "max_mib"), [("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)])
+@pytest.mark.parametrize(("quant", "max_mib"), [("w8a8", 260), ("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)])
 def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, quant: str, max_mib: int) -> None:
     loaded = models.load(None, quant)
     assert loaded.quant == quant

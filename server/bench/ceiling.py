@@ -31,7 +31,8 @@ def weight_bytes_per_token(model: Any, footprint_bytes: int) -> int:
     """Every weight is read for each token except an untied input embedding, of which one row is."""
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    tied = head is not None and head.weight.data_ptr() == embed.data_ptr()
+    head_weight = getattr(head, "weight", None)  # None once packed: the head then holds its own copy
+    tied = head_weight is not None and head_weight.data_ptr() == embed.data_ptr()
     if tied:
         return footprint_bytes
     return footprint_bytes - embed.numel() * embed.element_size() + embed.shape[1] * embed.element_size()

@@ -1,4 +1,5 @@
-"""fp32 Linear weights repacked, in place, into MKL's GEMM-ready layout.
+"""fp32 Linear weights repacked, in place, into MKL's GEMM-ready layout (or, for `--quant w8a8`,
+into int8: int8.py).
 
 Why: at decode time every Linear multiplies a handful of rows (one per running request) by its
 whole weight. torch's `F.linear` then hands MKL a plain row-major weight, which MKL re-tiles on
@@ -25,6 +26,8 @@ import weakref
 from collections.abc import Sequence
 
 import torch
+
+from .int8 import int8_linear, quantize_weight
 
 log = logging.getLogger("tandem.engine")
 
@@ -68,31 +71,54 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, b
     return torch.ops.mkl._mkl_linear(x, packed, shape, bias, x.numel() // x.shape[-1])  # type: ignore[no-any-return]
 
 
-class PackedLinear(torch.nn.Module):
-    """y = x W^T + b with W held only in MKL's packed layout."""
+class _Weight(torch.nn.Module):
+    """W in one of the two formats: MKL's packed fp32 (`packed`, with `_aux` a zero-byte stand-in
+    for W's shape) or int8 (`packed` the int8 matrix, `_aux` its per-channel scales)."""
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    int8: bool
+
+    def _hold(self, weight: torch.Tensor, int8: bool) -> None:
+        self.int8 = int8
+        if int8:  # buffers: counted in the model's memory footprint (MKL's packed tensor is opaque to it)
+            for name, tensor in zip(("packed", "_aux"), quantize_weight(weight)):
+                self.register_buffer(name, tensor, persistent=False)
+        else:
+            self.packed, self._aux = _pack(weight)
+
+    def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.int8:
+            return int8_linear(x, self.packed, self._aux, bias)
+        return _packed_linear(x, self.packed, self._aux, bias)
+
+    def _format(self) -> str:
+        return "int8" if self.int8 else "MKL"
+
+
+class PackedLinear(_Weight):
+    """y = x W^T + b with W held only in MKL's packed layout (or in int8)."""
+
+    def __init__(self, linear: torch.nn.Linear, int8: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed, self._shape = _pack(linear.weight)
+        self._hold(linear.weight, int8)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _packed_linear(x, self.packed, self._shape, self.bias)
+        return self._product(x, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed=MKL"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed={self._format()}"
 
 
-class FusedPackedLinear(torch.nn.Module):
+class FusedPackedLinear(_Weight):
     """Several Linears that read the same input, as one packed matrix: `forward` returns each
     one's output. transformers' forward still calls them one by one, through `FusedPart`s."""
 
-    def __init__(self, linears: Sequence[torch.nn.Linear]) -> None:
+    def __init__(self, linears: Sequence[torch.nn.Linear], int8: bool = False) -> None:
         super().__init__()
         self.in_features = linears[0].in_features
         self.sizes = [linear.out_features for linear in linears]
-        self.packed, self._shape = _pack(torch.cat([linear.weight for linear in linears]))
+        self._hold(torch.cat([linear.weight for linear in linears]), int8)
         biases = [linear.bias for linear in linears]
         self.bias = None if all(b is None for b in biases) else torch.nn.Parameter(
             torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
@@ -100,7 +126,7 @@ class FusedPackedLinear(torch.nn.Module):
         self._pending: tuple[weakref.ref[torch.Tensor], int, list[torch.Tensor | None]] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _packed_linear(x, self.packed, self._shape, self.bias).split(self.sizes, dim=-1)
+        return self._product(x, self.bias).split(self.sizes, dim=-1)
 
     def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Output `index` of `forward(x)`. The whole product is computed once for a run of
@@ -118,7 +144,7 @@ class FusedPackedLinear(torch.nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.sizes}, bias={self.bias is not None}, packed=MKL"
+        return f"in_features={self.in_features}, out_features={self.sizes}, bias={self.bias is not None}, packed={self._format()}"
 
 
 class FusedPart(torch.nn.Module):
@@ -146,7 +172,7 @@ def fused_outputs(x: torch.Tensor, *linears: torch.nn.Module) -> tuple[torch.Ten
     return tuple(linear(x) for linear in linears)
 
 
-def _fuse_siblings(model: torch.nn.Module) -> int:
+def _fuse_siblings(model: torch.nn.Module, int8: bool) -> int:
     """Replace each group of FUSED_SIBLINGS by FusedParts of one packed matrix; returns the count."""
     count = 0
     for parent in list(model.modules()):
@@ -156,22 +182,24 @@ def _fuse_siblings(model: torch.nn.Module) -> int:
                 continue
             if len({child.in_features for child in group}) != 1:  # type: ignore[union-attr]
                 continue
-            fused = FusedPackedLinear(group)  # type: ignore[arg-type]
+            fused = FusedPackedLinear(group, int8)  # type: ignore[arg-type]
             for index, name in enumerate(names):
                 setattr(parent, name, FusedPart(fused, index))
             count += 1
     return count
 
 
-def pack_linears(model: torch.nn.Module, fuse: bool = True) -> int:
+def pack_linears(model: torch.nn.Module, fuse: bool = True, int8: bool = False) -> int:
     """Replace every plain fp32 CPU Linear of `model` by a PackedLinear, or, with `fuse`, by a
     part of one packed matrix with its siblings (idempotent); returns how many of the model's
-    Linear layers are packed, fused or not."""
-    if torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
-        groups = _fuse_siblings(model) if fuse else 0
+    Linear layers are packed, fused or not. `int8`: the weights become int8 (int8.py) rather
+    than MKL's fp32 layout."""
+    if int8 or (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")):
+        groups = _fuse_siblings(model, int8) if fuse else 0
         targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
         for parent, name, child in targets:
-            setattr(parent, name, PackedLinear(child))
+            setattr(parent, name, PackedLinear(child, int8))
         if targets or groups:
-            log.info("repacked %d Linear weights into MKL's GEMM layout and %d groups of siblings into one matrix each", len(targets), groups)
+            log.info("repacked %d Linear weights into %s and %d groups of siblings into one matrix each",
+                     len(targets), "int8" if int8 else "MKL's GEMM layout", groups)
     return sum(isinstance(m, (PackedLinear, FusedPart)) for m in model.modules())
