@@ -37,11 +37,6 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUANT_CHOICES = ("w8a8", "none", "bf16", "int8", "nf4", "fp4")
 
 
-def default_quant() -> str:
-    """Full precision until w8a8 (the fastest on a CPU) has run through the whole suite as the default."""
-    return "none"
-
-
 # The fill-in-the-middle tokens of the model families we know, as (prefix, suffix, middle).
 FIM_STYLES = (
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5 (and R1-Distill-Qwen)
@@ -195,12 +190,10 @@ def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def load(spec: str | None = None, quant: str | None = None, home: Path | None = None) -> LoadedModel:
-    """`quant` None: `default_quant()`."""
+def load(spec: str | None = None, quant: str = "none", home: Path | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
-    quant = quant or default_quant()
     name, source, offline = resolve(spec, home)
     if offline:
         # Belt and braces: nothing below may reach for a hub when the model is local.
