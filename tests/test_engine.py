@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 
 import pytest
 import torch
@@ -387,14 +388,19 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
         torch.testing.assert_close(v2, v1, **tol)
 
 
-def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_model(default_model_dir) -> None:  # type: ignore[no-untyped-def]
-    """The eager step serves while torch.compile works; then single-row steps run compiled, with
-    the logits of the eager step (and so the same greedy text)."""
+@pytest.mark.parametrize("quant", ["none", "w8a8"])
+def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_model(default_model_dir, quant: str) -> None:  # type: ignore[no-untyped-def]
+    """The eager step serves while torch.compile works; then single-row steps run compiled. In
+    fp32 with the logits of the eager step (and so the same greedy text). With int8 products the
+    compiled graph rounds the fp32 ops between them in its own way and int8 rounding carries that
+    into other int8 steps (README, "int8 products"): it must pick the eager step's token except
+    at near-ties, with a logit difference no larger than that noise (a wrong cache column or a
+    stale buffer gives other tokens everywhere)."""
     from server import models
     from server.engine.kv import GROW, RunningBatch
     from server.engine.prefill import prefill_batch
 
-    served, reference = models.load(str(default_model_dir)), models.load(str(default_model_dir))
+    served, reference = models.load(str(default_model_dir), quant), models.load(str(default_model_dir), quant)
     engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
     eager = Engine(reference.model, reference.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
     prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "Explain why the sky is blue."}],
@@ -412,7 +418,9 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
         assert step_in_use("tandem_decode_step_info", {"step": "engine"}) == 0
         compiled_text, finish, tokens = asyncio.run(collect(engine, req))
         assert step.calls >= tokens - 1 and step.failed is None  # every decode step after the first token ran compiled
-        assert compiled_text == asyncio.run(collect(eager, req))[0] == while_compiling
+        assert while_compiling == asyncio.run(collect(eager, req))[0]
+        if quant == "none":
+            assert compiled_text == while_compiling
     finally:
         engine.close()
         eager.close()
@@ -424,13 +432,22 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
         batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
         batches.append(batch)
     calls, steps = step.calls, 2 * GROW + 8
+    disagreements, mean_diffs = [], []
     for _ in range(steps):  # past the slotted cache's growth points, twice: the compiled graph takes each new buffer
         compiled_logits = batches[0].step(served.model, step)
         eager_logits = batches[1].step(reference.model)
-        torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-3, atol=1e-3)
+        if quant == "none":
+            torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-3, atol=1e-3)
+        mean_diffs.append(float((compiled_logits - eager_logits).abs().mean()))
+        if int(compiled_logits.argmax()) != int(eager_logits.argmax()):
+            top = eager_logits[0].topk(2).values
+            disagreements.append(float(top[0] - top[1]))
         for batch in batches:
             batch.next_tokens = eager_logits.argmax(-1)
     assert step.calls == calls + steps and step.failed is None
+    # measured: 3 of 72 steps disagree, at margins under 0.34; mean |difference| 0.4 (median)
+    assert len(disagreements) <= steps // 8 and all(margin < 1.0 for margin in disagreements), disagreements
+    assert statistics.median(mean_diffs) < 1.0
 
 
 @pytest.mark.parametrize("poison", ["nan_logits", "overflowing_temperature"])

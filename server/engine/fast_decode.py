@@ -118,7 +118,8 @@ def _decoder(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: li
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kbuf[:, :, length : length + width] = k
         vbuf[:, :, length : length + width] = v
-        o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
+        o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling) if width == 1 \
+            else _attend_each(q, kbuf, vbuf, length, attn_mask, attn.scaling)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
         gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
@@ -194,6 +195,25 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.
     scores = (grouped * k[:, :, None]).sum(-1) * scale  # [B, kv_heads, g, T]
     out = (torch.softmax(scores, dim=-1)[..., None] * v[:, :, None]).sum(-2)  # [B, kv_heads, g, D]
     return out.view(rows, heads, 1, dim)
+
+
+def _attend_each(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int, attn_mask: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+    """`_attend` for a block of S queries [B, heads, S, D], one query at a time over the columns
+    it may see, with the one-row step's kernel.
+
+    Why: SDPA over S queries at once takes other GEMM kernels than at one query, which round the
+    last bits differently. Under int8 products (int8.py) a last-bit difference can move an input
+    element to the next int8 step, so verifying a speculative block in one call gave other
+    tokens than one-row decoding; per query, the verified logits are the one-row step's, bit for
+    bit (tests/test_speculative.py)."""
+    width = q.shape[2]
+    outs = []
+    for i in range(width):
+        end = length + i + 1
+        mask = None if attn_mask is None else attn_mask[:, :, i : i + 1, :end]
+        outs.append(_attend(q[:, :, i : i + 1], kbuf[:, :, :end], vbuf[:, :, :end], mask, scale))
+    return torch.cat(outs, dim=2)
 
 
 def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
