@@ -595,7 +595,7 @@ def run(args: argparse.Namespace) -> int:
             shown_spec = set()
         for key in dict.fromkeys(c.server_key for c in configs):
             print(f"starting tandem serve (speculative {'on' if key[0] else 'off'}, prefix reuse {'on' if key[1] else 'off'})", flush=True)
-            servers[key] = start_server(home, args.model, speculative=key[0] if avail["speculative"] else None, prefix_cache=key[1],
+            servers[key] = start_server(home, args.model, quant=args.quant, speculative=key[0] if avail["speculative"] else None, prefix_cache=key[1],
                                         compile_wait=compile_wait)
         info = model_info(next(iter(servers.values())).url)
         for rnd in range(rounds):
@@ -677,6 +677,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("bench-typing", help="replay typing real code through the language server: latency, suggestions at pauses, cancellations, cache hits")
     p.add_argument("--model", default=None, help="passed to tandem serve (default: the embedded default model)")
+    p.add_argument("--quant", default=None, help="passed to tandem serve --quant (default: its default)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 files, 60 characters, 1 round, eager decode")
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, of {', '.join(CONFIGS)}")
     p.add_argument("--files", type=int, default=None, help=f"how many of the {len(SOURCES)} files (default all; quick 2)")

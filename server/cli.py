@@ -11,7 +11,7 @@ import os
 import sys
 
 from .engine import EngineConfig
-from .models import QUANT_CHOICES, resolve_quant
+from .models import QUANT_CHOICES
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from pathlib import Path
 
-    config = ServerConfig(model=args.model, quant=resolve_quant(args.quant), api_key=api_key, engine=engine,
+    config = ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine,
                           audit_dir=Path(args.audit_dir) if args.audit_dir else None, audit_checkpoint_every=args.audit_checkpoint_every,
                           audit_key=Path(args.audit_key) if args.audit_key else None,
                           audit_content_days=args.audit_content_days, admin_token=args.admin_token or os.environ.get("TANDEM_ADMIN_TOKEN") or None,
@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server (OpenAI-compatible API, metrics)")
     serve.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct; or a Hugging Face id, a local directory, a .gguf file")
-    serve.add_argument("--quant", choices=QUANT_CHOICES, default="auto",
-                       help="weight precision: auto (the default: w8a8 on a CPU, none on a GPU), w8a8 (int8 products, CPU only), "
-                            "none (fp32), bf16, or int8/nf4/fp4 through bitsandbytes")
+    serve.add_argument("--quant", choices=QUANT_CHOICES, default="none",
+                       help="weight precision: none (fp32, the default), w8a8 (int8 products on the CPU: the fastest there, "
+                            "weaker in chat; see the README), bf16, or int8/nf4/fp4 through bitsandbytes")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (mandatory off loopback)")

