@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import random
+import string
 import sysconfig
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.guard import PROFILES, InputGuard, OutputBlocked, Segment, Verdict, output_scanner
 from server.guard.stream import HOLD_LIMIT
@@ -264,3 +267,18 @@ def test_a_match_reaching_into_text_already_sent_ends_the_stream_with_an_error()
     with pytest.raises(OutputBlocked):
         scanner.feed(".c2lnbmF0dXJlLXZhbHVlLWhlcmU " + "more")
     assert [r.verdict for r in scanner.results() if r.scanner == "secrets"] == [Verdict.BLOCK]
+
+
+@given(st.text(alphabet=string.ascii_letters, min_size=12, max_size=40).filter(lambda t: sum(c.isupper() for c in t) > 3 and not t.isupper()))
+def test_a_mixed_case_token_in_a_header_is_never_kept_as_a_word(token: str) -> None:
+    """A generated client secret can have no digits at all (16 random letters); it must not pass for a product name."""
+    from server.guard import scrub_header
+
+    assert token not in scrub_header(f"plugin {token} (x)")
+
+
+def test_product_names_and_versions_in_real_user_agents_are_kept() -> None:
+    from server.guard import scrub_header
+
+    ua = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36 okhttp/4.12.0 PostmanRuntime/7.36.0"
+    assert scrub_header(ua) == ua

@@ -24,6 +24,16 @@ def scrub(text: str) -> str:
     return redact(text, choose(find_secrets(text)))
 
 
+def _wordlike(token: str) -> bool:
+    """Each letter run reads as a name (`okhttp`, `Gecko`, `AppleWebKit`, `KHTML`), not as a random
+    mixed-case string such as a 16-letter client secret that happens to have no digits."""
+    for run in _re.findall(r"[A-Za-z]+", token.split("/", 1)[0]):
+        capitals = sum(c.isupper() for c in run)
+        if capitals > 3 and not (run.isupper() and len(run) <= 8):
+            return False
+    return True
+
+
 def scrub_header(text: str) -> str:
     """A header (User-Agent, a client name) as it may be recorded. A header can carry a credential
     of any format, so this keeps only what reads as a product description: words, `Product/1.2.3`
@@ -37,7 +47,7 @@ def scrub_header(text: str) -> str:
     kept = []
     for token in redact(text, choose(find_secrets(text))).split():
         bare = token.strip("();,")
-        if (bare.startswith("[REDACTED:") or PRODUCT_TOKEN.fullmatch(bare) or VERSION.fullmatch(bare)) and len(bare) <= 48:
+        if (bare.startswith("[REDACTED:") or (PRODUCT_TOKEN.fullmatch(bare) and _wordlike(bare)) or VERSION.fullmatch(bare)) and len(bare) <= 48:
             kept.append(token)
         else:
             kept.append("[REDACTED:opaque]")
