@@ -260,8 +260,8 @@ def test_a_packed_linear_computes_what_the_plain_one_does_for_any_row_count(bias
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_an_int8_linear_is_within_int8_error_of_the_plain_one_and_each_row_is_its_own(bias: bool) -> None:
-    """Per-row activation scales and exact integer sums: a row's output is the same bits alone
-    or in any batch (what keeps batched and speculative decoding equal to one-row decoding)."""
+    """Per-row activation scales and exact integer sums: a row's product is the same bits alone
+    or in any batch."""
     torch.manual_seed(0)
     plain = torch.nn.Linear(96, 160, bias=bias)
     parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))

@@ -6,10 +6,10 @@ memory bandwidth; int8 reads a quarter of fp32's bytes, and the integer kernel (
 CPU) also beats fp32 GEMM at prefill sizes. `tandem bench --sections quantization` measures the
 step and the perplexity against fp32 side by side.
 
-Why per row, not per tensor (as torch's dynamic quantization does): a row's result then depends
-only on that row, bit for bit, because integer sums are exact whatever the kernel's blocking.
-A request's tokens are the same whichever requests share its batch, and a speculative block
-verified in one product gives what one-row steps give.
+Why per row, not per tensor (as torch's dynamic quantization does): a row's product then
+depends only on that row, bit for bit, because integer sums are exact whatever the kernel's
+blocking. (The fp32 ops between products still round by kernel, and rounding each row to int8
+can carry such a last bit into a token: fast_decode._attend_each, README "int8 products".)
 """
 
 from __future__ import annotations
