@@ -52,7 +52,7 @@ OWN_AUTH_PREFIXES = ("/audit", "/v1/dialog", "/widget.js", "/widget")
 @dataclass(frozen=True)
 class ServerConfig:
     model: str | None = None
-    quant: str = "none"
+    quant: str = "auto"
     api_key: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
     audit_dir: Path | None = None  # default: $TANDEM_HOME/audit

@@ -85,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server (OpenAI-compatible API, metrics)")
     serve.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct; or a Hugging Face id, a local directory, a .gguf file")
-    serve.add_argument("--quant", choices=QUANT_CHOICES, default="none",
-                       help="weight precision: none (fp32, the default), w8a8 (int8 products on the CPU: the fastest there, "
-                            "weaker in chat; see the README), bf16, or int8/nf4/fp4 through bitsandbytes")
+    serve.add_argument("--quant", choices=QUANT_CHOICES, default="auto",
+                       help="weight precision: auto (the default: q4 on a CPU for a model shipped in 4-bit blocks, as the "
+                            "embedded one is; none otherwise), none (fp32), q4 (4-bit weight groups, bf16 inputs, CPU), "
+                            "w8a8 (int8 products, CPU; weaker in chat, see the README), bf16, or int8/nf4/fp4 through bitsandbytes")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (mandatory off loopback)")

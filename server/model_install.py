@@ -65,6 +65,7 @@ class CatalogueModel:
     bytes: int
     sha256: str  # the official release file's
     parts: tuple[Part, ...]
+    cpu_quant: str = "none"  # what `--quant auto` runs it in on a CPU, as measured (README, `--quant`)
 
 
 def _parts(stem: str, version: str, sizes_and_hashes: Sequence[tuple[int, str]]) -> tuple[Part, ...]:
@@ -116,7 +117,7 @@ CATALOGUE: dict[str, CatalogueModel] = {
     for m in (
         CatalogueModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF", "Apache-2.0",
                        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 491400064,
-                       "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", _QWEN_05B),
+                       "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", _QWEN_05B, cpu_quant="w8a8"),
         CatalogueModel("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M", "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF", "Apache-2.0",
                        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1117320768,
                        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", _QWEN_15B),

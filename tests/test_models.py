@@ -40,7 +40,7 @@ def test_a_directory_without_a_checkpoint_is_refused(tmp_path) -> None:
         models.resolve(str(tmp_path))
 
 
-@pytest.mark.parametrize(("quant", "max_mib"), [("w8a8", 260), ("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)])
+@pytest.mark.parametrize(("quant", "max_mib"), [("q4", 220), ("w8a8", 260), ("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)])
 def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, quant: str, max_mib: int) -> None:
     loaded = models.load(None, quant)
     assert loaded.quant == quant
@@ -52,6 +52,19 @@ def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, qu
     assert "Paris" in loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
 
 
+def test_auto_runs_the_default_model_on_its_own_4_bit_blocks_and_a_checkpoint_in_fp32(default_model_dir) -> None:
+    """The embedded GGUF's layers are all Q4_1 blocks, which int4 groups hold as they are; a
+    transformers directory says nothing of its source, so it stays in fp32."""
+    assert models.linear_block_types(models.default_gguf_path()) == {"Q4_1"}
+    assert models.choose_quant(None) == models.choose_quant(str(models.default_gguf_path())) == "q4"
+    assert models.choose_quant(str(default_model_dir)) == "none"
+    assert models.choose_quant("qwen2.5-coder-0.5b") == "w8a8"  # the catalogue's measured choice
+    loaded = models.load(None)
+    assert loaded.quant == "q4"
+    layer = loaded.model.model.layers[0]
+    assert "int4" in repr(layer.mlp.down_proj) and "int8x2" in repr(loaded.model.lm_head)
+
+
 def test_an_unknown_quantization_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="choose from none, w8a8, bf16"):
+    with pytest.raises(ValueError, match="choose from auto, none, q4, w8a8, bf16"):
         models.quantization_kwargs("int3")

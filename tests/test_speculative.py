@@ -50,7 +50,12 @@ def engine_pair(model_dir, quant: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def engines(default_model_dir):  # type: ignore[no-untyped-def]
-    """As served by default (fp32)."""
+    """As the default model is served by default (`--quant auto`: q4 on a CPU)."""
+    yield from engine_pair(default_model_dir, "q4")
+
+
+@pytest.fixture(scope="module")
+def fp32_engines(default_model_dir):  # type: ignore[no-untyped-def]
     yield from engine_pair(default_model_dir, "none")
 
 
@@ -117,7 +122,7 @@ async def test_rows_that_are_not_copying_stop_verifying(engines) -> None:  # typ
     assert on.stats.speculative_steps - steps >= 3 and on.stats.drafted_tokens > drafted
 
 
-@pytest.mark.parametrize("pair", ["engines", "int8_engines"])
+@pytest.mark.parametrize("pair", ["engines", "fp32_engines", "int8_engines"])
 async def test_greedy_output_is_the_same_with_speculation_at_one_row(pair: str, request: pytest.FixtureRequest) -> None:
     on, off = request.getfixturevalue(pair)
     before = on.stats.accepted_tokens

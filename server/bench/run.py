@@ -32,7 +32,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens or (12 if quick else 64),
         "repeats": args.repeats or (1 if quick else 3),
         "mixed_completions": 6 if quick else 40,
-        "quant_modes": ["none", "nf4"] if quick else list(models.QUANT_CHOICES),
+        "quant_modes": ["none", "nf4"] if quick else list(models.QUANT_MODES),
         "quant_tokens": 16 if quick else 48,
         "ppl_tokens": 192 if quick else 2048,
         "b1_rounds": 1 if quick else 5,

@@ -1,5 +1,5 @@
 """fp32 Linear weights repacked, in place, into MKL's GEMM-ready layout (or, for `--quant w8a8`,
-into int8: int8.py).
+into int8: int8.py; for `--quant q4`, into 4-bit groups: int4.py).
 
 Why: at decode time every Linear multiplies a handful of rows (one per running request) by its
 whole weight. torch's `F.linear` then hands MKL a plain row-major weight, which MKL re-tiles on
@@ -27,12 +27,14 @@ from collections.abc import Sequence
 
 import torch
 
+from . import int4
 from .int8 import int8_linear, quantize_weight
 
 log = logging.getLogger("tandem.engine")
 
 PACK_ROWS = 16  # the row count MKL is told when packing; any count computes with the result
 FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # children that read the same input
+FORMATS = ("mkl", "int8", "int8x2", "int4")
 
 
 def _packable(module: torch.nn.Module) -> bool:
@@ -72,35 +74,45 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, b
 
 
 class _Weight(torch.nn.Module):
-    """W in one of the two formats: MKL's packed fp32 (`packed`, with `_aux` a zero-byte stand-in
-    for W's shape) or int8 (`packed` the int8 matrix, `_aux` its per-channel scales)."""
+    """W in one of FORMATS: MKL's packed fp32 (`packed`, with `_aux` a zero-byte stand-in for W's
+    shape), int8 (`packed` the int8 matrix, `_aux` its per-channel scales; "int8x2": the same, each
+    input row split into two int8 rows) or int4 (`packed` the
+    kernel's 4-bit layout, `_aux` its group scales and zeros). A weight int4 cannot hold (its
+    input size not whole groups) stays in MKL's layout."""
 
-    int8: bool
+    fmt: str
 
-    def _hold(self, weight: torch.Tensor, int8: bool) -> None:
-        self.int8 = int8
-        if int8:  # buffers: counted in the model's memory footprint (MKL's packed tensor is opaque to it)
-            for name, tensor in zip(("packed", "_aux"), quantize_weight(weight)):
-                self.register_buffer(name, tensor, persistent=False)
-        else:
+    def _hold(self, weight: torch.Tensor, fmt: str) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown weight format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if fmt == "int4" and not int4.supports(weight):
+            fmt = "mkl"
+        self.fmt = fmt
+        if fmt == "mkl":
             self.packed, self._aux = _pack(weight)
+        else:  # buffers: counted in the model's memory footprint (MKL's packed tensor is opaque to it)
+            quantize = int4.quantize_weight if fmt == "int4" else quantize_weight
+            for name, tensor in zip(("packed", "_aux"), quantize(weight)):
+                self.register_buffer(name, tensor, persistent=False)
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.int8:
-            return int8_linear(x, self.packed, self._aux, bias)
+        if self.fmt in ("int8", "int8x2"):
+            return int8_linear(x, self.packed, self._aux, bias, split=self.fmt == "int8x2")
+        if self.fmt == "int4":
+            return int4.int4_linear(x, self.packed, self._aux, bias)
         return _packed_linear(x, self.packed, self._aux, bias)
 
     def _format(self) -> str:
-        return "int8" if self.int8 else "MKL"
+        return "MKL" if self.fmt == "mkl" else self.fmt
 
 
 class PackedLinear(_Weight):
     """y = x W^T + b with W held only in MKL's packed layout (or in int8)."""
 
-    def __init__(self, linear: torch.nn.Linear, int8: bool = False) -> None:
+    def __init__(self, linear: torch.nn.Linear, fmt: str = "mkl") -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self._hold(linear.weight, int8)
+        self._hold(linear.weight, fmt)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,11 +126,11 @@ class FusedPackedLinear(_Weight):
     """Several Linears that read the same input, as one packed matrix: `forward` returns each
     one's output. transformers' forward still calls them one by one, through `FusedPart`s."""
 
-    def __init__(self, linears: Sequence[torch.nn.Linear], int8: bool = False) -> None:
+    def __init__(self, linears: Sequence[torch.nn.Linear], fmt: str = "mkl") -> None:
         super().__init__()
         self.in_features = linears[0].in_features
         self.sizes = [linear.out_features for linear in linears]
-        self._hold(torch.cat([linear.weight for linear in linears]), int8)
+        self._hold(torch.cat([linear.weight for linear in linears]), fmt)
         biases = [linear.bias for linear in linears]
         self.bias = None if all(b is None for b in biases) else torch.nn.Parameter(
             torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
@@ -172,7 +184,7 @@ def fused_outputs(x: torch.Tensor, *linears: torch.nn.Module) -> tuple[torch.Ten
     return tuple(linear(x) for linear in linears)
 
 
-def _fuse_siblings(model: torch.nn.Module, int8: bool) -> int:
+def _fuse_siblings(model: torch.nn.Module, fmt: str) -> int:
     """Replace each group of FUSED_SIBLINGS by FusedParts of one packed matrix; returns the count."""
     count = 0
     for parent in list(model.modules()):
@@ -182,24 +194,26 @@ def _fuse_siblings(model: torch.nn.Module, int8: bool) -> int:
                 continue
             if len({child.in_features for child in group}) != 1:  # type: ignore[union-attr]
                 continue
-            fused = FusedPackedLinear(group, int8)  # type: ignore[arg-type]
+            fused = FusedPackedLinear(group, fmt)  # type: ignore[arg-type]
             for index, name in enumerate(names):
                 setattr(parent, name, FusedPart(fused, index))
             count += 1
     return count
 
 
-def pack_linears(model: torch.nn.Module, fuse: bool = True, int8: bool = False) -> int:
+def pack_linears(model: torch.nn.Module, fuse: bool = True, fmt: str = "mkl", head: str | None = None) -> int:
     """Replace every plain fp32 CPU Linear of `model` by a PackedLinear, or, with `fuse`, by a
     part of one packed matrix with its siblings (idempotent); returns how many of the model's
-    Linear layers are packed, fused or not. `int8`: the weights become int8 (int8.py) rather
-    than MKL's fp32 layout."""
-    if int8 or (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")):
-        groups = _fuse_siblings(model, int8) if fuse else 0
+    Linear layers are packed, fused or not. `fmt` (FORMATS): MKL's fp32 layout, int8 (int8.py)
+    or 4-bit groups (int4.py); `head`: another format for the model's output head
+    (`get_output_embeddings`), whose error reaches the logits but no later layer."""
+    if fmt != "mkl" or (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")):
+        groups = _fuse_siblings(model, fmt) if fuse else 0
         targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
+        output_head = getattr(model, "get_output_embeddings", lambda: None)()
         for parent, name, child in targets:
-            setattr(parent, name, PackedLinear(child, int8))
+            setattr(parent, name, PackedLinear(child, head if head is not None and child is output_head else fmt))
         if targets or groups:
             log.info("repacked %d Linear weights into %s and %d groups of siblings into one matrix each",
-                     len(targets), "int8" if int8 else "MKL's GEMM layout", groups)
+                     len(targets), "MKL's GEMM layout" if fmt == "mkl" else fmt, groups)
     return sum(isinstance(m, (PackedLinear, FusedPart)) for m in model.modules())
