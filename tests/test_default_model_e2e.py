@@ -12,7 +12,9 @@ import pytest
 
 pytestmark = pytest.mark.default_model
 MODEL = "SmolLM2-135M-Instruct"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# Asked as "What is the capital of France?" the model's first token is a near-tie (0.08 logits in
+# fp32 between "The" and "L"): any change of kernel can answer "L'Étoile". Asked so, 1.4 apart.
+QUESTION = [{"role": "user", "content": "Name the capital of France."}]
 
 
 def metrics_text(url: str) -> str:
@@ -37,9 +39,9 @@ def test_models_reports_context_quantization_and_fim(default_server) -> None:
     (model,) = httpx.get(f"{url}/v1/models").json()["data"]
     assert model["id"] == MODEL
     assert model["context_length"] == 8192
-    assert model["quantization"] == "none"
+    assert model["quantization"] == "q4"  # --quant auto on a CPU, for a file of Q4_1 blocks
     assert model["fim"] is False
-    assert 400 * 2**20 < model["memory_footprint_bytes"] < 700 * 2**20
+    assert 150 * 2**20 < model["memory_footprint_bytes"] < 260 * 2**20
 
 
 def test_chat_answers_a_factual_question(client) -> None:

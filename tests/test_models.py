@@ -45,7 +45,7 @@ def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, qu
     loaded = models.load(None, quant)
     assert loaded.quant == quant
     assert loaded.footprint_bytes < max_mib * 2**20
-    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "Name the capital of France."}],
                                                add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         out = loaded.model.generate(**ids, max_new_tokens=10, do_sample=False)

@@ -39,9 +39,9 @@ def test_demo_page_send_stream_reload_stop(default_server, browser, tmp_path) ->
     page = browser.new_page()
     try:
         open_chat(page, default_server.url)
-        page.locator("#tandem-chat textarea").fill("What is the capital of France?")
+        page.locator("#tandem-chat textarea").fill("Name the capital of France.")
         page.locator("#tandem-chat textarea").press("Enter")
-        expect(page.locator("#tandem-chat .msg.user")).to_have_text("What is the capital of France?")
+        expect(page.locator("#tandem-chat .msg.user")).to_have_text("Name the capital of France.")
         answer = page.locator("#tandem-chat .msg.assistant[data-finish]")
         expect(answer).to_have_count(1, timeout=120_000)  # done
         expect(page.locator("#tandem-chat .send")).to_be_visible()
@@ -51,7 +51,7 @@ def test_demo_page_send_stream_reload_stop(default_server, browser, tmp_path) ->
         page.reload()  # the conversation survives a reload
         page.locator("#tandem-chat .launcher").click()
         expect(page.locator("#tandem-chat .msg")).to_have_count(2)
-        expect(page.locator("#tandem-chat .msg.user")).to_have_text("What is the capital of France?")
+        expect(page.locator("#tandem-chat .msg.user")).to_have_text("Name the capital of France.")
         expect(page.locator("#tandem-chat .msg.assistant")).to_have_text(final)
 
         page.locator("#tandem-chat textarea").fill("Write a very long story about a lighthouse keeper and his cat.")
