@@ -500,6 +500,8 @@ def test_fuzzed_frames_on_a_live_socket_get_the_error_parse_gives(scripted_serve
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(client_frames())
         def check(raw: str | bytes) -> None:
+            if isinstance(raw, str):  # a lone surrogate cannot go out as a text frame (the client refuses, and drops the socket)
+                assume(raw.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == raw)
             try:
                 parsed = frames.parse(raw)
             except frames.FrameError as err:
