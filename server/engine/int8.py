@@ -31,28 +31,22 @@ def _row_scale(rows: torch.Tensor) -> torch.Tensor:
     return rows.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / QMAX
 
 
-def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                split: bool = False) -> torch.Tensor:
-    """x W^T + b for W = qweight * scale; x in fp32, any leading shape. `split`: each row goes in
-    as two int8 rows, its rounding and what that rounding left, one product for both: about 15
-    bits of the row rather than 8, for the output head, where rounding the row on its largest
-    value would move the logits by more than the gap between the two best tokens."""
-    flat = x.reshape(-1, x.shape[-1])
-    if flat.shape[0] == 0:
-        out = flat.new_zeros((0, qweight.shape[0]))
-    elif split:
-        high_scale = _row_scale(flat)
-        high = torch.round(flat / high_scale)
-        rest = flat - high * high_scale
-        rest_scale = _row_scale(rest)
-        rows = flat.shape[0]
-        both = torch._int_mm(torch.cat((high, torch.round(rest / rest_scale))).to(torch.int8), qweight.t())
-        out = (both[:rows] * high_scale + both[rows:] * rest_scale) * scale
-    else:
-        row_scale = _row_scale(flat)
-        xq = torch.round(flat / row_scale).to(torch.int8)  # |flat / row_scale| <= 127 by construction
-        out = torch._int_mm(xq, qweight.t()) * (row_scale * scale)
-    if bias is not None:
-        out = out + bias
-    return out.view(*x.shape[:-1], qweight.shape[0])
+def int8_product(rows: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """rows W^T for W = qweight * scale; rows fp32 [n, in], n > 0."""
+    row_scale = _row_scale(rows)
+    xq = torch.round(rows / row_scale).to(torch.int8)  # |rows / row_scale| <= 127 by construction
+    return torch._int_mm(xq, qweight.t()) * (row_scale * scale)
 
+
+def int8_split_product(rows: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """As int8_product, each row going in as two int8 rows, its rounding and what that rounding
+    left, one product for both: about 15 bits of the row rather than 8, for the output head,
+    where rounding the row on its largest value would move the logits by more than the gap
+    between the two best tokens."""
+    high_scale = _row_scale(rows)
+    high = torch.round(rows / high_scale)
+    rest = rows - high * high_scale
+    rest_scale = _row_scale(rest)
+    both = torch._int_mm(torch.cat((high, torch.round(rest / rest_scale))).to(torch.int8), qweight.t())
+    n = rows.shape[0]
+    return (both[:n] * high_scale + both[n:] * rest_scale) * scale

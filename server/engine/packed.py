@@ -28,13 +28,16 @@ from collections.abc import Sequence
 import torch
 
 from . import int4
-from .int8 import int8_linear, quantize_weight
+from .int8 import int8_product, int8_split_product, quantize_weight
 
 log = logging.getLogger("tandem.engine")
 
 PACK_ROWS = 16  # the row count MKL is told when packing; any count computes with the result
 FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # children that read the same input
-FORMATS = ("mkl", "int8", "int8x2", "int4")
+# format -> (quantize W into (packed, aux), product of 2-D rows with them); "mkl" is packed apart
+_QUANTIZED = {"int8": (quantize_weight, int8_product), "int8x2": (quantize_weight, int8_split_product),
+              "int4": (int4.quantize_weight, int4.int4_product)}
+FORMATS = ("mkl", *_QUANTIZED)
 
 
 def _packable(module: torch.nn.Module) -> bool:
@@ -81,26 +84,28 @@ class _Weight(torch.nn.Module):
     input size not whole groups) stays in MKL's layout."""
 
     fmt: str
+    rows_out: int  # W's output size
 
     def _hold(self, weight: torch.Tensor, fmt: str) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown weight format {fmt!r}; choose from {', '.join(FORMATS)}")
         if fmt == "int4" and not int4.supports(weight):
             fmt = "mkl"
-        self.fmt = fmt
+        self.fmt, self.rows_out = fmt, weight.shape[0]
         if fmt == "mkl":
             self.packed, self._aux = _pack(weight)
         else:  # buffers: counted in the model's memory footprint (MKL's packed tensor is opaque to it)
-            quantize = int4.quantize_weight if fmt == "int4" else quantize_weight
-            for name, tensor in zip(("packed", "_aux"), quantize(weight)):
+            for name, tensor in zip(("packed", "_aux"), _QUANTIZED[fmt][0](weight)):
                 self.register_buffer(name, tensor, persistent=False)
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.fmt in ("int8", "int8x2"):
-            return int8_linear(x, self.packed, self._aux, bias, split=self.fmt == "int8x2")
-        if self.fmt == "int4":
-            return int4.int4_linear(x, self.packed, self._aux, bias)
-        return _packed_linear(x, self.packed, self._aux, bias)
+        if self.fmt == "mkl":
+            return _packed_linear(x, self.packed, self._aux, bias)
+        rows = x.reshape(-1, x.shape[-1])
+        out = rows.new_zeros((0, self.rows_out)) if rows.shape[0] == 0 else _QUANTIZED[self.fmt][1](rows, self.packed, self._aux)
+        if bias is not None:
+            out = out + bias
+        return out.view(*x.shape[:-1], self.rows_out)
 
     def _format(self) -> str:
         return "MKL" if self.fmt == "mkl" else self.fmt
