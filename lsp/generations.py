@@ -138,6 +138,10 @@ class Generations:
                 cancelled += 1
         return cancelled
 
+    def cancel_everywhere(self) -> int:
+        """Cancel every document's running generations (completions were switched off)."""
+        return sum(self.cancel_live(uri) for uri in list(self._by_uri))
+
     def forget(self, uri: str) -> None:
         for gen in self._by_uri.pop(uri, []):
             gen.cancel()

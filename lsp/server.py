@@ -122,7 +122,11 @@ class TandemLanguageServer(LanguageServer):
             self.engine = EngineClient(settings.server_url, self.autostart)
             self.engine_state = "unknown"
             asyncio.ensure_future(old.close())
+        switched_off = self.settings.enabled and not settings.enabled
         self.settings = settings
+        if switched_off:  # off means nothing more is asked of the engine: not what was pending, either
+            self.warmer.cancel_all()
+            self.stats["generations_cancelled"] += self.generations.cancel_everywhere()
 
     async def suggest(self, uri: str, position: types.Position, whole_block: bool = False) -> tuple[str, str] | None:
         """(completion, request id) for the cursor, or None. Cancels this document's older request.

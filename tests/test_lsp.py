@@ -169,6 +169,32 @@ async def test_a_newer_request_on_the_document_supersedes_the_older(default_serv
         await client.shutdown_session()
 
 
+async def test_switching_completions_off_stops_what_is_running_and_asks_nothing_more(default_server) -> None:
+    url = default_server.url
+    slow = {"maxTokens": 400, "timeBudgetMs": 30_000, "lineWaitMs": 30_000}
+    client = await start_lsp(url, settings=slow)
+    try:
+        pending, before, (line, character) = await start_slow_request(client, url)
+        client.set_configuration({**slow, "enabled": False}, section="tandem")
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+        # the running generation is stopped in the engine, long before its 400 tokens
+        await wait_until(lambda: cancelled_in_engine(url) == before + 1)
+        await wait_until(lambda: metric(url, "tandem_requests_running") == 0)
+        answer = await pending
+        assert answer is None or not answer.items
+        counts = await stats(client)
+        assert counts["generations_running"] == 0
+        # and while off, a request is answered with nothing and reaches no engine
+        await engine_idle(url)
+        finished = metric(url, "tandem_requests_finished_total")
+        off = await client.text_document_inline_completion_async(inline_params("file:///work/primes.py", line, character))
+        assert off is None or not off.items
+        assert metric(url, "tandem_gateway_calls_in_flight") == 0
+        assert metric(url, "tandem_requests_finished_total") == finished
+    finally:
+        await client.shutdown_session()
+
+
 @pytest.fixture
 def private_home(tmp_path: Path) -> Path:
     """A TANDEM_HOME of its own (auto-start lock and log), sharing the converted model cache."""
