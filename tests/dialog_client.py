@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
@@ -25,7 +26,10 @@ class Chat:
                 frame["conversation_id"] = conversation_id
             if last_seq is not None:
                 frame["last_seq"] = last_seq
-            self.send(frame)
+            try:
+                self.send(frame)
+            except ConnectionClosed:  # refused at the door (its origin, say) before our hello: the reason is still to be read
+                pass
             self.welcome = self.recv()
 
     @property

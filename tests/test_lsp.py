@@ -178,10 +178,9 @@ async def test_switching_completions_off_stops_what_is_running_and_asks_nothing_
         client.set_configuration({**slow, "enabled": False}, section="tandem")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
         # the running generation is stopped in the engine, long before its 400 tokens
-        await wait_until(lambda: cancelled_in_engine(url) == before + 1)
+        await wait_until(lambda: cancelled_in_engine(url) >= before + 1)
         await wait_until(lambda: metric(url, "tandem_requests_running") == 0)
-        answer = await pending
-        assert answer is None or not answer.items
+        await asyncio.wait_for(pending, 20)  # answered (with what had come, if a line had), not left hanging
         counts = await stats(client)
         assert counts["generations_running"] == 0
         # and while off, a request is answered with nothing and reaches no engine
