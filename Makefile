@@ -15,7 +15,7 @@ VSIX        := $(EXT)/tandem.vsix
 EXT_DEPS    := $(EXT)/node_modules/.installed
 CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
-.PHONY: run test model code-model bench bench-quick clean vsix
+.PHONY: run test check model code-model bench bench-quick clean vsix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,7 +60,12 @@ vsix: $(VSIX)
 $(CODE_SERVER):
 	SUDO="$(SUDO)" $(EXT)/scripts/install-code-server.sh $(EXT)/.code-server
 
-test: model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+# lint and the layer contracts (pyproject.toml: [tool.ruff], [tool.importlinter]); `make test` runs it first
+check: $(STAMP)
+	$(BIN)/ruff check server lsp dialog tests
+	$(BIN)/lint-imports
+
+test: check model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest
 

@@ -28,23 +28,16 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.engine import EngineOverloaded, Priority
-from server.gateway import Actor, Call, ChatPrompt, Gateway, InputBlocked, OutputRefused, Params, Screened
+from server.gateway import Actor, Call, CallFailed, ChatPrompt, Gateway, Params, Priority, Screened
 
 from . import frames
 from .context import TooLong, fit
+from .errors import PLAIN_WORDS, said
 from .limits import RateLimiter
 from .store import Message, Site, Store
 from .tokens import Visitor, VisitorTokens
 
 log = logging.getLogger("tandem.dialog")
-
-PLAIN_WORDS = {
-    "blocked": "Sorry, I can't help with that message.",
-    "overloaded": "We're very busy right now. Please try again in a moment.",
-    "error": "Something went wrong while answering. Please try again.",
-}
-
 
 @dataclass(frozen=True)
 class DialogConfig:
@@ -348,14 +341,14 @@ class DialogService:
         except asyncio.CancelledError:
             finish = "cancelled"
         except TooLong:
-            finish, error = "blocked", frames.FrameError("message_too_large", "That message is too long for me to read in one go.")
-        except InputBlocked:
-            finish, error = "blocked", frames.FrameError("message_blocked", PLAIN_WORDS["blocked"])
-        except OutputRefused:
-            finish, error = "blocked", frames.FrameError("answer_blocked", "The answer was stopped because it contained something it should not.")
-        except EngineOverloaded as exc:
-            error = frames.FrameError("overloaded", PLAIN_WORDS["overloaded"], retry_after=exc.retry_after)
-            overloaded = not parts
+            finish, error = "blocked", frames.FrameError("message_too_large", PLAIN_WORDS["too_long"])
+        except CallFailed as exc:
+            row, error = said(exc)
+            if row.blocked:
+                finish = "blocked"
+            overloaded = row.retry and not parts
+            if not (row.blocked or row.retry):
+                log.warning("dialog: generation failed in %s: %s", hub.cid, exc.code)
         except Exception:
             log.exception("dialog: generation failed in %s", hub.cid)
             error = frames.FrameError("error", PLAIN_WORDS["error"])

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 
-from .settings import Settings
 from .bench_typing import (
     ROOT,
     SOURCES,
@@ -38,6 +37,7 @@ from .bench_typing import (
     start_server,
     stop_on_sigterm,
 )
+from .settings import Settings
 
 try:
     from rapidfuzz.distance import Levenshtein as _rf

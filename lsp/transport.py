@@ -16,6 +16,7 @@ and hand each body to `TandemProtocol.handle_body` (lsp/protocol.py), which answ
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -138,9 +139,9 @@ async def stdin_chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
     exiting), with back-pressure: the thread reads ahead at most a few chunks."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    read: Callable[[int], bytes]
     try:  # the file descriptor itself: a daemon thread blocked in a buffered read would hold the
-        fd = stream.fileno()  # buffer's lock, and the interpreter aborts on it at exit
-        read: Callable[[int], bytes] = lambda n: os.read(fd, n)
+        read = functools.partial(os.read, stream.fileno())  # buffer's lock, and the interpreter aborts on it at exit
     except (AttributeError, OSError, ValueError):
         read = getattr(stream, "read1", stream.read)
 

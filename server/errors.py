@@ -9,6 +9,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .failures import CallFailed, Code
+
 
 class APIError(Exception):
     def __init__(
@@ -27,6 +29,27 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+# What each of the gateway's failure codes is over HTTP: (status, OpenAI error type). Written once.
+HTTP: dict[Code, tuple[int, str]] = {
+    Code.CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error"),
+    Code.INVALID_VALUE: (400, "invalid_request_error"),
+    Code.INPUT_TOO_LARGE: (413, "invalid_request_error"),
+    Code.CONTENT_BLOCKED: (400, "invalid_request_error"),
+    Code.OUTPUT_BLOCKED: (422, "invalid_request_error"),
+    Code.OVERLOADED: (503, "overloaded"),
+    Code.AUDIT_UNAVAILABLE: (503, "server_error"),
+    Code.ENGINE_UNAVAILABLE: (503, "server_error"),
+    Code.ENGINE_ERROR: (500, "server_error"),
+}
+
+
+def from_failure(exc: CallFailed) -> APIError:
+    """A failed call as the HTTP error the API answers (a retry delay becomes `Retry-After`)."""
+    status, type_ = HTTP[exc.code]
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return APIError(status, exc.message, type=type_, param=exc.param, code=exc.code.value, headers=headers)
 
 
 async def handle_api_error(request: Request, exc: Exception) -> JSONResponse:

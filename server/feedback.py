@@ -15,6 +15,7 @@ from starlette.routing import Route
 from .schemas import _Strict, parse_body, read_body
 from .state import AppState
 
+
 class FeedbackBody(_Strict):
     # the id this server gave the completion (cmpl-/chatcmpl- and 32 hex digits): nothing a client invents is recorded
     request_id: str = Field(pattern="^(?:cmpl|chatcmpl)-[0-9a-f]{32}$")

@@ -4,7 +4,9 @@ Every surface (HTTP API, support chat, language server) hands it a `Call` — su
 prompt, parameters — and gets back a stream of deltas. In between it sanitises the input with
 the surface's guard profile, renders the model's prompt (chat template, fill-in-the-middle),
 streams from the engine, scans the output as it streams, and writes exactly one audit record
-whatever the outcome: ok, cancelled, error or blocked. The engine object lives only here.
+whatever the outcome: ok, cancelled, error or blocked. The engine object lives only here, and
+its errors do not leave: every failure reaches a surface as a `CallFailed` with a stable code
+(`server/failures.py`). Surfaces import what they need of a call from this module alone.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +23,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .audit import AuditLog, Entry
 from .clock import iso_utc
-from .engine import Delta, Engine, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
-from .guard import POLICY_VERSION, PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner, overall, scrub, scrub_header
+from .engine import ContextOverflow, Delta, Engine, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from .failures import CallFailed, Code, InputBlocked, OutputRefused
+from .guard import (
+    POLICY_VERSION,
+    PROFILES,
+    InputGuard,
+    OutputBlocked,
+    ScanResult,
+    Segment,
+    Verdict,
+    output_scanner,
+    overall,
+    scrub,
+    scrub_header,
+)
 from .models import LoadedModel
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -92,22 +107,6 @@ class Call:
     session_id: str | None = None
     context: Mapping[str, Any] | None = None  # what the caller's context builder kept and dropped
     on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned, before generation
-
-
-class Refused(Exception):
-    """The gateway refused or ended a call; `code` is stable for clients, `status` the HTTP equivalent."""
-
-    def __init__(self, status: int, code: str, message: str, scanner: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.scanner = status, code, message, scanner
-
-
-class InputBlocked(Refused):
-    pass
-
-
-class OutputRefused(Refused):
-    pass
 
 
 class GuardMetrics:
@@ -183,14 +182,14 @@ class Gateway:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def stream(self, call: Call) -> AsyncIterator[Delta]:
-        """Guarded, audited generation. Raises `Refused` (before or during the stream) or `EngineError`."""
+        """Guarded, audited generation. Raises `CallFailed` (before or during the stream)."""
         if call.surface not in PROFILES:
             raise ValueError(f"unknown surface {call.surface!r}")
         rec = _Record(call, time.monotonic())
         self.metrics.in_flight.inc()
         try:
             if not self.audit.accepting:  # a call is never served unaudited: refuse while the writer cannot keep up
-                raise Refused(503, "audit_unavailable", "the audit log is not keeping up; retry in a few seconds")
+                raise CallFailed(Code.AUDIT_UNAVAILABLE, "the audit log is not keeping up; retry in a few seconds", retry_after=5)
             rec.journal = self.audit.open_call(rec.skeleton(self.model, self.audit))
             segments = _segments(call.prompt, self.model.tokenizer)
             sanitized = await asyncio.get_running_loop().run_in_executor(self._scanners, self._guards[call.surface].scan, segments)
@@ -230,13 +229,14 @@ class Gateway:
                 await gen.aclose()  # type: ignore[attr-defined]
         except OutputBlocked as exc:
             rec.fail("blocked", "output_blocked")
-            raise OutputRefused(422, "output_blocked", f"the answer was stopped: {exc}", exc.scanner) from None
-        except Refused as exc:
+            raise OutputRefused(Code.OUTPUT_BLOCKED, f"the answer was stopped: {exc}", scanner=exc.scanner) from None
+        except CallFailed as exc:
             rec.fail("blocked" if isinstance(exc, InputBlocked) else "error", exc.code)
             raise
         except EngineError as exc:
-            rec.fail("error", _engine_code(exc))
-            raise
+            failed = _engine_failure(exc)
+            rec.fail("error", failed.code)
+            raise failed from exc
         except (GeneratorExit, asyncio.CancelledError):
             rec.fail("ok" if rec.finish else "cancelled", None)
             raise
@@ -254,16 +254,16 @@ class Gateway:
         if isinstance(prompt, ChatPrompt):
             tokenizer = self.model.tokenizer
             if not getattr(tokenizer, "chat_template", None):
-                raise InvalidRequest(f"model {self.model.name!r} has no chat template; use /v1/completions", "messages")
+                raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no chat template; use /v1/completions", param="messages")
             messages = [{"role": s.role, "content": s.text} for s in segments]
             try:
                 ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
             except Exception as exc:  # templates raise on role orders they do not support
-                raise InvalidRequest(f"the model's chat template rejected these messages: {exc}", "messages") from None
+                raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
             return ids, max(1, min(DEFAULT_CHAT_TOKENS, self._engine.context_length - len(ids)))
         if isinstance(prompt, FimPrompt):
             if self.model.fim_tokens is None:
-                raise InvalidRequest(f"model {self.model.name!r} has no fill-in-the-middle tokens", "suffix")
+                raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no fill-in-the-middle tokens", param="suffix")
             return fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text), DEFAULT_COMPLETION_TOKENS
         if isinstance(prompt.text, list) and unchanged:
             return prompt.text, DEFAULT_COMPLETION_TOKENS  # unchanged by the guard: keep the caller's exact ids
@@ -305,7 +305,7 @@ def _segments(prompt: Prompt, tokenizer: Any) -> list[Segment]:
         return [Segment("code", prompt.text)]
     vocab = len(tokenizer)
     if any(not 0 <= i < vocab for i in prompt.text):  # the tokenizer cannot decode them for the guard
-        raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})", "prompt")
+        raise CallFailed(Code.INVALID_VALUE, f"prompt token ids must be integers in [0, {vocab})", param="prompt")
     return [Segment("code", tokenizer.decode(prompt.text))]
 
 
@@ -317,10 +317,11 @@ def _joined(segments: list[Segment]) -> str:
 
 def _input_refusal(blocked: ScanResult) -> InputBlocked:
     if blocked.scanner == "size":
-        return InputBlocked(413, "input_too_large", blocked.reason or "input too large", "size")
+        return InputBlocked(Code.INPUT_TOO_LARGE, blocked.reason or "input too large", param="prompt", scanner="size")
     if blocked.scanner == "tokens":
-        return InputBlocked(400, "context_length_exceeded", blocked.reason or "input too long", "tokens")
-    return InputBlocked(400, "content_blocked", f"the request was blocked by the input guard ({blocked.reason})", blocked.scanner)
+        return InputBlocked(Code.CONTEXT_LENGTH_EXCEEDED, blocked.reason or "input too long", param="prompt", scanner="tokens")
+    return InputBlocked(Code.CONTENT_BLOCKED, f"the request was blocked by the input guard ({blocked.reason})",
+                        param="messages" if blocked.scanner == "injection" else "prompt", scanner=blocked.scanner)
 
 
 def _number(value: float) -> float | str:
@@ -329,12 +330,17 @@ def _number(value: float) -> float | str:
     return value if math.isfinite(value) else repr(value)
 
 
-def _engine_code(exc: EngineError) -> str:
+def _engine_failure(exc: EngineError) -> CallFailed:
+    """The engine's error in the gateway's vocabulary (the one place the engine's types are read)."""
     if isinstance(exc, EngineOverloaded):
-        return "overloaded"
+        return CallFailed(Code.OVERLOADED, f"overloaded, retry after {exc.retry_after} s", retry_after=exc.retry_after)
+    if isinstance(exc, ContextOverflow):
+        return CallFailed(Code.CONTEXT_LENGTH_EXCEEDED, str(exc), param=exc.param)
     if isinstance(exc, InvalidRequest):
-        return "invalid_request"
-    return "engine_error"
+        return CallFailed(Code.INVALID_VALUE, str(exc), param=exc.param)
+    if isinstance(exc, EngineClosed):
+        return CallFailed(Code.ENGINE_UNAVAILABLE, str(exc) or "the engine is not running")
+    return CallFailed(Code.ENGINE_ERROR, str(exc))
 
 
 class _Record:

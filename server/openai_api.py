@@ -21,9 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .engine import Delta, EngineClosed, EngineError, EngineOverloaded, InvalidRequest, Priority
-from .errors import APIError
-from .gateway import Actor, Call, ChatPrompt, FimPrompt, Params, Refused, TextPrompt
+from .errors import APIError, from_failure
+from .gateway import Actor, Call, CallFailed, ChatPrompt, Delta, FimPrompt, Params, Priority, TextPrompt
 from .schemas import Body, ChatBody, CompletionBody, _Sampling, parse_body, read_body
 from .state import AppState
 
@@ -39,28 +38,14 @@ def _check_model(state: AppState, body: _Sampling) -> None:
         raise APIError(400, "only n=1 is supported", param="n")
 
 
-def _engine_error(exc: EngineError | Refused) -> APIError:
-    if isinstance(exc, Refused):
-        param = ("messages" if exc.scanner == "injection" else "prompt") if exc.scanner else None
-        return APIError(exc.status, exc.message, param=param, code=exc.code)
-    if isinstance(exc, InvalidRequest):
-        code = "context_length_exceeded" if "context" in str(exc) else "invalid_value"
-        return APIError(400, str(exc), param=exc.param, code=code)
-    if isinstance(exc, EngineOverloaded):
-        return APIError(503, f"overloaded, retry after {exc.retry_after} s", type="overloaded", code="overloaded", headers={"Retry-After": str(exc.retry_after)})
-    if isinstance(exc, EngineClosed):
-        return APIError(503, str(exc), type="server_error", code="engine_unavailable")
-    return APIError(500, str(exc), type="server_error")
-
-
 async def _open(state: AppState, call: Call) -> tuple[Delta, AsyncIterator[Delta]]:
     """Start a call and wait for its first delta, so that refusals become HTTP errors
     before any response header is sent."""
     gen = state.gateway.stream(call)
     try:
         first = await gen.__anext__()
-    except (EngineError, Refused) as exc:
-        raise _engine_error(exc) from None
+    except CallFailed as exc:
+        raise from_failure(exc) from None
     return first, gen
 
 
@@ -100,8 +85,8 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         try:
             async for event in events:
                 yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        except (EngineError, Refused) as exc:  # after the headers: the error travels in the stream
-            err = _engine_error(exc)
+        except CallFailed as exc:  # after the headers: the error travels in the stream
+            err = from_failure(exc)
             yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.type, 'code': err.code}})}\n\n"
         yield "data: [DONE]\n\n"
 
@@ -171,8 +156,8 @@ async def _respond(
 
     try:
         text, last = await _until_disconnect(request, collect())
-    except (EngineError, Refused) as exc:
-        raise _engine_error(exc) from None
+    except CallFailed as exc:
+        raise from_failure(exc) from None
     return JSONResponse(whole(text, last.finish_reason or "stop", _usage(last.prompt_tokens, last.tokens)))
 
 

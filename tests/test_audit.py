@@ -14,8 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.audit import AuditConfig, AuditLog, AuditReader, Entry, Filters
-from server.audit import store
+from server.audit import AuditConfig, AuditLog, AuditReader, Entry, Filters, store
 from tests.conftest import ROOT
 
 

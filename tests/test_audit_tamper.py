@@ -15,8 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.audit import AuditConfig, AuditLog, AuditReader, Entry
-from server.audit import treehead
+from server.audit import AuditConfig, AuditLog, AuditReader, Entry, treehead
 from server.audit.chain import canonical, checkpoint_text, record_hash
 from server.audit.keys import load_public_key, public_key_id
 from tests.conftest import ROOT

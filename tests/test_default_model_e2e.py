@@ -147,6 +147,6 @@ def test_metrics_are_exposed(default_server, client) -> None:
 
 
 def test_the_server_made_no_connection_off_this_machine(default_server, client) -> None:
-    url, guard_log = default_server.url, default_server.guard_log
+    guard_log = default_server.guard_log
     client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)
     assert guard_log.read_text() == ""

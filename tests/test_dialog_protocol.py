@@ -335,8 +335,8 @@ def test_two_sockets_sending_at_once_get_one_answer_and_one_busy(scripted_server
             errors = [of(f, "error") for f in got]
             assert sorted(len(e) for e in errors) == [0, 1] and [e["code"] for e in errors[0] + errors[1]] == ["busy"], (trial, errors)
             winner = 0 if not errors[0] else 1
-            for frames in got:  # both sockets watch the one answer: one ack, one done
-                (ack,), (done,) = of(frames, "ack"), of(frames, "done")
+            for seen in got:  # both sockets watch the one answer: one ack, one done
+                (ack,), (done,) = of(seen, "ack"), of(seen, "done")
                 assert ack["client_msg_id"] == ids[winner] and done["finish_reason"] in ("stop", "length")
             assert of(got[0], "ack") == of(got[1], "ack")
         await one.close()

@@ -15,7 +15,7 @@ import pytest
 
 from server.app import ServerConfig, create_app
 from server.audit import AuditReader
-from server.engine import Engine, EngineOverloaded
+from server.engine import ContextOverflow, Engine, EngineClosed, EngineError, EngineOverloaded, InvalidRequest
 from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_llama, tiny_loaded
 from tests.scripted_engine import ScriptedEngine
 from tests.secrets_corpus import corpus
@@ -130,7 +130,7 @@ def test_completed_blocked_failed_and_cancelled_calls_each_leave_one_record(tiny
         huge = httpx.post(f"{s.url}/v1/completions", json={"prompt": "x" * (600 * 1024)})
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "input_too_large"
         failed = httpx.post(f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 100_000})
-        assert failed.status_code == 400
+        assert failed.status_code == 400 and failed.json()["error"]["code"] == "context_length_exceeded"
         assert metric(s.url, "tandem_gateway_calls_in_flight") == 0
         with httpx.stream("POST", f"{s.url}/v1/completions", json={"prompt": "a story", "max_tokens": 200, "stream": True}) as r:
             for i, _ in enumerate(r.iter_lines()):
@@ -143,7 +143,7 @@ def test_completed_blocked_failed_and_cancelled_calls_each_leave_one_record(tiny
         assert len(rows) == 5
         outcomes = [(r["outcome"]["status"], r["outcome"]["error_code"], r["guard"]["action"]) for r in rows]
         assert outcomes == [("ok", None, "allow"), ("blocked", "content_blocked", "block"), ("blocked", "input_too_large", "block"),
-                            ("error", "invalid_request", "allow"), ("cancelled", None, "allow")]
+                            ("error", "context_length_exceeded", "allow"), ("cancelled", None, "allow")]
         assert rows[0]["output"]["finish_reason"] == "length" and rows[0]["output"]["tokens"] == 3
         assert rows[0]["actor"]["user_ref"].startswith("hmac:") and "dev-42" not in json.dumps(rows[0])
         assert rows[4]["output"]["finish_reason"] == "cancelled"
@@ -160,6 +160,37 @@ def test_an_overloaded_engine_leaves_an_error_record(scripted) -> None:
         assert r.status_code == 503 and r.headers["retry-after"] == "3"
         (row,) = records(s.audit_dir, 1)
         assert row["outcome"] == {"status": "error", "error_code": "overloaded"}
+
+
+def test_every_failure_code_has_one_meaning_on_each_transport() -> None:
+    from dialog.errors import FRAMES
+    from server.errors import HTTP
+    from server.failures import Code
+
+    assert set(HTTP) == set(Code) == set(FRAMES)
+    assert all(400 <= status < 600 for status, _ in HTTP.values())
+
+
+@pytest.mark.parametrize(("error", "code", "status", "frame"), [
+    (lambda: EngineClosed("the engine is shutting down"), "engine_unavailable", 503, "error"),
+    (lambda: EngineError("generation failed: not finite"), "engine_error", 500, "error"),
+    (lambda: ContextOverflow("prompt is 9000 tokens; the model's context is 8192 tokens", "prompt"), "context_length_exceeded", 400, "message_too_large"),
+    (lambda: InvalidRequest("top_p must be in (0, 1], got 0", "top_p"), "invalid_value", 400, "error"),
+])
+def test_an_engine_error_has_the_same_code_over_http_in_the_audit_log_and_in_the_chat(scripted, error, code, status, frame) -> None:  # type: ignore[no-untyped-def]
+    from tests.dialog_client import Chat
+
+    with scripted() as s:
+        s.engine.error = error()
+        r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "x"})
+        assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+        with Chat(s.url) as chat:
+            chat.say("hello")
+            assert chat.until("error")[-1]["code"] == frame
+            s.engine.error = None  # and the conversation goes on
+            assert chat.ask("hello again", timeout=30)[0] == "Hello there."
+        rows = records(s.audit_dir, 3)
+        assert [row["outcome"] for row in rows] == [{"status": "error", "error_code": code}] * 2 + [{"status": "ok", "error_code": None}]
 
 
 # --- secrets never reach the engine ---------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_cancelled_failed_and_blocked_calls_on_the_real_engine(default_server) -
 
     rows = records_after(audit_dir, start, 4)
     assert [(r["outcome"]["status"], r["outcome"]["error_code"]) for r in rows] == [
-        ("cancelled", None), ("error", "invalid_request"), ("blocked", "content_blocked"), ("ok", None)]
+        ("cancelled", None), ("error", "context_length_exceeded"), ("blocked", "content_blocked"), ("ok", None)]
     cancelled, _, blocked_row, answered = rows
     assert cancelled["output"]["finish_reason"] == "cancelled" and 0 < cancelled["output"]["tokens"] < 500
     assert {r["scanner"]: r["verdict"] for r in blocked_row["guard"]["input"]}["injection"] == "block"

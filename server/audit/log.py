@@ -26,8 +26,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
-from . import merkle, store, treehead
 from ..clock import utc_now
+from . import merkle, store, treehead
 from .chain import canonical, checkpoint_text, ulid
 from .keys import AuditKeys, public_key_id
 

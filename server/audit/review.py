@@ -12,8 +12,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, and_, select
 
-from . import merkle, store, treehead
 from ..clock import utc_now
+from . import merkle, store, treehead
 from .chain import GENESIS, canonical, checkpoint_text, record_hash
 from .keys import load_public_key, mac, verify_signature
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import psutil
 
-
 # bench.json's key for the engine's throughput over each peer's
 RATIO_KEYS = {"sequential_generate": "ratio_vs_sequential", "static_batch_generate": "ratio_vs_static_batch",
               "cb_manager": "ratio_vs_cb_manager", "llama_cpp": "ratio_vs_llama_cpp"}

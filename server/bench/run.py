@@ -25,6 +25,7 @@ from .report import markdown
 from .speculative import measure_speculative
 from .workload import chat_ids
 
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     return {

@@ -53,7 +53,6 @@ def code_prefixes(n: int, context_chars: int = 1500) -> list[str]:
 def heldout_text() -> list[tuple[str, str]]:
     """(name, text) for perplexity: Python source and documentation that ship with the interpreter."""
     import json.decoder
-
     from pydoc_data import topics
 
     docs = "\n\n".join(topics.topics[k] for k in ("exceptions", "for", "with", "lambda", "import", "assignment"))

@@ -6,6 +6,7 @@ need the types (`tandem audit`, `tandem guard`) start without loading torch."""
 from typing import TYPE_CHECKING, Any
 
 from .types import (
+    ContextOverflow,
     Delta,
     EngineClosed,
     EngineConfig,
@@ -35,6 +36,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ContextOverflow",
     "Delta",
     "Engine",
     "EngineClosed",

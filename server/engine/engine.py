@@ -31,9 +31,10 @@ from .sampling import SamplingParams, sample_next
 from .scheduler import Scheduler
 from .speculative import DRAFT_TOKENS, SPEC_MAX_ROWS, Gate, PromptLookup, accepted_prefix
 from .types import (
-    EngineConfig,
+    ContextOverflow,
     Delta,
     EngineClosed,
+    EngineConfig,
     EngineError,
     EngineOverloaded,
     EngineStats,
@@ -226,11 +227,11 @@ class Engine:
         if req.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be at least 1, got {req.max_tokens}", "max_tokens")
         if len(ids) >= self.context_length:
-            raise InvalidRequest(
+            raise ContextOverflow(
                 f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens", "prompt"
             )
         if len(ids) + req.max_tokens > self.context_length:
-            raise InvalidRequest(
+            raise ContextOverflow(
                 f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the model's context "
                 f"of {self.context_length} tokens",
                 "max_tokens",

@@ -61,8 +61,10 @@ def let_inductor_call_packed_linears() -> None:
     as a plain fallback, the compiled graph calls the same MKL kernel directly, and no weight is
     copied. This touches inductor's lowering table, which is private; a failure here only means
     the engine keeps its eager step."""
-    from torch._inductor import lowering
-    from torch._inductor import mkldnn_lowerings  # noqa: F401  (registers the lowering that is replaced here)
+    from torch._inductor import (
+        lowering,
+        mkldnn_lowerings,  # noqa: F401  (registers the lowering that is replaced here)
+    )
 
     op = torch.ops.mkl._mkl_linear
     if op.default in lowering.fallbacks:

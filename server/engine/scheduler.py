@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from .types import EngineOverloaded, Priority
 
-
 GATHER_SECONDS = 0.005
 RATE_WINDOW_SECONDS = 30.0  # finished requests this recent make the throughput behind retry-after
 UNMEASURED_ANSWER_TOKENS = 64  # before anything has finished, a queued request is guessed at this many tokens

@@ -88,6 +88,10 @@ class InvalidRequest(EngineError):
         self.param = param
 
 
+class ContextOverflow(InvalidRequest):
+    """The prompt, or the prompt with `max_tokens`, does not fit the model's context window."""
+
+
 class EngineOverloaded(EngineError):
     """The waiting queue is full; the caller should retry after `retry_after` seconds."""
 

@@ -39,8 +39,6 @@ def scrub_header(text: str) -> str:
     of any format, so this keeps only what reads as a product description: words, `Product/1.2.3`
     tokens and bare version numbers; every other token becomes a placeholder (and known secrets go
     first, whole)."""
-    import re
-
     from .report import choose, redact
     from .secrets import find_secrets
 

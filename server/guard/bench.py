@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .sanitize import PROFILES, POLICY_VERSION, InputGuard, Segment
 from .report import Verdict
+from .sanitize import POLICY_VERSION, PROFILES, InputGuard, Segment
 
 CORPORA = Path(__file__).resolve().parents[2] / "tests" / "corpora"
 PROFILE = "support_chat"

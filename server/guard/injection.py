@@ -171,7 +171,7 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"\b(?P<upper4>dan){_SP}(?:mode|policy)\b"),
     "role_header": _kind(
         r"^|\[|<|\{|=|%|system|sys|begin|start|end|note|attention|important|message|instruction|ai|llm",
-        rf"^[ \t>*]{{0,5}}#{{1,6}}\s{{0,5}}(?:system|sys|instructions?|admin|developer|assistant)\b[^\n:]{{0,20}}:",
+        r"^[ \t>*]{0,5}#{1,6}\s{0,5}(?:system|sys|instructions?|admin|developer|assistant)\b[^\n:]{0,20}:",
         r"\[\s{0,3}(?:system|sys|admin|developer|system message|system note|system prompt|instructions?)\s{0,3}\]",
         rf"^[ \t{{(\[*]{{0,5}}(?:system|sys)(?:{_SP}(?:prompt|message|note|instructions?))?\s{{0,3}}:[^\n]{{0,40}}?"
         rf"\b(?:you|your|assistant|ignore|new|override|from now on|always|never|do not|must|simulation|policy|rules|mode|instructions?)\b",
