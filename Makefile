@@ -60,9 +60,10 @@ vsix: $(VSIX)
 $(CODE_SERVER):
 	SUDO="$(SUDO)" $(EXT)/scripts/install-code-server.sh $(EXT)/.code-server
 
-# lint and the layer contracts (pyproject.toml: [tool.ruff], [tool.importlinter]); `make test` runs it first
+# lint, types and the layer contracts (pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]); `make test` runs it first
 check: $(STAMP)
 	$(BIN)/ruff check server lsp dialog tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: check model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)

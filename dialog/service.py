@@ -165,7 +165,7 @@ class DialogService:
                 if message["type"] == "websocket.disconnect":
                     return
                 try:
-                    frame = frames.parse(message.get("text") if message.get("text") is not None else message.get("bytes") or b"")
+                    frame = frames.parse(message["text"] if message.get("text") is not None else message.get("bytes") or b"")
                     if isinstance(frame, frames.Ping):
                         await client.send({"type": "pong"})
                     elif isinstance(frame, frames.Hello):
@@ -212,7 +212,7 @@ class DialogService:
             raise frames.FrameError("hello_required", "the first frame must be hello") from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect()
-        hello = frames.parse(message.get("text") if message.get("text") is not None else message.get("bytes") or b"")
+        hello = frames.parse(message["text"] if message.get("text") is not None else message.get("bytes") or b"")
         if not isinstance(hello, frames.Hello):
             raise frames.FrameError("hello_required", "the first frame must be hello")
         if hello.v != frames.PROTOCOL_VERSION:

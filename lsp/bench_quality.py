@@ -291,9 +291,9 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
     run has measured if it is stopped)."""
     home = Path(args.work_dir)
     result.update({"model_arg": model or "default", "rows": {}, "records": {}})
-    model, _, quant = (model or "").partition("@")  # "name@quant": tandem serve --quant quant
-    model = model if model not in ("", "default") else None
-    quant = quant or None
+    name, _, given_quant = (model or "").partition("@")  # "name@quant": tandem serve --quant quant
+    model = name if name not in ("", "default") else None
+    quant = given_quant or None
     wanted = [t for t in techniques if t.needs is None or avail[t.needs]]
     result["left_out"] = {t.name: f"{t.needs} not available" for t in techniques if t not in wanted}
     gguf = find_gguf(model)

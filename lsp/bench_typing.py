@@ -414,7 +414,7 @@ class LspSession:
         result = await asyncio.wait_for(self.client.text_document_inline_completion_async(types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
             context=types.InlineCompletionContext(trigger_kind=kind))), timeout)
-        items = getattr(result, "items", result) or []
+        items = list(result.items if isinstance(result, types.InlineCompletionList) else result or [])
         if not items:
             return ""
         text = items[0].insert_text

@@ -24,7 +24,7 @@ import contextvars
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, cast
 
 import cattrs
 from lsprotocol import types
@@ -132,7 +132,7 @@ class TandemProtocol(LanguageServerProtocol):
             return
         if "method" not in data:
             if has_id and ("result" in data or "error" in data):
-                self.handle_response(msg_id, data)
+                self.handle_response(cast(int | str, msg_id), data)  # (checked by _valid_id above)
             else:
                 self.reply_error(msg_id if has_id else None, JsonRpcInvalidRequest("neither a request, a notification nor a response"))
             return
@@ -141,7 +141,7 @@ class TandemProtocol(LanguageServerProtocol):
                 self.reply_error(msg_id, JsonRpcInvalidRequest(f'"method" must be a string, not {type(method).__name__}'))
             return
         if has_id:
-            self.handle_request(msg_id, method, data)
+            self.handle_request(cast(int | str, msg_id), method, data)
         else:
             self.handle_notification(method, data)
 

@@ -329,7 +329,7 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
     def cursor_moved(ls: TandemLanguageServer, params: Any) -> None:
         uri, line, character = (getattr(params, k, None) for k in ("uri", "line", "character"))
         doc = ls.workspace.text_documents.get(uri) if isinstance(uri, str) else None
-        if doc is None or not (isinstance(line, int) and isinstance(character, int)):
+        if doc is None or not (isinstance(uri, str) and isinstance(line, int) and isinstance(character, int)):
             return
         with contextlib.suppress(PositionError):
             ls.warm(uri, offset_of(doc.source, line, character))

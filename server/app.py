@@ -12,6 +12,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.applications import Starlette
@@ -140,7 +141,7 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
     `engine_factory` replaces the engine (protocol tests script its output)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         quiet_logs()  # after uvicorn has configured its loggers
         loaded = loader() if loader else models.load(config.model, config.quant)
         engine_metrics = EngineMetrics()

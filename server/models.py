@@ -97,7 +97,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         steps.update()
         # save_pretrained refuses a model that still carries the GGUF quantizer marker, although
         # its weights are already plain dequantised tensors.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         steps.set_postfix_str("safetensors")

@@ -298,7 +298,7 @@ def _minimal(body: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     def text(value: Any) -> str | None:
         return _storable(value) if isinstance(value, str) else None
 
-    outcome = body.get("outcome") if isinstance(body.get("outcome"), dict) else {}
+    outcome: dict[str, Any] = body["outcome"] if isinstance(body.get("outcome"), dict) else {}
     return {"type": text(body.get("type")) or "unknown", "surface": text(body.get("surface")), "request_id": text(body.get("request_id")),
             "conversation_id": text(body.get("conversation_id")),
             "outcome": {"status": text(outcome.get("status")) or "error", "error_code": text(outcome.get("error_code"))},

@@ -70,10 +70,10 @@ def measure_speculative(served: Any, rows: list[int], max_tokens: int, rounds: i
                 for on in ((True, False) if rep % 2 == 0 else (False, True)):
                     engine.speculative = on
                     runs[on].append(asyncio.run(_round(engine, prompts, max_tokens)))
-            on, off = _median(runs[True]), _median(runs[False])
-            row = {"rows": n, "on": on, "off": off, "speedup": round(on["tok_s"] / off["tok_s"], 2)}
+            on_run, off_run = _median(runs[True]), _median(runs[False])
+            row = {"rows": n, "on": on_run, "off": off_run, "speedup": round(on_run["tok_s"] / off_run["tok_s"], 2)}
             table.append(row)
-            print(f"  {n:>3} rows: on {on['tok_s']:.1f} tok/s (acceptance {on['acceptance']}), off {off['tok_s']:.1f} tok/s, "
+            print(f"  {n:>3} rows: on {on_run['tok_s']:.1f} tok/s (acceptance {on_run['acceptance']}), off {off_run['tok_s']:.1f} tok/s, "
                   f"x{row['speedup']}", flush=True)
         sweep = []
         if draft_sweep:  # the draft length at one row, speculation on throughout

@@ -93,7 +93,7 @@ class Engine:
         self.metrics = metrics or EngineMetrics()
         self.stats = EngineStats()
         self.context_length = self.config.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
-        self.vocab_size = int(model.config.vocab_size)
+        self.vocab_size = int(model.config.vocab_size)  # type: ignore[union-attr,arg-type]  # transformers types config as Tensor | Module
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._scheduler = Scheduler(self.config.max_waiting, on_cancelled=lambda seq: self._finish(seq, "cancelled"))
@@ -122,7 +122,7 @@ class Engine:
         self.metrics.prefilling.set_function(lambda: self._prefilling)
         self.metrics.waiting.set_function(lambda: len(self._scheduler))
         for step in DECODE_STEPS:  # read at scrape time, so a compiled step that falls back shows at once
-            self.metrics.decode_step.labels(step).set_function(lambda step=step: float(self.decode_step == step))
+            self.metrics.decode_step.labels(step).set_function(lambda step=step: float(self.decode_step == step))  # type: ignore[misc]
 
     # ----- the public interface -------------------------------------------------------------
 
@@ -396,7 +396,7 @@ class Engine:
         nothing to propose."""
         if not self.speculative or len(self._rows) > self.spec_max_rows:
             return None
-        drafts = []
+        drafts: list[list[int]] = []
         pays = self.spec_break_even()
         for seq in self._rows:
             if seq.lookup is None:

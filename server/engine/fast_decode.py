@@ -127,7 +127,7 @@ def _decoder(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: li
     return _rms_norm(inner.norm, x)
 
 
-def compile_one_row(model: Any) -> StepFn:
+def compile_one_row(model: Any) -> "CompiledStep":
     """`forward_rows` compiled by torch.compile (inductor) for a single row, warmed up on
     scratch buffers so that the first real call finds it ready.
 

@@ -25,6 +25,9 @@ GROW = 64  # spare columns allocated at once; a decode step writes in place unti
 class SlottedLayer(DynamicLayer):
     """One layer's keys/values, [B, H, T, D], with spare capacity along T."""
 
+    keys: torch.Tensor  # (set from the first moment: never None, unlike DynamicLayer's)
+    values: torch.Tensor
+
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         self.dtype, self.device = keys.dtype, keys.device
@@ -175,7 +178,8 @@ class RunningBatch:
         firsts = self.next_tokens.tolist()
         tokens = torch.tensor([[t, *d] + [0] * (width - 1 - len(d)) for t, d in zip(firsts, drafts)], dtype=torch.long, device=device)
         positions = self.positions[:, None] + torch.arange(width, device=device)
-        starts, keep = [], []
+        starts: list[int] = []
+        keep: list[int] = []
         for r, d in enumerate(drafts):
             starts.append(len(keep))
             keep.extend(range(r * width, r * width + 1 + len(d)))

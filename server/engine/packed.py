@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -219,7 +220,7 @@ def pack_linears(model: torch.nn.Module, fuse: bool = True, fmt: str = "mkl", he
         targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packable(child)]
         output_head = getattr(model, "get_output_embeddings", lambda: None)()
         for parent, name, child in targets:
-            setattr(parent, name, PackedLinear(child, head if head is not None and child is output_head else fmt))
+            setattr(parent, name, PackedLinear(cast(torch.nn.Linear, child), head if head is not None and child is output_head else fmt))
         if targets or groups:
             log.info("repacked %d Linear weights into %s and %d groups of siblings into one matrix each",
                      len(targets), "MKL's GEMM layout" if fmt == "mkl" else fmt, groups)

@@ -57,7 +57,7 @@ def output_scanner(profile: Profile) -> OutputScanner:
     from .report import choose
 
     scanners = {"secrets": lambda t: choose(secrets.find_secrets(t))}
-    holds = ()
+    holds: tuple[_re.Pattern[str], ...] = ()
     if profile.output_exfil:
         scanners["remote_images"] = exfil.find_remote_images
         holds = (exfil.OPEN_IMAGE,)
