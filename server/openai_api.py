@@ -216,10 +216,12 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    m = _state(request).model
+    state = _state(request)
+    m = state.model
     return JSONResponse({"object": "list", "data": [{
-        "id": m.name, "object": "model", "created": _state(request).started, "owned_by": "tandem",
-        "context_length": m.context_length, "quantization": m.quant, "memory_footprint_bytes": m.footprint_bytes,
+        "id": m.name, "object": "model", "created": state.started, "owned_by": "tandem",
+        # the window the gateway enforces (a configured --context-length), which clients budget against, not the model's native one
+        "context_length": state.gateway.context_length, "native_context_length": m.context_length, "quantization": m.quant, "memory_footprint_bytes": m.footprint_bytes,
         "fim": m.fim_tokens is not None,
     }]})
 

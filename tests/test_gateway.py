@@ -162,6 +162,17 @@ def test_an_overloaded_engine_leaves_an_error_record(scripted) -> None:
         assert row["outcome"] == {"status": "error", "error_code": "overloaded"}
 
 
+def test_the_models_route_reports_the_window_the_gateway_enforces(tiny_server, tiny_model) -> None:  # type: ignore[no-untyped-def]
+    native = int(tiny_model.config.max_position_embeddings)
+    window = native // 4
+    with tiny_server(context_length=window) as s:
+        (model,) = httpx.get(f"{s.url}/v1/models").json()["data"]
+        assert (model["context_length"], model["native_context_length"]) == (window, native)
+        # and a prompt that fits the native window but not this one is refused for its length
+        over = httpx.post(f"{s.url}/v1/completions", json={"prompt": [1] * window, "max_tokens": 1})
+        assert over.status_code == 400 and over.json()["error"]["code"] == "context_length_exceeded", over.text
+
+
 def test_every_failure_code_has_one_meaning_on_each_transport() -> None:
     from dialog.errors import FRAMES
     from server.errors import HTTP
