@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +21,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from server import models
 from server.app import ServerConfig, create_app
 from server.engine import Engine, EngineConfig
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,11 +95,9 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
+        eventually(lambda: self.server.started or not self.thread.is_alive(), "the threaded server starting", 60)
+        if not self.server.started:
+            raise RuntimeError("server did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,17 +142,21 @@ def metric(url: str, name: str, labels: str = "") -> float:
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float, name: str) -> None:
     """Until `url`/healthz answers 200; a process that exits or a timeout fails with its log's tail."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def up() -> bool:
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
+                return True
         except httpx.HTTPError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{name} did not come up:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
+        return proc.poll() is not None  # it exited: stop waiting
+    try:
+        eventually(up, f"{name} answering /healthz", timeout)
+        if proc.poll() is None:
+            return
+    except AssertionError:
+        pass
+    proc.kill()
+    raise RuntimeError(f"{name} did not come up:\n{log_path.read_text()[-3000:]}")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

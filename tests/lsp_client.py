@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import sys
-import time
 from typing import Any
 
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
 from tests.conftest import ROOT
+from tests.waiting import eventually_async
 
 
 async def start_lsp(server_url: str, *extra: str, env: dict[str, str] | None = None, settings: dict[str, Any] | None = None) -> LanguageClient:
@@ -55,12 +53,4 @@ async def stats(client: LanguageClient) -> dict[str, Any]:
 
 async def wait_until(check: Any, timeout: float = 20) -> None:
     """Until `check()` (a value, or an awaitable of one) is true; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)  # the poll interval of the condition, not a wait for time to pass
+    await eventually_async(check, "the language server's state", timeout)

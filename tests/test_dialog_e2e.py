@@ -8,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, free_port
+from tests.conftest import ADMIN_TOKEN, ROOT, free_port, wait_healthy
 from tests.dialog_client import Chat
 
 pytestmark = pytest.mark.default_model
@@ -51,15 +49,8 @@ def _serve(port: int, home: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--audit-dir", str(home / "audit"),
                                  "--dialog-dir", str(home / "dialog"), "--admin-token", ADMIN_TOKEN], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.2)
+    wait_healthy(f"http://127.0.0.1:{port}", proc, log, 180, "tandem serve")
+    return proc
 
 
 def test_a_server_killed_mid_answer_comes_back_with_the_conversation_intact(default_model_dir, tmp_path) -> None:

@@ -11,7 +11,6 @@ import json
 import sqlite3
 import stat
 import threading
-import time
 import uuid
 
 import pytest
@@ -26,6 +25,7 @@ from server.engine import EngineOverloaded
 from tests.conftest import ADMIN_TOKEN, ThreadedServer, free_port, metric, tiny_loaded
 from tests.dialog_client import Chat
 from tests.scripted_engine import ScriptedEngine
+from tests.waiting import eventually, eventually_async
 
 DIALOG = {"max_answer_tokens": 16}
 
@@ -68,8 +68,7 @@ def test_reconnecting_resumes_after_last_seq_and_the_answer_arrives_exactly_once
         first = Chat(s.url)
         first.say("tell me everything")
         got = [first.recv(), first.recv(), first.recv()]  # ack and two deltas, then the connection drops
-        first.close()
-        time.sleep(0.2)
+        first.close()  # and at once back, while the answer is still being written
         with Chat(s.url, token=first.token, conversation_id=first.conversation_id, last_seq=got[-1]["seq"]) as second:
             assert second.welcome["history"] == [] and second.welcome["reset"] is False
             got += second.until("done")
@@ -163,10 +162,7 @@ def test_cancel_stops_the_generation_and_frees_the_engine(tiny_server) -> None:
         chat.send({"type": "cancel"})
         done = chat.until("done")[-1]
         assert done["finish_reason"] == "cancelled"
-        deadline = time.monotonic() + 10
-        while metric(s.url, "tandem_requests_running") != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        eventually(lambda: metric(s.url, "tandem_requests_running") == 0, "the cancelled generation leaving the engine")
         with Chat(s.url, token=chat.token, conversation_id=chat.conversation_id) as again:
             assert again.welcome["history"][-1]["status"] == "cancelled"
 
@@ -181,9 +177,12 @@ def test_context_keeps_the_system_prompt_and_drops_the_oldest_turns(tiny_server)
         with Chat(s.url, site="acme") as chat:
             for i in range(8):
                 chat.ask(f"Question number {i}: " + "tell me about shipping times and return policies " * 3)
-        time.sleep(0.3)
         reader = AuditReader(s.audit_dir)
-        rows = [r["record"] for r in reversed(reader.search(Filters(conversation=chat.conversation_id), limit=100))]
+
+        def eight() -> list[dict]:
+            found = reader.search(Filters(conversation=chat.conversation_id), limit=100)
+            return [r["record"] for r in reversed(found)] if len(found) >= 8 else []
+        rows = eventually(eight, "the eight turns' audit records")
         contexts = [r["prompt"]["context"] for r in rows]
         assert len(contexts) == 8 and contexts[0]["turns_included"] == 0 and contexts[0]["turns_dropped"] == 0
         assert contexts[-1]["turns_dropped"] > 0 and contexts[-1]["turns_included"] >= 0
@@ -198,8 +197,7 @@ def test_the_chat_store_keeps_what_the_model_saw_not_the_pasted_secret(tiny_serv
         chat.ask("my card is 4111 1111 1111 1111 and key AKIAC3NCCOUIJCQ2CCZD")
         with Chat(s.url, token=chat.token, conversation_id=chat.conversation_id) as again:
             text = again.welcome["history"][0]["text"]
-        assert text == "my card is [REDACTED:card_number] and key [REDACTED:aws_access_key]"
-        time.sleep(0.3)
+        assert text == "my card is [REDACTED:card_number] and key [REDACTED:aws_access_key]"  # read back: it is in the store
         for name in ("chat.db", "chat.db-wal"):
             path = s.dialog_dir / name
             if path.exists():
@@ -287,10 +285,7 @@ class Socket:
 
 
 async def until(check, what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.01)
+    await eventually_async(check, what, timeout)
 
 
 async def settled(*sockets: Socket) -> None:

@@ -11,6 +11,7 @@ import torch
 from server.engine import Engine, EngineConfig, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
 from server.engine.packed import FusedPart, PackedLinear, fused_outputs, pack_linears
 from tests.conftest import tiny_llama
+from tests.waiting import eventually_async
 
 PROMPTS = [
     "def add(a, b):",
@@ -45,10 +46,7 @@ def reference(model, tokenizer, prompt: str, max_tokens: int) -> str:  # type: i
 
 
 async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+    await eventually_async(predicate, "the engine's state", timeout)
 
 
 async def test_batched_output_equals_plain_generate(engine_factory, plain_model, tokenizer) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
@@ -19,26 +18,19 @@ from server.engine import ContextOverflow, Engine, EngineClosed, EngineError, En
 from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_llama, tiny_loaded
 from tests.scripted_engine import ScriptedEngine
 from tests.secrets_corpus import corpus
-
-
-def wait_for(check, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+from tests.waiting import eventually
 
 
 def records(audit_dir: Path, n: int, timeout: float = 10) -> list[dict]:
     """The audit records, oldest first, once at least n have been written."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def written() -> list[dict]:
         reader = AuditReader(audit_dir)
-        rows = list(reversed(reader.search(_all(), limit=10_000)))
-        reader.close()
-        if len(rows) >= n or time.monotonic() > deadline:
-            return [r["record"] | {"_content": AuditReader(audit_dir).get(str(r["seq"]))["content"]} for r in rows]
-        time.sleep(0.05)
+        try:
+            rows = list(reversed(reader.search(_all(), limit=10_000)))
+            return [r["record"] | {"_content": reader.get(str(r["seq"]))["content"]} for r in rows] if len(rows) >= n else []
+        finally:
+            reader.close()
+    return eventually(written, f"{n} audit records", timeout) if n else written()
 
 
 def _all():  # type: ignore[no-untyped-def]
@@ -139,7 +131,7 @@ def test_completed_blocked_failed_and_cancelled_calls_each_leave_one_record(tiny
                     break
         rows = records(s.audit_dir, 5)
         # the call leaves once its record is written
-        wait_for(lambda: metric(s.url, "tandem_gateway_calls_in_flight") == 0, "the cancelled call never left the gateway")
+        eventually(lambda: metric(s.url, "tandem_gateway_calls_in_flight") == 0, "the cancelled call never left the gateway")
         assert len(rows) == 5
         outcomes = [(r["outcome"]["status"], r["outcome"]["error_code"], r["guard"]["action"]) for r in rows]
         assert outcomes == [("ok", None, "allow"), ("blocked", "content_blocked", "block"), ("blocked", "input_too_large", "block"),
@@ -291,7 +283,7 @@ def test_a_refused_audit_write_is_counted_and_retried_not_dropped(tiny_server) -
         db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
         db.commit()
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
-        wait_for(lambda: "tandem_audit_write_failures_total 1.0" in httpx.get(f"{s.url}/metrics").text, "the refused write was never counted")
+        eventually(lambda: "tandem_audit_write_failures_total 1.0" in httpx.get(f"{s.url}/metrics").text, "the refused write was never counted")
         db.execute("DROP TRIGGER refuse")
         db.commit()
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "bye", "max_tokens": 1}).status_code == 200

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 from server.audit import AuditReader, Filters
 from tests.conftest import ROOT
 from tests.secrets_corpus import corpus
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.default_model
 MODEL = "SmolLM2-135M-Instruct"
@@ -31,16 +31,15 @@ def newest_seq(audit_dir) -> int:  # type: ignore[no-untyped-def]
 
 
 def records_after(audit_dir, seq: int, n: int, timeout: float = 30) -> list[dict]:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
+    """The records after `seq`, oldest first, once at least n have been written."""
+    def written() -> list[dict]:
         reader = AuditReader(audit_dir)
         try:
             rows = [r for r in reader.search(Filters(), limit=10_000, newest_first=False) if r["seq"] > seq]
-            if len(rows) >= n or time.monotonic() > deadline:
-                return [{**r["record"], "_content": reader.get(str(r["seq"]))["content"]} for r in rows]
+            return [{**r["record"], "_content": reader.get(str(r["seq"]))["content"]} for r in rows] if len(rows) >= n else []
         finally:
             reader.close()
-        time.sleep(0.1)
+    return eventually(written, f"{n} audit records after seq {seq}", timeout)
 
 
 def test_the_secrets_corpus_never_reaches_the_audit_file_or_the_logs(default_server) -> None:

@@ -23,18 +23,12 @@ from server.audit import AuditConfig, AuditLog, AuditReader, Entry, treehead
 from server.audit.chain import canonical, record_hash
 from tests.conftest import ADMIN_TOKEN, metric
 from tests.test_audit import verify
+from tests.waiting import eventually
 
 
 def records(directory: Path) -> list[dict]:
     with sqlite3.connect(directory / "audit.db") as conn:
         return [json.loads(row[0]) for row in conn.execute("SELECT envelope FROM audit_records ORDER BY seq")]
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        time.sleep(0.02)
 
 
 def leaked(directory: Path, needles: list[str]) -> list[str]:
@@ -64,7 +58,7 @@ def test_an_unserialisable_record_is_written_minimal_and_never_holds_back_the_ot
     for i in range(100):
         registry_log.submit(Entry({"type": "llm.interaction", "surface": "ide_completion", "request_id": f"req-{i}",
                                    "outcome": {"status": "ok", "error_code": None}}))
-    wait_for(lambda: registry_log.depth == 0, what="an empty audit queue")
+    eventually(lambda: registry_log.depth == 0, what="an empty audit queue")
     registry_log.flush()
     assert not registry_log.stuck and registry_log.accepting
     registry_log.close()
@@ -91,14 +85,14 @@ def test_a_locked_database_holds_records_back_without_losing_any_and_a_full_queu
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock: every write waits
     try:
         log.submit(Entry({"type": "llm.interaction", "request_id": "first", "outcome": {"status": "ok"}}))
-        wait_for(lambda: log._queue.qsize() == 0, what="the writer taking the first record")  # taken, and waiting on the lock
+        eventually(lambda: log._queue.qsize() == 0, what="the writer taking the first record")  # taken, and waiting on the lock
         for i in range(5):
             log.submit(Entry({"type": "llm.interaction", "request_id": f"later-{i}", "outcome": {"status": "ok"}}))
         assert log.depth == 6 and not log.accepting  # the gateway refuses new calls now (the next test sees the 503)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    wait_for(lambda: log.depth == 0 and log.accepting, what="the writer catching up")
+    eventually(lambda: log.depth == 0 and log.accepting, what="the writer catching up")
     log.close()
     assert [r["request_id"] for r in records(tmp_path)] == ["first"] + [f"later-{i}" for i in range(5)]
     assert verify(tmp_path).ok
@@ -111,12 +105,12 @@ def test_a_writer_that_commits_nothing_while_records_wait_is_reported_stuck(tmp_
     try:
         log.submit(Entry({"type": "llm.interaction", "request_id": "a", "outcome": {"status": "ok"}}))
         log.submit(Entry({"type": "llm.interaction", "request_id": "b", "outcome": {"status": "ok"}}))
-        wait_for(lambda: log.stuck, what="the stuck state")
+        eventually(lambda: log.stuck, what="the stuck state")
         assert not log.accepting
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    wait_for(lambda: not log.stuck and log.depth == 0, what="recovery")
+    eventually(lambda: not log.stuck and log.depth == 0, what="recovery")
     log.close()
     assert len(records(tmp_path)) == 2
 
@@ -133,9 +127,9 @@ def test_while_the_audit_log_cannot_keep_up_calls_are_refused_and_none_goes_unre
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        wait_for(lambda: metric(s.url, "tandem_audit_queue_depth") == 0, what="the writer catching up")
+        eventually(lambda: metric(s.url, "tandem_audit_queue_depth") == 0, what="the writer catching up")
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "again", "max_tokens": 1}).status_code == 200
-        wait_for(lambda: len(records(s.audit_dir)) == 8, what="a record for every call, refused ones included")
+        eventually(lambda: len(records(s.audit_dir)) == 8, what="a record for every call, refused ones included")
     assert verify(s.audit_dir).ok
 
 
@@ -183,7 +177,7 @@ def test_a_nan_body_then_100_calls_gives_101_records_a_verified_log_and_an_empty
         for i in range(100):
             ok = httpx.post(f"{s.url}/v1/completions", json={"prompt": f"call {i}", "max_tokens": 1, "temperature": 0})
             assert ok.status_code == 200, ok.text
-        wait_for(lambda: metric(s.url, "tandem_audit_queue_depth") == 0 and len(records(s.audit_dir)) == 101, what="101 records")
+        eventually(lambda: metric(s.url, "tandem_audit_queue_depth") == 0 and len(records(s.audit_dir)) == 101, what="101 records")
         health = httpx.get(f"{s.url}/healthz").json()
         assert health["status"] == "ok" and health["audit_queue"] == 0
     written = records(s.audit_dir)
@@ -206,7 +200,7 @@ def test_prompts_refused_for_size_or_tokens_are_recorded_without_their_text(tiny
         r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}, headers={"User-Agent": ua})
         rid = r.json()["id"]
         httpx.post(f"{s.url}/v1/feedback", json={"request_id": rid, "event": "accepted"}, headers={"User-Agent": ua})
-        wait_for(lambda: len(records(s.audit_dir)) == 4, what="4 records")
+        eventually(lambda: len(records(s.audit_dir)) == 4, what="4 records")
     written = records(s.audit_dir)
     refused = [r for r in written if r["outcome"]["status"] == "blocked"]
     assert len(refused) == 2
@@ -231,7 +225,7 @@ def test_query_strings_never_reach_the_server_log(default_server) -> None:
         pass
     marker = f"/healthz?marker-{secrets.token_hex(4)}"
     httpx.get(f"{default_server.url}{marker}")
-    wait_for(lambda: marker.split("?")[0] in default_server.log_path.read_text() and "[query omitted]" in default_server.log_path.read_text(),
+    eventually(lambda: marker.split("?")[0] in default_server.log_path.read_text() and "[query omitted]" in default_server.log_path.read_text(),
              what="the access log line")
     assert token not in default_server.log_path.read_text()
     assert leaked(default_server.log_path.parent, [token]) == []
@@ -313,7 +307,7 @@ def test_a_call_cut_by_sigkill_gets_an_interrupted_record_at_the_next_start(tmp_
     try:
         for i in range(3):  # three calls already sealed and published before the cut
             assert httpx.post(f"{url}/v1/completions", json={"prompt": f"call {i}", "max_tokens": 1}).status_code == 200
-        wait_for(lambda: len(records(audit_dir)) == 3, what="three records")
+        eventually(lambda: len(records(audit_dir)) == 3, what="three records")
         body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}], "max_tokens": 400, "stream": True}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
@@ -344,7 +338,7 @@ def test_a_call_cut_by_sigkill_gets_an_interrupted_record_at_the_next_start(tmp_
             reader.close()
         assert not caught.ok and "rewritten" in (caught.problem or ""), caught
         proc, url = serve()
-        wait_for(lambda: any(r.get("request_id") == rid for r in records(audit_dir)), what="the interrupted call's record")
+        eventually(lambda: any(r.get("request_id") == rid for r in records(audit_dir)), what="the interrupted call's record")
         record = next(r for r in records(audit_dir) if r.get("request_id") == rid)
         assert record["outcome"]["status"] == "interrupted" and record["surface"] == "support_chat"
         assert httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
@@ -360,7 +354,7 @@ def test_a_call_cut_by_sigkill_gets_an_interrupted_record_at_the_next_start(tmp_
 def test_the_audit_database_is_readable_by_its_owner_alone(tiny_server) -> None:
     with tiny_server() as s:
         assert httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}).status_code == 200
-        wait_for(lambda: len(records(s.audit_dir)) == 1, what="a record")
+        eventually(lambda: len(records(s.audit_dir)) == 1, what="a record")
         assert s.audit_dir.stat().st_mode & 0o777 == 0o700
         for name in ("audit.db", "audit.db-wal", "audit.db-shm", "audit.key"):
             path = s.audit_dir / name
@@ -421,7 +415,7 @@ def test_the_admin_api_answers_odd_record_references_with_4xx(tiny_server) -> No
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with tiny_server() as s:
         httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1})
-        wait_for(lambda: len(records(s.audit_dir)) == 1, what="a record")
+        eventually(lambda: len(records(s.audit_dir)) == 1, what="a record")
         for ref in ["²", "1" * 30, "%F0%9F%98%80", "-1", "0x10", "a" * 500]:
             r = httpx.get(f"{s.url}/audit/api/records/{ref}", headers=auth)
             assert r.status_code == 404, (ref, r.status_code, r.text)

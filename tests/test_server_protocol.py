@@ -15,6 +15,7 @@ import pytest
 
 from server.gateway import fim_prompt_ids
 from tests.conftest import ROOT, tiny_llama
+from tests.waiting import eventually
 
 
 def metric(url: str, name: str) -> float:
@@ -111,16 +112,8 @@ def slow_tiny_model(tokenizer, seconds_per_step: float = 0.02):  # type: ignore[
     return model
 
 
-def wait_until(check, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    """Until `check()` holds (polled); fails with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def wait_for_metric(url: str, name: str, value: float, timeout: float = 10) -> None:
-    wait_until(lambda: metric(url, name) >= value, f"{name} did not reach {value}", timeout)
+    eventually(lambda: metric(url, name) >= value, f"{name} did not reach {value}", timeout)
 
 
 def test_overloaded_server_answers_503_with_retry_after(tiny_server, tokenizer) -> None:
@@ -200,7 +193,7 @@ def test_a_queued_request_whose_client_leaves_never_runs(tiny_server, tokenizer,
         queued = {"prompt": "a queued prompt", "max_tokens": 150, "stream": stream}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{s.url}/v1/completions", json=queued, timeout=httpx.Timeout(5, read=0.5))
-        wait_until(lambda: metric(s.url, "tandem_requests_waiting") == 0, "the queued request stayed in the queue after its client left")
+        eventually(lambda: metric(s.url, "tandem_requests_waiting") == 0, "the queued request stayed in the queue after its client left")
         assert not running.done() and _has_cancelled(s.url)  # it left the queue, it did not run next
         assert running.result().status_code == 200  # the running one is untouched
         assert metric(s.url, "tandem_requests_running") == 0

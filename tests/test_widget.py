@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from dialog.store import Site, Store
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.browser
 
@@ -59,10 +59,7 @@ def test_demo_page_send_stream_reload_stop(default_server, browser, tmp_path) ->
         story = page.locator("#tandem-chat .msg.assistant").nth(1)
         expect(story).not_to_be_empty(timeout=60_000)
         first_seen = story.inner_text()
-        deadline = time.monotonic() + 60
-        while len(story.inner_text()) <= len(first_seen):  # it streams in, piece by piece
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        eventually(lambda: len(story.inner_text()) > len(first_seen), "the answer streaming in, piece by piece", 60)
         expect(page.locator("#tandem-chat .stop")).to_be_visible()
         page.locator("#tandem-chat .stop").click()
         expect(page.locator("#tandem-chat .msg.assistant").last.locator(".note")).to_have_text("(stopped)", timeout=30_000)
