@@ -373,7 +373,8 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
         return {**ls.stats, "cache_hits_total": ls.generations.hits, "cache_misses_total": ls.generations.misses,
                 "warmups_sent": ls.warmer.sent, "warmups_cancelled": ls.warmer.cancelled, "warmups_skipped": ls.warmer.skipped,
                 "warmups_in_flight": ls.warmer.in_flight, "generations_running": ls.generations.running(),
-                "engine_started_here": ls.engine.started_server, "server_url": ls.settings.server_url, "engine_state": ls.engine_state}
+                "engine_started_here": ls.engine.started_server, "server_url": ls.settings.server_url, "engine_state": ls.engine_state,
+                "enabled": ls.settings.enabled, "max_tokens": ls.settings.max_tokens}  # (the settings in effect)
 
     return server
 

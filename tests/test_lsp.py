@@ -157,7 +157,10 @@ async def test_a_newer_request_on_the_document_supersedes_the_older(default_serv
             [types.TextDocumentContentChangePartial(range=types.Range(types.Position(line, character), types.Position(line, character)), text="x, ")]))
         client.set_configuration({"maxTokens": 8, "timeBudgetMs": 30_000, "lineWaitMs": 30_000}, section="tandem")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-        await asyncio.sleep(0.5)
+
+        async def applied() -> bool:  # the server pulled the new settings
+            return bool((await stats(client))["max_tokens"] == 8)
+        await wait_until(applied, timeout=10)
         newer = await client.text_document_inline_completion_async(inline_params("file:///work/primes.py", line, character + 3))
         with pytest.raises(JsonRpcRequestCancelled):
             await older

@@ -42,6 +42,7 @@ from starlette.routing import Route
 from lsp.transport import MAX_BODY, Framer, FramingError
 from tests.conftest import ROOT, ThreadedServer, free_port
 from tests.lsp_client import end_of, inline_params, open_doc, start_lsp, stats
+from tests.waiting import eventually
 
 INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR = -32602, -32600, -32700
 ANSWER_TIMEOUT = 10.0  # a request not answered by then is a request never answered
@@ -456,14 +457,13 @@ def test_raw_bytes_on_tcp_never_kill_the_server() -> None:
     proc = subprocess.Popen(lsp_command("--tcp", f"127.0.0.1:{port}"), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def connected() -> socket.socket | None:
+            assert proc.poll() is None, "the TCP language server exited"
             try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
+                return socket.create_connection(("127.0.0.1", port), timeout=1)
             except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the TCP language server did not listen"
-                time.sleep(0.05)
+                return None
+        sock = eventually(connected, "the TCP language server listening", 30)
         with sock:
             sock.settimeout(None)
             converse(RawPeer(sock.recv), sock.sendall, lambda: proc.poll() is None)

@@ -18,6 +18,7 @@ from server.engine import Engine, EngineConfig, GenerationRequest, Priority
 from server.engine import engine as engine_module
 from server.engine.kv import RunningBatch
 from server.engine.speculative import OPENING_GAIN, Gate, PromptLookup, accepted_prefix
+from tests.waiting import eventually_async, stays_async
 
 pytestmark = pytest.mark.default_model
 
@@ -240,13 +241,9 @@ async def test_the_background_compile_waits_for_an_idle_engine_and_runs_at_the_l
     engine = Engine(off.model, off.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
     try:
         busy = asyncio.create_task(generate(engine, GenerationRequest(prompt=PROSE, max_tokens=12)))
-        await asyncio.sleep(0.5)
-        assert engine.compile_state == "deferred" and not progress  # no compiling while a request runs
+        await stays_async(lambda: busy.done() or (engine.compile_state == "deferred" and not progress), "no compiling while a request runs", 0.5)
         await busy
-        deadline = time.monotonic() + 30
-        while not progress:
-            assert time.monotonic() < deadline, "the compile never started on an idle engine"
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: progress, "the compile starting on an idle engine", 30)
         assert progress[0] == 1 and engine.compile_state == "compiling"
         if hasattr(os, "setpriority"):
             assert engine.compile_nice == 19

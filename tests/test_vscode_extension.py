@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import ROOT, free_port, metric, wait_healthy
+from tests.waiting import eventually, stays
 
 pytestmark = [pytest.mark.browser, pytest.mark.default_model]
 
@@ -136,15 +136,11 @@ def test_a_tandem_suggestion_appears_in_vs_code_and_tab_accepts_it(code_server: 
         page.screenshot(path=str(ARTIFACTS / "vscode-inline-suggestion.png"))
         page.keyboard.press("Tab")
         accepted_line = ("fi" + on_line).rstrip()
-        deadline = time.monotonic() + 10
-        while accepted_line not in page.locator(".monaco-editor .view-lines").first.inner_text().replace("\xa0", " "):
-            assert time.monotonic() < deadline, f"Tab did not insert {accepted_line!r}"
-            time.sleep(0.1)
+        eventually(lambda: accepted_line in page.locator(".monaco-editor .view-lines").first.inner_text().replace("\xa0", " "),
+                   f"Tab inserting {accepted_line!r}", 10)
         # the item's command reported the acceptance to the language server, which told the server
-        deadline = time.monotonic() + 20
-        while metric(default_server.url, "tandem_completion_feedback_total", 'event="accepted"') < accepted_before + 1:
-            assert time.monotonic() < deadline, "the acceptance never reached the server"
-            time.sleep(0.2)
+        eventually(lambda: metric(default_server.url, "tandem_completion_feedback_total", 'event="accepted"') >= accepted_before + 1,
+                   "the acceptance reaching the server", 20)
         page.screenshot(path=str(ARTIFACTS / "vscode-suggestion-accepted.png"))
         assert not offsite, f"the workbench reached off the machine: {sorted(set(offsite))[:5]}"
     finally:
@@ -161,17 +157,16 @@ def settled_count(url: str, timeout: float = 60) -> float:
     """The engine's finished-request count once nothing is in flight: no call in the gateway, none
     in the engine, and the count unchanged over two reads (a request the language server sent just
     before completions were switched off may still be on its way, then cancelled)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        busy = metric(url, "tandem_gateway_calls_in_flight") + sum(
-            metric(url, f"tandem_requests_{state}") for state in ("running", "prefilling", "waiting"))
+    def busy() -> float:
+        return metric(url, "tandem_gateway_calls_in_flight") + sum(metric(url, f"tandem_requests_{state}") for state in ("running", "prefilling", "waiting"))
+
+    def settled() -> tuple[float] | None:  # (a tuple: a count of 0 is an answer too)
+        eventually(lambda: busy() == 0, "the engine idle", timeout)
         count = metric(url, "tandem_requests_finished_total")
-        if busy == 0 and count == last:
-            return count
-        last = None if busy else count
-        assert time.monotonic() < deadline, "the engine never settled"
-        time.sleep(0.5)
+        holds = stays(lambda: busy() == 0 and metric(url, "tandem_requests_finished_total") == count, "the engine staying idle", 1.0, fail=False)
+        return (count,) if holds else None
+
+    return eventually(settled, "the engine settling", timeout)[0]
 
 
 def test_commands_toggle_show_the_log_and_dismissals_are_reported(code_server: CodeServer, default_server, browser) -> None:  # type: ignore[no-untyped-def]
@@ -189,9 +184,8 @@ def test_commands_toggle_show_the_log_and_dismissals_are_reported(code_server: C
         page.locator(".monaco-editor .view-lines").first.click()
         page.keyboard.press("Control+End")
         page.keyboard.type("# list ", delay=120)
-        time.sleep(3)
-        assert page.locator(GHOST).count() == 0
-        assert metric(default_server.url, "tandem_requests_finished_total") == finished
+        stays(lambda: page.locator(GHOST).count() == 0 and metric(default_server.url, "tandem_requests_finished_total") == finished,
+              "no suggestion and nothing asked of the engine while off", 3)
         # on again; a suggestion the developer walks away from is reported dismissed
         run_command(page, "Tandem: Toggle completions")
         expect(status.locator(".codicon-check")).to_be_visible()
@@ -203,10 +197,8 @@ def test_commands_toggle_show_the_log_and_dismissals_are_reported(code_server: C
         expect(ghost).to_be_visible(timeout=60_000)
         page.keyboard.press("Escape")
         page.keyboard.type("\n\nclass Stack:\n", delay=120)  # typing on elsewhere: a new request replaces the shown one
-        deadline = time.monotonic() + 60
-        while metric(default_server.url, "tandem_completion_feedback_total", 'event="dismissed"') < dismissed + 1:
-            assert time.monotonic() < deadline, "the dismissal never reached the server"
-            time.sleep(0.2)
+        eventually(lambda: metric(default_server.url, "tandem_completion_feedback_total", 'event="dismissed"') >= dismissed + 1,
+                   "the dismissal reaching the server", 60)
         # the language server's log, in VS Code's output panel
         run_command(page, "Tandem: Show the language server's log")
         expect(page.get_by_role("document", name="Tandem - Output")).to_contain_text("Starting the language server", timeout=15_000)

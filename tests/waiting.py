@@ -37,3 +37,24 @@ async def eventually_async(check: Callable[[], T | Awaitable[T]], what: str = "t
             return value  # type: ignore[return-value]
         assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
         await asyncio.sleep(POLL_SECONDS)
+
+
+def stays(check: Callable[[], object], what: str, seconds: float, fail: bool = True) -> bool:
+    """That `check` holds throughout the next `seconds` (a claim that something does *not* happen
+    needs a window to watch): polled the whole time, failing (or, with fail=False, returning False)
+    the moment it does not."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not check():
+            assert not fail, f"{what}: broken after {seconds - (deadline - time.monotonic()):.2f} s"
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+async def stays_async(check: Callable[[], object], what: str, seconds: float) -> None:
+    """`stays` on an event loop (the loop keeps running while it watches)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), f"{what}: broken after {seconds - (deadline - time.monotonic()):.2f} s"
+        await asyncio.sleep(POLL_SECONDS)
