@@ -3,10 +3,13 @@ model of the same architecture for fast engine tests, and real servers on real s
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from server import models
 from server.app import ServerConfig, create_app
 from server.engine import Engine, EngineConfig
+from server.settings import tandem_home
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # keeps the eager decode step: compiling takes a minute of CPU that would slow every other test
 # on a 2-core machine. The compiled step has its own test (test_engine.py), in-process.
 os.environ["TANDEM_COMPILE"] = "0"
+
+# The whole run's TANDEM_HOME is a temporary folder (no test writes into the developer's: auto-start
+# locks and logs, keys, stores), sharing only the model cache that `make test` prepared there.
+_MODELS = tandem_home() / "models"
+_MODELS.mkdir(parents=True, exist_ok=True)
+RUN_HOME = Path(tempfile.mkdtemp(prefix="tandem-home-"))
+(RUN_HOME / "models").symlink_to(_MODELS, target_is_directory=True)
+os.environ["TANDEM_HOME"] = str(RUN_HOME)
+atexit.register(shutil.rmtree, RUN_HOME, ignore_errors=True)  # (the link goes, not the cache it points at)
 
 
 def free_port() -> int:

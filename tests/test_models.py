@@ -68,3 +68,19 @@ def test_auto_runs_the_default_model_on_its_own_4_bit_blocks_and_a_checkpoint_in
 def test_an_unknown_quantization_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="choose from auto, none, q4, w8a8, bf16"):
         models.quantization_kwargs("int3")
+
+
+def test_the_test_run_writes_into_a_tandem_home_of_its_own() -> None:
+    """conftest points TANDEM_HOME at a temporary folder for the whole run, subprocesses included,
+    with only the prepared model cache linked in."""
+    import os
+    import subprocess
+    import sys
+
+    from server.settings import tandem_home
+    from tests.conftest import ROOT, RUN_HOME
+
+    assert tandem_home() == RUN_HOME and (RUN_HOME / "models").is_symlink()
+    child = subprocess.run([sys.executable, "-c", "from server.settings import tandem_home; print(tandem_home())"],
+                           capture_output=True, text=True, check=True, env=os.environ.copy(), cwd=ROOT)
+    assert child.stdout.strip() == str(RUN_HOME)
