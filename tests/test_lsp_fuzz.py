@@ -450,6 +450,8 @@ def test_raw_bytes_on_stdio_never_kill_the_server() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 def test_raw_bytes_on_tcp_never_kill_the_server() -> None:
