@@ -39,7 +39,12 @@ FRAMES: dict[Code, Said] = {
 }
 
 
+def frame_for(code: Code, retry_after: int | None = None) -> FrameError:
+    """The error frame the visitor gets for a failure with this code."""
+    row = FRAMES[code]
+    return FrameError(row.frame_code, row.words, retry_after=retry_after if row.retry else None)
+
+
 def said(exc: CallFailed) -> tuple[Said, FrameError]:
     """How the chat reports a failed call: its table row, and the frame the visitor gets."""
-    row = FRAMES[exc.code]
-    return row, FrameError(row.frame_code, row.words, retry_after=exc.retry_after if row.retry else None)
+    return FRAMES[exc.code], frame_for(exc.code, exc.retry_after)

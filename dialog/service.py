@@ -28,11 +28,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.gateway import Actor, Call, CallFailed, ChatPrompt, Gateway, Params, Priority, Screened
+from server.gateway import Actor, Call, CallFailed, ChatPrompt, Code, Gateway, Params, Priority, Screened
 
 from . import frames
 from .context import TooLong, fit
-from .errors import PLAIN_WORDS, said
+from .errors import PLAIN_WORDS, frame_for, said
 from .limits import RateLimiter
 from .store import Message, Site, Store
 from .tokens import Visitor, VisitorTokens
@@ -341,7 +341,7 @@ class DialogService:
         except asyncio.CancelledError:
             finish = "cancelled"
         except TooLong:
-            finish, error = "blocked", frames.FrameError("message_too_large", PLAIN_WORDS["too_long"])
+            finish, error = "blocked", frame_for(Code.CONTEXT_LENGTH_EXCEEDED)  # the window cannot hold even this message
         except CallFailed as exc:
             row, error = said(exc)
             if row.blocked:
