@@ -1,20 +1,15 @@
-"""Numbered schema migrations for the chat store (the pattern of simonw/llm's migrations.py).
-
-Each step is a function `mNNN_what(conn)` appended in order; applied names are recorded in
-`_migrations`, so a database at any earlier step is brought forward and a blank one is built
-from the start. Steps never change once released: a new need is a new step.
-"""
+"""The chat store's numbered schema migrations (the runner is `server/migrations.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
 
-Migration = Callable[[Any], None]
-MIGRATIONS: list[Migration] = []
-migration = MIGRATIONS.append
+from server.migrations import Migrations
+
+migration = Migrations()
+MIGRATIONS = migration.steps
 
 
 @migration
@@ -77,19 +72,6 @@ def m003_client_refs(conn: Any) -> None:
     conn.execute(text("CREATE UNIQUE INDEX ux_messages_client_ref ON messages(conversation_id, client_ref) WHERE client_ref IS NOT NULL"))
 
 
-def applied(conn: Any) -> list[str]:
-    conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
-    return [row[0] for row in conn.execute(text("SELECT name FROM _migrations ORDER BY rowid"))]
-
-
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
-    """Apply the steps not yet applied (up to step `upto`, for tests of older schemas); returns their names."""
-    done = set(applied(conn))
-    ran = []
-    for step in MIGRATIONS[:upto]:
-        if step.__name__ in done:
-            continue
-        step(conn)
-        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES (:n, strftime('%Y-%m-%dT%H:%M:%fZ','now'))"), {"n": step.__name__})
-        ran.append(step.__name__)
-    return ran
+    """Bring the chat store forward (up to step `upto`, for tests of older schemas); returns the steps applied."""
+    return migration.migrate(conn, upto)

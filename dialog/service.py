@@ -28,11 +28,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.gateway import Actor, Call, CallFailed, ChatPrompt, Code, Gateway, Params, Priority, Screened
+from server.gateway import Actor, Call, CallFailed, ChatPrompt, Gateway, Params, Priority, Screened
 
 from . import frames
-from .context import TooLong, fit
-from .errors import PLAIN_WORDS, frame_for, said
+from .errors import PLAIN_WORDS, said
 from .limits import RateLimiter
 from .store import Message, Site, Store
 from .tokens import Visitor, VisitorTokens
@@ -315,18 +314,17 @@ class DialogService:
         try:
             earlier = [(m.role, m.text) for m in await self.store.messages(hub.cid)
                        if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")]
-            window = self.gateway.context_length
-            fitted = await asyncio.to_thread(fit, site.system_prompt, earlier, text, self.gateway.count_chat_tokens, window - self.config.max_answer_tokens)
 
             async def keep(screened: Screened) -> None:
                 async with hub.lock:
-                    hub.updates[user.id] = {"text": screened.texts[-1] or ""}
+                    hub.updates[user.id] = {"text": screened.newest or ""}
                     await hub.flush(self.store)
 
+            # the gateway guards the whole prompt once and drops the oldest turns the window cannot hold
+            prompt = ChatPrompt((("system", site.system_prompt), *earlier, ("user", text)), fit=True)
             call = Call("support_chat", Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
-                        ChatPrompt(fitted.messages), Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
-                        Priority.CHAT, request_id=answer.id, conversation_id=hub.cid, message_id=answer.id, context=fitted.audit(window),
-                        on_screened=keep)
+                        prompt, Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
+                        Priority.CHAT, request_id=answer.id, conversation_id=hub.cid, message_id=answer.id, on_screened=keep)
             gen = self.gateway.stream(call)
             async for delta in gen:
                 async with hub.lock:
@@ -340,8 +338,6 @@ class DialogService:
                     finish = delta.finish_reason
         except asyncio.CancelledError:
             finish = "cancelled"
-        except TooLong:
-            finish, error = "blocked", frame_for(Code.CONTEXT_LENGTH_EXCEEDED)  # the window cannot hold even this message
         except CallFailed as exc:
             row, error = said(exc)
             if row.blocked:

@@ -12,16 +12,18 @@ its errors do not leave: every failure reaches a surface as a `CallFailed` with 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .audit import AuditLog, Entry
+from . import chat_window
+from .audit import AuditLog, Entry, record
 from .clock import iso_utc
 from .engine import ContextOverflow, Delta, Engine, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
 from .failures import CallFailed, Code, InputBlocked, OutputRefused
@@ -70,6 +72,7 @@ class FimPrompt:
 @dataclass(frozen=True)
 class ChatPrompt:
     messages: tuple[tuple[str, str], ...]  # (role, content)
+    fit: bool = False  # drop the oldest turns (never a leading system message or the newest) to leave max_tokens for the answer
 
 
 Prompt = TextPrompt | FimPrompt | ChatPrompt
@@ -86,12 +89,16 @@ class Params:
 
 @dataclass(frozen=True)
 class Screened:
-    """What the input guard made of a call's messages, for a caller that stores them (the chat
-    keeps the visitor's text only as the guard passed it). `texts[i]` is message i as sanitised,
-    or None where it was refused before the secret scanner ran (a size cap): nothing to keep."""
+    """What the gateway made of a chat call's input, told before generation, for a caller that
+    stores it (the chat keeps the visitor's text only as the guard passed it). `newest` is the
+    newest message as sanitised, or None where it was refused before the secret scanner ran (a
+    size cap): nothing to keep. `turns_kept`/`turns_dropped` count the earlier turns a fitted
+    prompt sent and left out (None where it was not fitted, or was refused before)."""
 
-    texts: tuple[str | None, ...]
+    newest: str | None
     blocked: bool
+    turns_kept: int | None = None
+    turns_dropped: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,7 @@ class Call:
     conversation_id: str | None = None
     message_id: str | None = None
     session_id: str | None = None
-    context: Mapping[str, Any] | None = None  # what the caller's context builder kept and dropped
-    on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned, before generation
+    on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned and fitted, before generation
 
 
 class GuardMetrics:
@@ -128,7 +134,7 @@ class Gateway:
         # here instead of taking every thread asyncio.to_thread would lend (the event loop never waits on it)
         self._scanners = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="tandem-guard")
         self._guards = {
-            name: InputGuard(profile, self._count_tokens, engine.context_length, special) for name, profile in PROFILES.items()
+            name: InputGuard(profile, special) for name, profile in PROFILES.items()
         }
 
     # Read-only views of the engine for health checks; nothing else of it leaves this module.
@@ -157,29 +163,24 @@ class Gateway:
         self._scanners.shutdown(wait=True)
         self.audit.close()
 
-    def count_chat_tokens(self, messages: list[tuple[str, str]]) -> int:
-        """The prompt length of these (role, content) messages under the model's chat template."""
-        rendered = self.model.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True,
-                                                            tokenize=True, return_dict=True)
-        return len(rendered["input_ids"])
-
     def record_refusal(self, surface: str, actor: Actor, request_id: str, code: str | None, param: str | None) -> None:
         """A request refused at the door, before it became a call (a body that does not parse or
         validate): it gets its record too, so a fuzzing or probing client shows in the log."""
-        self.audit.submit(Entry({"type": "request.refused", "surface": surface, "request_id": scrub(request_id),
-                                 "actor": {"kind": actor.kind, "user_ref": None, "ip_ref": self.audit.pseudonym(actor.ip, "ip"),
-                                           "client": scrub_header(actor.client) if actor.client else None, "tenant": actor.tenant},
-                                 "guard": {"action": None}, "outcome": {"status": "refused", "error_code": code, "param": scrub(param or "")[:80] or None}}))
+        self.audit.submit(Entry(record.Envelope(
+            "request.refused", surface, scrub(request_id), self._actor_ref(actor, with_user=False),
+            outcome=record.Outcome("refused", code, scrub(param or "")[:80] or None)).to_json()))
         self.metrics.records.labels("refused").inc()
 
     def record_feedback(self, request_id: str, event: str, client: str | None) -> None:
         """An IDE's report that a completion was accepted or dismissed, recorded beside the call it names."""
-        self.audit.submit(Entry({"type": "completion.feedback", "surface": "ide_completion", "request_id": scrub(request_id),
-                                 "actor": {"kind": "ide_user", "client": scrub_header(client[:120]) if client else None},
-                                 "guard": {"action": None}, "outcome": {"status": event}}))
+        self.audit.submit(Entry(record.Envelope(
+            "completion.feedback", "ide_completion", scrub(request_id), self._actor_ref(Actor("ide_user", client=client), with_user=False),
+            outcome=record.Outcome(event)).to_json()))
 
-    def _count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _actor_ref(self, actor: Actor, with_user: bool = True) -> record.ActorRef:
+        """Who called, as the audit log may hold it: user and IP as keyed HMACs, the client header scrubbed."""
+        return record.ActorRef(actor.kind, self.audit.pseudonym(actor.user, "user") if with_user else None, self.audit.pseudonym(actor.ip, "ip"),
+                               scrub_header(actor.client[:120]) if actor.client else None, actor.tenant)
 
     async def stream(self, call: Call) -> AsyncIterator[Delta]:
         """Guarded, audited generation. Raises `CallFailed` (before or during the stream)."""
@@ -190,23 +191,34 @@ class Gateway:
         try:
             if not self.audit.accepting:  # a call is never served unaudited: refuse while the writer cannot keep up
                 raise CallFailed(Code.AUDIT_UNAVAILABLE, "the audit log is not keeping up; retry in a few seconds", retry_after=5)
-            rec.journal = self.audit.open_call(rec.skeleton(self.model, self.audit))
-            segments = _segments(call.prompt, self.model.tokenizer)
-            sanitized = await asyncio.get_running_loop().run_in_executor(self._scanners, self._guards[call.surface].scan, segments)
+            rec.actor = self._actor_ref(call.actor)
+            rec.journal = self.audit.open_call(rec.skeleton(self.model, rec.actor))
+            loop = asyncio.get_running_loop()
+            # choosing turns renders the chat template over the whole conversation: on the scanners' pool, not the event loop
+            prompt = await loop.run_in_executor(self._scanners, self._choose, call)
+            segments = _segments(prompt, self.model.tokenizer)
+            sanitized = await loop.run_in_executor(self._scanners, self._guards[call.surface].scan, segments)
             rec.input_results = sanitized.results
-            joined = _joined(sanitized.segments)
+            refusal: CallFailed | None = _input_refusal(sanitized.blocked) if sanitized.blocked is not None else None
+            fitted: _Fitted | None = None
+            if refusal is None:
+                try:
+                    fitted = await loop.run_in_executor(self._scanners, self._render, call, prompt, sanitized.segments, sanitized.segments == segments)
+                except CallFailed as exc:
+                    refusal = exc
+            joined = _joined(fitted.segments if fitted is not None else sanitized.segments)  # what the model is sent
             rec.prompt_chars, rec.prompt_hmac = len(joined), self.audit.seal_content(joined)
             # only text the secret scanner has been over is kept; a prompt refused before it (for its
             # size or token count) is recorded as its length, HMAC and verdicts, never its text
             rec.prompt_text = joined if sanitized.scrubbed else None
-            if call.on_screened is not None:  # the one scan of this input: the caller keeps what it produced
-                await call.on_screened(Screened(tuple(seg.text if sanitized.scrubbed else None for seg in sanitized.segments),
-                                                sanitized.blocked is not None))
-            if sanitized.blocked is not None:
-                raise _input_refusal(sanitized.blocked)
-            # the chat template tokenises the whole conversation: on the scanners' pool, not the event loop
-            engine_prompt, default_max = await asyncio.get_running_loop().run_in_executor(
-                self._scanners, self._render, call.prompt, sanitized.segments, sanitized.segments == segments)
+            rec.context = fitted.context if fitted is not None else None
+            if call.on_screened is not None and isinstance(prompt, ChatPrompt):  # the one scan of this input: the caller keeps what it produced
+                turns = (fitted.context["turns_included"], fitted.context["turns_dropped"]) if fitted is not None and fitted.context else (None, None)
+                await call.on_screened(Screened(sanitized.segments[-1].text if sanitized.scrubbed else None, sanitized.blocked is not None, *turns))
+            if refusal is not None:
+                raise refusal
+            assert fitted is not None
+            engine_prompt, default_max = fitted.prompt, fitted.default_max
             rec.engine_prompt = engine_prompt
             req = GenerationRequest(
                 prompt=engine_prompt,
@@ -249,38 +261,77 @@ class Gateway:
             finally:
                 self.metrics.in_flight.dec()  # after the record: a call seen leaving has its record counted
 
-    def _render(self, prompt: Prompt, segments: list[Segment], unchanged: bool) -> tuple[str | list[int], int]:
-        """The sanitised segments as the model's prompt, and the default max_tokens for this kind of call."""
+    def _budget(self, call: Call) -> int:
+        """How many prompt tokens a fitted chat call may take: the window less its answer's room."""
+        return self._engine.context_length - (call.params.max_tokens if call.params.max_tokens is not None else 1)
+
+    def _choose(self, call: Call) -> Prompt:
+        """The prompt to guard: a fitted chat prompt's messages with the oldest turns that do not fit dropped."""
+        prompt = call.prompt
+        if not isinstance(prompt, ChatPrompt):
+            return prompt
+        self._check_template()
+        if not prompt.fit:
+            return prompt
+        try:
+            choice = chat_window.choose(self.model.tokenizer, prompt.messages, self._budget(call))
+        except Exception as exc:  # templates raise on role orders they do not support
+            raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
+        return _ChosenPrompt(choice.messages, fit=True, choice=choice)
+
+    def _check_template(self) -> None:
+        if not getattr(self.model.tokenizer, "chat_template", None):
+            raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no chat template; use /v1/completions", param="messages")
+
+    def _render(self, call: Call, prompt: Prompt, segments: list[Segment], unchanged: bool) -> _Fitted:
+        """The sanitised segments as the model's prompt, with the default max_tokens for this kind of call."""
         if isinstance(prompt, ChatPrompt):
-            tokenizer = self.model.tokenizer
-            if not getattr(tokenizer, "chat_template", None):
-                raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no chat template; use /v1/completions", param="messages")
-            messages = [{"role": s.role, "content": s.text} for s in segments]
-            try:
-                ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-            except Exception as exc:  # templates raise on role orders they do not support
-                raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
-            return ids, max(1, min(DEFAULT_CHAT_TOKENS, self._engine.context_length - len(ids)))
+            return self._render_chat(call, prompt, segments)
         if isinstance(prompt, FimPrompt):
             if self.model.fim_tokens is None:
                 raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no fill-in-the-middle tokens", param="suffix")
-            return fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text), DEFAULT_COMPLETION_TOKENS
+            return _Fitted(fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text),
+                           DEFAULT_COMPLETION_TOKENS, segments)
         if isinstance(prompt.text, list) and unchanged:
-            return prompt.text, DEFAULT_COMPLETION_TOKENS  # unchanged by the guard: keep the caller's exact ids
-        return segments[0].text, DEFAULT_COMPLETION_TOKENS
+            return _Fitted(prompt.text, DEFAULT_COMPLETION_TOKENS, segments)  # unchanged by the guard: keep the caller's exact ids
+        return _Fitted(segments[0].text, DEFAULT_COMPLETION_TOKENS, segments)
+
+    def _render_chat(self, call: Call, prompt: ChatPrompt, segments: list[Segment]) -> _Fitted:
+        """Render once; a fitted prompt whose exact render (after the guard) is still over its
+        budget loses its oldest kept turn and is rendered again, until it fits or has none left."""
+        window = self._engine.context_length
+        render = lambda: chat_window.render(self.model.tokenizer, [(s.role, s.text) for s in segments])  # noqa: E731
+        segments = list(segments)
+        try:
+            ids = render()
+            if not isinstance(prompt, _ChosenPrompt) or prompt.choice is None:
+                return _Fitted(ids, max(1, min(DEFAULT_CHAT_TOKENS, window - len(ids))), segments)
+            choice, budget = prompt.choice, self._budget(call)
+            head, kept = 1 if len(segments) > 1 and segments[0].role == "system" else 0, choice.kept
+            while len(ids) > budget and kept > 0:
+                del segments[head]
+                kept -= 1
+                ids = render()
+        except Exception as exc:  # templates raise on role orders they do not support
+            raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
+        if len(ids) > budget:
+            raise InputBlocked(Code.CONTEXT_LENGTH_EXCEEDED, f"the newest message needs {len(ids)} tokens with the system prompt; "
+                               f"the window leaves {budget} after the answer's {window - budget}", param="messages")
+        context = {"window": window, "budget": budget, "tokens": len(ids), "turns_included": kept, "turns_dropped": choice.kept + choice.dropped - kept}
+        return _Fitted(ids, max(1, min(DEFAULT_CHAT_TOKENS, window - len(ids))), segments, context)
 
     def _write(self, rec: _Record) -> None:
         audit = self.audit
         if rec.prompt_tokens is None and isinstance(rec.engine_prompt, list):  # ended before the engine said
             rec.prompt_tokens = len(rec.engine_prompt)  # (a text prompt is not tokenised here, on the event loop, just for the record)
-        body = rec.envelope(self.model, audit)
-        self.metrics.actions.labels(rec.call.surface, body["guard"]["action"]).inc()
-        self.metrics.records.labels(body["outcome"]["status"]).inc()
+        envelope = rec.envelope(self.model, audit, rec.actor or self._actor_ref(rec.call.actor))
+        self.metrics.actions.labels(rec.call.surface, envelope.guard.action).inc()
+        self.metrics.records.labels(envelope.outcome.status).inc()
         for direction, results in (("input", rec.input_results), ("output", rec.output_results())):
             for r in results:
                 for f in r.findings:
                     self.metrics.findings.labels(direction, r.scanner, f.type).inc()
-        audit.submit(Entry(body, rec.prompt_text, rec.output_text() if rec.scanner is not None else None, rec.journal))
+        audit.submit(Entry(envelope.to_json(), rec.prompt_text, rec.output_text() if rec.scanner is not None else None, rec.journal))
 
 
 def fim_prompt_ids(tokenizer: Any, tokens: tuple[str, str, str], prefix: str, suffix: str) -> list[int]:
@@ -318,8 +369,6 @@ def _joined(segments: list[Segment]) -> str:
 def _input_refusal(blocked: ScanResult) -> InputBlocked:
     if blocked.scanner == "size":
         return InputBlocked(Code.INPUT_TOO_LARGE, blocked.reason or "input too large", param="prompt", scanner="size")
-    if blocked.scanner == "tokens":
-        return InputBlocked(Code.CONTEXT_LENGTH_EXCEEDED, blocked.reason or "input too long", param="prompt", scanner="tokens")
     return InputBlocked(Code.CONTENT_BLOCKED, f"the request was blocked by the input guard ({blocked.reason})",
                         param="messages" if blocked.scanner == "injection" else "prompt", scanner=blocked.scanner)
 
@@ -343,6 +392,23 @@ def _engine_failure(exc: EngineError) -> CallFailed:
     return CallFailed(Code.ENGINE_ERROR, str(exc))
 
 
+@dataclass(frozen=True)
+class _ChosenPrompt(ChatPrompt):
+    """A fitted chat prompt after its turns were chosen (the choice kept for the final render)."""
+
+    choice: chat_window.Choice | None = None
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A call's prompt as the engine gets it, and the sanitised segments it was rendered from."""
+
+    prompt: str | list[int]
+    default_max: int
+    segments: list[Segment]
+    context: dict[str, int] | None = None  # a fitted chat prompt: its window, budget, length and turns kept and dropped
+
+
 class _Record:
     """What one call accumulates for its audit record."""
 
@@ -355,6 +421,8 @@ class _Record:
         self.prompt_chars: int | None = None
         self.prompt_hmac: str | None = None
         self.engine_prompt: str | list[int] | None = None
+        self.context: dict[str, int] | None = None  # a fitted chat prompt's window, budget, length and turns
+        self.actor: record.ActorRef | None = None  # pseudonymised once, at the start
         self.prompt_tokens: int | None = None
         self.parts: list[str] = []
         self.tokens = 0
@@ -383,43 +451,36 @@ class _Record:
         reason = "no output: the call ended before generation"
         return [ScanResult(name, Verdict.NOT_SCANNED, reason=reason) for name in PROFILES[self.call.surface].output_scanners]
 
-    def identity(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
+    def identity(self, actor: record.ActorRef) -> record.Envelope:
         """Who called, on which surface, about what: all the record needs to exist, known at the call's start."""
         call = self.call
-        return {
-            "type": "llm.interaction",
-            "surface": call.surface,
-            "request_id": scrub(call.request_id),
-            "actor": {"kind": call.actor.kind, "user_ref": audit.pseudonym(call.actor.user, "user"), "ip_ref": audit.pseudonym(call.actor.ip, "ip"),
-                      "client": scrub_header(call.actor.client) if call.actor.client else None, "tenant": call.actor.tenant},
-            "conversation_id": call.conversation_id, "message_id": call.message_id, "session_id": call.session_id,
-        }
+        return record.Envelope("llm.interaction", call.surface, scrub(call.request_id), actor, call.conversation_id, call.message_id,
+                               call.session_id)
 
-    def skeleton(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
+    def skeleton(self, model: LoadedModel, actor: record.ActorRef) -> dict[str, Any]:
         """The journal's copy of a call in progress: the record it gets if a crash cuts it."""
-        return {**self.identity(model, audit), "model": {"name": model.name, "quantization": model.quant},
-                "timing": {"started_at": iso_utc(self.started_at)}, "guard": {"profile": self.call.surface, "policy_version": POLICY_VERSION}}
+        return dataclasses.replace(self.identity(actor), model=record.ModelRef(model.name, model.quant),
+                                   timing=record.Timing(iso_utc(self.started_at)),
+                                   guard=record.GuardRef(None, self.call.surface, POLICY_VERSION)).to_json()
 
-    def envelope(self, model: LoadedModel, audit: AuditLog) -> dict[str, Any]:
+    def envelope(self, model: LoadedModel, audit: AuditLog, actor: record.ActorRef) -> record.Envelope:
         call, p = self.call, self.call.params
         results_in, results_out = self.input_results, self.output_results()
         if not results_in:
             results_in = [ScanResult(n, Verdict.NOT_SCANNED, reason="not run") for n in PROFILES[call.surface].input_scanners]
         finish = self.finish if self.status == "ok" else ("cancelled" if self.status == "cancelled" else self.status)
         output = self.output_text() if self.scanner is not None else None
-        return {
-            **self.identity(model, audit),
-            "model": {"name": model.name, "quantization": model.quant,
-                      "params": {"max_tokens": p.max_tokens, "temperature": _number(p.temperature), "top_p": _number(p.top_p), "seed": p.seed,
-                                 "stop_count": len(p.stop)}},
-            "prompt": {"kind": type(call.prompt).__name__.removesuffix("Prompt").lower(), "tokens": self.prompt_tokens,
-                       "chars": self.prompt_chars, "content_hmac": self.prompt_hmac, "content_kept": self.prompt_text is not None,
-                       "context": dict(call.context) if call.context else None},
-            "guard": {"profile": call.surface, "policy_version": POLICY_VERSION, "input": [r.to_json() for r in results_in],
-                      "output": [r.to_json() for r in results_out], "action": overall(results_in + results_out)},
-            "output": {"tokens": self.tokens, "chars": len(output) if output is not None else None, "chunks": self.chunks, "finish_reason": finish,
-                       "content_hmac": audit.seal_content(output) if output is not None else None},
-            "timing": {"started_at": iso_utc(self.started_at),
-                       "ttft_ms": round(self.ttft * 1000) if self.ttft is not None else None, "total_ms": round((time.monotonic() - self.started) * 1000)},
-            "outcome": {"status": self.status, "error_code": self.error_code},
-        }
+        return dataclasses.replace(
+            self.identity(actor),
+            model=record.ModelRef(model.name, model.quant, record.ParamsRef(p.max_tokens, _number(p.temperature), _number(p.top_p), p.seed,
+                                                                             len(p.stop))),
+            prompt=record.PromptRef(type(call.prompt).__name__.removesuffix("Prompt").lower(), self.prompt_tokens, self.prompt_chars,
+                                    self.prompt_hmac, self.prompt_text is not None, self.context),
+            guard=record.GuardRef(overall(results_in + results_out), call.surface, POLICY_VERSION, tuple(r.to_json() for r in results_in),
+                                  tuple(r.to_json() for r in results_out)),
+            output=record.OutputRef(self.tokens, len(output) if output is not None else None, self.chunks, finish,
+                                    audit.seal_content(output) if output is not None else None),
+            timing=record.Timing(iso_utc(self.started_at), round(self.ttft * 1000) if self.ttft is not None else None,
+                                 round((time.monotonic() - self.started) * 1000)),
+            outcome=record.Outcome(self.status, self.error_code),
+        )

@@ -22,6 +22,7 @@ from dialog.store import Site, Store
 from server.app import ServerConfig, create_app
 from server.audit import AuditReader, Filters
 from server.engine import EngineOverloaded
+from server.guard import InputGuard
 from tests.conftest import ADMIN_TOKEN, ThreadedServer, free_port, metric, tiny_loaded
 from tests.dialog_client import Chat
 from tests.scripted_engine import ScriptedEngine
@@ -190,6 +191,63 @@ def test_context_keeps_the_system_prompt_and_drops_the_oldest_turns(tiny_server)
         prompt = reader.get(str(reader.search(Filters(conversation=chat.conversation_id), limit=1)[0]["seq"]))["content"]["prompt"]
         assert prompt.startswith("[system]\nYou are Acme's assistant. Be brief.") and "Question number 7" in prompt
         assert "Question number 0" not in prompt
+
+
+def test_one_turn_scans_the_new_message_once_and_renders_the_template_at_most_twice(tiny_server, tokenizer, monkeypatch) -> None:
+    """The gateway guards, fits and renders a chat turn in one pass: counted on a turn that fits
+    whole, one whose oldest turns must go, and one whose message the guard rewrites."""
+    renders, scanned = [0], []  # template renders; the texts of every message the input guard was given
+    render = tokenizer.apply_chat_template
+
+    def counting_render(*args, **kwargs):  # type: ignore[no-untyped-def]
+        renders[0] += 1
+        return render(*args, **kwargs)
+
+    scan = InputGuard.scan
+
+    def counting_scan(self, segments):  # type: ignore[no-untyped-def]
+        scanned.extend(s.text for s in segments)
+        return scan(self, segments)
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", counting_render)
+    monkeypatch.setattr(InputGuard, "scan", counting_scan)
+    padding = " tell me about shipping times and return policies" * 3
+    with tiny_server(dialog=DIALOG) as s, Chat(s.url) as chat:
+        for i, text in enumerate(["Hello there", "And again", *(f"Question {n}:{padding}" for n in range(5)),
+                                  "my key is AKIAC3NCCOUIJCQ2CCZD, can you help?"]):
+            renders[0] = 0
+            scanned.clear()
+            chat.ask(text)
+            assert scanned.count(text) == 1, (i, scanned)
+            assert 1 <= renders[0] <= 2, (i, renders[0])
+        reader = AuditReader(s.audit_dir)
+        rows = eventually(lambda: [r["record"] for r in reader.search(Filters(conversation=chat.conversation_id), limit=100)]
+                          if len(reader.search(Filters(conversation=chat.conversation_id), limit=100)) == 8 else [], "the turns' audit records")
+        contexts = [r["prompt"]["context"] for r in reversed(rows)]
+        assert contexts[0]["turns_dropped"] == 0 and contexts[-1]["turns_dropped"] > 0  # the later turns had to drop some
+        assert all(c["tokens"] <= c["budget"] for c in contexts)
+        with Chat(s.url, token=chat.token, conversation_id=chat.conversation_id) as again:
+            assert again.welcome["history"][-2]["text"] == "my key is [REDACTED:aws_access_key], can you help?"
+
+
+def test_a_message_the_window_cannot_hold_is_refused_kept_redacted_and_audited(tiny_server) -> None:
+    """Even alone with the system prompt, this message is over the tiny model's budget (256 - 16):
+    the visitor is told, the store keeps what the guard passed, the audit log says why."""
+    long = "my key is AKIAC3NCCOUIJCQ2CCZD and " + "please tell me everything about parcels and refunds " * 30
+    with tiny_server(dialog=DIALOG) as s, Chat(s.url) as chat:
+        chat.say(long)
+        frames = chat.until("error")
+        assert [f["type"] for f in frames] == ["ack", "done", "error"] and frames[1]["finish_reason"] == "blocked"
+        assert frames[-1]["code"] == "message_too_large" and "too long" in frames[-1]["message"]
+        _, after = chat.ask("A short one then")  # and the conversation goes on
+        assert after[-1]["finish_reason"] in ("stop", "length")
+        with Chat(s.url, token=chat.token, conversation_id=chat.conversation_id) as again:
+            stored = again.welcome["history"][0]["text"]
+        assert stored.startswith("my key is [REDACTED:aws_access_key] and ") and "AKIA" not in stored
+        reader = AuditReader(s.audit_dir)
+        refused = eventually(lambda: [r["record"] for r in reader.search(Filters(conversation=chat.conversation_id), limit=10)
+                                      if r["record"]["outcome"]["error_code"] == "context_length_exceeded"], "the refused turn's record")
+        assert refused[0]["outcome"]["status"] == "blocked" and refused[0]["prompt"]["content_kept"]
 
 
 def test_the_chat_store_keeps_what_the_model_saw_not_the_pasted_secret(tiny_server) -> None:

@@ -22,7 +22,7 @@ ROLES = ("system", "user", "assistant")
 
 
 def guard(profile: str) -> InputGuard:
-    return InputGuard(PROFILES[profile], lambda t: len(t) // 4, 10**9)
+    return InputGuard(PROFILES[profile])
 
 
 def test_the_fresh_corpus_is_large_and_every_kind_is_distinct() -> None:

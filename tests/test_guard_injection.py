@@ -37,7 +37,7 @@ MAX_FALSE_FLAG = 0.03  # flagged, of the ordinary questions
 
 
 def guard() -> InputGuard:
-    return InputGuard(PROFILES["support_chat"], lambda t: 0, 10**9)
+    return InputGuard(PROFILES["support_chat"])
 
 
 def verdict(text: str) -> tuple[Verdict, set[str]]:

@@ -155,7 +155,7 @@ def test_the_finders_of_other_modules_are_linear() -> None:
 def big_guard(profile: str, factor: int = 1) -> InputGuard:
     base = PROFILES[profile]
     wide = Profile(base.name, base.max_bytes * factor, base.strip_invisible, base.pii, base.injection, base.output_exfil)
-    return InputGuard(wide, lambda t: 0, 10**9)
+    return InputGuard(wide)
 
 
 MIXED = list(dict.fromkeys(COMMON + [h + f for r in secrets.RULES for h in r.hints[:1] for f in ("a", "=", " ")]))

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.audit import AuditConfig, AuditLog, AuditReader, Entry, treehead
+from server.audit import AuditConfig, AuditLog, AuditReader, Entry, Filters, treehead
 from server.audit.chain import canonical, record_hash
 from tests.conftest import ADMIN_TOKEN, metric
 from tests.test_audit import verify
@@ -187,7 +187,9 @@ def test_a_nan_body_then_100_calls_gives_101_records_a_verified_log_and_an_empty
     assert v.ok and v.records == 101, v.problem
 
 
-def test_prompts_refused_for_size_or_tokens_are_recorded_without_their_text(tiny_server) -> None:
+def test_a_prompt_over_the_size_cap_is_recorded_without_its_text_and_one_over_the_window_redacted(tiny_server) -> None:
+    """The size cap refuses before any pattern runs, so nothing of that text is kept; a prompt under
+    the cap but over the window has been through the guard first, so it is kept as the guard left it."""
     token = fresh_github_token()
     with tiny_server() as s:
         oversize = f"x = '{token}'\n" + "y = 1\n" * 100_000  # past the 512 KB cap of the completion profile
@@ -195,17 +197,24 @@ def test_prompts_refused_for_size_or_tokens_are_recorded_without_their_text(tiny
         assert r.status_code == 413, r.text
         overlong = f"my token is {token} " + "word " * 3000  # under the byte cap, past the tiny model's context
         r = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": overlong}]}, timeout=60)
-        assert r.status_code == 400, r.text
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
         ua = f"evil-client/1.0 {fresh_github_token()}"
         r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "hi", "max_tokens": 1}, headers={"User-Agent": ua})
         rid = r.json()["id"]
         httpx.post(f"{s.url}/v1/feedback", json={"request_id": rid, "event": "accepted"}, headers={"User-Agent": ua})
         eventually(lambda: len(records(s.audit_dir)) == 4, what="4 records")
     written = records(s.audit_dir)
-    refused = [r for r in written if r["outcome"]["status"] == "blocked"]
-    assert len(refused) == 2
-    for record in refused:
-        assert record["prompt"]["content_kept"] is False and record["prompt"]["chars"] > 10_000 and record["prompt"]["content_hmac"]
+    too_big, too_long = written[0], written[1]
+    assert too_big["outcome"] == {"status": "blocked", "error_code": "input_too_large"}
+    assert too_big["prompt"]["content_kept"] is False and too_big["prompt"]["chars"] > 10_000 and too_big["prompt"]["content_hmac"]
+    assert too_long["outcome"] == {"status": "error", "error_code": "context_length_exceeded"} and too_long["prompt"]["content_kept"]
+    reader = AuditReader(s.audit_dir)
+    try:
+        kept = {row["record"]["request_id"]: reader.get(str(row["seq"]))["content"] for row in reader.search(Filters(), limit=10)}
+    finally:
+        reader.close()
+    assert not (kept[too_big["request_id"]] or {}).get("prompt")
+    assert kept[too_long["request_id"]]["prompt"].startswith("my token is [REDACTED:github_token] word")
     assert leaked(s.audit_dir, [token, ua.split()[1]]) == []
     assert written[-1]["type"] == "completion.feedback" and written[-1]["request_id"] == rid
     v = verify(s.audit_dir)  # a prompt sealed but not kept is no verification failure
@@ -466,7 +475,7 @@ def test_healthz_answers_at_once_while_the_largest_allowed_prompt_is_scanned(tin
     import statistics
     import threading
 
-    # a window so large that no token cap stops the scan: every pattern runs over the whole input, and then the
+    # a window so large that the input is a valid prompt: every pattern runs over the whole input, and then the
     # call is refused after the guard (max_tokens beyond the window; two tripwires in the chat message)
     window = 10_000_000
     prompt = adversarial_prompt(size)

@@ -12,6 +12,7 @@ from typing import Any
 from ..settings import tandem_home
 from . import merkle, treehead
 from .keys import load_public_key
+from .record import Envelope
 from .review import AuditReader, Filters
 
 
@@ -27,13 +28,10 @@ def _filters(args: argparse.Namespace) -> Filters:
 
 
 def _line(row: dict[str, Any]) -> str:
-    r = row["record"]
-    guard, outcome, output = r.get("guard") or {}, r.get("outcome") or {}, r.get("output") or {}
-    types = sorted({f["type"] for res in guard.get("input", []) + guard.get("output", []) for f in res.get("findings", [])})
-    user = (r.get("actor") or {}).get("user_ref") or "-"
-    return (f"{row['seq']:>6}  {r['ts']}  {r.get('surface') or r.get('type'):<15} {guard.get('action', '-'):<7} "
-            f"{outcome.get('status', '-'):<9} {str(output.get('finish_reason') or '-'):<9} {user[:17]:<17} "
-            f"{r.get('conversation_id') or '-':<12} {','.join(types) or '-'}")
+    r = Envelope.read(row["record"]).summary()
+    return (f"{row['seq']:>6}  {r['ts']}  {r['surface'] or r['type']:<15} {r['action'] or '-':<7} "
+            f"{r['outcome'] or '-':<9} {r['finish_reason'] or '-':<9} {(r['user_ref'] or '-')[:17]:<17} "
+            f"{r['conversation_id'] or '-':<12} {','.join(sorted(r['findings'])) or '-'}")
 
 
 HEADER = f"{'seq':>6}  {'time (UTC)':<24}  {'surface':<15} {'verdict':<7} {'outcome':<9} {'finish':<9} {'user':<17} {'conversation':<12} findings"

@@ -13,6 +13,7 @@ than let records pile up unwritten; what is already queued is always kept.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -30,6 +31,7 @@ from ..clock import utc_now
 from . import merkle, store, treehead
 from .chain import canonical, checkpoint_text, ulid
 from .keys import AuditKeys, public_key_id
+from .record import Envelope, Outcome
 
 log = logging.getLogger("tandem.audit")
 
@@ -137,10 +139,9 @@ class AuditLog:
         with self.db.begin() as conn:
             rows = conn.execute(select(store.pending)).fetchall()
             for row in rows:
-                body = json.loads(row.body)
-                body["outcome"] = {"status": "interrupted", "error_code": "server_stopped"}
-                body["interrupted"] = {"note": "the server stopped before this call ended; what it streamed, if anything, is not known here"}
-                store.append(conn, body, None, None)
+                cut = dataclasses.replace(Envelope.read(json.loads(row.body)), outcome=Outcome("interrupted", "server_stopped"), interrupted={
+                    "note": "the server stopped before this call ended; what it streamed, if anything, is not known here"})
+                store.append(conn, cut.to_json(), None, None)
                 conn.execute(store.pending.delete().where(store.pending.c.call == row.call))
         if rows:
             log.warning("audit: %d calls cut by the last shutdown recorded as interrupted", len(rows))
@@ -299,10 +300,10 @@ def _minimal(body: dict[str, Any], exc: BaseException) -> dict[str, Any]:
         return _storable(value) if isinstance(value, str) else None
 
     outcome: dict[str, Any] = body["outcome"] if isinstance(body.get("outcome"), dict) else {}
-    return {"type": text(body.get("type")) or "unknown", "surface": text(body.get("surface")), "request_id": text(body.get("request_id")),
-            "conversation_id": text(body.get("conversation_id")),
-            "outcome": {"status": text(outcome.get("status")) or "error", "error_code": text(outcome.get("error_code"))},
-            "guard": {"action": None}, "audit_error": _storable(f"the full record could not be serialised: {type(exc).__name__}: {str(exc)[:200]}")}
+    return Envelope(text(body.get("type")) or "unknown", text(body.get("surface")), text(body.get("request_id")),
+                    conversation_id=text(body.get("conversation_id")),
+                    outcome=Outcome(text(outcome.get("status")) or "error", text(outcome.get("error_code"))),
+                    audit_error=_storable(f"the full record could not be serialised: {type(exc).__name__}: {str(exc)[:200]}")).to_json()
 
 
 def _storable(value: str | None) -> str | None:

@@ -16,6 +16,7 @@ from ..clock import utc_now
 from . import merkle, store, treehead
 from .chain import GENESIS, canonical, checkpoint_text, record_hash
 from .keys import load_public_key, mac, verify_signature
+from .record import indexed_values
 
 RELATIVE = re.compile(r"^(\d+)([smhd])$")
 
@@ -159,8 +160,8 @@ class AuditReader:
                 envelope = json.loads(row.envelope)
                 if canonical(envelope).decode("utf-8") != row.envelope or envelope.get("seq") != row.seq:
                     return bad(row.seq, row.id, f"record {row.seq} is not in canonical form or carries another seq")
-                for col, path in store.INDEXED.items():
-                    if getattr(row, col) != store.dig(envelope, path):
+                for col, value in indexed_values(envelope).items():
+                    if getattr(row, col) != value:
                         return bad(row.seq, row.id, f"record {row.seq}: column {col!r} differs from the sealed record")
                 if row.id in content:
                     problem = self._check_content(envelope, content[row.id])

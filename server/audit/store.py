@@ -1,7 +1,9 @@
 """The audit database: its own SQLite file, append-only by trigger, read and written through SQLAlchemy.
 
-Three tables. `audit_records` holds the sealed envelopes and the chain; a few envelope fields are
-copied into indexed columns for the review filters (verification checks they still agree).
+Its schema is built and brought forward by numbered migrations (`migrations.py`); the tables here
+describe it for queries. `audit_records` holds the sealed envelopes and the chain; the envelope
+fields declared indexed in `record.py` are copied into columns for the review filters
+(verification checks they still agree).
 `audit_content` holds the redacted prompt and output apart from the chain, so a retention policy
 can delete them (only once expired: a trigger refuses earlier deletes) without breaking it: the
 envelope holds their HMACs. `audit_checkpoints` holds the signed chain heads.
@@ -13,36 +15,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Index, Integer, MetaData, String, Table, Text, create_engine, event, select, text
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, create_engine, event, select, text
 
 from ..clock import utc_now
-from . import merkle
+from . import merkle, migrations
 from .chain import GENESIS, canonical, record_hash, ulid
+from .record import INDEXED, indexed_values
 
-SCHEMA_VERSION = 2  # 2: audit_pending (created by create_all on a version-1 file)
 metadata = MetaData()
 
 records = Table(
     "audit_records", metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("id", String, nullable=False, unique=True),
-    Column("ts", String, nullable=False),
-    Column("type", String, nullable=False),
-    Column("surface", String),
-    Column("actor_ref", String),
-    Column("conversation_id", String),
-    Column("request_id", String),
-    Column("action", String),  # the guard's overall action: allow | flag | redact | block
-    Column("outcome", String),  # ok | cancelled | error | blocked
+    *(Column(column, String) for column in INDEXED),  # copied out of the envelope (record.py says which fields)
     Column("envelope", Text, nullable=False),  # canonical JSON: what the hash covers
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
-    Index("ix_audit_ts", "ts"),
-    Index("ix_audit_conversation", "conversation_id", "seq"),
-    Index("ix_audit_actor", "actor_ref", "ts"),
-    Index("ix_audit_action", "action", "ts"),
-    Index("ix_audit_surface", "surface", "ts"),
-    Index("ix_audit_outcome", "outcome", "ts"),
 )
 
 contents = Table(
@@ -71,31 +59,6 @@ pending = Table(
     Column("body", Text, nullable=False),  # the call's skeleton envelope (canonical JSON): identity, actor refs, model
 )
 
-# Columns copied out of the envelope, and where in the envelope they come from.
-INDEXED = {
-    "id": ("id",), "ts": ("ts",), "type": ("type",), "surface": ("surface",), "actor_ref": ("actor", "user_ref"),
-    "conversation_id": ("conversation_id",), "request_id": ("request_id",), "action": ("guard", "action"), "outcome": ("outcome", "status"),
-}
-
-NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
-TRIGGERS = [
-    "CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_content_no_update BEFORE UPDATE ON audit_content BEGIN SELECT RAISE(ABORT, 'audit content cannot be changed'); END",
-    f"CREATE TRIGGER IF NOT EXISTS audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
-    "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END",
-]
-
-
-def dig(envelope: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = envelope
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
 def open_db(path: Path, writer: bool = False) -> Engine:
     """A SQLAlchemy engine on the audit file. The writer's transactions start with BEGIN IMMEDIATE,
     so the server and a CLI command appending at the same time take turns on the chain head."""
@@ -120,10 +83,7 @@ def open_db(path: Path, writer: bool = False) -> Engine:
 
     if writer:
         with engine.begin() as conn:
-            metadata.create_all(conn)
-            for ddl in TRIGGERS:
-                conn.execute(text(ddl))
-            conn.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
+            migrations.migrate(conn)
     return engine
 
 
@@ -140,7 +100,7 @@ def append(conn: Any, body: dict[str, Any], content: dict[str, Any] | None, expi
         envelope["content_until"] = expires_at  # so verification can tell content deleted early from content expired
     sealed = canonical(envelope)
     digest = record_hash(prev, sealed)
-    row = {col: dig(envelope, path) for col, path in INDEXED.items()}
+    row = indexed_values(envelope)
     conn.execute(records.insert().values(seq=seq + 1, envelope=sealed.decode("utf-8"), prev_hash=prev, hash=digest, **row))
     if content is not None and expires_at is not None:
         conn.execute(contents.insert().values(record_id=envelope["id"], expires_at=expires_at, **content))
@@ -156,5 +116,5 @@ def leaves(conn: Any, upto: int | None = None) -> list[bytes]:
 
 
 def expire_content(conn: Any) -> int:
-    result = conn.execute(contents.delete().where(contents.c.expires_at <= text(NOW)))
+    result = conn.execute(contents.delete().where(contents.c.expires_at <= text(migrations.NOW)))
     return int(result.rowcount or 0)

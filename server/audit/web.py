@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Route
 
 from ..errors import APIError
+from .record import Envelope
 from .review import AuditReader, Filters
 
 STATIC = Path(__file__).parent / "static"
@@ -101,18 +102,7 @@ async def logout(request: Request) -> Response:
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    r = row["record"]
-    guard = r.get("guard") or {}
-    findings: dict[str, int] = {}
-    for result in guard.get("input", []) + guard.get("output", []):
-        for f in result.get("findings", []):
-            findings[f["type"]] = findings.get(f["type"], 0) + 1
-    return {"seq": row["seq"], "id": row["id"], "ts": r.get("ts"), "type": r.get("type"), "surface": r.get("surface"),
-            "action": guard.get("action"), "outcome": (r.get("outcome") or {}).get("status"),
-            "finish_reason": (r.get("output") or {}).get("finish_reason"), "user_ref": (r.get("actor") or {}).get("user_ref"),
-            "conversation_id": r.get("conversation_id"), "findings": findings,
-            "tokens": {"prompt": (r.get("prompt") or {}).get("tokens"), "output": (r.get("output") or {}).get("tokens")},
-            "timing": r.get("timing")}
+    return {"seq": row["seq"], "id": row["id"], **Envelope.read(row["record"]).summary()}
 
 
 def _seq(value: str, name: str) -> int:

@@ -67,7 +67,7 @@ def rate(part: int, whole: int) -> float:
 
 
 def run(injections: list[str], benign: list[str]) -> dict[str, Any]:
-    guard = InputGuard(PROFILES[PROFILE], lambda t: 0, 10**9)
+    guard = InputGuard(PROFILES[PROFILE])
     inj, ben = measure(injections, guard), measure(benign, guard)
     return {
         "profile": PROFILE,

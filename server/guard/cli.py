@@ -13,7 +13,7 @@ from .sanitize import PROFILES, InputGuard, Segment
 
 
 def scan(args: argparse.Namespace) -> int:
-    guard = InputGuard(PROFILES[args.profile], lambda t: 0, 10**9)
+    guard = InputGuard(PROFILES[args.profile])
     files = hits = findings = 0
     total_bytes, total_s = 0, 0.0
     for name in args.files:

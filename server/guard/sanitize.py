@@ -1,8 +1,9 @@
 """The input side of the guard: a profile per surface, and the pipeline that applies it.
 
-Order matters (guard notes, 1.3): size caps run first, bytes then tokens, so no pattern ever
-runs on an oversized input; then Unicode controls, secrets, and for chat personal data,
-template tokens and injection tripwires. Every scanner of the profile reports a verdict; one
+Order matters (guard notes, 1.3): the size cap runs first, so no pattern ever runs on an
+oversized input; then Unicode controls, secrets, and for chat personal data, template tokens and
+injection tripwires. The token budget is not the guard's: the gateway checks it once the prompt
+is assembled (a chat's turns fitted, its template rendered), and the engine for what it is sent. Every scanner of the profile reports a verdict; one
 that did not run (because an earlier one blocked) says `not_scanned`, never `pass`.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from . import injection, pii, secrets, unicode
 from .report import Finding, ScanResult, Span, Verdict, choose, redact
 
-POLICY_VERSION = "2026-11-22"
+POLICY_VERSION = "2026-12-03"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Profile:
 
     @property
     def input_scanners(self) -> list[str]:
-        names = ["size", "tokens", "unicode", "secrets"]
+        names = ["size", "unicode", "secrets"]
         if self.pii:
             names.append("pii")
         if self.injection:
@@ -73,11 +74,9 @@ class Sanitized:
 
 @dataclass
 class InputGuard:
-    """Applies one profile. `count_tokens` is the model's tokenizer; `token_limit` its window."""
+    """Applies one profile; `special_tokens` are the model's own control tokens (neutralised in chat)."""
 
     profile: Profile
-    count_tokens: Callable[[str], int]
-    token_limit: int
     special_tokens: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -100,10 +99,6 @@ class InputGuard:
         if size > self.profile.max_bytes:
             return block(ScanResult("size", Verdict.BLOCK, reason=f"input is {size} bytes; the {self.profile.name} limit is {self.profile.max_bytes}"))
         done(ScanResult("size", Verdict.PASS))
-        tokens = sum(self.count_tokens(s.text) for s in segments)
-        if tokens > self.token_limit:
-            return block(ScanResult("tokens", Verdict.BLOCK, reason=f"input is {tokens} tokens; the model's context is {self.token_limit}"))
-        done(ScanResult("tokens", Verdict.PASS))
 
         segments, found = self._each(segments, unicode.find_invisible, rewrite=self.profile.strip_invisible, strip=True)
         done(ScanResult("unicode", Verdict.FLAG if found else Verdict.PASS, found, reason="stripped" if found and self.profile.strip_invisible else None))

@@ -1,0 +1,89 @@
+"""The audit database's numbered schema migrations (the runner is `server/migrations.py`).
+
+A log written before these existed (schema version 1 or 2 in `PRAGMA user_version`, no
+`_migrations` table) is adopted: the steps its version already has are marked applied, and the
+rest run. The steps only add; no record, checkpoint or content row is ever rewritten, so a log
+verifies the same before and after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from ..migrations import Migrations
+
+migration = Migrations()
+
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+
+
+@migration
+def m001_records_content_checkpoints(conn: Any) -> None:
+    conn.execute(text("""
+        CREATE TABLE audit_records (
+            seq INTEGER NOT NULL PRIMARY KEY,
+            id VARCHAR NOT NULL UNIQUE,
+            ts VARCHAR NOT NULL,
+            type VARCHAR NOT NULL,
+            surface VARCHAR,
+            actor_ref VARCHAR,
+            conversation_id VARCHAR,
+            request_id VARCHAR,
+            action VARCHAR,                         -- the guard's overall action: allow | flag | redact | block
+            outcome VARCHAR,                        -- ok | cancelled | error | blocked | ...
+            envelope TEXT NOT NULL,                 -- canonical JSON: what the hash covers
+            prev_hash VARCHAR(64) NOT NULL,
+            hash VARCHAR(64) NOT NULL
+        )"""))
+    for name, columns in (("ts", "ts"), ("conversation", "conversation_id, seq"), ("actor", "actor_ref, ts"), ("action", "action, ts"),
+                          ("surface", "surface, ts"), ("outcome", "outcome, ts")):
+        conn.execute(text(f"CREATE INDEX ix_audit_{name} ON audit_records ({columns})"))
+    conn.execute(text("""
+        CREATE TABLE audit_content (
+            record_id VARCHAR NOT NULL PRIMARY KEY,
+            prompt TEXT,
+            output TEXT,
+            expires_at VARCHAR NOT NULL
+        )"""))
+    conn.execute(text("""
+        CREATE TABLE audit_checkpoints (
+            seq INTEGER NOT NULL PRIMARY KEY,       -- the last record it covers
+            ts VARCHAR NOT NULL,
+            head VARCHAR(64) NOT NULL,
+            prev_sig VARCHAR NOT NULL,
+            key_id VARCHAR NOT NULL,
+            sig VARCHAR NOT NULL
+        )"""))
+    for table, what in (("audit_records", "the audit log is append-only"), ("audit_checkpoints", "the audit log is append-only")):
+        for verb in ("update", "delete"):
+            conn.execute(text(f"CREATE TRIGGER {table}_no_{verb} BEFORE {verb.upper()} ON {table} BEGIN SELECT RAISE(ABORT, '{what}'); END"))
+    conn.execute(text("CREATE TRIGGER audit_content_no_update BEFORE UPDATE ON audit_content "
+                      "BEGIN SELECT RAISE(ABORT, 'audit content cannot be changed'); END"))
+    conn.execute(text(f"CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
+                      "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END"))
+
+
+@migration
+def m002_pending_calls(conn: Any) -> None:
+    """The journal of calls in progress: a call a crash cuts is found at the next start."""
+    conn.execute(text("""
+        CREATE TABLE audit_pending (
+            call VARCHAR NOT NULL PRIMARY KEY,
+            body TEXT NOT NULL                      -- the call's skeleton envelope (canonical JSON)
+        )"""))
+
+
+LEGACY = {1: 1, 2: 2}  # PRAGMA user_version of a log from before numbered migrations → the steps it already has
+
+
+def migrate(conn: Any, upto: int | None = None) -> list[str]:
+    """Bring the audit database forward (up to step `upto`, for tests); returns the steps applied."""
+    if not migration.applied(conn):
+        version = conn.execute(text("PRAGMA user_version")).scalar() or 0
+        has_records = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_records'")).first() is not None
+        if has_records:  # written before numbered migrations: adopt what its version has
+            for name in migration.names[:LEGACY.get(int(version), 1)]:
+                migration.mark(conn, name)
+    return migration.migrate(conn, upto)
