@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 from pathlib import Path
 
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
+
+from server.auth import RequireApiKey
 
 STATIC = Path(__file__).parent / "static"
 
 
 async def dialog_socket(ws: WebSocket) -> None:
     await ws.state.dialog.endpoint(ws)
+
+
+class RequireApiKeyForSite:
+    """ASGI middleware for the socket: a site that trusts origins any client can claim (the demo
+    site's loopback ones) needs the API key too, when one is set; every other site is checked by
+    the service itself (site key, page origin, visitor token), since a widget has no API key."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, site_key: str) -> None:
+        self.app, self.site_key = app, site_key
+        self.keyed = RequireApiKey(app, api_key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        await (self.keyed if (query.get("site_key") or [""])[0] == self.site_key else self.app)(scope, receive, send)
 
 
 async def widget_js(request: Request) -> Response:
@@ -35,8 +54,9 @@ async def demo(request: Request) -> Response:
     return HTMLResponse((STATIC / "demo.html").read_text().replace("{{site_key}}", html.escape(key, quote=True)))
 
 
-routes = [
-    WebSocketRoute("/v1/dialog", dialog_socket),
-    Route("/widget.js", widget_js, methods=["GET"]),
-    Route("/widget/demo", demo, methods=["GET"]),
-]
+def routes(api_key: str | None, demo_site_key: str) -> list[Route | WebSocketRoute]:
+    return [
+        WebSocketRoute("/v1/dialog", dialog_socket, middleware=[Middleware(RequireApiKeyForSite, api_key=api_key, site_key=demo_site_key)]),
+        Route("/widget.js", widget_js, methods=["GET"]),  # open: embedded on customers' pages
+        Route("/widget/demo", demo, methods=["GET"]),
+    ]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 import secrets
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute, Mount, Route
 
 # The app is where the parts are composed: the support chat mounts here, and nothing else in
 # server/ imports dialog/ (dialog depends on the gateway, never the reverse).
@@ -32,6 +29,7 @@ from dialog.store import Site
 from . import feedback, models, openai_api
 from .audit import AuditConfig, AuditLog
 from .audit import web as audit_web
+from .auth import RequireApiKey
 from .engine import Engine, EngineConfig, EngineMetrics
 from .errors import APIError, handle_api_error, handle_not_found, handle_unexpected
 from .gateway import Gateway
@@ -43,11 +41,6 @@ from .state import AppState
 # real sites set their own with `tandem sites add`.
 DEMO_SITE = Site("demo", "Tandem demo shop", ("http://127.0.0.1:*", "http://localhost:*"), "You are a helpful assistant.")
 log = logging.getLogger("tandem.server")
-
-OPEN_PATHS = ("/healthz",)  # answered without an API key, so load balancers can probe
-# these check their own credentials: the review page its admin token; the support chat its site
-# key, the page's origin and the visitor token (a widget on a customer's site has no API key)
-OWN_AUTH_PREFIXES = ("/audit", "/v1/dialog", "/widget.js", "/widget")
 
 
 @dataclass(frozen=True)
@@ -90,35 +83,6 @@ def admin_token(config: ServerConfig) -> str:
     return path.read_text().strip()
 
 
-class BearerAuth:
-    """Requires `Authorization: Bearer <api key>` on every route but the open ones."""
-
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        exempt = path in OPEN_PATHS or any(path == p or path.startswith(p + "/") for p in OWN_AUTH_PREFIXES)
-        if self.api_key and scope["type"] == "websocket" and path == "/v1/dialog" and _site_key(scope) == DEMO_SITE.site_key:
-            exempt = False  # the demo site trusts loopback origins, which any client can claim: with a key, it needs the key
-        if self.api_key and scope["type"] in ("http", "websocket") and not exempt:
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            given = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                if scope["type"] == "http":
-                    response = APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)", type="authentication_error", code="invalid_api_key").response()
-                    await response(scope, receive, send)
-                else:
-                    await send({"type": "websocket.close", "code": 1008})
-                return
-        await self.app(scope, receive, send)
-
-
-def _site_key(scope: Scope) -> str:
-    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return (query.get("site_key") or [""])[0]
-
-
 async def healthz(request: Request) -> Response:
     state: AppState = request.state.tandem
     alive, audit_stuck = state.gateway.engine_alive, state.gateway.audit_stuck
@@ -131,6 +95,18 @@ async def healthz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state: AppState = request.state.tandem
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def routes(api_key: str | None) -> list[BaseRoute]:
+    """Every route, each mount with the credential it requires (`server/auth.py` lists them)."""
+    keyed = [Middleware(RequireApiKey, api_key=api_key)]
+    return [
+        Route("/healthz", healthz),  # open: load balancers probe it
+        Route("/metrics", metrics, middleware=keyed),
+        *dialog_web.routes(api_key, DEMO_SITE.site_key),  # before the /v1 mount, which would take /v1/dialog
+        Mount("/v1", routes=[*openai_api.routes, *feedback.routes], middleware=keyed),
+        *audit_web.routes,
+    ]
 
 
 EngineFactory = Callable[[models.LoadedModel, EngineConfig, EngineMetrics], Engine]
@@ -165,8 +141,7 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
             gateway.close()
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *openai_api.routes, *feedback.routes, *audit_web.routes, *dialog_web.routes],
-        middleware=[Middleware(BearerAuth, api_key=config.api_key)],
+        routes=routes(config.api_key),
         exception_handlers={APIError: handle_api_error, HTTPException: handle_not_found, Exception: handle_unexpected},
         lifespan=lifespan,
     )

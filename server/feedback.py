@@ -35,4 +35,4 @@ async def feedback(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-routes = [Route("/v1/feedback", feedback, methods=["POST"])]
+routes = [Route("/feedback", feedback, methods=["POST"])]  # under the /v1 mount

@@ -227,7 +227,7 @@ async def list_models(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/completions", completions, methods=["POST"]),
+    Route("/chat/completions", chat_completions, methods=["POST"]),
+    Route("/models", list_models, methods=["GET"]),
 ]

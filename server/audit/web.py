@@ -2,7 +2,9 @@
 
 The token is sent as `Authorization: Bearer <token>` (API clients) or, after signing in on the
 page, as an HttpOnly, SameSite=Strict cookie holding an HMAC of it (never the token itself).
-Without either, every route here answers 401. The page is static HTML and JavaScript served from
+The API and the page's assets are mounts that require it (`RequireAdmin`); without it they answer
+401. Open are only the page itself, which shows the sign-in form to whoever lacks the token, and
+the sign-in and sign-out forms. The page is static HTML and JavaScript served from
 here (no CDN), renders every value as text, and is locked down by a Content-Security-Policy.
 """
 
@@ -16,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..auth import bearer, refuse, same_secret
 from ..errors import APIError
 from .record import Envelope
 from .review import AuditReader, Filters
@@ -47,11 +52,22 @@ class ReviewState:
         return hmac.new(self.token.encode(), b"tandem-audit-session", hashlib.sha256).hexdigest()
 
     def authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer ") and hmac.compare_digest(header[7:].strip().encode(), self.token.encode()):
+        if same_secret(bearer(request.scope["headers"]), self.token):
             return True
-        cookie = request.cookies.get(COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session_value().encode())
+        return same_secret(request.cookies.get(COOKIE) or None, self.session_value())
+
+
+class RequireAdmin:
+    """ASGI middleware for the review's mounts: the admin token, as a bearer or the session cookie."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _state(Request(scope)).authorized(Request(scope)):
+            await refuse(scope, receive, send, _unauthorized_error())
+            return
+        await self.app(scope, receive, send)
 
 
 def _state(request: Request) -> ReviewState:
@@ -63,9 +79,9 @@ def _login_page(status: int, message: str = "") -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
-def _unauthorized() -> JSONResponse:
+def _unauthorized_error() -> APIError:
     return APIError(401, "the audit review needs the admin token (Authorization: Bearer <token>)", type="authentication_error",
-                    code="admin_token_required", headers={"WWW-Authenticate": "Bearer"}).response()
+                    code="admin_token_required", headers={"WWW-Authenticate": "Bearer"})
 
 
 async def page(request: Request) -> Response:
@@ -75,8 +91,6 @@ async def page(request: Request) -> Response:
 
 
 async def asset(request: Request) -> Response:
-    if not _state(request).authorized(request):
-        return _unauthorized()
     name = request.path_params["name"]
     if name not in ("audit.js", "audit.css"):
         return APIError(404, "no such asset", code="not_found").response()
@@ -88,7 +102,7 @@ async def login(request: Request) -> Response:
     # a one-field urlencoded form: the standard library parses it (Starlette's form parser needs python-multipart)
     fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
     given = (fields.get("token") or [""])[0].strip()
-    if not given or not hmac.compare_digest(given.encode(), state.token.encode()):
+    if not same_secret(given or None, state.token):
         return _login_page(401, "That token is not right.")
     response = RedirectResponse("/audit", status_code=303)
     response.set_cookie(COOKIE, state.session_value(), httponly=True, samesite="strict", path="/audit", secure=request.url.scheme == "https")
@@ -117,8 +131,6 @@ FILTER_FIELDS = ("since", "until", "surface", "verdict", "outcome", "conversatio
 
 async def api_records(request: Request) -> Response:
     state = _state(request)
-    if not state.authorized(request):
-        return _unauthorized()
     q = request.query_params
     try:
         before = _seq(q["before"], "before") if q.get("before") else None
@@ -132,8 +144,6 @@ async def api_records(request: Request) -> Response:
 
 async def api_record(request: Request) -> Response:
     state = _state(request)
-    if not state.authorized(request):
-        return _unauthorized()
     row = await asyncio.to_thread(state.reader.get, request.path_params["ref"])
     if row is None:
         return APIError(404, "no such record", param="ref", code="not_found").response()
@@ -142,18 +152,18 @@ async def api_record(request: Request) -> Response:
 
 async def api_verify(request: Request) -> Response:
     state = _state(request)
-    if not state.authorized(request):
-        return _unauthorized()
     result = await asyncio.to_thread(state.reader.verify)
     return JSONResponse(result.to_json())
 
 
 routes = [
-    Route("/audit", page, methods=["GET"]),
-    Route("/audit/login", login, methods=["POST"]),
+    Route("/audit", page, methods=["GET"]),  # open: the review page, or the sign-in form to whoever lacks the token
+    Route("/audit/login", login, methods=["POST"]),  # open: it checks the token it is given
     Route("/audit/logout", logout, methods=["POST"]),
-    Route("/audit/static/{name}", asset, methods=["GET"]),
-    Route("/audit/api/records", api_records, methods=["GET"]),
-    Route("/audit/api/records/{ref}", api_record, methods=["GET"]),
-    Route("/audit/api/verify", api_verify, methods=["GET"]),
+    Mount("/audit/static", routes=[Route("/{name}", asset, methods=["GET"])], middleware=[Middleware(RequireAdmin)]),
+    Mount("/audit/api", middleware=[Middleware(RequireAdmin)], routes=[
+        Route("/records", api_records, methods=["GET"]),
+        Route("/records/{ref}", api_record, methods=["GET"]),
+        Route("/verify", api_verify, methods=["GET"]),
+    ]),
 ]
