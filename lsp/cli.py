@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .engine_client import default_url
-from .settings import Settings
+from .settings import DEFAULT_SERVER_URL, Settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("lsp", help="the language server (stdio; --tcp HOST:PORT for debugging)")
-    p.add_argument("--server-url", default=default_url(), help="the Tandem server (default: $TANDEM_SERVER_URL or http://127.0.0.1:8080)")
+    p.add_argument("--server-url", default=default_url(), help=f"the Tandem server (default: $TANDEM_SERVER_URL or {DEFAULT_SERVER_URL})")
     p.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default; editors' clients pass it)")
     p.add_argument("--tcp", default=None, help="listen on HOST:PORT instead of stdio")
     p.add_argument("--no-autostart", action="store_true", help="do not start `tandem serve` when no server answers")

@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -23,9 +22,10 @@ from urllib.parse import urlparse
 
 import httpx
 
-from server.settings import tandem_home
+from server.settings import environment, tandem_home
 
 from .positions import clean
+from .settings import DEFAULT_SERVER_URL
 
 log = logging.getLogger("tandem.lsp")
 CLIENT_NAME = "tandem-lsp/0.1"
@@ -83,7 +83,7 @@ class EngineClient:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if _sync_healthy(self.url):
                 return
-            port = urlparse(self.url).port or 8080
+            port = urlparse(self.url).port or urlparse(DEFAULT_SERVER_URL).port
             logfile = open(home / "autostarted-server.log", "ab")
             subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], stdin=subprocess.DEVNULL, stdout=logfile,
                              stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
@@ -141,4 +141,4 @@ def _sync_healthy(url: str) -> bool:
 
 
 def default_url() -> str:
-    return os.environ.get("TANDEM_SERVER_URL", "http://127.0.0.1:8080")
+    return environment().server_url or DEFAULT_SERVER_URL

@@ -1,15 +1,22 @@
 """The language server's settings: defaults from the command line, then `tandem.*` from the
-client through `workspace/configuration` (VS Code's settings)."""
+client through `workspace/configuration` (VS Code's settings).
+
+`CLIENT_SETTINGS` is the one table of what a client may set: each `tandem.*` key, the field it
+sets and the range it accepts. The extension's `package.json` declares the same keys with the
+same defaults and bounds (a test compares them), so the editor's settings UI and the server agree.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
 class Settings:
-    server_url: str = "http://127.0.0.1:8080"
+    server_url: str = DEFAULT_SERVER_URL
     enabled: bool = True  # the extension's on/off switch: off, nothing is asked of the engine (warm-ups included)
     enabled_languages: tuple[str, ...] = ("*",)  # language ids, or "*" for all
     max_tokens: int = 64
@@ -28,26 +35,51 @@ class Settings:
         return self.enabled and ("*" in self.enabled_languages or language in self.enabled_languages)
 
     def updated(self, section: Any) -> Settings:
-        """Apply a `tandem` configuration section; unknown keys and wrong types are ignored."""
+        """Apply a `tandem` configuration section; unknown keys, wrong types and values out of range are ignored."""
         if not isinstance(section, dict):
             return self
         changes: dict[str, Any] = {}
-        if isinstance(section.get("serverUrl"), str) and section["serverUrl"].startswith(("http://", "https://")):
-            changes["server_url"] = section["serverUrl"]
-        langs = section.get("enabledLanguages")
-        if isinstance(langs, list) and all(isinstance(x, str) for x in langs):
-            changes["enabled_languages"] = tuple(langs)
-        if isinstance(section.get("maxTokens"), int) and 1 <= section["maxTokens"] <= 512:
-            changes["max_tokens"] = section["maxTokens"]
-        if isinstance(section.get("multiline"), bool):
-            changes["multiline"] = section["multiline"]
-        if isinstance(section.get("timeBudgetMs"), int) and 100 <= section["timeBudgetMs"] <= 30_000:
-            changes["time_budget_ms"] = section["timeBudgetMs"]
-        if isinstance(section.get("promptTokens"), int) and 64 <= section["promptTokens"] <= 16_384:
-            changes["prompt_tokens"] = section["promptTokens"]
-        if isinstance(section.get("lineWaitMs"), int) and 0 <= section["lineWaitMs"] <= 30_000:
-            changes["line_wait_ms"] = section["lineWaitMs"]
-        for key, name in (("enabled", "enabled"), ("cache", "cache"), ("firstLine", "first_line"), ("warmUp", "warm_up")):
-            if isinstance(section.get(key), bool):
-                changes[name] = section[key]
+        for key, setting in CLIENT_SETTINGS.items():
+            if key in section and setting.accepts(section[key]):
+                changes[setting.field] = tuple(section[key]) if isinstance(section[key], list) else section[key]
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ClientSetting:
+    field: str  # the `Settings` field it sets
+    kind: type
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind is list:
+            return isinstance(value, list) and all(isinstance(x, str) for x in value)
+        if self.kind is str:  # the one string a client sets is the server's URL
+            return isinstance(value, str) and value.startswith(("http://", "https://"))
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return False
+            return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+        return isinstance(value, self.kind)
+
+    @property
+    def default(self) -> Any:
+        value = next(f.default for f in fields(Settings) if f.name == self.field)
+        return list(value) if isinstance(value, tuple) else value
+
+
+CLIENT_SETTINGS = {
+    "serverUrl": ClientSetting("server_url", str),
+    "enabled": ClientSetting("enabled", bool),
+    "enabledLanguages": ClientSetting("enabled_languages", list),
+    "maxTokens": ClientSetting("max_tokens", int, 1, 512),
+    "multiline": ClientSetting("multiline", bool),
+    "timeBudgetMs": ClientSetting("time_budget_ms", int, 100, 30_000),
+    "cache": ClientSetting("cache", bool),
+    "firstLine": ClientSetting("first_line", bool),
+    "warmUp": ClientSetting("warm_up", bool),
+    "promptTokens": ClientSetting("prompt_tokens", int, 64, 16_384),
+    "lineWaitMs": ClientSetting("line_wait_ms", int, 0, 30_000),
+}
+EXTENSION_ONLY = ("pythonPath",)  # settings the extension uses itself (how to start the language server)

@@ -50,8 +50,8 @@ class ServerConfig:
     api_key: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
     audit_dir: Path | None = None  # default: $TANDEM_HOME/audit
-    audit_checkpoint_every: int = 256
-    audit_content_days: int = 30
+    audit_checkpoint_every: int = AuditConfig.checkpoint_every
+    audit_content_days: int = AuditConfig.content_days
     audit_key: Path | None = None  # the signing key's path; default: <audit_dir>/signing.key
     audit_max_queue: int = 4096  # unwritten records past which new calls are refused (503 audit_unavailable)
     admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token

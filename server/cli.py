@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
 import sys
 
+from .audit import AuditConfig
 from .engine import EngineConfig
 from .models import QUANT_CHOICES
+from .settings import environment
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -30,7 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import ServerConfig, create_app
 
-    api_key = args.api_key or os.environ.get("TANDEM_API_KEY") or None
+    env = environment()
+    api_key = args.api_key or env.api_key
     if not is_loopback(args.host) and not api_key:
         print(f"error: binding to {args.host} exposes the server beyond this machine; set --api-key (or TANDEM_API_KEY)", file=sys.stderr)
         return 2
@@ -43,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_waiting=args.max_waiting,
         prefix_cache_tokens=args.prefix_cache_tokens,
-        compile_decode=not args.no_compile and os.environ.get("TANDEM_COMPILE", "1") != "0",
+        compile_decode=not args.no_compile and env.compile,
         speculative=args.speculative == "on",
     )
     from pathlib import Path
@@ -51,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine,
                           audit_dir=Path(args.audit_dir) if args.audit_dir else None, audit_checkpoint_every=args.audit_checkpoint_every,
                           audit_key=Path(args.audit_key) if args.audit_key else None,
-                          audit_content_days=args.audit_content_days, admin_token=args.admin_token or os.environ.get("TANDEM_ADMIN_TOKEN") or None,
+                          audit_content_days=args.audit_content_days, admin_token=args.admin_token or env.admin_token,
                           dialog_dir=Path(args.dialog_dir) if args.dialog_dir else None, demo_site=not args.no_demo_site and is_loopback(args.host))
     app = create_app(config)
     token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit_config().directory / 'admin.token'}"
@@ -101,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prompt-lookup speculative decoding for greedy interactive requests while the batch is small (same tokens either way)")
     serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
     serve.add_argument("--audit-key", default=None, help="the checkpoint signing key, kept outside the audit folder (created if missing)")
-    serve.add_argument("--audit-checkpoint-every", type=int, default=256, help="sign the chain head every N records")
-    serve.add_argument("--audit-content-days", type=int, default=30, help="keep redacted prompts/outputs this long; 0 keeps only their HMACs")
+    serve.add_argument("--audit-checkpoint-every", type=int, default=AuditConfig.checkpoint_every, help="sign the chain head every N records")
+    serve.add_argument("--audit-content-days", type=int, default=AuditConfig.content_days,
+                       help="keep redacted prompts/outputs this long; 0 keeps only their HMACs")
     serve.add_argument("--admin-token", default=None, help="token for the /audit review page (or TANDEM_ADMIN_TOKEN; default: generated into the audit dir)")
     serve.add_argument("--dialog-dir", default=None, help="support chat store and visitor-token key (default: $TANDEM_HOME/dialog)")
     serve.add_argument("--no-demo-site", action="store_true", help="do not create the `demo` site that /widget/demo uses")

@@ -1,12 +1,32 @@
-"""Where Tandem keeps its state. Read from the environment here, once, and nowhere else."""
+"""What Tandem reads from its environment: here, once per call, and in no other module.
+
+`TANDEM_HOME` (all writable state), `TANDEM_API_KEY` and `TANDEM_ADMIN_TOKEN` (the server's
+credentials when not given on the command line), `TANDEM_COMPILE=0` (keep the eager decode step),
+`TANDEM_SERVER_URL` (where the language server finds the server).
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
 def tandem_home() -> Path:
-    """All writable state (model cache, later the audit log and chat store): TANDEM_HOME,
-    default ~/.cache/tandem. Tests point it at a temporary directory."""
+    """All writable state (model cache, audit log, chat store): TANDEM_HOME, default
+    ~/.cache/tandem. Tests point it at a temporary directory."""
     return Path(os.environ.get("TANDEM_HOME") or Path.home() / ".cache" / "tandem").expanduser()
+
+
+@dataclass(frozen=True)
+class Environment:
+    api_key: str | None
+    admin_token: str | None
+    compile: bool
+    server_url: str | None
+
+
+def environment() -> Environment:
+    """The environment's settings, read now (the command line overrides each of them)."""
+    return Environment(api_key=os.environ.get("TANDEM_API_KEY") or None, admin_token=os.environ.get("TANDEM_ADMIN_TOKEN") or None,
+                       compile=os.environ.get("TANDEM_COMPILE", "1") != "0", server_url=os.environ.get("TANDEM_SERVER_URL") or None)

@@ -4,6 +4,7 @@ and snippets, settings from `workspace/configuration`, and the hardened wire: fr
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from cattrs import ClassValidationError
@@ -15,8 +16,9 @@ from lsp.postprocess import Context
 from lsp.present import aligned, first_line, has_first_line, settled, suggestion
 from lsp.prompt import WINDOW_LINES, OpenDocument, build
 from lsp.protocol import strict_converter
-from lsp.settings import Settings
+from lsp.settings import CLIENT_SETTINGS, DEFAULT_SERVER_URL, EXTENSION_ONLY, Settings
 from lsp.transport import MAX_BODY, Framer, FramingError, parse_header
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("text, line, character, expected", [
@@ -140,6 +142,21 @@ def test_settings_from_the_client_are_validated() -> None:
     assert (toggled.first_line, toggled.warm_up, toggled.cache, toggled.enabled) == (False, False, False, False)
     assert not toggled.enabled_for("python")
     assert Settings().updated({"firstLine": "no", "warmUp": 1}) == Settings()
+
+
+def test_the_extension_declares_the_settings_the_server_accepts_with_the_same_defaults_and_bounds() -> None:
+    declared = json.loads((ROOT / "vscode-extension" / "package.json").read_text())["contributes"]["configuration"]["properties"]
+    assert set(declared) == {f"tandem.{key}" for key in (*CLIENT_SETTINGS, *EXTENSION_ONLY)}
+    kinds = {bool: "boolean", int: "integer", str: "string", list: "array"}
+    for key, setting in CLIENT_SETTINGS.items():
+        spec = declared[f"tandem.{key}"]
+        assert (spec["type"], spec["default"], spec.get("minimum"), spec.get("maximum")) == (
+            kinds[setting.kind], setting.default, setting.minimum, setting.maximum), key
+        if setting.minimum is not None:  # and the server holds the same line at each bound
+            assert Settings().updated({key: setting.minimum}) != Settings() or setting.default == setting.minimum, key
+            assert Settings().updated({key: setting.minimum - 1}) == Settings(), key
+            assert Settings().updated({key: setting.maximum + 1}) == Settings(), key
+    assert Settings().server_url == DEFAULT_SERVER_URL == declared["tandem.serverUrl"]["default"]
 
 
 # --- hardening: the wire and the decoding (the fuzzing is in test_lsp_fuzz.py) -----------------
