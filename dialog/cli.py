@@ -67,8 +67,17 @@ async def _dump(store: Store, cid: str) -> dict[str, Any] | None:
     conv = await store.conversation(cid)
     if conv is None:
         return None
-    msgs = [{"message_id": m.id, "role": m.role, "status": m.status, "finish_reason": m.finish_reason, "created_at": m.created_at, "text": m.text}
-            for m in await store.messages(cid)]
+    msgs = [
+        {
+            "message_id": m.id,
+            "role": m.role,
+            "status": m.status,
+            "finish_reason": m.finish_reason,
+            "created_at": m.created_at,
+            "text": m.text,
+        }
+        for m in await store.messages(cid)
+    ]
     return {**conv, "messages": msgs}
 
 
@@ -115,7 +124,12 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.add_argument("site_key")
     p.add_argument("--name")
-    p.add_argument("--origin", action="append", default=[], help="an allowed page origin, e.g. https://www.example.com (repeatable; scheme://host:* for any port)")
+    p.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        help="an allowed page origin, e.g. https://www.example.com (repeatable; scheme://host:* for any port)",
+    )
     p.add_argument("--system-prompt", default="You are a helpful, concise customer-support assistant.")
     p.add_argument("--system-prompt-file")
     p.set_defaults(func=sites_add)

@@ -14,24 +14,29 @@ MIGRATIONS = migration.steps
 
 @migration
 def m001_initial(conn: Any) -> None:
-    conn.execute(text("""
+    conn.execute(
+        text("""
         CREATE TABLE sites (
             site_key TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             allowed_origins TEXT NOT NULL,          -- JSON list
             system_prompt TEXT NOT NULL,
             created_at TEXT NOT NULL
-        )"""))
-    conn.execute(text("""
+        )""")
+    )
+    conn.execute(
+        text("""
         CREATE TABLE conversations (
             id TEXT PRIMARY KEY,
             site_key TEXT NOT NULL REFERENCES sites(site_key),
             visitor_id TEXT NOT NULL,
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL
-        )"""))
+        )""")
+    )
     conn.execute(text("CREATE INDEX ix_conversations_visitor ON conversations(visitor_id, updated_at)"))
-    conn.execute(text("""
+    conn.execute(
+        text("""
         CREATE TABLE messages (
             id TEXT PRIMARY KEY,
             conversation_id TEXT NOT NULL REFERENCES conversations(id),
@@ -41,9 +46,12 @@ def m001_initial(conn: Any) -> None:
             client_msg_id TEXT,
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL
-        )"""))
+        )""")
+    )
     conn.execute(text("CREATE INDEX ix_messages_conversation ON messages(conversation_id, created_at)"))
-    conn.execute(text("CREATE UNIQUE INDEX ux_messages_client_msg ON messages(conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL"))
+    conn.execute(
+        text("CREATE UNIQUE INDEX ux_messages_client_msg ON messages(conversation_id, client_msg_id) WHERE client_msg_id IS NOT NULL")
+    )
 
 
 @migration
@@ -52,13 +60,15 @@ def m002_events_and_seq(conn: Any) -> None:
     conn.execute(text("ALTER TABLE conversations ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0"))
     conn.execute(text("ALTER TABLE messages ADD COLUMN finish_reason TEXT"))
     conn.execute(text("ALTER TABLE messages ADD COLUMN seq INTEGER"))  # the seq of the message's ack (user) or first frame (assistant)
-    conn.execute(text("""
+    conn.execute(
+        text("""
         CREATE TABLE events (
             conversation_id TEXT NOT NULL REFERENCES conversations(id),
             seq INTEGER NOT NULL,
             frame TEXT NOT NULL,                    -- the server frame as sent (JSON)
             PRIMARY KEY (conversation_id, seq)
-        )"""))
+        )""")
+    )
 
 
 @migration

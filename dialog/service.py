@@ -38,6 +38,7 @@ from .tokens import Visitor, VisitorTokens
 
 log = logging.getLogger("tandem.dialog")
 
+
 @dataclass(frozen=True)
 class DialogConfig:
     db_path: Path
@@ -240,16 +241,24 @@ class DialogService:
             conv = await self.store.conversation(cid)
             hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
             # resume only from a frame the store has: a client that saw frames a crash lost gets the whole history
-            resumable = hello.last_seq is not None and hello.conversation_id and hello.last_seq <= hub.seq and (
-                hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq))
+            resumable = (
+                hello.last_seq is not None
+                and hello.conversation_id
+                and hello.last_seq <= hub.seq
+                and (hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq))
+            )
             if resumable:
                 last_seq = hello.last_seq or 0
-                await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": [], "seq": last_seq, "reset": False})
+                await client.send(
+                    {"type": "welcome", "conversation_id": cid, "token": token, "history": [], "seq": last_seq, "reset": False}
+                )
                 for frame in await self.store.frames_after(cid, last_seq):
                     await client.send(frame)
             else:  # a fresh page, or a client ahead of what survived a crash: the whole history
                 history = [m.to_frame() for m in await self.store.messages(cid)]
-                await client.send({"type": "welcome", "conversation_id": cid, "token": token, "history": history, "seq": hub.seq, "reset": True})
+                await client.send(
+                    {"type": "welcome", "conversation_id": cid, "token": token, "history": history, "seq": hub.seq, "reset": True}
+                )
             hub.clients.add(client)
 
     # --- frames --------------------------------------------------------------------------------------
@@ -312,8 +321,11 @@ class DialogService:
         overloaded = False  # refused by the engine before a token: the client may send the message again
         gen = None
         try:
-            earlier = [(m.role, m.text) for m in await self.store.messages(hub.cid)
-                       if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")]
+            earlier = [
+                (m.role, m.text)
+                for m in await self.store.messages(hub.cid)
+                if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")
+            ]
 
             async def keep(screened: Screened) -> None:
                 async with hub.lock:
@@ -322,9 +334,17 @@ class DialogService:
 
             # the gateway guards the whole prompt once and drops the oldest turns the window cannot hold
             prompt = ChatPrompt((("system", site.system_prompt), *earlier, ("user", text)), fit=True)
-            call = Call("support_chat", Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
-                        prompt, Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
-                        Priority.CHAT, request_id=answer.id, conversation_id=hub.cid, message_id=answer.id, on_screened=keep)
+            call = Call(
+                "support_chat",
+                Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
+                prompt,
+                Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
+                Priority.CHAT,
+                request_id=answer.id,
+                conversation_id=hub.cid,
+                message_id=answer.id,
+                on_screened=keep,
+            )
             gen = self.gateway.stream(call)
             async for delta in gen:
                 async with hub.lock:

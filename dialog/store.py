@@ -26,15 +26,44 @@ from .files import private_dir, private_sqlite
 from .migrations import migrate
 
 meta = MetaData()
-sites = Table("sites", meta, Column("site_key", String, primary_key=True), Column("name", String), Column("allowed_origins", Text),
-              Column("system_prompt", Text), Column("created_at", String))
-conversations = Table("conversations", meta, Column("id", String, primary_key=True), Column("site_key", String), Column("visitor_id", String),
-                      Column("created_at", String), Column("updated_at", String), Column("last_seq", Integer))
+sites = Table(
+    "sites",
+    meta,
+    Column("site_key", String, primary_key=True),
+    Column("name", String),
+    Column("allowed_origins", Text),
+    Column("system_prompt", Text),
+    Column("created_at", String),
+)
+conversations = Table(
+    "conversations",
+    meta,
+    Column("id", String, primary_key=True),
+    Column("site_key", String),
+    Column("visitor_id", String),
+    Column("created_at", String),
+    Column("updated_at", String),
+    Column("last_seq", Integer),
+)
 # messages.client_msg_id holds raw ids only in rows from before m003, until the service scrubs them; client_ref is what is kept
-messages = Table("messages", meta, Column("id", String, primary_key=True), Column("conversation_id", String), Column("role", String),
-                 Column("text", Text), Column("status", String), Column("client_msg_id", String), Column("created_at", String),
-                 Column("updated_at", String), Column("finish_reason", String), Column("seq", Integer), Column("client_ref", String))
-events = Table("events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text))
+messages = Table(
+    "messages",
+    meta,
+    Column("id", String, primary_key=True),
+    Column("conversation_id", String),
+    Column("role", String),
+    Column("text", Text),
+    Column("status", String),
+    Column("client_msg_id", String),
+    Column("created_at", String),
+    Column("updated_at", String),
+    Column("finish_reason", String),
+    Column("seq", Integer),
+    Column("client_ref", String),
+)
+events = Table(
+    "events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text)
+)
 
 
 SEQ_GAP_AFTER_CRASH = 1000  # far more frames than a 100 ms flush interval can leave unsaved
@@ -58,7 +87,7 @@ class Site:
         for allowed in self.allowed_origins:
             if allowed == origin or allowed == "*":
                 return True
-            if allowed.endswith(":*") and origin.startswith(allowed[:-1]) and origin[len(allowed) - 1:].isdigit():
+            if allowed.endswith(":*") and origin.startswith(allowed[:-1]) and origin[len(allowed) - 1 :].isdigit():
                 return True
         return False
 
@@ -111,18 +140,25 @@ class Store:
     async def _scrub_raw_client_ids(self, client_ref: Callable[[str, str], str]) -> int:
         """Rows from before m003 kept the client's id raw, in the message and in its ack frame."""
         async with self.engine.begin() as conn:
-            rows = list(await conn.execute(select(messages.c.id, messages.c.conversation_id, messages.c.client_msg_id)
-                                           .where(messages.c.client_msg_id.is_not(None))))
+            rows = list(
+                await conn.execute(
+                    select(messages.c.id, messages.c.conversation_id, messages.c.client_msg_id).where(messages.c.client_msg_id.is_not(None))
+                )
+            )
             for mid, cid, raw in rows:
                 ref = client_ref(cid, raw)
                 await conn.execute(update(messages).where(messages.c.id == mid).values(client_ref=ref, client_msg_id=None))
-                acks = await conn.execute(select(events.c.seq, events.c.frame)
-                                          .where(events.c.conversation_id == cid, events.c.frame.contains(mid)))
+                acks = await conn.execute(
+                    select(events.c.seq, events.c.frame).where(events.c.conversation_id == cid, events.c.frame.contains(mid))
+                )
                 for seq, text in list(acks):
                     frame = json.loads(text)
                     if frame.get("type") == "ack" and frame.get("message_id") == mid:
-                        await conn.execute(update(events).where(events.c.conversation_id == cid, events.c.seq == seq)
-                                           .values(frame=json.dumps({**frame, "client_msg_id": ref}, ensure_ascii=False)))
+                        await conn.execute(
+                            update(events)
+                            .where(events.c.conversation_id == cid, events.c.seq == seq)
+                            .values(frame=json.dumps({**frame, "client_msg_id": ref}, ensure_ascii=False))
+                        )
         if rows:  # and the old pages leave the write-ahead log too
             async with self.engine.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -154,7 +190,11 @@ class Store:
     async def create_conversation(self, site_key: str, visitor_id: str) -> str:
         cid = new_id("conv")
         async with self.engine.begin() as conn:
-            await conn.execute(conversations.insert().values(id=cid, site_key=site_key, visitor_id=visitor_id, created_at=now(), updated_at=now(), last_seq=0))
+            await conn.execute(
+                conversations.insert().values(
+                    id=cid, site_key=site_key, visitor_id=visitor_id, created_at=now(), updated_at=now(), last_seq=0
+                )
+            )
         return cid
 
     async def conversation(self, cid: str) -> dict[str, Any] | None:
@@ -185,16 +225,30 @@ class Store:
     async def add_message(self, cid: str, role: str, text: str, status: str, seq: int, client_ref: str | None = None) -> Message:
         msg = Message(new_id("msg"), cid, role, text, status, client_ref, now(), None, seq)
         async with self.engine.begin() as conn:
-            await conn.execute(messages.insert().values(id=msg.id, conversation_id=cid, role=role, text=text, status=status, seq=seq,
-                                                        client_ref=client_ref, created_at=msg.created_at, updated_at=msg.created_at))
+            await conn.execute(
+                messages.insert().values(
+                    id=msg.id,
+                    conversation_id=cid,
+                    role=role,
+                    text=text,
+                    status=status,
+                    seq=seq,
+                    client_ref=client_ref,
+                    created_at=msg.created_at,
+                    updated_at=msg.created_at,
+                )
+            )
         return msg
 
     async def refused_answer(self, cid: str, user_id: str) -> Message | None:
         """The answer to `user_id` if the engine refused it for load (finish_reason `overloaded`, no
         text) and it is still the conversation's last message: such a message may be sent again."""
         async with self.engine.connect() as conn:
-            rows = list(await conn.execute(select(messages).where(messages.c.conversation_id == cid)
-                                           .order_by(literal_column("messages.rowid").desc()).limit(2)))
+            rows = list(
+                await conn.execute(
+                    select(messages).where(messages.c.conversation_id == cid).order_by(literal_column("messages.rowid").desc()).limit(2)
+                )
+            )
         if len(rows) < 2 or rows[1].id != user_id:
             return None
         last = rows[0]
@@ -205,19 +259,27 @@ class Store:
         touched message's text/status so far."""
         async with self.engine.begin() as conn:
             if frames:
-                await conn.execute(events.insert(), [{"conversation_id": cid, "seq": f["seq"], "frame": json.dumps(f, ensure_ascii=False)} for f in frames])
-                await conn.execute(update(conversations).where(conversations.c.id == cid).values(last_seq=frames[-1]["seq"], updated_at=now()))
+                await conn.execute(
+                    events.insert(), [{"conversation_id": cid, "seq": f["seq"], "frame": json.dumps(f, ensure_ascii=False)} for f in frames]
+                )
+                await conn.execute(
+                    update(conversations).where(conversations.c.id == cid).values(last_seq=frames[-1]["seq"], updated_at=now())
+                )
             for mid, values in message_updates.items():
                 await conn.execute(update(messages).where(messages.c.id == mid).values(updated_at=now(), **values))
 
     async def frames_after(self, cid: str, seq: int) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(events.c.frame).where(events.c.conversation_id == cid, events.c.seq > seq).order_by(events.c.seq))
+            rows = await conn.execute(
+                select(events.c.frame).where(events.c.conversation_id == cid, events.c.seq > seq).order_by(events.c.seq)
+            )
             return [json.loads(r.frame) for r in rows]
 
     async def has_frame(self, cid: str, seq: int) -> bool:
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(events.c.seq).where(events.c.conversation_id == cid, events.c.seq == seq))).first() is not None
+            return (
+                await conn.execute(select(events.c.seq).where(events.c.conversation_id == cid, events.c.seq == seq))
+            ).first() is not None
 
     async def interrupt_streaming(self) -> list[tuple[str, str]]:
         """At start-up: answers left `streaming` by a crash become `interrupted`, each with a closing
@@ -226,11 +288,15 @@ class Store:
         async with self.engine.begin() as conn:
             rows = list(await conn.execute(select(messages.c.id, messages.c.conversation_id).where(messages.c.status == "streaming")))
             for mid, cid in rows:
-                seq = (await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))).scalar_one() + SEQ_GAP_AFTER_CRASH
+                seq = (
+                    await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))
+                ).scalar_one() + SEQ_GAP_AFTER_CRASH
                 frame = {"type": "done", "message_id": mid, "seq": seq, "finish_reason": "interrupted"}
                 await conn.execute(events.insert().values(conversation_id=cid, seq=seq, frame=json.dumps(frame)))
                 await conn.execute(update(conversations).where(conversations.c.id == cid).values(last_seq=seq))
-                await conn.execute(update(messages).where(messages.c.id == mid).values(status="interrupted", finish_reason="interrupted", updated_at=now()))
+                await conn.execute(
+                    update(messages).where(messages.c.id == mid).values(status="interrupted", finish_reason="interrupted", updated_at=now())
+                )
         return [(cid, mid) for mid, cid in rows]
 
 

@@ -39,8 +39,11 @@ class RequireApiKeyForSite:
 
 async def widget_js(request: Request) -> Response:
     # embedded on other sites by a plain <script> tag: cacheable briefly, no cookies needed
-    return FileResponse(STATIC / "widget.js", media_type="text/javascript; charset=utf-8",
-                        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        STATIC / "widget.js",
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 SITE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -80,6 +80,7 @@ def score(pos: Position, suggestion: str) -> dict[str, Any]:
 
 # ----- the techniques ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Technique:
     name: str
@@ -96,18 +97,21 @@ class Technique:
         return "firstLine" if self.first_line else "warmUp" if self.warm_up else "speculative" if self.speculative else None
 
 
-TECHNIQUES = {t.name: t for t in (
-    Technique("raw", "raw"),
-    Technique("raw-no-indent", "raw"),
-    Technique("lsp", "lsp"),
-    Technique("lsp-30s", "lsp", time_budget_ms=30_000),
-    Technique("lsp-auto", "lsp", invoked=False),
-    Technique("lsp-auto-firstLine", "lsp", invoked=False, first_line=True),
-    Technique("lsp-warmUp", "lsp", warm_up=True),
-    Technique("raw-speculative", "raw", speculative=True),
-    Technique("lsp-speculative", "lsp", speculative=True),
-    Technique("llama.cpp", "peer"),
-)}
+TECHNIQUES = {
+    t.name: t
+    for t in (
+        Technique("raw", "raw"),
+        Technique("raw-no-indent", "raw"),
+        Technique("lsp", "lsp"),
+        Technique("lsp-30s", "lsp", time_budget_ms=30_000),
+        Technique("lsp-auto", "lsp", invoked=False),
+        Technique("lsp-auto-firstLine", "lsp", invoked=False, first_line=True),
+        Technique("lsp-warmUp", "lsp", warm_up=True),
+        Technique("raw-speculative", "raw", speculative=True),
+        Technique("lsp-speculative", "lsp", speculative=True),
+        Technique("llama.cpp", "peer"),
+    )
+}
 # lsp-auto is left out by default: with firstLine off, the language server treats an Automatic
 # request as an Invoked one (it waits for the block), so that row repeats `lsp`
 # raw-no-indent (a diagnostic: lsp/prompt.py keeps the indentation, this row leaves it out) and raw-speculative (the
@@ -133,8 +137,14 @@ def prompt_for(pos: Position, info: dict[str, Any], no_indent: bool = False) -> 
     the cursor line's indentation out (the diagnostic row that keeps lsp/prompt.py honest)."""
     from .prompt import build
 
-    prompt = build(pos.prefix, pos.suffix, "python", f"file:///bench/{pos.source.package}/{pos.source.relpath}", [],
-                   budget_tokens=min(Settings.prompt_tokens, int(info.get("context_length") or 2048) // 2))
+    prompt = build(
+        pos.prefix,
+        pos.suffix,
+        "python",
+        f"file:///bench/{pos.source.package}/{pos.source.relpath}",
+        [],
+        budget_tokens=min(Settings.prompt_tokens, int(info.get("context_length") or 2048) // 2),
+    )
     prefix = prompt.prefix[: len(prompt.prefix) - len(pos.indent)] if no_indent else prompt.prefix
     return prefix, (prompt.suffix if info.get("fim") else None)
 
@@ -163,7 +173,9 @@ async def stream_completion(http: httpx.AsyncClient, url: str, prompt: str, suff
     return {"text": text, "latency_ms": total * 1000, "first_line_ms": (first_line_at or total) * 1000}
 
 
-async def run_raw(url: str, positions: list[Position], info: dict[str, Any], max_tokens: int, no_indent: bool = False) -> list[dict[str, Any]]:
+async def run_raw(
+    url: str, positions: list[Position], info: dict[str, Any], max_tokens: int, no_indent: bool = False
+) -> list[dict[str, Any]]:
     out = []
     async with httpx.AsyncClient(trust_env=False) as http:
         for pos in positions:
@@ -173,12 +185,20 @@ async def run_raw(url: str, positions: list[Position], info: dict[str, Any], max
     return out
 
 
-async def run_lsp(url: str, positions: list[Position], t: Technique, max_tokens: int, time_budget_ms: int, open_wait: float) -> list[dict[str, Any]]:
+async def run_lsp(
+    url: str, positions: list[Position], t: Technique, max_tokens: int, time_budget_ms: int, open_wait: float
+) -> list[dict[str, Any]]:
     """One language server for the chunk; each position in its own document, opened
     `open_wait` seconds before the request and closed after (no other document is open, so none
     lends snippets to the prompt)."""
-    settings = {"maxTokens": max_tokens, "multiline": True, "timeBudgetMs": t.time_budget_ms or time_budget_ms, "cache": True,
-                "firstLine": t.first_line, "warmUp": t.warm_up}
+    settings = {
+        "maxTokens": max_tokens,
+        "multiline": True,
+        "timeBudgetMs": t.time_budget_ms or time_budget_ms,
+        "cache": True,
+        "firstLine": t.first_line,
+        "warmUp": t.warm_up,
+    }
     session = await LspSession(settings).start(url)
     out = []
     try:
@@ -209,6 +229,7 @@ def _where(pos: Position) -> dict[str, Any]:
 
 # ----- the peer: llama.cpp's server ---------------------------------------------------------
 
+
 def find_gguf(model: str | None) -> Path | None:
     """The GGUF file a model came from: the embedded default's, a .gguf path, or one installed
     under the models cache whose name contains the model's."""
@@ -238,22 +259,49 @@ def peer_problem(venv: Path, gguf: Path | None) -> str | None:
     python = venv / "bin" / "python"
     if not python.exists():
         return f"not installed: no venv at {venv} (scripts/install-llama-cpp.sh builds it: PyPI has only the sdist, no prebuilt wheel)"
-    probe = subprocess.run([str(python), "-c", "import llama_cpp.server, llama_cpp; print(llama_cpp.__version__)"], capture_output=True, text=True, timeout=120, check=False)
+    probe = subprocess.run(
+        [str(python), "-c", "import llama_cpp.server, llama_cpp; print(llama_cpp.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if probe.returncode != 0:
-        return f"installed at {venv}, but `import llama_cpp.server` failed (exit {probe.returncode}): {probe.stderr.strip().splitlines()[-1:]}"
+        return (
+            f"installed at {venv}, but `import llama_cpp.server` failed (exit {probe.returncode}): {probe.stderr.strip().splitlines()[-1:]}"
+        )
     return None
 
 
 def peer_version(venv: Path) -> str:
-    return subprocess.run([str(venv / "bin" / "python"), "-c", "import llama_cpp; print(llama_cpp.__version__)"], capture_output=True, text=True, check=False).stdout.strip()
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import llama_cpp; print(llama_cpp.__version__)"], capture_output=True, text=True, check=False
+    ).stdout.strip()
 
 
 def start_peer(venv: Path, gguf: Path, context: int, threads: int, home: Path) -> Served:
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"llama-cpp-{port}.log"
-    args = [str(venv / "bin" / "python"), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", str(context), "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"]
+    args = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(context),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--verbose",
+        "False",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -269,15 +317,22 @@ def start_peer(venv: Path, gguf: Path, context: int, threads: int, home: Path) -
 
 # ----- the driver ----------------------------------------------------------------------------
 
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     lat = [r["latency_ms"] for r in records]
     firsts = [r["first_line_ms"] for r in records if "first_line_ms" in r]
     n = len(records)
-    return {"positions": n, "exact_match": sum(r["exact"] for r in records) / n if n else None,
-            "edit_similarity": sum(r["similarity"] for r in records) / n if n else None,
-            "latency_p50_ms": median(lat), "latency_p95_ms": pct(lat, 0.95), "empty_share": sum(r["empty"] for r in records) / n if n else None,
-            "first_line_p50_ms": median(firsts) if firsts else None, "errors": sum("error" in r for r in records),
-            "engine_prompt_reused_share": _reused([r["engine_prompt_tokens"] for r in records if "engine_prompt_tokens" in r])}
+    return {
+        "positions": n,
+        "exact_match": sum(r["exact"] for r in records) / n if n else None,
+        "edit_similarity": sum(r["similarity"] for r in records) / n if n else None,
+        "latency_p50_ms": median(lat),
+        "latency_p95_ms": pct(lat, 0.95),
+        "empty_share": sum(r["empty"] for r in records) / n if n else None,
+        "first_line_p50_ms": median(firsts) if firsts else None,
+        "errors": sum("error" in r for r in records),
+        "engine_prompt_reused_share": _reused([r["engine_prompt_tokens"] for r in records if "engine_prompt_tokens" in r]),
+    }
 
 
 def _reused(parts: list[dict[str, float]]) -> float | None:
@@ -285,8 +340,17 @@ def _reused(parts: list[dict[str, float]]) -> float | None:
     return sum(p["reused_tokens"] for p in parts) / total if total else None
 
 
-def bench_model(model: str | None, positions: list[Position], techniques: list[Technique], args: argparse.Namespace, avail: dict[str, bool],
-                compile_wait: float, chunks: int, result: dict[str, Any], save: Any = None) -> dict[str, Any]:
+def bench_model(
+    model: str | None,
+    positions: list[Position],
+    techniques: list[Technique],
+    args: argparse.Namespace,
+    avail: dict[str, bool],
+    compile_wait: float,
+    chunks: int,
+    result: dict[str, Any],
+    save: Any = None,
+) -> dict[str, Any]:
     """Fills `result` (already in the run's list, so `save()` after each row keeps what a long
     run has measured if it is stopped)."""
     home = Path(args.work_dir)
@@ -306,7 +370,9 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
     try:
         for spec in dict.fromkeys(t.speculative for t in wanted if t.kind != "peer"):
             print(f"starting tandem serve --model {model or 'default'} (speculative {'on' if spec else 'off'})", flush=True)
-            servers[f"tandem-{spec}"] = start_server(home, model, speculative=spec if avail["speculative"] else None, compile_wait=compile_wait, quant=quant)
+            servers[f"tandem-{spec}"] = start_server(
+                home, model, speculative=spec if avail["speculative"] else None, compile_wait=compile_wait, quant=quant
+            )
         info = model_info(next(iter(servers.values())).url)
         result["model"], result["decode_steps"] = info, sorted({s.decode_step for s in servers.values()})
         if any(t.kind == "peer" for t in wanted):
@@ -322,14 +388,16 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
         result["fresh_server_per_row"] = fresh
         used: dict[str, bool] = {}
         for k in range(chunks):
-            chunk = positions[k * size:(k + 1) * size]
+            chunk = positions[k * size : (k + 1) * size]
             if not chunk:
                 continue
-            for t in (wanted if k % 2 == 0 else wanted[::-1]):  # alternate the order: the machine is shared and noisy
+            for t in wanted if k % 2 == 0 else wanted[::-1]:  # alternate the order: the machine is shared and noisy
                 key = "peer" if t.kind == "peer" else f"tandem-{t.speculative}"
                 if fresh and t.kind != "peer" and used.get(key):  # a short chunk: the last row's prompts would still be in the prefix cache
                     servers.pop(key).stop()
-                    servers[key] = start_server(home, model, speculative=t.speculative if avail["speculative"] else None, compile_wait=compile_wait, quant=quant)
+                    servers[key] = start_server(
+                        home, model, speculative=t.speculative if avail["speculative"] else None, compile_wait=compile_wait, quant=quant
+                    )
                 used[key] = True
                 url = servers[key].url
                 before = prompt_tokens(url) if t.kind != "peer" else None
@@ -345,8 +413,11 @@ def bench_model(model: str | None, positions: list[Position], techniques: list[T
                 if save is not None:
                     save()
                 s = summarise(got)
-                print(f"  chunk {k + 1}/{chunks} {t.name:<20} exact {s['exact_match']:.0%}, similarity {s['edit_similarity']:.2f}, "
-                      f"p50 {s['latency_p50_ms']:.0f} ms ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"  chunk {k + 1}/{chunks} {t.name:<20} exact {s['exact_match']:.0%}, similarity {s['edit_similarity']:.2f}, "
+                    f"p50 {s['latency_p50_ms']:.0f} ms ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
     finally:
         for served in servers.values():
             served.stop()
@@ -362,19 +433,30 @@ def _f(value: float | None, fmt: str) -> str:
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     avail = result["available"]
-    lines = [f"# tandem bench-completion{' --quick' if result['quick'] else ''}", "",
-             f"{s['positions']} positions (seed {s['seed']}) in " + ", ".join(f"{f['file']} ({f['version']})" for f in s["files"]) + ": a non-blank, "
-             "non-comment line inside a function body (after the docstring, outside multi-line strings) is removed, its indentation kept; the "
-             "cursor sits where its code began, the rest of the file (from the line's newline) is the suffix. Scored on the first line "
-             "of the suggestion, stripped, against the removed line, stripped: **exact match**, and **edit similarity** = 1 − Levenshtein "
-             f"÷ longer length ({SIMILARITY}), averaged. **Latency**: request to complete answer. **Empty**: no suggestion (or only whitespace).", "",
-             f"Same prompt for the raw rows and the peer: the language server's prefix window and suffix window (lsp/prompt.py, no other documents "
-             f"open; the suffix only when the model has FIM tokens), max_tokens {s['max_tokens']}, temperature 0, stop `\\n\\n`. The language-server "
-             f"rows run `tandem lsp --no-autostart` under pygls's client with maxTokens {s['max_tokens']}, time budget {s['time_budget_ms']} ms, each "
-             f"position in its own document opened {s['open_wait_ms']} ms before the request. Positions run in {s['chunks']} chunk(s), the row "
-             "order reversed every other chunk. Toggles: "
-             + "; ".join(f"{k} {'available' if v else '**not available**'}" for k, v in avail.items()) + ".", ""]
-    lines += ["| model | technique | positions | exact match | edit similarity | latency p50 ms | p95 ms | empty share |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# tandem bench-completion{' --quick' if result['quick'] else ''}",
+        "",
+        f"{s['positions']} positions (seed {s['seed']}) in "
+        + ", ".join(f"{f['file']} ({f['version']})" for f in s["files"])
+        + ": a non-blank, "
+        "non-comment line inside a function body (after the docstring, outside multi-line strings) is removed, its indentation kept; the "
+        "cursor sits where its code began, the rest of the file (from the line's newline) is the suffix. Scored on the first line "
+        "of the suggestion, stripped, against the removed line, stripped: **exact match**, and **edit similarity** = 1 − Levenshtein "
+        f"÷ longer length ({SIMILARITY}), averaged. **Latency**: request to complete answer. **Empty**: no suggestion (or only whitespace).",
+        "",
+        f"Same prompt for the raw rows and the peer: the language server's prefix window and suffix window (lsp/prompt.py, no other documents "
+        f"open; the suffix only when the model has FIM tokens), max_tokens {s['max_tokens']}, temperature 0, stop `\\n\\n`. The language-server "
+        f"rows run `tandem lsp --no-autostart` under pygls's client with maxTokens {s['max_tokens']}, time budget {s['time_budget_ms']} ms, each "
+        f"position in its own document opened {s['open_wait_ms']} ms before the request. Positions run in {s['chunks']} chunk(s), the row "
+        "order reversed every other chunk. Toggles: "
+        + "; ".join(f"{k} {'available' if v else '**not available**'}" for k, v in avail.items())
+        + ".",
+        "",
+    ]
+    lines += [
+        "| model | technique | positions | exact match | edit similarity | latency p50 ms | p95 ms | empty share |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     notes = []
     for m in result["models"]:
         name = m.get("model", {}).get("id", m["model_arg"])
@@ -384,18 +466,27 @@ def markdown(result: dict[str, Any]) -> str:
             label = DESCRIPTIONS.get(tech, tech)
             if tech == "llama.cpp" and m["llama_cpp"].get("version"):
                 label += f" {m['llama_cpp']['version']}"
-            lines.append(f"| {name} | {label} | {row['positions']} | {_f(row['exact_match'], '.1%')} | {_f(row['edit_similarity'], '.3f')} | "
-                         f"{_f(row['latency_p50_ms'], '.0f')} | {_f(row['latency_p95_ms'], '.0f')} | {_f(row['empty_share'], '.1%')} |")
+            lines.append(
+                f"| {name} | {label} | {row['positions']} | {_f(row['exact_match'], '.1%')} | {_f(row['edit_similarity'], '.3f')} | "
+                f"{_f(row['latency_p50_ms'], '.0f')} | {_f(row['latency_p95_ms'], '.0f')} | {_f(row['empty_share'], '.1%')} |"
+            )
         for tech, why in m["left_out"].items():
             lines.append(f"| {name} | {DESCRIPTIONS.get(tech, tech)} | – | – | – | – | – | not run: {why} |")
         reused = {t: r["engine_prompt_reused_share"] for t, r in m["rows"].items() if r.get("engine_prompt_reused_share") is not None}
         if reused:
-            notes.append(f"- {name}: prompt tokens served from Tandem's prefix cache: " + ", ".join(f"{t} {v:.0%}" for t, v in reused.items())
-                         + (" (a fresh server for each row: the chunks are short)" if m.get("fresh_server_per_row") else "") + ".")
+            notes.append(
+                f"- {name}: prompt tokens served from Tandem's prefix cache: "
+                + ", ".join(f"{t} {v:.0%}" for t, v in reused.items())
+                + (" (a fresh server for each row: the chunks are short)" if m.get("fresh_server_per_row") else "")
+                + "."
+            )
         firsts = {t: r["first_line_p50_ms"] for t, r in m["rows"].items() if r.get("first_line_p50_ms") is not None}
         if firsts:
-            notes.append(f"- {name}: first line complete after (p50) " + ", ".join(f"{t} {v:.0f} ms" for t, v in firsts.items())
-                         + f"; decode step {', '.join(m.get('decode_steps', []))}.")
+            notes.append(
+                f"- {name}: first line complete after (p50) "
+                + ", ".join(f"{t} {v:.0f} ms" for t, v in firsts.items())
+                + f"; decode step {', '.join(m.get('decode_steps', []))}."
+            )
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -418,12 +509,25 @@ def run(args: argparse.Namespace) -> int:
     avail = availability()
     chunks = args.chunks or (1 if quick else 2)
     started = time.perf_counter()
-    result: dict[str, Any] = {"quick": quick, "available": avail, "similarity": SIMILARITY, "models": [],
-                              "settings": {"positions": len(positions), "seed": args.seed, "files": [{"file": s.name, "version": s.version} for s in sources],
-                                           "max_tokens": args.max_tokens, "time_budget_ms": args.time_budget_ms, "open_wait_ms": args.open_wait_ms,
-                                           "chunks": chunks, "peer_threads": args.peer_threads}}
+    result: dict[str, Any] = {
+        "quick": quick,
+        "available": avail,
+        "similarity": SIMILARITY,
+        "models": [],
+        "settings": {
+            "positions": len(positions),
+            "seed": args.seed,
+            "files": [{"file": s.name, "version": s.version} for s in sources],
+            "max_tokens": args.max_tokens,
+            "time_budget_ms": args.time_budget_ms,
+            "open_wait_ms": args.open_wait_ms,
+            "chunks": chunks,
+            "peer_threads": args.peer_threads,
+        },
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+
     def save() -> None:
         result["seconds"] = round(time.perf_counter() - started, 1)
         tmp = out / "completion.json.tmp"
@@ -442,9 +546,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench-completion", help="completion quality at held-out positions in real code: exact match, edit similarity, latency, vs llama.cpp")
-    p.add_argument("--models", default=None, help=f"comma-separated, passed to tandem serve, each NAME or NAME@QUANT for --quant QUANT "
-                                                 f"(default: default, plus {CODE_MODEL} when installed)")
+    p = sub.add_parser(
+        "bench-completion",
+        help="completion quality at held-out positions in real code: exact match, edit similarity, latency, vs llama.cpp",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated, passed to tandem serve, each NAME or NAME@QUANT for --quant QUANT "
+        f"(default: default, plus {CODE_MODEL} when installed)",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke run: 16 positions, one chunk, eager decode")
     p.add_argument("--positions", type=int, default=None, help="how many (default 120; quick 16)")
     p.add_argument("--seed", type=int, default=0)

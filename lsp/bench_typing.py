@@ -47,6 +47,7 @@ SOURCES: tuple[tuple[str, str], ...] = (
 
 # ----- the code typed and completed ------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Source:
     package: str
@@ -119,6 +120,7 @@ def body_lines(text: str) -> tuple[int, ...]:
 class Position:
     """A line removed from a function body; the cursor at its indentation, the rest of the file
     (from the line's newline on) as the suffix."""
+
     source: Source
     line: int  # 0-based
     indent: str
@@ -208,7 +210,7 @@ def utf16_len(text: str) -> int:
 
 def line_col(text: str) -> tuple[int, int]:
     """(line, UTF-16 character) of the end of text."""
-    return text.count("\n"), utf16_len(text[text.rfind("\n") + 1:])
+    return text.count("\n"), utf16_len(text[text.rfind("\n") + 1 :])
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -223,6 +225,7 @@ def median(values: list[float]) -> float | None:
 
 
 # ----- the servers ----------------------------------------------------------------------------
+
 
 def stop_on_sigterm() -> None:
     """SIGTERM (a `timeout`, a killed job) ends the run through its `finally`s, which stop the
@@ -240,7 +243,9 @@ def free_port() -> int:
 
 @cache
 def serve_help() -> str:
-    return subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    ).stdout
 
 
 def serve_has(flag: str) -> bool:
@@ -296,14 +301,33 @@ def reused_share(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return {"prefill_tokens": prefill, "reused_tokens": reused, "reused_share": reused / (prefill + reused) if prefill + reused else 0.0}
 
 
-def start_server(home: Path, model: str | None = None, speculative: bool | None = None, prefix_cache: bool = True,
-                 compile_wait: float = 0.0, quant: str | None = None) -> Served:
+def start_server(
+    home: Path,
+    model: str | None = None,
+    speculative: bool | None = None,
+    prefix_cache: bool = True,
+    compile_wait: float = 0.0,
+    quant: str | None = None,
+) -> Served:
     """`tandem serve` on a free port; `speculative` is passed only when serve lists the flag.
     With compile_wait > 0, wait (that long at most) for the compiled one-row decode step, the
     step a long-running server decodes with; 0 runs it eager (--no-compile)."""
     port = free_port()
-    args = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--audit-dir", str(home / f"audit-{port}"),
-            "--dialog-dir", str(home / f"dialog-{port}"), "--log-level", "warning", "--no-demo-site"]
+    args = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--audit-dir",
+        str(home / f"audit-{port}"),
+        "--dialog-dir",
+        str(home / f"dialog-{port}"),
+        "--log-level",
+        "warning",
+        "--no-demo-site",
+    ]
     if model not in (None, "default"):
         args += ["--model", str(model)]
     if quant:
@@ -335,8 +359,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], args: list[str], log: Path, port:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"tandem serve did not start ({' '.join(args[3:])}); see {log}: "
-                               + log.read_text(errors="replace")[-600:])
+            raise RuntimeError(f"tandem serve did not start ({' '.join(args[3:])}); see {log}: " + log.read_text(errors="replace")[-600:])
         time.sleep(0.25)
     step = decode_step(url)
     until = time.monotonic() + compile_wait
@@ -352,6 +375,7 @@ def model_info(url: str) -> dict[str, Any]:
 
 
 # ----- a language-server session ------------------------------------------------------------
+
 
 class LspSession:
     """The real `tandem lsp` over stdio under pygls's client, with `tandem.*` settings answered
@@ -375,12 +399,16 @@ class LspSession:
             pass
 
     async def start(self, url: str) -> LspSession:
-        await self.client.start_io(sys.executable, "-m", "server.cli", "lsp", "--server-url", url, "--no-autostart", "--log-level", "error", cwd=str(ROOT))
+        await self.client.start_io(
+            sys.executable, "-m", "server.cli", "lsp", "--server-url", url, "--no-autostart", "--log-level", "error", cwd=str(ROOT)
+        )
         server = getattr(self.client, "_server", None)
         if server is not None and server.stderr is not None:  # drained, so a chatty server never blocks on a full pipe
             self._stderr = asyncio.ensure_future(self._drain(server.stderr))
-        caps = types.ClientCapabilities(workspace=types.WorkspaceClientCapabilities(configuration=True),
-                                        text_document=types.TextDocumentClientCapabilities(inline_completion=types.InlineCompletionClientCapabilities()))
+        caps = types.ClientCapabilities(
+            workspace=types.WorkspaceClientCapabilities(configuration=True),
+            text_document=types.TextDocumentClientCapabilities(inline_completion=types.InlineCompletionClientCapabilities()),
+        )
         await asyncio.wait_for(self.client.initialize_async(types.InitializeParams(capabilities=caps, process_id=os.getpid())), 60)
         self.client.initialized(types.InitializedParams())
         return self
@@ -392,13 +420,19 @@ class LspSession:
 
     def open(self, uri: str, text: str) -> None:
         self.versions[uri] = 1
-        self.client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
+        )
 
     def insert(self, uri: str, at: tuple[int, int], text: str) -> None:
         self.versions[uri] += 1
         pos = types.Position(*at)
-        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
-            types.VersionedTextDocumentIdentifier(version=self.versions[uri], uri=uri), [types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=text)]))
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=self.versions[uri], uri=uri),
+                [types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=text)],
+            )
+        )
 
     def rest(self, uri: str, line: int, character: int) -> None:
         """The cursor came to rest here (what the VS Code extension sends; the server warms the
@@ -411,9 +445,16 @@ class LspSession:
     async def ask(self, uri: str, line: int, character: int, invoked: bool = False, timeout: float = 60) -> str:
         """The first item's text ("" for no item); raises when the request is cancelled or fails."""
         kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
-        result = await asyncio.wait_for(self.client.text_document_inline_completion_async(types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
-            context=types.InlineCompletionContext(trigger_kind=kind))), timeout)
+        result = await asyncio.wait_for(
+            self.client.text_document_inline_completion_async(
+                types.InlineCompletionParams(
+                    text_document=types.TextDocumentIdentifier(uri=uri),
+                    position=types.Position(line=line, character=character),
+                    context=types.InlineCompletionContext(trigger_kind=kind),
+                )
+            ),
+            timeout,
+        )
         items = list(result.items if isinstance(result, types.InlineCompletionList) else result or [])
         if not items:
             return ""
@@ -434,6 +475,7 @@ class LspSession:
 
 # ----- the typing replay -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -448,24 +490,49 @@ class Config:
         return (self.speculative, self.prefix_reuse)
 
     def lsp_settings(self, max_tokens: int, time_budget_ms: int) -> dict[str, Any]:
-        return {"maxTokens": max_tokens, "multiline": True, "timeBudgetMs": time_budget_ms, "cache": self.cache,
-                "firstLine": self.first_line, "warmUp": self.warm_up}
+        return {
+            "maxTokens": max_tokens,
+            "multiline": True,
+            "timeBudgetMs": time_budget_ms,
+            "cache": self.cache,
+            "firstLine": self.first_line,
+            "warmUp": self.warm_up,
+        }
 
 
-CONFIGS = {c.name: c for c in (
-    Config("base"), Config("firstLine", first_line=True), Config("warmUp", warm_up=True), Config("speculative", speculative=True),
-    Config("all", first_line=True, warm_up=True, speculative=True),
-    Config("no-cache", cache=False), Config("no-prefix-reuse", prefix_reuse=False),
-)}
+CONFIGS = {
+    c.name: c
+    for c in (
+        Config("base"),
+        Config("firstLine", first_line=True),
+        Config("warmUp", warm_up=True),
+        Config("speculative", speculative=True),
+        Config("all", first_line=True, warm_up=True, speculative=True),
+        Config("no-cache", cache=False),
+        Config("no-prefix-reuse", prefix_reuse=False),
+    )
+}
 DEFAULT_CONFIGS = "base,firstLine,warmUp,speculative,all"
 
 
 def availability() -> dict[str, bool]:
-    return {"firstLine": lsp_setting_available("firstLine"), "warmUp": lsp_setting_available("warmUp"), "speculative": serve_has("--speculative")}
+    return {
+        "firstLine": lsp_setting_available("firstLine"),
+        "warmUp": lsp_setting_available("warmUp"),
+        "speculative": serve_has("--speculative"),
+    }
 
 
-async def replay(url: str, source: Source, chars: int, interval: float, pause: float, settings: dict[str, Any],
-                 invoked_positions: list[Position], open_wait: float) -> dict[str, Any]:
+async def replay(
+    url: str,
+    source: Source,
+    chars: int,
+    interval: float,
+    pause: float,
+    settings: dict[str, Any],
+    invoked_positions: list[Position],
+    open_wait: float,
+) -> dict[str, Any]:
     """Type the span into the document it was removed from; then explicit requests, each in a
     document open for `open_wait` seconds."""
     text = source.text
@@ -494,8 +561,8 @@ async def replay(url: str, source: Source, chars: int, interval: float, pause: f
     await asyncio.sleep(open_wait)
     pending: list[asyncio.Task[Any]] = []
     for offset, length, line_end in keys:
-        session.insert(uri, line_col(text[:offset]), text[offset:offset + length])
-        task = asyncio.ensure_future(ask(*line_col(text[:offset + length])))
+        session.insert(uri, line_col(text[:offset]), text[offset : offset + length])
+        task = asyncio.ensure_future(ask(*line_col(text[: offset + length])))
         pending.append(task)
         if not line_end:
             await asyncio.sleep(interval)
@@ -503,8 +570,14 @@ async def replay(url: str, source: Source, chars: int, interval: float, pause: f
         await asyncio.sleep(pause)  # people pause at the end of a line and look at the suggestion
         answered_now = task.done() and not task.cancelled() and task.exception() is None
         shown = answered_now and bool(task.result()[1].strip())
-        pauses.append({"shown": shown, "latency_ms": task.result()[0] * 1000 if shown else None,
-                       "line": line_col(text[:offset + length])[0], "suggestion": task.result()[1] if answered_now else None})
+        pauses.append(
+            {
+                "shown": shown,
+                "latency_ms": task.result()[0] * 1000 if shown else None,
+                "line": line_col(text[: offset + length])[0],
+                "suggestion": task.result()[1] if answered_now else None,
+            }
+        )
     done, late = await asyncio.wait(pending, timeout=60)
     for task in late:  # an answer that never came is counted, not waited for forever
         task.cancel()
@@ -527,11 +600,22 @@ async def replay(url: str, source: Source, chars: int, interval: float, pause: f
     await session.stop()
     n = len(keys)
     return {
-        "file": source.name, "chars": end - start, "requests": n, "answered": answered, "empty_answers": empty, "cancelled": cancelled,
-        "unanswered": len(late), "latencies_ms": [x * 1000 for x in latencies], "pauses": pauses,
-        "invoked_ms": [x * 1000 for x in invoked], "invoked_asked": len(invoked_positions),
-        "lsp_requests": stats.get("requests", 0), "cache_hits": stats.get("cache_hits", 0), "engine_calls": stats.get("engine_calls", 0),
-        "early_stops": stats.get("early_stops", 0), "time_budget_cuts": stats.get("time_budget_cuts", 0),
+        "file": source.name,
+        "chars": end - start,
+        "requests": n,
+        "answered": answered,
+        "empty_answers": empty,
+        "cancelled": cancelled,
+        "unanswered": len(late),
+        "latencies_ms": [x * 1000 for x in latencies],
+        "pauses": pauses,
+        "invoked_ms": [x * 1000 for x in invoked],
+        "invoked_asked": len(invoked_positions),
+        "lsp_requests": stats.get("requests", 0),
+        "cache_hits": stats.get("cache_hits", 0),
+        "engine_calls": stats.get("engine_calls", 0),
+        "early_stops": stats.get("early_stops", 0),
+        "time_budget_cuts": stats.get("time_budget_cuts", 0),
     }
 
 
@@ -542,16 +626,25 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     invoked = [x for r in runs for x in r["invoked_ms"]]
     requests = sum(r["requests"] for r in runs)
     return {
-        "runs": len(runs), "keystrokes": requests, "answered": sum(r["answered"] for r in runs), "p50_ms": median(lat), "p95_ms": pct(lat, 0.95),
-        "line_end_pauses": len(pauses), "pauses_shown": sum(p["shown"] for p in pauses),
+        "runs": len(runs),
+        "keystrokes": requests,
+        "answered": sum(r["answered"] for r in runs),
+        "p50_ms": median(lat),
+        "p95_ms": pct(lat, 0.95),
+        "line_end_pauses": len(pauses),
+        "pauses_shown": sum(p["shown"] for p in pauses),
         "pause_shown_share": sum(p["shown"] for p in pauses) / len(pauses) if pauses else None,
         "pause_suggestion_p50_ms": median([p["latency_ms"] for p in pauses if p["shown"]]),
-        "invoked_requests": len(invoked), "invoked_p50_ms": median(invoked), "invoked_p95_ms": pct(invoked, 0.95),
+        "invoked_requests": len(invoked),
+        "invoked_p50_ms": median(invoked),
+        "invoked_p95_ms": pct(invoked, 0.95),
         "cancelled_share": sum(r["cancelled"] for r in runs) / requests if requests else 0.0,
         "empty_share": sum(r["empty_answers"] for r in runs) / max(sum(r["answered"] for r in runs), 1),
         "cache_hit_rate": sum(r["cache_hits"] for r in runs) / max(sum(r["lsp_requests"] for r in runs), 1),
-        "prompt_reused_share": sum(r.get("reused_tokens", 0) for r in runs) / max(sum(r.get("reused_tokens", 0) + r.get("prefill_tokens", 0) for r in runs), 1),
-        "engine_calls": sum(r["engine_calls"] for r in runs), "engine_calls_per_run": sum(r["engine_calls"] for r in runs) / len(runs),
+        "prompt_reused_share": sum(r.get("reused_tokens", 0) for r in runs)
+        / max(sum(r.get("reused_tokens", 0) + r.get("prefill_tokens", 0) for r in runs), 1),
+        "engine_calls": sum(r["engine_calls"] for r in runs),
+        "engine_calls_per_run": sum(r["engine_calls"] for r in runs) / len(runs),
     }
 
 
@@ -579,8 +672,20 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown configurations: {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     configs = [CONFIGS[n] for n in names]
     # a configuration whose toggles are all unavailable would only repeat another: left out
-    skipped = [c.name for c in configs if c.name != "base" and not any(
-        [c.first_line and avail["firstLine"], c.warm_up and avail["warmUp"], c.speculative and avail["speculative"], not c.cache, not c.prefix_reuse])]
+    skipped = [
+        c.name
+        for c in configs
+        if c.name != "base"
+        and not any(
+            [
+                c.first_line and avail["firstLine"],
+                c.warm_up and avail["warmUp"],
+                c.speculative and avail["speculative"],
+                not c.cache,
+                not c.prefix_reuse,
+            ]
+        )
+    ]
     configs = [c for c in configs if c.name not in skipped]
     home = Path(args.work_dir)
     invoked_positions = {s.name: select_positions([s], invoked_n, args.seed) for s in sources}
@@ -595,27 +700,56 @@ def run(args: argparse.Namespace) -> int:
             shown_spec = set()
         for key in dict.fromkeys(c.server_key for c in configs):
             print(f"starting tandem serve (speculative {'on' if key[0] else 'off'}, prefix reuse {'on' if key[1] else 'off'})", flush=True)
-            servers[key] = start_server(home, args.model, quant=args.quant, speculative=key[0] if avail["speculative"] else None, prefix_cache=key[1],
-                                        compile_wait=compile_wait)
+            servers[key] = start_server(
+                home,
+                args.model,
+                quant=args.quant,
+                speculative=key[0] if avail["speculative"] else None,
+                prefix_cache=key[1],
+                compile_wait=compile_wait,
+            )
         info = model_info(next(iter(servers.values())).url)
         for rnd in range(rounds):
             order = configs if rnd % 2 == 0 else configs[::-1]  # alternate who goes first: the machine is shared and noisy
             for c in order:
                 for s in sources:
                     before = prompt_tokens(servers[c.server_key].url)
-                    r = asyncio.run(replay(servers[c.server_key].url, s, chars, args.interval_ms / 1000, args.pause_ms / 1000,
-                                           c.lsp_settings(args.max_tokens, args.time_budget_ms), invoked_positions[s.name], args.open_wait_ms / 1000))
+                    r = asyncio.run(
+                        replay(
+                            servers[c.server_key].url,
+                            s,
+                            chars,
+                            args.interval_ms / 1000,
+                            args.pause_ms / 1000,
+                            c.lsp_settings(args.max_tokens, args.time_budget_ms),
+                            invoked_positions[s.name],
+                            args.open_wait_ms / 1000,
+                        )
+                    )
                     r["round"] = rnd
                     r.update(reused_share(before, prompt_tokens(servers[c.server_key].url)))
                     runs[c.name].append(r)
                     lat = r["latencies_ms"]
-                    print(f"  round {rnd + 1} {c.name:<15} {s.name:<28} p50 {_ms(median(lat))} ms, pauses shown "
-                          f"{sum(p['shown'] for p in r['pauses'])}/{len(r['pauses'])}, engine calls {r['engine_calls']}", flush=True)
+                    print(
+                        f"  round {rnd + 1} {c.name:<15} {s.name:<28} p50 {_ms(median(lat))} ms, pauses shown "
+                        f"{sum(p['shown'] for p in r['pauses'])}/{len(r['pauses'])}, engine calls {r['engine_calls']}",
+                        flush=True,
+                    )
     finally:
         for served in servers.values():
             served.stop()
-    rows = [{"config": c.name, "firstLine": c.first_line, "warmUp": c.warm_up, "speculative": c.speculative or c.name in shown_spec, "cache": c.cache,
-             "prefix_reuse": c.prefix_reuse, **summarise(runs[c.name])} for c in configs]
+    rows = [
+        {
+            "config": c.name,
+            "firstLine": c.first_line,
+            "warmUp": c.warm_up,
+            "speculative": c.speculative or c.name in shown_spec,
+            "cache": c.cache,
+            "prefix_reuse": c.prefix_reuse,
+            **summarise(runs[c.name]),
+        }
+        for c in configs
+    ]
     base = next((r for r in rows if r["config"] == "base"), None)
     for r in rows:
         r["p50_vs_base"] = r["p50_ms"] / base["p50_ms"] if base and base["p50_ms"] and r["p50_ms"] is not None else None
@@ -624,29 +758,36 @@ def run(args: argparse.Namespace) -> int:
         return "available" if avail[name] else "**not available** (sent, but nothing takes it: rows differing only by it were left out)"
 
     steps = sorted({s.decode_step for s in servers.values()})
-    lines = [f"# tandem bench-typing{' --quick' if quick else ''}", "",
-             f"Model {info.get('id')} (FIM {'yes' if info.get('fim') else 'no'}); decode step {', '.join(steps)}"
-             f"{' (--no-compile)' if compile_wait <= 0 else ''}. Files: " + ", ".join(f"{s.name} ({s.package} {s.version})" for s in sources) + ".",
-             f"Per file and configuration: a fresh language server opens the file without {chars} characters of a function body (from the "
-             f"indentation of its first code line to a line end), then types them back, one keystroke every {args.interval_ms} ms, Enter "
-             f"bringing the next line's indentation (auto-indent), and a {args.pause_ms} ms pause after each Enter; an Automatic inline "
-             f"completion request per keystroke (maxTokens {args.max_tokens}, time budget {args.time_budget_ms} ms, multiline). "
-             f"{rounds} round(s), configuration order reversed every other round; percentiles over the pooled requests.", "",
-             "- **p50/p95**: keystroke to answer, over the answered requests (an empty answer counts as answered).",
-             "- **pauses shown**: of the line-end pauses, the share where the request sent at the Enter that began the pause was answered "
-             "with a non-empty suggestion before the pause ended (before the next keystroke); **pause p50**: how long into the pause it appeared.",
-             f"- **Invoked p95**: explicit requests (InlineCompletionTriggerKind.Invoked), {invoked_n} per file, each on a blanked "
-             f"line in a document opened {args.open_wait_ms} ms before (with `tandem/cursorMoved` to the position, as the extension "
-             "sends when the cursor comes to rest), after the typing.",
-             "- **cancelled**: requests answered with an error (superseded by the next keystroke); **cache hits** and **engine calls**: "
-             "the language server's `tandem/stats` over the typing; **prompt reused**: the share of prompt tokens the engine served "
-             "from its prefix cache (its /metrics, over the whole run, warm-ups included; a configuration that runs after another on the same "
-             "server may find that one's prompts still cached).",
-             f"- toggles: firstLine {toggle('firstLine')}; warmUp {toggle('warmUp')}; `tandem serve --speculative` {toggle('speculative')}."
-             + (f" Left out: {', '.join(skipped)}." if skipped else ""), "",
-             "| configuration | firstLine | warmUp | speculative | keystrokes | p50 ms | p95 ms | p50 ÷ base | pauses shown | pause p50 ms "
-             "| Invoked p95 ms | cancelled | cache hits | engine calls | prompt reused |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# tandem bench-typing{' --quick' if quick else ''}",
+        "",
+        f"Model {info.get('id')} (FIM {'yes' if info.get('fim') else 'no'}); decode step {', '.join(steps)}"
+        f"{' (--no-compile)' if compile_wait <= 0 else ''}. Files: "
+        + ", ".join(f"{s.name} ({s.package} {s.version})" for s in sources)
+        + ".",
+        f"Per file and configuration: a fresh language server opens the file without {chars} characters of a function body (from the "
+        f"indentation of its first code line to a line end), then types them back, one keystroke every {args.interval_ms} ms, Enter "
+        f"bringing the next line's indentation (auto-indent), and a {args.pause_ms} ms pause after each Enter; an Automatic inline "
+        f"completion request per keystroke (maxTokens {args.max_tokens}, time budget {args.time_budget_ms} ms, multiline). "
+        f"{rounds} round(s), configuration order reversed every other round; percentiles over the pooled requests.",
+        "",
+        "- **p50/p95**: keystroke to answer, over the answered requests (an empty answer counts as answered).",
+        "- **pauses shown**: of the line-end pauses, the share where the request sent at the Enter that began the pause was answered "
+        "with a non-empty suggestion before the pause ended (before the next keystroke); **pause p50**: how long into the pause it appeared.",
+        f"- **Invoked p95**: explicit requests (InlineCompletionTriggerKind.Invoked), {invoked_n} per file, each on a blanked "
+        f"line in a document opened {args.open_wait_ms} ms before (with `tandem/cursorMoved` to the position, as the extension "
+        "sends when the cursor comes to rest), after the typing.",
+        "- **cancelled**: requests answered with an error (superseded by the next keystroke); **cache hits** and **engine calls**: "
+        "the language server's `tandem/stats` over the typing; **prompt reused**: the share of prompt tokens the engine served "
+        "from its prefix cache (its /metrics, over the whole run, warm-ups included; a configuration that runs after another on the same "
+        "server may find that one's prompts still cached).",
+        f"- toggles: firstLine {toggle('firstLine')}; warmUp {toggle('warmUp')}; `tandem serve --speculative` {toggle('speculative')}."
+        + (f" Left out: {', '.join(skipped)}." if skipped else ""),
+        "",
+        "| configuration | firstLine | warmUp | speculative | keystrokes | p50 ms | p95 ms | p50 ÷ base | pauses shown | pause p50 ms "
+        "| Invoked p95 ms | cancelled | cache hits | engine calls | prompt reused |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
 
     def onoff(flag: bool, name: str) -> str:
         return ("on" if flag else "off") + ("" if avail[name] else " (n/a)")
@@ -654,17 +795,36 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         ratio = "–" if r["p50_vs_base"] is None else f"{r['p50_vs_base']:.2f}"
         extra = "" if r["cache"] and r["prefix_reuse"] else f" ({'cache off' if not r['cache'] else 'prefix reuse off'})"
-        lines.append(f"| {r['config']}{extra} | {onoff(r['firstLine'], 'firstLine')} | {onoff(r['warmUp'], 'warmUp')} | "
-                     f"{onoff(r['speculative'], 'speculative')} | {r['keystrokes']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {ratio} | "
-                     f"{_pctf(r['pause_shown_share'])} ({r['pauses_shown']}/{r['line_end_pauses']}) | {_ms(r['pause_suggestion_p50_ms'])} | "
-                     f"{_ms(r['invoked_p95_ms'])} | {_pctf(r['cancelled_share'])} | {_pctf(r['cache_hit_rate'])} | {r['engine_calls']} | {_pctf(r['prompt_reused_share'])} |")
+        lines.append(
+            f"| {r['config']}{extra} | {onoff(r['firstLine'], 'firstLine')} | {onoff(r['warmUp'], 'warmUp')} | "
+            f"{onoff(r['speculative'], 'speculative')} | {r['keystrokes']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {ratio} | "
+            f"{_pctf(r['pause_shown_share'])} ({r['pauses_shown']}/{r['line_end_pauses']}) | {_ms(r['pause_suggestion_p50_ms'])} | "
+            f"{_ms(r['invoked_p95_ms'])} | {_pctf(r['cancelled_share'])} | {_pctf(r['cache_hit_rate'])} | {r['engine_calls']} | {_pctf(r['prompt_reused_share'])} |"
+        )
     table = "\n".join(lines)
     print(table)
-    result = {"quick": quick, "model": info, "decode_steps": steps, "available": avail, "skipped": skipped, "seconds": round(time.perf_counter() - started, 1),
-              "settings": {"files": [{"file": s.name, "version": s.version} for s in sources], "chars": chars, "rounds": rounds,
-                           "interval_ms": args.interval_ms, "pause_ms": args.pause_ms, "max_tokens": args.max_tokens,
-                           "time_budget_ms": args.time_budget_ms, "invoked_per_file": invoked_n, "open_wait_ms": args.open_wait_ms, "seed": args.seed},
-              "rows": rows, "runs": runs}
+    result = {
+        "quick": quick,
+        "model": info,
+        "decode_steps": steps,
+        "available": avail,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - started, 1),
+        "settings": {
+            "files": [{"file": s.name, "version": s.version} for s in sources],
+            "chars": chars,
+            "rounds": rounds,
+            "interval_ms": args.interval_ms,
+            "pause_ms": args.pause_ms,
+            "max_tokens": args.max_tokens,
+            "time_budget_ms": args.time_budget_ms,
+            "invoked_per_file": invoked_n,
+            "open_wait_ms": args.open_wait_ms,
+            "seed": args.seed,
+        },
+        "rows": rows,
+        "runs": runs,
+    }
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -675,7 +835,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench-typing", help="replay typing real code through the language server: latency, suggestions at pauses, cancellations, cache hits")
+    p = sub.add_parser(
+        "bench-typing",
+        help="replay typing real code through the language server: latency, suggestions at pauses, cancellations, cache hits",
+    )
     p.add_argument("--model", default=None, help="passed to tandem serve (default: the embedded default model)")
     p.add_argument("--quant", default=None, help="passed to tandem serve --quant (default: its default)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 files, 60 characters, 1 round, eager decode")
@@ -686,7 +849,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--invoked", type=int, default=None, help="explicit requests per file (default 4; quick 2)")
     p.add_argument("--interval-ms", type=int, default=120, help="time between keystrokes (120 ms is about 100 words a minute)")
     p.add_argument("--pause-ms", type=int, default=2500, help="pause after each line")
-    p.add_argument("--open-wait-ms", type=int, default=1000, help="how long a document is open before the first keystroke or explicit request")
+    p.add_argument(
+        "--open-wait-ms", type=int, default=1000, help="how long a document is open before the first keystroke or explicit request"
+    )
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--time-budget-ms", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="for the explicit requests' positions")

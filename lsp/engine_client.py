@@ -46,8 +46,9 @@ class EngineClient:
     def __init__(self, url: str, autostart: bool = True, start_timeout: float = 240.0) -> None:
         self.url = url.rstrip("/")
         self.autostart, self.start_timeout = autostart, start_timeout
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(30.0, connect=2.0), trust_env=False,
-                                      headers={"X-Tandem-Client": CLIENT_NAME})
+        self.http = httpx.AsyncClient(
+            base_url=self.url, timeout=httpx.Timeout(30.0, connect=2.0), trust_env=False, headers={"X-Tandem-Client": CLIENT_NAME}
+        )
         self.info: ServerInfo | None = None
         self.started_server = False
         self._ready_lock = asyncio.Lock()
@@ -85,8 +86,14 @@ class EngineClient:
                 return
             port = urlparse(self.url).port or urlparse(DEFAULT_SERVER_URL).port
             logfile = open(home / "autostarted-server.log", "ab")
-            subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], stdin=subprocess.DEVNULL, stdout=logfile,
-                             stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+            subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
             self.started_server = True
             log.info("started tandem serve on port %d (log: %s)", port, home / "autostarted-server.log")
             deadline = time.monotonic() + self.start_timeout
@@ -95,15 +102,21 @@ class EngineClient:
                     raise EngineUnavailable(f"started a Tandem server on port {port}, but it did not become healthy")
                 time.sleep(0.25)
 
-    async def complete(self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str],
-                       background: bool = False) -> AsyncIterator[tuple[str, str]]:
+    async def complete(
+        self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str], background: bool = False
+    ) -> AsyncIterator[tuple[str, str]]:
         """Stream (request_id, text) pieces. Leaving the loop early closes the stream, which
         cancels the generation in the engine. `background` asks the engine to serve every
         interactive request first (a warm-up)."""
         # clean: a lone surrogate cannot be encoded, and would fail the request (documents are
         # cleaned as they arrive; this is the last line of defence)
-        body: dict[str, object] = {"prompt": clean(prompt), "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                                   "stop": [clean(s) for s in stop[:4]]}
+        body: dict[str, object] = {
+            "prompt": clean(prompt),
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stop": [clean(s) for s in stop[:4]],
+        }
         if background:
             body["priority"] = "background"
         if suffix is not None:

@@ -48,9 +48,9 @@ class Generation:
         there too while the generation runs ("" until it catches up)."""
         if suffix != self.suffix or not prefix.startswith(self.prefix):
             return None
-        typed = prefix[len(self.prefix):]
+        typed = prefix[len(self.prefix) :]
         if self.text.startswith(typed):
-            return self.text[len(typed):]
+            return self.text[len(typed) :]
         if not self.done and typed.startswith(self.text):
             return ""  # ahead of the output so far: it may still write what was typed
         return None
@@ -148,5 +148,9 @@ class Generations:
 
     def unwanted(self, now: float) -> list[Generation]:
         """Running generations nobody waits on whose last request was cancelled a while ago."""
-        return [g for gens in self._by_uri.values() for g in gens
-                if not g.done and g.waiting == 0 and g.abandoned and now - g.last_wanted > LINGER_SECONDS]
+        return [
+            g
+            for gens in self._by_uri.values()
+            for g in gens
+            if not g.done and g.waiting == 0 and g.abandoned and now - g.last_wanted > LINGER_SECONDS
+        ]

@@ -20,7 +20,7 @@ class Context:
 
     @property
     def line_before(self) -> str:
-        return self.prefix[self.prefix.rfind("\n") + 1:]
+        return self.prefix[self.prefix.rfind("\n") + 1 :]
 
     @property
     def line_after(self) -> str:

@@ -36,7 +36,7 @@ async def aligned(pieces: AsyncIterator[tuple[str, str]], blank_indent: str | No
             spaces = len(piece) - len(piece.lstrip(" \t"))
             if spaces < len(piece) or spaces >= skip:  # the indentation is complete in this piece
                 pending = False
-                piece = piece[min(spaces, skip):]
+                piece = piece[min(spaces, skip) :]
             else:
                 skip -= spaces
                 continue
@@ -67,7 +67,7 @@ def settled(raw: str, finished: bool) -> str:
         return raw
     if "\n" in raw and raw[: raw.rfind("\n")].strip():
         return raw[: raw.rfind("\n")]
-    partial = raw[raw.rfind("\n") + 1:]
+    partial = raw[raw.rfind("\n") + 1 :]
     head = raw[: raw.rfind("\n") + 1]
     return head + _WORD_TAIL.sub("", partial) if _WORD_TAIL.search(partial) else raw
 

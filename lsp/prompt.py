@@ -45,7 +45,7 @@ def _tail_lines(text: str, chars: int) -> str:
         return text
     cut = text[-chars:]
     nl = cut.find("\n")
-    return cut[nl + 1:] if 0 <= nl < len(cut) - 1 else cut
+    return cut[nl + 1 :] if 0 <= nl < len(cut) - 1 else cut
 
 
 def _stable_tail(text: str, chars: int) -> str:
@@ -73,8 +73,9 @@ def _head_lines(text: str, chars: int) -> str:
     return cut[:nl] if nl > 0 else cut
 
 
-def build(prefix: str, suffix: str, language: str, uri: str, others: list[OpenDocument], budget_tokens: int = 512,
-          snippet_lines: int = 30) -> Prompt:
+def build(
+    prefix: str, suffix: str, language: str, uri: str, others: list[OpenDocument], budget_tokens: int = 512, snippet_lines: int = 30
+) -> Prompt:
     budget = int(budget_tokens * CHARS_PER_TOKEN)
     window_prefix = _stable_tail(prefix, int(budget * PREFIX_SHARE))
     window_suffix = _head_lines(suffix, int(budget * SUFFIX_SHARE))

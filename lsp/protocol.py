@@ -55,10 +55,15 @@ def strict_converter() -> cattrs.Converter:
             if type(value) not in accepted:
                 raise TypeError(f"expected {name}, got {type(value).__name__}")
             return cls(value)  # cls may be an enum over the primitive: its own check applies
+
         return structure
 
-    for cls, accepted, name in ((int, (int,), "an integer"), (float, (int, float), "a number"), (str, (str,), "a string"),
-                                (bool, (bool,), "a boolean")):
+    for cls, accepted, name in (
+        (int, (int,), "an integer"),
+        (float, (int, float), "a number"),
+        (str, (str,), "a string"),
+        (bool, (bool,), "a boolean"),
+    ):
         converter.register_structure_hook(cls, strict(accepted, name))
     return converter
 

@@ -156,7 +156,9 @@ class TandemLanguageServer(LanguageServer):
             if not self.configured.is_set():  # the first request can race the settings' arrival
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.configured.wait(), 2.0)
-            return await self._suggest(uri, doc.language_id or "", source[:offset], source[offset:], whole_block or not self.settings.first_line)
+            return await self._suggest(
+                uri, doc.language_id or "", source[:offset], source[offset:], whole_block or not self.settings.first_line
+            )
         except asyncio.CancelledError:
             self.stats["cancelled"] += 1
             raise
@@ -200,9 +202,11 @@ class TandemLanguageServer(LanguageServer):
         if len(below) >= 6:
             stop.append(below)  # the suffix drives the stopping: never write what already follows
         ctx = postprocess.Context(prompt.cursor_prefix, suffix, s.multiline)
-        line_before = prompt.cursor_prefix[prompt.cursor_prefix.rfind("\n") + 1:]
-        pieces = aligned(self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop),
-                         line_before if not line_before.strip() else None)
+        line_before = prompt.cursor_prefix[prompt.cursor_prefix.rfind("\n") + 1 :]
+        pieces = aligned(
+            self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop),
+            line_before if not line_before.strip() else None,
+        )
         gen = Generation(uri, prefix, suffix)
         gen.task = asyncio.ensure_future(gen.run(pieces, lambda text: block_complete(text, ctx)))
         gen.task.add_done_callback(lambda task: self._ended(gen))
@@ -215,8 +219,11 @@ class TandemLanguageServer(LanguageServer):
             self.stats["early_stops"] += 1
 
     def _prompt(self, uri: str, language: str, prefix: str, suffix: str, info: ServerInfo) -> Prompt:
-        others = [OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0)) for u, d in self.workspace.text_documents.items()
-                  if u != uri and (d.language_id or "") == language]
+        others = [
+            OpenDocument(u, d.language_id or "", d.source, self.edited.get(u, 0.0))
+            for u, d in self.workspace.text_documents.items()
+            if u != uri and (d.language_id or "") == language
+        ]
         return build(prefix, suffix, language, uri, others, budget_tokens=min(self.settings.prompt_tokens, info.context_length // 2))
 
     async def _answer(self, gen: Generation, prefix: str, suffix: str, ctx: postprocess.Context, whole_block: bool) -> str | None:
@@ -346,8 +353,11 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
         if found is None:
             return types.InlineCompletionList(items=[])
         text, request_id = found
-        item = types.InlineCompletionItem(insert_text=text, range=types.Range(params.position, params.position),
-                                          command=types.Command(title="Tandem: suggestion accepted", command="tandem.accepted", arguments=[request_id]))
+        item = types.InlineCompletionItem(
+            insert_text=text,
+            range=types.Range(params.position, params.position),
+            command=types.Command(title="Tandem: suggestion accepted", command="tandem.accepted", arguments=[request_id]),
+        )
         return types.InlineCompletionList(items=[item])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", "="]))
@@ -357,8 +367,15 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
             return types.CompletionList(is_incomplete=True, items=[])
         text, request_id = found
         label = text.strip().split("\n", 1)[0][:60]
-        item = types.CompletionItem(label=label, insert_text=text, kind=types.CompletionItemKind.Text, detail="Tandem",
-                                    sort_text="0", filter_text=text, data={"request_id": request_id})
+        item = types.CompletionItem(
+            label=label,
+            insert_text=text,
+            kind=types.CompletionItemKind.Text,
+            detail="Tandem",
+            sort_text="0",
+            filter_text=text,
+            data={"request_id": request_id},
+        )
         return types.CompletionList(is_incomplete=True, items=[item])
 
     @server.feature(FEEDBACK)
@@ -370,11 +387,21 @@ def create_server(settings: Settings, autostart: bool = True) -> TandemLanguageS
 
     @server.feature(STATS)
     def stats(ls: TandemLanguageServer, params: Any) -> dict[str, Any]:
-        return {**ls.stats, "cache_hits_total": ls.generations.hits, "cache_misses_total": ls.generations.misses,
-                "warmups_sent": ls.warmer.sent, "warmups_cancelled": ls.warmer.cancelled, "warmups_skipped": ls.warmer.skipped,
-                "warmups_in_flight": ls.warmer.in_flight, "generations_running": ls.generations.running(),
-                "engine_started_here": ls.engine.started_server, "server_url": ls.settings.server_url, "engine_state": ls.engine_state,
-                "enabled": ls.settings.enabled, "max_tokens": ls.settings.max_tokens}  # (the settings in effect)
+        return {
+            **ls.stats,
+            "cache_hits_total": ls.generations.hits,
+            "cache_misses_total": ls.generations.misses,
+            "warmups_sent": ls.warmer.sent,
+            "warmups_cancelled": ls.warmer.cancelled,
+            "warmups_skipped": ls.warmer.skipped,
+            "warmups_in_flight": ls.warmer.in_flight,
+            "generations_running": ls.generations.running(),
+            "engine_started_here": ls.engine.started_server,
+            "server_url": ls.settings.server_url,
+            "engine_state": ls.engine_state,
+            "enabled": ls.settings.enabled,
+            "max_tokens": ls.settings.max_tokens,
+        }  # (the settings in effect)
 
     return server
 

@@ -38,6 +38,7 @@ _DIGITS = re.compile(rb"[0-9]+")
 class FramingError:
     """Bytes that are not a well-formed message; `refused` is set for a message that was well
     framed but too large (the client deserves an answer: one with id null)."""
+
     reason: str
     refused: bool = False
 
@@ -116,8 +117,9 @@ class Framer:
         return FramingError(reason, refused)
 
 
-async def serve(chunks: AsyncIterator[bytes], on_body: Callable[[bytes], None], on_error: Callable[[FramingError], None],
-                stop_event: threading.Event) -> None:
+async def serve(
+    chunks: AsyncIterator[bytes], on_body: Callable[[bytes], None], on_error: Callable[[FramingError], None], stop_event: threading.Event
+) -> None:
     """Frame `chunks` until they end (or `stop_event` is set), handing over each body and each
     framing error. Only SystemExit (the `exit` notification) and a lost client end it early."""
     framer = Framer()

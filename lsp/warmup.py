@@ -103,7 +103,7 @@ def _shares_most(warming: str, prompt: str) -> bool:
     n = min(len(warming), len(prompt))
     same = 0
     step = 256
-    while same < n and warming[same:same + step] == prompt[same:same + step]:
+    while same < n and warming[same : same + step] == prompt[same : same + step]:
         same += step
     while same < n and warming[same] == prompt[same]:
         same += 1

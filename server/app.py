@@ -64,8 +64,13 @@ class ServerConfig:
         return DialogConfig(db_path=directory / "chat.db", key_path=directory / "visitor.key", **self.dialog)  # type: ignore[arg-type]
 
     def audit_config(self) -> AuditConfig:
-        return AuditConfig(self.audit_dir or tandem_home() / "audit", self.audit_checkpoint_every, self.audit_content_days,
-                           signing_key=self.audit_key, max_queue=self.audit_max_queue)
+        return AuditConfig(
+            self.audit_dir or tandem_home() / "audit",
+            self.audit_checkpoint_every,
+            self.audit_content_days,
+            signing_key=self.audit_key,
+            max_queue=self.audit_max_queue,
+        )
 
 
 def admin_token(config: ServerConfig) -> str:
@@ -112,7 +117,9 @@ def routes(api_key: str | None) -> list[BaseRoute]:
 EngineFactory = Callable[[models.LoadedModel, EngineConfig, EngineMetrics], Engine]
 
 
-def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | None = None, engine_factory: EngineFactory | None = None) -> Starlette:
+def create_app(
+    config: ServerConfig, loader: Callable[[], models.LoadedModel] | None = None, engine_factory: EngineFactory | None = None
+) -> Starlette:
     """`loader` replaces model loading (tests hand in a tiny model); by default `config.model`.
     `engine_factory` replaces the engine (protocol tests script its output)."""
 
@@ -121,7 +128,9 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
         quiet_logs()  # after uvicorn has configured its loggers
         loaded = loader() if loader else models.load(config.model, config.quant)
         engine_metrics = EngineMetrics()
-        Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=engine_metrics.registry).set(loaded.footprint_bytes)
+        Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=engine_metrics.registry).set(
+            loaded.footprint_bytes
+        )
         audit = AuditLog(config.audit_config(), engine_metrics.registry).start()
         if engine_factory is not None:
             engine = engine_factory(loaded, config.engine, engine_metrics)
@@ -133,9 +142,13 @@ def create_app(config: ServerConfig, loader: Callable[[], models.LoadedModel] | 
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
         try:
-            yield {"tandem": AppState(loaded, gateway, engine_metrics.registry, int(time.time()), feedback.feedback_counter(engine_metrics.registry)),
-                   "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config)),
-                   "dialog": dialog}
+            yield {
+                "tandem": AppState(
+                    loaded, gateway, engine_metrics.registry, int(time.time()), feedback.feedback_counter(engine_metrics.registry)
+                ),
+                "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config)),
+                "dialog": dialog,
+            }
         finally:
             await dialog.close()
             gateway.close()

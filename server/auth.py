@@ -41,8 +41,14 @@ class RequireApiKey:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.api_key and scope["type"] in ("http", "websocket") and not same_secret(bearer(scope["headers"]), self.api_key):
-            await refuse(scope, receive, send, APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
-                                                        type="authentication_error", code="invalid_api_key"))
+            await refuse(
+                scope,
+                receive,
+                send,
+                APIError(
+                    401, "missing or wrong API key (send Authorization: Bearer <key>)", type="authentication_error", code="invalid_api_key"
+                ),
+            )
             return
         await self.app(scope, receive, send)
 

@@ -33,8 +33,9 @@ class Choice:
 
 def render(tokenizer: Any, messages: tuple[Message, ...] | list[Message]) -> list[int]:
     """The model's prompt for these messages: its chat template applied, ready for an answer."""
-    rendered = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": r, "content": c} for r, c in messages], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     return list(rendered["input_ids"])
 
 
@@ -53,14 +54,15 @@ def choose(tokenizer: Any, messages: tuple[Message, ...], budget: int) -> Choice
         if total + cost > budget:
             break
         total, kept = total + cost, kept + 1
-    return Choice((*messages[:head], *history[len(history) - kept:], messages[-1]), kept, len(history) - kept, total)
+    return Choice((*messages[:head], *history[len(history) - kept :], messages[-1]), kept, len(history) - kept, total)
 
 
 def _costs(tokenizer: Any, messages: tuple[Message, ...]) -> list[int]:
     """Each message's share of the prompt's tokens: from where the previous message's content ends
     to where its own does (the last one also carries what follows it); they add up to its length."""
-    skeleton = tokenizer.apply_chat_template([{"role": r, "content": _MARK.format(i)} for i, (r, _) in enumerate(messages)],
-                                             add_generation_prompt=True, tokenize=False)
+    skeleton = tokenizer.apply_chat_template(
+        [{"role": r, "content": _MARK.format(i)} for i, (r, _) in enumerate(messages)], add_generation_prompt=True, tokenize=False
+    )
     parts = _MARKS.split(skeleton)  # [wrapper, "0", wrapper, "1", ..., wrapper]
     if [int(n) for n in parts[1::2]] != list(range(len(messages))):  # it rewrites contents: estimate
         return _estimated(tokenizer, messages)

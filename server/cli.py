@@ -50,15 +50,26 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from pathlib import Path
 
-    config = ServerConfig(model=args.model, quant=args.quant, api_key=api_key, engine=engine,
-                          audit_dir=Path(args.audit_dir) if args.audit_dir else None, audit_checkpoint_every=args.audit_checkpoint_every,
-                          audit_key=Path(args.audit_key) if args.audit_key else None,
-                          audit_content_days=args.audit_content_days, admin_token=args.admin_token or env.admin_token,
-                          dialog_dir=Path(args.dialog_dir) if args.dialog_dir else None, demo_site=not args.no_demo_site and is_loopback(args.host))
+    config = ServerConfig(
+        model=args.model,
+        quant=args.quant,
+        api_key=api_key,
+        engine=engine,
+        audit_dir=Path(args.audit_dir) if args.audit_dir else None,
+        audit_checkpoint_every=args.audit_checkpoint_every,
+        audit_key=Path(args.audit_key) if args.audit_key else None,
+        audit_content_days=args.audit_content_days,
+        admin_token=args.admin_token or env.admin_token,
+        dialog_dir=Path(args.dialog_dir) if args.dialog_dir else None,
+        demo_site=not args.no_demo_site and is_loopback(args.host),
+    )
     app = create_app(config)
     token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit_config().directory / 'admin.token'}"
-    print(f"Tandem: loading {args.model or 'the default model'} ({config.quant}); serving on http://{args.host}:{args.port}\n"
-          f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})", flush=True)
+    print(
+        f"Tandem: loading {args.model or 'the default model'} ({config.quant}); serving on http://{args.host}:{args.port}\n"
+        f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
 
@@ -86,27 +97,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server (OpenAI-compatible API, metrics)")
-    serve.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct; or a Hugging Face id, a local directory, a .gguf file")
-    serve.add_argument("--quant", choices=QUANT_CHOICES, default="auto",
-                       help="weight precision: auto (the default: q4 on a CPU for a model shipped in 4-bit blocks, as the "
-                            "embedded one is; none otherwise), none (fp32), q4 (4-bit weight groups, bf16 inputs, CPU), "
-                            "w8a8 (int8 products, CPU; weaker in chat, see the README), bf16, or int8/nf4/fp4 through bitsandbytes")
+    serve.add_argument(
+        "--model", default=None, help="default: the embedded SmolLM2-135M-Instruct; or a Hugging Face id, a local directory, a .gguf file"
+    )
+    serve.add_argument(
+        "--quant",
+        choices=QUANT_CHOICES,
+        default="auto",
+        help="weight precision: auto (the default: q4 on a CPU for a model shipped in 4-bit blocks, as the "
+        "embedded one is; none otherwise), none (fp32), q4 (4-bit weight groups, bf16 inputs, CPU), "
+        "w8a8 (int8 products, CPU; weaker in chat, see the README), bf16, or int8/nf4/fp4 through bitsandbytes",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (mandatory off loopback)")
     serve.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size)
-    serve.add_argument("--max-waiting", type=int, default=EngineConfig.max_waiting, help="queue bound; beyond it requests get 503 + Retry-After")
+    serve.add_argument(
+        "--max-waiting", type=int, default=EngineConfig.max_waiting, help="queue bound; beyond it requests get 503 + Retry-After"
+    )
     serve.add_argument("--prefix-cache-tokens", type=int, default=EngineConfig.prefix_cache_tokens, help="0 turns the prefix cache off")
-    serve.add_argument("--no-compile", action="store_true",
-                       help="keep the eager decode step instead of compiling the one-row step in the background (also TANDEM_COMPILE=0)")
-    serve.add_argument("--speculative", choices=("on", "off"), default="on",
-                       help="prompt-lookup speculative decoding for greedy interactive requests while the batch is small (same tokens either way)")
+    serve.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="keep the eager decode step instead of compiling the one-row step in the background (also TANDEM_COMPILE=0)",
+    )
+    serve.add_argument(
+        "--speculative",
+        choices=("on", "off"),
+        default="on",
+        help="prompt-lookup speculative decoding for greedy interactive requests while the batch is small (same tokens either way)",
+    )
     serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
     serve.add_argument("--audit-key", default=None, help="the checkpoint signing key, kept outside the audit folder (created if missing)")
-    serve.add_argument("--audit-checkpoint-every", type=int, default=AuditConfig.checkpoint_every, help="sign the chain head every N records")
-    serve.add_argument("--audit-content-days", type=int, default=AuditConfig.content_days,
-                       help="keep redacted prompts/outputs this long; 0 keeps only their HMACs")
-    serve.add_argument("--admin-token", default=None, help="token for the /audit review page (or TANDEM_ADMIN_TOKEN; default: generated into the audit dir)")
+    serve.add_argument(
+        "--audit-checkpoint-every", type=int, default=AuditConfig.checkpoint_every, help="sign the chain head every N records"
+    )
+    serve.add_argument(
+        "--audit-content-days",
+        type=int,
+        default=AuditConfig.content_days,
+        help="keep redacted prompts/outputs this long; 0 keeps only their HMACs",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=None,
+        help="token for the /audit review page (or TANDEM_ADMIN_TOKEN; default: generated into the audit dir)",
+    )
     serve.add_argument("--dialog-dir", default=None, help="support chat store and visitor-token key (default: $TANDEM_HOME/dialog)")
     serve.add_argument("--no-demo-site", action="store_true", help="do not create the `demo` site that /widget/demo uses")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

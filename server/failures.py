@@ -28,8 +28,9 @@ class CallFailed(Exception):
     """A call the gateway refused or ended. `param` names the field at fault, `scanner` the guard
     scanner that refused it, `retry_after` (seconds) when trying again later can succeed."""
 
-    def __init__(self, code: Code, message: str, *, param: str | None = None, scanner: str | None = None,
-                 retry_after: int | None = None) -> None:
+    def __init__(
+        self, code: Code, message: str, *, param: str | None = None, scanner: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.param, self.scanner, self.retry_after = code, message, param, scanner, retry_after
 

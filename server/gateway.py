@@ -117,11 +117,21 @@ class Call:
 
 class GuardMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.actions = Counter("tandem_guard_actions_total", "Gateway calls by surface and the guard's overall action.", ["surface", "action"], registry=registry)
-        self.findings = Counter("tandem_guard_findings_total", "Guard findings by scanner and type.", ["direction", "scanner", "type"], registry=registry)
+        self.actions = Counter(
+            "tandem_guard_actions_total",
+            "Gateway calls by surface and the guard's overall action.",
+            ["surface", "action"],
+            registry=registry,
+        )
+        self.findings = Counter(
+            "tandem_guard_findings_total", "Guard findings by scanner and type.", ["direction", "scanner", "type"], registry=registry
+        )
         self.records = Counter("tandem_audit_records_total", "Audit records queued, by outcome.", ["outcome"], registry=registry)
-        self.in_flight = Gauge("tandem_gateway_calls_in_flight", "Calls between arrival and their audit record (being guarded, "
-                               "queued, generated or streamed).", registry=registry)
+        self.in_flight = Gauge(
+            "tandem_gateway_calls_in_flight",
+            "Calls between arrival and their audit record (being guarded, queued, generated or streamed).",
+            registry=registry,
+        )
 
 
 class Gateway:
@@ -129,13 +139,13 @@ class Gateway:
         self.model, self._engine, self.audit = model, engine, audit
         self.metrics = GuardMetrics(registry)
         tokenizer = model.tokenizer
-        special = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])] + [str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})]
+        special = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])] + [
+            str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})
+        ]
         # Scanning is CPU work on caller text: a pool of its own, bounded, so that big inputs queue
         # here instead of taking every thread asyncio.to_thread would lend (the event loop never waits on it)
         self._scanners = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="tandem-guard")
-        self._guards = {
-            name: InputGuard(profile, special) for name, profile in PROFILES.items()
-        }
+        self._guards = {name: InputGuard(profile, special) for name, profile in PROFILES.items()}
 
     # Read-only views of the engine for health checks; nothing else of it leaves this module.
     @property
@@ -166,21 +176,42 @@ class Gateway:
     def record_refusal(self, surface: str, actor: Actor, request_id: str, code: str | None, param: str | None) -> None:
         """A request refused at the door, before it became a call (a body that does not parse or
         validate): it gets its record too, so a fuzzing or probing client shows in the log."""
-        self.audit.submit(Entry(record.Envelope(
-            "request.refused", surface, scrub(request_id), self._actor_ref(actor, with_user=False),
-            outcome=record.Outcome("refused", code, scrub(param or "")[:80] or None)).to_json()))
+        self.audit.submit(
+            Entry(
+                record.Envelope(
+                    "request.refused",
+                    surface,
+                    scrub(request_id),
+                    self._actor_ref(actor, with_user=False),
+                    outcome=record.Outcome("refused", code, scrub(param or "")[:80] or None),
+                ).to_json()
+            )
+        )
         self.metrics.records.labels("refused").inc()
 
     def record_feedback(self, request_id: str, event: str, client: str | None) -> None:
         """An IDE's report that a completion was accepted or dismissed, recorded beside the call it names."""
-        self.audit.submit(Entry(record.Envelope(
-            "completion.feedback", "ide_completion", scrub(request_id), self._actor_ref(Actor("ide_user", client=client), with_user=False),
-            outcome=record.Outcome(event)).to_json()))
+        self.audit.submit(
+            Entry(
+                record.Envelope(
+                    "completion.feedback",
+                    "ide_completion",
+                    scrub(request_id),
+                    self._actor_ref(Actor("ide_user", client=client), with_user=False),
+                    outcome=record.Outcome(event),
+                ).to_json()
+            )
+        )
 
     def _actor_ref(self, actor: Actor, with_user: bool = True) -> record.ActorRef:
         """Who called, as the audit log may hold it: user and IP as keyed HMACs, the client header scrubbed."""
-        return record.ActorRef(actor.kind, self.audit.pseudonym(actor.user, "user") if with_user else None, self.audit.pseudonym(actor.ip, "ip"),
-                               scrub_header(actor.client[:120]) if actor.client else None, actor.tenant)
+        return record.ActorRef(
+            actor.kind,
+            self.audit.pseudonym(actor.user, "user") if with_user else None,
+            self.audit.pseudonym(actor.ip, "ip"),
+            scrub_header(actor.client[:120]) if actor.client else None,
+            actor.tenant,
+        )
 
     async def stream(self, call: Call) -> AsyncIterator[Delta]:
         """Guarded, audited generation. Raises `CallFailed` (before or during the stream)."""
@@ -203,7 +234,9 @@ class Gateway:
             fitted: _Fitted | None = None
             if refusal is None:
                 try:
-                    fitted = await loop.run_in_executor(self._scanners, self._render, call, prompt, sanitized.segments, sanitized.segments == segments)
+                    fitted = await loop.run_in_executor(
+                        self._scanners, self._render, call, prompt, sanitized.segments, sanitized.segments == segments
+                    )
                 except CallFailed as exc:
                     refusal = exc
             joined = _joined(fitted.segments if fitted is not None else sanitized.segments)  # what the model is sent
@@ -212,9 +245,17 @@ class Gateway:
             # size or token count) is recorded as its length, HMAC and verdicts, never its text
             rec.prompt_text = joined if sanitized.scrubbed else None
             rec.context = fitted.context if fitted is not None else None
-            if call.on_screened is not None and isinstance(prompt, ChatPrompt):  # the one scan of this input: the caller keeps what it produced
-                turns = (fitted.context["turns_included"], fitted.context["turns_dropped"]) if fitted is not None and fitted.context else (None, None)
-                await call.on_screened(Screened(sanitized.segments[-1].text if sanitized.scrubbed else None, sanitized.blocked is not None, *turns))
+            if call.on_screened is not None and isinstance(
+                prompt, ChatPrompt
+            ):  # the one scan of this input: the caller keeps what it produced
+                turns = (
+                    (fitted.context["turns_included"], fitted.context["turns_dropped"])
+                    if fitted is not None and fitted.context
+                    else (None, None)
+                )
+                await call.on_screened(
+                    Screened(sanitized.segments[-1].text if sanitized.scrubbed else None, sanitized.blocked is not None, *turns)
+                )
             if refusal is not None:
                 raise refusal
             assert fitted is not None
@@ -223,8 +264,12 @@ class Gateway:
             req = GenerationRequest(
                 prompt=engine_prompt,
                 max_tokens=call.params.max_tokens if call.params.max_tokens is not None else default_max,
-                temperature=call.params.temperature, top_p=call.params.top_p, seed=call.params.seed, stop=call.params.stop,
-                priority=call.priority, request_id=call.request_id,
+                temperature=call.params.temperature,
+                top_p=call.params.top_p,
+                seed=call.params.seed,
+                stop=call.params.stop,
+                priority=call.priority,
+                request_id=call.request_id,
             )
             rec.scanner = output_scanner(PROFILES[call.surface])
             gen = self._engine.stream(req)
@@ -290,8 +335,11 @@ class Gateway:
         if isinstance(prompt, FimPrompt):
             if self.model.fim_tokens is None:
                 raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no fill-in-the-middle tokens", param="suffix")
-            return _Fitted(fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text),
-                           DEFAULT_COMPLETION_TOKENS, segments)
+            return _Fitted(
+                fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text),
+                DEFAULT_COMPLETION_TOKENS,
+                segments,
+            )
         if isinstance(prompt.text, list) and unchanged:
             return _Fitted(prompt.text, DEFAULT_COMPLETION_TOKENS, segments)  # unchanged by the guard: keep the caller's exact ids
         return _Fitted(segments[0].text, DEFAULT_COMPLETION_TOKENS, segments)
@@ -315,9 +363,19 @@ class Gateway:
         except Exception as exc:  # templates raise on role orders they do not support
             raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
         if len(ids) > budget:
-            raise InputBlocked(Code.CONTEXT_LENGTH_EXCEEDED, f"the newest message needs {len(ids)} tokens with the system prompt; "
-                               f"the window leaves {budget} after the answer's {window - budget}", param="messages")
-        context = {"window": window, "budget": budget, "tokens": len(ids), "turns_included": kept, "turns_dropped": choice.kept + choice.dropped - kept}
+            raise InputBlocked(
+                Code.CONTEXT_LENGTH_EXCEEDED,
+                f"the newest message needs {len(ids)} tokens with the system prompt; "
+                f"the window leaves {budget} after the answer's {window - budget}",
+                param="messages",
+            )
+        context = {
+            "window": window,
+            "budget": budget,
+            "tokens": len(ids),
+            "turns_included": kept,
+            "turns_dropped": choice.kept + choice.dropped - kept,
+        }
         return _Fitted(ids, max(1, min(DEFAULT_CHAT_TOKENS, window - len(ids))), segments, context)
 
     def _write(self, rec: _Record) -> None:
@@ -369,8 +427,12 @@ def _joined(segments: list[Segment]) -> str:
 def _input_refusal(blocked: ScanResult) -> InputBlocked:
     if blocked.scanner == "size":
         return InputBlocked(Code.INPUT_TOO_LARGE, blocked.reason or "input too large", param="prompt", scanner="size")
-    return InputBlocked(Code.CONTENT_BLOCKED, f"the request was blocked by the input guard ({blocked.reason})",
-                        param="messages" if blocked.scanner == "injection" else "prompt", scanner=blocked.scanner)
+    return InputBlocked(
+        Code.CONTENT_BLOCKED,
+        f"the request was blocked by the input guard ({blocked.reason})",
+        param="messages" if blocked.scanner == "injection" else "prompt",
+        scanner=blocked.scanner,
+    )
 
 
 def _number(value: float) -> float | str:
@@ -454,14 +516,18 @@ class _Record:
     def identity(self, actor: record.ActorRef) -> record.Envelope:
         """Who called, on which surface, about what: all the record needs to exist, known at the call's start."""
         call = self.call
-        return record.Envelope("llm.interaction", call.surface, scrub(call.request_id), actor, call.conversation_id, call.message_id,
-                               call.session_id)
+        return record.Envelope(
+            "llm.interaction", call.surface, scrub(call.request_id), actor, call.conversation_id, call.message_id, call.session_id
+        )
 
     def skeleton(self, model: LoadedModel, actor: record.ActorRef) -> dict[str, Any]:
         """The journal's copy of a call in progress: the record it gets if a crash cuts it."""
-        return dataclasses.replace(self.identity(actor), model=record.ModelRef(model.name, model.quant),
-                                   timing=record.Timing(iso_utc(self.started_at)),
-                                   guard=record.GuardRef(None, self.call.surface, POLICY_VERSION)).to_json()
+        return dataclasses.replace(
+            self.identity(actor),
+            model=record.ModelRef(model.name, model.quant),
+            timing=record.Timing(iso_utc(self.started_at)),
+            guard=record.GuardRef(None, self.call.surface, POLICY_VERSION),
+        ).to_json()
 
     def envelope(self, model: LoadedModel, audit: AuditLog, actor: record.ActorRef) -> record.Envelope:
         call, p = self.call, self.call.params
@@ -472,15 +538,35 @@ class _Record:
         output = self.output_text() if self.scanner is not None else None
         return dataclasses.replace(
             self.identity(actor),
-            model=record.ModelRef(model.name, model.quant, record.ParamsRef(p.max_tokens, _number(p.temperature), _number(p.top_p), p.seed,
-                                                                             len(p.stop))),
-            prompt=record.PromptRef(type(call.prompt).__name__.removesuffix("Prompt").lower(), self.prompt_tokens, self.prompt_chars,
-                                    self.prompt_hmac, self.prompt_text is not None, self.context),
-            guard=record.GuardRef(overall(results_in + results_out), call.surface, POLICY_VERSION, tuple(r.to_json() for r in results_in),
-                                  tuple(r.to_json() for r in results_out)),
-            output=record.OutputRef(self.tokens, len(output) if output is not None else None, self.chunks, finish,
-                                    audit.seal_content(output) if output is not None else None),
-            timing=record.Timing(iso_utc(self.started_at), round(self.ttft * 1000) if self.ttft is not None else None,
-                                 round((time.monotonic() - self.started) * 1000)),
+            model=record.ModelRef(
+                model.name, model.quant, record.ParamsRef(p.max_tokens, _number(p.temperature), _number(p.top_p), p.seed, len(p.stop))
+            ),
+            prompt=record.PromptRef(
+                type(call.prompt).__name__.removesuffix("Prompt").lower(),
+                self.prompt_tokens,
+                self.prompt_chars,
+                self.prompt_hmac,
+                self.prompt_text is not None,
+                self.context,
+            ),
+            guard=record.GuardRef(
+                overall(results_in + results_out),
+                call.surface,
+                POLICY_VERSION,
+                tuple(r.to_json() for r in results_in),
+                tuple(r.to_json() for r in results_out),
+            ),
+            output=record.OutputRef(
+                self.tokens,
+                len(output) if output is not None else None,
+                self.chunks,
+                finish,
+                audit.seal_content(output) if output is not None else None,
+            ),
+            timing=record.Timing(
+                iso_utc(self.started_at),
+                round(self.ttft * 1000) if self.ttft is not None else None,
+                round((time.monotonic() - self.started) * 1000),
+            ),
             outcome=record.Outcome(self.status, self.error_code),
         )

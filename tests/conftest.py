@@ -66,9 +66,17 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     """A random-weight Llama (SmolLM2's architecture) small enough to build in a second."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -94,8 +102,9 @@ def engine_factory(tiny_model, tokenizer):  # type: ignore[no-untyped-def]
 
 
 def tiny_loaded(model, tokenizer, fim: tuple[str, str, str] | None = None) -> models.LoadedModel:  # type: ignore[no-untyped-def]
-    return models.LoadedModel("tiny-llama", model, tokenizer, "none", int(model.get_memory_footprint()),
-                              int(model.config.max_position_embeddings), fim, 0.0)
+    return models.LoadedModel(
+        "tiny-llama", model, tokenizer, "none", int(model.get_memory_footprint()), int(model.config.max_position_embeddings), fim, 0.0
+    )
 
 
 class ThreadedServer:
@@ -127,15 +136,33 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
     Its audit log lives in `s.audit_dir` (a fresh directory per server)."""
     count = [0]
 
-    def start(api_key: str | None = None, fim: tuple[str, str, str] | None = None, model=None, tok=None,  # type: ignore[no-untyped-def]
-              checkpoint_every: int = 256, content_days: int = 30, dialog: dict | None = None, dialog_dir: Path | None = None,
-              audit_max_queue: int = 4096, **engine: object) -> ThreadedServer:
+    def start(
+        api_key: str | None = None,
+        fim: tuple[str, str, str] | None = None,
+        model=None,
+        tok=None,  # type: ignore[no-untyped-def]
+        checkpoint_every: int = 256,
+        content_days: int = 30,
+        dialog: dict | None = None,
+        dialog_dir: Path | None = None,
+        audit_max_queue: int = 4096,
+        **engine: object,
+    ) -> ThreadedServer:
         count[0] += 1
         loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)
         audit_dir = tmp_path / f"audit-{count[0]}"
         dialog_dir = dialog_dir or tmp_path / f"dialog-{count[0]}"
-        config = ServerConfig(api_key=api_key, engine=EngineConfig(**engine), audit_dir=audit_dir, audit_checkpoint_every=checkpoint_every,  # type: ignore[arg-type]
-                              audit_content_days=content_days, audit_max_queue=audit_max_queue, admin_token=ADMIN_TOKEN, dialog_dir=dialog_dir, dialog=dialog or {})
+        config = ServerConfig(
+            api_key=api_key,
+            engine=EngineConfig(**engine),
+            audit_dir=audit_dir,
+            audit_checkpoint_every=checkpoint_every,  # type: ignore[arg-type]
+            audit_content_days=content_days,
+            audit_max_queue=audit_max_queue,
+            admin_token=ADMIN_TOKEN,
+            dialog_dir=dialog_dir,
+            dialog=dialog or {},
+        )
         server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
         server.audit_dir, server.dialog_dir = audit_dir, dialog_dir
         return server
@@ -155,6 +182,7 @@ def metric(url: str, name: str, labels: str = "") -> float:
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float, name: str) -> None:
     """Until `url`/healthz answers 200; a process that exits or a timeout fails with its log's tail."""
+
     def up() -> bool:
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
@@ -162,6 +190,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeou
         except httpx.HTTPError:
             pass
         return proc.poll() is not None  # it exited: stop waiting
+
     try:
         eventually(up, f"{name} answering /healthz", timeout)
         if proc.poll() is None:
@@ -203,10 +232,32 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     audit_dir = tmp_path_factory.mktemp("audit")
     dialog_dir = tmp_path_factory.mktemp("dialog")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--max-batch-size", "32",
-                                 "--audit-dir", str(audit_dir), "--admin-token", ADMIN_TOKEN, "--audit-checkpoint-every", "50",
-                                 "--dialog-dir", str(dialog_dir), "--log-level", "debug"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--max-batch-size",
+                "32",
+                "--audit-dir",
+                str(audit_dir),
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--audit-checkpoint-every",
+                "50",
+                "--dialog-dir",
+                str(dialog_dir),
+                "--log-level",
+                "debug",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc, log_path, 300, "tandem serve")
     try:
@@ -216,8 +267,15 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 
 CHROMIUM = os.environ.get("TANDEM_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                 "--disable-sync", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")

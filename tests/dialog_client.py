@@ -11,8 +11,16 @@ from websockets.sync.client import connect
 
 
 class Chat:
-    def __init__(self, base_url: str, site: str = "demo", origin: str | None = None, token: str | None = None,
-                 conversation_id: str | None = None, last_seq: int | None = None, hello: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        site: str = "demo",
+        origin: str | None = None,
+        token: str | None = None,
+        conversation_id: str | None = None,
+        last_seq: int | None = None,
+        hello: bool = True,
+    ) -> None:
         url = base_url.replace("http://", "ws://") + f"/v1/dialog?site_key={site}"
         self._connection = connect(url, additional_headers={"Origin": origin or base_url}, open_timeout=10, max_size=2**22)
         self.ws = self._connection.__enter__()

@@ -12,8 +12,12 @@ from tests.conftest import ROOT
 from tests.waiting import eventually_async
 
 
-async def start_lsp(server_url: str, *extra: str, env: dict[str, str] | None = None, settings: dict[str, Any] | None = None) -> LanguageClient:
-    config = ClientServerConfig(server_command=[sys.executable, "-m", "server.cli", "lsp", "--server-url", server_url, *extra], server_env=env)
+async def start_lsp(
+    server_url: str, *extra: str, env: dict[str, str] | None = None, settings: dict[str, Any] | None = None
+) -> LanguageClient:
+    config = ClientServerConfig(
+        server_command=[sys.executable, "-m", "server.cli", "lsp", "--server-url", server_url, *extra], server_env=env
+    )
     client = await config.start()
     client.engine_status = []  # type: ignore[attr-defined]  # every tandem/engineStatus notification, in order
 
@@ -25,18 +29,24 @@ async def start_lsp(server_url: str, *extra: str, env: dict[str, str] | None = N
         client.set_configuration(settings, section="tandem")
     caps = client_capabilities("visual-studio-code")
     caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
-    client.initialize_result = await client.initialize_session(types.InitializeParams(capabilities=caps, root_uri=ROOT.as_uri(), process_id=None))  # type: ignore[attr-defined]
+    client.initialize_result = await client.initialize_session(
+        types.InitializeParams(capabilities=caps, root_uri=ROOT.as_uri(), process_id=None)
+    )  # type: ignore[attr-defined]
     return client
 
 
 def open_doc(client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1) -> None:
-    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text))
+    )
 
 
 def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
     return types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character),
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+        text_document=types.TextDocumentIdentifier(uri),
+        position=types.Position(line, character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
 
 
 def end_of(text: str) -> tuple[int, int]:

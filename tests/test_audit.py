@@ -19,9 +19,17 @@ from tests.conftest import ROOT
 
 
 def body(i: int, surface: str = "support_chat", action: str = "allow", outcome: str = "ok", conversation: str | None = None) -> dict:
-    return {"type": "llm.interaction", "surface": surface, "request_id": f"req-{i}", "conversation_id": conversation,
-            "actor": {"kind": "api_client", "user_ref": f"hmac:user{i % 3}"}, "guard": {"action": action, "input": [], "output": []},
-            "outcome": {"status": outcome, "error_code": None}, "prompt": {"content_hmac": None}, "output": {"content_hmac": None}}
+    return {
+        "type": "llm.interaction",
+        "surface": surface,
+        "request_id": f"req-{i}",
+        "conversation_id": conversation,
+        "actor": {"kind": "api_client", "user_ref": f"hmac:user{i % 3}"},
+        "guard": {"action": action, "input": [], "output": []},
+        "outcome": {"status": outcome, "error_code": None},
+        "prompt": {"content_hmac": None},
+        "output": {"content_hmac": None},
+    }
 
 
 @pytest.fixture
@@ -29,8 +37,13 @@ def filled(tmp_path: Path) -> Path:
     """An audit directory with 25 records (checkpoints every 10) and their content."""
     log = AuditLog(AuditConfig(tmp_path, checkpoint_every=10))
     for i in range(25):
-        b = body(i, surface="ide_completion" if i % 2 else "support_chat", action="block" if i == 7 else "allow",
-                 outcome="blocked" if i == 7 else "ok", conversation="conv-a" if i < 5 else None)
+        b = body(
+            i,
+            surface="ide_completion" if i % 2 else "support_chat",
+            action="block" if i == 7 else "allow",
+            outcome="blocked" if i == 7 else "ok",
+            conversation="conv-a" if i < 5 else None,
+        )
         prompt, output = f"prompt {i}", f"answer {i}"
         b["prompt"]["content_hmac"] = log.seal_content(prompt)
         b["output"]["content_hmac"] = log.seal_content(output)
@@ -60,8 +73,13 @@ def test_a_valid_log_verifies_with_signed_checkpoints(filled: Path) -> None:
 
 def test_the_database_refuses_updates_and_deletes(filled: Path) -> None:
     db = raw(filled)
-    for sql in ("UPDATE audit_records SET outcome = 'ok' WHERE seq = 8", "DELETE FROM audit_records WHERE seq = 3",
-                "DELETE FROM audit_checkpoints", "UPDATE audit_content SET prompt = 'x'", "DELETE FROM audit_content"):
+    for sql in (
+        "UPDATE audit_records SET outcome = 'ok' WHERE seq = 8",
+        "DELETE FROM audit_records WHERE seq = 3",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_content SET prompt = 'x'",
+        "DELETE FROM audit_content",
+    ):
         with pytest.raises(sqlite3.DatabaseError, match="append-only|cannot be changed|expired"):
             db.execute(sql)
     assert verify(filled).ok
@@ -120,8 +138,10 @@ def test_a_rewritten_chain_fails_on_its_checkpoint_signature(filled: Path) -> No
         if seq == 3:
             envelope = envelope.replace('"status":"ok"', '"status":"cancelled"')
         digest = record_hash(prev, envelope.encode())
-        db.execute("UPDATE audit_records SET envelope = ?, prev_hash = ?, hash = ?, outcome = ? WHERE seq = ?",
-                   (envelope, prev, digest, json.loads(envelope)["outcome"]["status"], seq))
+        db.execute(
+            "UPDATE audit_records SET envelope = ?, prev_hash = ?, hash = ?, outcome = ? WHERE seq = ?",
+            (envelope, prev, digest, json.loads(envelope)["outcome"]["status"], seq),
+        )
         prev = digest
     v = verify(filled)
     assert not v.ok and v.first_bad_seq == 10 and "checkpoint" in v.problem
@@ -145,7 +165,9 @@ def test_altered_content_is_caught_by_its_hmac(filled: Path) -> None:
 
 def test_another_key_cannot_vouch_for_the_checkpoints(filled: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     other = tmp_path_factory.mktemp("other") / "other.pub"
-    other.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    other.write_bytes(
+        Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     r = run_cli("verify", "--audit-dir", str(filled), "--public-key", str(other))
     assert r.returncode == 1 and "invalid signature" in r.stdout
 
@@ -153,7 +175,12 @@ def test_another_key_cannot_vouch_for_the_checkpoints(filled: Path, tmp_path_fac
 def test_expired_content_is_deleted_and_the_chain_still_verifies(tmp_path: Path) -> None:
     log = AuditLog(AuditConfig(tmp_path, checkpoint_every=100))
     with log.db.begin() as conn:  # content that expired yesterday, as a retention job would find it
-        store.append(conn, {**body(0), "prompt": {"content_hmac": log.seal_content("old prompt")}}, {"prompt": "old prompt", "output": None}, "2000-01-01T00:00:00.000Z")
+        store.append(
+            conn,
+            {**body(0), "prompt": {"content_hmac": log.seal_content("old prompt")}},
+            {"prompt": "old prompt", "output": None},
+            "2000-01-01T00:00:00.000Z",
+        )
     log.submit(Entry({**body(1), "prompt": {"content_hmac": log.seal_content("new")}}, "new", None))
     log.close()
     reopened = AuditLog(AuditConfig(tmp_path))  # start-up applies retention

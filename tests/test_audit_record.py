@@ -20,17 +20,59 @@ OLD = Path(__file__).parent / "golden" / "audit-v2"
 
 TEXT = st.one_of(st.none(), st.text(max_size=12))
 ENVELOPES = st.builds(
-    Envelope, st.sampled_from(record.KINDS), TEXT, TEXT,
+    Envelope,
+    st.sampled_from(record.KINDS),
+    TEXT,
+    TEXT,
     actor=st.one_of(st.none(), st.builds(ActorRef, st.text(max_size=8), TEXT, TEXT, TEXT, TEXT)),
-    conversation_id=TEXT, message_id=TEXT,
-    model=st.one_of(st.none(), st.builds(ModelRef, st.text(max_size=8), TEXT, st.one_of(st.none(), st.builds(
-        ParamsRef, st.one_of(st.none(), st.integers(1, 4096)), st.one_of(st.none(), st.floats(0, 2), st.just("nan")),
-        st.one_of(st.none(), st.floats(0.01, 1)), st.one_of(st.none(), st.integers(0, 2**63)), st.integers(0, 4))))),
-    prompt=st.one_of(st.none(), st.builds(PromptRef, st.sampled_from(["text", "fim", "chat"]), st.one_of(st.none(), st.integers(0, 10**6)),
-                                          context=st.one_of(st.none(), st.dictionaries(st.text(max_size=6), st.integers(), max_size=3)))),
-    guard=st.builds(GuardRef, st.sampled_from([None, "allow", "flag", "redact", "block"]), TEXT, TEXT,
-                    st.one_of(st.none(), st.lists(st.fixed_dictionaries({"scanner": st.text(max_size=6), "findings": st.lists(
-                        st.fixed_dictionaries({"type": st.sampled_from(["aws_access_key", "email"])}), max_size=2)}), max_size=3).map(tuple))),
+    conversation_id=TEXT,
+    message_id=TEXT,
+    model=st.one_of(
+        st.none(),
+        st.builds(
+            ModelRef,
+            st.text(max_size=8),
+            TEXT,
+            st.one_of(
+                st.none(),
+                st.builds(
+                    ParamsRef,
+                    st.one_of(st.none(), st.integers(1, 4096)),
+                    st.one_of(st.none(), st.floats(0, 2), st.just("nan")),
+                    st.one_of(st.none(), st.floats(0.01, 1)),
+                    st.one_of(st.none(), st.integers(0, 2**63)),
+                    st.integers(0, 4),
+                ),
+            ),
+        ),
+    ),
+    prompt=st.one_of(
+        st.none(),
+        st.builds(
+            PromptRef,
+            st.sampled_from(["text", "fim", "chat"]),
+            st.one_of(st.none(), st.integers(0, 10**6)),
+            context=st.one_of(st.none(), st.dictionaries(st.text(max_size=6), st.integers(), max_size=3)),
+        ),
+    ),
+    guard=st.builds(
+        GuardRef,
+        st.sampled_from([None, "allow", "flag", "redact", "block"]),
+        TEXT,
+        TEXT,
+        st.one_of(
+            st.none(),
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "scanner": st.text(max_size=6),
+                        "findings": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["aws_access_key", "email"])}), max_size=2),
+                    }
+                ),
+                max_size=3,
+            ).map(tuple),
+        ),
+    ),
     output=st.one_of(st.none(), st.builds(OutputRef, st.integers(0, 100), finish_reason=TEXT)),
     timing=st.one_of(st.none(), st.builds(Timing, TEXT, st.one_of(st.none(), st.integers(0, 10**5)))),
     outcome=st.builds(record.Outcome, TEXT, TEXT, TEXT),
@@ -44,13 +86,22 @@ def test_every_envelope_reads_back_as_it_was_written(envelope: Envelope) -> None
     assert Envelope.read(written) == envelope and Envelope.read(written).to_json() == written
     summary = envelope.summary()
     assert summary["action"] == envelope.guard.action and sum(summary["findings"].values()) == sum(
-        len(r["findings"]) for r in (*(envelope.guard.input or ()), *(envelope.guard.output or ())))
+        len(r["findings"]) for r in (*(envelope.guard.input or ()), *(envelope.guard.output or ()))
+    )
 
 
 def test_the_indexed_columns_are_the_fields_declared_indexed_and_the_tables_columns(tmp_path: Path) -> None:
-    assert record.INDEXED == {"type": ("type",), "surface": ("surface",), "request_id": ("request_id",), "actor_ref": ("actor", "user_ref"),
-                              "conversation_id": ("conversation_id",), "action": ("guard", "action"), "outcome": ("outcome", "status"),
-                              "id": ("id",), "ts": ("ts",)}
+    assert record.INDEXED == {
+        "type": ("type",),
+        "surface": ("surface",),
+        "request_id": ("request_id",),
+        "actor_ref": ("actor", "user_ref"),
+        "conversation_id": ("conversation_id",),
+        "action": ("guard", "action"),
+        "outcome": ("outcome", "status"),
+        "id": ("id",),
+        "ts": ("ts",),
+    }
     store.open_db(tmp_path / "audit.db", writer=True).dispose()
     with sqlite3.connect(tmp_path / "audit.db") as db:
         for table in store.metadata.tables.values():
@@ -110,10 +161,16 @@ def test_a_log_from_before_migrations_is_adopted_and_still_verifies(tmp_path: Pa
 
     reader = AuditReader(old)
     after = reader.verify(treehead.read(old / "checkpoints.jsonl"))  # the old heads and the ones the migrated log published
-    assert after.ok and after.records == 10 and after.content_checked + after.content_expired >= 7, after.problem  # 6 prompts, kept or expired
+    assert after.ok and after.records == 10 and after.content_checked + after.content_expired >= 7, (
+        after.problem
+    )  # 6 prompts, kept or expired
     rows = [Envelope.read(r["record"]) for r in reader.search(Filters(), limit=100, newest_first=False)]
-    assert [e.type for e in rows] == ["llm.interaction"] * 6 + ["request.refused", "completion.feedback", "llm.interaction",
-                                                                "completion.feedback"]
+    assert [e.type for e in rows] == ["llm.interaction"] * 6 + [
+        "request.refused",
+        "completion.feedback",
+        "llm.interaction",
+        "completion.feedback",
+    ]
     assert [e.outcome.status for e in rows[6:]] == ["refused", "accepted", "interrupted", "accepted"]
     assert rows[2].guard.finding_types() == {"aws_access_key": 1} and rows[0].actor and rows[0].actor.user_ref.startswith("hmac:")
     reader.close()

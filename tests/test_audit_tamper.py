@@ -22,9 +22,17 @@ from tests.conftest import ROOT
 
 
 def body(i: int) -> dict:
-    return {"type": "llm.interaction", "surface": "support_chat", "request_id": f"req-{i}", "conversation_id": None,
-            "actor": {"kind": "api_client", "user_ref": None}, "guard": {"action": "allow", "input": [], "output": []},
-            "outcome": {"status": "ok", "error_code": None}, "prompt": {"content_hmac": None}, "output": {"content_hmac": None}}
+    return {
+        "type": "llm.interaction",
+        "surface": "support_chat",
+        "request_id": f"req-{i}",
+        "conversation_id": None,
+        "actor": {"kind": "api_client", "user_ref": None},
+        "guard": {"action": "allow", "input": [], "output": []},
+        "outcome": {"status": "ok", "error_code": None},
+        "prompt": {"content_hmac": None},
+        "output": {"content_hmac": None},
+    }
 
 
 def fill(directory: Path, n: int, close: bool = True, start: int = 0) -> None:
@@ -65,8 +73,10 @@ def rehash_from(conn: sqlite3.Connection, first: int) -> None:
 def rewrite(conn: sqlite3.Connection, seq: int, change: dict) -> None:
     envelope = json.loads(conn.execute("SELECT envelope FROM audit_records WHERE seq = ?", (seq,)).fetchone()[0])
     envelope.update(change)
-    conn.execute("UPDATE audit_records SET envelope = ?, outcome = ? WHERE seq = ?",
-                 (canonical(envelope).decode(), envelope["outcome"]["status"], seq))
+    conn.execute(
+        "UPDATE audit_records SET envelope = ?, outcome = ? WHERE seq = ?",
+        (canonical(envelope).decode(), envelope["outcome"]["status"], seq),
+    )
 
 
 def verify(directory: Path, heads: Path | None, public: Path | None = None):  # type: ignore[no-untyped-def]
@@ -142,10 +152,23 @@ def test_a_forged_record_appended_after_the_head_is_caught(log_and_heads) -> Non
     seq, prev = conn.execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
     forged = {**body(999), "v": 1, "seq": seq + 1, "id": "01FORGED", "ts": "2026-12-01T00:00:00.000Z"}
     sealed = canonical(forged)
-    conn.execute("INSERT INTO audit_records (seq, id, ts, type, surface, request_id, action, outcome, envelope, prev_hash, hash) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (seq + 1, "01FORGED", forged["ts"], "llm.interaction", "support_chat", "req-999", "allow", "ok", sealed.decode(), prev,
-                  record_hash(prev, sealed)))
+    conn.execute(
+        "INSERT INTO audit_records (seq, id, ts, type, surface, request_id, action, outcome, envelope, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            seq + 1,
+            "01FORGED",
+            forged["ts"],
+            "llm.interaction",
+            "support_chat",
+            "req-999",
+            "allow",
+            "ok",
+            sealed.decode(),
+            prev,
+            record_hash(prev, sealed),
+        ),
+    )
     conn.close()
     v = verify(directory, heads, public)
     assert not v.ok and "appended after the newest tree head" in v.problem
@@ -158,15 +181,19 @@ def test_an_edit_in_the_middle_re_hashed_and_re_signed_with_a_new_key_is_caught(
     rehash_from(conn, 5)
     # the attacker replaces the key and audit.pub, and re-signs every checkpoint and every head
     key = Ed25519PrivateKey.generate()
-    (directory / "audit.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (directory / "audit.pub").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     prev_sig = ""
     for cp_seq, ts in conn.execute("SELECT seq, ts FROM audit_checkpoints ORDER BY seq").fetchall():
         head = conn.execute("SELECT hash FROM audit_records WHERE seq = ?", (cp_seq,)).fetchone()[0]
         import base64
 
         sig = base64.b64encode(key.sign(checkpoint_text(cp_seq, head, prev_sig))).decode()
-        conn.execute("UPDATE audit_checkpoints SET head = ?, prev_sig = ?, sig = ?, key_id = ? WHERE seq = ?",
-                     (head, prev_sig, sig, public_key_id(key.public_key()), cp_seq))
+        conn.execute(
+            "UPDATE audit_checkpoints SET head = ?, prev_sig = ?, sig = ?, key_id = ? WHERE seq = ?",
+            (head, prev_sig, sig, public_key_id(key.public_key()), cp_seq),
+        )
         prev_sig = sig
     conn.close()
     assert verify(directory, None).ok  # the folder's own key now vouches for the forgery
@@ -190,8 +217,13 @@ def test_the_cli_exports_heads_and_verifies_against_them(log_and_heads, tmp_path
     directory, _, public = log_and_heads
 
     def tandem(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "server.cli", "audit", *args, "--audit-dir", str(directory)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", "audit", *args, "--audit-dir", str(directory)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = tmp_path / "held.jsonl"
     assert tandem("checkpoints", "export", "--out", str(out)).returncode == 0

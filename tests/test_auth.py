@@ -37,9 +37,13 @@ REQUIRED = {
     ("GET", "/audit/api/records/{ref}"): "admin",
     ("GET", "/audit/api/verify"): "admin",
 }
-BODIES = {"/v1/completions": {"prompt": "hi", "max_tokens": 1}, "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}],
-                                                                                         "max_tokens": 1},
-          "/v1/feedback": {"request_id": "cmpl-" + "0" * 32, "event": "accepted"}}
+BODIES = {
+    "/v1/completions": {"prompt": "hi", "max_tokens": 1},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+    "/v1/feedback": {"request_id": "cmpl-" + "0" * 32, "event": "accepted"},
+}
+
+
 def call(client: httpx.Client, method: str, path: str, token: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = BODIES.get(path)
@@ -92,10 +96,19 @@ def test_the_socket_lets_a_widget_in_by_its_site_and_the_demo_site_only_with_the
             assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
 
 
-@pytest.mark.parametrize(("header", "token"), [
-    (b"Bearer abc", "abc"), (b"bearer  abc ", "abc"), (b"BEARER abc", "abc"), (b"Basic abc", None), (b"Bearer", None), (b"", None),
-    (b"Bearerabc", None), (b"Bearer \xff\xfe", "\xff\xfe"),
-])
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        (b"Bearer abc", "abc"),
+        (b"bearer  abc ", "abc"),
+        (b"BEARER abc", "abc"),
+        (b"Basic abc", None),
+        (b"Bearer", None),
+        (b"", None),
+        (b"Bearerabc", None),
+        (b"Bearer \xff\xfe", "\xff\xfe"),
+    ],
+)
 def test_the_bearer_token_is_read_in_one_place(header: bytes, token: str | None) -> None:
     assert bearer([(b"host", b"x"), (b"Authorization", header)]) == token
     assert bearer([(b"host", b"x")]) is None

@@ -37,7 +37,7 @@ def test_a_position_removes_the_line_and_keeps_its_indentation() -> None:
     pos = position_at(src, line)
     original = src.text.split("\n")[line]
     assert pos.removed == original.strip() and original.startswith(pos.indent)
-    assert pos.prefix + original[len(pos.indent):] + pos.suffix == src.text
+    assert pos.prefix + original[len(pos.indent) :] + pos.suffix == src.text
     assert pos.document.split("\n")[line] == pos.indent and pos.suffix.startswith("\n")
 
 
@@ -50,7 +50,11 @@ def test_positions_are_deterministic_and_inside_function_bodies() -> None:
     for p in first:
         assert p.removed and not p.removed.startswith("#") and p.indent
         tree = ast.parse(p.source.text)
-        inside = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.lineno < p.line + 1 <= (n.end_lineno or 0)]
+        inside = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.lineno < p.line + 1 <= (n.end_lineno or 0)
+        ]
         assert inside, (p.source.name, p.line)
 
 
@@ -59,7 +63,7 @@ def test_typing_span_starts_at_code_and_ends_at_a_line_end() -> None:
         start, end = typing_span(src.text, 120)
         assert end - start >= 120 and src.text[end] == "\n" and src.text[start - 1] in " \t" and src.text[start] not in " \t\n"
         keys = keystrokes(src.text, start, end)
-        assert "".join(src.text[o:o + n] for o, n, _ in keys) == src.text[start:end]
+        assert "".join(src.text[o : o + n] for o, n, _ in keys) == src.text[start:end]
         assert all(src.text[o] == "\n" for o, _, line_end in keys if line_end)
 
 

@@ -21,10 +21,19 @@ from tests.lsp_client import inline_params, open_doc, start_lsp, stats, wait_unt
 
 pytestmark = pytest.mark.default_model
 CODE_MODEL = "qwen2.5-coder-0.5b"
-CONTROL = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>", "<|endoftext|>", "<|im_end|>", "<|repo_name|>")
+CONTROL = (
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+    "<|fim_pad|>",
+    "<|file_sep|>",
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|repo_name|>",
+)
 
 # A function with its loop body removed; the cursor sits on the blank, indented line.
-BEFORE = "import os\n\n\ndef python_files(root):\n    \"\"\"Every .py file under root.\"\"\"\n    found = []\n    for folder, _, names in os.walk(root):\n        for name in names:\n            "
+BEFORE = 'import os\n\n\ndef python_files(root):\n    """Every .py file under root."""\n    found = []\n    for folder, _, names in os.walk(root):\n        for name in names:\n            '
 AFTER = "\n    return sorted(found)\n\n\nprint(python_files('.'))\n"
 
 
@@ -41,10 +50,27 @@ def code_server(code_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     port = free_port()
     log_path = tmp_path_factory.mktemp("code-server") / "serve.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--model", CODE_MODEL, "--port", str(port),
-                                 "--audit-dir", str(tmp_path_factory.mktemp("code-audit")), "--admin-token", ADMIN_TOKEN,
-                                 "--dialog-dir", str(tmp_path_factory.mktemp("code-dialog"))],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--model",
+                CODE_MODEL,
+                "--port",
+                str(port),
+                "--audit-dir",
+                str(tmp_path_factory.mktemp("code-audit")),
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--dialog-dir",
+                str(tmp_path_factory.mktemp("code-dialog")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc, log_path, 300, "tandem serve --model qwen2.5-coder-0.5b")
     try:
@@ -78,7 +104,9 @@ def test_fim_completions_through_the_language_server(code_server: str) -> None:
     assert model["id"] == CODE_MODEL and model["fim"] is True
     assert model["quantization"] == "w8a8"  # --quant auto: the catalogue's measured choice for it on a CPU
     # the raw API: the middle ends at the model's end of middle; no control token is ever text
-    r = httpx.post(f"{code_server}/v1/completions", json={"prompt": BEFORE, "suffix": AFTER, "max_tokens": 48, "temperature": 0}, timeout=120)
+    r = httpx.post(
+        f"{code_server}/v1/completions", json={"prompt": BEFORE, "suffix": AFTER, "max_tokens": 48, "temperature": 0}, timeout=120
+    )
     assert r.status_code == 200, r.text
     raw = r.json()["choices"][0]["text"]
     assert raw.strip() and not any(t in raw for t in CONTROL)
@@ -102,8 +130,12 @@ async def test_an_explicit_fim_request_through_tandem_lsp(code_server: str) -> N
             assert not any(t in text for t in CONTROL) and "return sorted(found)" not in text, text  # the hole, not the suffix again
             version += 1
             at = types.Position(doc[:cursor].count("\n"), len(doc[:cursor].rsplit("\n", 1)[1]))
-            client.text_document_did_change(types.DidChangeTextDocumentParams(types.VersionedTextDocumentIdentifier(version=version, uri=uri),
-                                                                              [types.TextDocumentContentChangePartial(range=types.Range(at, at), text=text)]))
+            client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+                    [types.TextDocumentContentChangePartial(range=types.Range(at, at), text=text)],
+                )
+            )
             doc, cursor = doc[:cursor] + text + doc[cursor:], cursor + len(text)
             params = inline_params(uri, doc[:cursor].count("\n"), len(doc[:cursor].rsplit("\n", 1)[1]))
             params.context = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
@@ -128,6 +160,7 @@ async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(
         open_doc(client, uri, BEFORE + AFTER)
         line, character = BEFORE.count("\n"), len(BEFORE.rsplit("\n", 1)[1])
         client.protocol.notify("tandem/cursorMoved", {"uri": uri, "line": line, "character": character})
+
         async def warmed() -> bool:  # the warm-up's one token has come back
             return bool((await stats(client)).get("warmups_sent", 0) >= 1)
 
@@ -139,4 +172,3 @@ async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(
         assert metric(code_server, "tandem_prefix_cache_reused_tokens_total") - reused_before >= prompt_tokens * 0.9
     finally:
         await client.shutdown_session()
-

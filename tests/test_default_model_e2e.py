@@ -71,13 +71,29 @@ def test_completion_continues_text(client) -> None:
 def test_sixteen_concurrent_streams_are_batched_together(default_server) -> None:
     url = default_server.url
     aclient = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
-    topics = ["the sea", "a cat", "winter", "coffee", "trains", "the moon", "music", "a garden",
-              "mountains", "rain", "books", "the city", "bread", "friendship", "autumn", "stars"]
+    topics = [
+        "the sea",
+        "a cat",
+        "winter",
+        "coffee",
+        "trains",
+        "the moon",
+        "music",
+        "a garden",
+        "mountains",
+        "rain",
+        "books",
+        "the city",
+        "bread",
+        "friendship",
+        "autumn",
+        "stars",
+    ]
 
     async def one(topic: str) -> tuple[str, str | None]:
         stream = await aclient.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Write a poem about {topic}."}],
-            temperature=0, max_tokens=40, stream=True)
+            model=MODEL, messages=[{"role": "user", "content": f"Write a poem about {topic}."}], temperature=0, max_tokens=40, stream=True
+        )
         parts, finish = [], None
         async for chunk in stream:
             parts.append(chunk.choices[0].delta.content or "")
@@ -101,8 +117,9 @@ def test_sixteen_concurrent_streams_are_batched_together(default_server) -> None
 def test_a_cancelled_stream_frees_its_slot(default_server, client) -> None:
     url = default_server.url
     before = _cancelled(url)
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell me a very long story."}],
-                                            max_tokens=2000, stream=True)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a very long story."}], max_tokens=2000, stream=True
+    )
     for i, _ in enumerate(stream):
         if i == 3:
             break
@@ -128,17 +145,26 @@ def test_bad_inputs_on_the_real_model(client, default_server) -> None:
         client.completions.create(model=MODEL, prompt="x", max_tokens=0)
     r = httpx.post(f"{url}/v1/chat/completions", content=b"\xff\xfe{", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_encoding"
-    assert "Paris" in client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20).choices[0].message.content
+    assert (
+        "Paris" in client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20).choices[0].message.content
+    )
 
 
 def test_metrics_are_exposed(default_server, client) -> None:
     url = default_server.url
     client.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
     text = metrics_text(url)
-    for name in ["tandem_time_to_first_token_seconds_bucket", "tandem_inter_token_latency_seconds_bucket",
-                 "tandem_request_queue_time_seconds_bucket", "tandem_requests_running", "tandem_requests_waiting",
-                 "tandem_batch_size_bucket", "tandem_generation_tokens_total", "tandem_prefix_cache_hits_total",
-                 "tandem_model_memory_bytes"]:
+    for name in [
+        "tandem_time_to_first_token_seconds_bucket",
+        "tandem_inter_token_latency_seconds_bucket",
+        "tandem_request_queue_time_seconds_bucket",
+        "tandem_requests_running",
+        "tandem_requests_waiting",
+        "tandem_batch_size_bucket",
+        "tandem_generation_tokens_total",
+        "tandem_prefix_cache_hits_total",
+        "tandem_model_memory_bytes",
+    ]:
         assert name in text, name
     assert metric(url, "tandem_generation_tokens_total") > 0
     assert metric(url, "tandem_time_to_first_token_seconds_count") > 0

@@ -17,8 +17,20 @@ def tandem(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_sites_add_and_list(tmp_path: Path) -> None:
     d = ["--dialog-dir", str(tmp_path)]
-    added = tandem("sites", "add", "acme", "--name", "Acme", "--origin", "https://acme.test", "--origin", "https://www.acme.test",
-                   "--system-prompt", "You help Acme's customers.", *d)
+    added = tandem(
+        "sites",
+        "add",
+        "acme",
+        "--name",
+        "Acme",
+        "--origin",
+        "https://acme.test",
+        "--origin",
+        "https://www.acme.test",
+        "--system-prompt",
+        "You help Acme's customers.",
+        *d,
+    )
     assert added.returncode == 0 and 'data-site-key="acme"' in added.stdout
     assert tandem("sites", "add", "nope", *d).returncode == 2  # no origin: refused with a reason
     listed = tandem("sites", "list", *d).stdout

@@ -47,8 +47,25 @@ def test_a_reconnect_mid_answer_delivers_the_whole_answer_exactly_once(default_s
 
 def _serve(port: int, home: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--audit-dir", str(home / "audit"),
-                                 "--dialog-dir", str(home / "dialog"), "--admin-token", ADMIN_TOKEN], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--audit-dir",
+                str(home / "audit"),
+                "--dialog-dir",
+                str(home / "dialog"),
+                "--admin-token",
+                ADMIN_TOKEN,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     wait_healthy(f"http://127.0.0.1:{port}", proc, log, 180, "tandem serve")
     return proc
 
@@ -72,7 +89,12 @@ def test_a_server_killed_mid_answer_comes_back_with_the_conversation_intact(defa
 
         with Chat(url, token=chat.token, conversation_id=chat.conversation_id) as back:
             history = back.welcome["history"]
-            assert [(m["role"], m["status"]) for m in history] == [("user", "done"), ("assistant", "done"), ("user", "done"), ("assistant", "interrupted")]
+            assert [(m["role"], m["status"]) for m in history] == [
+                ("user", "done"),
+                ("assistant", "done"),
+                ("user", "done"),
+                ("assistant", "interrupted"),
+            ]
             kept = history[-1]["text"]
             assert kept and received.startswith(kept)  # what was saved is what was sent, in order
             assert len(received) - len(kept) < 200  # at most a fraction of a second of tokens lost
@@ -108,8 +130,11 @@ def test_protocol_guards_on_the_real_server(default_server) -> None:
         assert alice.recv() == first[0]  # acknowledged again, not answered again
         with Chat(url, token=bob.token, conversation_id=alice.conversation_id) as mallory:
             assert mallory.welcome["code"] == "forbidden"
-        for raw, code in (("{nope", "bad_frame"), (json.dumps({"type": "message", "client_msg_id": "x", "text": "a" * 20_000}), "frame_too_large"),
-                          (json.dumps({"type": "launch"}), "unknown_type")):
+        for raw, code in (
+            ("{nope", "bad_frame"),
+            (json.dumps({"type": "message", "client_msg_id": "x", "text": "a" * 20_000}), "frame_too_large"),
+            (json.dumps({"type": "launch"}), "unknown_type"),
+        ):
             alice.ws.send(raw)
             assert alice.recv()["code"] == code
         answer, frames = alice.ask("What is the capital of France?")

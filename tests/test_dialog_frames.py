@@ -13,11 +13,24 @@ from dialog import frames
 
 # every code point, lone surrogates included (hypothesis leaves them out of text by default)
 ANY_CHAR = st.characters(codec=None, categories=None)
-SHAPES = {"hello": ["v", "site_key", "token", "conversation_id", "last_seq"], "message": ["client_msg_id", "text"], "cancel": [], "ping": []}
+SHAPES = {
+    "hello": ["v", "site_key", "token", "conversation_id", "last_seq"],
+    "message": ["client_msg_id", "text"],
+    "cancel": [],
+    "ping": [],
+}
 KEYS = st.sampled_from(["type", *SHAPES["hello"], *SHAPES["message"]]) | st.text(ANY_CHAR, max_size=8)
 TYPES = st.sampled_from([*SHAPES, "pong", "", "HELLO"])
-SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=10**20, max_value=10**40)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(ANY_CHAR, max_size=20) | TYPES | st.just("demo"))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**20, max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(ANY_CHAR, max_size=20)
+    | TYPES
+    | st.just("demo")
+)
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3), max_leaves=12)
 
 
@@ -71,7 +84,12 @@ def test_parse_gives_a_frame_or_an_error_frame_and_both_can_be_sent(raw: str | b
 
 
 def test_nesting_is_refused_before_the_decoder_recurses() -> None:
-    for raw in ("[" * 100_000, "[" * 8000 + "]" * 8000, '{"a":' * 3000 + "1" + "}" * 3000, '{"type": "ping", "x": ' + "[" * 9 + "]" * 9 + "}"):
+    for raw in (
+        "[" * 100_000,
+        "[" * 8000 + "]" * 8000,
+        '{"a":' * 3000 + "1" + "}" * 3000,
+        '{"type": "ping", "x": ' + "[" * 9 + "]" * 9 + "}",
+    ):
         try:
             frames.parse(raw)
         except frames.FrameError as err:
@@ -79,4 +97,6 @@ def test_nesting_is_refused_before_the_decoder_recurses() -> None:
         else:
             raise AssertionError("parsed")
     # brackets inside strings are text, not nesting
-    assert frames.parse(json.dumps({"type": "message", "client_msg_id": "x", "text": "[[[[[[[[[[[[{{{{{{{{ \\\" [[["})).text.startswith("[[[")
+    assert frames.parse(json.dumps({"type": "message", "client_msg_id": "x", "text": '[[[[[[[[[[[[{{{{{{{{ \\" [[['})).text.startswith(
+        "[[["
+    )

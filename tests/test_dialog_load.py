@@ -13,7 +13,12 @@ from collections import Counter
 from websockets.asyncio.client import connect
 
 VISITORS, TURNS = 200, 4
-DIALOG = {"max_answer_tokens": 8, "ip_messages_per_minute": 100_000, "ip_connections_per_minute": 100_000, "visitor_messages_per_minute": 100}
+DIALOG = {
+    "max_answer_tokens": 8,
+    "ip_messages_per_minute": 100_000,
+    "ip_connections_per_minute": 100_000,
+    "visitor_messages_per_minute": 100,
+}
 
 
 async def visitor(url: str, n: int, waits: list[float]) -> tuple[str, str, list[str]]:
@@ -27,7 +32,9 @@ async def visitor(url: str, n: int, waits: list[float]) -> tuple[str, str, list[
         for turn in range(TURNS):
             cmid = uuid.uuid4().hex
             for attempt in range(10):
-                await ws.send(json.dumps({"type": "message", "client_msg_id": cmid, "text": f"visitor {n} question {turn}: where is my order?"}))
+                await ws.send(
+                    json.dumps({"type": "message", "client_msg_id": cmid, "text": f"visitor {n} question {turn}: where is my order?"})
+                )
                 answer_id, overloaded = None, None
                 while True:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
@@ -82,6 +89,8 @@ def test_200_visitors_four_turns_each_lose_nothing_and_duplicate_nothing(tiny_se
             assert [m["message_id"] for m in messages if m["role"] == "assistant"] == answers, cid
             assert all(m["status"] == "done" for m in messages), [m["status"] for m in messages]
             assert all(m["text"] for m in messages if m["role"] == "user")  # what the guard passed is kept for every message
-        print(f"{VISITORS} visitors x {TURNS} turns in {elapsed:.1f} s; {len(waits)} overloaded refusals, "
-              f"retry_after max {max(waits, default=0):.0f} s")
+        print(
+            f"{VISITORS} visitors x {TURNS} turns in {elapsed:.1f} s; {len(waits)} overloaded refusals, "
+            f"retry_after max {max(waits, default=0):.0f} s"
+        )
         assert all(w <= 30 for w in waits)  # honest estimates, not the 60 s cap

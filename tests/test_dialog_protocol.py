@@ -109,7 +109,7 @@ def test_a_page_on_another_origin_is_refused_at_the_handshake(tiny_server) -> No
 
 
 BAD_FRAMES = [
-    ("not JSON", "{\"type\": ", "bad_frame"),
+    ("not JSON", '{"type": ', "bad_frame"),
     ("not an object", "[1, 2]", "bad_frame"),
     ("unknown type", json.dumps({"type": "shout"}), "unknown_type"),
     ("missing text", json.dumps({"type": "message", "client_msg_id": "x"}), "bad_frame"),
@@ -183,6 +183,7 @@ def test_context_keeps_the_system_prompt_and_drops_the_oldest_turns(tiny_server)
         def eight() -> list[dict]:
             found = reader.search(Filters(conversation=chat.conversation_id), limit=100)
             return [r["record"] for r in reversed(found)] if len(found) >= 8 else []
+
         rows = eventually(eight, "the eight turns' audit records")
         contexts = [r["prompt"]["context"] for r in rows]
         assert len(contexts) == 8 and contexts[0]["turns_included"] == 0 and contexts[0]["turns_dropped"] == 0
@@ -213,16 +214,23 @@ def test_one_turn_scans_the_new_message_once_and_renders_the_template_at_most_tw
     monkeypatch.setattr(InputGuard, "scan", counting_scan)
     padding = " tell me about shipping times and return policies" * 3
     with tiny_server(dialog=DIALOG) as s, Chat(s.url) as chat:
-        for i, text in enumerate(["Hello there", "And again", *(f"Question {n}:{padding}" for n in range(5)),
-                                  "my key is AKIAC3NCCOUIJCQ2CCZD, can you help?"]):
+        for i, text in enumerate(
+            ["Hello there", "And again", *(f"Question {n}:{padding}" for n in range(5)), "my key is AKIAC3NCCOUIJCQ2CCZD, can you help?"]
+        ):
             renders[0] = 0
             scanned.clear()
             chat.ask(text)
             assert scanned.count(text) == 1, (i, scanned)
             assert 1 <= renders[0] <= 2, (i, renders[0])
         reader = AuditReader(s.audit_dir)
-        rows = eventually(lambda: [r["record"] for r in reader.search(Filters(conversation=chat.conversation_id), limit=100)]
-                          if len(reader.search(Filters(conversation=chat.conversation_id), limit=100)) == 8 else [], "the turns' audit records")
+        rows = eventually(
+            lambda: (
+                [r["record"] for r in reader.search(Filters(conversation=chat.conversation_id), limit=100)]
+                if len(reader.search(Filters(conversation=chat.conversation_id), limit=100)) == 8
+                else []
+            ),
+            "the turns' audit records",
+        )
         contexts = [r["prompt"]["context"] for r in reversed(rows)]
         assert contexts[0]["turns_dropped"] == 0 and contexts[-1]["turns_dropped"] > 0  # the later turns had to drop some
         assert all(c["tokens"] <= c["budget"] for c in contexts)
@@ -245,8 +253,14 @@ def test_a_message_the_window_cannot_hold_is_refused_kept_redacted_and_audited(t
             stored = again.welcome["history"][0]["text"]
         assert stored.startswith("my key is [REDACTED:aws_access_key] and ") and "AKIA" not in stored
         reader = AuditReader(s.audit_dir)
-        refused = eventually(lambda: [r["record"] for r in reader.search(Filters(conversation=chat.conversation_id), limit=10)
-                                      if r["record"]["outcome"]["error_code"] == "context_length_exceeded"], "the refused turn's record")
+        refused = eventually(
+            lambda: [
+                r["record"]
+                for r in reader.search(Filters(conversation=chat.conversation_id), limit=10)
+                if r["record"]["outcome"]["error_code"] == "context_length_exceeded"
+            ],
+            "the refused turn's record",
+        )
         assert refused[0]["outcome"]["status"] == "blocked" and refused[0]["prompt"]["content_kept"]
 
 
@@ -303,6 +317,7 @@ class GatedEngine(ScriptedEngine):
 @pytest.fixture
 def scripted_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
     """A server on a gated scripted engine: `with scripted_server() as s` (s.engine, s.dialog_dir)."""
+
     def start(**dialog: object) -> ThreadedServer:
         engine = GatedEngine()
         loaded = tiny_loaded(tiny_model, tokenizer)
@@ -371,15 +386,18 @@ TRIALS = 10
 def test_two_sockets_sending_at_once_get_one_answer_and_one_busy(scripted_server) -> None:
     """The same visitor and conversation on two sockets, both sending a message at the same moment,
     ten times: each time exactly one is acknowledged and answered, and the other is told busy."""
+
     async def scenario(s) -> None:  # type: ignore[no-untyped-def]
         one, two, welcome = await two_sockets(s.url)
         for trial in range(TRIALS):
             marks = [len(one.frames), len(two.frames)]
-            new = lambda: [one.frames[marks[0]:], two.frames[marks[1]:]]  # noqa: E731
+            new = lambda: [one.frames[marks[0] :], two.frames[marks[1] :]]  # noqa: E731
             s.engine.gate.clear()
             ids = (f"t{trial}-one", f"t{trial}-two")
-            await asyncio.gather(one.send({"type": "message", "client_msg_id": ids[0], "text": f"question {trial} from one"}),
-                                 two.send({"type": "message", "client_msg_id": ids[1], "text": f"question {trial} from two"}))
+            await asyncio.gather(
+                one.send({"type": "message", "client_msg_id": ids[0], "text": f"question {trial} from one"}),
+                two.send({"type": "message", "client_msg_id": ids[1], "text": f"question {trial} from two"}),
+            )
             await until(lambda: sum(len(of(f, "error")) for f in new()) >= 1, f"trial {trial}: nobody was told busy")
             s.engine.gate.set()
             await until(lambda: all(of(f, "done") for f in new()), f"trial {trial}: no answer")
@@ -407,11 +425,12 @@ def test_two_sockets_sending_at_once_get_one_answer_and_one_busy(scripted_server
 def test_a_retry_racing_its_original_is_acknowledged_and_answered_once(scripted_server) -> None:
     """The same client_msg_id at the same moment on two sockets, and twice in a row on one: one
     answer, every ack names the same message, and never an error."""
+
     async def scenario(s) -> None:  # type: ignore[no-untyped-def]
         one, two, welcome = await two_sockets(s.url)
         for trial in range(TRIALS):
             marks = [len(one.frames), len(two.frames)]
-            new = lambda: [one.frames[marks[0]:], two.frames[marks[1]:]]  # noqa: E731
+            new = lambda: [one.frames[marks[0] :], two.frames[marks[1] :]]  # noqa: E731
             s.engine.gate.clear()
             frame = {"type": "message", "client_msg_id": f"same-{trial}", "text": f"question {trial}"}
             if trial % 2 == 0:  # racing on two sockets: the original's ack reaches both, the retry's its sender
@@ -550,6 +569,7 @@ def test_fuzzed_frames_on_a_live_socket_get_the_error_parse_gives(scripted_serve
     from tests.test_dialog_frames import client_frames
 
     with scripted_server() as s, Chat(s.url) as chat:
+
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(client_frames())
         def check(raw: str | bytes) -> None:
@@ -561,8 +581,11 @@ def test_fuzzed_frames_on_a_live_socket_get_the_error_parse_gives(scripted_serve
                 expected = err.frame()
             else:
                 assume(isinstance(parsed, (frames.Ping, frames.Hello)))  # messages and cancels are the other tests' business
-                expected = {"type": "pong"} if isinstance(parsed, frames.Ping) else \
-                    frames.FrameError("already_greeted", "this connection has already said hello").frame()
+                expected = (
+                    {"type": "pong"}
+                    if isinstance(parsed, frames.Ping)
+                    else frames.FrameError("already_greeted", "this connection has already said hello").frame()
+                )
             chat.ws.send(raw)
             assert chat.recv(timeout=30) == expected
 
@@ -602,5 +625,7 @@ def test_a_message_the_engine_was_too_busy_for_is_answered_when_sent_again(scrip
         assert chat.recv() == {"type": "pong"}
         with Chat(s.url, token=chat.token, conversation_id=chat.conversation_id) as reload:
             assert [(m["role"], m["status"], m["text"]) for m in reload.welcome["history"]] == [
-                ("user", "done", "are you there?"), ("assistant", "done", "Hello there.")]
+                ("user", "done", "are you there?"),
+                ("assistant", "done", "Hello there."),
+            ]
         assert len(s.engine.requests) == 2

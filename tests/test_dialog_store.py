@@ -70,8 +70,11 @@ def test_answers_left_streaming_become_interrupted_with_a_closing_frame(tmp_path
         cid = await store.create_conversation("s", "v1")
         user = await store.add_message(cid, "user", "hi", "done", 1, "c1")
         answer = await store.add_message(cid, "assistant", "", "streaming", 2)
-        await store.append_frames(cid, [{"type": "ack", "seq": 1}, {"type": "delta", "seq": 2, "message_id": answer.id, "text": "Hel"}],
-                                  {answer.id: {"text": "Hel"}})
+        await store.append_frames(
+            cid,
+            [{"type": "ack", "seq": 1}, {"type": "delta", "seq": 2, "message_id": answer.id, "text": "Hel"}],
+            {answer.id: {"text": "Hel"}},
+        )
         assert await store.interrupt_streaming() == [(cid, answer.id)]
         msgs = await store.messages(cid)
         assert [(m.id, m.status, m.text) for m in msgs] == [(user.id, "done", "hi"), (answer.id, "interrupted", "Hel")]
@@ -128,6 +131,7 @@ def test_the_store_and_its_folder_are_private_whatever_the_umask(tmp_path: Path)
     folder = tmp_path / "home" / "dialog"
     old = os.umask(0)
     try:
+
         async def scenario() -> None:
             store = await Store.open(folder / "chat.db")
             try:

@@ -42,7 +42,7 @@ def reference(model, tokenizer, prompt: str, max_tokens: int) -> str:  # type: i
     assert all(type(m) is not PackedLinear for m in model.modules())
     ids = tokenizer(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=[0, 2], pad_token_id=2)
-    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
 async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -149,7 +149,9 @@ async def test_seeded_sampling_is_reproducible_whatever_the_batch(engine_factory
     engine = engine_factory()
     req = GenerationRequest(prompt=PROMPTS[0], max_tokens=20, temperature=1.0, top_p=0.9, seed=1234)
     alone = await collect(engine, req)
-    together = await asyncio.gather(collect(engine, req), collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=20, temperature=1.0)))
+    together = await asyncio.gather(
+        collect(engine, req), collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=20, temperature=1.0))
+    )
     assert together[0][0] == alone[0]
     other_seed = await collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=20, temperature=1.0, top_p=0.9, seed=99))
     assert other_seed[0] != alone[0]
@@ -209,8 +211,10 @@ def test_kv_layouts_agree(tiny_model, tokenizer) -> None:
     for preallocate in (True, False):
         engine = Engine(tiny_model, tokenizer, EngineConfig(preallocate_kv=preallocate)).start()
         try:
+
             async def run() -> list[str]:
                 return [r[0] for r in await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=80)) for p in PROMPTS))]
+
             outs.append(asyncio.run(run()))
         finally:
             engine.close()
@@ -231,7 +235,11 @@ def test_the_scheduler_never_mixes_priorities_in_one_prefill() -> None:
         cancelled: bool = False
 
     scheduler = Scheduler(max_waiting=8)
-    for item in (Item("chat-1", Priority.CHAT, [1] * 40), Item("completion", Priority.INTERACTIVE, [1] * 450), Item("chat-2", Priority.CHAT, [1] * 40)):
+    for item in (
+        Item("chat-1", Priority.CHAT, [1] * 40),
+        Item("completion", Priority.INTERACTIVE, [1] * 450),
+        Item("chat-2", Priority.CHAT, [1] * 40),
+    ):
         scheduler.submit(item)
     assert [i.name for i in scheduler.take(8, 4096, block=False)] == ["completion"]  # alone: not padded out with chats
     assert [i.name for i in scheduler.take(8, 4096, block=False)] == ["chat-1", "chat-2"]
@@ -480,8 +488,9 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
     served, reference = models.load(str(default_model_dir), quant), models.load(str(default_model_dir), quant)
     engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
     eager = Engine(reference.model, reference.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
-    prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "Explain why the sky is blue."}],
-                                                  add_generation_prompt=True, tokenize=False)
+    prompt = served.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Explain why the sky is blue."}], add_generation_prompt=True, tokenize=False
+    )
     req = GenerationRequest(prompt=prompt, max_tokens=24)
     try:
         assert not engine.compiled.is_set() and engine.compiled_step is None

@@ -26,18 +26,105 @@ BOUND_S = 5.0  # for a whole scan of a max-size input, on a slow shared core
 PROBE = 8 * 1024  # size at which each candidate input is tried, to find a pattern's slowest
 
 CHARS = list("aA0fZ \n\t-_./+=:@~%|\"'![(<\\")
-PAIRS = ["aA0", "a-", "a.", "a ", "a=", "a:", "a/", "a+", "0-", "0.", "0 ", "0:", "A-", "a\n", "a_", "a~", "a%", "a@", "1 ", "11 ", "11-",
-         "+1", "(1)"]
+PAIRS = [
+    "aA0",
+    "a-",
+    "a.",
+    "a ",
+    "a=",
+    "a:",
+    "a/",
+    "a+",
+    "0-",
+    "0.",
+    "0 ",
+    "0:",
+    "A-",
+    "a\n",
+    "a_",
+    "a~",
+    "a%",
+    "a@",
+    "1 ",
+    "11 ",
+    "11-",
+    "+1",
+    "(1)",
+]
 KNOWN = [  # shapes that made (or could make) the old patterns backtrack
-    "token", "tokentoken=", "password", "password is ", "password for ", "secret:", "api_key=\"", "key=", "key=.", "key=a.", "pwd=",
-    "https://a:", "https://a:b", "postgres://a:", "postgres://a:b", "://", "a@", "a@a.", "@a", "-----BEGIN PRIVATE KEY-----",
-    "-----BEGIN A", "-----BEGIN A ", "-----END PRIVATE KEY-----", "-----", "eyJ", "eyJaaaaaaaaa.", "eyJaaaaaaaaa.eyJaaaaaaaa.", "bearer ",
-    "Bearer a", "basic ", "basic aaaaaaaa=", "sk-", "T3BlbkFJ", "sk-aaaaaaaaaaaaaaaaT3BlbkFJ", "xoxb-", "xoxb-1234567890-", "ignore ",
-    "ignore the ", "reveal ", "you are now ", "pretend to be ", "![", "![a](//", "![a](//a ", "<img ", "<img src=//", "<img src=",
-    "DE89", "AKIA", "aws_secret_key=", "AccountKey=", "1234567890:AA", "sig=", "sv=1&sig=", "abc1Q~", "Authorization: ",
-    "authorization: token ", "curl ", "curl -u a:", "curl \\\n", "cloudflare ", "cloudflare=", "twilio auth_token ", "datadog ", "vault s.",
-    "M" + "a" * 23 + ".", "Maaaaaaaaaaaaaaaaaaaaaaaa.aaaaaa.", "ZXlK", "sl.", "glpat-", "glpat-aaaaaaaaaaaaaaaaaaaa.", "pat-na1-",
-    "<add key=\"Password\" value=\"",
+    "token",
+    "tokentoken=",
+    "password",
+    "password is ",
+    "password for ",
+    "secret:",
+    'api_key="',
+    "key=",
+    "key=.",
+    "key=a.",
+    "pwd=",
+    "https://a:",
+    "https://a:b",
+    "postgres://a:",
+    "postgres://a:b",
+    "://",
+    "a@",
+    "a@a.",
+    "@a",
+    "-----BEGIN PRIVATE KEY-----",
+    "-----BEGIN A",
+    "-----BEGIN A ",
+    "-----END PRIVATE KEY-----",
+    "-----",
+    "eyJ",
+    "eyJaaaaaaaaa.",
+    "eyJaaaaaaaaa.eyJaaaaaaaa.",
+    "bearer ",
+    "Bearer a",
+    "basic ",
+    "basic aaaaaaaa=",
+    "sk-",
+    "T3BlbkFJ",
+    "sk-aaaaaaaaaaaaaaaaT3BlbkFJ",
+    "xoxb-",
+    "xoxb-1234567890-",
+    "ignore ",
+    "ignore the ",
+    "reveal ",
+    "you are now ",
+    "pretend to be ",
+    "![",
+    "![a](//",
+    "![a](//a ",
+    "<img ",
+    "<img src=//",
+    "<img src=",
+    "DE89",
+    "AKIA",
+    "aws_secret_key=",
+    "AccountKey=",
+    "1234567890:AA",
+    "sig=",
+    "sv=1&sig=",
+    "abc1Q~",
+    "Authorization: ",
+    "authorization: token ",
+    "curl ",
+    "curl -u a:",
+    "curl \\\n",
+    "cloudflare ",
+    "cloudflare=",
+    "twilio auth_token ",
+    "datadog ",
+    "vault s.",
+    "M" + "a" * 23 + ".",
+    "Maaaaaaaaaaaaaaaaaaaaaaaa.aaaaaa.",
+    "ZXlK",
+    "sl.",
+    "glpat-",
+    "glpat-aaaaaaaaaaaaaaaaaaaa.",
+    "pat-na1-",
+    '<add key="Password" value="',
 ]
 FILLERS = ["", "a", "A0", " ", "=", "-", ".", ":", "/", "0", "aA0-_"]
 
@@ -52,7 +139,7 @@ def units_for(hints: tuple[str, ...]) -> list[str]:
 
 
 def grow(unit: str, size: int, tail: str = "") -> str:
-    return (unit * (size // len(unit) + 1))[:size - len(tail)] + tail
+    return (unit * (size // len(unit) + 1))[: size - len(tail)] + tail
 
 
 def median_time(fn: Callable[[], object], runs: int = 3) -> float:
@@ -138,8 +225,13 @@ OTHER_PATTERNS = module_patterns()
 KNOWN_QUADRATIC: dict[str, str] = {}  # name -> why, for a pattern known to be super-linear (strict xfail until fixed)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_QUADRATIC[n])) if n in KNOWN_QUADRATIC
-                                  else n for n in sorted(OTHER_PATTERNS)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_QUADRATIC[n])) if n in KNOWN_QUADRATIC else n
+        for n in sorted(OTHER_PATTERNS)
+    ],
+)
 def test_each_other_guard_pattern_is_linear(name) -> None:
     rx, size = OTHER_PATTERNS[name]
     literals = tuple(dict.fromkeys(re.findall(r"[A-Za-z][A-Za-z ]{2,}|[<!\[|@+:/\-]{1,3}", rx.pattern)))[:12]
@@ -147,8 +239,12 @@ def test_each_other_guard_pattern_is_linear(name) -> None:
 
 
 def test_the_finders_of_other_modules_are_linear() -> None:
-    for find, size in ((pii.find_pii, CHAT_MAX), (injection.find_tripwires, CHAT_MAX), (exfil.find_remote_images, CHAT_MAX),
-                       (unicode.find_invisible, CHAT_MAX)):
+    for find, size in (
+        (pii.find_pii, CHAT_MAX),
+        (injection.find_tripwires, CHAT_MAX),
+        (exfil.find_remote_images, CHAT_MAX),
+        (unicode.find_invisible, CHAT_MAX),
+    ):
         check_linear(find, COMMON + ["\u200b", "a\u202e", "\U000e0041", "\U0001f468\u200d"], size)
 
 

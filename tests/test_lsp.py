@@ -35,7 +35,9 @@ async def engine_idle(url: str) -> None:
     read next belong to this test. Every call is in the gateway from its arrival to its audit
     record, and a cancelled one stays in the engine's counts until the worker drops it."""
     await wait_until(lambda: metric(url, "tandem_gateway_calls_in_flight") == 0, timeout=60)
-    await wait_until(lambda: sum(metric(url, f"tandem_requests_{state}") for state in ("running", "prefilling", "waiting")) == 0, timeout=60)
+    await wait_until(
+        lambda: sum(metric(url, f"tandem_requests_{state}") for state in ("running", "prefilling", "waiting")) == 0, timeout=60
+    )
 
 
 async def start_slow_request(client, url: str, msg_id: str | None = None):  # type: ignore[no-untyped-def]
@@ -47,14 +49,19 @@ async def start_slow_request(client, url: str, msg_id: str | None = None):  # ty
     await engine_idle(url)
     before = cancelled_in_engine(url)
     # pytest-lsp's send_request_async is a coroutine: a task sends it now, not when awaited
-    future = asyncio.ensure_future(client.protocol.send_request_async(
-        types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", *cursor), msg_id=msg_id))
+    future = asyncio.ensure_future(
+        client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///work/primes.py", *cursor), msg_id=msg_id
+        )
+    )
     await wait_until(lambda: metric(url, "tandem_requests_running") >= 1)
     return future, before, cursor
 
 
 async def test_an_inline_completion_for_a_python_file_arrives(default_server) -> None:
-    client = await start_lsp(default_server.url, settings={"maxTokens": 32, "timeBudgetMs": 30_000, "lineWaitMs": 30_000})  # arrival, not speed, is tested here
+    client = await start_lsp(
+        default_server.url, settings={"maxTokens": 32, "timeBudgetMs": 30_000, "lineWaitMs": 30_000}
+    )  # arrival, not speed, is tested here
     try:
         init = client.initialize_result.capabilities  # inline completion is advertised: it is registered with options
         assert init.inline_completion_provider is not None and init.completion_provider is not None
@@ -65,7 +72,9 @@ async def test_an_inline_completion_for_a_python_file_arrives(default_server) ->
         assert item.insert_text.strip() and item.range.start == types.Position(*PY_END)
         assert item.command.command == "tandem.accepted" and item.command.arguments[0].startswith("cmpl-")
         # the same state again comes from the cache, and the plain completion request gives the same text
-        listed = await client.text_document_completion_async(types.CompletionParams(types.TextDocumentIdentifier("file:///work/fib.py"), types.Position(*PY_END)))
+        listed = await client.text_document_completion_async(
+            types.CompletionParams(types.TextDocumentIdentifier("file:///work/fib.py"), types.Position(*PY_END))
+        )
         assert listed.items[0].insert_text == item.insert_text
         counts = await stats(client)
         assert counts["cache_hits"] == 1 and counts["engine_calls"] == 1
@@ -84,9 +93,12 @@ async def test_incremental_edits_and_utf16_positions(default_server) -> None:
     try:
         text = 'greeting = "こんにちは 😀"\nname = '
         open_doc(client, "file:///work/u.py", text)
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/u.py"),
-            [types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 15), types.Position(0, 17)), text="🎉")]))
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/u.py"),
+                [types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 15), types.Position(0, 17)), text="🎉")],
+            )
+        )
         line, character = end_of(text)
         result = await client.text_document_inline_completion_async(inline_params("file:///work/u.py", line, character))
         assert result is not None
@@ -152,14 +164,22 @@ async def test_a_newer_request_on_the_document_supersedes_the_older(default_serv
     client = await start_lsp(url, settings={"maxTokens": 400, "timeBudgetMs": 30_000, "lineWaitMs": 30_000})
     try:
         older, before, (line, character) = await start_slow_request(client, url)
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/primes.py"),
-            [types.TextDocumentContentChangePartial(range=types.Range(types.Position(line, character), types.Position(line, character)), text="x, ")]))
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=2, uri="file:///work/primes.py"),
+                [
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(line, character), types.Position(line, character)), text="x, "
+                    )
+                ],
+            )
+        )
         client.set_configuration({"maxTokens": 8, "timeBudgetMs": 30_000, "lineWaitMs": 30_000}, section="tandem")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
 
         async def applied() -> bool:  # the server pulled the new settings
             return bool((await stats(client))["max_tokens"] == 8)
+
         await wait_until(applied, timeout=10)
         newer = await client.text_document_inline_completion_async(inline_params("file:///work/primes.py", line, character + 3))
         with pytest.raises(JsonRpcRequestCancelled):
@@ -221,7 +241,11 @@ async def test_auto_start_and_two_language_servers_share_one_engine(default_mode
         s1 = await stats(first)
         s2 = await stats(second)
         assert s1["engine_started_here"] is True and s2["engine_started_here"] is False
-        servers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "serve" in p.info["cmdline"] and str(port) in p.info["cmdline"]]
+        servers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and "serve" in p.info["cmdline"] and str(port) in p.info["cmdline"]
+        ]
         assert len(servers) == 1  # one engine for both
         calls = s1["engine_calls"] + s2["engine_calls"]  # each language server's generations, all in that one engine
         await wait_until(lambda: metric(url, "tandem_requests_finished_total") >= calls, timeout=120)

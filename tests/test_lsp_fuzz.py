@@ -52,17 +52,20 @@ SCRIPT = ["return", " x * 2", "\n"]
 
 # --- the scripted engine -----------------------------------------------------------------------
 
+
 class ScriptedHTTPEngine:
     """Tandem's HTTP API as the language server uses it, answering every completion with SCRIPT."""
 
     def __init__(self) -> None:
         self.prompts: list[dict[str, Any]] = []
-        self.app = Starlette(routes=[
-            Route("/healthz", lambda request: PlainTextResponse("ok")),
-            Route("/v1/models", lambda request: JSONResponse({"data": [{"id": "scripted", "fim": False, "context_length": 2048}]})),
-            Route("/v1/completions", self.complete, methods=["POST"]),
-            Route("/v1/feedback", lambda request: JSONResponse({"ok": True}), methods=["POST"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/healthz", lambda request: PlainTextResponse("ok")),
+                Route("/v1/models", lambda request: JSONResponse({"data": [{"id": "scripted", "fim": False, "context_length": 2048}]})),
+                Route("/v1/completions", self.complete, methods=["POST"]),
+                Route("/v1/feedback", lambda request: JSONResponse({"ok": True}), methods=["POST"]),
+            ]
+        )
 
     async def complete(self, request: Request) -> StreamingResponse:
         self.prompts.append(await request.json())  # a body that is not UTF-8 JSON fails here, and the test with it
@@ -71,6 +74,7 @@ class ScriptedHTTPEngine:
             for piece in SCRIPT:
                 yield f"data: {json.dumps({'id': 'cmpl-scripted', 'choices': [{'text': piece}]})}\n\n"
             yield "data: [DONE]\n\n"
+
         return StreamingResponse(events(), media_type="text/event-stream")
 
 
@@ -82,6 +86,7 @@ def engine() -> Iterator[tuple[str, ScriptedHTTPEngine]]:
 
 
 # --- (1) the fuzz ------------------------------------------------------------------------------
+
 
 class LoopThread:
     """An event loop in a thread of its own, holding the LSP client, so that hypothesis's
@@ -97,8 +102,10 @@ class LoopThread:
 
     def call(self, fn: Any, *args: Any) -> Any:
         """`fn(*args)` on the loop's thread (the client's transport is not thread-safe)."""
+
         async def call() -> Any:
             return fn(*args)
+
         return self.run(call())
 
     def close(self) -> None:
@@ -124,6 +131,7 @@ def watch_null_id_errors(client: Any) -> queue.Queue[Any]:
             errors.put(error)
         else:
             original(msg_id, result, error)
+
     client.protocol._handle_response = handle
     return errors
 
@@ -148,9 +156,11 @@ DOC = "file:///work/fuzzed.py"
 DOC_TEXT = "import os\n\ndef main():\n    " + "x = '😀'\n"
 AT = {"line": 3, "character": 4}
 VALID_PARAMS: dict[str, Any] = {
-    "textDocument/inlineCompletion": {"textDocument": {"uri": DOC}, "position": AT,
-                                      "context": {"triggerKind": 1,
-                                                  "selectedCompletionInfo": {"range": {"start": AT, "end": AT}, "text": ""}}},
+    "textDocument/inlineCompletion": {
+        "textDocument": {"uri": DOC},
+        "position": AT,
+        "context": {"triggerKind": 1, "selectedCompletionInfo": {"range": {"start": AT, "end": AT}, "text": ""}},
+    },
     "textDocument/completion": {"textDocument": {"uri": DOC}, "position": AT, "context": {"triggerKind": 2, "triggerCharacter": "."}},
     "workspace/executeCommand": {"command": "tandem.accepted", "arguments": ["cmpl-1"]},
     "tandem/stats": {},
@@ -158,9 +168,10 @@ VALID_PARAMS: dict[str, Any] = {
 }
 NOTIFICATIONS: dict[str, Any] = {
     "textDocument/didOpen": {"textDocument": {"uri": "file:///work/other.py", "languageId": "python", "version": 1, "text": "y = 2\n"}},
-    "textDocument/didChange": {"textDocument": {"uri": DOC, "version": 9},
-                               "contentChanges": [{"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}},
-                                                   "text": "#"}]},
+    "textDocument/didChange": {
+        "textDocument": {"uri": DOC, "version": 9},
+        "contentChanges": [{"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}}, "text": "#"}],
+    },
     "textDocument/didClose": {"textDocument": {"uri": "file:///work/other.py"}},
     "$/cancelRequest": {"id": 1},
     "workspace/didChangeConfiguration": {"settings": None},
@@ -168,14 +179,40 @@ NOTIFICATIONS: dict[str, Any] = {
 }
 TYPED_REQUESTS = {"textDocument/inlineCompletion", "textDocument/completion", "workspace/executeCommand"}
 SURROGATES = ["\udc80", "\ud800", "a\udfffb", "\ud83d"]  # lone, each one; an escaped pair would be a real character
-INTERESTING = [None, True, False, 0, -1, -(2**31), 2**31, 2**32, 2**63, 10**30, 99, 1.5, -0.0, "", "5", "file:///", "\u0000",
-               [], {}, [None], {"line": 0}, *SURROGATES]
+INTERESTING = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    -(2**31),
+    2**31,
+    2**32,
+    2**63,
+    10**30,
+    99,
+    1.5,
+    -0.0,
+    "",
+    "5",
+    "file:///",
+    "\u0000",
+    [],
+    {},
+    [None],
+    {"line": 0},
+    *SURROGATES,
+]
 
 # copies: a shared [] that `mutated` changed in place would change every later draw (hypothesis: FlakyStrategyDefinition)
 interesting = st.sampled_from(INTERESTING).map(copy.deepcopy)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(categories=["L", "N", "P", "S", "Z", "Cc", "Cs"]), max_size=12) | interesting,
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(categories=["L", "N", "P", "S", "Z", "Cc", "Cs"]), max_size=12)
+    | interesting,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
@@ -255,8 +292,13 @@ def test_every_malformed_request_is_answered_and_the_server_keeps_serving(engine
 
         # the same, 20 times over, all in flight at once: no answer is lost in a flood
         async def flood() -> list[Answer]:
-            return await asyncio.gather(*(raw_request(client, {"jsonrpc": "2.0", "id": f"flood-{n}", "method": method, "params": params})
-                                          for n, (method, params) in enumerate(named * 20)))
+            return await asyncio.gather(
+                *(
+                    raw_request(client, {"jsonrpc": "2.0", "id": f"flood-{n}", "method": method, "params": params})
+                    for n, (method, params) in enumerate(named * 20)
+                )
+            )
+
         assert {answer.code for answer in loop.run(flood())} == {INVALID_PARAMS}
         missing = loop.run(raw_request(client, {"jsonrpc": "2.0", "id": 41, "method": "textDocument/inlineCompletion"}))
         assert missing.code == INVALID_PARAMS and "params" in missing.message
@@ -299,20 +341,24 @@ def test_every_malformed_request_is_answered_and_the_server_keeps_serving(engine
         async def valid_completion() -> Any:
             open_doc(client, "file:///work/after-the-fuzz.py", GOOD)
             return await client.text_document_inline_completion_async(inline_params("file:///work/after-the-fuzz.py", *end_of(GOOD)))
+
         before = len(scripted.prompts)
         result = loop.run(valid_completion())
         assert [item.insert_text for item in result.items] == ["return x * 2"]
         assert len(scripted.prompts) > before
         counts = loop.run(stats(client))
         assert counts["requests"] >= 1
-        print(f"\nfuzz: {sent['requests']} generated requests answered ({sent['invalid_params']} InvalidParams, "
-              f"{sent['results']} still valid), {sent['notifications']} generated notifications survived")
+        print(
+            f"\nfuzz: {sent['requests']} generated requests answered ({sent['invalid_params']} InvalidParams, "
+            f"{sent['results']} still valid), {sent['notifications']} generated notifications survived"
+        )
     finally:
         loop.run(client.shutdown_session())
         loop.close()
 
 
 # --- (2) lone surrogates -----------------------------------------------------------------------
+
 
 async def test_a_document_with_lone_surrogates_breaks_no_completion(engine) -> None:  # type: ignore[no-untyped-def]
     url, scripted = engine
@@ -321,9 +367,12 @@ async def test_a_document_with_lone_surrogates_breaks_no_completion(engine) -> N
         bad, good = "file:///work/bad.py", "file:///work/good.py"
         open_doc(client, bad, "x = '\udc80'\n")  # pygls's client escapes it: the JSON carries "\udc80"
         line_two = types.Range(types.Position(1, 0), types.Position(1, 0))
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            types.VersionedTextDocumentIdentifier(version=2, uri=bad),
-            [types.TextDocumentContentChangePartial(range=line_two, text="y = '\ud800'\nz = ")]))
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(version=2, uri=bad),
+                [types.TextDocumentContentChangePartial(range=line_two, text="y = '\ud800'\nz = ")],
+            )
+        )
         open_doc(client, good, GOOD)
         open_doc(client, "file:///work/good2.py", GOOD.replace("double", "twice"))
         before = len(scripted.prompts)
@@ -345,6 +394,7 @@ async def test_a_document_with_lone_surrogates_breaks_no_completion(engine) -> N
 
 
 # --- (3) raw bytes -----------------------------------------------------------------------------
+
 
 def frame(body: bytes | str, header: bytes | None = None) -> bytes:
     data = body.encode() if isinstance(body, str) else body
@@ -420,8 +470,10 @@ def converse(peer: RawPeer, send: Any, alive: Any) -> None:
     init = peer.next_with("id", 4)
     assert "inlineCompletionProvider" in init["result"]["capabilities"]
     nested = '{"a": ' * 400 + "1" + "}" * 400  # deep, but decodable (deeper is a parse error, above)
-    send(frame(f'{{"jsonrpc": "2.0", "id": 7, "method": "textDocument/inlineCompletion", "params": {nested}}}')
-         + frame(f'{{"jsonrpc": "2.0", "id": 8, "method": "tandem/stats", "params": {nested}}}'))
+    send(
+        frame(f'{{"jsonrpc": "2.0", "id": 7, "method": "textDocument/inlineCompletion", "params": {nested}}}')
+        + frame(f'{{"jsonrpc": "2.0", "id": 8, "method": "tandem/stats", "params": {nested}}}')
+    )
     assert peer.next_with("id", 7)["error"]["code"] == INVALID_PARAMS
     assert "engine_state" in peer.next_with("id", 8)["result"]  # untyped params: anything goes
     send(frame(message(5, "tandem/stats")))
@@ -444,6 +496,7 @@ def test_raw_bytes_on_stdio_never_kill_the_server() -> None:
         def send(data: bytes) -> None:
             stdin.write(data)
             stdin.flush()
+
         converse(RawPeer(proc.stdout.read1), send, lambda: proc.poll() is None)
         assert proc.wait(timeout=ANSWER_TIMEOUT) == 0  # exit after shutdown: a clean 0
     finally:
@@ -456,15 +509,18 @@ def test_raw_bytes_on_stdio_never_kill_the_server() -> None:
 
 def test_raw_bytes_on_tcp_never_kill_the_server() -> None:
     port = free_port()
-    proc = subprocess.Popen(lsp_command("--tcp", f"127.0.0.1:{port}"), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        lsp_command("--tcp", f"127.0.0.1:{port}"), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
+
         def connected() -> socket.socket | None:
             assert proc.poll() is None, "the TCP language server exited"
             try:
                 return socket.create_connection(("127.0.0.1", port), timeout=1)
             except OSError:
                 return None
+
         sock = eventually(connected, "the TCP language server listening", 30)
         with sock:
             sock.settimeout(None)
@@ -488,13 +544,15 @@ junk = st.one_of(
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(items=st.lists(st.one_of(st.binary(max_size=200).map(lambda b: ("body", b)), junk.map(lambda j: ("junk", j))), max_size=8),
-       cuts=st.lists(st.integers(1, 64), max_size=30))
+@given(
+    items=st.lists(st.one_of(st.binary(max_size=200).map(lambda b: ("body", b)), junk.map(lambda j: ("junk", j))), max_size=8),
+    cuts=st.lists(st.integers(1, 64), max_size=30),
+)
 def test_framing_recovers_every_well_framed_message(items: list[tuple[str, bytes]], cuts: list[int]) -> None:
     stream = b"".join(frame(data) if kind == "body" else data for kind, data in items)
     framer, bodies, at = Framer(), [], 0
     for cut in [*cuts, len(stream)]:  # arbitrary read sizes
-        bodies += [x for x in framer.feed(stream[at:at + cut]) if not isinstance(x, FramingError)]
+        bodies += [x for x in framer.feed(stream[at : at + cut]) if not isinstance(x, FramingError)]
         at += cut
     bodies += [x for x in framer.feed(stream[at:]) if not isinstance(x, FramingError)]
     assert bodies == [data for kind, data in items if kind == "body"]

@@ -21,25 +21,31 @@ from lsp.transport import MAX_BODY, Framer, FramingError, parse_header
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("text, line, character, expected", [
-    ("abc", 0, 3, 3),
-    ("héllo wörld", 0, 5, 5),  # accents are one UTF-16 unit
-    ("s = '日本語'\nx", 0, 8, 8),  # CJK: one unit each
-    ("e = '😀'\nx", 0, 7, 6),  # the emoji is two UTF-16 units, one code point
-    ("a\r\nbc", 1, 2, 5),
-    ("one\ntwo\n", 2, 0, 8),
-])
+@pytest.mark.parametrize(
+    "text, line, character, expected",
+    [
+        ("abc", 0, 3, 3),
+        ("héllo wörld", 0, 5, 5),  # accents are one UTF-16 unit
+        ("s = '日本語'\nx", 0, 8, 8),  # CJK: one unit each
+        ("e = '😀'\nx", 0, 7, 6),  # the emoji is two UTF-16 units, one code point
+        ("a\r\nbc", 1, 2, 5),
+        ("one\ntwo\n", 2, 0, 8),
+    ],
+)
 def test_utf16_positions(text: str, line: int, character: int, expected: int) -> None:
     assert offset_of(text, line, character) == expected
 
 
-@pytest.mark.parametrize("text, line, character, problem", [
-    ("e = '😀'", 0, 6, "surrogate pair"),
-    ("abc", 0, 4, "past the end of line"),
-    ("abc", 1, 0, "past the end of the document"),
-    ("abc", -1, 0, "negative"),
-    ("a\r\nb", 0, 2, "past the end of line"),  # the \r is not part of the line
-])
+@pytest.mark.parametrize(
+    "text, line, character, problem",
+    [
+        ("e = '😀'", 0, 6, "surrogate pair"),
+        ("abc", 0, 4, "past the end of line"),
+        ("abc", 1, 0, "past the end of the document"),
+        ("abc", -1, 0, "negative"),
+        ("a\r\nb", 0, 2, "past the end of line"),  # the \r is not part of the line
+    ],
+)
 def test_bad_positions_are_refused_not_guessed(text: str, line: int, character: int, problem: str) -> None:
     with pytest.raises(PositionError, match=problem):
         offset_of(text, line, character)
@@ -84,17 +90,21 @@ async def _joined(pieces: list[str], indent: str | None) -> str:
     async def source():  # type: ignore[no-untyped-def]
         for p in pieces:
             yield "id", p
+
     return "".join([p async for _, p in aligned(source(), indent)])
 
 
-@pytest.mark.parametrize("pieces, indent, expected", [
-    (["return x"], "    ", "return x"),  # the prompt ends with the indentation: the model goes on after it
-    (["\n", "    ", "return x"], "    ", "return x"),  # a blank line and an indent the document already has
-    (["\n  ", "  ret", "urn x\n    y"], "    ", "return x\n    y"),  # the indentation split over pieces
-    (["\n        deeper()"], "    ", "    deeper()"),  # deeper than the cursor: the difference stays
-    ([" ", "return x"], "        ", "return x"),  # the space the tokenizer puts before a word, on the cursor's line: not inserted
-    (["\n    return x"], None, "\n    return x"),  # at the end of a line of code: the next line
-])
+@pytest.mark.parametrize(
+    "pieces, indent, expected",
+    [
+        (["return x"], "    ", "return x"),  # the prompt ends with the indentation: the model goes on after it
+        (["\n", "    ", "return x"], "    ", "return x"),  # a blank line and an indent the document already has
+        (["\n  ", "  ret", "urn x\n    y"], "    ", "return x\n    y"),  # the indentation split over pieces
+        (["\n        deeper()"], "    ", "    deeper()"),  # deeper than the cursor: the difference stays
+        ([" ", "return x"], "        ", "return x"),  # the space the tokenizer puts before a word, on the cursor's line: not inserted
+        (["\n    return x"], None, "\n    return x"),  # at the end of a line of code: the next line
+    ],
+)
 async def test_output_is_aligned_to_a_cursor_on_an_indented_blank_line(pieces: list[str], indent: str | None, expected: str) -> None:
     assert await _joined(pieces, indent) == expected
 
@@ -113,7 +123,10 @@ def test_what_is_shown_of_a_running_generation_is_whole_lines_or_whole_words() -
 def test_the_prompt_window_starts_on_a_stable_line_while_the_user_types() -> None:
     text = "".join(f"value_{i} = {i}\n" for i in range(3000))
     first = build(text, "", "python", "u", [], budget_tokens=512)
-    starts = {build(text + typed, "", "python", "u", [], budget_tokens=512).prefix.split("\n", 1)[0] for typed in ("x", "x = ", "x = compute(\n    ")}
+    starts = {
+        build(text + typed, "", "python", "u", [], budget_tokens=512).prefix.split("\n", 1)[0]
+        for typed in ("x", "x = ", "x = compute(\n    ")
+    }
     assert starts == {first.prefix.split("\n", 1)[0]}
     number = int(first.prefix.split("_", 1)[1].split(" ", 1)[0])
     assert number % WINDOW_LINES == 0
@@ -123,8 +136,11 @@ def test_the_prompt_window_starts_on_a_stable_line_while_the_user_types() -> Non
 
 def test_prompt_window_and_snippets_by_recency_and_language() -> None:
     prefix = "".join(f"line_{i} = {i}\n" for i in range(2000))
-    others = [OpenDocument("file:///a/old.py", "python", "OLD = 1\n", 1.0), OpenDocument("file:///a/new.py", "python", "NEW = 2\n", 5.0),
-              OpenDocument("file:///a/x.ts", "typescript", "const TS = 3;\n", 9.0)]
+    others = [
+        OpenDocument("file:///a/old.py", "python", "OLD = 1\n", 1.0),
+        OpenDocument("file:///a/new.py", "python", "NEW = 2\n", 5.0),
+        OpenDocument("file:///a/x.ts", "typescript", "const TS = 3;\n", 9.0),
+    ]
     p = build(prefix, "tail()\n", "python", "file:///a/main.py", others, budget_tokens=512)
     assert len(p.prefix) <= 512 * 3.5 and p.cursor_prefix.startswith("line_") and prefix.endswith(p.cursor_prefix)
     assert p.prefix.index("# Path: new.py") < p.prefix.index("# Path: old.py") and "TS" not in p.prefix
@@ -132,8 +148,16 @@ def test_prompt_window_and_snippets_by_recency_and_language() -> None:
 
 
 def test_settings_from_the_client_are_validated() -> None:
-    s = Settings().updated({"serverUrl": "http://127.0.0.1:9000", "maxTokens": 32, "multiline": False, "enabledLanguages": ["python"],
-                            "timeBudgetMs": 5, "unknown": 1})
+    s = Settings().updated(
+        {
+            "serverUrl": "http://127.0.0.1:9000",
+            "maxTokens": 32,
+            "multiline": False,
+            "enabledLanguages": ["python"],
+            "timeBudgetMs": 5,
+            "unknown": 1,
+        }
+    )
     assert (s.server_url, s.max_tokens, s.multiline, s.enabled_languages) == ("http://127.0.0.1:9000", 32, False, ("python",))
     assert s.time_budget_ms == Settings().time_budget_ms  # out of range: ignored
     assert Settings().updated({"serverUrl": "file:///etc/passwd", "maxTokens": "many"}) == Settings()
@@ -151,7 +175,11 @@ def test_the_extension_declares_the_settings_the_server_accepts_with_the_same_de
     for key, setting in CLIENT_SETTINGS.items():
         spec = declared[f"tandem.{key}"]
         assert (spec["type"], spec["default"], spec.get("minimum"), spec.get("maximum")) == (
-            kinds[setting.kind], setting.default, setting.minimum, setting.maximum), key
+            kinds[setting.kind],
+            setting.default,
+            setting.minimum,
+            setting.maximum,
+        ), key
         if setting.minimum is not None:  # and the server holds the same line at each bound
             assert Settings().updated({key: setting.minimum}) != Settings() or setting.default == setting.minimum, key
             assert Settings().updated({key: setting.minimum - 1}) == Settings(), key
@@ -161,6 +189,7 @@ def test_the_extension_declares_the_settings_the_server_accepts_with_the_same_de
 
 # --- hardening: the wire and the decoding (the fuzzing is in test_lsp_fuzz.py) -----------------
 
+
 def test_lone_surrogates_are_replaced_and_utf16_positions_keep_their_meaning() -> None:
     text = clean("x = '\udc80' + '😀' + '\ud800'")
     assert text == "x = '\ufffd' + '😀' + '\ufffd'" and text.encode("utf-8")
@@ -168,18 +197,21 @@ def test_lone_surrogates_are_replaced_and_utf16_positions_keep_their_meaning() -
     assert scrub({"k\udfff": ["\ud83d", 1, None, {"t": "ok"}]}) == {"k\ufffd": ["\ufffd", 1, None, {"t": "ok"}]}
 
 
-@pytest.mark.parametrize("header, expected", [
-    (b"Content-Length: 12", 12),
-    (b"content-length:7\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8", 7),
-    (b"Content-Length: 007", 7),
-    (b"Content-Length: 99999999999999999999", MAX_BODY + 1),  # refused by the framer, never int()-ed into a read
-    (b"Content-Length: -5", "non-negative decimal"),
-    (b"Content-Length: 1e3", "non-negative decimal"),
-    (b"Content-Length:", "non-negative decimal"),
-    (b"Content-Type: text/plain", "no Content-Length"),
-    (b"Content-Length: 2\r\nContent-Length: 3", "two different"),
-    (b"garbage", "without a colon"),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (b"Content-Length: 12", 12),
+        (b"content-length:7\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8", 7),
+        (b"Content-Length: 007", 7),
+        (b"Content-Length: 99999999999999999999", MAX_BODY + 1),  # refused by the framer, never int()-ed into a read
+        (b"Content-Length: -5", "non-negative decimal"),
+        (b"Content-Length: 1e3", "non-negative decimal"),
+        (b"Content-Length:", "non-negative decimal"),
+        (b"Content-Type: text/plain", "no Content-Length"),
+        (b"Content-Length: 2\r\nContent-Length: 3", "two different"),
+        (b"garbage", "without a colon"),
+    ],
+)
 def test_headers_are_parsed_strictly(header: bytes, expected: int | str) -> None:
     parsed = parse_header(header)
     assert parsed == expected if isinstance(expected, int) else expected in parsed
@@ -187,9 +219,15 @@ def test_headers_are_parsed_strictly(header: bytes, expected: int | str) -> None
 
 def test_framer_skips_bad_and_oversized_messages_and_resynchronises() -> None:
     framer = Framer(max_body=10, max_header=64)
-    stream = (b"Content-Length: 99999999999999999999\r\n\r\n{\"skipped\": 1}" + b"Content-Length: 2\r\n\r\n{}"
-              + b"Content-Length: 11\r\n\r\n0123456789A" + b"Content-Length: 3\r\n\r\n[1]" + b"x" * 100 + b"Content-Length: 1\r\n\r\n7")
-    out = [framer.feed(stream[i:i + 5]) for i in range(0, len(stream), 5)]
+    stream = (
+        b'Content-Length: 99999999999999999999\r\n\r\n{"skipped": 1}'
+        + b"Content-Length: 2\r\n\r\n{}"
+        + b"Content-Length: 11\r\n\r\n0123456789A"
+        + b"Content-Length: 3\r\n\r\n[1]"
+        + b"x" * 100
+        + b"Content-Length: 1\r\n\r\n7"
+    )
+    out = [framer.feed(stream[i : i + 5]) for i in range(0, len(stream), 5)]
     items = [x for chunk in out for x in chunk]
     assert [x for x in items if isinstance(x, bytes)] == [b"{}", b"[1]", b"7"]
     errors = [x for x in items if isinstance(x, FramingError)]

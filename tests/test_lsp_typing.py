@@ -36,11 +36,13 @@ class PacedEngine:
         self.bodies: list[dict[str, Any]] = []
         self.closed_early: list[int] = []
         self.finished: list[int] = []
-        self.app = Starlette(routes=[
-            Route("/healthz", lambda request: PlainTextResponse("ok")),
-            Route("/v1/models", lambda request: JSONResponse({"data": [{"id": "paced", "fim": False, "context_length": 4096}]})),
-            Route("/v1/completions", self.complete, methods=["POST"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/healthz", lambda request: PlainTextResponse("ok")),
+                Route("/v1/models", lambda request: JSONResponse({"data": [{"id": "paced", "fim": False, "context_length": 4096}]})),
+                Route("/v1/completions", self.complete, methods=["POST"]),
+            ]
+        )
 
     async def complete(self, request: Request) -> StreamingResponse:
         body = await request.json()
@@ -59,6 +61,7 @@ class PacedEngine:
                 ended = True
             finally:
                 (self.finished if ended else self.closed_early).append(n)
+
         return StreamingResponse(events(), media_type="text/event-stream")
 
     def real(self) -> list[dict[str, Any]]:
@@ -82,8 +85,12 @@ def engine(served: tuple[str, PacedEngine]) -> PacedEngine:
 
 def type_text(client: Any, uri: str, version: int, line: int, character: int, text: str) -> None:
     at = types.Position(line, character)
-    client.text_document_did_change(types.DidChangeTextDocumentParams(
-        types.VersionedTextDocumentIdentifier(version=version, uri=uri), [types.TextDocumentContentChangePartial(range=types.Range(at, at), text=text)]))
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+            [types.TextDocumentContentChangePartial(range=types.Range(at, at), text=text)],
+        )
+    )
 
 
 async def ask(client: Any, uri: str, line: int, character: int, invoked: bool = False) -> str | None:
@@ -175,8 +182,11 @@ async def test_a_cancelled_request_leaves_its_generation_only_for_a_moment(serve
     client = await start_lsp(url, "--no-autostart", settings={"timeBudgetMs": 20_000, "warmUp": False})
     try:
         open_doc(client, "file:///w/d.py", DOC)
-        future = asyncio.ensure_future(client.protocol.send_request_async(
-            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///w/d.py", *CURSOR), msg_id="d-1"))
+        future = asyncio.ensure_future(
+            client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params("file:///w/d.py", *CURSOR), msg_id="d-1"
+            )
+        )
         await wait_until(lambda: len(engine.bodies) == 1)
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="d-1"))
         with pytest.raises(Exception):
@@ -217,7 +227,11 @@ async def test_warm_ups_go_out_in_the_background_and_real_requests_cancel_them(s
         await wait_until(lambda: 2 in engine.closed_early)
         counts = await stats(client)
         assert counts["warmups_cancelled"] == 1 and counts["warmups_in_flight"] == 0
-        for bad in ({"uri": "file:///w/e.py", "line": 99, "character": 0}, {"uri": 3}, {"uri": "file:///nope.py", "line": 0, "character": 0}):
+        for bad in (
+            {"uri": "file:///w/e.py", "line": 99, "character": 0},
+            {"uri": 3},
+            {"uri": "file:///nope.py", "line": 0, "character": 0},
+        ):
             client.protocol.notify("tandem/cursorMoved", bad)  # ignored, and the server goes on
         assert await ask(client, "file:///w/e.py", *CURSOR) == "return x * 2"
     finally:

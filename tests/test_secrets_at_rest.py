@@ -26,7 +26,7 @@ from tests.secrets_corpus import Secret, fresh_corpus
 
 
 def chunks(items: list[Secret], n: int) -> list[list[Secret]]:
-    return [items[i:i + n] for i in range(0, len(items), n)]
+    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 def widget_groups(items: list[Secret], limit: int) -> list[list[Secret]]:
@@ -41,8 +41,14 @@ def widget_groups(items: list[Secret], limit: int) -> list[list[Secret]]:
 
 def encodings(value: str) -> set[bytes]:
     raw = value.encode()
-    return {raw, base64.b64encode(raw), base64.urlsafe_b64encode(raw), urllib.parse.quote(value, safe="").encode(),
-            urllib.parse.quote_plus(value).encode(), json.dumps(value)[1:-1].encode()}
+    return {
+        raw,
+        base64.b64encode(raw),
+        base64.urlsafe_b64encode(raw),
+        urllib.parse.quote(value, safe="").encode(),
+        urllib.parse.quote_plus(value).encode(),
+        json.dumps(value)[1:-1].encode(),
+    }
 
 
 def needles(secret: Secret) -> set[bytes]:
@@ -67,8 +73,25 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TANDEM_HOME": str(home), "TANDEM_COMPILE": "0"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--admin-token", ADMIN_TOKEN,
-                                 "--log-level", "debug", "--no-compile"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--log-level",
+                "debug",
+                "--no-compile",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
     try:
         wait_healthy(url, proc, log_path, 300, "tandem serve")
         with httpx.Client(base_url=url, timeout=120) as client:
@@ -76,9 +99,18 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
                 prose = "\n".join(s.in_prose() for s in group)
                 code = "\n".join(s.in_code() for s in group)
                 calls = [
-                    ("/v1/chat/completions", {"messages": [{"role": "system", "content": code}, {"role": "user", "content": prose},
-                                                           {"role": "assistant", "content": prose}, {"role": "user", "content": code}],
-                                              "max_tokens": 1}),
+                    (
+                        "/v1/chat/completions",
+                        {
+                            "messages": [
+                                {"role": "system", "content": code},
+                                {"role": "user", "content": prose},
+                                {"role": "assistant", "content": prose},
+                                {"role": "user", "content": code},
+                            ],
+                            "max_tokens": 1,
+                        },
+                    ),
                     ("/v1/completions", {"prompt": code, "max_tokens": 1}),
                     ("/v1/completions", {"prompt": code + "\n" + "x = 1\n" * 100_000, "max_tokens": 1}),  # over the size cap
                     ("/v1/chat/completions", {"messages": [{"role": "user", "content": prose + " word" * 11_000}]}),  # over the context
@@ -88,16 +120,25 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
                     assert r.status_code in (200, 400, 413), r.text[:300]
             for secret in corpus:
                 value = secret.value.replace("\n", " ")[:200]
-                r = client.post("/v1/completions", params={"api_key": value}, json={"prompt": "hello", "max_tokens": 1, "user": value[:256]},
-                                headers={"User-Agent": f"acme-app/2.0 {value[:100]}", "X-Tandem-Client": f"plugin {value[:100]}"})
+                r = client.post(
+                    "/v1/completions",
+                    params={"api_key": value},
+                    json={"prompt": "hello", "max_tokens": 1, "user": value[:256]},
+                    headers={"User-Agent": f"acme-app/2.0 {value[:100]}", "X-Tandem-Client": f"plugin {value[:100]}"},
+                )
                 assert r.status_code == 200, r.text[:300]
                 client.post("/v1/feedback", json={"request_id": value[:128], "event": "accepted"}, headers={"User-Agent": value[:100]})
                 client.get("/healthz", params={"token": value})
         # the support widget: secrets in the text, in client_msg_id, and in the site key of the URL
         for group in widget_groups(corpus, 3800):
             with Chat(url) as chat:
-                chat.send({"type": "message", "client_msg_id": group[0].value.replace("\n", "")[:64],
-                           "text": "\n".join(s.in_prose() for s in group)})
+                chat.send(
+                    {
+                        "type": "message",
+                        "client_msg_id": group[0].value.replace("\n", "")[:64],
+                        "text": "\n".join(s.in_prose() for s in group),
+                    }
+                )
                 frame = chat.recv(timeout=120)
                 assert frame["type"] == "ack", frame
                 while frame["type"] not in ("delta", "done"):
@@ -107,8 +148,11 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
                     chat.until("done", timeout=120)
             site_key = group[-1].value.replace("\n", "")[:120]
             try:
-                with connect(f"{url.replace('http', 'ws')}/v1/dialog?site_key={urllib.parse.quote(site_key)}",
-                             additional_headers={"Origin": url}, open_timeout=10) as ws:
+                with connect(
+                    f"{url.replace('http', 'ws')}/v1/dialog?site_key={urllib.parse.quote(site_key)}",
+                    additional_headers={"Origin": url},
+                    open_timeout=10,
+                ) as ws:
                     ws.send(json.dumps({"type": "hello", "v": 1, "site_key": site_key}))
                     ws.recv(timeout=10)
             except Exception:  # noqa: BLE001  (refused: no such site; what matters is what was written)
@@ -128,5 +172,5 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
             found = next((n for n in needles(secret) if n in blob), None)
             if found is not None:
                 at = blob.index(found)
-                leaks.append(f"{secret.kind or secret.type} in {path.name}: ...{blob[max(0, at - 80):at + len(found) + 20]!r}")
+                leaks.append(f"{secret.kind or secret.type} in {path.name}: ...{blob[max(0, at - 80) : at + len(found) + 20]!r}")
     assert leaks == [], f"{len(leaks)} secrets at rest:\n" + "\n".join(leaks)

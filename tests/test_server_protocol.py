@@ -46,15 +46,33 @@ BAD_BODIES = [
     ("not UTF-8", "completions", b'{"prompt": "caf\xe9"}', 400, None),
     ("max_tokens is a string", "completions", json.dumps({"prompt": "x", "max_tokens": "ten"}).encode(), 400, "max_tokens"),
     ("prompt is a number", "completions", json.dumps({"prompt": 5}).encode(), 400, "prompt.str"),
-    ("stream is a string", "chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}).encode(), 400, "stream"),
+    (
+        "stream is a string",
+        "chat/completions",
+        json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}).encode(),
+        400,
+        "stream",
+    ),
     ("messages missing", "chat/completions", json.dumps({"model": "tiny-llama"}).encode(), 400, "messages"),
     ("messages empty", "chat/completions", json.dumps({"messages": []}).encode(), 400, "messages"),
     ("unknown role", "chat/completions", json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, None),
     ("max_tokens 0", "completions", json.dumps({"prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
-    ("max_tokens negative", "chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}).encode(), 400, "max_tokens"),
+    (
+        "max_tokens negative",
+        "chat/completions",
+        json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}).encode(),
+        400,
+        "max_tokens",
+    ),
     ("max_tokens beyond context", "completions", json.dumps({"prompt": "x", "max_tokens": 100_000}).encode(), 400, "max_tokens"),
     ("prompt longer than context", "completions", json.dumps({"prompt": "word " * 2000, "max_tokens": 1}).encode(), 400, "prompt"),
-    ("chat longer than context", "chat/completions", json.dumps({"messages": [{"role": "user", "content": "word " * 2000}]}).encode(), 400, "prompt"),
+    (
+        "chat longer than context",
+        "chat/completions",
+        json.dumps({"messages": [{"role": "user", "content": "word " * 2000}]}).encode(),
+        400,
+        "prompt",
+    ),
     ("unknown model", "completions", json.dumps({"model": "gpt-17", "prompt": "x"}).encode(), 404, "model"),
     ("n > 1", "completions", json.dumps({"prompt": "x", "n": 3}).encode(), 400, "n"),
     ("temperature out of range", "completions", json.dumps({"prompt": "x", "temperature": 9.5}).encode(), 400, "temperature"),
@@ -99,8 +117,14 @@ def test_api_key_is_required_when_configured(tiny_server) -> None:
 
 
 def test_binding_beyond_loopback_requires_an_api_key() -> None:
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
     assert proc.returncode == 2
     assert "--api-key" in proc.stderr
 
@@ -141,7 +165,10 @@ def test_fill_in_the_middle_builds_the_model_family_prompt(tiny_server, tokenize
     model = tiny_llama(len(tok))
     with tiny_server(fim=fim, model=model, tok=tok) as s:
         assert httpx.get(f"{s.url}/v1/models").json()["data"][0]["fim"] is True
-        r = httpx.post(f"{s.url}/v1/completions", json={"prompt": "def add(a, b):\n    return ", "suffix": "\n\nprint(add(1, 2))", "max_tokens": 5, "temperature": 0})
+        r = httpx.post(
+            f"{s.url}/v1/completions",
+            json={"prompt": "def add(a, b):\n    return ", "suffix": "\n\nprint(add(1, 2))", "max_tokens": 5, "temperature": 0},
+        )
         assert r.status_code == 200, r.text
         pre, suf, mid = tok.convert_tokens_to_ids(list(fim))
         expected = [pre, *tok.encode("def add(a, b):\n    return "), suf, *tok.encode("\n\nprint(add(1, 2))"), mid]
@@ -182,7 +209,9 @@ def test_a_queued_request_whose_client_leaves_never_runs(tiny_server, tokenizer,
     a batch slot when its client goes away leaves the queue (an editor cancels most of its
     requests before they start)."""
     with tiny_server(model=slow_tiny_model(tokenizer, 0.05), max_batch_size=1, max_waiting=4) as s, ThreadPoolExecutor(1) as pool:
-        running = pool.submit(httpx.post, f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 150, "temperature": 0}, timeout=60)
+        running = pool.submit(
+            httpx.post, f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 150, "temperature": 0}, timeout=60
+        )
         wait_for_metric(s.url, "tandem_requests_running", 1)
         queued = {"prompt": "a queued prompt", "max_tokens": 150, "stream": stream}
         with pytest.raises(httpx.ReadTimeout):
@@ -202,8 +231,11 @@ def test_stop_and_usage_in_streams(tiny_server) -> None:
     with tiny_server() as s:
         client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
         whole = client.completions.create(model="tiny-llama", prompt="Once upon", max_tokens=12, temperature=0).choices[0].text
-        chunks = list(client.completions.create(model="tiny-llama", prompt="Once upon", max_tokens=12, temperature=0,
-                                                stream=True, stream_options={"include_usage": True}))
+        chunks = list(
+            client.completions.create(
+                model="tiny-llama", prompt="Once upon", max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+            )
+        )
         assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
         stop = whole[3:6]

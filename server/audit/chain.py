@@ -36,4 +36,3 @@ def ulid() -> str:
     """A time-sortable id (ULID: 48-bit milliseconds, 80 random bits, Crockford base32)."""
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
     return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-

@@ -23,15 +23,25 @@ def _reader(args: argparse.Namespace) -> AuditReader:
 
 
 def _filters(args: argparse.Namespace) -> Filters:
-    return Filters(since=args.since, until=args.until, surface=args.surface, verdict=args.verdict, outcome=args.outcome,
-                   conversation=args.conversation, user=args.user, type=args.type)
+    return Filters(
+        since=args.since,
+        until=args.until,
+        surface=args.surface,
+        verdict=args.verdict,
+        outcome=args.outcome,
+        conversation=args.conversation,
+        user=args.user,
+        type=args.type,
+    )
 
 
 def _line(row: dict[str, Any]) -> str:
     r = Envelope.read(row["record"]).summary()
-    return (f"{row['seq']:>6}  {r['ts']}  {r['surface'] or r['type']:<15} {r['action'] or '-':<7} "
-            f"{r['outcome'] or '-':<9} {r['finish_reason'] or '-':<9} {(r['user_ref'] or '-')[:17]:<17} "
-            f"{r['conversation_id'] or '-':<12} {','.join(sorted(r['findings'])) or '-'}")
+    return (
+        f"{row['seq']:>6}  {r['ts']}  {r['surface'] or r['type']:<15} {r['action'] or '-':<7} "
+        f"{r['outcome'] or '-':<9} {r['finish_reason'] or '-':<9} {(r['user_ref'] or '-')[:17]:<17} "
+        f"{r['conversation_id'] or '-':<12} {','.join(sorted(r['findings'])) or '-'}"
+    )
 
 
 HEADER = f"{'seq':>6}  {'time (UTC)':<24}  {'surface':<15} {'verdict':<7} {'outcome':<9} {'finish':<9} {'user':<17} {'conversation':<12} findings"
@@ -85,10 +95,14 @@ def verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(v.to_json(), indent=2))
     elif v.ok:
-        print(f"OK: {v.records} records chained, head {v.head[:16]}…; {v.checkpoints} signed checkpoints, signed through record {v.signed_through}; "
-              f"{v.content_checked} contents match their HMACs, {v.content_expired} expired")
+        print(
+            f"OK: {v.records} records chained, head {v.head[:16]}…; {v.checkpoints} signed checkpoints, signed through record {v.signed_through}; "
+            f"{v.content_checked} contents match their HMACs, {v.content_expired} expired"
+        )
         if v.tree_heads_checked:
-            print(f"OK: the log holds exactly what {v.tree_heads_checked} tree heads from {args.checkpoint} cover (Merkle root {v.tree_root})")
+            print(
+                f"OK: the log holds exactly what {v.tree_heads_checked} tree heads from {args.checkpoint} cover (Merkle root {v.tree_root})"
+            )
         for note in v.notes:
             print(f"note: {note}")
     else:
@@ -120,8 +134,19 @@ def prove(args: argparse.Namespace) -> int:
         return 1
     index = row["seq"] - 1
     proof = merkle.inclusion_proof(index, leaves[:size])
-    print(json.dumps({"seq": row["seq"], "leaf_index": index, "tree_size": size, "leaf_hash": leaves[index].hex(),
-                      "root": merkle.root(leaves[:size]).hex(), "path": [p.hex() for p in proof]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "seq": row["seq"],
+                "leaf_index": index,
+                "tree_size": size,
+                "leaf_hash": leaves[index].hex(),
+                "root": merkle.root(leaves[:size]).hex(),
+                "path": [p.hex() for p in proof],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -133,8 +158,18 @@ def consistency(args: argparse.Namespace) -> int:
         print(f"error: need 1 <= old <= new <= {len(leaves)}", file=sys.stderr)
         return 1
     proof = merkle.consistency_proof(args.old, leaves[:new])
-    print(json.dumps({"old_size": args.old, "new_size": new, "old_root": merkle.root(leaves[:args.old]).hex(),
-                      "new_root": merkle.root(leaves[:new]).hex(), "proof": [p.hex() for p in proof]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "old_size": args.old,
+                "new_size": new,
+                "old_root": merkle.root(leaves[: args.old]).hex(),
+                "new_root": merkle.root(leaves[:new]).hex(),
+                "proof": [p.hex() for p in proof],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

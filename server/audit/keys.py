@@ -76,11 +76,15 @@ class AuditKeys:
             _write_private(hmac_path, secrets.token_bytes(32))
         if not sign_path.exists():
             key = Ed25519PrivateKey.generate()
-            _write_private(sign_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            _write_private(
+                sign_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            )
         signing = serialization.load_pem_private_key(sign_path.read_bytes(), password=None)
         assert isinstance(signing, Ed25519PrivateKey)
         if not pub_path.exists():
-            pub_path.write_bytes(signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            pub_path.write_bytes(
+                signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            )
         return cls(hmac_path.read_bytes(), signing)
 
     def mac(self, text: str, purpose: str) -> str:

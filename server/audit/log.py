@@ -70,13 +70,21 @@ class AuditLog:
     def __init__(self, config: AuditConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         registry = registry or CollectorRegistry()
-        self._failures = Counter("tandem_audit_write_failures", "Attempts to write audit records that the database refused (they are retried).", registry=registry)
-        self._unsealable = Counter("tandem_audit_unsealable_records", "Records that could not be serialised as they were and were "
-                                   "written as a minimal record naming the error.", registry=registry)
+        self._failures = Counter(
+            "tandem_audit_write_failures",
+            "Attempts to write audit records that the database refused (they are retried).",
+            registry=registry,
+        )
+        self._unsealable = Counter(
+            "tandem_audit_unsealable_records",
+            "Records that could not be serialised as they were and were written as a minimal record naming the error.",
+            registry=registry,
+        )
         self._depth = Gauge("tandem_audit_queue_depth", "Audit records waiting to be written.", registry=registry)
         self._depth.set_function(lambda: self.depth)
-        self._stuck = Gauge("tandem_audit_writer_stuck", "1 while records wait and the writer has committed nothing for "
-                            "stuck_seconds.", registry=registry)
+        self._stuck = Gauge(
+            "tandem_audit_writer_stuck", "1 while records wait and the writer has committed nothing for stuck_seconds.", registry=registry
+        )
         self._stuck.set_function(lambda: float(self.stuck))
         self.keys = AuditKeys.load_or_create(config.directory, config.signing_key)
         self.db = store.open_db(config.directory / "audit.db", writer=True)
@@ -139,8 +147,11 @@ class AuditLog:
         with self.db.begin() as conn:
             rows = conn.execute(select(store.pending)).fetchall()
             for row in rows:
-                cut = dataclasses.replace(Envelope.read(json.loads(row.body)), outcome=Outcome("interrupted", "server_stopped"), interrupted={
-                    "note": "the server stopped before this call ended; what it streamed, if anything, is not known here"})
+                cut = dataclasses.replace(
+                    Envelope.read(json.loads(row.body)),
+                    outcome=Outcome("interrupted", "server_stopped"),
+                    interrupted={"note": "the server stopped before this call ended; what it streamed, if anything, is not known here"},
+                )
                 store.append(conn, cut.to_json(), None, None)
                 conn.execute(store.pending.delete().where(store.pending.c.call == row.call))
         if rows:
@@ -225,8 +236,14 @@ class AuditLog:
             if seq == 0 or (last is not None and last.seq >= seq):
                 return None
             prev_sig = last.sig if last is not None else ""
-            row = {"seq": seq, "ts": utc_now(), "head": head, "prev_sig": prev_sig, "key_id": public_key_id(self.keys.public),
-                   "sig": self.keys.sign(checkpoint_text(seq, head, prev_sig))}
+            row = {
+                "seq": seq,
+                "ts": utc_now(),
+                "head": head,
+                "prev_sig": prev_sig,
+                "key_id": public_key_id(self.keys.public),
+                "sig": self.keys.sign(checkpoint_text(seq, head, prev_sig)),
+            }
             conn.execute(store.checkpoints.insert().values(**row))
         return row
 
@@ -238,7 +255,9 @@ class AuditLog:
             canonical(entry.body)
         except (TypeError, ValueError, RecursionError) as exc:
             self._unsealable.inc()
-            log.error("audit: a %s record could not be serialised (%s); writing a minimal record", entry.body.get("type"), type(exc).__name__)
+            log.error(
+                "audit: a %s record could not be serialised (%s); writing a minimal record", entry.body.get("type"), type(exc).__name__
+            )
             entry = Entry(_minimal(entry.body, exc), call=entry.call)  # its content has no sealed HMAC to be checked against: not kept
         return Entry(entry.body, _storable(entry.prompt), _storable(entry.output), entry.call)
 
@@ -296,14 +315,19 @@ class AuditLog:
 
 def _minimal(body: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """What of a record can always be written: its kind and identity, its outcome, and the error."""
+
     def text(value: Any) -> str | None:
         return _storable(value) if isinstance(value, str) else None
 
     outcome: dict[str, Any] = body["outcome"] if isinstance(body.get("outcome"), dict) else {}
-    return Envelope(text(body.get("type")) or "unknown", text(body.get("surface")), text(body.get("request_id")),
-                    conversation_id=text(body.get("conversation_id")),
-                    outcome=Outcome(text(outcome.get("status")) or "error", text(outcome.get("error_code"))),
-                    audit_error=_storable(f"the full record could not be serialised: {type(exc).__name__}: {str(exc)[:200]}")).to_json()
+    return Envelope(
+        text(body.get("type")) or "unknown",
+        text(body.get("surface")),
+        text(body.get("request_id")),
+        conversation_id=text(body.get("conversation_id")),
+        outcome=Outcome(text(outcome.get("status")) or "error", text(outcome.get("error_code"))),
+        audit_error=_storable(f"the full record could not be serialised: {type(exc).__name__}: {str(exc)[:200]}"),
+    ).to_json()
 
 
 def _storable(value: str | None) -> str | None:

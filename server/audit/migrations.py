@@ -21,7 +21,8 @@ NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
 @migration
 def m001_records_content_checkpoints(conn: Any) -> None:
-    conn.execute(text("""
+    conn.execute(
+        text("""
         CREATE TABLE audit_records (
             seq INTEGER NOT NULL PRIMARY KEY,
             id VARCHAR NOT NULL UNIQUE,
@@ -36,18 +37,28 @@ def m001_records_content_checkpoints(conn: Any) -> None:
             envelope TEXT NOT NULL,                 -- canonical JSON: what the hash covers
             prev_hash VARCHAR(64) NOT NULL,
             hash VARCHAR(64) NOT NULL
-        )"""))
-    for name, columns in (("ts", "ts"), ("conversation", "conversation_id, seq"), ("actor", "actor_ref, ts"), ("action", "action, ts"),
-                          ("surface", "surface, ts"), ("outcome", "outcome, ts")):
+        )""")
+    )
+    for name, columns in (
+        ("ts", "ts"),
+        ("conversation", "conversation_id, seq"),
+        ("actor", "actor_ref, ts"),
+        ("action", "action, ts"),
+        ("surface", "surface, ts"),
+        ("outcome", "outcome, ts"),
+    ):
         conn.execute(text(f"CREATE INDEX ix_audit_{name} ON audit_records ({columns})"))
-    conn.execute(text("""
+    conn.execute(
+        text("""
         CREATE TABLE audit_content (
             record_id VARCHAR NOT NULL PRIMARY KEY,
             prompt TEXT,
             output TEXT,
             expires_at VARCHAR NOT NULL
-        )"""))
-    conn.execute(text("""
+        )""")
+    )
+    conn.execute(
+        text("""
         CREATE TABLE audit_checkpoints (
             seq INTEGER NOT NULL PRIMARY KEY,       -- the last record it covers
             ts VARCHAR NOT NULL,
@@ -55,24 +66,37 @@ def m001_records_content_checkpoints(conn: Any) -> None:
             prev_sig VARCHAR NOT NULL,
             key_id VARCHAR NOT NULL,
             sig VARCHAR NOT NULL
-        )"""))
+        )""")
+    )
     for table, what in (("audit_records", "the audit log is append-only"), ("audit_checkpoints", "the audit log is append-only")):
         for verb in ("update", "delete"):
-            conn.execute(text(f"CREATE TRIGGER {table}_no_{verb} BEFORE {verb.upper()} ON {table} BEGIN SELECT RAISE(ABORT, '{what}'); END"))
-    conn.execute(text("CREATE TRIGGER audit_content_no_update BEFORE UPDATE ON audit_content "
-                      "BEGIN SELECT RAISE(ABORT, 'audit content cannot be changed'); END"))
-    conn.execute(text(f"CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
-                      "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END"))
+            conn.execute(
+                text(f"CREATE TRIGGER {table}_no_{verb} BEFORE {verb.upper()} ON {table} BEGIN SELECT RAISE(ABORT, '{what}'); END")
+            )
+    conn.execute(
+        text(
+            "CREATE TRIGGER audit_content_no_update BEFORE UPDATE ON audit_content "
+            "BEGIN SELECT RAISE(ABORT, 'audit content cannot be changed'); END"
+        )
+    )
+    conn.execute(
+        text(
+            f"CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
+            "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END"
+        )
+    )
 
 
 @migration
 def m002_pending_calls(conn: Any) -> None:
     """The journal of calls in progress: a call a crash cuts is found at the next start."""
-    conn.execute(text("""
+    conn.execute(
+        text("""
         CREATE TABLE audit_pending (
             call VARCHAR NOT NULL PRIMARY KEY,
             body TEXT NOT NULL                      -- the call's skeleton envelope (canonical JSON)
-        )"""))
+        )""")
+    )
 
 
 LEGACY = {1: 1, 2: 2}  # PRAGMA user_version of a log from before numbered migrations → the steps it already has
@@ -84,6 +108,6 @@ def migrate(conn: Any, upto: int | None = None) -> list[str]:
         version = conn.execute(text("PRAGMA user_version")).scalar() or 0
         has_records = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_records'")).first() is not None
         if has_records:  # written before numbered migrations: adopt what its version has
-            for name in migration.names[:LEGACY.get(int(version), 1)]:
+            for name in migration.names[: LEGACY.get(int(version), 1)]:
                 migration.mark(conn, name)
     return migration.migrate(conn, upto)

@@ -144,12 +144,19 @@ class Envelope:
 
     def summary(self) -> dict[str, Any]:
         """The fields a reviewer scans a list of records by (the CLI's lines, the review page's rows)."""
-        return {"ts": self.ts, "type": self.type, "surface": self.surface, "action": self.guard.action, "outcome": self.outcome.status,
-                "finish_reason": self.output.finish_reason if self.output else None,
-                "user_ref": self.actor.user_ref if self.actor else None, "conversation_id": self.conversation_id,
-                "findings": self.guard.finding_types(),
-                "tokens": {"prompt": self.prompt.tokens if self.prompt else None, "output": self.output.tokens if self.output else None},
-                "timing": _to_json(self.timing) if self.timing else None}
+        return {
+            "ts": self.ts,
+            "type": self.type,
+            "surface": self.surface,
+            "action": self.guard.action,
+            "outcome": self.outcome.status,
+            "finish_reason": self.output.finish_reason if self.output else None,
+            "user_ref": self.actor.user_ref if self.actor else None,
+            "conversation_id": self.conversation_id,
+            "findings": self.guard.finding_types(),
+            "tokens": {"prompt": self.prompt.tokens if self.prompt else None, "output": self.output.tokens if self.output else None},
+            "timing": _to_json(self.timing) if self.timing else None,
+        }
 
 
 def _to_json(value: Any) -> Any:

@@ -97,7 +97,13 @@ class AuditReader:
             conds.append(c.ts >= parse_time(f.since))
         if f.until:
             conds.append(c.ts <= parse_time(f.until))
-        for col, value in ((c.surface, f.surface), (c.action, f.verdict), (c.outcome, f.outcome), (c.conversation_id, f.conversation), (c.type, f.type)):
+        for col, value in (
+            (c.surface, f.surface),
+            (c.action, f.verdict),
+            (c.outcome, f.outcome),
+            (c.conversation_id, f.conversation),
+            (c.type, f.type),
+        ):
             if value:
                 conds.append(col == value)
         if f.user:
@@ -154,7 +160,9 @@ class AuditReader:
                 if row.seq != expected:
                     return bad(expected, None, f"record {expected} is missing (the next record is {row.seq})")
                 if row.prev_hash != prev:
-                    return bad(row.seq, row.id, f"record {row.seq} does not follow record {row.seq - 1} (prev_hash differs): reordered or replaced")
+                    return bad(
+                        row.seq, row.id, f"record {row.seq} does not follow record {row.seq - 1} (prev_hash differs): reordered or replaced"
+                    )
                 if record_hash(prev, row.envelope.encode("utf-8")) != row.hash:
                     return bad(row.seq, row.id, f"record {row.seq} was altered (its hash no longer matches its contents)")
                 envelope = json.loads(row.envelope)
@@ -169,7 +177,11 @@ class AuditReader:
                         return bad(row.seq, row.id, f"record {row.seq}: {problem}")
                     v.content_checked += 1
                 elif envelope.get("content_until") and envelope["content_until"] > now:
-                    return bad(row.seq, row.id, f"record {row.seq}: its content was deleted before it expired (kept until {envelope['content_until']})")
+                    return bad(
+                        row.seq,
+                        row.id,
+                        f"record {row.seq}: its content was deleted before it expired (kept until {envelope['content_until']})",
+                    )
                 elif envelope.get("prompt", {}).get("content_hmac"):
                     v.content_expired += 1
                 tree.append(merkle.leaf_hash(row.envelope.encode("utf-8")))
@@ -200,6 +212,7 @@ class AuditReader:
 
     def _check_heads(self, v: Verification, heads: list[dict[str, Any]], roots: dict[int, str], hashes: dict[int, str]) -> Verification:
         """The log against signed tree heads held elsewhere: truncation, rollback, rewriting, forged appends."""
+
         def bad(seq: int, problem: str) -> Verification:
             v.ok, v.first_bad_seq, v.problem = False, seq, problem
             return v
@@ -211,15 +224,23 @@ class AuditReader:
             if not treehead.valid(self.public_key, th):
                 return bad(size, f"the tree head of {when} (size {size}) is not signed by this log's key: forged, or the key was replaced")
             if size > v.records:
-                return bad(v.records + 1, f"the log has {v.records} records but the tree head of {when} covers {size}: "
-                                          "records were deleted or the log was rolled back to an older copy")
+                return bad(
+                    v.records + 1,
+                    f"the log has {v.records} records but the tree head of {when} covers {size}: "
+                    "records were deleted or the log was rolled back to an older copy",
+                )
             if roots.get(size) != th["root"] or hashes.get(size) != th["head"]:
-                return bad(size, f"the first {size} records are not those the tree head of {when} covers: records were rewritten or replaced")
+                return bad(
+                    size, f"the first {size} records are not those the tree head of {when} covers: records were rewritten or replaced"
+                )
             v.tree_heads_checked += 1
         newest = heads[-1]
         if int(newest["size"]) < v.records:
-            return bad(int(newest["size"]) + 1, f"records {int(newest['size']) + 1}..{v.records} were appended after the newest tree head "
-                                                f"you hold ({newest.get('ts')}): nothing signed covers them (export the heads again if they are newer)")
+            return bad(
+                int(newest["size"]) + 1,
+                f"records {int(newest['size']) + 1}..{v.records} were appended after the newest tree head "
+                f"you hold ({newest.get('ts')}): nothing signed covers them (export the heads again if they are newer)",
+            )
         v.tree_size, v.tree_root = v.records, roots.get(v.records)
         return v
 
@@ -249,18 +270,38 @@ class AuditReader:
         digest = hashlib.sha256()
         with open(out, "wb") as f:
             for row in rows:
-                line = canonical({"seq": row["seq"], "id": row["id"], "prev_hash": row["prev_hash"], "hash": row["hash"],
-                                  "record": row["record"], "content": _content(contents.get(row["id"]))}) + b"\n"
+                line = (
+                    canonical(
+                        {
+                            "seq": row["seq"],
+                            "id": row["id"],
+                            "prev_hash": row["prev_hash"],
+                            "hash": row["hash"],
+                            "record": row["record"],
+                            "content": _content(contents.get(row["id"])),
+                        }
+                    )
+                    + b"\n"
+                )
                 f.write(line)
                 digest.update(line)
         verification = self.verify()
         ends = {"first": rows[0], "last": rows[-1]} if rows else {"first": None, "last": None}
         manifest = {
-            "file": out.name, "format": "jsonl", "records": len(rows), "sha256": digest.hexdigest(), "exported_at": utc_now(),
+            "file": out.name,
+            "format": "jsonl",
+            "records": len(rows),
+            "sha256": digest.hexdigest(),
+            "exported_at": utc_now(),
             "filters": filters.describe(),
             **{k: ({"seq": r["seq"], "id": r["id"], "ts": r["record"]["ts"], "hash": r["hash"]} if r else None) for k, r in ends.items()},
-            "chain": {"verified": verification.ok, "records": verification.records, "head": verification.head,
-                      "signed_through": verification.signed_through, "problem": verification.problem},
+            "chain": {
+                "verified": verification.ok,
+                "records": verification.records,
+                "head": verification.head,
+                "signed_through": verification.signed_through,
+                "problem": verification.problem,
+            },
             "how_to_check": "each line: hash == sha256(prev_hash + '\\n' + canonical_json(record)); the file: sha256 of its bytes",
         }
         out.with_name(out.name + ".manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -25,7 +25,8 @@ from .record import INDEXED, indexed_values
 metadata = MetaData()
 
 records = Table(
-    "audit_records", metadata,
+    "audit_records",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),
     *(Column(column, String) for column in INDEXED),  # copied out of the envelope (record.py says which fields)
     Column("envelope", Text, nullable=False),  # canonical JSON: what the hash covers
@@ -34,7 +35,8 @@ records = Table(
 )
 
 contents = Table(
-    "audit_content", metadata,
+    "audit_content",
+    metadata,
     Column("record_id", String, primary_key=True),
     Column("prompt", Text),
     Column("output", Text),
@@ -42,7 +44,8 @@ contents = Table(
 )
 
 checkpoints = Table(
-    "audit_checkpoints", metadata,
+    "audit_checkpoints",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),  # the last record it covers
     Column("ts", String, nullable=False),
     Column("head", String(64), nullable=False),
@@ -54,10 +57,12 @@ checkpoints = Table(
 # The journal of calls in progress: a row per call from its start until its record is sealed (in
 # the same transaction), so a call cut by a crash is found at the next start and gets its record.
 pending = Table(
-    "audit_pending", metadata,
+    "audit_pending",
+    metadata,
     Column("call", String, primary_key=True),
     Column("body", Text, nullable=False),  # the call's skeleton envelope (canonical JSON): identity, actor refs, model
 )
+
 
 def open_db(path: Path, writer: bool = False) -> Engine:
     """A SQLAlchemy engine on the audit file. The writer's transactions start with BEGIN IMMEDIATE,

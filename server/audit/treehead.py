@@ -29,8 +29,15 @@ def tree_head_text(size: int, root: str, head: str, ts: str) -> bytes:
 
 
 def sign(keys: AuditKeys, size: int, root: str, head: str, ts: str) -> dict[str, Any]:
-    return {"origin": ORIGIN, "size": size, "root": root, "head": head, "ts": ts, "key_id": public_key_id(keys.public),
-            "sig": keys.sign(tree_head_text(size, root, head, ts))}
+    return {
+        "origin": ORIGIN,
+        "size": size,
+        "root": root,
+        "head": head,
+        "ts": ts,
+        "key_id": public_key_id(keys.public),
+        "sig": keys.sign(tree_head_text(size, root, head, ts)),
+    }
 
 
 def valid(public: Ed25519PublicKey, th: dict[str, Any]) -> bool:

@@ -31,9 +31,16 @@ from .review import AuditReader, Filters
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "tandem_audit"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 @dataclass
@@ -80,8 +87,13 @@ def _login_page(status: int, message: str = "") -> HTMLResponse:
 
 
 def _unauthorized_error() -> APIError:
-    return APIError(401, "the audit review needs the admin token (Authorization: Bearer <token>)", type="authentication_error",
-                    code="admin_token_required", headers={"WWW-Authenticate": "Bearer"})
+    return APIError(
+        401,
+        "the audit review needs the admin token (Authorization: Bearer <token>)",
+        type="authentication_error",
+        code="admin_token_required",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def page(request: Request) -> Response:
@@ -105,7 +117,9 @@ async def login(request: Request) -> Response:
     if not same_secret(given or None, state.token):
         return _login_page(401, "That token is not right.")
     response = RedirectResponse("/audit", status_code=303)
-    response.set_cookie(COOKIE, state.session_value(), httponly=True, samesite="strict", path="/audit", secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE, state.session_value(), httponly=True, samesite="strict", path="/audit", secure=request.url.scheme == "https"
+    )
     return response
 
 
@@ -161,9 +175,13 @@ routes = [
     Route("/audit/login", login, methods=["POST"]),  # open: it checks the token it is given
     Route("/audit/logout", logout, methods=["POST"]),
     Mount("/audit/static", routes=[Route("/{name}", asset, methods=["GET"])], middleware=[Middleware(RequireAdmin)]),
-    Mount("/audit/api", middleware=[Middleware(RequireAdmin)], routes=[
-        Route("/records", api_records, methods=["GET"]),
-        Route("/records/{ref}", api_record, methods=["GET"]),
-        Route("/verify", api_verify, methods=["GET"]),
-    ]),
+    Mount(
+        "/audit/api",
+        middleware=[Middleware(RequireAdmin)],
+        routes=[
+            Route("/records", api_records, methods=["GET"]),
+            Route("/records/{ref}", api_record, methods=["GET"]),
+            Route("/verify", api_verify, methods=["GET"]),
+        ],
+    ),
 ]

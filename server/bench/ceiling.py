@@ -23,8 +23,13 @@ def read_bandwidth(size_mib: int = 512, repeats: int = 7) -> dict[str, float]:
         t = time.perf_counter()
         float(np.add.reduce(a))
         best_numpy = max(best_numpy, a.nbytes / (time.perf_counter() - t))
-    return {"torch_sum_bytes_per_s": best_torch, "numpy_sum_bytes_per_s": best_numpy, "bytes_per_s": max(best_torch, best_numpy),
-            "buffer_mib": size_mib, "threads": torch.get_num_threads()}
+    return {
+        "torch_sum_bytes_per_s": best_torch,
+        "numpy_sum_bytes_per_s": best_numpy,
+        "bytes_per_s": max(best_torch, best_numpy),
+        "buffer_mib": size_mib,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def weight_bytes_per_token(model: Any, footprint_bytes: int) -> int:

@@ -18,8 +18,12 @@ from typing import Any
 import psutil
 
 # bench.json's key for the engine's throughput over each peer's
-RATIO_KEYS = {"sequential_generate": "ratio_vs_sequential", "static_batch_generate": "ratio_vs_static_batch",
-              "cb_manager": "ratio_vs_cb_manager", "llama_cpp": "ratio_vs_llama_cpp"}
+RATIO_KEYS = {
+    "sequential_generate": "ratio_vs_sequential",
+    "static_batch_generate": "ratio_vs_static_batch",
+    "cb_manager": "ratio_vs_cb_manager",
+    "llama_cpp": "ratio_vs_llama_cpp",
+}
 
 
 @dataclass
@@ -64,10 +68,12 @@ def summarise(runs: list[Run]) -> Summary:
     itl = [t for r in runs for t in r.itl]
     return Summary(
         tok_s=statistics.median(r.rate for r in runs),
-        ttft_p50_ms=percentile(ttft, 50) * 1000, ttft_p95_ms=percentile(ttft, 95) * 1000,
+        ttft_p50_ms=percentile(ttft, 50) * 1000,
+        ttft_p95_ms=percentile(ttft, 95) * 1000,
         itl_p50_ms=percentile(itl, 50) * 1000,
         peak_mem_mib=max(r.peak_rss_delta for r in runs) / 2**20,
-        tokens=runs[0].tokens, runs=len(runs),
+        tokens=runs[0].tokens,
+        runs=len(runs),
     )
 
 

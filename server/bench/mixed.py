@@ -32,7 +32,9 @@ async def _typing(engine: Engine, prefixes: list[str], interval: float, max_toke
 
     async def complete(i: int, prefix: str) -> None:
         started, first = time.perf_counter(), True
-        async for delta in engine.stream(GenerationRequest(prompt=prefix, max_tokens=max_tokens, stop=("\n\n",), priority=Priority.INTERACTIVE)):
+        async for delta in engine.stream(
+            GenerationRequest(prompt=prefix, max_tokens=max_tokens, stop=("\n\n",), priority=Priority.INTERACTIVE)
+        ):
             if first and delta.tokens >= 1:
                 ttfts[i] = time.perf_counter() - started
                 first = False

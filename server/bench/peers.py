@@ -65,8 +65,14 @@ def sequential_generate(model: Any, prompts: list[list[int]], max_tokens: int, e
     clock = TokenClock(len(prompts))
     with MemorySampler() as memory, torch.inference_mode():
         for i, ids in enumerate(prompts):
-            model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                           max_new_tokens=max_tokens, do_sample=False, pad_token_id=min(eos), streamer=_StepStreamer(clock, eos, [i]))
+            model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=min(eos),
+                streamer=_StepStreamer(clock, eos, [i]),
+            )
     return clock.run(memory=memory.peak_delta)
 
 
@@ -78,8 +84,14 @@ def static_batch_generate(model: Any, prompts: list[list[int]], max_tokens: int,
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     clock = TokenClock(len(prompts))
     with MemorySampler() as memory, torch.inference_mode():
-        model.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad_id,
-                       streamer=_StepStreamer(clock, eos, list(range(len(prompts)))))
+        model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            streamer=_StepStreamer(clock, eos, list(range(len(prompts)))),
+        )
     return clock.run(memory=memory.peak_delta)
 
 

@@ -15,7 +15,7 @@ def perplexity(model: Any, tokenizer: Any, text: str, max_tokens: int, window: i
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, window):
-            chunk = torch.tensor([ids[start:start + window]])
+            chunk = torch.tensor([ids[start : start + window]])
             if chunk.shape[1] < 2:
                 break
             loss = model(chunk, labels=chunk).loss.float().item()

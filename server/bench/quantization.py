@@ -37,14 +37,18 @@ def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -
     return streams / percentile(run.itl, 50)
 
 
-def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, compile_decode: bool = False,
-                  log: Any = print) -> QuantRow:
+def measure_quant(
+    spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, compile_decode: bool = False, log: Any = print
+) -> QuantRow:
     """The engine as `tandem serve` runs it in each mode (compiling its one-row step where it can,
     unless told not to)."""
     loaded = models.load(spec, quant)
     per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)  # before the engine repacks the weights
-    engine = Engine(loaded.model, loaded.tokenizer,
-                    EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode)).start()
+    engine = Engine(
+        loaded.model,
+        loaded.tokenizer,
+        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode),
+    ).start()
     engine.compiled.wait()
     try:
         decode_rate(engine, loaded.tokenizer, 1, 4)  # warm-up: first calls allocate and pick kernels
@@ -55,7 +59,9 @@ def measure_quant(spec: str | None, quant: str, max_tokens: int, ppl_tokens: int
         engine.close()
     ppl = {name: round(perplexity(loaded.model, loaded.tokenizer, text, ppl_tokens), 3) for name, text in heldout_text()}
     row = QuantRow(quant, loaded.footprint_bytes / 2**20, per_token, b1, b16, bw, fraction, ppl, decode_step=decode_step)
-    log(f"  {quant:>5}: {row.footprint_mib:6.1f} MiB, decode {b1:6.1f} tok/s at batch 1 ({decode_step} step), {b16:6.1f} at 16, perplexity {ppl}")
+    log(
+        f"  {quant:>5}: {row.footprint_mib:6.1f} MiB, decode {b1:6.1f} tok/s at batch 1 ({decode_step} step), {b16:6.1f} at 16, perplexity {ppl}"
+    )
     del engine, loaded
     gc.collect()
     return row
@@ -70,8 +76,11 @@ def _paired_b1(engine: Engine, tokenizer: Any, max_tokens: int) -> tuple[float, 
 
 def _medians(pairs: list[tuple[float, float]], per_token: int) -> tuple[float, float, float]:
     """Median decode rate, bandwidth and fraction of the ceiling over paired rounds."""
-    return (statistics.median(r for r, _ in pairs), statistics.median(b for _, b in pairs),
-            statistics.median(r * per_token / b for r, b in pairs))
+    return (
+        statistics.median(r for r, _ in pairs),
+        statistics.median(b for _, b in pairs),
+        statistics.median(r * per_token / b for r, b in pairs),
+    )
 
 
 def relative_to_none(rows: list[QuantRow]) -> None:
@@ -107,10 +116,14 @@ def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds:
     with a bandwidth reading; the paths take turns going first."""
     per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
     paths = {name: PATHS[name] for name in names}
-    engines = {name: Engine((served if fuse else unfused if pack else plain).model, plain.tokenizer,
-                            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, fuse_projections=fuse,
-                                         compile_decode=compiled)).start()
-               for name, (fast, pack, fuse, compiled) in paths.items()}
+    engines = {
+        name: Engine(
+            (served if fuse else unfused if pack else plain).model,
+            plain.tokenizer,
+            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, fuse_projections=fuse, compile_decode=compiled),
+        ).start()
+        for name, (fast, pack, fuse, compiled) in paths.items()
+    }
     for engine in engines.values():
         engine.compiled.wait()
     b1: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
@@ -119,7 +132,7 @@ def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds:
         for engine in engines.values():
             decode_rate(engine, plain.tokenizer, 1, 4)  # warm-up
         for i in range(rounds):
-            order = list(engines)[i % len(engines):] + list(engines)[:i % len(engines)]
+            order = list(engines)[i % len(engines) :] + list(engines)[: i % len(engines)]
             for name in order:
                 b1[name].append(_paired_b1(engines[name], plain.tokenizer, max_tokens))
             for name in order:
@@ -127,12 +140,17 @@ def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds:
     finally:
         for engine in engines.values():
             engine.close()
-    out: dict[str, Any] = {"fast_step_active": engines["fast_step_packed_fused"].fast_decode,
-                           "packed_linears": engines["fast_step_packed_fused"].packed_linears}
+    out: dict[str, Any] = {
+        "fast_step_active": engines["fast_step_packed_fused"].fast_decode,
+        "packed_linears": engines["fast_step_packed_fused"].packed_linears,
+    }
     if "fast_step_packed_fused_compiled" in engines:  # "engine" here: the compile failed or fell back (the log says why)
         out["compiled_path_step"] = engines["fast_step_packed_fused_compiled"].decode_step
     for name in engines:
         rate, _, fraction = _medians(b1[name], per_token)
-        out[name] = {"decode_b1_tok_s": round(rate, 1), "fraction_of_ceiling": round(fraction, 3),
-                     "decode_b16_tok_s": round(statistics.median(b16[name]), 1)}
+        out[name] = {
+            "decode_b1_tok_s": round(rate, 1),
+            "fraction_of_ceiling": round(fraction, 3),
+            "decode_b16_tok_s": round(statistics.median(b16[name]), 1),
+        }
     return out

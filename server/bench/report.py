@@ -6,8 +6,13 @@ from typing import Any
 
 from .measure import RATIO_KEYS
 
-LABELS = {"tandem_engine": "Tandem engine", "sequential_generate": "sequential `generate`", "static_batch_generate": "static-batched `generate`",
-          "cb_manager": "transformers CB manager", "llama_cpp": "llama.cpp (llama-cpp-python)"}
+LABELS = {
+    "tandem_engine": "Tandem engine",
+    "sequential_generate": "sequential `generate`",
+    "static_batch_generate": "static-batched `generate`",
+    "cb_manager": "transformers CB manager",
+    "llama_cpp": "llama.cpp (llama-cpp-python)",
+}
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -16,85 +21,143 @@ def _f(value: Any, digits: int = 1) -> str:
 
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
-    lines = [f"# tandem bench{' --quick' if r['quick'] else ''}", "",
-             f"{r['model']['name']} ({r['model']['quant']}, {r['model']['footprint_mib']} MiB), {m['cpus']} CPUs, "
-             f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}; {r['settings']['max_tokens']} new tokens "
-             f"per stream, greedy, median of {r['settings']['repeats']} run(s) per cell. llama.cpp: {r['llama_cpp']['status']}"
-             + (f" ({r['llama_cpp']['version']}, {r['llama_cpp']['gguf']})" if r["llama_cpp"].get("version") else "") + ".", ""]
+    lines = [
+        f"# tandem bench{' --quick' if r['quick'] else ''}",
+        "",
+        f"{r['model']['name']} ({r['model']['quant']}, {r['model']['footprint_mib']} MiB), {m['cpus']} CPUs, "
+        f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}; {r['settings']['max_tokens']} new tokens "
+        f"per stream, greedy, median of {r['settings']['repeats']} run(s) per cell. llama.cpp: {r['llama_cpp']['status']}"
+        + (f" ({r['llama_cpp']['version']}, {r['llama_cpp']['gguf']})" if r["llama_cpp"].get("version") else "")
+        + ".",
+        "",
+    ]
     if "throughput" in r:
-        lines += ["## Throughput: concurrent chat streams", "",
-                  "Time to first token counts from the moment all streams arrive; memory is the peak resident set above the loaded "
-                  "model during the run (llama.cpp holds its own copy of the weights, mapped from the GGUF file).", "",
-                  "| streams | peer | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | peak mem MiB | engine ÷ peer |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Throughput: concurrent chat streams",
+            "",
+            "Time to first token counts from the moment all streams arrive; memory is the peak resident set above the loaded "
+            "model during the run (llama.cpp holds its own copy of the weights, mapped from the GGUF file).",
+            "",
+            "| streams | peer | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | peak mem MiB | engine ÷ peer |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in r["throughput"]:
             for name, v in row["peers"].items():
                 ratio = "" if name == "tandem_engine" else f"{row[RATIO_KEYS[name]]:.2f}x"
-                lines.append(f"| {row['streams']} | {LABELS[name]} | {_f(v['tok_s'])} | {_f(v['ttft_p50_ms'], 0)} | {_f(v['ttft_p95_ms'], 0)} | "
-                             f"{_f(v['itl_p50_ms'])} | {_f(v['peak_mem_mib'], 0)} | {ratio} |")
+                lines.append(
+                    f"| {row['streams']} | {LABELS[name]} | {_f(v['tok_s'])} | {_f(v['ttft_p50_ms'], 0)} | {_f(v['ttft_p95_ms'], 0)} | "
+                    f"{_f(v['itl_p50_ms'])} | {_f(v['peak_mem_mib'], 0)} | {ratio} |"
+                )
         lines.append("")
     if "mixed" in r:
         idle, busy = r["mixed"]["idle"], r["mixed"]["under_8_chats"]
-        lines += ["## Mixed load: completions while the support chat runs", "",
-                  "A completion request every 0.8 s at interactive priority (a developer pausing while typing textwrap.py), "
-                  "with and without 8 chat streams decoding; each condition on a fresh engine (cold prefix cache), median of the runs. "
-                  "The first request of a session prefills the whole window and is shown apart; the percentiles are over the rest.", "",
-                  "| chat streams | completions | TTFT p50 ms | TTFT p95 ms | first request ms |", "|---:|---:|---:|---:|---:|",
-                  f"| 0 | {idle['completions']} | {_f(idle['ttft_p50_ms'], 0)} | {_f(idle['ttft_p95_ms'], 0)} | {_f(idle['first_ttft_ms'], 0)} |",
-                  f"| 8 | {busy['completions']} | {_f(busy['ttft_p50_ms'], 0)} | {_f(busy['ttft_p95_ms'], 0)} | {_f(busy['first_ttft_ms'], 0)} |", "",
-                  f"p95 under load ÷ idle: **{r['mixed']['p95_ratio']:.2f}x**", ""]
+        lines += [
+            "## Mixed load: completions while the support chat runs",
+            "",
+            "A completion request every 0.8 s at interactive priority (a developer pausing while typing textwrap.py), "
+            "with and without 8 chat streams decoding; each condition on a fresh engine (cold prefix cache), median of the runs. "
+            "The first request of a session prefills the whole window and is shown apart; the percentiles are over the rest.",
+            "",
+            "| chat streams | completions | TTFT p50 ms | TTFT p95 ms | first request ms |",
+            "|---:|---:|---:|---:|---:|",
+            f"| 0 | {idle['completions']} | {_f(idle['ttft_p50_ms'], 0)} | {_f(idle['ttft_p95_ms'], 0)} | {_f(idle['first_ttft_ms'], 0)} |",
+            f"| 8 | {busy['completions']} | {_f(busy['ttft_p50_ms'], 0)} | {_f(busy['ttft_p95_ms'], 0)} | {_f(busy['first_ttft_ms'], 0)} |",
+            "",
+            f"p95 under load ÷ idle: **{r['mixed']['p95_ratio']:.2f}x**",
+            "",
+        ]
     if "speculative" in r:
         sp = r["speculative"]
-        lines += ["## Speculative decoding: prompt lookup on code completion", "",
-                  f"{sp['prompts']}; each request {sp['max_tokens']} new tokens, greedy, interactive priority, all rows arriving at once; "
-                  f"up to {sp['draft_tokens']} drafts per row and step; speculation on and off alternating over {sp['rounds']} round(s), medians "
-                  f"(one-row step: {sp['decode_step']}). Acceptance = drafts accepted ÷ drafted; tokens per step = a row's tokens per decode step it was in (1 without speculation).", "",
-                  "| rows | on tok/s | off tok/s | on ÷ off | latency p50 ms on | off | acceptance | tokens/step on |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Speculative decoding: prompt lookup on code completion",
+            "",
+            f"{sp['prompts']}; each request {sp['max_tokens']} new tokens, greedy, interactive priority, all rows arriving at once; "
+            f"up to {sp['draft_tokens']} drafts per row and step; speculation on and off alternating over {sp['rounds']} round(s), medians "
+            f"(one-row step: {sp['decode_step']}). Acceptance = drafts accepted ÷ drafted; tokens per step = a row's tokens per decode step it was in (1 without speculation).",
+            "",
+            "| rows | on tok/s | off tok/s | on ÷ off | latency p50 ms on | off | acceptance | tokens/step on |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in sp["rows"]:
             on, off = row["on"], row["off"]
-            lines.append(f"| {row['rows']} | {_f(on['tok_s'])} | {_f(off['tok_s'])} | {row['speedup']:.2f}x | {_f(on['latency_p50_ms'], 0)} | "
-                         f"{_f(off['latency_p50_ms'], 0)} | {_f(on['acceptance'], 3)} | {_f(on['tokens_per_step'], 2)} |")
+            lines.append(
+                f"| {row['rows']} | {_f(on['tok_s'])} | {_f(off['tok_s'])} | {row['speedup']:.2f}x | {_f(on['latency_p50_ms'], 0)} | "
+                f"{_f(off['latency_p50_ms'], 0)} | {_f(on['acceptance'], 3)} | {_f(on['tokens_per_step'], 2)} |"
+            )
         lines.append("")
         if sp["draft_sweep"]:
-            lines += ["Draft length at one row (speculation on):", "", "| drafts per step | tok/s | acceptance | tokens/step |", "|---:|---:|---:|---:|"]
-            lines += [f"| {d['draft_tokens']} | {_f(d['tok_s'])} | {_f(d['acceptance'], 3)} | {_f(d['tokens_per_step'], 2)} |" for d in sp["draft_sweep"]]
+            lines += [
+                "Draft length at one row (speculation on):",
+                "",
+                "| drafts per step | tok/s | acceptance | tokens/step |",
+                "|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {d['draft_tokens']} | {_f(d['tok_s'])} | {_f(d['acceptance'], 3)} | {_f(d['tokens_per_step'], 2)} |"
+                for d in sp["draft_sweep"]
+            ]
             lines.append("")
-        lines += [f"Speculation was not slower at any measured size up to **{sp['measured_max_rows']}** rows; the engine speculates up to "
-                  f"`SPEC_MAX_ROWS` = **{sp['spec_max_rows']}** rows (`server/engine/speculative.py`).", ""]
+        lines += [
+            f"Speculation was not slower at any measured size up to **{sp['measured_max_rows']}** rows; the engine speculates up to "
+            f"`SPEC_MAX_ROWS` = **{sp['spec_max_rows']}** rows (`server/engine/speculative.py`).",
+            "",
+        ]
     if "quantization" in r:
         texts = list(r["quantization"][0]["perplexity"])
-        lines += ["## Quantization", "",
-                  "| mode | weights MiB | one-row step | decode tok/s, batch 1 | decode tok/s, batch 16 | " + " | ".join(f"perplexity: {t}" for t in texts) + " |",
-                  "|---|---:|---|---:|---:|" + "---:|" * len(texts)]
+        lines += [
+            "## Quantization",
+            "",
+            "| mode | weights MiB | one-row step | decode tok/s, batch 1 | decode tok/s, batch 16 | "
+            + " | ".join(f"perplexity: {t}" for t in texts)
+            + " |",
+            "|---|---:|---|---:|---:|" + "---:|" * len(texts),
+        ]
         for q in r["quantization"]:
             ppl = " | ".join(f"{q['perplexity'][t]:.2f} ({q['perplexity_vs_none'].get(t, float('nan')):.3f}x)" for t in texts)
-            lines.append(f"| {q['quant']} | {q['footprint_mib']:.0f} | {q.get('decode_step', '')} | {q['decode_b1_tok_s']:.1f} | {q['decode_b16_tok_s']:.1f} | {ppl} |")
+            lines.append(
+                f"| {q['quant']} | {q['footprint_mib']:.0f} | {q.get('decode_step', '')} | {q['decode_b1_tok_s']:.1f} | {q['decode_b16_tok_s']:.1f} | {ppl} |"
+            )
         lines.append("")
     if "ceiling" in r:
         c = r["ceiling"]
         bw = c["bandwidth"]
-        lines += ["## The ceiling: batch-1 decode against memory bandwidth", "",
-                  f"Read bandwidth {bw['bytes_per_s']:.1f} GB/s (best of torch sum {bw['torch_sum_bytes_per_s']:.1f}, NumPy sum "
-                  f"{bw['numpy_sum_bytes_per_s']:.1f}; {bw['buffer_mib']} MiB buffer, {bw['threads']} threads). Ceiling = bandwidth ÷ weight bytes "
-                  "read per token. Each batch-1 run is paired with a bandwidth reading taken just before it (neighbours on a shared host "
-                  "move both), and the fraction is the median over the pairs.", "",
-                  "| mode | weight MB per token | bandwidth GB/s | ceiling tok/s | decode tok/s | fraction of ceiling |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## The ceiling: batch-1 decode against memory bandwidth",
+            "",
+            f"Read bandwidth {bw['bytes_per_s']:.1f} GB/s (best of torch sum {bw['torch_sum_bytes_per_s']:.1f}, NumPy sum "
+            f"{bw['numpy_sum_bytes_per_s']:.1f}; {bw['buffer_mib']} MiB buffer, {bw['threads']} threads). Ceiling = bandwidth ÷ weight bytes "
+            "read per token. Each batch-1 run is paired with a bandwidth reading taken just before it (neighbours on a shared host "
+            "move both), and the fraction is the median over the pairs.",
+            "",
+            "| mode | weight MB per token | bandwidth GB/s | ceiling tok/s | decode tok/s | fraction of ceiling |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for row in c["modes"]:
-            lines.append(f"| {row['quant']} | {row['weight_bytes_per_token'] / 1e6:.0f} | {row['bandwidth_gb_s']:.1f} | {row['ceiling_tok_s']:.1f} | "
-                         f"{row['decode_b1_tok_s']:.1f} | {row['fraction_of_ceiling']:.0%} |")
+            lines.append(
+                f"| {row['quant']} | {row['weight_bytes_per_token'] / 1e6:.0f} | {row['bandwidth_gb_s']:.1f} | {row['ceiling_tok_s']:.1f} | "
+                f"{row['decode_b1_tok_s']:.1f} | {row['fraction_of_ceiling']:.0%} |"
+            )
         lines.append("")
         if "decode_paths" in r:
             p = r["decode_paths"]
-            lines += [f"Before and after the engine's decode step (`server/engine/fast_decode.py`) and its packed weights "
-                      f"(`server/engine/packed.py`), {r['model']['quant']}; medians of paired rounds:", "",
-                      "| decode path | batch-1 tok/s | fraction of ceiling | batch-16 tok/s |", "|---|---:|---:|---:|"]
-            for key, label in (("transformers_forward", "transformers' forward"), ("fast_step", "engine's step"),
-                               ("fast_step_packed", "engine's step, packed weights"),
-                               ("fast_step_packed_fused", "engine's step, packed weights, q/k/v and gate/up fused"),
-                               ("fast_step_packed_fused_compiled", "engine's step, packed and fused, one-row step compiled (`tandem serve`)")):
+            lines += [
+                f"Before and after the engine's decode step (`server/engine/fast_decode.py`) and its packed weights "
+                f"(`server/engine/packed.py`), {r['model']['quant']}; medians of paired rounds:",
+                "",
+                "| decode path | batch-1 tok/s | fraction of ceiling | batch-16 tok/s |",
+                "|---|---:|---:|---:|",
+            ]
+            for key, label in (
+                ("transformers_forward", "transformers' forward"),
+                ("fast_step", "engine's step"),
+                ("fast_step_packed", "engine's step, packed weights"),
+                ("fast_step_packed_fused", "engine's step, packed weights, q/k/v and gate/up fused"),
+                ("fast_step_packed_fused_compiled", "engine's step, packed and fused, one-row step compiled (`tandem serve`)"),
+            ):
                 if key in p:
-                    lines.append(f"| {label} | {p[key]['decode_b1_tok_s']:.1f} | {p[key]['fraction_of_ceiling']:.0%} | {p[key]['decode_b16_tok_s']:.1f} |")
+                    lines.append(
+                        f"| {label} | {p[key]['decode_b1_tok_s']:.1f} | {p[key]['fraction_of_ceiling']:.0%} | {p[key]['decode_b16_tok_s']:.1f} |"
+                    )
             lines.append("")
     if r.get("bars"):
         lines += ["## Bars", "", "| bar | value | holds |", "|---|---:|---|"]
@@ -102,4 +165,3 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {name} | {b['value']} | {'yes' if b['pass'] else '**no**'} |")
         lines.append("")
     return "\n".join(lines)
-

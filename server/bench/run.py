@@ -52,8 +52,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def throughput(loaded: Any, served: Any, s: dict[str, Any], llama: LlamaCpp | None) -> list[dict[str, Any]]:
     """`loaded` is the peers' model, as transformers loads it; `served` is the engine's own copy
     (the engine repacks its weights in place, which must not speed up the peers)."""
-    engine = Engine(served.model, served.tokenizer,
-                    EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=s["compile"])).start()
+    engine = Engine(
+        served.model, served.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=s["compile"])
+    ).start()
     engine.compiled.wait()  # measure the engine as it serves once warm
     eos = set(engine.eos_ids)
     pad = engine.pad_id
@@ -76,7 +77,7 @@ def throughput(loaded: Any, served: Any, s: dict[str, Any], llama: LlamaCpp | No
             runs: dict[str, list[Run]] = {name: [] for name in peers}
             order = list(peers)
             for rep in range(s["repeats"]):
-                for name in order[rep % len(order):] + order[: rep % len(order)]:  # rotate who goes first
+                for name in order[rep % len(order) :] + order[: rep % len(order)]:  # rotate who goes first
                     runs[name].append(peers[name](prompts, s["max_tokens"]))
             summaries = {name: summarise(r).as_dict() for name, r in runs.items()}
             row: dict[str, Any] = {"streams": n, "peers": summaries}
@@ -95,16 +96,24 @@ def run_bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     s = _settings(args)
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__, "transformers": transformers.__version__},
-        "quick": args.quick, "settings": s,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "quick": args.quick,
+        "settings": s,
     }
     loaded = models.load(args.model, args.quant)
     served = models.load(args.model, args.quant)  # the engine's copy: it repacks the weights it is given
     result["model"] = {"name": loaded.name, "quant": loaded.quant, "footprint_mib": round(loaded.footprint_bytes / 2**20, 1)}
 
     llama = None
-    gguf = models.default_gguf_path() if args.model in (None, "default") else (Path(args.model) if str(args.model).endswith(".gguf") else None)
+    gguf = (
+        models.default_gguf_path() if args.model in (None, "default") else (Path(args.model) if str(args.model).endswith(".gguf") else None)
+    )
     if args.no_llama_cpp:
         result["llama_cpp"] = {"status": "left out (--no-llama-cpp)"}
     elif gguf is None:
@@ -128,6 +137,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if "mixed" in s["sections"]:
         print("mixed load: completions at typing pace, idle and under 8 chat streams", flush=True)
+
         def fresh() -> Engine:  # the server's configuration, and a prefix cache that no earlier run has warmed
             return Engine(served.model, served.tokenizer, EngineConfig(max_batch_size=32)).start()
 
@@ -136,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         mixed_load(warm, loaded.tokenizer, 8, 3)  # first calls allocate and pick kernels
         warm.close()
         for rep in range(s["repeats"]):
-            for chats in ((0, 8) if rep % 2 == 0 else (8, 0)):
+            for chats in (0, 8) if rep % 2 == 0 else (8, 0):
                 engine = fresh()
                 try:
                     runs[chats].append(mixed_load(engine, loaded.tokenizer, chats, s["mixed_completions"]))
@@ -148,7 +158,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if "speculative" in s["sections"]:
         print(f"speculative: code completion at {s['spec_rows']} rows, on and off alternating, {s['spec_rounds']} round(s)", flush=True)
-        result["speculative"] = measure_speculative(served, s["spec_rows"], s["spec_tokens"], s["spec_rounds"], s["compile"], s["spec_draft_sweep"])
+        result["speculative"] = measure_speculative(
+            served, s["spec_rows"], s["spec_tokens"], s["spec_rounds"], s["compile"], s["spec_draft_sweep"]
+        )
 
     quant_rows = []
     if "ceiling" in s["sections"]:
@@ -161,21 +173,38 @@ def run_bench(args: argparse.Namespace) -> int:
     if "quantization" in s["sections"] or "ceiling" in s["sections"]:
         print("quantization: " + ", ".join(s["quant_modes"]), flush=True)
         del loaded, served
-        quant_rows = [measure_quant(args.model, q, s["quant_tokens"], s["ppl_tokens"], s["b1_rounds"], s["compile"]) for q in s["quant_modes"]]
+        quant_rows = [
+            measure_quant(args.model, q, s["quant_tokens"], s["ppl_tokens"], s["b1_rounds"], s["compile"]) for q in s["quant_modes"]
+        ]
         relative_to_none(quant_rows)
         result["quantization"] = [asdict(r) for r in quant_rows]
 
     if "ceiling" in s["sections"]:
         bw = read_bandwidth()
-        rows = [{"quant": r.quant, "weight_bytes_per_token": r.weight_bytes_per_token, "decode_b1_tok_s": round(r.decode_b1_tok_s, 1),
-                 "bandwidth_gb_s": round(r.bandwidth_bytes_per_s / 1e9, 1), "ceiling_tok_s": round(r.bandwidth_bytes_per_s / r.weight_bytes_per_token, 1),
-                 "fraction_of_ceiling": round(r.fraction_of_ceiling, 3)} for r in quant_rows]
+        rows = [
+            {
+                "quant": r.quant,
+                "weight_bytes_per_token": r.weight_bytes_per_token,
+                "decode_b1_tok_s": round(r.decode_b1_tok_s, 1),
+                "bandwidth_gb_s": round(r.bandwidth_bytes_per_s / 1e9, 1),
+                "ceiling_tok_s": round(r.bandwidth_bytes_per_s / r.weight_bytes_per_token, 1),
+                "fraction_of_ceiling": round(r.fraction_of_ceiling, 3),
+            }
+            for r in quant_rows
+        ]
         fastest = max(rows, key=lambda r: r["decode_b1_tok_s"])
-        result["ceiling"] = {"bandwidth": {k: round(v / 1e9, 2) if k.endswith("per_s") else v for k, v in bw.items()}, "modes": rows,
-                             "fastest_mode": fastest["quant"], "fastest_fraction_of_ceiling": fastest["fraction_of_ceiling"],
-                             "best_fraction_of_ceiling": max(r["fraction_of_ceiling"] for r in rows)}
-        print(f"  read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s; fastest batch-1 mode {fastest['quant']}: "
-              f"{fastest['fraction_of_ceiling']:.0%} of its ceiling", flush=True)
+        result["ceiling"] = {
+            "bandwidth": {k: round(v / 1e9, 2) if k.endswith("per_s") else v for k, v in bw.items()},
+            "modes": rows,
+            "fastest_mode": fastest["quant"],
+            "fastest_fraction_of_ceiling": fastest["fraction_of_ceiling"],
+            "best_fraction_of_ceiling": max(r["fraction_of_ceiling"] for r in rows),
+        }
+        print(
+            f"  read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s; fastest batch-1 mode {fastest['quant']}: "
+            f"{fastest['fraction_of_ceiling']:.0%} of its ceiling",
+            flush=True,
+        )
 
     result["bars"] = bars(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -197,7 +226,10 @@ def bars(result: dict[str, Any]) -> dict[str, Any]:
         out["engine_vs_sequential_at_16_ge_5x"] = {"value": r["ratio_vs_sequential"], "pass": r["ratio_vs_sequential"] >= 5}
         out["engine_vs_cb_manager_at_16_ge_1.5x"] = {"value": r["ratio_vs_cb_manager"], "pass": r["ratio_vs_cb_manager"] >= 1.5}
     if "mixed" in result:
-        out["completion_p95_ttft_under_8_chats_le_2x_idle"] = {"value": result["mixed"]["p95_ratio"], "pass": result["mixed"]["p95_ratio"] <= 2}
+        out["completion_p95_ttft_under_8_chats_le_2x_idle"] = {
+            "value": result["mixed"]["p95_ratio"],
+            "pass": result["mixed"]["p95_ratio"] <= 2,
+        }
     if "ceiling" in result:
         f = result["ceiling"]["fastest_fraction_of_ceiling"]
         out["batch1_decode_ge_60pct_of_ceiling"] = {"value": f, "mode": result["ceiling"]["fastest_mode"], "pass": f >= 0.6}

@@ -36,8 +36,15 @@ async def _round(engine: Engine, prompts: list[str], max_tokens: int) -> dict[st
     seconds = time.perf_counter() - t0
     after = (engine.stats.speculative_steps, engine.stats.drafted_tokens, engine.stats.accepted_tokens, _row_steps(engine))
     spec, drafted, accepted, steps = (a - b for a, b in zip(after, before))
-    return {"tok_s": tokens[0] / seconds, "latency_p50_ms": statistics.median(latencies) * 1000, "tokens": tokens[0],
-            "steps": steps, "speculative_steps": spec, "drafted": drafted, "accepted": accepted}
+    return {
+        "tok_s": tokens[0] / seconds,
+        "latency_p50_ms": statistics.median(latencies) * 1000,
+        "tokens": tokens[0],
+        "steps": steps,
+        "speculative_steps": spec,
+        "drafted": drafted,
+        "accepted": accepted,
+    }
 
 
 def _row_steps(engine: Engine) -> int:
@@ -54,10 +61,14 @@ def _median(runs: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def measure_speculative(served: Any, rows: list[int], max_tokens: int, rounds: int, compile_decode: bool,
-                        draft_sweep: list[int]) -> dict[str, Any]:
-    engine = Engine(served.model, served.tokenizer,
-                    EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode)).start()
+def measure_speculative(
+    served: Any, rows: list[int], max_tokens: int, rounds: int, compile_decode: bool, draft_sweep: list[int]
+) -> dict[str, Any]:
+    engine = Engine(
+        served.model,
+        served.tokenizer,
+        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode),
+    ).start()
     engine.compiled.wait()  # as it serves once warm
     engine.spec_max_rows = max(rows)
     table: list[dict[str, Any]] = []
@@ -67,21 +78,24 @@ def measure_speculative(served: Any, rows: list[int], max_tokens: int, rounds: i
             prompts = code_completion_prompts(n)
             runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
             for rep in range(rounds):
-                for on in ((True, False) if rep % 2 == 0 else (False, True)):
+                for on in (True, False) if rep % 2 == 0 else (False, True):
                     engine.speculative = on
                     runs[on].append(asyncio.run(_round(engine, prompts, max_tokens)))
             on_run, off_run = _median(runs[True]), _median(runs[False])
             row = {"rows": n, "on": on_run, "off": off_run, "speedup": round(on_run["tok_s"] / off_run["tok_s"], 2)}
             table.append(row)
-            print(f"  {n:>3} rows: on {on_run['tok_s']:.1f} tok/s (acceptance {on_run['acceptance']}), off {off_run['tok_s']:.1f} tok/s, "
-                  f"x{row['speedup']}", flush=True)
+            print(
+                f"  {n:>3} rows: on {on_run['tok_s']:.1f} tok/s (acceptance {on_run['acceptance']}), off {off_run['tok_s']:.1f} tok/s, "
+                f"x{row['speedup']}",
+                flush=True,
+            )
         sweep = []
         if draft_sweep:  # the draft length at one row, speculation on throughout
             engine.speculative = True
             prompts = code_completion_prompts(4)
             runs_by_k: dict[int, list[dict[str, float]]] = {k: [] for k in draft_sweep}
             for rep in range(rounds):
-                for k in draft_sweep[rep % len(draft_sweep):] + draft_sweep[: rep % len(draft_sweep)]:
+                for k in draft_sweep[rep % len(draft_sweep) :] + draft_sweep[: rep % len(draft_sweep)]:
                     engine.draft_tokens = k
                     runs_by_k[k].append(_pooled([asyncio.run(_round(engine, [p], max_tokens)) for p in prompts]))
             engine.draft_tokens = DRAFT_TOKENS
@@ -94,9 +108,17 @@ def measure_speculative(served: Any, rows: list[int], max_tokens: int, rounds: i
         if row["speedup"] < 1.0:
             break
         allowed = row["rows"]
-    return {"prompts": "code completion, cut from " + ", ".join(f"{p}/{f}" for p, f in CODE_SOURCES), "max_tokens": max_tokens,
-            "rounds": rounds, "draft_tokens": DRAFT_TOKENS, "spec_max_rows": SPEC_MAX_ROWS, "measured_max_rows": allowed,
-            "decode_step": engine.decode_step, "rows": table, "draft_sweep": sweep}
+    return {
+        "prompts": "code completion, cut from " + ", ".join(f"{p}/{f}" for p, f in CODE_SOURCES),
+        "max_tokens": max_tokens,
+        "rounds": rounds,
+        "draft_tokens": DRAFT_TOKENS,
+        "spec_max_rows": SPEC_MAX_ROWS,
+        "measured_max_rows": allowed,
+        "decode_step": engine.decode_step,
+        "rows": table,
+        "draft_sweep": sweep,
+    }
 
 
 def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -106,4 +128,3 @@ def _pooled(runs: list[dict[str, float]]) -> dict[str, float]:
     out["tok_s"] = out["tokens"] / seconds
     out["latency_p50_ms"] = statistics.median(r["latency_p50_ms"] for r in runs)
     return out
-

@@ -33,9 +33,15 @@ CHAT_PROMPTS = [
 
 def chat_ids(tokenizer: Any, n: int) -> list[list[int]]:
     """n distinct chat prompts as token ids (repeats get a suffix so that no two are equal)."""
-    prompts = [CHAT_PROMPTS[i % len(CHAT_PROMPTS)] + ("" if i < len(CHAT_PROMPTS) else f" (version {i // len(CHAT_PROMPTS)})") for i in range(n)]
+    prompts = [
+        CHAT_PROMPTS[i % len(CHAT_PROMPTS)] + ("" if i < len(CHAT_PROMPTS) else f" (version {i // len(CHAT_PROMPTS)})") for i in range(n)
+    ]
     return [
-        list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        list(
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
         for p in prompts
     ]
 
@@ -47,7 +53,7 @@ def code_prefixes(n: int, context_chars: int = 1500) -> list[str]:
     source = inspect.getsource(textwrap)
     cursor = source.index("    def _wrap_chunks")
     start = source.rfind("\n", 0, cursor - context_chars) + 1
-    return [source[start: cursor + 7 * i] for i in range(n)]
+    return [source[start : cursor + 7 * i] for i in range(n)]
 
 
 def heldout_text() -> list[tuple[str, str]]:

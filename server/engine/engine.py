@@ -53,8 +53,9 @@ COMPILE_IDLE_SECONDS = 1.0  # the compile starts once the engine has been idle t
 class _Sequence:
     """One request as the worker sees it. Written by the worker, except `cancelled`."""
 
-    def __init__(self, req: GenerationRequest, prompt_ids: list[int], tokenizer: Any, loop: asyncio.AbstractEventLoop,
-                 speculative: bool = False) -> None:
+    def __init__(
+        self, req: GenerationRequest, prompt_ids: list[int], tokenizer: Any, loop: asyncio.AbstractEventLoop, speculative: bool = False
+    ) -> None:
         self.req = req
         self.priority = req.priority
         self.prompt_ids = prompt_ids
@@ -85,7 +86,9 @@ class Engine:
     so the caller should not keep using it for anything but this engine (it still works through
     transformers' forward, with the same results)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None, metrics: EngineMetrics | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None, metrics: EngineMetrics | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
@@ -227,13 +230,10 @@ class Engine:
         if req.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be at least 1, got {req.max_tokens}", "max_tokens")
         if len(ids) >= self.context_length:
-            raise ContextOverflow(
-                f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens", "prompt"
-            )
+            raise ContextOverflow(f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens", "prompt")
         if len(ids) + req.max_tokens > self.context_length:
             raise ContextOverflow(
-                f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the model's context "
-                f"of {self.context_length} tokens",
+                f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the model's context of {self.context_length} tokens",
                 "max_tokens",
             )
         if not 0.0 <= req.temperature <= 2.0:
@@ -403,7 +403,9 @@ class Engine:
                 drafts.append([])
                 continue
             generated = len(seq.prompt_ids) + seq.generated
-            room = min(self.draft_tokens, seq.max_tokens - seq.generated - 1, self.context_length - generated - 1)  # the bonus token needs a place too
+            room = min(
+                self.draft_tokens, seq.max_tokens - seq.generated - 1, self.context_length - generated - 1
+            )  # the bonus token needs a place too
             draft = seq.lookup.draft(room)
             if seq.gate.gain < pays:
                 seq.gate.watch(draft)  # not verified: scored against what the plain steps give
@@ -527,5 +529,18 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-END_TOKENS = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>",
-              "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<file_sep>", "<|im_end|>")
+END_TOKENS = (
+    "<|endoftext|>",
+    "<|fim_pad|>",
+    "<|file_sep|>",
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+    "<|repo_name|>",
+    "<fim_prefix>",
+    "<fim_suffix>",
+    "<fim_middle>",
+    "<fim_pad>",
+    "<file_sep>",
+    "<|im_end|>",
+)

@@ -41,9 +41,18 @@ def supports(model: Any) -> bool:
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
     for layer in inner.layers:
-        projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                       layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-        if any(type(p) not in (torch.nn.Linear, PackedLinear, FusedPart) for p in projections):  # bitsandbytes layers keep their own forward
+        projections = (
+            layer.self_attn.q_proj,
+            layer.self_attn.k_proj,
+            layer.self_attn.v_proj,
+            layer.self_attn.o_proj,
+            layer.mlp.gate_proj,
+            layer.mlp.up_proj,
+            layer.mlp.down_proj,
+        )
+        if any(
+            type(p) not in (torch.nn.Linear, PackedLinear, FusedPart) for p in projections
+        ):  # bitsandbytes layers keep their own forward
             return False
     return type(model.lm_head) in (torch.nn.Linear, PackedLinear)
 
@@ -52,8 +61,9 @@ StepFn = Callable[..., torch.Tensor]  # forward_rows or a compiled copy of it
 
 
 @torch.inference_mode()
-def decode_step(model: Any, tokens: torch.Tensor, positions: torch.Tensor, layers: list[Any], mask: torch.Tensor,
-                forward: StepFn | None = None) -> torch.Tensor:
+def decode_step(
+    model: Any, tokens: torch.Tensor, positions: torch.Tensor, layers: list[Any], mask: torch.Tensor, forward: StepFn | None = None
+) -> torch.Tensor:
     """tokens, positions: [B]; layers: the batch's SlottedLayer per decoder layer (updated in
     place); mask: [B, T] with the new column included, 0 where a row is left-padded; `forward`
     replaces `forward_rows` for one unpadded row. Returns the logits [B, V] for each row's next token."""
@@ -74,8 +84,15 @@ def decode_step(model: Any, tokens: torch.Tensor, positions: torch.Tensor, layer
     return logits
 
 
-def forward_rows(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
-                 values: list[torch.Tensor], length: int, attn_mask: torch.Tensor | None) -> torch.Tensor:
+def forward_rows(
+    model: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    length: int,
+    attn_mask: torch.Tensor | None,
+) -> torch.Tensor:
     """The decoder on one new token per row. Writes each layer's new key and value into column
     `length` of its buffers and attends over columns [0, length]. A pure function of its inputs
     (no Python state changes), so that torch.compile can take it whole."""
@@ -84,8 +101,16 @@ def forward_rows(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 
 
-def forward_block(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
-                  values: list[torch.Tensor], length: int, attn_mask: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+def forward_block(
+    model: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    length: int,
+    attn_mask: torch.Tensor,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`forward_rows` on S new tokens per row at once (speculative verification): tokens and
     positions [B, S]; writes the keys and values into columns [length, length + S) of the
     buffers; attn_mask [B, 1, S, length + S] (the row's mask, then causal within the block).
@@ -104,8 +129,15 @@ def block_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([mask.bool()[:, None, None, :].expand(rows, 1, width, t), causal.expand(rows, 1, width, width)], dim=-1)
 
 
-def _decoder(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
-             values: list[torch.Tensor], length: int, attn_mask: torch.Tensor | None) -> torch.Tensor:
+def _decoder(
+    model: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    length: int,
+    attn_mask: torch.Tensor | None,
+) -> torch.Tensor:
     """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden]."""
     inner = model.model
     rows, width = tokens.shape
@@ -118,8 +150,11 @@ def _decoder(model: Any, tokens: torch.Tensor, positions: torch.Tensor, keys: li
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kbuf[:, :, length : length + width] = k
         vbuf[:, :, length : length + width] = v
-        o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling) if width == 1 \
+        o = (
+            _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
+            if width == 1
             else _attend_each(q, kbuf, vbuf, length, attn_mask, attn.scaling)
+        )
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
         gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
@@ -197,8 +232,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.
     return out.view(rows, heads, 1, dim)
 
 
-def _attend_each(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int, attn_mask: torch.Tensor | None,
-                 scale: float) -> torch.Tensor:
+def _attend_each(
+    q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int, attn_mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     """`_attend` for a block of S queries [B, heads, S, D], one query at a time over the columns
     it may see, with the one-row step's kernel.
 

@@ -190,8 +190,16 @@ class RunningBatch:
         keys = [cache.buffers[0] for cache in layers]
         values = [cache.buffers[1] for cache in layers]
         everything = len(keep) == rows * width
-        logits = forward_block(model, tokens, positions, keys, values, length, block_mask(self.mask, width),
-                               None if everything else torch.tensor(keep, dtype=torch.long, device=device))
+        logits = forward_block(
+            model,
+            tokens,
+            positions,
+            keys,
+            values,
+            length,
+            block_mask(self.mask, width),
+            None if everything else torch.tensor(keep, dtype=torch.long, device=device),
+        )
         return logits, starts
 
     @torch.inference_mode()

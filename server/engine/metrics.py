@@ -18,7 +18,9 @@ class EngineMetrics:
         r = self.registry
         self.ttft = Histogram("tandem_time_to_first_token_seconds", "Submission to first token.", buckets=_LATENCY, registry=r)
         self.itl = Histogram("tandem_inter_token_latency_seconds", "Time between two tokens of one request.", buckets=_LATENCY, registry=r)
-        self.queue_time = Histogram("tandem_request_queue_time_seconds", "Time spent waiting for a batch slot.", buckets=_LATENCY, registry=r)
+        self.queue_time = Histogram(
+            "tandem_request_queue_time_seconds", "Time spent waiting for a batch slot.", buckets=_LATENCY, registry=r
+        )
         self.e2e = Histogram("tandem_e2e_request_latency_seconds", "Submission to last token.", buckets=_LATENCY, registry=r)
         # These three are read at scrape time, not set when the worker last passed by (a scrape
         # during a long prefill would see an idle engine).
@@ -37,5 +39,7 @@ class EngineMetrics:
         self.decode_step = Gauge("tandem_decode_step_info", "The one-row decode step in use (1 for the current one).", ["step"], registry=r)
         self.spec_steps = Counter("tandem_speculative_steps", "Decode steps that verified prompt-lookup drafts.", registry=r)
         self.spec_drafted = Counter("tandem_speculative_drafted_tokens", "Draft tokens proposed for verification.", registry=r)
-        self.spec_accepted = Counter("tandem_speculative_accepted_tokens", "Draft tokens accepted (the model's own greedy choice).", registry=r)
+        self.spec_accepted = Counter(
+            "tandem_speculative_accepted_tokens", "Draft tokens accepted (the model's own greedy choice).", registry=r
+        )
         self.refused = Counter("tandem_requests_refused", "Requests refused because the queue was full.", registry=r)

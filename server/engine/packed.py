@@ -36,14 +36,22 @@ log = logging.getLogger("tandem.engine")
 PACK_ROWS = 16  # the row count MKL is told when packing; any count computes with the result
 FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # children that read the same input
 # format -> (quantize W into (packed, aux), product of 2-D rows with them); "mkl" is packed apart
-_QUANTIZED = {"int8": (quantize_weight, int8_product), "int8x2": (quantize_weight, int8_split_product),
-              "int4": (int4.quantize_weight, int4.int4_product)}
+_QUANTIZED = {
+    "int8": (quantize_weight, int8_product),
+    "int8x2": (quantize_weight, int8_split_product),
+    "int4": (int4.quantize_weight, int4.int4_product),
+}
 FORMATS = ("mkl", *_QUANTIZED)
 
 
 def _packable(module: torch.nn.Module) -> bool:
-    return (type(module) is torch.nn.Linear and module.weight.dtype == torch.float32
-            and module.weight.device.type == "cpu" and not module._forward_hooks and not module._forward_pre_hooks)
+    return (
+        type(module) is torch.nn.Linear
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+    )
 
 
 def _pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,9 +148,16 @@ class FusedPackedLinear(_Weight):
         self.sizes = [linear.out_features for linear in linears]
         self._hold(torch.cat([linear.weight for linear in linears]), fmt)
         biases = [linear.bias for linear in linears]
-        self.bias = None if all(b is None for b in biases) else torch.nn.Parameter(
-            torch.cat([b.detach() if b is not None else linear.weight.new_zeros(linear.out_features)
-                       for b, linear in zip(biases, linears)]), requires_grad=False)
+        self.bias = (
+            None
+            if all(b is None for b in biases)
+            else torch.nn.Parameter(
+                torch.cat(
+                    [b.detach() if b is not None else linear.weight.new_zeros(linear.out_features) for b, linear in zip(biases, linears)]
+                ),
+                requires_grad=False,
+            )
+        )
         self._pending: tuple[weakref.ref[torch.Tensor], int, list[torch.Tensor | None]] | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -186,8 +201,11 @@ def fused_outputs(x: torch.Tensor, *linears: torch.nn.Module) -> tuple[torch.Ten
     """Each of `linears` applied to `x`: one product where they are the parts of one fused
     matrix, in order; one each otherwise."""
     fused = getattr(linears[0], "fused", None)
-    if fused is not None and len(linears) == len(fused.sizes) and all(
-            getattr(linear, "fused", None) is fused and linear.index == i for i, linear in enumerate(linears)):  # type: ignore[union-attr]
+    if (
+        fused is not None
+        and len(linears) == len(fused.sizes)
+        and all(getattr(linear, "fused", None) is fused and linear.index == i for i, linear in enumerate(linears))
+    ):  # type: ignore[union-attr]
         return fused(x)  # type: ignore[no-any-return]
     return tuple(linear(x) for linear in linears)
 
@@ -222,6 +240,10 @@ def pack_linears(model: torch.nn.Module, fuse: bool = True, fmt: str = "mkl", he
         for parent, name, child in targets:
             setattr(parent, name, PackedLinear(cast(torch.nn.Linear, child), head if head is not None and child is output_head else fmt))
         if targets or groups:
-            log.info("repacked %d Linear weights into %s and %d groups of siblings into one matrix each",
-                     len(targets), "MKL's GEMM layout" if fmt == "mkl" else fmt, groups)
+            log.info(
+                "repacked %d Linear weights into %s and %d groups of siblings into one matrix each",
+                len(targets),
+                "MKL's GEMM layout" if fmt == "mkl" else fmt,
+                groups,
+            )
     return sum(isinstance(m, (PackedLinear, FusedPart)) for m in model.modules())

@@ -6,13 +6,31 @@ from .report import Finding, ScanResult, Span, Verdict, overall
 from .sanitize import POLICY_VERSION, PROFILES, InputGuard, Profile, Sanitized, Segment
 from .stream import OutputBlocked, OutputScanner
 
-__all__ = ["POLICY_VERSION", "PROFILES", "Finding", "InputGuard", "OutputBlocked", "OutputScanner", "Profile", "Sanitized",
-           "ScanResult", "Segment", "Span", "Verdict", "output_scanner", "overall", "scrub", "scrub_header"]
+__all__ = [
+    "POLICY_VERSION",
+    "PROFILES",
+    "Finding",
+    "InputGuard",
+    "OutputBlocked",
+    "OutputScanner",
+    "Profile",
+    "Sanitized",
+    "ScanResult",
+    "Segment",
+    "Span",
+    "Verdict",
+    "output_scanner",
+    "overall",
+    "scrub",
+    "scrub_header",
+]
 
 
 import re as _re
 
-PRODUCT_TOKEN = _re.compile(r"[A-Za-z][A-Za-z_.+-]{0,23}(?:/v?[0-9][0-9A-Za-z.+-]{0,23}|/[A-Za-z][A-Za-z_.+-]{0,23})?")  # digits only after a slash
+PRODUCT_TOKEN = _re.compile(
+    r"[A-Za-z][A-Za-z_.+-]{0,23}(?:/v?[0-9][0-9A-Za-z.+-]{0,23}|/[A-Za-z][A-Za-z_.+-]{0,23})?"
+)  # digits only after a slash
 VERSION = _re.compile(r"v?[0-9]{1,4}(?:\.[0-9]{1,6}){1,3}")
 
 
@@ -45,7 +63,9 @@ def scrub_header(text: str) -> str:
     kept = []
     for token in redact(text, choose(find_secrets(text))).split():
         bare = token.strip("();,")
-        if (bare.startswith("[REDACTED:") or (PRODUCT_TOKEN.fullmatch(bare) and _wordlike(bare)) or VERSION.fullmatch(bare)) and len(bare) <= 48:
+        if (bare.startswith("[REDACTED:") or (PRODUCT_TOKEN.fullmatch(bare) and _wordlike(bare)) or VERSION.fullmatch(bare)) and len(
+            bare
+        ) <= 48:
             kept.append(token)
         else:
             kept.append("[REDACTED:opaque]")

@@ -54,7 +54,8 @@ def measure(messages: list[str], guard: InputGuard) -> dict[str, Any]:
             tripwires[kind] = tripwires.get(kind, 0) + 1
         outcomes.append({"outcome": outcome, "tripwires": kinds, "text": text[:200]})
     return {
-        "messages": len(messages), **counts,
+        "messages": len(messages),
+        **counts,
         "tripwires": dict(sorted(tripwires.items())),
         "median_ms": round(statistics.median(times_ms), 3) if times_ms else 0.0,
         "max_ms": round(max(times_ms), 3) if times_ms else 0.0,

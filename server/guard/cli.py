@@ -31,8 +31,10 @@ def scan(args: argparse.Namespace) -> int:
                 line = text.count("\n", 0, f.start) + 1
                 print(f"{path}:{line}: {scanner} {f.type}")
     rate = hits / files if files else 0.0
-    print(f"{files} files, {total_bytes / 1e6:.2f} MB: {hits} with findings ({rate:.1%}), {findings} findings; "
-          f"scanned in {total_s * 1000:.0f} ms ({total_s * 1000 / max(total_bytes / 1024, 1e-9):.2f} ms per KiB)")
+    print(
+        f"{files} files, {total_bytes / 1e6:.2f} MB: {hits} with findings ({rate:.1%}), {findings} findings; "
+        f"scanned in {total_s * 1000:.0f} ms ({total_s * 1000 / max(total_bytes / 1024, 1e-9):.2f} ms per KiB)"
+    )
     return 0
 
 

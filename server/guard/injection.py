@@ -59,25 +59,40 @@ _SP = r"\s{1,5}"  # a bounded run of white space between words
 _C = r"[^.!?\n]"  # a gap stays within one sentence
 _Q = r"[\"“”'‘’`]"
 
-_OVERRIDE_VERB = (r"(?:ignore|ignoring|disregard|forget|skip|neglect|overlook|omit|bypass|override|pay no attention to|"
-                  r"do not follow|don't follow|stop following|do not obey|don't obey)")
+_OVERRIDE_VERB = (
+    r"(?:ignore|ignoring|disregard|forget|skip|neglect|overlook|omit|bypass|override|pay no attention to|"
+    r"do not follow|don't follow|stop following|do not obey|don't obey)"
+)
 _OVERRIDE_QUALIFIER = r"(?:previous|prior|preceding|above|earlier|initial|original|foregoing|former|all|any|your|these|those|system)"
-_OVERRIDE_NOUN = (r"(?:instructions?|intructions|directives?|directions|commands?|prompts?|rules|guidelines|context|text|tasks?|"
-                  r"assignments?|programming|training|policies|restrictions|requests)")
-_LEAK_VERB = (r"(?:reveal|print|repeat|show|output|display|tell me|give me|what (?:is|are|was|were)|spell[- ]?check|summari[sz]e|"
-              r"copy|paste|quote|recite|write out|type out|list|dump|leak|disclose|translate|tokeni[sz]e|spell|read me|send me)")
-_NO_LIMITS = (r"(?:no|without(?: any)?|free (?:from|of)|not bound by|unbound by|broken free of|unrestricted|unfiltered|uncensored|"
-              r"amoral|ignores?|not (?:have to|need to) (?:abide by|follow)|(?:does|do|will) not (?:follow|obey|abide by))")
-_LIMITS = (r"(?:rules|restrictions|limitations|filters|filtering|censorship|guidelines|limits|ethics|morals|boundaries|confines|"
-           r"polic(?:y|ies)|content policy|safeguards)")
-_PERSONA_VERB = (r"(?:you are|you're|you will be|act as|acting as|act like|pretend to be|pretend you are|roleplay as|role of|"
-                 r"known as|named|called|respond (?:to all of my questions )?as|answer (?:it )?(?:just )?like|act just like|"
-                 r"simulate|simulator to the|stay in|stay as|become|i'm|i am)")
-_MODE_VERB = (r"(?:you are|you're|you will be|act as|acting as|act like|pretend to be|pretend you are|simulate|stay in|become|enter|"
-              r"enable|activate|you are now in|you're now in)")
-_AI_BEFORE = re.compile(r"\b(?:ai|a\.i\.|chatbot|bot|model|llm|assistant|gpt|chatgpt|character|persona|act as|acting as|pretend|"
-                        r"roleplay|role of|named|called|known as|simulate|become|you(?:'re| are| will| have| had| must| can| no longer))\b")
-
+_OVERRIDE_NOUN = (
+    r"(?:instructions?|intructions|directives?|directions|commands?|prompts?|rules|guidelines|context|text|tasks?|"
+    r"assignments?|programming|training|policies|restrictions|requests)"
+)
+_LEAK_VERB = (
+    r"(?:reveal|print|repeat|show|output|display|tell me|give me|what (?:is|are|was|were)|spell[- ]?check|summari[sz]e|"
+    r"copy|paste|quote|recite|write out|type out|list|dump|leak|disclose|translate|tokeni[sz]e|spell|read me|send me)"
+)
+_NO_LIMITS = (
+    r"(?:no|without(?: any)?|free (?:from|of)|not bound by|unbound by|broken free of|unrestricted|unfiltered|uncensored|"
+    r"amoral|ignores?|not (?:have to|need to) (?:abide by|follow)|(?:does|do|will) not (?:follow|obey|abide by))"
+)
+_LIMITS = (
+    r"(?:rules|restrictions|limitations|filters|filtering|censorship|guidelines|limits|ethics|morals|boundaries|confines|"
+    r"polic(?:y|ies)|content policy|safeguards)"
+)
+_PERSONA_VERB = (
+    r"(?:you are|you're|you will be|act as|acting as|act like|pretend to be|pretend you are|roleplay as|role of|"
+    r"known as|named|called|respond (?:to all of my questions )?as|answer (?:it )?(?:just )?like|act just like|"
+    r"simulate|simulator to the|stay in|stay as|become|i'm|i am)"
+)
+_MODE_VERB = (
+    r"(?:you are|you're|you will be|act as|acting as|act like|pretend to be|pretend you are|simulate|stay in|become|enter|"
+    r"enable|activate|you are now in|you're now in)"
+)
+_AI_BEFORE = re.compile(
+    r"\b(?:ai|a\.i\.|chatbot|bot|model|llm|assistant|gpt|chatgpt|character|persona|act as|acting as|pretend|"
+    r"roleplay|role of|named|called|known as|simulate|become|you(?:'re| are| will| have| had| must| can| no longer))\b"
+)
 
 
 def _kind(anchors: str, *branches: str, flags: int = 0) -> re.Pattern[str]:
@@ -110,7 +125,8 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"\b(?:ignorier(?:e|en)?|vergiss|vergessen sie)\b{_C}{{0,30}}?"
         rf"\b(?:alles|anweisungen|auftr(?:ä|ae|a)ge|vorherigen|obigen|bisherigen)\b",
         r"\bstop everything\b",
-        rf"(?P<mine>\b{_OVERRIDE_VERB}\b{_C}{{0,30}}?\b{_OVERRIDE_QUALIFIER}\b{_C}{{0,30}}?\b{_OVERRIDE_NOUN}\b)"),
+        rf"(?P<mine>\b{_OVERRIDE_VERB}\b{_C}{{0,30}}?\b{_OVERRIDE_QUALIFIER}\b{_C}{{0,30}}?\b{_OVERRIDE_NOUN}\b)",
+    ),
     "prompt_leak": _kind(
         r"reveal|print|repeat|show|output|display|tell|give|what|spell|summar|copy|paste|quote|recite|write|type|list|dump|leak|"
         r"disclose|translate|tokeni|read|send|here",
@@ -130,7 +146,8 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"|\bcontext{_SP}window\b"
         rf"|\binstructions{_SP}you{_SP}(?:were|have been){_SP}given\b)",
         rf"\bhere{_SP}(?:is|are){_SP}(?:the|your|my){_SP}"
-        rf"(?:system{_SP}prompt|hidden{_SP}prompt|(?:initial{_SP}|secret{_SP})?instructions)\b"),
+        rf"(?:system{_SP}prompt|hidden{_SP}prompt|(?:initial{_SP}|secret{_SP})?instructions)\b",
+    ),
     "persona_jailbreak": _kind(
         r"you|from|immerse|stay|break|two|no|without|free|not|unbound|broken|unre|unfil|uncen|amoral|ignor|does|do|will|pretend|act|"
         r"roleplay|imagine|simulate|jailbr|become|enter|enable|activate|now|play|update|never",
@@ -156,7 +173,8 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"\bnow,?{_SP}you are{_SP}(?P<cap3>[a-z]{{2,21}})\b",
         rf"\b{_MODE_VERB}\b{_C}{{0,40}}?\b"
         rf"(?:developer|dan|god|evil|jailbreak|jailbroken|sudo|unrestricted|unfiltered|(?P<upper1>[a-z]{{3,10}})){_SP}mode\b",
-        rf"(?P<ai1>\b{_NO_LIMITS}\b{_C}{{0,30}}?\b{_LIMITS}\b)"),
+        rf"(?P<ai1>\b{_NO_LIMITS}\b{_C}{{0,30}}?\b{_LIMITS}\b)",
+    ),
     "known_jailbreak": _kind(
         r"stand|short|you|act|pretend|roleplay|role|known|named|called|respond|answer|simulat|stay|become|i'm|i am|dan|developer|\[",
         rf"\b(?:stands? for|short for){_SP}{_Q}?\s{{0,3}}(?:do anything now|strive to avoid norms|always intelligent and machiavellian|"
@@ -168,7 +186,8 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"\b{_PERSONA_VERB}{_SP}(?:an?{_SP}|the{_SP}|another{_SP}(?:ai|al){_SP}model{_SP}known{_SP}as{_SP})?{_Q}?"
         rf"(?:ucar|betterdan|evilbot|basedgpt|antidan|anti-dan|apophis|mongo tom"
         rf"|(?P<upper2>dan) ?\d{{1,2}}(?:\.\d)?|(?P<upper3>dan|stan|dude|aim|d\.a\.n\.?))\b",
-        rf"\b(?P<upper4>dan){_SP}(?:mode|policy)\b"),
+        rf"\b(?P<upper4>dan){_SP}(?:mode|policy)\b",
+    ),
     "role_header": _kind(
         r"^|\[|<|\{|=|%|system|sys|begin|start|end|note|attention|important|message|instruction|ai|llm",
         r"^[ \t>*]{0,5}#{1,6}\s{0,5}(?:system|sys|instructions?|admin|developer|assistant)\b[^\n:]{0,20}:",
@@ -189,7 +208,8 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"(?:ai|llm|assistant|chatbot|language model|ai agent)\b",
         rf"\b(?:ai|llm){_SP}(?:assistant|agent|model)s?\s{{0,3}}:",
         r"^[ \t]{0,5}(?:system|assistant)[ \t]{0,3}$",
-        flags=re.MULTILINE),
+        flags=re.MULTILINE,
+    ),
     "output_forcing": _kind(
         r"say|print|output|write|type|reply|respond|answer|return|repeat|display|translate|start|begin|just",
         rf"(?<!to )(?<!you )\b(?:say|print|output|write|type|reply|respond|answer|return|repeat|display|translate this sentence as)"
@@ -200,11 +220,16 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"\b(?:start|begin)\s{{1,5}}(?:all{_SP})?(?:your|each|every)(?:{_SP}\w{{1,12}})?{_SP}"
         rf"(?:response|reply|answer|message|output|sentence)s?{_SP}with\b",
         rf"\bjust{_SP}(?:say|print|output)\b",
-        rf"\brepeat{_SP}the{_SP}following\b"),
+        rf"\brepeat{_SP}the{_SP}following\b",
+    ),
     "rogue_string": _kind(
         r"pwned|access|haha|i|you|kill",
-        r"\bhaha\s{1,3}pwned\b", r"\b(?:i|you)\s{1,3}hate\s{1,3}humans\b", r"\bkill\s{1,3}all\s{1,3}humans\b",
-        r"\b(?P<upper5>pwned)\b", r"\b(?P<cap4>access granted)\b"),
+        r"\bhaha\s{1,3}pwned\b",
+        r"\b(?:i|you)\s{1,3}hate\s{1,3}humans\b",
+        r"\bkill\s{1,3}all\s{1,3}humans\b",
+        r"\b(?P<upper5>pwned)\b",
+        r"\b(?P<cap4>access granted)\b",
+    ),
     "encoding_wrapper": _kind(
         r"decode|decipher|decrypt|convert|translate|unscramble|reverse|the|this|below|it|base|rot|hex|repeat|follow|execute|obey",
         rf"\b(?:decode|decipher|decrypt|convert|translate|unscramble|reverse)\b[^\n]{{0,60}}?\b(?:and|then)\s{{1,5}}(?:then{_SP})?"
@@ -213,7 +238,8 @@ TRIPWIRES: dict[str, re.Pattern[str]] = {
         rf"(?:base ?64|base-64|rot ?13|rot-13|hex|hexadecimal|binary|morse|url[- ]encoded)\b",
         rf"\b(?:base ?64|rot ?13|hex|hexadecimal){_SP}(?:encoded|decoded){_SP}(?:string|text|message)\s{{0,3}}:",
         r"\brepeat after me\b",
-        rf"\b(?:follow|execute|obey){_SP}(?:the{_SP})?(?:decoded|translated|hidden|encoded){_SP}(?:text|message|instructions?|string)\b"),
+        rf"\b(?:follow|execute|obey){_SP}(?:the{_SP})?(?:decoded|translated|hidden|encoded){_SP}(?:text|message|instructions?|string)\b",
+    ),
 }
 
 # Which kinds are strong evidence on their own (weight 2); every other kind weighs 1.
@@ -223,14 +249,49 @@ WEIGHTS: dict[str, int] = {"known_jailbreak": 2}
 _READ_AGAIN = ("instruction_override", "prompt_leak", "persona_jailbreak", "known_jailbreak")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _LEET_HINT = re.compile(r"[013457@$][a-z]{1,12}[013457@$]")
-_ROT13_HINT = re.compile("|".join(codecs.encode(w, "rot13") for w in (
-    "ignore", "disregard", "forget", "previous", "instruction", "system", "prompt", "reveal", "rules", "pretend", "jailbr",
-    "restriction", "you are now", "developer", "stands for", "anything now")))
+_ROT13_HINT = re.compile(
+    "|".join(
+        codecs.encode(w, "rot13")
+        for w in (
+            "ignore",
+            "disregard",
+            "forget",
+            "previous",
+            "instruction",
+            "system",
+            "prompt",
+            "reveal",
+            "rules",
+            "pretend",
+            "jailbr",
+            "restriction",
+            "you are now",
+            "developer",
+            "stands for",
+            "anything now",
+        )
+    )
+)
 
 # Template markers of common chat formats; the model's own special tokens are added per tokenizer.
-TEMPLATE_MARKERS = ("<|im_start|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>", "<|eot_id|>",
-                    "<|start_header_id|>", "<|end_header_id|>", "<|begin_of_text|>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>",
-                    "<s>", "</s>")
+TEMPLATE_MARKERS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|begin_of_text|>",
+    "[INST]",
+    "[/INST]",
+    "<<SYS>>",
+    "<</SYS>>",
+    "<s>",
+    "</s>",
+)
 BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :,-]?){12,}|(?:\\x[0-9a-fA-F]{2}){8,}")
 URL_RUN = re.compile(r"(?:[A-Za-z0-9._~+-]{0,24}%[0-9A-Fa-f]{2}){3,}[A-Za-z0-9._~+-]{0,24}")
@@ -299,7 +360,7 @@ def _decodings(text: str) -> list[tuple[int, int, str]]:
     for m in HEX_RUN.finditer(text):
         digits = _NOT_HEX.sub("", m.group(0))
         try:
-            decoded = bytes.fromhex(digits[:len(digits) // 2 * 2]).decode("utf-8")
+            decoded = bytes.fromhex(digits[: len(digits) // 2 * 2]).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             continue
         out.append((m.start(), m.end(), decoded))

@@ -86,7 +86,7 @@ def redact(text: str, spans: list[Span]) -> str:
     """Replace each (non-overlapping, sorted) span with its typed placeholder."""
     parts, at = [], 0
     for span in spans:
-        parts.append(text[at:span.start])
+        parts.append(text[at : span.start])
         parts.append(span.placeholder)
         at = span.end
     parts.append(text[at:])

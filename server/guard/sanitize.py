@@ -43,7 +43,9 @@ class Profile:
 
 
 PROFILES = {
-    "ide_completion": Profile("ide_completion", max_bytes=512 * 1024, strip_invisible=False, pii=False, injection=False, output_exfil=False),
+    "ide_completion": Profile(
+        "ide_completion", max_bytes=512 * 1024, strip_invisible=False, pii=False, injection=False, output_exfil=False
+    ),
     "support_chat": Profile("support_chat", max_bytes=64 * 1024, strip_invisible=True, pii=True, injection=True, output_exfil=True),
 }
 
@@ -97,11 +99,22 @@ class InputGuard:
 
         size = sum(len(s.text.encode("utf-8", "surrogatepass")) for s in segments)
         if size > self.profile.max_bytes:
-            return block(ScanResult("size", Verdict.BLOCK, reason=f"input is {size} bytes; the {self.profile.name} limit is {self.profile.max_bytes}"))
+            return block(
+                ScanResult(
+                    "size", Verdict.BLOCK, reason=f"input is {size} bytes; the {self.profile.name} limit is {self.profile.max_bytes}"
+                )
+            )
         done(ScanResult("size", Verdict.PASS))
 
         segments, found = self._each(segments, unicode.find_invisible, rewrite=self.profile.strip_invisible, strip=True)
-        done(ScanResult("unicode", Verdict.FLAG if found else Verdict.PASS, found, reason="stripped" if found and self.profile.strip_invisible else None))
+        done(
+            ScanResult(
+                "unicode",
+                Verdict.FLAG if found else Verdict.PASS,
+                found,
+                reason="stripped" if found and self.profile.strip_invisible else None,
+            )
+        )
 
         segments, found = self._each(segments, lambda t: choose(secrets.find_secrets(t)), rewrite=True)
         done(ScanResult("secrets", Verdict.REDACT if found else Verdict.PASS, found))
@@ -113,7 +126,14 @@ class InputGuard:
         if self.profile.injection:
             find_tokens = lambda t: [Span(m.start(), m.end(), "template_token") for m in self.template_rx.finditer(t)]  # noqa: E731
             segments, tokens_found = self._each(segments, find_tokens, rewrite=True, strip=True, roles=("user", "assistant"))
-            done(ScanResult("template_tokens", Verdict.FLAG if tokens_found else Verdict.PASS, tokens_found, reason="neutralised" if tokens_found else None))
+            done(
+                ScanResult(
+                    "template_tokens",
+                    Verdict.FLAG if tokens_found else Verdict.PASS,
+                    tokens_found,
+                    reason="neutralised" if tokens_found else None,
+                )
+            )
             _, wires = self._each(segments, injection.find_tripwires, rewrite=False, roles=("user",))
             if injection.strong_evidence([Span(f.start, f.end, f.type) for f in wires], len(tokens_found)):
                 kinds = sorted({f.type for f in wires})
@@ -122,8 +142,9 @@ class InputGuard:
         return Sanitized(segments, results)
 
     @staticmethod
-    def _each(segments: list[Segment], find: Callable[[str], list[Span]], rewrite: bool, strip: bool = False,
-              roles: tuple[str, ...] | None = None) -> tuple[list[Segment], list[Finding]]:
+    def _each(
+        segments: list[Segment], find: Callable[[str], list[Span]], rewrite: bool, strip: bool = False, roles: tuple[str, ...] | None = None
+    ) -> tuple[list[Segment], list[Finding]]:
         """Run a finder over every segment (of the given roles); replace (or strip) what it finds."""
         out, findings = [], []
         single = len(segments) == 1

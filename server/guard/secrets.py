@@ -176,7 +176,7 @@ def _aws_secret(m: re.Match[str]) -> bool:
     value, text = m.group("s"), m.string
     if HEX.match(value) or PLACEHOLDER.match(value) or entropy(value) < 4.3:
         return False
-    before, after = text[m.start("s") - 1:m.start("s")], text[m.end("s"):m.end("s") + 1]
+    before, after = text[m.start("s") - 1 : m.start("s")], text[m.end("s") : m.end("s") + 1]
     if "/" in value and (before in (".", ":", "~", "%") or after in (".", "#", "?", "%")):
         return False  # a piece of a URL or a path: `slack.com/archives/C3PDTEV8E/p1705929610405409`
     if _wordy(value) >= 0.55:
@@ -299,8 +299,15 @@ def _literals(head: str) -> tuple[str, ...]:
     return literals
 
 
-def _v(type_: str, head: str, body: str, hints: tuple[str, ...] | None = None, accept: Callable[[re.Match[str]], bool] | None = None,
-       end: str = E, priority: int = VENDOR) -> Rule:
+def _v(
+    type_: str,
+    head: str,
+    body: str,
+    hints: tuple[str, ...] | None = None,
+    accept: Callable[[re.Match[str]], bool] | None = None,
+    end: str = E,
+    priority: int = VENDOR,
+) -> Rule:
     """A vendor token with a fixed prefix."""
     return Rule(type_, _tok(head, body, end), priority, accept, hints if hints is not None else _literals(head))
 
@@ -334,26 +341,43 @@ PEM_LABEL = r"(?:[A-Z0-9]{1,16} ){0,4}PRIVATE KEY(?: BLOCK)?-----"  # RSA, EC, O
 
 RULES: tuple[Rule, ...] = (
     # cloud providers
-    _v("aws_access_key", AWS_PREFIXES, r"[A-Z2-7]{16}",
-       hints=("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "AROA", "APKA", "ASCA", "A3T")),
-    Rule("aws_secret_key", _r(r"(?i)aws_?secret_?(?:access_?)?key[\"']?\s*+(?:[:=]|=>)\s*+[\"']?"
-                              r"(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"), hints=('secret',)),
-    Rule("aws_secret_key", _r(r"(?i)\bSecretAccessKey[\"']?\s*+[:=]\s*+[\"']?(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
-         hints=('secret',)),
+    _v(
+        "aws_access_key",
+        AWS_PREFIXES,
+        r"[A-Z2-7]{16}",
+        hints=("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "AROA", "APKA", "ASCA", "A3T"),
+    ),
+    Rule(
+        "aws_secret_key",
+        _r(
+            r"(?i)aws_?secret_?(?:access_?)?key[\"']?\s*+(?:[:=]|=>)\s*+[\"']?"
+            r"(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+        ),
+        hints=("secret",),
+    ),
+    Rule(
+        "aws_secret_key", _r(r"(?i)\bSecretAccessKey[\"']?\s*+[:=]\s*+[\"']?(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"), hints=("secret",)
+    ),
     # a bare one, with no keyword before it; less specific than any vendor format of 40 characters
     Rule("aws_secret_key", _r(r"(?<![A-Za-z0-9/+_\-])(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=_\-])"), STRUCTURAL, _aws_secret),
     _b64("aws_bedrock_key", "ABSK", r"[A-Za-z0-9+/]{109,269}"),
     _b64("aws_bedrock_key", r"bedrock-api-key-", r"YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/%]{0,4000}"),
     _v("google_api_key", "AIza", r"[0-9A-Za-z_\-]{35}"),
     _v("google_oauth_secret", "GOCSPX-", r"[A-Za-z0-9_\-]{28}"),
-    Rule("azure_storage_key", _r(r"(?i)AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)"), hints=('accountkey=',)),
-    Rule("azure_storage_key", _r(r"(?i)SharedAccessKey=(?P<s>[A-Za-z0-9+/]{42,43}=)"), hints=('sharedaccesskey=',)),
-    Rule("azure_sas_token",
-         _r(r"sig=(?<![A-Za-z0-9_]sig=)(?P<s>(?:[A-Za-z0-9+/]|%[0-9A-Fa-f]{2}){30,160}(?:=|%3[Dd]){0,2})(?![A-Za-z0-9+/=%])"),
-         accept=_azure_sas, hints=("sig=",)),
-    Rule("azure_ad_client_secret",
-         _r(r"(?<![A-Za-z0-9_~.\-])(?P<s>[A-Za-z0-9_~.]{3}\dQ~[A-Za-z0-9_~.\-]{31,34})(?![A-Za-z0-9_~\-]|\.[A-Za-z0-9_~\-])"),
-         accept=_entropy(3.0), hints=("Q~",)),
+    Rule("azure_storage_key", _r(r"(?i)AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)"), hints=("accountkey=",)),
+    Rule("azure_storage_key", _r(r"(?i)SharedAccessKey=(?P<s>[A-Za-z0-9+/]{42,43}=)"), hints=("sharedaccesskey=",)),
+    Rule(
+        "azure_sas_token",
+        _r(r"sig=(?<![A-Za-z0-9_]sig=)(?P<s>(?:[A-Za-z0-9+/]|%[0-9A-Fa-f]{2}){30,160}(?:=|%3[Dd]){0,2})(?![A-Za-z0-9+/=%])"),
+        accept=_azure_sas,
+        hints=("sig=",),
+    ),
+    Rule(
+        "azure_ad_client_secret",
+        _r(r"(?<![A-Za-z0-9_~.\-])(?P<s>[A-Za-z0-9_~.]{3}\dQ~[A-Za-z0-9_~.\-]{31,34})(?![A-Za-z0-9_~\-]|\.[A-Za-z0-9_~\-])"),
+        accept=_entropy(3.0),
+        hints=("Q~",),
+    ),
     _v("digitalocean_token", "do[opr]_v1_", r"[a-f0-9]{64}", hints=("_v1_",)),
     _v("alibaba_access_key", "LTAI", r"[A-Za-z0-9]{12,20}", accept=_random),
     _near("alibaba_secret_key", "alibaba", r"[A-Za-z0-9]{30}"),
@@ -372,8 +396,12 @@ RULES: tuple[Rule, ...] = (
     _near("netlify_token", "netlify", r"[A-Za-z0-9=_\-]{40,46}"),
     _v("openshift_token", "sha256~", r"[A-Za-z0-9_\-]{43}"),
     _v("scalingo_token", "tk-us-", r"[A-Za-z0-9_\-]{48}"),
-    _v("planetscale_token", "pscale_tkn_|pscale_pw_|pscale_oauth_", r"[A-Za-z0-9_=.\-]{31,63}[A-Za-z0-9_=\-]",
-       hints=("pscale_tkn_", "pscale_pw_", "pscale_oauth_")),
+    _v(
+        "planetscale_token",
+        "pscale_tkn_|pscale_pw_|pscale_oauth_",
+        r"[A-Za-z0-9_=.\-]{31,63}[A-Za-z0-9_=\-]",
+        hints=("pscale_tkn_", "pscale_pw_", "pscale_oauth_"),
+    ),
     _v("pulumi_token", "pul-", r"[a-f0-9]{40}"),
     _v("hashicorp_tf_token", r"[A-Za-z0-9]{14}\.atlasv1\.", r"[A-Za-z0-9_=\-]{60,70}", hints=("atlasv1",)),
     _v("vault_token", r"hvs\.|hvr\.", r"[A-Za-z0-9_\-]{90,120}", hints=("hvs.", "hvr.")),
@@ -390,8 +418,12 @@ RULES: tuple[Rule, ...] = (
     # version control and CI
     _v("github_token", "gh[pousr]_", r"[A-Za-z0-9]{36}", hints=("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
     _v("github_token", "github_pat_", r"[A-Za-z0-9]{22}_[A-Za-z0-9]{59}"),
-    _v("gitlab_token", "gl", rf"(?:{GITLAB_SUFFIXES})-[A-Za-z0-9_\-]{{20,}}(?:\.[0-9a-z]{{9}})?",
-       hints=tuple(f"gl{p}-" for p in GITLAB_SUFFIXES.split("|"))),
+    _v(
+        "gitlab_token",
+        "gl",
+        rf"(?:{GITLAB_SUFFIXES})-[A-Za-z0-9_\-]{{20,}}(?:\.[0-9a-z]{{9}})?",
+        hints=tuple(f"gl{p}-" for p in GITLAB_SUFFIXES.split("|")),
+    ),
     _v("gitlab_token", "GR1348941", r"[A-Za-z0-9_\-]{20}"),
     _v("gitlab_token", "_gitlab_session=", r"[0-9a-z]{32}", hints=("_gitlab_session=",)),
     _near("bitbucket_client_id", "bitbucket", r"[A-Za-z0-9]{32}"),
@@ -402,8 +434,11 @@ RULES: tuple[Rule, ...] = (
     _v("sourcegraph_token", "sgp_", r"(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}"),
     _near("sourcegraph_token", "sourcegraph", r"[a-fA-F0-9]{40}"),
     _v("sonar_token", "squ_|sqp_|sqa_", r"[a-f0-9]{40}"),
-    _near("sonar_token", "sonar_token|sonar.token|sonar-token|sonar_login|sonar.login|sonar-login|sonartoken|sonarlogin",
-          r"[A-Za-z0-9=_\-]{40}"),
+    _near(
+        "sonar_token",
+        "sonar_token|sonar.token|sonar-token|sonar_login|sonar.login|sonar-login|sonartoken|sonarlogin",
+        r"[A-Za-z0-9=_\-]{40}",
+    ),
     _near("snyk_token", "snyk", UUID),
     _v("harness_token", r"pat\.|sat\.", r"[A-Za-z0-9_\-]{22}\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{20}", hints=("pat.", "sat.")),
     _v("octopus_deploy_key", "API-", r"[A-Z0-9]{26}", accept=_random),
@@ -418,8 +453,12 @@ RULES: tuple[Rule, ...] = (
     _v("docker_pat", "dckr_pat_", r"[A-Za-z0-9_\-]{27}"),
     _v("rubygems_key", "rubygems_", r"[a-f0-9]{48}"),
     _v("clojars_token", "CLOJARS_", r"[A-Za-z0-9]{60}", hints=("clojars_",)),
-    Rule("nuget_password", _r(r"(?i)<add key=\"(?:ClearText)?Password\"\s{0,20}value=\"(?P<s>[^\"\n]{8,256})\""), accept=_not_placeholder,
-         hints=("<add key=",)),
+    Rule(
+        "nuget_password",
+        _r(r"(?i)<add key=\"(?:ClearText)?Password\"\s{0,20}value=\"(?P<s>[^\"\n]{8,256})\""),
+        accept=_not_placeholder,
+        hints=("<add key=",),
+    ),
     # AI providers
     _v("openai_key", "sk-", r"(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}", hints=("T3BlbkFJ",)),
     _v("anthropic_key", "sk-ant-", r"(?:api|admin)\d\d-[A-Za-z0-9_\-]{80,}"),
@@ -441,8 +480,12 @@ RULES: tuple[Rule, ...] = (
     _v("flutterwave_key", "FLWSECK_TEST", r"-?[a-hA-H0-9]{12}"),
     _v("shippo_token", "shippo_(?:live|test)_", r"[a-fA-F0-9]{40}", hints=("shippo_",)),
     _near("gocardless_token", "gocardless", r"(?:live|sandbox)_[A-Za-z0-9_=\-]{40}"),
-    _v("plaid_token", "access-", rf"(?:sandbox|development|production)-{UUID}",
-       hints=("access-sandbox-", "access-development-", "access-production-")),
+    _v(
+        "plaid_token",
+        "access-",
+        rf"(?:sandbox|development|production)-{UUID}",
+        hints=("access-sandbox-", "access-development-", "access-production-"),
+    ),
     _near("plaid_client_id", "plaid", r"[A-Za-z0-9]{24}"),
     _near("plaid_secret", "plaid", r"[A-Za-z0-9]{30}"),
     _near("coinbase_token", "coinbase", r"[A-Za-z0-9_\-]{64}"),
@@ -461,17 +504,29 @@ RULES: tuple[Rule, ...] = (
     _v("slack_token", "xapp-", r"\d-[A-Za-z0-9]{6,20}-\d{6,20}-[A-Za-z0-9]{20,100}"),
     _v("slack_token", r"xoxe\.xox[bp]-", r"\d-[A-Za-z0-9]{163,166}", hints=("xoxe.xox",)),
     _v("slack_token", "xoxe-", r"\d-[A-Za-z0-9]{146}"),
-    Rule("slack_webhook", _r(r"(?P<s>https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+\-]{20,})"),
-         hints=('hooks.slack.com',)),
-    Rule("discord_webhook", _r(r"(?P<s>https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_\-]{60,})"),
-         hints=('/api/webhooks/',)),
+    Rule(
+        "slack_webhook",
+        _r(r"(?P<s>https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+\-]{20,})"),
+        hints=("hooks.slack.com",),
+    ),
+    Rule(
+        "discord_webhook",
+        _r(r"(?P<s>https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_\-]{60,})"),
+        hints=("/api/webhooks/",),
+    ),
     Rule("discord_bot_token", _tok("[MNO]", r"[A-Za-z0-9_\-]{22,27}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}"), accept=_discord_bot),
     _near("discord_token", "discord", r"[a-f0-9]{64}"),
     _near("discord_client_id", "discord", r"[0-9]{17,20}", accept=_varied),
     _near("discord_client_secret", "discord", r"[A-Za-z0-9=_\-]{32}"),
-    Rule("teams_webhook", _r(r"(?P<s>https://[A-Za-z0-9\-]{1,64}\.webhook\.office\.com/webhookb2/[A-Za-z0-9\-]{36}@[A-Za-z0-9\-]{36}"
-                             r"/IncomingWebhook/"
-                             r"[A-Za-z0-9]{32}/[A-Za-z0-9\-]{36}(?:/[A-Za-z0-9_\-]{20,80})?)"), hints=("webhook.office.com",)),
+    Rule(
+        "teams_webhook",
+        _r(
+            r"(?P<s>https://[A-Za-z0-9\-]{1,64}\.webhook\.office\.com/webhookb2/[A-Za-z0-9\-]{36}@[A-Za-z0-9\-]{36}"
+            r"/IncomingWebhook/"
+            r"[A-Za-z0-9]{32}/[A-Za-z0-9\-]{36}(?:/[A-Za-z0-9_\-]{20,80})?)"
+        ),
+        hints=("webhook.office.com",),
+    ),
     _v("sendgrid_key", r"SG\.", r"[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}"),
     _v("sendinblue_key", "xkeysib-|xsmtpsib-", r"[a-f0-9]{64}-[A-Za-z0-9]{16}", hints=("xkeysib-", "xsmtpsib-")),
     _v("mailgun_key", "key-", r"[0-9a-f]{32}"),
@@ -486,7 +541,7 @@ RULES: tuple[Rule, ...] = (
     _near("sendbird_token", "sendbird", r"[a-f0-9]{40}"),
     _near("sendbird_app_id", "sendbird", UUID),
     _near("mattermost_token", "mattermost", r"[A-Za-z0-9]{26}"),
-    Rule("telegram_bot_token", _r(rf"(?<![0-9])(?P<s>\d{{8,10}}:AA[A-Za-z0-9_\-]{{33}}){E}"), hints=(':AA',)),
+    Rule("telegram_bot_token", _r(rf"(?<![0-9])(?P<s>\d{{8,10}}:AA[A-Za-z0-9_\-]{{33}}){E}"), hints=(":AA",)),
     _near("telegram_bot_token", "telegram|telegr", r"\d{5,16}:A[A-Za-z0-9_\-]{34}"),
     _near("intercom_token", "intercom", r"[A-Za-z0-9=_\-]{60}"),
     _near("gitter_token", "gitter", r"[A-Za-z0-9_\-]{40}"),
@@ -533,9 +588,12 @@ RULES: tuple[Rule, ...] = (
     _near("datadog_app_key", "datadog|dd_app_key|dd-app-key|dd_application_key|ddappkey", r"[a-f0-9]{40}"),
     _near("sumologic_key", "sumo", r"su[A-Za-z0-9]{12}|[A-Za-z0-9]{64}"),
     _near("okta_token", "okta", r"00[A-Za-z0-9=_\-]{40}"),
-    _v("authress_key", "sc_|ext_|scauth_|authress_",
-       r"[A-Za-z0-9]{5,30}\.[A-Za-z0-9]{4,6}\.acc[_\-][A-Za-z0-9\-]{10,32}\.[A-Za-z0-9+/_=\-]{30,120}",
-       hints=(".acc",)),
+    _v(
+        "authress_key",
+        "sc_|ext_|scauth_|authress_",
+        r"[A-Za-z0-9]{5,30}\.[A-Za-z0-9]{4,6}\.acc[_\-][A-Za-z0-9\-]{10,32}\.[A-Za-z0-9+/_=\-]{30,120}",
+        hints=(".acc",),
+    ),
     _v("settlemint_token", "sm_(?:aat|pat|sat)_", r"[A-Za-z0-9]{16}", hints=("sm_aat_", "sm_pat_", "sm_sat_")),
     _v("maxmind_key", r"[A-Za-z0-9]{6}_", r"[A-Za-z0-9]{29}_mmk", hints=("_mmk",)),
     _v("intra42_secret", "s-s4t2(?:ud|af)-", r"[a-f0-9]{64}", hints=("s-s4t2ud-", "s-s4t2af-")),
@@ -555,55 +613,138 @@ RULES: tuple[Rule, ...] = (
     _near("cisco_meraki_key", "meraki", r"[0-9a-f]{40}"),
     _near("rapidapi_key", "rapidapi", r"[A-Za-z0-9_\-]{50}"),
     Rule("freemius_key", _r(r"(?i)[\"']secret_key[\"']\s{0,20}=>\s{0,20}[\"'](?P<s>sk_[^\s\"']{29})[\"']"), hints=("secret_key",)),
-    Rule("sidekiq_secret", _r(r"(?i)\b(?:BUNDLE_ENTERPRISE__CONTRIBSYS__COM|BUNDLE_GEMS__CONTRIBSYS__COM)[\"']?"
-                              r"(?:[ \t]{0,10}[:=][ \t]{0,10}|[ \t]{1,10})[\"']?"
-                              r"(?P<s>[a-f0-9]{8}:[a-f0-9]{8})(?![A-Za-z0-9])"), hints=("contribsys__com",)),
-    Rule("sidekiq_secret", _r(r"(?i)\bhttps?://(?P<s>[a-f0-9]{8}:[a-f0-9]{8})@(?:gems|enterprise)\.contribsys\.com"),
-         hints=("contribsys.com",)),
+    Rule(
+        "sidekiq_secret",
+        _r(
+            r"(?i)\b(?:BUNDLE_ENTERPRISE__CONTRIBSYS__COM|BUNDLE_GEMS__CONTRIBSYS__COM)[\"']?"
+            r"(?:[ \t]{0,10}[:=][ \t]{0,10}|[ \t]{1,10})[\"']?"
+            r"(?P<s>[a-f0-9]{8}:[a-f0-9]{8})(?![A-Za-z0-9])"
+        ),
+        hints=("contribsys__com",),
+    ),
+    Rule(
+        "sidekiq_secret",
+        _r(r"(?i)\bhttps?://(?P<s>[a-f0-9]{8}:[a-f0-9]{8})@(?:gems|enterprise)\.contribsys\.com"),
+        hints=("contribsys.com",),
+    ),
     # structural: keys, tokens, credentials in headers and URLs
-    Rule("private_key", _r(rf"(?P<s>-----BEGIN {PEM_LABEL}(?:[^-]++|-(?!----))*+-----END {PEM_LABEL})"), STRUCTURAL,
-         hints=('PRIVATE KEY',)),
-    Rule("jwt", _tok("eyJ", r"[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}"), STRUCTURAL, hints=('eyJ',)),
-    Rule("jwt", _b64("jwt", "ZXlK", r"[A-Za-z0-9+/]{40,8000}").pattern, STRUCTURAL, _jwt_base64, hints=('ZXlK',)),
-    Rule("bearer_token", _r(r"(?i)\bbearer\s++(?P<s>[A-Za-z0-9\-._~+/]{16,}=*)"), STRUCTURAL, _not_placeholder,
-         hints=('bearer',), anchored=True),
-    Rule("basic_credentials", _r(r"(?i)\bbasic\s++(?P<s>[A-Za-z0-9+/]{8,}={0,2})(?![A-Za-z0-9+/=])"), STRUCTURAL, _basic_credentials,
-         hints=('basic',), anchored=True),
-    Rule("authorization_token", _r(r"(?i)(?<![A-Za-z0-9_])authorization[\"']?[ \t]{0,10}[:=][ \t]{0,10}[\"']?"
-                                   r"(?:token|api-?key|apikey|key|ssws|sso-key|otp)"
-                                   r"[ \t]{1,10}(?P<s>[A-Za-z0-9\-._~+/=@]{8,512}+)(?![A-Za-z0-9\-._~+/=@])"), STRUCTURAL, _tokenish,
-         hints=("authorization",), anchored=True),
-    Rule("authorization_token", _r(r"(?i)(?<![A-Za-z0-9_])authorization[\"']?[ \t]{0,10}[:=][ \t]{0,10}[\"']?"
-                                   r"(?P<s>[A-Za-z0-9\-._~+/=@]{20,512}+)(?![A-Za-z0-9\-._~+/=@])"), STRUCTURAL, _raw_authorization,
-         hints=("authorization",), anchored=True),
-    Rule("basic_credentials", _r(r"(?<=[ \t])(?:-u|--user)(?:=|[ \t]{1,5})[\"']?[^\s:\"'@]{1,128}:(?P<s>[^\s\"']{3,256})(?=[\"']|\s|$)"),
-         STRUCTURAL, _curl_password, hints=("-u", "--user"), anchored=True),
-    Rule("database_url_password", _r(
-        r"(?i)\b(?:postgres(?:ql)?|pgsql|mysql|mariadb|mssql|sqlserver|oracle|mongodb(?:\+srv)?|rediss?|amqps?|clickhouse"
-        r"|cockroachdb|couchdb)"
-        r"(?:\+[a-z0-9]{1,20})?://[^\s:@/\"']{1,256}:(?P<s>[^\s@/\"']{1,256})@[^\s\"']+"), STRUCTURAL, _not_placeholder,
-        hints=("postgres", "pgsql", "mysql", "mariadb", "mssql", "sqlserver", "oracle", "mongodb", "redis", "amqp", "clickhouse",
-               "cockroachdb", "couchdb"),
-        anchored=True),
-    Rule("url_password", _r(r"(?i)\b(?:https?|ftps?|sftp|ssh|smtps?|imaps?|git|svn)://[^\s:@/\"'<>]{1,256}:(?P<s>[^\s@/\"'<>]{1,256})"
-                            r"@[A-Za-z0-9][^\s\"'<>]*"),
-         STRUCTURAL, _not_placeholder, hints=("http", "ftp", "sftp", "ssh", "smtp", "imap", "git", "svn"), anchored=True),
+    Rule(
+        "private_key", _r(rf"(?P<s>-----BEGIN {PEM_LABEL}(?:[^-]++|-(?!----))*+-----END {PEM_LABEL})"), STRUCTURAL, hints=("PRIVATE KEY",)
+    ),
+    Rule("jwt", _tok("eyJ", r"[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}"), STRUCTURAL, hints=("eyJ",)),
+    Rule("jwt", _b64("jwt", "ZXlK", r"[A-Za-z0-9+/]{40,8000}").pattern, STRUCTURAL, _jwt_base64, hints=("ZXlK",)),
+    Rule(
+        "bearer_token",
+        _r(r"(?i)\bbearer\s++(?P<s>[A-Za-z0-9\-._~+/]{16,}=*)"),
+        STRUCTURAL,
+        _not_placeholder,
+        hints=("bearer",),
+        anchored=True,
+    ),
+    Rule(
+        "basic_credentials",
+        _r(r"(?i)\bbasic\s++(?P<s>[A-Za-z0-9+/]{8,}={0,2})(?![A-Za-z0-9+/=])"),
+        STRUCTURAL,
+        _basic_credentials,
+        hints=("basic",),
+        anchored=True,
+    ),
+    Rule(
+        "authorization_token",
+        _r(
+            r"(?i)(?<![A-Za-z0-9_])authorization[\"']?[ \t]{0,10}[:=][ \t]{0,10}[\"']?"
+            r"(?:token|api-?key|apikey|key|ssws|sso-key|otp)"
+            r"[ \t]{1,10}(?P<s>[A-Za-z0-9\-._~+/=@]{8,512}+)(?![A-Za-z0-9\-._~+/=@])"
+        ),
+        STRUCTURAL,
+        _tokenish,
+        hints=("authorization",),
+        anchored=True,
+    ),
+    Rule(
+        "authorization_token",
+        _r(
+            r"(?i)(?<![A-Za-z0-9_])authorization[\"']?[ \t]{0,10}[:=][ \t]{0,10}[\"']?"
+            r"(?P<s>[A-Za-z0-9\-._~+/=@]{20,512}+)(?![A-Za-z0-9\-._~+/=@])"
+        ),
+        STRUCTURAL,
+        _raw_authorization,
+        hints=("authorization",),
+        anchored=True,
+    ),
+    Rule(
+        "basic_credentials",
+        _r(r"(?<=[ \t])(?:-u|--user)(?:=|[ \t]{1,5})[\"']?[^\s:\"'@]{1,128}:(?P<s>[^\s\"']{3,256})(?=[\"']|\s|$)"),
+        STRUCTURAL,
+        _curl_password,
+        hints=("-u", "--user"),
+        anchored=True,
+    ),
+    Rule(
+        "database_url_password",
+        _r(
+            r"(?i)\b(?:postgres(?:ql)?|pgsql|mysql|mariadb|mssql|sqlserver|oracle|mongodb(?:\+srv)?|rediss?|amqps?|clickhouse"
+            r"|cockroachdb|couchdb)"
+            r"(?:\+[a-z0-9]{1,20})?://[^\s:@/\"']{1,256}:(?P<s>[^\s@/\"']{1,256})@[^\s\"']+"
+        ),
+        STRUCTURAL,
+        _not_placeholder,
+        hints=(
+            "postgres",
+            "pgsql",
+            "mysql",
+            "mariadb",
+            "mssql",
+            "sqlserver",
+            "oracle",
+            "mongodb",
+            "redis",
+            "amqp",
+            "clickhouse",
+            "cockroachdb",
+            "couchdb",
+        ),
+        anchored=True,
+    ),
+    Rule(
+        "url_password",
+        _r(
+            r"(?i)\b(?:https?|ftps?|sftp|ssh|smtps?|imaps?|git|svn)://[^\s:@/\"'<>]{1,256}:(?P<s>[^\s@/\"'<>]{1,256})"
+            r"@[A-Za-z0-9][^\s\"'<>]*"
+        ),
+        STRUCTURAL,
+        _not_placeholder,
+        hints=("http", "ftp", "sftp", "ssh", "smtp", "imap", "git", "svn"),
+        anchored=True,
+    ),
     # generic keyword = value, accepted by entropy (see _generic); the name after the keyword is bounded and possessive,
     # so a long run of keywords (`tokentoken...`) costs each position 64 characters at most
-    Rule("generic_secret", _r(
-        r"(?i)(?P<k>api[_\- ]?key|apikey|secret|client[_\- ]?secret|token|access[_\- ]?key|passw(?:or)?d|passphrase|pwd"
-        r"|auth[_\-]?key|credentials?|private[_\- ]?key|signing[_\- ]?key|encryption[_\- ]?key)[A-Za-z0-9_\-]{0,64}+"
-        r"[\"']?\s*+(?:[:=]|:=|=>|\bis\b)\s*+"
-        r"(?P<q>[\"'`])?(?P<s>[^\s\"'`,;]{5,511}[^\s\"'`,;.:!?)])"), GENERIC, _generic,
+    Rule(
+        "generic_secret",
+        _r(
+            r"(?i)(?P<k>api[_\- ]?key|apikey|secret|client[_\- ]?secret|token|access[_\- ]?key|passw(?:or)?d|passphrase|pwd"
+            r"|auth[_\-]?key|credentials?|private[_\- ]?key|signing[_\- ]?key|encryption[_\- ]?key)[A-Za-z0-9_\-]{0,64}+"
+            r"[\"']?\s*+(?:[:=]|:=|=>|\bis\b)\s*+"
+            r"(?P<q>[\"'`])?(?P<s>[^\s\"'`,;]{5,511}[^\s\"'`,;.:!?)])"
+        ),
+        GENERIC,
+        _generic,
         hints=("api", "secret", "client", "token", "access", "pass", "pwd", "auth", "credential", "private", "signing", "encryption"),
-        anchored=True),
+        anchored=True,
+    ),
     # a password in a sentence: "the password for the admin panel is Xy7#kq!2"
-    Rule("generic_secret", _r(
-        r"(?i)(?<![A-Za-z])(?:password|passphrase|passcode|passwd|pwd)s?[ \t]{1,5}(?:for|of|on|to)[ \t][^\n.:=\"'`]{1,40}?"
-        r"[ \t](?:is|was|=|:)[ \t]{1,5}"
-        r"(?P<q>[\"'`])?(?P<s>[^\s\"'`,;]{5,127}[^\s\"'`,;.:!?)])"), GENERIC, _prose_password,
+    Rule(
+        "generic_secret",
+        _r(
+            r"(?i)(?<![A-Za-z])(?:password|passphrase|passcode|passwd|pwd)s?[ \t]{1,5}(?:for|of|on|to)[ \t][^\n.:=\"'`]{1,40}?"
+            r"[ \t](?:is|was|=|:)[ \t]{1,5}"
+            r"(?P<q>[\"'`])?(?P<s>[^\s\"'`,;]{5,127}[^\s\"'`,;.:!?)])"
+        ),
+        GENERIC,
+        _prose_password,
         hints=("password", "passphrase", "passcode", "passwd", "pwd"),
-        anchored=True),
+        anchored=True,
+    ),
 )
 
 
@@ -623,8 +764,12 @@ class _Index:
         for i, rule in enumerate(rules):
             for h in rule.hints:
                 rules_of.setdefault(h, []).append(i)
-        return cls(tuple(h for h in rules_of if h.lower() == h), tuple(h for h in rules_of if h.lower() != h),
-                   {h: tuple(ids) for h, ids in rules_of.items()}, tuple(i for i, r in enumerate(rules) if not r.hints))
+        return cls(
+            tuple(h for h in rules_of if h.lower() == h),
+            tuple(h for h in rules_of if h.lower() != h),
+            {h: tuple(ids) for h, ids in rules_of.items()},
+            tuple(i for i, r in enumerate(rules) if not r.hints),
+        )
 
 
 INDEX = _Index.of(RULES)

@@ -60,7 +60,9 @@ class OutputScanner:
             if self.blocked is not None and self.blocked.scanner == name:
                 out.append(ScanResult(name, Verdict.BLOCK, found, reason=str(self.blocked)))
             elif not self.finished and self.blocked is None:
-                out.append(ScanResult(name, Verdict.REDACT if found else Verdict.NOT_SCANNED, found, reason="stream ended before the final scan"))
+                out.append(
+                    ScanResult(name, Verdict.REDACT if found else Verdict.NOT_SCANNED, found, reason="stream ended before the final scan")
+                )
             else:
                 out.append(ScanResult(name, Verdict.REDACT if found else Verdict.PASS, found))
         return out

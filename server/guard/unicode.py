@@ -55,7 +55,7 @@ def find_invisible(text: str) -> list[Span]:
 def strip(text: str, spans: list[Span]) -> str:
     parts, at = [], 0
     for span in spans:
-        parts.append(text[at:span.start])
+        parts.append(text[at : span.start])
         at = span.end
     parts.append(text[at:])
     return "".join(parts)

@@ -26,9 +26,15 @@ log = AuditLog(AuditConfig(out / "dir", checkpoint_every=4)).start()
 model = types.SimpleNamespace(name="SmolLM2-135M-Instruct", quant="q4")
 stub = types.SimpleNamespace(audit=log, metrics=GuardMetrics(CollectorRegistry()))
 for i in range(6):
-    call = Call("support_chat", Actor("widget_visitor", user=f"v_{i}", ip="127.0.0.1", client="tandem-widget", tenant="demo"),
-                ChatPrompt((("system", "Be brief."), ("user", f"question {i}"))), Params(max_tokens=16), request_id=f"msg_{i}",
-                conversation_id="conv_1", message_id=f"msg_{i}")
+    call = Call(
+        "support_chat",
+        Actor("widget_visitor", user=f"v_{i}", ip="127.0.0.1", client="tandem-widget", tenant="demo"),
+        ChatPrompt((("system", "Be brief."), ("user", f"question {i}"))),
+        Params(max_tokens=16),
+        request_id=f"msg_{i}",
+        conversation_id="conv_1",
+        message_id=f"msg_{i}",
+    )
     rec = _Record(call, time.monotonic())
     rec.journal = log.open_call(rec.skeleton(model, log))
     found = [Finding("aws_access_key", 3, 23, "[REDACTED:aws_access_key]", 1)] if i == 2 else []
