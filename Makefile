@@ -15,7 +15,7 @@ VSIX        := $(EXT)/tandem.vsix
 EXT_DEPS    := $(EXT)/node_modules/.installed
 CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
-.PHONY: run test check model code-model bench bench-quick clean vsix
+.PHONY: run test test-random check model code-model bench bench-quick clean vsix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,13 +62,18 @@ $(CODE_SERVER):
 
 # lint, types and the layer contracts (pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]); `make test` runs it first
 check: $(STAMP)
+	$(BIN)/ruff format --check server lsp dialog tests
 	$(BIN)/ruff check server lsp dialog tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: check model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
 	cd $(EXT) && npm run lint && npm test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -p no:randomly
+
+# the same suite in a random order (pytest-randomly prints its seed; `-p randomly --randomly-seed=N` repeats that order)
+test-random: check model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+	$(BIN)/python -m pytest -p randomly
 
 # The optional llama.cpp peer of `tandem bench`: pip builds llama-cpp-python from source (several
 # minutes, once; --no-cache-dir: a cached wheel may be a build for other flags). For AVX2, plus the AVX-512 extensions this CPU has, rather than -march=native:
