@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.gateway import Actor, Call, CallFailed, ChatPrompt, Gateway, Params, Priority, Screened
+from server.settings import tandem_home
 
 from . import frames
 from .errors import PLAIN_WORDS, said
@@ -41,8 +42,7 @@ log = logging.getLogger("tandem.dialog")
 
 @dataclass(frozen=True)
 class DialogConfig:
-    db_path: Path
-    key_path: Path
+    directory: Path | None = None  # the chat store and the visitor-token key; default: $TANDEM_HOME/dialog
     max_message_chars: int = 4000
     max_answer_tokens: int = 256
     temperature: float = 0.0
@@ -51,6 +51,18 @@ class DialogConfig:
     ip_connections_per_minute: int = 60
     flush_seconds: float = 0.1  # at most this much of a streaming answer is lost to a crash
     hello_timeout: float = 10.0
+
+    @property
+    def home(self) -> Path:
+        return self.directory or tandem_home() / "dialog"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "chat.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / "visitor.key"
 
 
 class Client:

@@ -55,13 +55,8 @@ class ServerConfig:
     audit_key: Path | None = None  # the signing key's path; default: <audit_dir>/signing.key
     audit_max_queue: int = 4096  # unwritten records past which new calls are refused (503 audit_unavailable)
     admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token
-    dialog_dir: Path | None = None  # chat store and visitor-token key; default: $TANDEM_HOME/dialog
     demo_site: bool = True  # create the `demo` site (loopback origins) for /widget/demo when missing
-    dialog: dict[str, object] = field(default_factory=dict)  # DialogConfig overrides (limits, answer length)
-
-    def dialog_config(self) -> DialogConfig:
-        directory = self.dialog_dir or tandem_home() / "dialog"
-        return DialogConfig(db_path=directory / "chat.db", key_path=directory / "visitor.key", **self.dialog)  # type: ignore[arg-type]
+    dialog: DialogConfig = field(default_factory=DialogConfig)  # the support chat: its folder, limits and answer length
 
     def audit_config(self) -> AuditConfig:
         return AuditConfig(
@@ -138,7 +133,7 @@ def create_app(
             engine = Engine(loaded.model, loaded.tokenizer, config.engine, engine_metrics).start()
         gateway = Gateway(loaded, engine, audit, engine_metrics.registry)
         log.info("engine ready: %s, %s, %.1f MiB; audit log %s", loaded.name, loaded.quant, loaded.footprint_bytes / 2**20, audit.path)
-        dialog = await DialogService.open(gateway, config.dialog_config())
+        dialog = await DialogService.open(gateway, config.dialog)
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
         try:

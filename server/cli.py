@@ -29,6 +29,8 @@ def is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from dialog.service import DialogConfig
+
     from .app import ServerConfig, create_app
 
     env = environment()
@@ -60,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_key=Path(args.audit_key) if args.audit_key else None,
         audit_content_days=args.audit_content_days,
         admin_token=args.admin_token or env.admin_token,
-        dialog_dir=Path(args.dialog_dir) if args.dialog_dir else None,
+        dialog=DialogConfig(directory=Path(args.dialog_dir) if args.dialog_dir else None),
         demo_site=not args.no_demo_site and is_loopback(args.host),
     )
     app = create_app(config)

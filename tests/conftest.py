@@ -21,6 +21,7 @@ import torch
 import uvicorn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from dialog.service import DialogConfig
 from server import models
 from server.app import ServerConfig, create_app
 from server.engine import Engine, EngineConfig
@@ -160,8 +161,7 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
             audit_content_days=content_days,
             audit_max_queue=audit_max_queue,
             admin_token=ADMIN_TOKEN,
-            dialog_dir=dialog_dir,
-            dialog=dialog or {},
+            dialog=DialogConfig(directory=dialog_dir, **(dialog or {})),  # type: ignore[arg-type]
         )
         server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
         server.audit_dir, server.dialog_dir = audit_dir, dialog_dir

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from dialog import frames
+from dialog.service import DialogConfig
 from dialog.store import Site, Store
 from server.app import ServerConfig, create_app
 from server.audit import AuditReader, Filters
@@ -322,7 +323,9 @@ def scripted_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped
         engine = GatedEngine()
         loaded = tiny_loaded(tiny_model, tokenizer)
         dialog_dir = tmp_path / "dialog"
-        config = ServerConfig(audit_dir=tmp_path / "audit", admin_token=ADMIN_TOKEN, dialog_dir=dialog_dir, dialog={**DIALOG, **dialog})
+        config = ServerConfig(
+            audit_dir=tmp_path / "audit", admin_token=ADMIN_TOKEN, dialog=DialogConfig(directory=dialog_dir, **{**DIALOG, **dialog})
+        )  # type: ignore[arg-type]
         server = ThreadedServer(create_app(config, loader=lambda: loaded, engine_factory=lambda *_: engine), free_port())
         server.engine, server.dialog_dir = engine, dialog_dir
         return server
