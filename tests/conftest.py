@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -111,6 +111,10 @@ def tiny_loaded(model, tokenizer, fim: tuple[str, str, str] | None = None) -> mo
 class ThreadedServer:
     """The real app under uvicorn on a real loopback socket, in a background thread."""
 
+    audit_dir: Path  # set by the fixtures that start one: where its audit log, chat store and engine are
+    dialog_dir: Path
+    engine: Any
+
     def __init__(self, app, port: int) -> None:  # type: ignore[no-untyped-def]
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -147,7 +151,7 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         dialog: dict | None = None,
         dialog_dir: Path | None = None,
         audit_max_queue: int = 4096,
-        **engine: object,
+        **engine: Any,
     ) -> ThreadedServer:
         count[0] += 1
         loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)

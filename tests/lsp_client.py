@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
@@ -12,18 +12,31 @@ from tests.conftest import ROOT
 from tests.waiting import eventually_async
 
 
+class TandemClient(LanguageClient):
+    """pytest-lsp's client as these tests hold it: what `start_lsp` records on it, typed."""
+
+    engine_status: list[dict[str, Any]]  # every tandem/engineStatus notification, in order
+    initialize_result: types.InitializeResult
+
+
+def text_of(item: types.InlineCompletionItem) -> str:
+    """An inline suggestion's text (the server sends plain strings, never snippets)."""
+    assert isinstance(item.insert_text, str), item.insert_text
+    return item.insert_text
+
+
 async def start_lsp(
     server_url: str, *extra: str, env: dict[str, str] | None = None, settings: dict[str, Any] | None = None
-) -> LanguageClient:
+) -> TandemClient:
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "server.cli", "lsp", "--server-url", server_url, *extra], server_env=env
     )
-    client = await config.start()
-    client.engine_status = []  # type: ignore[attr-defined]  # every tandem/engineStatus notification, in order
+    client = cast(TandemClient, await config.start())
+    client.engine_status = []
 
     @client.feature("tandem/engineStatus")
     def engine_status(params: Any) -> None:
-        client.engine_status.append(params._asdict() if hasattr(params, "_asdict") else dict(params))  # type: ignore[attr-defined]
+        client.engine_status.append(params._asdict() if hasattr(params, "_asdict") else dict(params))
 
     if settings is not None:
         client.set_configuration(settings, section="tandem")
@@ -31,7 +44,7 @@ async def start_lsp(
     caps.text_document.inline_completion = types.InlineCompletionClientCapabilities()
     client.initialize_result = await client.initialize_session(
         types.InitializeParams(capabilities=caps, root_uri=ROOT.as_uri(), process_id=None)
-    )  # type: ignore[attr-defined]
+    )
     return client
 
 

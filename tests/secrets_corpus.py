@@ -24,6 +24,7 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
@@ -436,7 +437,7 @@ def fresh_corpus(rng: random.Random) -> list[Secret]:
     keys = _private_keys(rng)
     sas_sig = urllib.parse.quote(r.b64(32), safe="")
     discord_id = r.digits(rng.choice([18, 19]))
-    compact = {"separators": (",", ":")}
+    compact: dict[str, Any] = {"separators": (",", ":")}
     sentry = {"iat": 1_700_000_000.5, "url": "https://sentry.io", "region_url": "https://us.sentry.io", "org": "acme"}
     sentry_claims = base64.b64encode(json.dumps(sentry, **compact).encode()).decode().rstrip("=")
     grafana = {"k": r(ALNUM, 32), "n": "deploy-" + r(LOWER, 8), "id": rng.randrange(1, 99)}

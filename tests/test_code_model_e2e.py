@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from server.gateway import fim_prompt_ids
 from server.models import ModelNotFound, choose_quant, fim_tokens, installed_model_gguf, linear_block_types, resolve
 from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, stop_process, wait_healthy
-from tests.lsp_client import inline_params, open_doc, start_lsp, stats, wait_until
+from tests.lsp_client import inline_params, open_doc, start_lsp, stats, text_of, wait_until
 
 pytestmark = pytest.mark.default_model
 CODE_MODEL = "qwen2.5-coder-0.5b"
@@ -83,7 +83,9 @@ def test_the_fim_prompt_is_built_from_the_qwen_tokens(code_model_dir: Path) -> N
     tok = AutoTokenizer.from_pretrained(code_model_dir)
     tokens = fim_tokens(tok)
     assert tokens == ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-    pre, suf, mid = tok.convert_tokens_to_ids(list(tokens))
+    control = tok.convert_tokens_to_ids(list(tokens))
+    assert isinstance(control, list)
+    pre, suf, mid = control
     ids = fim_prompt_ids(tok, tokens, "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n")
     assert ids[0] == pre and ids[-1] == mid and ids.count(suf) == 1
     assert tok.decode(ids) == "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n<|fim_middle|>"
@@ -121,7 +123,7 @@ async def test_an_explicit_fim_request_through_tandem_lsp(code_server: str) -> N
         params.context = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
         result = await client.text_document_inline_completion_async(params)
         (item,) = result.items
-        text = item.insert_text
+        text = text_of(item)
         assert text.strip() and not text.startswith(("\n", " ")), text  # on an indented blank line: code at the cursor
         # accept what is shown and ask again, until the hole is filled: the rest comes from the same generation
         shown, doc, version = text, BEFORE + AFTER, 1
@@ -140,7 +142,7 @@ async def test_an_explicit_fim_request_through_tandem_lsp(code_server: str) -> N
             params = inline_params(uri, doc[:cursor].count("\n"), len(doc[:cursor].rsplit("\n", 1)[1]))
             params.context = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
             result = await client.text_document_inline_completion_async(params)
-            text = result.items[0].insert_text if result.items else ""
+            text = text_of(result.items[0]) if result.items else ""
             shown += text
         assert "found" in shown and "return sorted(found)" not in shown, shown
         assert not any(t in shown for t in CONTROL)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_a_server_killed_mid_answer_comes_back_with_the_conversation_intact(defa
         chat = Chat(url)
         chat.ask("Hello, I need help with my order.")
         chat.say("Write a long story about a lighthouse keeper.")
-        seen = []
+        seen: list[dict[str, Any]] = []
         while len([f for f in seen if f["type"] == "delta"]) < 30:
             seen.append(chat.recv())
         os.kill(proc.pid, signal.SIGKILL)

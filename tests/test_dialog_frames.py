@@ -38,7 +38,7 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.di
 def shaped(draw: st.DrawFn) -> str:
     """Frames of the right shape with values of any kind: a lone surrogate in a client_msg_id, v 1e999."""
     kind = draw(st.sampled_from(list(SHAPES)))
-    data = {"type": kind}
+    data: dict[str, object] = {"type": kind}
     for key in SHAPES[kind]:
         if draw(st.integers(0, 3)):
             data[key] = draw(st.text(ANY_CHAR, min_size=1, max_size=70) | st.integers(-1, 3) | SCALARS)

@@ -12,6 +12,7 @@ import sqlite3
 import stat
 import threading
 import uuid
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -319,14 +320,14 @@ class GatedEngine(ScriptedEngine):
 def scripted_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
     """A server on a gated scripted engine: `with scripted_server() as s` (s.engine, s.dialog_dir)."""
 
-    def start(**dialog: object) -> ThreadedServer:
+    def start(**dialog: Any) -> ThreadedServer:
         engine = GatedEngine()
         loaded = tiny_loaded(tiny_model, tokenizer)
         dialog_dir = tmp_path / "dialog"
         config = ServerConfig(
             audit_dir=tmp_path / "audit", admin_token=ADMIN_TOKEN, dialog=DialogConfig(directory=dialog_dir, **{**DIALOG, **dialog})
-        )  # type: ignore[arg-type]
-        server = ThreadedServer(create_app(config, loader=lambda: loaded, engine_factory=lambda *_: engine), free_port())
+        )
+        server = ThreadedServer(create_app(config, loader=lambda: loaded, engine_factory=lambda *_: engine), free_port())  # type: ignore[arg-type,return-value]
         server.engine, server.dialog_dir = engine, dialog_dir
         return server
 
@@ -498,7 +499,7 @@ def test_a_client_msg_id_is_never_stored_raw(scripted_server) -> None:
 
 
 # Malformed frames: each gets an error frame (code) before any close, first frame or later.
-MALFORMED = [
+MALFORMED: list[tuple[str, str | bytes, str]] = [
     ("deep objects past the size limit", '{"a":' * 100_000 + "1" + "}" * 100_000, "frame_too_large"),
     ("deep objects within the size limit", '{"a":' * 2500 + "1" + "}" * 2500, "bad_frame"),
     ("deep lists within the size limit", "[" * 8000 + "]" * 8000, "bad_frame"),

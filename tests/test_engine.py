@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+from typing import Any
 
 import pytest
 import torch
@@ -303,7 +304,7 @@ def test_an_int8_head_with_split_input_rows_is_as_close_as_its_weights_allow_and
     q, scale = split[0].packed, split[0]._aux
     on_int8_weights = torch.nn.Linear(96, 160, bias=False)
     with torch.no_grad():
-        on_int8_weights.weight.copy_(q.float() * scale[:, None])
+        on_int8_weights.weight.copy_(q.float() * scale[:, None])  # type: ignore[operator]  # packed buffers, typed as module attributes
     with torch.inference_mode():
         x = torch.randn(9, 96)
         x[:, 5] *= 60  # an outlier channel, as activations have them
@@ -440,7 +441,7 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
     if fmt != "mkl":
         plain_model = tiny_llama(len(tokenizer))
         pack_linears(plain_model, fuse=False, fmt=fmt)
-    tol = {"rtol": 1e-4, "atol": 1e-4} if fmt == "mkl" else {"rtol": 2e-2, "atol": 2e-2}
+    tol: dict[str, Any] = {"rtol": 1e-4, "atol": 1e-4} if fmt == "mkl" else {"rtol": 2e-2, "atol": 2e-2}
     layer = packed_model.model.layers[0]
     assert type(layer.self_attn.q_proj) is type(layer.mlp.up_proj) is FusedPart  # q/k/v and gate/up: one matrix each
     assert supports(packed_model) and supports(plain_model)
@@ -449,8 +450,8 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
     assert not supports(hooked)  # an instrumented model keeps transformers' forward
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     batches = {}
-    for name, model, fast in (("reference", plain_model, False), ("fast", packed_model, True)):
-        batch = RunningBatch(preallocate=True, fast_decode=fast)
+    for name, model, fast_decode in (("reference", plain_model, False), ("fast", packed_model, True)):
+        batch = RunningBatch(preallocate=True, fast_decode=fast_decode)
         pre = prefill_batch(model, prompts[:1], pad_id=2)  # one row first: the single-row case
         batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
         batches[name] = (batch, model)

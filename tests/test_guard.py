@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.guard import PROFILES, InputGuard, OutputBlocked, Segment, Verdict, output_scanner
+from server.guard import PROFILES, InputGuard, OutputBlocked, ScanResult, Segment, Verdict, output_scanner
 from server.guard.stream import HOLD_LIMIT
 from tests.secrets_corpus import corpus
 
@@ -22,7 +22,7 @@ def guard(profile: str) -> InputGuard:
     return InputGuard(PROFILES[profile])
 
 
-def scan(profile: str, text: str, role: str | None = None) -> tuple[str, dict[str, object]]:
+def scan(profile: str, text: str, role: str | None = None) -> tuple[str, dict[str, ScanResult]]:
     result = guard(profile).scan([Segment(role or ("code" if profile == "ide_completion" else "user"), text)])
     return result.segments[0].text, {r.scanner: r for r in result.results}
 

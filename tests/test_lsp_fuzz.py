@@ -405,7 +405,7 @@ def message(msg_id: int, method: str, params: Any = None) -> str:
     return json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
 
 
-INITIALIZE = {"processId": None, "rootUri": None, "capabilities": {}}
+INITIALIZE: dict[str, Any] = {"processId": None, "rootUri": None, "capabilities": {}}
 HOSTILE = [
     frame(message(1, "initialize", INITIALIZE), b"Content-Length: 99999999999999999999\r\n\r\n"),  # refused, answered with id null
     frame(message(2, "initialize", INITIALIZE), b"Content-Length: -5\r\n\r\n"),
@@ -497,7 +497,7 @@ def test_raw_bytes_on_stdio_never_kill_the_server() -> None:
             stdin.write(data)
             stdin.flush()
 
-        converse(RawPeer(proc.stdout.read1), send, lambda: proc.poll() is None)
+        converse(RawPeer(proc.stdout.read1), send, lambda: proc.poll() is None)  # type: ignore[attr-defined]  # a pipe: a BufferedReader
         assert proc.wait(timeout=ANSWER_TIMEOUT) == 0  # exit after shutdown: a clean 0
     finally:
         if proc.poll() is None:

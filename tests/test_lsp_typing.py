@@ -78,7 +78,9 @@ def served() -> Iterator[tuple[str, PacedEngine]]:
 @pytest.fixture
 def engine(served: tuple[str, PacedEngine]) -> PacedEngine:
     engine = served[1]
-    engine.bodies.clear(), engine.closed_early.clear(), engine.finished.clear()
+    engine.bodies.clear()
+    engine.closed_early.clear()
+    engine.finished.clear()
     engine.pace = 0.0
     return engine
 

@@ -165,12 +165,12 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
 
     files = [p for p in home.rglob("*") if p.is_file() and not p.is_symlink() and "models" not in p.relative_to(home).parts]
     assert any(p.name == "audit.db" for p in files) and any(p.name == "chat.db" for p in files)
-    blobs = {p: p.read_bytes() for p in [*files, log_path]}
+    blobs: dict[Path, bytes] = {p: p.read_bytes() for p in [*files, log_path]}
     leaks = []
     for secret in corpus:
-        for path, blob in blobs.items():
+        for written, blob in blobs.items():
             found = next((n for n in needles(secret) if n in blob), None)
             if found is not None:
                 at = blob.index(found)
-                leaks.append(f"{secret.kind or secret.type} in {path.name}: ...{blob[max(0, at - 80) : at + len(found) + 20]!r}")
+                leaks.append(f"{secret.kind or secret.type} in {written.name}: ...{blob[max(0, at - 80) : at + len(found) + 20]!r}")
     assert leaks == [], f"{len(leaks)} secrets at rest:\n" + "\n".join(leaks)

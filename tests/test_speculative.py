@@ -216,7 +216,7 @@ def _python_heavy_compile(progress: list[int], release: threading.Event):  # typ
     def compile_one_row(model: object) -> None:
         import torch._inductor.config as inductor_config
 
-        progress.append(inductor_config.compile_threads)
+        progress.append(inductor_config.compile_threads or 0)
         deadline = time.monotonic() + 120
         while not release.is_set() and time.monotonic() < deadline:
             for _ in range(2000):
