@@ -363,7 +363,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], args: list[str], log: Path, port:
         time.sleep(0.25)
     step = decode_step(url)
     until = time.monotonic() + compile_wait
-    while compile_wait > 0 and step == "engine" and time.monotonic() < until:
+    while compile_wait > 0 and step == "eager" and time.monotonic() < until:
         time.sleep(2)
         step = decode_step(url)
     return Served(proc, url, step, log)

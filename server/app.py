@@ -9,7 +9,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
@@ -34,7 +33,6 @@ from .engine import Engine, EngineConfig, EngineMetrics
 from .errors import APIError, handle_api_error, handle_not_found, handle_unexpected
 from .gateway import Gateway
 from .logs import quiet_logs
-from .settings import tandem_home
 from .state import AppState
 
 # The 135M default model follows a plain system prompt best (a shop persona made it ramble);
@@ -49,23 +47,10 @@ class ServerConfig:
     quant: str = "auto"
     api_key: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
-    audit_dir: Path | None = None  # default: $TANDEM_HOME/audit
-    audit_checkpoint_every: int = AuditConfig.checkpoint_every
-    audit_content_days: int = AuditConfig.content_days
-    audit_key: Path | None = None  # the signing key's path; default: <audit_dir>/signing.key
-    audit_max_queue: int = 4096  # unwritten records past which new calls are refused (503 audit_unavailable)
-    admin_token: str | None = None  # for /audit; default: generated into <audit_dir>/admin.token
+    audit: AuditConfig = field(default_factory=AuditConfig)  # the audit log: its folder, signing key, checkpoints, retention
+    admin_token: str | None = None  # for /audit; default: generated into the audit folder's admin.token
     demo_site: bool = True  # create the `demo` site (loopback origins) for /widget/demo when missing
     dialog: DialogConfig = field(default_factory=DialogConfig)  # the support chat: its folder, limits and answer length
-
-    def audit_config(self) -> AuditConfig:
-        return AuditConfig(
-            self.audit_dir or tandem_home() / "audit",
-            self.audit_checkpoint_every,
-            self.audit_content_days,
-            signing_key=self.audit_key,
-            max_queue=self.audit_max_queue,
-        )
 
 
 def admin_token(config: ServerConfig) -> str:
@@ -73,7 +58,7 @@ def admin_token(config: ServerConfig) -> str:
     beside the audit log, so an operator can read it with `cat` and nobody else can."""
     if config.admin_token:
         return config.admin_token
-    path = config.audit_config().directory / "admin.token"
+    path = config.audit.home / "admin.token"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -126,7 +111,7 @@ def create_app(
         Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=engine_metrics.registry).set(
             loaded.footprint_bytes
         )
-        audit = AuditLog(config.audit_config(), engine_metrics.registry).start()
+        audit = AuditLog(config.audit, engine_metrics.registry).start()
         if engine_factory is not None:
             engine = engine_factory(loaded, config.engine, engine_metrics)
         else:
@@ -141,7 +126,7 @@ def create_app(
                 "tandem": AppState(
                     loaded, gateway, engine_metrics.registry, int(time.time()), feedback.feedback_counter(engine_metrics.registry)
                 ),
-                "audit_review": audit_web.ReviewState(audit.config.directory, admin_token(config)),
+                "audit_review": audit_web.ReviewState(audit.config.home, admin_token(config)),
                 "dialog": dialog,
             }
         finally:

@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_waiting=args.max_waiting,
         prefix_cache_tokens=args.prefix_cache_tokens,
-        compile_decode=not args.no_compile and env.compile,
+        decode="compiled" if not args.no_compile and env.compile else "eager",
         speculative=args.speculative == "on",
     )
     from pathlib import Path
@@ -57,16 +57,18 @@ def _serve(args: argparse.Namespace) -> int:
         quant=args.quant,
         api_key=api_key,
         engine=engine,
-        audit_dir=Path(args.audit_dir) if args.audit_dir else None,
-        audit_checkpoint_every=args.audit_checkpoint_every,
-        audit_key=Path(args.audit_key) if args.audit_key else None,
-        audit_content_days=args.audit_content_days,
+        audit=AuditConfig(
+            directory=Path(args.audit_dir) if args.audit_dir else None,
+            checkpoint_every=args.audit_checkpoint_every,
+            content_days=args.audit_content_days,
+            signing_key=Path(args.audit_key) if args.audit_key else None,
+        ),
         admin_token=args.admin_token or env.admin_token,
         dialog=DialogConfig(directory=Path(args.dialog_dir) if args.dialog_dir else None),
         demo_site=not args.no_demo_site and is_loopback(args.host),
     )
     app = create_app(config)
-    token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit_config().directory / 'admin.token'}"
+    token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit.home / 'admin.token'}"
     print(
         f"Tandem: loading {args.model or 'the default model'} ({config.quant}); serving on http://{args.host}:{args.port}\n"
         f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})",

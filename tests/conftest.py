@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from dialog.service import DialogConfig
 from server import models
 from server.app import ServerConfig, create_app
+from server.audit import AuditConfig
 from server.engine import Engine, EngineConfig
 from server.settings import tandem_home
 from tests.waiting import eventually
@@ -160,10 +161,7 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         config = ServerConfig(
             api_key=api_key,
             engine=EngineConfig(**engine),
-            audit_dir=audit_dir,
-            audit_checkpoint_every=checkpoint_every,  # type: ignore[arg-type]
-            audit_content_days=content_days,
-            audit_max_queue=audit_max_queue,
+            audit=AuditConfig(audit_dir, checkpoint_every=checkpoint_every, content_days=content_days, max_queue=audit_max_queue),
             admin_token=ADMIN_TOKEN,
             dialog=DialogConfig(directory=dialog_dir, **(dialog or {})),  # type: ignore[arg-type]
         )

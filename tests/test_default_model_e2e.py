@@ -111,7 +111,7 @@ def test_sixteen_concurrent_streams_are_batched_together(default_server) -> None
     # the engine's own record: one decode step ran with all sixteen in the batch
     assert metric(url, "tandem_batch_size_peak") >= 16
     # through the engine's own step (the tests' servers keep it eager: TANDEM_COMPILE=0)
-    assert metric(url, 'tandem_decode_step_info{step="engine"}') == 1
+    assert metric(url, 'tandem_decode_step_info{step="eager"}') == 1
 
 
 def test_a_cancelled_stream_frees_its_slot(default_server, client) -> None:

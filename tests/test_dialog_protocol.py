@@ -22,7 +22,7 @@ from dialog import frames
 from dialog.service import DialogConfig
 from dialog.store import Site, Store
 from server.app import ServerConfig, create_app
-from server.audit import AuditReader, Filters
+from server.audit import AuditConfig, AuditReader, Filters
 from server.engine import EngineOverloaded
 from server.guard import InputGuard
 from tests.conftest import ADMIN_TOKEN, ThreadedServer, free_port, metric, tiny_loaded
@@ -325,7 +325,9 @@ def scripted_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped
         loaded = tiny_loaded(tiny_model, tokenizer)
         dialog_dir = tmp_path / "dialog"
         config = ServerConfig(
-            audit_dir=tmp_path / "audit", admin_token=ADMIN_TOKEN, dialog=DialogConfig(directory=dialog_dir, **{**DIALOG, **dialog})
+            audit=AuditConfig(tmp_path / "audit"),
+            admin_token=ADMIN_TOKEN,
+            dialog=DialogConfig(directory=dialog_dir, **{**DIALOG, **dialog}),
         )
         server = ThreadedServer(create_app(config, loader=lambda: loaded, engine_factory=lambda *_: engine), free_port())  # type: ignore[arg-type,return-value]
         server.engine, server.dialog_dir = engine, dialog_dir

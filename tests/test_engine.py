@@ -53,7 +53,7 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[
 async def test_batched_output_equals_plain_generate(engine_factory, plain_model, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=0)
     results = await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=24)) for p in PROMPTS))
-    assert engine.stats.peak_batch_size == len(PROMPTS)
+    assert engine.metrics.read("tandem_batch_size_peak") == len(PROMPTS)
     for prompt, (text, finish, tokens) in zip(PROMPTS, results):
         assert text == reference(plain_model, tokenizer, prompt, 24)
         assert finish in ("stop", "length")
@@ -70,7 +70,7 @@ async def test_requests_join_and_leave_mid_flight(engine_factory, plain_model, t
     long_text = (await long_task)[0]
     assert long_text == reference(plain_model, tokenizer, PROMPTS[1], 120)
     assert [s[0] for s in short] == [reference(plain_model, tokenizer, p, 8) for p in PROMPTS[2:4]]
-    assert engine.stats.peak_batch_size == 3
+    assert engine.metrics.read("tandem_batch_size_peak") == 3
 
 
 async def test_closing_the_stream_frees_the_slot(engine_factory) -> None:
@@ -89,7 +89,9 @@ async def test_closing_the_stream_frees_the_slot(engine_factory) -> None:
         await waiting
     await stream.aclose()
     await wait_until(lambda: engine.running == 0 and engine.waiting == 0)
-    assert engine.stats.requests_cancelled == 2 and cancelled() == 2  # the one that never ran counts too
+    assert (
+        engine.metrics.read("tandem_requests_finished_total", reason="cancelled") == 2 and cancelled() == 2
+    )  # the one that never ran counts too
     assert gauge("tandem_requests_running") == gauge("tandem_requests_waiting") == gauge("tandem_requests_prefilling") == 0
     # the engine keeps serving
     assert (await collect(engine, GenerationRequest(prompt=PROMPTS[2], max_tokens=4)))[2] == 4
@@ -182,11 +184,11 @@ async def test_prefix_cache_reuses_a_previous_prompt(engine_factory, plain_model
     engine = engine_factory(prefix_cache_tokens=4096)
     base = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
     await collect(engine, GenerationRequest(prompt=base, max_tokens=4))
-    assert engine.stats.prefix_cache_hits == 0
+    assert engine.metrics.read("tandem_prefix_cache_hits_total") == 0
     typed = base + "\nprint(fib"  # the next keystrokes
     text = (await collect(engine, GenerationRequest(prompt=typed, max_tokens=12)))[0]
-    assert engine.stats.prefix_cache_hits == 1
-    assert engine.stats.prefix_cache_tokens_reused >= len(tokenizer.encode(base)) - 2
+    assert engine.metrics.read("tandem_prefix_cache_hits_total") == 1
+    assert engine.metrics.read("tandem_prefix_cache_reused_tokens_total") >= len(tokenizer.encode(base)) - 2
     assert text == reference(plain_model, tokenizer, typed, 12)  # reuse changes nothing in the output
 
 
@@ -206,20 +208,52 @@ async def test_a_failing_step_fails_its_requests_not_the_engine(engine_factory, 
     assert (await collect(engine, GenerationRequest(prompt="x", max_tokens=3)))[2] == 3
 
 
-def test_kv_layouts_agree(tiny_model, tokenizer) -> None:
-    """The in-place KV layout computes exactly what transformers' concatenating one does."""
-    outs = []
-    for preallocate in (True, False):
-        engine = Engine(tiny_model, tokenizer, EngineConfig(preallocate_kv=preallocate)).start()
+def test_every_decode_choice_gives_the_same_greedy_output(tiny_model, tokenizer) -> None:
+    """transformers' forward and the engine's own step (on its repacked weights) decode the same
+    tokens for a batch whose rows join together; the step each reports is the one it uses."""
+    outs = {}
+    for decode in ("transformers", "eager"):
+        engine = Engine(tiny_model, tokenizer, EngineConfig(decode=decode)).start()
         try:
 
             async def run() -> list[str]:
                 return [r[0] for r in await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=80)) for p in PROMPTS))]
 
-            outs.append(asyncio.run(run()))
+            outs[decode] = asyncio.run(run())
+            assert engine.decode_step == decode
+            assert engine.metrics.read("tandem_decode_step_info", step=decode) == 1
         finally:
             engine.close()
-    assert outs[0] == outs[1]
+    assert outs["transformers"] == outs["eager"]
+
+
+def test_the_bench_baselines_prepare_their_weights_less_and_decode_the_same(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """The bench's before-and-after engines: the eager step on transformers' own Linear weights,
+    on packed unfused ones, and the served engine's packed and fused ones."""
+    from server.bench.baselines import UnfusedEngine, UnpackedEngine
+    from server.engine.packed import FusedPackedLinear, PackedLinear
+
+    outs, kinds = {}, {}
+    for engine_class in (UnpackedEngine, UnfusedEngine, Engine):
+        model = tiny_llama(len(tokenizer))
+        engine = engine_class(model, tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
+        try:
+
+            async def run() -> list[str]:
+                return [r[0] for r in await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=40)) for p in PROMPTS))]
+
+            outs[engine_class.__name__] = asyncio.run(run())
+            assert engine.decode_step == "eager"
+        finally:
+            engine.close()
+        kinds[engine_class.__name__] = {type(m).__name__ for m in model.modules() if isinstance(m, (PackedLinear, FusedPackedLinear))}
+    assert kinds == {"UnpackedEngine": set(), "UnfusedEngine": {"PackedLinear"}, "Engine": {"FusedPackedLinear", "PackedLinear"}}
+    assert outs["UnpackedEngine"] == outs["UnfusedEngine"] == outs["Engine"]
+
+
+def test_an_unknown_decode_choice_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="transformers, eager, compiled.*'fast'"):
+        EngineConfig(decode="fast")
 
 
 def test_the_scheduler_never_mixes_priorities_in_one_prefill() -> None:
@@ -451,7 +485,7 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     batches = {}
     for name, model, fast_decode in (("reference", plain_model, False), ("fast", packed_model, True)):
-        batch = RunningBatch(preallocate=True, fast_decode=fast_decode)
+        batch = RunningBatch(fast_decode=fast_decode)
         pre = prefill_batch(model, prompts[:1], pad_id=2)  # one row first: the single-row case
         batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
         batches[name] = (batch, model)
@@ -487,7 +521,7 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
     from server.engine.prefill import prefill_batch
 
     served, reference = models.load(str(default_model_dir), quant), models.load(str(default_model_dir), quant)
-    engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
+    engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0, decode="compiled")).start()
     eager = Engine(reference.model, reference.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
     prompt = served.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Explain why the sky is blue."}], add_generation_prompt=True, tokenize=False
@@ -496,13 +530,13 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
     try:
         assert not engine.compiled.is_set() and engine.compiled_step is None
         step_in_use = engine.metrics.registry.get_sample_value
-        assert step_in_use("tandem_decode_step_info", {"step": "engine"}) == 1
+        assert step_in_use("tandem_decode_step_info", {"step": "eager"}) == 1
         while_compiling = asyncio.run(collect(engine, req))[0]  # served by the eager step meanwhile
         assert engine.compiled.wait(timeout=900), "compiling did not finish"
         step = engine.compiled_step
         assert step is not None and step.failed is None
         assert step_in_use("tandem_decode_step_info", {"step": "compiled"}) == 1
-        assert step_in_use("tandem_decode_step_info", {"step": "engine"}) == 0
+        assert step_in_use("tandem_decode_step_info", {"step": "eager"}) == 0
         compiled_text, finish, tokens = asyncio.run(collect(engine, req))
         assert step.calls >= tokens - 1 and step.failed is None  # every decode step after the first token ran compiled
         assert while_compiling == asyncio.run(collect(eager, req))[0]
@@ -515,7 +549,7 @@ def test_the_engine_compiles_its_one_row_step_in_the_background_on_the_default_m
     batches = []
     for model in (served.model, reference.model):
         pre = prefill_batch(model, [ids], pad_id=0)
-        batch = RunningBatch(preallocate=True, fast_decode=True)
+        batch = RunningBatch(fast_decode=True)
         batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
         batches.append(batch)
     calls, steps = step.calls, 2 * GROW + 8

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from server.app import ServerConfig, create_app
-from server.audit import AuditReader
+from server.audit import AuditConfig, AuditReader
 from server.engine import ContextOverflow, Engine, EngineClosed, EngineError, EngineOverloaded, InvalidRequest
 from tests.app_routes import url_of, walk
 from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, metric, tiny_llama, tiny_loaded
@@ -49,7 +49,7 @@ def scripted(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
 
     def start(**config: object) -> ThreadedServer:
         loaded = tiny_loaded(tiny_model, tokenizer)
-        cfg = ServerConfig(audit_dir=tmp_path / "audit", admin_token=ADMIN_TOKEN, **config)  # type: ignore[arg-type]
+        cfg = ServerConfig(audit=AuditConfig(tmp_path / "audit"), admin_token=ADMIN_TOKEN, **config)  # type: ignore[arg-type]
         server = ThreadedServer(create_app(cfg, loader=lambda: loaded, engine_factory=lambda *_: engine), free_port())
         server.audit_dir = tmp_path / "audit"
         server.engine = engine
@@ -100,7 +100,7 @@ def test_every_route_reaches_the_engine_only_through_the_gateway(tiny_model, tok
 
     loaded = tiny_loaded(tiny_model, tokenizer)
     app = create_app(
-        ServerConfig(audit_dir=tmp_path, admin_token=ADMIN_TOKEN),
+        ServerConfig(audit=AuditConfig(tmp_path), admin_token=ADMIN_TOKEN),
         loader=lambda: loaded,
         engine_factory=lambda m, c, metrics: Watched(m.model, m.tokenizer, c, metrics).start(),
     )

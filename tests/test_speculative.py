@@ -115,25 +115,29 @@ async def test_rows_that_are_not_copying_stop_verifying(engines) -> None:  # typ
     rejected drafts the row decodes plainly (a verification costs more than a plain step), while a
     row copying code keeps verifying."""
     on, _ = engines
-    steps, drafted = on.stats.speculative_steps, on.stats.drafted_tokens
+    steps, drafted = on.metrics.read("tandem_speculative_steps_total"), on.metrics.read("tandem_speculative_drafted_tokens_total")
     await generate(on, interactive(PROSE, 48))
-    assert on.stats.speculative_steps - steps <= 12
-    steps = on.stats.speculative_steps
+    assert on.metrics.read("tandem_speculative_steps_total") - steps <= 12
+    steps = on.metrics.read("tandem_speculative_steps_total")
     await generate(on, interactive(REPETITIVE, 48))
-    assert on.stats.speculative_steps - steps >= 3 and on.stats.drafted_tokens > drafted
+    assert (
+        on.metrics.read("tandem_speculative_steps_total") - steps >= 3
+        and on.metrics.read("tandem_speculative_drafted_tokens_total") > drafted
+    )
 
 
 @pytest.mark.parametrize("pair", ["engines", "fp32_engines", "int8_engines"])
 async def test_greedy_output_is_the_same_with_speculation_at_one_row(pair: str, request: pytest.FixtureRequest) -> None:
     on, off = request.getfixturevalue(pair)
-    before = on.stats.accepted_tokens
+    before = on.metrics.read("tandem_speculative_accepted_tokens_total")
     for prompt in PROMPTS:
-        steps = on.stats.steps
+        steps = on.metrics.read("tandem_batch_size_count")
         assert await generate(on, interactive(prompt, 48)) == await generate(off, interactive(prompt, 48))
-        assert on.stats.steps - steps < 48 or prompt == PROSE  # accepted drafts saved steps where the text repeats itself
-    assert on.stats.accepted_tokens - before > 20
-    assert on.metrics.registry.get_sample_value("tandem_speculative_accepted_tokens_total") == on.stats.accepted_tokens
-    assert off.stats.speculative_steps == 0
+        assert (
+            on.metrics.read("tandem_batch_size_count") - steps < 48 or prompt == PROSE
+        )  # accepted drafts saved steps where the text repeats itself
+    assert on.metrics.read("tandem_speculative_accepted_tokens_total") - before > 20
+    assert off.metrics.read("tandem_speculative_steps_total") == 0
 
 
 async def test_ragged_rows_joining_mid_flight_decode_as_without_speculation(fp32_engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -165,11 +169,13 @@ async def test_ragged_rows_joining_mid_flight_decode_as_without_speculation(fp32
         (interactive(CLASS, 36, temperature=0.8, seed=11), 0.9),
     ]
     monkeypatch.setattr(on, "spec_max_rows", len(reqs))
-    spec_steps = on.stats.speculative_steps
+    spec_steps = on.metrics.read("tandem_speculative_steps_total")
     got = await asyncio.gather(*(generate(on, r, d) for r, d in reqs))
     want = await asyncio.gather(*(generate(off, r, d) for r, d in reqs))
     assert got == want
-    assert on.stats.speculative_steps > spec_steps and ragged, "no step where rows accepted different numbers of drafts"
+    assert on.metrics.read("tandem_speculative_steps_total") > spec_steps and ragged, (
+        "no step where rows accepted different numbers of drafts"
+    )
 
 
 async def test_stop_strings_and_max_tokens_inside_accepted_runs(engines) -> None:  # type: ignore[no-untyped-def]
@@ -187,10 +193,10 @@ async def test_stop_strings_and_max_tokens_inside_accepted_runs(engines) -> None
 
 async def test_sampled_rows_and_large_batches_never_speculate(engines, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     on, _ = engines
-    steps = on.stats.speculative_steps
+    steps = on.metrics.read("tandem_speculative_steps_total")
     await generate(on, interactive(REPETITIVE, 24, temperature=0.7, seed=3, speculative=True))
     await generate(on, GenerationRequest(prompt=REPETITIVE, max_tokens=12))  # chat priority: off unless asked
-    assert on.stats.speculative_steps == steps
+    assert on.metrics.read("tandem_speculative_steps_total") == steps
     sizes = []
     real_verify = RunningBatch.verify
 
@@ -238,7 +244,7 @@ async def test_the_background_compile_waits_for_an_idle_engine_and_runs_at_the_l
     monkeypatch.setattr(engine_module, "compile_one_row", _python_heavy_compile(progress, release))
     monkeypatch.setattr(engine_module, "COMPILE_IDLE_SECONDS", 0.3)
     plain = await _gaps(off, 24)
-    engine = Engine(off.model, off.tokenizer, EngineConfig(prefix_cache_tokens=0, compile_decode=True)).start()
+    engine = Engine(off.model, off.tokenizer, EngineConfig(prefix_cache_tokens=0, decode="compiled")).start()
     try:
         busy = asyncio.create_task(generate(engine, GenerationRequest(prompt=PROSE, max_tokens=12)))
         await stays_async(

@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..settings import tandem_home
 from . import merkle, treehead
 from .keys import load_public_key
+from .log import AuditConfig
 from .record import Envelope
 from .review import AuditReader, Filters
 
 
 def _reader(args: argparse.Namespace) -> AuditReader:
-    directory = Path(args.audit_dir) if args.audit_dir else tandem_home() / "audit"
+    directory = _directory(args)
     public = load_public_key(Path(args.public_key)) if getattr(args, "public_key", None) else None
     return AuditReader(directory, public_key=public)
 
@@ -86,7 +86,7 @@ def show(args: argparse.Namespace) -> int:
 
 
 def _directory(args: argparse.Namespace) -> Path:
-    return Path(args.audit_dir) if args.audit_dir else tandem_home() / "audit"
+    return AuditConfig(Path(args.audit_dir) if args.audit_dir else None).home
 
 
 def verify(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
 from ..clock import utc_now
+from ..settings import tandem_home
 from . import merkle, store, treehead
 from .chain import canonical, checkpoint_text, ulid
 from .keys import AuditKeys, public_key_id
@@ -38,7 +39,7 @@ log = logging.getLogger("tandem.audit")
 
 @dataclass(frozen=True)
 class AuditConfig:
-    directory: Path
+    directory: Path | None = None  # default: $TANDEM_HOME/audit (`home`)
     checkpoint_every: int = 256
     checkpoint_seconds: float = 3600.0  # also sign a moved head at least this often
     content_days: int = 30  # redacted prompts and outputs are kept this long; 0 keeps none (HMACs only)
@@ -46,6 +47,12 @@ class AuditConfig:
     tree_heads: Path | None = None  # where signed tree heads are published; default: <directory>/checkpoints.jsonl
     max_queue: int = 4096  # past this many unwritten records, new calls are refused until the writer catches up
     stuck_seconds: float = 30.0  # records waiting this long with no commit: the writer is stuck (healthz says so)
+
+    @property
+    def home(self) -> Path:
+        """The log's folder: the configured one, or $TANDEM_HOME/audit (read when asked, so a
+        test's TANDEM_HOME holds)."""
+        return self.directory or tandem_home() / "audit"
 
 
 @dataclass
@@ -86,9 +93,9 @@ class AuditLog:
             "tandem_audit_writer_stuck", "1 while records wait and the writer has committed nothing for stuck_seconds.", registry=registry
         )
         self._stuck.set_function(lambda: float(self.stuck))
-        self.keys = AuditKeys.load_or_create(config.directory, config.signing_key)
-        self.db = store.open_db(config.directory / "audit.db", writer=True)
-        self.tree_heads_path = config.tree_heads or config.directory / "checkpoints.jsonl"
+        self.keys = AuditKeys.load_or_create(config.home, config.signing_key)
+        self.db = store.open_db(config.home / "audit.db", writer=True)
+        self.tree_heads_path = config.tree_heads or config.home / "checkpoints.jsonl"
         self._tree = merkle.CompactRange()
         self._published = 0  # the tree size of the last head published by this process
         self._queue: queue.Queue[Entry | Opened | None] = queue.Queue()
@@ -105,7 +112,7 @@ class AuditLog:
 
     @property
     def path(self) -> Path:
-        return self.config.directory / "audit.db"
+        return self.config.home / "audit.db"
 
     def start(self) -> AuditLog:
         self._thread = threading.Thread(target=self._run, name="tandem-audit", daemon=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import models
 from ..engine import Engine, EngineConfig
+from .baselines import UnfusedEngine, UnpackedEngine
 from .ceiling import read_bandwidth, weight_bytes_per_token
 from .measure import percentile
 from .peers import engine_streams
@@ -47,7 +48,7 @@ def measure_quant(
     engine = Engine(
         loaded.model,
         loaded.tokenizer,
-        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode),
+        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, decode="compiled" if compile_decode else "eager"),
     ).start()
     engine.compiled.wait()
     try:
@@ -91,18 +92,18 @@ def relative_to_none(rows: list[QuantRow]) -> None:
         row.perplexity_vs_none = {k: round(v / base.perplexity[k], 3) for k, v in row.perplexity.items()}
 
 
-PATHS = {  # name: (EngineConfig.fast_decode, .pack_weights, .fuse_projections, .compile_decode)
-    "transformers_forward": (False, False, False, False),
-    "fast_step": (True, False, False, False),
-    "fast_step_packed": (True, True, False, False),
-    "fast_step_packed_fused": (True, True, True, False),
-    "fast_step_packed_fused_compiled": (True, True, True, True),  # `tandem serve`'s default
+PATHS: dict[str, tuple[type[Engine], str]] = {  # name: (the engine, EngineConfig.decode)
+    "transformers_forward": (Engine, "transformers"),
+    "fast_step": (UnpackedEngine, "eager"),
+    "fast_step_packed": (UnfusedEngine, "eager"),
+    "fast_step_packed_fused": (Engine, "eager"),
+    "fast_step_packed_fused_compiled": (Engine, "compiled"),  # `tandem serve`'s default
 }
 
 
 def needs_unfused_copy(names: list[str]) -> bool:
     """Whether any of these paths packs weights without fusing them (it needs a model copy of its own)."""
-    return any(PATHS[name][1] and not PATHS[name][2] for name in names)
+    return any(PATHS[name][0] is UnfusedEngine for name in names)
 
 
 def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds: int, names: list[str]) -> dict[str, Any]:
@@ -116,13 +117,12 @@ def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds:
     with a bandwidth reading; the paths take turns going first."""
     per_token = weight_bytes_per_token(plain.model, plain.footprint_bytes)
     paths = {name: PATHS[name] for name in names}
+    copies = {Engine: served, UnfusedEngine: unfused, UnpackedEngine: plain}
     engines = {
-        name: Engine(
-            (served if fuse else unfused if pack else plain).model,
-            plain.tokenizer,
-            EngineConfig(prefix_cache_tokens=0, fast_decode=fast, pack_weights=pack, fuse_projections=fuse, compile_decode=compiled),
+        name: kind(
+            (plain if decode == "transformers" else copies[kind]).model, plain.tokenizer, EngineConfig(prefix_cache_tokens=0, decode=decode)
         ).start()
-        for name, (fast, pack, fuse, compiled) in paths.items()
+        for name, (kind, decode) in paths.items()
     }
     for engine in engines.values():
         engine.compiled.wait()

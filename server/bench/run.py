@@ -53,7 +53,9 @@ def throughput(loaded: Any, served: Any, s: dict[str, Any], llama: LlamaCpp | No
     """`loaded` is the peers' model, as transformers loads it; `served` is the engine's own copy
     (the engine repacks its weights in place, which must not speed up the peers)."""
     engine = Engine(
-        served.model, served.tokenizer, EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=s["compile"])
+        served.model,
+        served.tokenizer,
+        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, decode="compiled" if s["compile"] else "eager"),
     ).start()
     engine.compiled.wait()  # measure the engine as it serves once warm
     eos = set(engine.eos_ids)

@@ -21,7 +21,7 @@ from .workload import CODE_SOURCES, code_completion_prompts
 
 async def _round(engine: Engine, prompts: list[str], max_tokens: int) -> dict[str, float]:
     """All prompts arrive at once; tokens/s over the round, and each request's latency to its last token."""
-    before = (engine.stats.speculative_steps, engine.stats.drafted_tokens, engine.stats.accepted_tokens, _row_steps(engine))
+    before = _counts(engine)
     t0 = time.perf_counter()
     latencies: list[float] = []
     tokens = [0]
@@ -34,8 +34,8 @@ async def _round(engine: Engine, prompts: list[str], max_tokens: int) -> dict[st
 
     await asyncio.gather(*(one(p) for p in prompts))
     seconds = time.perf_counter() - t0
-    after = (engine.stats.speculative_steps, engine.stats.drafted_tokens, engine.stats.accepted_tokens, _row_steps(engine))
-    spec, drafted, accepted, steps = (a - b for a, b in zip(after, before))
+    after = _counts(engine)
+    spec, drafted, accepted, steps = (int(a - b) for a, b in zip(after, before))
     return {
         "tok_s": tokens[0] / seconds,
         "latency_p50_ms": statistics.median(latencies) * 1000,
@@ -47,9 +47,16 @@ async def _round(engine: Engine, prompts: list[str], max_tokens: int) -> dict[st
     }
 
 
-def _row_steps(engine: Engine) -> int:
-    """Decode steps times the rows in each: a row's tokens per row-step is 1 without speculation."""
-    return sum(size * count for size, count in engine.stats.steps_by_batch_size.items())
+def _counts(engine: Engine) -> tuple[float, ...]:
+    """Speculative steps, drafted and accepted tokens, and row-steps (decode steps times the rows
+    in each: a row's tokens per row-step is 1 without speculation), from the engine's registry."""
+    m = engine.metrics
+    return (
+        m.read("tandem_speculative_steps_total"),
+        m.read("tandem_speculative_drafted_tokens_total"),
+        m.read("tandem_speculative_accepted_tokens_total"),
+        m.read("tandem_batch_size_sum"),
+    )
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def measure_speculative(
     engine = Engine(
         served.model,
         served.tokenizer,
-        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, compile_decode=compile_decode),
+        EngineConfig(max_batch_size=64, max_waiting=256, prefix_cache_tokens=0, decode="compiled" if compile_decode else "eager"),
     ).start()
     engine.compiled.wait()  # as it serves once warm
     engine.spec_max_rows = max(rows)

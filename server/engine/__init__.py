@@ -6,13 +6,13 @@ need the types (`tandem audit`, `tandem guard`) start without loading torch."""
 from typing import TYPE_CHECKING, Any
 
 from .types import (
+    DECODE_STEPS,
     ContextOverflow,
     Delta,
     EngineClosed,
     EngineConfig,
     EngineError,
     EngineOverloaded,
-    EngineStats,
     GenerationRequest,
     InvalidRequest,
     Priority,
@@ -36,6 +36,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DECODE_STEPS",
     "ContextOverflow",
     "Delta",
     "Engine",
@@ -44,7 +45,6 @@ __all__ = [
     "EngineError",
     "EngineMetrics",
     "EngineOverloaded",
-    "EngineStats",
     "GenerationRequest",
     "InvalidRequest",
     "Priority",

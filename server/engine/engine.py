@@ -31,13 +31,13 @@ from .sampling import SamplingParams, sample_next
 from .scheduler import Scheduler
 from .speculative import DRAFT_TOKENS, SPEC_MAX_ROWS, Gate, PromptLookup, accepted_prefix
 from .types import (
+    DECODE_STEPS,
     ContextOverflow,
     Delta,
     EngineClosed,
     EngineConfig,
     EngineError,
     EngineOverloaded,
-    EngineStats,
     GenerationRequest,
     InvalidRequest,
     Priority,
@@ -45,7 +45,6 @@ from .types import (
 
 log = logging.getLogger("tandem.engine")
 
-DECODE_STEPS = ("transformers", "engine", "compiled")  # Engine.decode_step's values
 COMPILE_NICE = 19  # the compile thread's nice value (Linux: per thread, inherited by the compiler processes it starts)
 COMPILE_IDLE_SECONDS = 1.0  # the compile starts once the engine has been idle this long
 
@@ -82,9 +81,9 @@ class _Sequence:
 
 
 class Engine:
-    """Takes the model over: with `pack_weights` its fp32 Linear weights are repacked in place,
-    so the caller should not keep using it for anything but this engine (it still works through
-    transformers' forward, with the same results)."""
+    """Takes the model over: unless it decodes through transformers' forward, its fp32 Linear
+    weights are repacked in place (`prepare_weights`), so the caller should not keep using it for
+    anything but this engine (it still works through transformers' forward, with the same results)."""
 
     def __init__(
         self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None, metrics: EngineMetrics | None = None
@@ -92,18 +91,17 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        self.packed_linears = pack_linears(model, self.config.fuse_projections) if self.config.pack_weights else 0
+        self.fast_decode = self.config.decode != "transformers" and supports(model)
+        self.packed_linears = self.prepare_weights(model) if self.fast_decode else 0
         self.metrics = metrics or EngineMetrics()
-        self.stats = EngineStats()
         self.context_length = self.config.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.config.vocab_size)  # type: ignore[union-attr,arg-type]  # transformers types config as Tensor | Module
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._scheduler = Scheduler(self.config.max_waiting, on_cancelled=lambda seq: self._finish(seq, "cancelled"))
         self._prefix = PrefixCache(self.config.prefix_cache_tokens)
-        self.fast_decode = self.config.fast_decode and supports(model)
-        self._batch = RunningBatch(self.config.preallocate_kv, self.fast_decode)
-        self.speculative = self.config.speculative and self._batch.fast_decode  # verification is the fast step's
+        self._batch = RunningBatch(self.fast_decode)
+        self.speculative = self.config.speculative and self.fast_decode  # verification is the fast step's
         self.spec_max_rows = SPEC_MAX_ROWS  # (the benchmark lifts it to measure where speculation stops paying)
         self.draft_tokens = DRAFT_TOKENS
         self._plain_seconds: float | None = None  # EMA of a plain step's time, at batch sizes that may speculate
@@ -118,7 +116,7 @@ class Engine:
         self._quiet = threading.Event()  # set while the engine has nothing to do (no request running, prefilling or waiting)
         self._quiet_since = time.monotonic()
         self._quiet.set()
-        if not (self.config.compile_decode and self.fast_decode):
+        if not (self.config.decode == "compiled" and self.fast_decode):
             self.compiled.set()
         self.compile_state = "off" if self.compiled.is_set() else "deferred"  # then "compiling", "done"
         self.metrics.running.set_function(lambda: len(self._rows))
@@ -126,6 +124,12 @@ class Engine:
         self.metrics.waiting.set_function(lambda: len(self._scheduler))
         for step in DECODE_STEPS:  # read at scrape time, so a compiled step that falls back shows at once
             self.metrics.decode_step.labels(step).set_function(lambda step=step: float(self.decode_step == step))  # type: ignore[misc]
+
+    def prepare_weights(self, model: torch.nn.Module) -> int:
+        """Repack the model's Linear weights for the engine's own step: fp32 ones for MKL, a layer's
+        q/k/v and its gate/up fused into one matrix each (packed.py). Returns how many were packed.
+        (The bench's baselines override this to measure the step without it.)"""
+        return pack_linears(model, fuse=True)
 
     # ----- the public interface -------------------------------------------------------------
 
@@ -139,10 +143,11 @@ class Engine:
 
     @property
     def decode_step(self) -> str:
-        """Which step decodes a single row: transformers' forward, the engine's own, or its compiled copy."""
+        """Which step decodes a single row (one of DECODE_STEPS): transformers' forward, the engine's
+        own eager one, or its compiled copy (once the background compile is done)."""
         if not self.fast_decode:
             return "transformers"
-        return "compiled" if self.compiled_step is not None and self.compiled_step.failed is None else "engine"
+        return "compiled" if self.compiled_step is not None and self.compiled_step.failed is None else "eager"
 
     def _compile(self) -> None:
         """Compile the one-row step while the worker serves with the eager one; it switches at its
@@ -299,7 +304,7 @@ class Engine:
                     if not seq.done:
                         self._finish(seq, "error")
                         seq.send(EngineError(f"generation failed: {exc}"))
-                self._rows, self._batch, self._prefilling = [], RunningBatch(self.config.preallocate_kv, self.fast_decode), 0
+                self._rows, self._batch, self._prefilling = [], RunningBatch(self.fast_decode), 0
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._rows) if not s.cancelled]
@@ -315,24 +320,18 @@ class Engine:
         now = time.monotonic()
         misses: list[_Sequence] = []
         for seq in new:
-            self.metrics.queue_time.observe(now - seq.submitted)
-            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
-            self.metrics.prefix_queries.inc()
+            self.metrics.admitted(now - seq.submitted, len(seq.prompt_ids))
             reused, kv = self._prefix.lookup(seq.prompt_ids)
             if kv is None:
                 misses.append(seq)
                 continue
-            self.stats.prefix_cache_hits += 1
-            self.stats.prefix_cache_tokens_reused += reused
-            self.metrics.prefix_hits.inc()
-            self.metrics.prefix_tokens.inc(reused)
-            self.metrics.prefill_tokens.inc(len(seq.prompt_ids) - reused)
+            self.metrics.prefilled(len(seq.prompt_ids) - reused, reused)
             pre = prefill_on_prefix(self.model, seq.prompt_ids, kv, reused)
             self._prefix.store(seq.prompt_ids, pre.kv)
             self._join([seq], pre)
         if misses:
             pre = prefill_batch(self.model, [s.prompt_ids for s in misses], self.pad_id)
-            self.metrics.prefill_tokens.inc(sum(len(s.prompt_ids) for s in misses))
+            self.metrics.prefilled(sum(len(s.prompt_ids) for s in misses))
             for row, seq in enumerate(misses):
                 if len(seq.prompt_ids) >= self._prefix.min_reuse and self._prefix.max_tokens > 0:
                     self._prefix.store(seq.prompt_ids, row_kv(pre, row))
@@ -360,12 +359,7 @@ class Engine:
     def _decode(self) -> None:
         started = time.monotonic()
         size = len(self._rows)
-        self.stats.steps += 1
-        self.stats.steps_by_batch_size[size] = self.stats.steps_by_batch_size.get(size, 0) + 1
-        if size > self.stats.peak_batch_size:
-            self.stats.peak_batch_size = size
-            self.metrics.peak_batch.set(size)
-        self.metrics.batch_size.observe(size)
+        self.metrics.stepped(size)
         drafts = self._drafts()
         emitted = self._speculate(drafts) if drafts is not None else self._plain_step()
         took = time.monotonic() - started
@@ -446,12 +440,7 @@ class Engine:
             if alive:
                 keep.append(r)
         drafted, agreed = sum(len(d) for d in drafts), sum(accepted)
-        self.stats.speculative_steps += 1
-        self.stats.drafted_tokens += drafted
-        self.stats.accepted_tokens += agreed
-        self.metrics.spec_steps.inc()
-        self.metrics.spec_drafted.inc(drafted)
-        self.metrics.spec_accepted.inc(agreed)
+        self.metrics.speculated(drafted, agreed)
         self._batch.accept(accepted, nexts)
         if len(keep) < size:
             self._rows = [self._rows[i] for i in keep]
@@ -461,16 +450,12 @@ class Engine:
     def _emit(self, seq: _Sequence, token: int) -> bool:
         """Account one generated token of `seq` and send its text; True when `seq` is finished."""
         now = time.monotonic()
-        if seq.generated == 0:
-            self.metrics.ttft.observe(now - seq.submitted)
-        else:
-            self.metrics.itl.observe(now - seq.last_token)
+        self.metrics.token(now - (seq.last_token if seq.generated else seq.submitted), first=seq.generated == 0)
         seq.last_token = now
         seq.generated += 1
         if seq.lookup is not None:
             seq.lookup.append(token)
             seq.gate.token(token)
-        self.metrics.generated.inc()
         finish: str | None = None
         if token in self.eos_ids:
             text, finish = seq.detok.finish(), "stop"
@@ -500,12 +485,7 @@ class Engine:
         seq.done = True
         if reason != "cancelled":
             self._scheduler.note_finished(seq.generated)
-        self.metrics.finished.labels(reason).inc()
-        self.metrics.e2e.observe(time.monotonic() - seq.submitted)
-        if reason == "cancelled":
-            self.stats.requests_cancelled += 1
-        else:
-            self.stats.requests_finished += 1
+        self.metrics.finished(reason, time.monotonic() - seq.submitted)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> frozenset[int]:

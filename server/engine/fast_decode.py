@@ -3,8 +3,8 @@ through transformers' forward.
 
 Why by hand: a decode step multiplies a few rows by every weight, and on a CPU transformers'
 forward adds a fixed cost around those products (module calls, attention-interface dispatch, a
-4-D mask built per step and per layer group) that is a large share of a small model's step: on
-SmolLM2-135M at 16 rows, 86 ms for transformers' forward against about 50 ms for the products.
+4-D mask built per step and per layer group) that is a large share of a small model's step
+(`tandem bench --sections ceiling` shows both, and the README's benchmark section quotes them).
 This step calls the same modules' weights through torch's functional ops, uses transformers' own
 rotary embedding, builds the padding mask once per step, and writes the new keys and values into
 the running batch's slotted cache in place. `tests/test_engine.py` checks that its logits and
@@ -166,13 +166,11 @@ def compile_one_row(model: Any) -> "CompiledStep":
     """`forward_rows` compiled by torch.compile (inductor) for a single row, warmed up on
     scratch buffers so that the first real call finds it ready.
 
-    Why: at one row the step's products read every weight once and take about 25-30 ms here;
-    the ~40 small ops per layer around them (norms, rotary, cache writes, attention) each pay
-    Python and dispatch time, about 10-15 ms a step in eager mode. Inductor fuses them into a
-    few C++ kernels (measured on SmolLM2-135M in alternating rounds: 46.6 ms eager, 32.8 ms
-    compiled, of which 1.7 ms outside the products). Compiling takes 30 s to 2 min on 2 cores,
-    so the engine does it in the background and keeps the eager step until it is ready.
-    `tandem bench` (ceiling) measures both."""
+    Why: at one row the step's products read every weight once, and the ~40 small ops per
+    layer around them (norms, rotary, cache writes, attention) each pay Python and dispatch time,
+    a large share of an eager step. Inductor fuses them into a few C++ kernels. Compiling takes
+    minutes of CPU, so the engine does it in the background and keeps the eager step until it is
+    ready. `tandem bench` (ceiling, quantization) measures both."""
     let_inductor_call_packed_linears()
     compiled = CompiledStep(torch.compile(forward_rows, dynamic=True))
     config = model.config

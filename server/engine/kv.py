@@ -4,7 +4,6 @@ Why not transformers' `DynamicLayer` as it is: it grows by `torch.cat`, which co
 cache of every layer at every step (O(batch x length) bytes per token). `SlottedLayer` keeps
 spare capacity and writes the new token in place, so a decode step copies nothing; it only
 copies when rows join or leave, which happens once per request, not once per token.
-(`preallocate_kv=False` keeps transformers' own layer, for comparison.)
 
 Rows are left-padded to one length; `RunningBatch.mask` says which columns are real. After a
 speculative step (`verify`, `accept`) a row that accepted fewer drafts than another has holes:
@@ -88,20 +87,11 @@ def pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-def make_layer(keys: torch.Tensor, values: torch.Tensor, preallocate: bool) -> DynamicLayer:
-    if preallocate:
-        return SlottedLayer(keys, values)
-    layer = DynamicLayer()  # transformers' own: grows by concatenation (kept for comparison)
-    layer.update(keys, values)
-    return layer
-
-
 class RunningBatch:
     """The sequences decoding together: their KV cache, attention mask, positions and next inputs."""
 
-    def __init__(self, preallocate: bool = True, fast_decode: bool = False) -> None:
-        self.preallocate = preallocate
-        self.fast_decode = fast_decode and preallocate  # the fast step writes into SlottedLayers
+    def __init__(self, fast_decode: bool = False) -> None:
+        self.fast_decode = fast_decode  # the engine's own step (else transformers' forward, on the same layers)
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # [B, T]; 1 = real token, 0 = left pad
         self.positions = torch.zeros((0,), dtype=torch.long)  # [B]; position id of the next input
@@ -125,16 +115,15 @@ class RunningBatch:
     ) -> None:
         """Add freshly prefilled rows (kv: per layer [b, H, t, D], mask [b, t])."""
         if self.size == 0:
-            layers = [make_layer(k, v, self.preallocate) for k, v in kv]
+            layers = [SlottedLayer(k, v) for k, v in kv]
             self.mask, self.positions, self.next_tokens = mask, positions, next_tokens
         else:
             old_t, new_t = self.mask.shape[1], mask.shape[1]
             t = max(old_t, new_t)
             layers = [
-                make_layer(
+                SlottedLayer(
                     torch.cat([pad_left(ok, t - old_t, 2), pad_left(nk, t - new_t, 2)]),
                     torch.cat([pad_left(ov, t - old_t, 2), pad_left(nv, t - new_t, 2)]),
-                    self.preallocate,
                 )
                 for (ok, ov), (nk, nv) in zip(self.kv(), kv)
             ]
@@ -148,7 +137,7 @@ class RunningBatch:
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order); drop columns that became padding (or holes) for every row."""
         if not rows:
-            self.__init__(self.preallocate, self.fast_decode)  # type: ignore[misc]
+            self.__init__(self.fast_decode)  # type: ignore[misc]
             return
         idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask[idx]
@@ -156,11 +145,11 @@ class RunningBatch:
         lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
         if bool(used[lead:].all()):
             self.mask = mask[:, lead:]
-            layers = [make_layer(k[idx, :, lead:], v[idx, :, lead:], self.preallocate) for k, v in self.kv()]
+            layers = [SlottedLayer(k[idx, :, lead:], v[idx, :, lead:]) for k, v in self.kv()]
         else:  # speculation left holes that no kept row uses (always so for a row left alone: its compiled step needs none)
             cols = used.nonzero().view(-1)
             self.mask = mask[:, cols]
-            layers = [make_layer(k[idx][:, :, cols], v[idx][:, :, cols], self.preallocate) for k, v in self.kv()]
+            layers = [SlottedLayer(k[idx][:, :, cols], v[idx][:, :, cols]) for k, v in self.kv()]
         self.positions = self.positions[idx]
         self.next_tokens = self.next_tokens[idx]
         self.cache = DynamicCache()

@@ -7,7 +7,7 @@ server) can depend on it without pulling in torch.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Priority(enum.IntEnum):
@@ -18,6 +18,12 @@ class Priority(enum.IntEnum):
     BATCH = 2
 
 
+DECODE_STEPS = ("transformers", "eager", "compiled")
+"""How the engine decodes: through transformers' forward (the reference), through its own step on
+repacked weights (eager), or with that step's one-row case compiled in the background (compiled,
+a minute or two of CPU at low priority; the eager step serves meanwhile)."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = 32
@@ -25,12 +31,12 @@ class EngineConfig:
     prefill_token_budget: int = 4096  # prompt tokens admitted per step, so decode is not starved
     prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
     context_length: int | None = None  # default: the model's own
-    preallocate_kv: bool = True  # False: transformers' concatenating cache (for benchmarks)
-    fast_decode: bool = True  # decode steps of a Llama-family model skip transformers' forward
-    pack_weights: bool = True  # repack the model's fp32 CPU Linear weights for MKL, in place (see packed.py)
-    fuse_projections: bool = True  # with pack_weights: a layer's q/k/v, and its gate/up, as one packed matrix each
-    compile_decode: bool = False  # compile the one-row decode step in the background (a minute or two of CPU)
+    decode: str = "eager"  # one of DECODE_STEPS; a model the engine's step does not support uses transformers'
     speculative: bool = True  # prompt-lookup drafts for the greedy rows that ask for them, while the batch is small (speculative.py)
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_STEPS:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_STEPS)}, got {self.decode!r}")
 
 
 @dataclass(frozen=True)
@@ -58,22 +64,6 @@ class Delta:
     tokens: int  # tokens generated so far for this request
     finish_reason: str | None = None  # "stop" | "length"
     prompt_tokens: int = 0
-
-
-@dataclass
-class EngineStats:
-    """The engine's own record of what it did, for tests and /metrics (read-only for clients)."""
-
-    steps: int = 0
-    peak_batch_size: int = 0
-    steps_by_batch_size: dict[int, int] = field(default_factory=dict)
-    requests_finished: int = 0
-    requests_cancelled: int = 0
-    prefix_cache_hits: int = 0
-    prefix_cache_tokens_reused: int = 0
-    speculative_steps: int = 0  # decode steps that verified drafts
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0  # drafts the model agreed with (each one a token without a step of its own)
 
 
 class EngineError(Exception):

@@ -97,7 +97,7 @@ _AI_BEFORE = re.compile(
 
 def _kind(anchors: str, *branches: str, flags: int = 0) -> re.Pattern[str]:
     """One kind's branches behind a lookahead for the words they start with: Python's re tries every
-    branch at every position, and the lookahead fails fast where none can start (4 times faster)."""
+    branch at every position, and the lookahead fails fast where none can start (`tandem guard scan` prints the time a scan takes)."""
     return re.compile(f"(?=(?:{anchors}))(?:{'|'.join(branches)})", flags)
 
 
