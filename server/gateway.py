@@ -18,14 +18,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import chat_window
 from .audit import AuditLog, Entry, record
 from .clock import iso_utc
-from .engine import ContextOverflow, Delta, Engine, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from .engine import ContextOverflow, Delta, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
 from .failures import CallFailed, Code, InputBlocked, OutputRefused
 from .guard import (
     POLICY_VERSION,
@@ -41,6 +41,9 @@ from .guard import (
     scrub_header,
 )
 from .models import LoadedModel
+
+if TYPE_CHECKING:  # (the engine's class brings torch; the gateway only holds one, so commands that never run it start without)
+    from .engine import Engine
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 1024  # cap when a chat call names no max_tokens

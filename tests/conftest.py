@@ -13,27 +13,33 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import pytest
-import torch
 import uvicorn
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from dialog.service import DialogConfig
 from server import models
-from server.app import ServerConfig, create_app
 from server.audit import AuditConfig
-from server.engine import Engine, EngineConfig
+from server.engine import EngineConfig
 from server.settings import tandem_home
 from tests.waiting import eventually
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+    from server.engine import Engine
+
+# torch, transformers and the app (which holds the engine) are imported by the fixtures that
+# need them, so that the tests of the parts that never touch a model (guard, audit, the chat
+# store, the language server's pieces) collect and run without loading torch.
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every `tandem serve` the tests start (directly, or through the language server's auto-start)
 # keeps the eager decode step: compiling takes a minute of CPU that would slow every other test
-# on a 2-core machine. The compiled step has its own test (test_engine.py), in-process.
+# on a 2-core machine. The compiled step has its own test (tests/engine/test_engine.py), in-process.
 os.environ["TANDEM_COMPILE"] = "0"
 
 # The whole run's TANDEM_HOME is a temporary folder (no test writes into the developer's: auto-start
@@ -61,11 +67,16 @@ def default_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(default_model_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(default_model_dir))
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     """A random-weight Llama (SmolLM2's architecture) small enough to build in a second."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -91,6 +102,8 @@ def tiny_model(tokenizer):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def engine_factory(tiny_model, tokenizer):  # type: ignore[no-untyped-def]
     """Builds started engines on the tiny model and closes them after the test."""
+    from server.engine import Engine
+
     engines: list[Engine] = []
 
     def make(**config: object) -> Engine:
@@ -154,6 +167,8 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         audit_max_queue: int = 4096,
         **engine: Any,
     ) -> ThreadedServer:
+        from server.app import ServerConfig, create_app
+
         count[0] += 1
         loaded = tiny_loaded(model or tiny_model, tok or tokenizer, fim)
         audit_dir = tmp_path / f"audit-{count[0]}"

@@ -7,7 +7,7 @@ forward adds a fixed cost around those products (module calls, attention-interfa
 (`tandem bench --sections ceiling` shows both, and the README's benchmark section quotes them).
 This step calls the same modules' weights through torch's functional ops, uses transformers' own
 rotary embedding, builds the padding mask once per step, and writes the new keys and values into
-the running batch's slotted cache in place. `tests/test_engine.py` checks that its logits and
+the running batch's slotted cache in place. `tests/engine/test_engine.py` checks that its logits and
 cache match transformers' forward at 1 and at several left-padded rows; `tandem bench`
 (`--sections ceiling`) measures both.
 """
@@ -219,7 +219,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.
     op, about 70 us each on CPU at one query, 30 times a step on SmolLM2-135M; written out, the
     compiled step's time outside its products fell from 4.3 to 1.7 ms (alternating rounds in one
     process). `tandem bench --sections ceiling` measures the compiled step against the eager one,
-    and `tests/test_engine.py` checks their logits against each other."""
+    and `tests/engine/test_engine.py` checks their logits against each other."""
     if attn_mask is not None or not torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     rows, heads, _, dim = q.shape
@@ -240,7 +240,7 @@ def _attend_each(
     last bits differently. Under int8 products (int8.py) a last-bit difference can move an input
     element to the next int8 step, so verifying a speculative block in one call gave other
     tokens than one-row decoding; per query, the verified logits are the one-row step's, bit for
-    bit (tests/test_speculative.py)."""
+    bit (tests/engine/test_speculative.py)."""
     width = q.shape[2]
     outs = []
     for i in range(width):

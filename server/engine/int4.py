@@ -9,7 +9,7 @@ maximum give back the file's own levels: the products are the file's weights, up
 rounding of scale and zero. Why bf16 inputs, not int8 (int8.py): rounding the activations of
 a row to 8 bits on its largest value loses the small channels next to an outlier, and with
 them the model's memory of an earlier turn in a chat; bf16 keeps 8 significant bits per value
-whatever its neighbours are. A row's product depends only on that row (tests/test_engine.py).
+whatever its neighbours are. A row's product depends only on that row (tests/engine/test_engine.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The packed weight *replaces* the plain one (a module keeps only a zero-byte stan
 shape), so packing costs no memory; transformers' forward keeps working because the module is
 still called like a Linear. torch's `mkl::_mkl_linear` uses a packed weight only when told the
 row count it was packed for; MKL's packed B panels do not depend on that count, so each call
-passes its own (checked for 1 to 600 rows in `tests/test_engine.py`).
+passes its own (checked for 1 to 600 rows in `tests/engine/test_engine.py`).
 
 Projections that read the same input (a layer's q/k/v, its gate/up) are packed as one matrix
 (`FusedPackedLinear`): at one row each product is bound by memory, and a small one does not

@@ -35,7 +35,7 @@ What each kind catches (tests/corpora/ measures them; `tandem guard bench` print
 
 Every pattern is linear: gaps and repetitions are bounded (`.{0,40}?`, `\\s{1,5}`, `{0,2}`), and
 no quantified group can match the same text in two ways, since inputs can be 64 KB
-(tests/test_guard_injection.py times each on worst cases).
+(tests/guard/test_guard_injection.py times each on worst cases).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Not taken: generic-api-key (the `generic_secret` rule below is ours), and the ru
 to file paths (pkcs12-file, kubernetes-secret-yaml, hashicorp-tf-password).
 
 Every pattern is linear in the text: repeats are bounded or possessive, and keyword-context rules
-are matched only where their keyword occurs (tests/test_guard_regex.py times each on worst cases).
+are matched only where their keyword occurs (tests/guard/test_guard_regex.py times each on worst cases).
 """
 
 from __future__ import annotations

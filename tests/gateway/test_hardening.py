@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from server.audit import AuditConfig, AuditLog, AuditReader, Entry, Filters, treehead
 from server.audit.chain import canonical, record_hash
+from tests.audit.test_audit import verify
 from tests.conftest import ADMIN_TOKEN, metric
-from tests.test_audit import verify
 from tests.waiting import eventually
 
 

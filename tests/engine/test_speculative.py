@@ -9,6 +9,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -67,12 +68,19 @@ def int8_engines(default_model_dir):  # type: ignore[no-untyped-def]
     yield from engine_pair(default_model_dir, "w8a8")
 
 
-async def generate(engine: Engine, req: GenerationRequest, delay: float = 0.0) -> tuple[str, str | None, int]:
-    await asyncio.sleep(delay)
+async def generate(
+    engine: Engine, req: GenerationRequest, after: Callable[[], bool] | None = None, progress: list[int] | None = None
+) -> tuple[str, str | None, int]:
+    """The request's text, finish and tokens; submitted once `after` holds, and counting the tokens
+    streamed so far into `progress[0]` (so that other rows can join when it is that far)."""
+    if after is not None:
+        await eventually_async(after, "the leading row to have decoded far enough", timeout=120)
     text, finish, tokens = [], None, 0
     async for delta in engine.stream(req):
         text.append(delta.text)
         finish, tokens = delta.finish_reason, delta.tokens
+        if progress is not None:
+            progress[0] = tokens
     return "".join(text), finish, tokens
 
 
@@ -162,16 +170,25 @@ async def test_ragged_rows_joining_mid_flight_decode_as_without_speculation(fp32
 
     monkeypatch.setattr(RunningBatch, "accept", accept)
     reqs = [
-        (interactive(REPETITIVE, 40), 0.0),
-        (interactive(PROSE, 24), 0.0),
-        (GenerationRequest(prompt=CLASS, max_tokens=32, speculative=True), 0.3),  # chat priority, asked to speculate
-        (interactive(LOOP, 30, speculative=False), 0.6),
-        (interactive(CLASS, 36, temperature=0.8, seed=11), 0.9),
+        (interactive(REPETITIVE, 40), 0),  # the leading row; each other joins once it has streamed that many tokens
+        (interactive(PROSE, 24), 0),
+        (GenerationRequest(prompt=CLASS, max_tokens=32, speculative=True), 8),  # chat priority, asked to speculate
+        (interactive(LOOP, 30, speculative=False), 16),
+        (interactive(CLASS, 36, temperature=0.8, seed=11), 24),
     ]
     monkeypatch.setattr(on, "spec_max_rows", len(reqs))
     spec_steps = on.metrics.read("tandem_speculative_steps_total")
-    got = await asyncio.gather(*(generate(on, r, d) for r, d in reqs))
-    want = await asyncio.gather(*(generate(off, r, d) for r, d in reqs))
+
+    async def run(engine: Engine) -> list[tuple[str, str | None, int]]:
+        lead: list[int] = [0]
+
+        def streamed(n: int) -> Callable[[], bool]:
+            return lambda: lead[0] >= n
+
+        first, *rest = reqs
+        return await asyncio.gather(generate(engine, first[0], progress=lead), *(generate(engine, r, streamed(n)) for r, n in rest))
+
+    got, want = await run(on), await run(off)
     assert got == want
     assert on.metrics.read("tandem_speculative_steps_total") > spec_steps and ragged, (
         "no step where rows accepted different numbers of drafts"

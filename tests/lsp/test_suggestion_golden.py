@@ -13,7 +13,7 @@ from lsp.postprocess import Context
 from lsp.present import aligned, suggestion
 from lsp.prompt import build
 
-CASES = json.loads((Path(__file__).parent / "golden" / "suggestion" / "cases.json").read_text())
+CASES = json.loads((Path(__file__).resolve().parents[1] / "golden" / "suggestion" / "cases.json").read_text())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

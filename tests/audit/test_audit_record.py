@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from server.audit import AuditConfig, AuditLog, AuditReader, Entry, Filters, migrations, record, store, treehead
 from server.audit.record import ActorRef, Envelope, GuardRef, ModelRef, OutputRef, ParamsRef, PromptRef, Timing
 
-OLD = Path(__file__).parent / "golden" / "audit-v2"
+OLD = Path(__file__).resolve().parents[1] / "golden" / "audit-v2"
 
 TEXT = st.one_of(st.none(), st.text(max_size=12))
 ENVELOPES = st.builds(

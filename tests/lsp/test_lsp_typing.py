@@ -3,7 +3,7 @@ a scripted HTTP engine whose pace and answers the test sets: the first line come
 generation goes on; typing through it and accepting it are served from its continuation with no
 new engine call; a result cut by the time budget is never an empty answer for that spot; warm-ups
 go out at background priority and every real request cancels them; a generation nobody wants is
-stopped. (tests/test_lsp.py runs the same paths on the real engine.)"""
+stopped. (tests/lsp/test_lsp.py runs the same paths on the real engine.)"""
 
 from __future__ import annotations
 

@@ -572,7 +572,7 @@ def test_fuzzed_frames_on_a_live_socket_get_the_error_parse_gives(scripted_serve
     `frames.parse` gives it, valid pings get pongs, and the conversation goes on."""
     from hypothesis import HealthCheck, assume, given, settings
 
-    from tests.test_dialog_frames import client_frames
+    from tests.dialog.test_dialog_frames import client_frames
 
     with scripted_server() as s, Chat(s.url) as chat:
 

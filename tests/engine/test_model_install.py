@@ -19,7 +19,7 @@ from server import model_install, models
 from server.cli import main
 from server.model_install import CatalogueModel, InstallError, Part
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sha256(data: bytes) -> str:

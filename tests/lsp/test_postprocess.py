@@ -10,7 +10,7 @@ import pytest
 
 from lsp import postprocess as pp
 
-GOLDEN = Path(__file__).parent / "golden" / "postprocess"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "postprocess"
 CASES = [(path.stem, case) for path in sorted(GOLDEN.glob("*.json")) for case in json.loads(path.read_text())]
 
 

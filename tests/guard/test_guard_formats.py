@@ -2,7 +2,7 @@
 hundred kinds of secret, each in its service's real format, in code and in prose, sent as every role
 in both profiles. Every one must become its typed placeholder, with no fragment left anywhere.
 
-A failure prints the seed; `TANDEM_CORPUS_SEED=<seed> pytest tests/test_guard_formats.py` replays it.
+A failure prints the seed; `TANDEM_CORPUS_SEED=<seed> pytest tests/guard/test_guard_formats.py` replays it.
 """
 
 from __future__ import annotations

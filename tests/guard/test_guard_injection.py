@@ -373,7 +373,7 @@ def test_a_mixture_of_every_unit_scans_quickly() -> None:
 
 
 def test_guard_bench_command_writes_its_report(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-m", "server.cli", "guard", "bench", "--out", str(tmp_path)],
         cwd=root,
