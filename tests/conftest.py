@@ -24,6 +24,7 @@ from server import models
 from server.audit import AuditConfig
 from server.engine import EngineConfig
 from server.settings import tandem_home
+from tests.scripted_engine import ScriptedEngine
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -151,8 +152,11 @@ ADMIN_TOKEN = "test-admin-token-4f1c"
 
 @pytest.fixture
 def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
-    """Start a tiny-model server with the given engine/server settings: `with tiny_server(...) as s`.
-    Its audit log lives in `s.audit_dir` (a fresh directory per server)."""
+    """Start a server on the tiny model's tokenizer and template with the given settings: `with
+    tiny_server(...) as s`. Its engine is scripted (`s.engine`, a ScriptedEngine: protocol tests
+    above the engine need exact output, not a model) unless the test asks for the real engine on
+    the tiny random-weight model with `engine="tiny"` (and EngineConfig fields), or hands in an
+    engine of its own. Its audit log lives in `s.audit_dir` (a fresh directory per server)."""
     count = [0]
 
     def start(
@@ -165,7 +169,8 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         dialog: dict | None = None,
         dialog_dir: Path | None = None,
         audit_max_queue: int = 4096,
-        **engine: Any,
+        engine: Any = "scripted",
+        **engine_config: Any,
     ) -> ThreadedServer:
         from server.app import ServerConfig, create_app
 
@@ -175,12 +180,19 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         dialog_dir = dialog_dir or tmp_path / f"dialog-{count[0]}"
         config = ServerConfig(
             api_key=api_key,
-            engine=EngineConfig(**engine),
+            engine=EngineConfig(**engine_config),
             audit=AuditConfig(audit_dir, checkpoint_every=checkpoint_every, content_days=content_days, max_queue=audit_max_queue),
             admin_token=ADMIN_TOKEN,
             dialog=DialogConfig(directory=dialog_dir, **(dialog or {})),  # type: ignore[arg-type]
         )
-        server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
+        if engine == "tiny":
+            server = ThreadedServer(create_app(config, loader=lambda: loaded), free_port())
+        else:
+            assert not engine_config and model is None, "a model and EngineConfig fields are for the real engine (engine='tiny')"
+            if engine == "scripted":
+                engine = ScriptedEngine(context_length=loaded.context_length)
+            server = ThreadedServer(create_app(config, loader=lambda: loaded, engine_factory=lambda *_: engine), free_port())
+            server.engine = engine
         server.audit_dir, server.dialog_dir = audit_dir, dialog_dir
         return server
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from server.engine import Delta, EngineError, GenerationRequest
+from server.engine import ContextOverflow, Delta, EngineError, GenerationRequest
 
 
 class ScriptedEngine:
@@ -24,6 +24,10 @@ class ScriptedEngine:
         self.requests.append(req)
         if self.error is not None:
             raise self.error
+        if isinstance(req.prompt, list) and len(req.prompt) + req.max_tokens > self.context_length:  # as the engine refuses it
+            raise ContextOverflow(
+                f"prompt ({len(req.prompt)} tokens) + max_tokens ({req.max_tokens}) exceeds {self.context_length}", "max_tokens"
+            )
         pieces = self.script[: req.max_tokens]
         finished = False
         try:

@@ -67,7 +67,7 @@ def test_a_repeated_client_msg_id_is_acknowledged_not_answered_twice(tiny_server
 
 
 def test_reconnecting_resumes_after_last_seq_and_the_answer_arrives_exactly_once(tiny_server) -> None:
-    with tiny_server(dialog={"max_answer_tokens": 120}) as s:
+    with tiny_server(engine="tiny", dialog={"max_answer_tokens": 120}) as s:
         first = Chat(s.url)
         first.say("tell me everything")
         got = [first.recv(), first.recv(), first.recv()]  # ack and two deltas, then the connection drops
@@ -158,7 +158,7 @@ def test_rate_limits_and_one_generation_at_a_time(tiny_server) -> None:
 
 
 def test_cancel_stops_the_generation_and_frees_the_engine(tiny_server) -> None:
-    with tiny_server(dialog={"max_answer_tokens": 200}) as s, Chat(s.url) as chat:
+    with tiny_server(engine="tiny", dialog={"max_answer_tokens": 200}) as s, Chat(s.url) as chat:
         chat.say("a long one please")
         chat.recv()
         chat.recv()  # the first delta: it is generating

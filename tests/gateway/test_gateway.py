@@ -130,7 +130,7 @@ def test_every_route_reaches_the_engine_only_through_the_gateway(tiny_model, tok
 
 
 def test_completed_blocked_failed_and_cancelled_calls_each_leave_one_record(tiny_server) -> None:
-    with tiny_server(max_waiting=64) as s:
+    with tiny_server(engine="tiny", max_waiting=64) as s:
         ok = httpx.post(f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 3, "user": "dev-42"})
         assert ok.status_code == 200
         blocked = httpx.post(
@@ -188,7 +188,7 @@ def test_an_overloaded_engine_leaves_an_error_record(scripted) -> None:
 def test_the_models_route_reports_the_window_the_gateway_enforces(tiny_server, tiny_model) -> None:  # type: ignore[no-untyped-def]
     native = int(tiny_model.config.max_position_embeddings)
     window = native // 4
-    with tiny_server(context_length=window) as s:
+    with tiny_server(engine="tiny", context_length=window) as s:
         (model,) = httpx.get(f"{s.url}/v1/models").json()["data"]
         assert (model["context_length"], model["native_context_length"]) == (window, native)
         # and a prompt that fits the native window but not this one is refused for its length
@@ -259,7 +259,7 @@ def test_fill_in_the_middle_prefix_and_suffix_are_both_sanitised(tiny_server, to
     fim = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
     tok = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     tok.add_special_tokens({"additional_special_tokens": list(fim)})
-    with tiny_server(fim=fim, model=tiny_llama(len(tok)), tok=tok) as s:
+    with tiny_server(engine="tiny", fim=fim, model=tiny_llama(len(tok)), tok=tok) as s:
         r = httpx.post(
             f"{s.url}/v1/completions",
             json={

@@ -83,7 +83,7 @@ BAD_BODIES = [
 
 
 def test_every_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(tiny_server) -> None:
-    with tiny_server() as s:
+    with tiny_server(engine="tiny") as s:
         for description, endpoint, body, status, param in BAD_BODIES:
             r = httpx.post(f"{s.url}/v1/{endpoint}", content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == status, f"{description}: {r.status_code} {r.text}"
@@ -94,7 +94,7 @@ def test_every_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(tiny_serv
 
 
 def test_openai_client_sees_typed_errors(tiny_server) -> None:
-    with tiny_server() as s:
+    with tiny_server(engine="tiny") as s:
         client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="no-such-model", prompt="x")
@@ -141,7 +141,7 @@ def wait_for_metric(url: str, name: str, value: float, timeout: float = 10) -> N
 
 
 def test_overloaded_server_answers_503_with_retry_after(tiny_server, tokenizer) -> None:
-    with tiny_server(model=slow_tiny_model(tokenizer), max_batch_size=1, max_waiting=1) as s, ThreadPoolExecutor(2) as pool:
+    with tiny_server(engine="tiny", model=slow_tiny_model(tokenizer), max_batch_size=1, max_waiting=1) as s, ThreadPoolExecutor(2) as pool:
         body = {"prompt": "hello", "max_tokens": 100, "temperature": 0}
         running = pool.submit(httpx.post, f"{s.url}/v1/completions", json=body, timeout=60)
         wait_for_metric(s.url, "tandem_requests_running", 1)
@@ -163,7 +163,7 @@ def test_fill_in_the_middle_builds_the_model_family_prompt(tiny_server, tokenize
     tok = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     tok.add_special_tokens({"additional_special_tokens": list(fim)})
     model = tiny_llama(len(tok))
-    with tiny_server(fim=fim, model=model, tok=tok) as s:
+    with tiny_server(engine="tiny", fim=fim, model=model, tok=tok) as s:
         assert httpx.get(f"{s.url}/v1/models").json()["data"][0]["fim"] is True
         r = httpx.post(
             f"{s.url}/v1/completions",
@@ -183,7 +183,7 @@ def test_fill_in_the_middle_builds_the_model_family_prompt(tiny_server, tokenize
 
 
 def test_client_disconnect_mid_stream_cancels_the_generation(tiny_server, tokenizer) -> None:
-    with tiny_server(model=slow_tiny_model(tokenizer)) as s:
+    with tiny_server(engine="tiny", model=slow_tiny_model(tokenizer)) as s:
         with httpx.stream("POST", f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 240, "stream": True}) as r:
             lines = r.iter_lines()
             for _ in range(3):
@@ -196,7 +196,7 @@ def test_client_disconnect_mid_stream_cancels_the_generation(tiny_server, tokeni
 
 
 def test_client_disconnect_before_a_whole_answer_cancels_it(tiny_server, tokenizer) -> None:
-    with tiny_server(model=slow_tiny_model(tokenizer)) as s:
+    with tiny_server(engine="tiny", model=slow_tiny_model(tokenizer)) as s:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 240, "stream": False}, timeout=0.3)
         eventually(lambda: _has_cancelled(s.url), "the generation being cancelled", 10)
@@ -208,7 +208,10 @@ def test_a_queued_request_whose_client_leaves_never_runs(tiny_server, tokenizer,
     """Disconnect is watched from arrival, not only once tokens flow: a request still waiting for
     a batch slot when its client goes away leaves the queue (an editor cancels most of its
     requests before they start)."""
-    with tiny_server(model=slow_tiny_model(tokenizer, 0.05), max_batch_size=1, max_waiting=4) as s, ThreadPoolExecutor(1) as pool:
+    with (
+        tiny_server(engine="tiny", model=slow_tiny_model(tokenizer, 0.05), max_batch_size=1, max_waiting=4) as s,
+        ThreadPoolExecutor(1) as pool,
+    ):
         running = pool.submit(
             httpx.post, f"{s.url}/v1/completions", json={"prompt": "hello", "max_tokens": 150, "temperature": 0}, timeout=60
         )
@@ -228,7 +231,7 @@ def _has_cancelled(url: str) -> bool:
 
 
 def test_stop_and_usage_in_streams(tiny_server) -> None:
-    with tiny_server() as s:
+    with tiny_server(engine="tiny") as s:
         client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
         whole = client.completions.create(model="tiny-llama", prompt="Once upon", max_tokens=12, temperature=0).choices[0].text
         chunks = list(
