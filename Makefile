@@ -15,7 +15,7 @@ VSIX        := $(EXT)/tandem.vsix
 EXT_DEPS    := $(EXT)/node_modules/.installed
 CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
-.PHONY: run test test-random check model code-model bench bench-quick clean vsix
+.PHONY: run test test-random check model code-model llama-server bench bench-quick clean vsix
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ run: model
 code-model: $(STAMP)
 	$(BIN)/tandem models install qwen2.5-coder-0.5b
 	$(BIN)/tandem prepare --model qwen2.5-coder-0.5b
+
+# llama.cpp's server (llama-cpp-python), the real upstream of the pool's tests: PyPI has only its
+# source, so it is compiled once (about 10 minutes on 2 cores) into a venv in the cache folder,
+# outside the clone, and reused by every later run (the script returns at once when it is there)
+TANDEM_CACHE      ?= $(or $(TANDEM_HOME),$(HOME)/.cache/tandem)
+LLAMA_SERVER_VENV := $(TANDEM_CACHE)/llama-cpp-server-0.3.36
+export TANDEM_LLAMA_SERVER_VENV := $(LLAMA_SERVER_VENV)
+
+llama-server:
+	PYTHON=$(PYTHON) scripts/install-llama-cpp.sh $(LLAMA_SERVER_VENV)
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
@@ -67,12 +77,12 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+test: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest -p no:randomly
 
 # the same suite in a random order (pytest-randomly prints its seed; `-p randomly --randomly-seed=N` repeats that order)
-test-random: check model code-model $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+test-random: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
 	$(BIN)/python -m pytest -p randomly
 
 # The optional llama.cpp peer of `tandem bench`: pip builds llama-cpp-python from source (several

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The llama.cpp peer of `tandem bench-completion`: llama-cpp-python with its OpenAI-compatible
-# server (`python -m llama_cpp.server`), in a venv of its own, never the project's. PyPI has no
+# llama.cpp's server through llama-cpp-python, with its OpenAI-compatible server (`python -m
+# llama_cpp.server`): the upstream of the pool's tests (`make llama-server`) and the llama.cpp peer of
+# `tandem bench-completion`. In a venv of its own, never the project's. PyPI has no
 # prebuilt wheel for it (only the sdist), so pip compiles llama.cpp: minutes, once.
 # AVX2 (plus the AVX-512 extensions this CPU has) rather than -march=native, as the Makefile's
 # `bench` peer does: the native build turns on AMX kernels that die of SIGILL in VMs without AMX.

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from .audit import AuditConfig
+from .backends.upstream.config import UpstreamConfig
 from .engine import EngineConfig
 from .models import QUANT_CHOICES
 from .settings import environment
@@ -38,8 +39,28 @@ def _serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"error: binding to {args.host} exposes the server beyond this machine; set --api-key (or TANDEM_API_KEY)", file=sys.stderr)
         return 2
+    from .backends.upstream import UpstreamConfig
     from .model_install import CATALOGUE, installed_gguf
 
+    urls = tuple(args.upstream or ()) or env.upstreams
+    try:
+        upstream = UpstreamConfig(
+            urls=urls,
+            api_key=args.upstream_api_key or env.upstream_api_key,
+            model=args.upstream_model,
+            tokenizer=args.upstream_tokenizer,
+            context_length=args.context_length,
+            max_concurrency=args.upstream_max_concurrency,
+            max_waiting=args.max_waiting,
+            read_timeout=args.upstream_timeout,
+            health_interval=args.upstream_health_interval,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if urls and args.model:
+        print("error: --model loads a model here and --upstream generates elsewhere: choose one", file=sys.stderr)
+        return 2
     if args.model in CATALOGUE and installed_gguf(CATALOGUE[args.model]) is None:
         print(f"error: {args.model} is not installed; run `tandem models install {args.model}`", file=sys.stderr)
         return 2
@@ -47,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_waiting=args.max_waiting,
         prefix_cache_tokens=args.prefix_cache_tokens,
+        context_length=args.context_length,
         decode="compiled" if not args.no_compile and env.compile else "eager",
         speculative=args.speculative == "on",
     )
@@ -66,11 +88,13 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=args.admin_token or env.admin_token,
         dialog=DialogConfig(directory=Path(args.dialog_dir) if args.dialog_dir else None),
         demo_site=not args.no_demo_site and is_loopback(args.host),
+        upstream=upstream,
     )
     app = create_app(config)
     token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit.home / 'admin.token'}"
+    what = f"generating through {', '.join(urls)}" if urls else f"loading {args.model or 'the default model'} ({config.quant})"
     print(
-        f"Tandem: loading {args.model or 'the default model'} ({config.quant}); serving on http://{args.host}:{args.port}\n"
+        f"Tandem: {what}; serving on http://{args.host}:{args.port}\n"
         f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})",
         flush=True,
     )
@@ -149,6 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--dialog-dir", default=None, help="support chat store and visitor-token key (default: $TANDEM_HOME/dialog)")
     serve.add_argument("--no-demo-site", action="store_true", help="do not create the `demo` site that /widget/demo uses")
+    serve.add_argument(
+        "--context-length", type=int, default=None, help="the window to enforce (default: the model's own, or what the upstreams report)"
+    )
+    up = serve.add_argument_group("generating through other servers (a vLLM, SGLang or llama.cpp server, or other Tandems)")
+    up.add_argument(
+        "--upstream",
+        action="append",
+        metavar="URL",
+        help="an OpenAI-compatible server to generate through, instead of a model here; repeat for a pool "
+        "(least-loaded routing, failover, health checks). Also TANDEM_UPSTREAMS",
+    )
+    up.add_argument("--upstream-api-key", default=None, help="the key the upstreams want (or TANDEM_UPSTREAM_API_KEY)")
+    up.add_argument("--upstream-model", default=None, help="the model id to ask the upstreams for (default: the one each serves)")
+    up.add_argument(
+        "--upstream-tokenizer",
+        default=None,
+        metavar="MODEL",
+        help="a model installed here (as --model names it: default, a catalogue name, a directory, a .gguf) whose tokenizer "
+        "counts tokens exactly; else the upstreams' tokenize endpoint, else an estimate",
+    )
+    up.add_argument("--upstream-max-concurrency", type=int, default=UpstreamConfig.max_concurrency, help="requests in flight per upstream")
+    up.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=UpstreamConfig.read_timeout,
+        help="seconds an upstream may stay silent before it counts as failed",
+    )
+    up.add_argument(
+        "--upstream-health-interval",
+        type=float,
+        default=UpstreamConfig.health_interval,
+        help="seconds between health checks of each upstream",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 

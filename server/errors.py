@@ -42,6 +42,7 @@ HTTP: dict[Code, tuple[int, str]] = {
     Code.AUDIT_UNAVAILABLE: (503, "server_error"),
     Code.ENGINE_UNAVAILABLE: (503, "server_error"),
     Code.ENGINE_ERROR: (500, "server_error"),
+    Code.UPSTREAM_FAILED: (502, "server_error"),
 }
 
 

@@ -22,6 +22,7 @@ class Code(StrEnum):
     AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit writer is not keeping up: nothing is served unaudited
     ENGINE_UNAVAILABLE = "engine_unavailable"  # the engine is shutting down or its worker has failed
     ENGINE_ERROR = "engine_error"  # generation failed inside the engine
+    UPSTREAM_FAILED = "upstream_failed"  # an upstream failed the generation and no other could take it (or the answer had started)
 
 
 class CallFailed(Exception):

@@ -18,14 +18,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import chat_window
 from .audit import AuditLog, Entry, record
+from .backends import Backend, BackendFailed, BackendUnavailable, ModelInfo, PromptText
 from .clock import iso_utc
-from .engine import ContextOverflow, Delta, EngineClosed, EngineError, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from .engine import (
+    ContextOverflow,
+    Delta,
+    EngineClosed,
+    EngineError,
+    EngineOverloaded,
+    GenerationRequest,
+    InvalidRequest,
+    Messages,
+    Priority,
+)
 from .failures import CallFailed, Code, InputBlocked, OutputRefused
 from .guard import (
     POLICY_VERSION,
@@ -40,10 +51,6 @@ from .guard import (
     scrub,
     scrub_header,
 )
-from .models import LoadedModel
-
-if TYPE_CHECKING:  # (the engine's class brings torch; the gateway only holds one, so commands that never run it start without)
-    from .engine import Engine
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 1024  # cap when a chat call names no max_tokens
@@ -138,26 +145,27 @@ class GuardMetrics:
 
 
 class Gateway:
-    def __init__(self, model: LoadedModel, engine: Engine, audit: AuditLog, registry: CollectorRegistry) -> None:
-        self.model, self._engine, self.audit = model, engine, audit
+    def __init__(self, backend: Backend, audit: AuditLog, registry: CollectorRegistry) -> None:
+        self._backend, self.audit = backend, audit
         self.metrics = GuardMetrics(registry)
-        tokenizer = model.tokenizer
-        special = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])] + [
-            str(t) for t in (getattr(tokenizer, "added_tokens_encoder", {}) or {})
-        ]
+        special = backend.text.special_tokens
         # Scanning is CPU work on caller text: a pool of its own, bounded, so that big inputs queue
         # here instead of taking every thread asyncio.to_thread would lend (the event loop never waits on it)
         self._scanners = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="tandem-guard")
         self._guards = {name: InputGuard(profile, special) for name, profile in PROFILES.items()}
 
-    # Read-only views of the engine for health checks; nothing else of it leaves this module.
+    # Read-only views of the backend for health checks and /v1/models; nothing else of it leaves this module.
+    @property
+    def model(self) -> ModelInfo:
+        return self._backend.info
+
     @property
     def engine_alive(self) -> bool:
-        return self._engine.alive
+        return self._backend.alive
 
     @property
     def engine_load(self) -> tuple[int, int]:
-        return self._engine.running, self._engine.waiting
+        return self._backend.load
 
     @property
     def audit_stuck(self) -> bool:
@@ -169,10 +177,10 @@ class Gateway:
 
     @property
     def context_length(self) -> int:
-        return self._engine.context_length
+        return self._backend.info.context_length
 
-    def close(self) -> None:
-        self._engine.close()
+    async def close(self) -> None:
+        await self._backend.close()
         self._scanners.shutdown(wait=True)
         self.audit.close()
 
@@ -220,17 +228,17 @@ class Gateway:
         """Guarded, audited generation. Raises `CallFailed` (before or during the stream)."""
         if call.surface not in PROFILES:
             raise ValueError(f"unknown surface {call.surface!r}")
-        rec = _Record(call, time.monotonic())
+        rec = _Record(call, time.monotonic(), self._backend.info)
         self.metrics.in_flight.inc()
         try:
             if not self.audit.accepting:  # a call is never served unaudited: refuse while the writer cannot keep up
                 raise CallFailed(Code.AUDIT_UNAVAILABLE, "the audit log is not keeping up; retry in a few seconds", retry_after=5)
             rec.actor = self._actor_ref(call.actor)
-            rec.journal = self.audit.open_call(rec.skeleton(self.model, rec.actor))
+            rec.journal = self.audit.open_call(rec.skeleton(rec.actor))
             loop = asyncio.get_running_loop()
             # choosing turns renders the chat template over the whole conversation: on the scanners' pool, not the event loop
             prompt = await loop.run_in_executor(self._scanners, self._choose, call)
-            segments = _segments(prompt, self.model.tokenizer)
+            segments = _segments(prompt, self._backend.text)
             sanitized = await loop.run_in_executor(self._scanners, self._guards[call.surface].scan, segments)
             rec.input_results = sanitized.results
             refusal: CallFailed | None = _input_refusal(sanitized.blocked) if sanitized.blocked is not None else None
@@ -266,6 +274,8 @@ class Gateway:
             rec.engine_prompt = engine_prompt
             req = GenerationRequest(
                 prompt=engine_prompt,
+                suffix=fitted.suffix,
+                affinity=call.conversation_id or call.session_id or call.actor.user,
                 max_tokens=call.params.max_tokens if call.params.max_tokens is not None else default_max,
                 temperature=call.params.temperature,
                 top_p=call.params.top_p,
@@ -275,7 +285,7 @@ class Gateway:
                 request_id=call.request_id,
             )
             rec.scanner = output_scanner(PROFILES[call.surface])
-            gen = self._engine.stream(req)
+            gen = self._backend.stream(req)
             try:
                 async for delta in gen:
                     text = rec.scanner.feed(delta.text)
@@ -283,8 +293,9 @@ class Gateway:
                         text += rec.scanner.finish()
                         rec.finish = delta.finish_reason
                     rec.emit(text, delta)
-                    rec.prompt_tokens = delta.prompt_tokens
-                    yield Delta(text, delta.tokens, delta.finish_reason, delta.prompt_tokens)
+                    prompt_tokens = delta.prompt_tokens or fitted.tokens  # (an upstream that reports no usage: the count made here)
+                    rec.prompt_tokens = prompt_tokens
+                    yield Delta(text, delta.tokens, delta.finish_reason, prompt_tokens)
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
         except OutputBlocked as exc:
@@ -311,7 +322,7 @@ class Gateway:
 
     def _budget(self, call: Call) -> int:
         """How many prompt tokens a fitted chat call may take: the window less its answer's room."""
-        return self._engine.context_length - (call.params.max_tokens if call.params.max_tokens is not None else 1)
+        return self._backend.info.context_length - (call.params.max_tokens if call.params.max_tokens is not None else 1)
 
     def _choose(self, call: Call) -> Prompt:
         """The prompt to guard: a fitted chat prompt's messages with the oldest turns that do not fit dropped."""
@@ -322,13 +333,13 @@ class Gateway:
         if not prompt.fit:
             return prompt
         try:
-            choice = chat_window.choose(self.model.tokenizer, prompt.messages, self._budget(call))
+            choice = self._backend.text.choose(prompt.messages, self._budget(call))
         except Exception as exc:  # templates raise on role orders they do not support
             raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
         return _ChosenPrompt(choice.messages, fit=True, choice=choice)
 
     def _check_template(self) -> None:
-        if not getattr(self.model.tokenizer, "chat_template", None):
+        if not self._backend.text.chat_template:
             raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no chat template; use /v1/completions", param="messages")
 
     def _render(self, call: Call, prompt: Prompt, segments: list[Segment], unchanged: bool) -> _Fitted:
@@ -336,56 +347,61 @@ class Gateway:
         if isinstance(prompt, ChatPrompt):
             return self._render_chat(call, prompt, segments)
         if isinstance(prompt, FimPrompt):
-            if self.model.fim_tokens is None:
+            if not self._backend.text.fim:
                 raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no fill-in-the-middle tokens", param="suffix")
-            return _Fitted(
-                fim_prompt_ids(self.model.tokenizer, self.model.fim_tokens, segments[0].text, segments[1].text),
-                DEFAULT_COMPLETION_TOKENS,
-                segments,
-            )
+            fim = self._backend.text.render_fim(segments[0].text, segments[1].text)
+            return _Fitted(fim.prompt, DEFAULT_COMPLETION_TOKENS, segments, suffix=fim.suffix, tokens=fim.tokens)
         if isinstance(prompt.text, list) and unchanged:
-            return _Fitted(prompt.text, DEFAULT_COMPLETION_TOKENS, segments)  # unchanged by the guard: keep the caller's exact ids
+            return _Fitted(
+                prompt.text, DEFAULT_COMPLETION_TOKENS, segments, tokens=len(prompt.text)
+            )  # unchanged by the guard: keep the caller's exact ids
         return _Fitted(segments[0].text, DEFAULT_COMPLETION_TOKENS, segments)
 
     def _render_chat(self, call: Call, prompt: ChatPrompt, segments: list[Segment]) -> _Fitted:
         """Render once; a fitted prompt whose exact render (after the guard) is still over its
         budget loses its oldest kept turn and is rendered again, until it fits or has none left."""
-        window = self._engine.context_length
-        render = lambda: chat_window.render(self.model.tokenizer, [(s.role, s.text) for s in segments])  # noqa: E731
+        window = self._backend.info.context_length
+        render = lambda: self._backend.text.render_chat([(s.role, s.text) for s in segments])  # noqa: E731
         segments = list(segments)
         try:
-            ids = render()
+            rendered = render()
             if not isinstance(prompt, _ChosenPrompt) or prompt.choice is None:
-                return _Fitted(ids, max(1, min(DEFAULT_CHAT_TOKENS, window - len(ids))), segments)
+                return _Fitted(
+                    rendered.prompt, max(1, min(DEFAULT_CHAT_TOKENS, window - rendered.tokens)), segments, tokens=rendered.tokens
+                )
             choice, budget = prompt.choice, self._budget(call)
             head, kept = 1 if len(segments) > 1 and segments[0].role == "system" else 0, choice.kept
-            while len(ids) > budget and kept > 0:
+            while rendered.tokens > budget and kept > 0:
                 del segments[head]
                 kept -= 1
-                ids = render()
+                rendered = render()
+        except CallFailed:
+            raise
         except Exception as exc:  # templates raise on role orders they do not support
             raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
-        if len(ids) > budget:
+        if rendered.tokens > budget:
             raise InputBlocked(
                 Code.CONTEXT_LENGTH_EXCEEDED,
-                f"the newest message needs {len(ids)} tokens with the system prompt; "
+                f"the newest message needs {rendered.tokens} tokens with the system prompt; "
                 f"the window leaves {budget} after the answer's {window - budget}",
                 param="messages",
             )
         context = {
             "window": window,
             "budget": budget,
-            "tokens": len(ids),
+            "tokens": rendered.tokens,
             "turns_included": kept,
             "turns_dropped": choice.kept + choice.dropped - kept,
         }
-        return _Fitted(ids, max(1, min(DEFAULT_CHAT_TOKENS, window - len(ids))), segments, context)
+        return _Fitted(
+            rendered.prompt, max(1, min(DEFAULT_CHAT_TOKENS, window - rendered.tokens)), segments, context, tokens=rendered.tokens
+        )
 
     def _write(self, rec: _Record) -> None:
         audit = self.audit
         if rec.prompt_tokens is None and isinstance(rec.engine_prompt, list):  # ended before the engine said
             rec.prompt_tokens = len(rec.engine_prompt)  # (a text prompt is not tokenised here, on the event loop, just for the record)
-        envelope = rec.envelope(self.model, audit, rec.actor or self._actor_ref(rec.call.actor))
+        envelope = rec.envelope(audit, rec.actor or self._actor_ref(rec.call.actor))
         self.metrics.actions.labels(rec.call.surface, envelope.guard.action).inc()
         self.metrics.records.labels(envelope.outcome.status).inc()
         for direction, results in (("input", rec.input_results), ("output", rec.output_results())):
@@ -395,30 +411,17 @@ class Gateway:
         audit.submit(Entry(envelope.to_json(), rec.prompt_text, rec.output_text() if rec.scanner is not None else None, rec.journal))
 
 
-def fim_prompt_ids(tokenizer: Any, tokens: tuple[str, str, str], prefix: str, suffix: str) -> list[int]:
-    """The model's fill-in-the-middle prompt (prefix, suffix, middle order: the one the Qwen and
-    StarCoder families are trained on) as token ids. The control tokens come from the tokenizer's
-    vocabulary and the code is encoded with special tokens split, so a file that contains the text
-    `<|fim_suffix|>` is code to the model, not a second hole."""
-    pre, suf, mid = (tokenizer.convert_tokens_to_ids(t) for t in tokens)
-
-    def code(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]) if text else []
-
-    return [pre, *code(prefix), suf, *code(suffix), mid]
-
-
-def _segments(prompt: Prompt, tokenizer: Any) -> list[Segment]:
+def _segments(prompt: Prompt, text: PromptText) -> list[Segment]:
     if isinstance(prompt, ChatPrompt):
         return [Segment(role, text) for role, text in prompt.messages]
     if isinstance(prompt, FimPrompt):
         return [Segment("code", prompt.prefix), Segment("code", prompt.suffix)]
     if isinstance(prompt.text, str):
         return [Segment("code", prompt.text)]
-    vocab = len(tokenizer)
-    if any(not 0 <= i < vocab for i in prompt.text):  # the tokenizer cannot decode them for the guard
-        raise CallFailed(Code.INVALID_VALUE, f"prompt token ids must be integers in [0, {vocab})", param="prompt")
-    return [Segment("code", tokenizer.decode(prompt.text))]
+    try:
+        return [Segment("code", text.decode(prompt.text))]  # the guard reads what the ids say
+    except ValueError as exc:
+        raise CallFailed(Code.INVALID_VALUE, str(exc), param="prompt") from None
 
 
 def _joined(segments: list[Segment]) -> str:
@@ -452,8 +455,12 @@ def _engine_failure(exc: EngineError) -> CallFailed:
         return CallFailed(Code.CONTEXT_LENGTH_EXCEEDED, str(exc), param=exc.param)
     if isinstance(exc, InvalidRequest):
         return CallFailed(Code.INVALID_VALUE, str(exc), param=exc.param)
+    if isinstance(exc, BackendUnavailable):
+        return CallFailed(Code.ENGINE_UNAVAILABLE, str(exc), retry_after=exc.retry_after)
     if isinstance(exc, EngineClosed):
         return CallFailed(Code.ENGINE_UNAVAILABLE, str(exc) or "the engine is not running")
+    if isinstance(exc, BackendFailed):
+        return CallFailed(Code.UPSTREAM_FAILED, str(exc))
     return CallFailed(Code.ENGINE_ERROR, str(exc))
 
 
@@ -468,24 +475,27 @@ class _ChosenPrompt(ChatPrompt):
 class _Fitted:
     """A call's prompt as the engine gets it, and the sanitised segments it was rendered from."""
 
-    prompt: str | list[int]
+    prompt: str | list[int] | Messages
     default_max: int
     segments: list[Segment]
     context: dict[str, int] | None = None  # a fitted chat prompt: its window, budget, length and turns kept and dropped
+    suffix: str | None = None  # for an upstream that fills in the middle itself
+    tokens: int = 0  # the prompt's length as counted here (0: not counted, a text prompt)
 
 
 class _Record:
     """What one call accumulates for its audit record."""
 
-    def __init__(self, call: Call, started: float) -> None:
+    def __init__(self, call: Call, started: float, model: ModelInfo) -> None:
         self.call, self.started, self.started_at = call, started, time.time()
+        self.model = model  # the model this call was served by (a hot swap changes the backend's, not this)
         self.input_results: list[ScanResult] = []
         self.scanner = None  # type: Any
         self.journal: str | None = None  # the audit journal's token for this call, once it is journalled
         self.prompt_text: str | None = None  # the redacted prompt, kept as audit content
         self.prompt_chars: int | None = None
         self.prompt_hmac: str | None = None
-        self.engine_prompt: str | list[int] | None = None
+        self.engine_prompt: str | list[int] | Messages | None = None
         self.context: dict[str, int] | None = None  # a fitted chat prompt's window, budget, length and turns
         self.actor: record.ActorRef | None = None  # pseudonymised once, at the start
         self.prompt_tokens: int | None = None
@@ -523,17 +533,17 @@ class _Record:
             "llm.interaction", call.surface, scrub(call.request_id), actor, call.conversation_id, call.message_id, call.session_id
         )
 
-    def skeleton(self, model: LoadedModel, actor: record.ActorRef) -> dict[str, Any]:
+    def skeleton(self, actor: record.ActorRef) -> dict[str, Any]:
         """The journal's copy of a call in progress: the record it gets if a crash cuts it."""
         return dataclasses.replace(
             self.identity(actor),
-            model=record.ModelRef(model.name, model.quant),
+            model=record.ModelRef(self.model.name, self.model.quant),
             timing=record.Timing(iso_utc(self.started_at)),
             guard=record.GuardRef(None, self.call.surface, POLICY_VERSION),
         ).to_json()
 
-    def envelope(self, model: LoadedModel, audit: AuditLog, actor: record.ActorRef) -> record.Envelope:
-        call, p = self.call, self.call.params
+    def envelope(self, audit: AuditLog, actor: record.ActorRef) -> record.Envelope:
+        call, p, model = self.call, self.call.params, self.model
         results_in, results_out = self.input_results, self.output_results()
         if not results_in:
             results_in = [ScanResult(n, Verdict.NOT_SCANNED, reason="not run") for n in PROFILES[call.surface].input_scanners]

@@ -3,7 +3,8 @@
 A URL's query can carry anything a client put there (a site key, a token, a pasted secret), and
 uvicorn's access and WebSocket log lines print the full path. The filter rewrites those lines'
 arguments before any handler formats them. Libraries that echo SQL parameters (visitor text,
-identifiers) at debug level are held at WARNING whatever `--log-level` says.
+identifiers) at debug level are held at WARNING whatever `--log-level` says, and so is httpx, which
+logs every request the upstream pool makes (a health check every few seconds; the pool logs what matters).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 
 _QUERY = re.compile(r"\?[^\s\"']*")
 LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn")
-DATA_ECHOING = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool")
+DATA_ECHOING = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "httpx", "httpcore")
 
 
 class DropQueryStrings(logging.Filter):

@@ -32,9 +32,12 @@ def _state(request: Request) -> AppState:
 
 
 def _check_model(state: AppState, body: _Sampling) -> None:
-    if body.model is not None and body.model not in (state.model.name, "default"):
+    if body.model is not None and body.model not in (state.gateway.model.name, "default"):
         raise APIError(
-            404, f"model {body.model!r} does not exist; this server serves {state.model.name!r}", param="model", code="model_not_found"
+            404,
+            f"model {body.model!r} does not exist; this server serves {state.gateway.model.name!r}",
+            param="model",
+            code="model_not_found",
         )
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
@@ -170,10 +173,10 @@ async def completions(request: Request) -> Response:
     _check_model(state, body)
     prompt = body.single_prompt()
     if body.suffix is not None:
-        if state.model.fim_tokens is None:
+        if not state.gateway.model.fim:
             raise APIError(
                 400,
-                f"model {state.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone",
+                f"model {state.gateway.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone",
                 param="suffix",
                 code="fim_not_supported",
             )
@@ -188,7 +191,7 @@ async def completions(request: Request) -> Response:
             "id": rid,
             "object": "text_completion",
             "created": created,
-            "model": state.model.name,
+            "model": state.gateway.model.name,
             "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}],
         }
 
@@ -203,8 +206,8 @@ async def chat_completions(request: Request) -> Response:
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     body = await _parse(request, ChatBody, "support_chat", rid)
     _check_model(state, body)
-    if not getattr(state.model.tokenizer, "chat_template", None):
-        raise APIError(400, f"model {state.model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
+    if not state.gateway.model.chat:
+        raise APIError(400, f"model {state.gateway.model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
     messages = tuple(("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     call = _call(request, body, "support_chat", ChatPrompt(messages), max_tokens, Priority.CHAT, rid)
@@ -220,7 +223,7 @@ async def chat_completions(request: Request) -> Response:
             "id": rid,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": state.model.name,
+            "model": state.gateway.model.name,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
@@ -229,7 +232,7 @@ async def chat_completions(request: Request) -> Response:
             "id": rid,
             "object": "chat.completion",
             "created": created,
-            "model": state.model.name,
+            "model": state.gateway.model.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
         }
@@ -239,7 +242,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     state = _state(request)
-    m = state.model
+    m = state.gateway.model
     return JSONResponse(
         {
             "object": "list",
@@ -250,11 +253,14 @@ async def list_models(request: Request) -> Response:
                     "created": state.started,
                     "owned_by": "tandem",
                     # the window the gateway enforces (a configured --context-length), which clients budget against, not the model's native one
-                    "context_length": state.gateway.context_length,
-                    "native_context_length": m.context_length,
+                    "context_length": m.context_length,
+                    "native_context_length": m.native_context_length,
                     "quantization": m.quant,
                     "memory_footprint_bytes": m.footprint_bytes,
-                    "fim": m.fim_tokens is not None,
+                    "fim": m.fim,
+                    "chat": m.chat,
+                    "backend": m.backend,  # local: the in-process engine; upstream: a pool of OpenAI-compatible servers
+                    "token_count": m.token_count,  # tokenizer (exact), upstream (its tokenize endpoint) or estimate
                 }
             ],
         }

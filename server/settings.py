@@ -2,7 +2,9 @@
 
 `TANDEM_HOME` (all writable state), `TANDEM_API_KEY` and `TANDEM_ADMIN_TOKEN` (the server's
 credentials when not given on the command line), `TANDEM_COMPILE=0` (keep the eager decode step),
-`TANDEM_SERVER_URL` (where the language server finds the server).
+`TANDEM_SERVER_URL` (where the language server finds the server), `TANDEM_UPSTREAMS` (the URLs of
+OpenAI-compatible servers to generate through, separated by commas or spaces) and
+`TANDEM_UPSTREAM_API_KEY` (the key they want).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Environment:
     admin_token: str | None
     compile: bool
     server_url: str | None
+    upstreams: tuple[str, ...] = ()
+    upstream_api_key: str | None = None
 
 
 def environment() -> Environment:
@@ -33,4 +37,6 @@ def environment() -> Environment:
         admin_token=os.environ.get("TANDEM_ADMIN_TOKEN") or None,
         compile=os.environ.get("TANDEM_COMPILE", "1") != "0",
         server_url=os.environ.get("TANDEM_SERVER_URL") or None,
+        upstreams=tuple(os.environ.get("TANDEM_UPSTREAMS", "").replace(",", " ").split()),
+        upstream_api_key=os.environ.get("TANDEM_UPSTREAM_API_KEY") or None,
     )

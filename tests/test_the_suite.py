@@ -10,7 +10,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-PARTS = {"engine", "guard", "audit", "gateway", "dialog", "lsp", "e2e"}  # e2e: the real models, end to end
+PARTS = {"engine", "guard", "audit", "gateway", "upstream", "dialog", "lsp", "e2e"}  # e2e: the real models, end to end
 
 # The sleeps that are not synchronisation, each where it is and why: the poll itself, and pauses
 # that stand for something slow or paced on the other side.
@@ -20,6 +20,8 @@ SLEEPS_ALLOWED = {
     ("scripted_engine.py", "stream"): "the scripted engine's time per piece",
     ("lsp/test_lsp_typing.py", "events"): "the scripted server's time per piece",
     ("gateway/test_server_protocol.py", "slow_tiny_model"): "a forward hook that makes each model step slow",
+    ("upstream/scripted_upstream.py", "generate"): "a scripted upstream that stays silent (a hung server)",
+    ("upstream/scripted_upstream.py", "_events"): "the scripted upstream's time per piece",
     ("dialog/test_dialog_load.py", "visitor"): "a visitor told Retry-After waits that long before asking again, as the widget does",
 }
 

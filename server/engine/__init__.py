@@ -15,6 +15,7 @@ from .types import (
     EngineOverloaded,
     GenerationRequest,
     InvalidRequest,
+    Messages,
     Priority,
 )
 
@@ -47,5 +48,6 @@ __all__ = [
     "EngineOverloaded",
     "GenerationRequest",
     "InvalidRequest",
+    "Messages",
     "Priority",
 ]

@@ -226,8 +226,10 @@ class Engine:
         """Tokenise and check a request; raises InvalidRequest with the offending parameter."""
         if isinstance(req.prompt, str):
             ids = list(self.tokenizer.encode(req.prompt, add_special_tokens=True))
-        else:
+        elif isinstance(req.prompt, list):
             ids = list(req.prompt)
+        else:
+            raise InvalidRequest("the in-process engine takes text or token ids, not messages", "prompt")
             if any(not isinstance(i, int) or i < 0 or i >= self.vocab_size for i in ids):
                 raise InvalidRequest(f"prompt token ids must be integers in [0, {self.vocab_size})", "prompt")
         if not ids:
@@ -253,6 +255,8 @@ class Engine:
         """Generate for `req`. Closing the iterator cancels the request at the next step."""
         if not self.alive:
             raise EngineClosed("engine is not running")
+        if not isinstance(req.prompt, str | list) or req.suffix is not None:
+            raise InvalidRequest("the in-process engine takes a rendered prompt (text or token ids), not messages or a suffix", "prompt")
         # tokenising a long prompt takes long enough to stall every other stream: off the event loop
         ids = await asyncio.to_thread(self.prompt_ids, req) if len(req.prompt) > 4096 else self.prompt_ids(req)
         seq = _Sequence(req, ids, self.tokenizer, asyncio.get_running_loop(), self.speculative)

@@ -40,10 +40,19 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """One generation. `prompt` is text (tokenised by the engine) or token ids."""
+class Messages:
+    """A chat prompt left for the backend to render with its own template (an upstream that the
+    gateway has no tokenizer for); the in-process engine takes only text or token ids."""
 
-    prompt: str | list[int]
+    turns: tuple[tuple[str, str], ...]  # (role, content)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation. `prompt` is text (tokenised by the engine) or token ids (or, for an
+    upstream, `Messages`)."""
+
+    prompt: str | list[int] | Messages
     max_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -54,6 +63,11 @@ class GenerationRequest:
     # Prompt-lookup speculation (greedy rows only; the same tokens either way). None: on for
     # INTERACTIVE (completion copies from its window), off otherwise.
     speculative: bool | None = None
+    # For a pool of upstreams: the text after the cursor, where the upstream fills in the middle
+    # itself (no local tokenizer to build the prompt), and the key that keeps a conversation or
+    # a document on one upstream (its prefix cache). The in-process engine refuses a suffix.
+    suffix: str | None = None
+    affinity: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 from lsprotocol import types
 from transformers import AutoTokenizer
 
-from server.gateway import fim_prompt_ids
+from server.backends.tokenizer_text import fim_prompt_ids
 from server.models import ModelNotFound, choose_quant, fim_tokens, installed_model_gguf, linear_block_types, resolve
 from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, stop_process, wait_healthy
 from tests.lsp_client import inline_params, open_doc, start_lsp, stats, text_of, wait_until

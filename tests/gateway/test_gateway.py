@@ -60,13 +60,14 @@ def scripted(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def]
 
 # --- one road ------------------------------------------------------------------------------------
 
-ALLOWED_ENGINE_USERS = {"server/gateway.py", "server/app.py"}
+ALLOWED_ENGINE_USERS = {"server/gateway.py", "server/app.py", "server/backends/local.py"}  # the local backend wraps the engine
 BENCHMARK = "server/bench/"  # measures the engine itself, beside its peers; serves no client
 
 
 def test_no_module_but_the_gateway_calls_the_engine() -> None:
-    """Statically: outside the engine package, nothing but the gateway calls `stream` on an engine or
-    reaches into the gateway's engine, and only the app (which builds it) and the benchmark import it."""
+    """Statically: outside the engine package, nothing but the gateway and the local backend (its
+    engine interface over the in-process engine) calls `stream` on an engine or reaches into the
+    gateway's engine, and only the app (which builds it) and the benchmark import it."""
     offenders = []
     for path in [*ROOT.glob("server/**/*.py"), *ROOT.glob("lsp/**/*.py"), *ROOT.glob("dialog/**/*.py")]:
         rel = path.relative_to(ROOT).as_posix()
@@ -87,15 +88,15 @@ def test_no_module_but_the_gateway_calls_the_engine() -> None:
 
 
 def test_every_route_reaches_the_engine_only_through_the_gateway(tiny_model, tokenizer, tmp_path) -> None:
-    """Dynamically: call every route of the app; every engine call comes from the gateway, and
-    there is one audit record per engine call."""
-    callers: list[str] = []
+    """Dynamically: call every route of the app; every engine call comes from the gateway (through
+    the local backend), and there is one audit record per engine call."""
+    callers: list[tuple[str, str]] = []
 
     class Watched(Engine):
         def stream(self, req):  # type: ignore[no-untyped-def,override]
             import sys
 
-            callers.append(sys._getframe(1).f_globals["__name__"])
+            callers.append((sys._getframe(1).f_globals["__name__"], sys._getframe(2).f_globals["__name__"]))
             return super().stream(req)
 
     loaded = tiny_loaded(tiny_model, tokenizer)
@@ -122,7 +123,7 @@ def test_every_route_reaches_the_engine_only_through_the_gateway(tiny_model, tok
                     timeout=60,
                 )
                 assert r.status_code < 500, (path, r.text)
-        assert callers and set(callers) == {"server.gateway"}
+        assert callers and set(callers) == {("server.backends.local", "server.gateway")}
         assert len(records(tmp_path, len(callers))) == len(callers) == 4
 
 

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from server.gateway import fim_prompt_ids
+from server.backends.tokenizer_text import fim_prompt_ids
 from tests.conftest import ROOT, tiny_llama
 from tests.waiting import eventually
 
