@@ -71,7 +71,9 @@ class EngineClient:
                 if not self.autostart:
                     raise EngineUnavailable(f"no Tandem server at {self.url}")
                 await asyncio.to_thread(self._start_and_wait)
-            (model,) = (await self.http.get("/v1/models")).json()["data"]
+            served = (await self.http.get("/v1/models")).json()["data"]
+            # the model behind /v1/completions (a deployment may serve the chat from another)
+            model = next((m for m in served if "completions" in m.get("endpoints", ["completions"])), served[0])
             self.info = ServerInfo(model["id"], bool(model.get("fim")), int(model.get("context_length") or 2048))
             return self.info
 

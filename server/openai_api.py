@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .errors import APIError, from_failure
-from .gateway import Actor, Call, CallFailed, ChatPrompt, Delta, FimPrompt, Params, Priority, TextPrompt
+from .gateway import Actor, Call, CallFailed, ChatPrompt, Delta, FimPrompt, ModelInfo, Params, Priority, TextPrompt
 from .schemas import Body, ChatBody, CompletionBody, _Sampling, parse_body, read_body
 from .state import AppState
 
@@ -31,11 +31,12 @@ def _state(request: Request) -> AppState:
     return request.state.tandem  # type: ignore[no-any-return]
 
 
-def _check_model(state: AppState, body: _Sampling) -> None:
-    if body.model is not None and body.model not in (state.gateway.model.name, "default"):
+def _check_model(state: AppState, body: _Sampling, surface: str) -> None:
+    served = state.gateway.model_for(surface).name
+    if body.model is not None and body.model not in (served, "default"):
         raise APIError(
             404,
-            f"model {body.model!r} does not exist; this server serves {state.gateway.model.name!r}",
+            f"model {body.model!r} does not exist; this endpoint serves {served!r}",
             param="model",
             code="model_not_found",
         )
@@ -170,13 +171,14 @@ async def completions(request: Request) -> Response:
     state = _state(request)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     body = await _parse(request, CompletionBody, "ide_completion", rid)
-    _check_model(state, body)
+    _check_model(state, body, "ide_completion")
+    model = state.gateway.model_for("ide_completion")
     prompt = body.single_prompt()
     if body.suffix is not None:
-        if not state.gateway.model.fim:
+        if not model.fim:
             raise APIError(
                 400,
-                f"model {state.gateway.model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone",
+                f"model {model.name!r} has no fill-in-the-middle tokens, so `suffix` is not supported; send the prefix alone",
                 param="suffix",
                 code="fim_not_supported",
             )
@@ -191,7 +193,7 @@ async def completions(request: Request) -> Response:
             "id": rid,
             "object": "text_completion",
             "created": created,
-            "model": state.gateway.model.name,
+            "model": model.name,
             "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}],
         }
 
@@ -205,9 +207,10 @@ async def chat_completions(request: Request) -> Response:
     state = _state(request)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     body = await _parse(request, ChatBody, "support_chat", rid)
-    _check_model(state, body)
-    if not state.gateway.model.chat:
-        raise APIError(400, f"model {state.gateway.model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
+    _check_model(state, body, "support_chat")
+    model = state.gateway.model_for("support_chat")
+    if not model.chat:
+        raise APIError(400, f"model {model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
     messages = tuple(("system" if m.role == "developer" else m.role, m.text()) for m in body.messages)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     call = _call(request, body, "support_chat", ChatPrompt(messages), max_tokens, Priority.CHAT, rid)
@@ -223,7 +226,7 @@ async def chat_completions(request: Request) -> Response:
             "id": rid,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": state.gateway.model.name,
+            "model": model.name,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
@@ -232,7 +235,7 @@ async def chat_completions(request: Request) -> Response:
             "id": rid,
             "object": "chat.completion",
             "created": created,
-            "model": state.gateway.model.name,
+            "model": model.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
         }
@@ -240,31 +243,31 @@ async def chat_completions(request: Request) -> Response:
     return await _respond(request, body, call, chunk, whole, opening_chunk=True)
 
 
+ENDPOINTS = {"ide_completion": "completions", "support_chat": "chat"}  # a model's surfaces, as clients know them
+
+
 async def list_models(request: Request) -> Response:
     state = _state(request)
-    m = state.gateway.model
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "id": m.name,
-                    "object": "model",
-                    "created": state.started,
-                    "owned_by": "tandem",
-                    # the window the gateway enforces (a configured --context-length), which clients budget against, not the model's native one
-                    "context_length": m.context_length,
-                    "native_context_length": m.native_context_length,
-                    "quantization": m.quant,
-                    "memory_footprint_bytes": m.footprint_bytes,
-                    "fim": m.fim,
-                    "chat": m.chat,
-                    "backend": m.backend,  # local: the in-process engine; upstream: a pool of OpenAI-compatible servers
-                    "token_count": m.token_count,  # tokenizer (exact), upstream (its tokenize endpoint) or estimate
-                }
-            ],
-        }
-    )
+    return JSONResponse({"object": "list", "data": [_model_entry(state, m, surfaces) for m, surfaces in state.gateway.models()]})
+
+
+def _model_entry(state: AppState, m: ModelInfo, surfaces: list[str]) -> dict[str, Any]:
+    return {
+        "id": m.name,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "tandem",
+        # the window the gateway enforces (a configured --context-length), which clients budget against, not the model's native one
+        "context_length": m.context_length,
+        "native_context_length": m.native_context_length,
+        "quantization": m.quant,
+        "memory_footprint_bytes": m.footprint_bytes,
+        "fim": m.fim,
+        "chat": m.chat,
+        "backend": m.backend,  # local: the in-process engine; upstream: a pool of OpenAI-compatible servers
+        "token_count": m.token_count,  # tokenizer (exact), upstream (its tokenize endpoint) or estimate
+        "endpoints": [ENDPOINTS[s] for s in surfaces],  # which of /v1/completions and /v1/chat/completions it serves
+    }
 
 
 routes = [

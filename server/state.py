@@ -3,15 +3,15 @@ and says what model it serves)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
 
+from .backends import Backend
+from .backends.spec import BackendSpec
 from .gateway import Gateway
-
-if TYPE_CHECKING:
-    from .backends.upstream import UpstreamPool
 
 
 @dataclass
@@ -20,4 +20,5 @@ class AppState:
     registry: CollectorRegistry
     started: int  # unix time the server started
     completion_feedback: Counter  # accepted / dismissed, from clients
-    upstreams: UpstreamPool | None = None  # the pool, when the gateway generates through upstreams (for /healthz)
+    open_backend: Callable[[BackendSpec], Awaitable[Backend]]  # for a hot swap: loads a model or opens a pool
+    swapping: asyncio.Lock = field(default_factory=asyncio.Lock)  # one swap at a time

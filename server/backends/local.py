@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry
+
 from ..engine.types import Delta, GenerationRequest
 from ..models import LoadedModel
 from .protocol import ModelInfo
@@ -19,8 +21,9 @@ class LocalBackend:
     """`engine` is the in-process `Engine` (or anything with its interface: the protocol tests'
     scripted engine)."""
 
-    def __init__(self, model: LoadedModel, engine: Engine | Any) -> None:
+    def __init__(self, model: LoadedModel, engine: Engine | Any, registry: CollectorRegistry | None = None) -> None:
         self.model, self.engine = model, engine
+        self.registry = registry  # the engine's own metrics, shown on /metrics while it serves
         self._text = TokenizerText(model.tokenizer, model.fim_tokens, as_ids=True)
         self._info = ModelInfo(
             name=model.name,

@@ -36,11 +36,14 @@ REQUIRED = {
     ("GET", "/audit/api/records"): "admin",
     ("GET", "/audit/api/records/{ref}"): "admin",
     ("GET", "/audit/api/verify"): "admin",
+    ("GET", "/admin/model"): "admin",
+    ("POST", "/admin/model"): "admin",  # last: its call swaps the chat to an upstream that is not there
 }
 BODIES = {
     "/v1/completions": {"prompt": "hi", "max_tokens": 1},
     "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
     "/v1/feedback": {"request_id": "cmpl-" + "0" * 32, "event": "accepted"},
+    "/admin/model": {"upstreams": ["http://127.0.0.1:9"], "surface": "chat"},
 }
 
 

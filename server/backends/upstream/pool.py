@@ -39,11 +39,13 @@ DEFAULT_CONTEXT = 2048  # when neither the upstreams, the settings nor a tokeniz
 
 
 class UpstreamPool:
-    def __init__(self, config: UpstreamConfig, registry: CollectorRegistry, text: PromptText | None, native_context: int | None) -> None:
+    def __init__(
+        self, config: UpstreamConfig, metrics: PoolMetrics, text: PromptText | None = None, native_context: int | None = None
+    ) -> None:
         if not config.urls:
             raise ValueError("a pool needs at least one upstream URL")
         self.config = config
-        self.metrics = PoolMetrics(registry)
+        self.metrics = metrics
         slots = len(config.urls) * config.max_concurrency
         self.client = httpx.AsyncClient(
             trust_env=False,  # an operator's HTTP_PROXY is not a road to the upstreams they name
@@ -65,10 +67,11 @@ class UpstreamPool:
             self.metrics.watch(up.url, lambda up=up: up.healthy, lambda up=up: up.outstanding, lambda: self._waiting)  # type: ignore[misc]
 
     @classmethod
-    async def open(cls, config: UpstreamConfig, registry: CollectorRegistry) -> UpstreamPool:
-        """Load the tokenizer if one is configured, check every upstream once, start the health loop."""
+    async def open(cls, config: UpstreamConfig, registry: CollectorRegistry, metrics: PoolMetrics | None = None) -> UpstreamPool:
+        """Load the tokenizer if one is configured, check every upstream once, start the health loop.
+        `metrics`: the app's pool metrics, when it has opened a pool before (they register once)."""
         text, native = (await asyncio.to_thread(load_tokenizer_text, config.tokenizer)) if config.tokenizer else (None, None)
-        pool = cls(config, registry, text, native)
+        pool = cls(config, metrics or PoolMetrics(registry), text, native)
         await pool.check_all()
         if pool.counter is not None:
             await asyncio.to_thread(pool.counter.probe, [u.url for u in pool.upstreams if u.healthy])
@@ -171,6 +174,8 @@ class UpstreamPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health
         await self._notify()
+        for up in self.upstreams:
+            up.healthy = False  # out of this pool's rotation for good (its gauges read 0 unless a new pool watches the URL)
         await self.client.aclose()
         if self.counter is not None:
             self.counter.close()
