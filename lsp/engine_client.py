@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import json
 import logging
 import subprocess
@@ -105,11 +106,13 @@ class EngineClient:
                 time.sleep(0.25)
 
     async def complete(
-        self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str], background: bool = False
+        self, prompt: str, suffix: str | None, max_tokens: int, stop: list[str], background: bool = False, document: str | None = None
     ) -> AsyncIterator[tuple[str, str]]:
         """Stream (request_id, text) pieces. Leaving the loop early closes the stream, which
         cancels the generation in the engine. `background` asks the engine to serve every
-        interactive request first (a warm-up)."""
+        interactive request first (a warm-up). `document` keeps a file's requests on one upstream
+        where the server generates through several (its prefix cache holds the file), sent as a
+        hash: the URI itself names the user's files."""
         # clean: a lone surrogate cannot be encoded, and would fail the request (documents are
         # cleaned as they arrive; this is the last line of defence)
         body: dict[str, object] = {
@@ -123,8 +126,9 @@ class EngineClient:
             body["priority"] = "background"
         if suffix is not None:
             body["suffix"] = clean(suffix)
+        headers = {"X-Tandem-Affinity": hashlib.sha256(document.encode()).hexdigest()[:32]} if document else None
         try:
-            async with self.http.stream("POST", "/v1/completions", json=body) as response:
+            async with self.http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
                 if response.status_code != 200:
                     detail = (await response.aread()).decode("utf-8", "replace")[:300]
                     raise EngineUnavailable(f"completion failed ({response.status_code}): {detail}")

@@ -204,7 +204,7 @@ class TandemLanguageServer(LanguageServer):
         ctx = postprocess.Context(prompt.cursor_prefix, suffix, s.multiline)
         line_before = prompt.cursor_prefix[prompt.cursor_prefix.rfind("\n") + 1 :]
         pieces = aligned(
-            self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop),
+            self.engine.complete(prompt.prefix, prompt.suffix if info.fim else None, s.max_tokens, stop, document=uri),
             line_before if not line_before.strip() else None,
         )
         gen = Generation(uri, prefix, suffix)
@@ -301,8 +301,8 @@ class TandemLanguageServer(LanguageServer):
 
         self.warmer.schedule(uri, prompt)
 
-    async def _send_warm_up(self, prompt: str, suffix: str | None) -> None:
-        async for _ in self.engine.complete(prompt, suffix, 1, [], background=True):
+    async def _send_warm_up(self, prompt: str, suffix: str | None, uri: str) -> None:
+        async for _ in self.engine.complete(prompt, suffix, 1, [], background=True, document=uri):
             pass
 
     def _unavailable(self, exc: EngineUnavailable) -> None:

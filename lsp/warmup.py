@@ -22,7 +22,7 @@ log = logging.getLogger("tandem.lsp")
 DELAY_SECONDS = 0.25
 REMEMBERED = 64
 
-Send = Callable[[str, str | None], Awaitable[None]]  # (prompt, suffix or None): one warm-up request
+Send = Callable[[str, str | None, str], Awaitable[None]]  # (prompt, suffix or None, document uri): one warm-up request
 
 
 class Warmer:
@@ -39,9 +39,9 @@ class Warmer:
         old = self._tasks.pop(uri, None)
         if old is not None and not old.done():
             old.cancel()
-        self._tasks[uri] = asyncio.ensure_future(self._later(prompt))
+        self._tasks[uri] = asyncio.ensure_future(self._later(uri, prompt))
 
-    async def _later(self, prompt: Callable[[], tuple[str, str | None] | None]) -> None:
+    async def _later(self, uri: str, prompt: Callable[[], tuple[str, str | None] | None]) -> None:
         await asyncio.sleep(DELAY_SECONDS)  # a debounce: only a cursor at rest is worth warming
         built = prompt()
         if built is None:
@@ -55,7 +55,7 @@ class Warmer:
         assert current is not None
         self._sending[current] = text
         try:
-            await self._send(text, suffix)
+            await self._send(text, suffix, uri)
             self.sent += 1
             self._warmed[key] = None
             while len(self._warmed) > REMEMBERED:

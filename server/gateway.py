@@ -124,6 +124,7 @@ class Call:
     conversation_id: str | None = None
     message_id: str | None = None
     session_id: str | None = None
+    affinity: str | None = None  # keeps related calls on one upstream (the IDE's document); default: the conversation, session or user
     on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned and fitted, before generation
 
 
@@ -302,7 +303,7 @@ class Gateway:
             req = GenerationRequest(
                 prompt=engine_prompt,
                 suffix=fitted.suffix,
-                affinity=call.conversation_id or call.session_id or call.actor.user,
+                affinity=call.affinity or call.conversation_id or call.session_id or call.actor.user,
                 max_tokens=call.params.max_tokens if call.params.max_tokens is not None else default_max,
                 temperature=call.params.temperature,
                 top_p=call.params.top_p,

@@ -122,7 +122,9 @@ async def _parse(request: Request, body_type: type[Body], surface: str, rid: str
 
 def _call(request: Request, body: _Sampling, surface: str, prompt: Any, max_tokens: int | None, priority: Priority, rid: str) -> Call:
     params = Params(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop_strings())
-    return Call(surface, _actor(request, body), prompt, params, priority, request_id=rid)
+    # X-Tandem-Affinity: calls that should share an upstream (the language server sends a hash of the document)
+    affinity = request.headers.get("x-tandem-affinity", "")[:128] or None
+    return Call(surface, _actor(request, body), prompt, params, priority, request_id=rid, affinity=affinity)
 
 
 async def _respond(

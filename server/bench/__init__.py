@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", default=None, help="comma-separated concurrency levels (default 1,4,16,32)")
     p.add_argument("--max-tokens", type=int, default=None, help="new tokens per stream (default 64; quick 16)")
     p.add_argument("--repeats", type=int, default=None, help="runs per cell, median reported (default 3; quick 1)")
-    p.add_argument("--sections", default="throughput,mixed,speculative,quantization,ceiling", help="which sections to run")
+    p.add_argument(
+        "--sections",
+        default="throughput,mixed,speculative,quantization,ceiling,gateway",
+        help="which sections to run (gateway: the gateway's cost in front of a llama.cpp server)",
+    )
     p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out even when installed")
     p.add_argument("--out", default="bench-out", help="directory for bench.md and bench.json")

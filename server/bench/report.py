@@ -118,6 +118,26 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {q['quant']} | {q['footprint_mib']:.0f} | {q.get('decode_step', '')} | {q['decode_b1_tok_s']:.1f} | {q['decode_b16_tok_s']:.1f} | {ppl} |"
             )
         lines.append("")
+    if "gateway_overhead" in r:
+        g = r["gateway_overhead"]
+        lines += ["## The gateway in front of an upstream", ""]
+        if "rows" not in g:
+            lines += [f"Not run: {g['status']}", ""]
+        else:
+            lines += [
+                f"The same chat streams ({g['max_tokens']} tokens each, greedy) sent straight to {g['upstream']} and through "
+                f"`tandem serve --upstream` (guard, audit, routing) to it, alternating which goes first; median of {g['repeats']} run(s).",
+                "",
+                "| streams | direct tok/s | gateway tok/s | fewer tok/s | direct TTFT p50 ms | gateway TTFT p50 ms | added TTFT ms |",
+                "|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for row in g["rows"]:
+                d, w = row["direct"], row["gateway"]
+                lines.append(
+                    f"| {row['streams']} | {d['tok_s']:.1f} | {w['tok_s']:.1f} | {row['tok_s_overhead_pct']:+.1f}% | {d['ttft_p50_ms']:.0f} | "
+                    f"{w['ttft_p50_ms']:.0f} | {row['ttft_p50_added_ms']:+.0f} |"
+                )
+            lines.append("")
     if "ceiling" in r:
         c = r["ceiling"]
         bw = c["bandwidth"]

@@ -17,6 +17,7 @@ import transformers
 from .. import models
 from ..engine import Engine, EngineConfig
 from .ceiling import read_bandwidth
+from .gateway_overhead import measure_gateway_overhead
 from .measure import RATIO_KEYS, Run, summarise
 from .mixed import mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
@@ -39,6 +40,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "b1_rounds": 1 if quick else 5,
         "path_rounds": 1 if quick else 3,
         "sections": args.sections.split(","),
+        "gateway_streams": [1, 16],
         "spec_rows": [1, 8] if quick else [1, 2, 4, 8, 16],
         "spec_tokens": 16 if quick else 64,
         "spec_rounds": 1 if quick else 3,
@@ -208,6 +210,19 @@ def run_bench(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    if "gateway" in s["sections"]:
+        print(
+            f"gateway overhead: {s['gateway_streams']} streams straight to a llama.cpp server and through tandem serve --upstream",
+            flush=True,
+        )
+        try:
+            result["gateway_overhead"] = measure_gateway_overhead(
+                s["gateway_streams"], s["max_tokens"], s["repeats"], Path(args.out) / "gateway"
+            )
+        except RuntimeError as exc:
+            result["gateway_overhead"] = {"status": f"not run: {exc}"}
+            print(f"  not run: {exc}", flush=True)
+
     result["bars"] = bars(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
@@ -232,6 +247,10 @@ def bars(result: dict[str, Any]) -> dict[str, Any]:
             "value": result["mixed"]["p95_ratio"],
             "pass": result["mixed"]["p95_ratio"] <= 2,
         }
+    at16 = next((r for r in result.get("gateway_overhead", {}).get("rows", []) if r["streams"] == 16), None)
+    if at16 is not None:
+        out["gateway_overhead_at_16_le_5pct_tok_s"] = {"value": at16["tok_s_overhead_pct"], "pass": at16["tok_s_overhead_pct"] <= 5}
+        out["gateway_ttft_added_at_16_le_20ms"] = {"value": at16["ttft_p50_added_ms"], "pass": at16["ttft_p50_added_ms"] <= 20}
     if "ceiling" in result:
         f = result["ceiling"]["fastest_fraction_of_ceiling"]
         out["batch1_decode_ge_60pct_of_ceiling"] = {"value": f, "mode": result["ceiling"]["fastest_mode"], "pass": f >= 0.6}

@@ -92,6 +92,15 @@ def test_least_outstanding_spreads_concurrent_streams_and_affinity_keeps_a_conve
             assert chat(g.url, f"turn {i}", user="visitor-7").status_code == 200
             homes.add("a" if len(a.requests) > before[0] else "b")
         assert len(homes) == 1
+        docs = set()
+        for i in range(6):  # one document's completions (the language server sends a hash of its URI): one upstream
+            before = (len(a.requests), len(b.requests))
+            r = httpx.post(
+                f"{g.url}/v1/completions", json={"prompt": f"x = {i}", "max_tokens": 4}, headers={"X-Tandem-Affinity": "doc-9f3a"}
+            )
+            assert r.status_code == 200
+            docs.add("a" if len(a.requests) > before[0] else "b")
+        assert len(docs) == 1
         others = set()
         for i in range(20):  # and different visitors spread (all 20 on one: a chance in half a million)
             served_by_a = len(a.requests)
