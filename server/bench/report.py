@@ -125,17 +125,21 @@ def markdown(r: dict[str, Any]) -> str:
             lines += [f"Not run: {g['status']}", ""]
         else:
             lines += [
-                f"The same chat streams ({g['max_tokens']} tokens each, greedy) sent straight to {g['upstream']} and through "
-                f"`tandem serve --upstream` (guard, audit, routing) to it, alternating which goes first; median of {g['repeats']} run(s).",
+                f"The same chat streams (up to {g['max_tokens']} tokens each, greedy) sent straight to an upstream and through "
+                f"`tandem serve --upstream` (guard, audit, routing) to it, alternating which goes first; median of {g['repeats']} run(s). "
+                "Both run on this machine beside the gateway; the batched Tandem upstream shares the two cores with it.",
                 "",
-                "| streams | direct tok/s | gateway tok/s | fewer tok/s | direct TTFT p50 ms | gateway TTFT p50 ms | added TTFT ms |",
-                "|---:|---:|---:|---:|---:|---:|---:|",
+                "| upstream | streams | direct tok/s | gateway tok/s | fewer tok/s | direct TTFT p50 ms | gateway TTFT p50 ms | added TTFT ms |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for row in g["rows"]:
+                if "status" in row:
+                    lines.append(f"| {row['upstream']} | | {row['status']} | | | | | |")
+                    continue
                 d, w = row["direct"], row["gateway"]
                 lines.append(
-                    f"| {row['streams']} | {d['tok_s']:.1f} | {w['tok_s']:.1f} | {row['tok_s_overhead_pct']:+.1f}% | {d['ttft_p50_ms']:.0f} | "
-                    f"{w['ttft_p50_ms']:.0f} | {row['ttft_p50_added_ms']:+.0f} |"
+                    f"| {row['upstream']} | {row['streams']} | {d['tok_s']:.1f} | {w['tok_s']:.1f} | {row['tok_s_overhead_pct']:+.1f}% | "
+                    f"{d['ttft_p50_ms']:.0f} | {w['ttft_p50_ms']:.0f} | {row['ttft_p50_added_ms']:+.0f} |"
                 )
             lines.append("")
     if "ceiling" in r:
