@@ -228,10 +228,10 @@ class Engine:
             ids = list(self.tokenizer.encode(req.prompt, add_special_tokens=True))
         elif isinstance(req.prompt, list):
             ids = list(req.prompt)
-        else:
-            raise InvalidRequest("the in-process engine takes text or token ids, not messages", "prompt")
             if any(not isinstance(i, int) or i < 0 or i >= self.vocab_size for i in ids):
                 raise InvalidRequest(f"prompt token ids must be integers in [0, {self.vocab_size})", "prompt")
+        else:
+            raise InvalidRequest("the in-process engine takes text or token ids, not messages", "prompt")
         if not ids:
             raise InvalidRequest("prompt is empty", "prompt")
         if req.max_tokens < 1:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from server.engine import Engine, EngineConfig, EngineOverloaded, GenerationRequest, InvalidRequest, Priority
+from server.engine import Engine, EngineConfig, EngineOverloaded, GenerationRequest, InvalidRequest, Messages, Priority
 from server.engine.packed import FusedPart, PackedLinear, fused_outputs, pack_linears
 from tests.conftest import tiny_llama
 from tests.waiting import eventually_async
@@ -170,6 +170,8 @@ async def test_seeded_sampling_is_reproducible_whatever_the_batch(engine_factory
         (GenerationRequest(prompt=[1, 2, 10**9], max_tokens=1), "prompt"),
         (GenerationRequest(prompt="x", temperature=-1), "temperature"),
         (GenerationRequest(prompt="x", top_p=0), "top_p"),
+        (GenerationRequest(prompt=Messages((("user", "hi"),)), max_tokens=1), "prompt"),  # an upstream's prompt, not the engine's
+        (GenerationRequest(prompt="def f(", suffix="\n", max_tokens=1), "prompt"),
     ],
 )
 async def test_invalid_requests_are_refused_and_the_engine_keeps_serving(engine_factory, req, param) -> None:
