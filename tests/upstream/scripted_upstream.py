@@ -30,6 +30,7 @@ class ScriptedUpstream:
         self.hang_seconds = 3.0  # how long "hang" stays silent before answering
         self.cut_after = 2  # "cut": pieces sent before the connection is dropped
         self.healthy = True
+        self.health_delay = 0.0  # seconds /health takes to answer
         self.tokenize = True  # a vLLM-style /tokenize
         self.fim = False
         self.fail_from: int | None = None  # from this request on (1-based), answer as "error500"
@@ -52,6 +53,8 @@ class ScriptedUpstream:
         )
 
     async def health(self, request: Request) -> Response:
+        if self.health_delay:
+            await asyncio.sleep(self.health_delay)  # a server that queues the check behind the requests it is serving
         return PlainTextResponse("ok" if self.healthy else "down", status_code=200 if self.healthy else 503)
 
     async def models(self, request: Request) -> Response:

@@ -202,6 +202,22 @@ def test_an_upstream_that_fails_its_checks_leaves_the_rotation_and_comes_back(sc
         assert chat(g.url, "hi").status_code == 200
 
 
+def test_an_upstream_too_busy_to_answer_its_check_stays_while_it_serves_and_leaves_when_idle(scripted, pool_gateway) -> None:
+    """A server that takes one request at a time answers a health check only after the requests
+    queued before it: a check that times out while it streams to us does not take it out."""
+    a = scripted("a")
+    a.pieces = [f"line {i}\n" for i in range(30)]
+    a.delay = 0.1
+    with pool_gateway([a.url], health_timeout=0.3) as g:
+        a.health_delay = 1.0
+        answer = chat(g.url, "a long one", max_tokens=30)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"].count("line") == 30
+        assert up_state(g.url, a.url) == 1 and metric(g.url, "tandem_upstream_failures_total") == 0
+        eventually(lambda: up_state(g.url, a.url) == 0, "a slow check with nothing in flight taking it out")
+        a.health_delay = 0.0
+        eventually(lambda: up_state(g.url, a.url) == 1, "back once it answers")
+
+
 def test_a_busy_upstream_is_not_taken_out_and_saturation_answers_retry_after(scripted, pool_gateway) -> None:
     a, b = scripted("a"), scripted("b")
     a.mode = "busy429"

@@ -63,7 +63,6 @@ class Upstream:
         self.outstanding = 0  # requests in flight here
         self.failures = 0  # consecutive failures: the backoff before the next check doubles with each
         self.retry_at = 0.0  # monotonic time before which a failed upstream is not checked again
-        self.last_progress = 0.0  # monotonic time bytes last arrived from it (a busy upstream is alive)
         self.last_error: str | None = None
         self.headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
 
@@ -108,9 +107,10 @@ class Upstream:
                 if response.status_code != 200:
                     raise UpstreamError(f"{self.discovered.health_path} answered {response.status_code}", "status", True)
         except (httpx.HTTPError, UpstreamError) as exc:
-            busy = self.outstanding and time.monotonic() - self.last_progress < self.config.health_timeout
-            if isinstance(exc, httpx.TimeoutException) and busy:
-                return self.healthy  # streaming to us as we speak: slow to answer a check, not down
+            if isinstance(exc, httpx.TimeoutException) and self.outstanding:
+                # serving our requests: slow to answer a check (a server that takes one request at a time queues the
+                # check behind them), not down. Wedged, it fails those requests at --upstream-timeout, and that takes it out.
+                return self.healthy
             self.mark_failed(_describe(exc))
             return False
         self.mark_up()
@@ -161,9 +161,7 @@ class Upstream:
                 response = source.response
                 if response.status_code != 200:
                     raise _refusal(response.status_code, (await response.aread())[:2000], response.headers.get("retry-after"))
-                self.last_progress = time.monotonic()
                 async for event in source.aiter_sse():
-                    self.last_progress = time.monotonic()
                     if event.data == "[DONE]":
                         break
                     if not event.data:
