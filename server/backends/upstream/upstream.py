@@ -107,9 +107,11 @@ class Upstream:
                 if response.status_code != 200:
                     raise UpstreamError(f"{self.discovered.health_path} answered {response.status_code}", "status", True)
         except (httpx.HTTPError, UpstreamError) as exc:
-            if isinstance(exc, httpx.TimeoutException) and self.outstanding:
-                # serving our requests: slow to answer a check (a server that takes one request at a time queues the
-                # check behind them), not down. Wedged, it fails those requests at --upstream-timeout, and that takes it out.
+            slow_path = self.discovered is not None and self.discovered.health_path == "/v1/models"
+            if isinstance(exc, httpx.TimeoutException) and (self.outstanding or slow_path):
+                # busy, not down: serving our requests, or (a server with no health route, whose /v1/models waits
+                # for its one model, as llama-cpp-python's does) serving someone's. Refused connections and 5xx
+                # still take it out; a wedged one fails its requests at --upstream-timeout, and that takes it out too.
                 return self.healthy
             self.mark_failed(_describe(exc))
             return False
