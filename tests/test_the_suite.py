@@ -20,8 +20,6 @@ SLEEPS_ALLOWED = {
     ("scripted_engine.py", "stream"): "the scripted engine's time per piece",
     ("lsp/test_lsp_typing.py", "events"): "the scripted server's time per piece",
     ("gateway/test_server_protocol.py", "slow_tiny_model"): "a forward hook that makes each model step slow",
-    ("upstream/scripted_upstream.py", "health"): "a scripted upstream slow to answer its health check",
-    ("upstream/scripted_upstream.py", "generate"): "a scripted upstream that stays silent (a hung server)",
     ("upstream/scripted_upstream.py", "_events"): "the scripted upstream's time per piece",
     ("dialog/test_dialog_load.py", "visitor"): "a visitor told Retry-After waits that long before asking again, as the widget does",
 }

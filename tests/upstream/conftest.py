@@ -24,6 +24,7 @@ def scripted() -> Iterator[Callable[[str], ScriptedUpstream]]:
         def start(name: str, **kwargs: Any) -> ScriptedUpstream:
             upstream = ScriptedUpstream(name, **kwargs)
             server = stack.enter_context(ThreadedServer(upstream.app(), free_port()))
+            stack.callback(upstream.release)  # before its server stops: nothing held keeps it from stopping
             upstream.url = server.url  # type: ignore[attr-defined]
             return upstream
 

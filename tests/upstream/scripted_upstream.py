@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -27,10 +28,11 @@ class ScriptedUpstream:
         self.mode = "ok"
         self.pieces: list[str] = ["Hello", " from", f" {name}", "."]
         self.delay = 0.0  # seconds per piece
-        self.hang_seconds = 3.0  # how long "hang" stays silent before answering
+        self.released = threading.Event()  # "hang" answers nothing until this is set (the fixture sets it at the end)
         self.cut_after = 2  # "cut": pieces sent before the connection is dropped
         self.healthy = True
-        self.health_delay = 0.0  # seconds /health takes to answer
+        self.health_open = threading.Event()  # /health answers only while this is set (cleared: a server that
+        self.health_open.set()  # queues the check behind the requests it is serving)
         self.tokenize = True  # a vLLM-style /tokenize
         self.fim = False
         self.fail_from: int | None = None  # from this request on (1-based), answer as "error500"
@@ -40,6 +42,11 @@ class ScriptedUpstream:
         self.lock = threading.Lock()
 
     # ----- the app -------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Let every held answer and check go (the end of a test)."""
+        self.released.set()
+        self.health_open.set()
 
     def app(self) -> Starlette:
         return Starlette(
@@ -53,8 +60,8 @@ class ScriptedUpstream:
         )
 
     async def health(self, request: Request) -> Response:
-        if self.health_delay:
-            await asyncio.sleep(self.health_delay)  # a server that queues the check behind the requests it is serving
+        if not self.health_open.is_set():
+            await anyio.to_thread.run_sync(self.health_open.wait)
         return PlainTextResponse("ok" if self.healthy else "down", status_code=200 if self.healthy else 503)
 
     async def models(self, request: Request) -> Response:
@@ -90,7 +97,7 @@ class ScriptedUpstream:
         if mode == "not_sse":
             return PlainTextResponse("<html>a proxy's error page</html>", status_code=200)
         if mode == "hang":
-            await asyncio.sleep(self.hang_seconds)
+            await anyio.to_thread.run_sync(self.released.wait)
         return _EventStream(self, body, mode)
 
     async def _events(self, body: dict[str, Any], chat: bool, mode: str) -> AsyncGenerator[str]:

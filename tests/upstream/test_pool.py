@@ -116,7 +116,6 @@ def test_least_outstanding_spreads_concurrent_streams_and_affinity_keeps_a_conve
 def test_a_failure_before_the_first_token_is_retried_on_another_upstream(scripted, pool_gateway, mode) -> None:
     a, b = scripted("a"), scripted("b")
     a.mode, a.cut_after = ("cut", 0) if mode == "cut0" else (mode, 2)
-    a.hang_seconds = 4.0
     with pool_gateway([a.url, b.url], read_timeout=1.0) as g:
         for _ in range(2):  # whichever of the two the first lands on
             r = chat(g.url, "hello", stream=True)
@@ -155,7 +154,6 @@ def test_every_upstream_failing_gives_clear_errors_and_the_gateway_keeps_serving
     with pool_gateway([a.url, b.url], read_timeout=1.0) as g:
         for mode, status in (("error500", 502), ("garbage", 502), ("not_sse", 502), ("hang", 502)):
             a.mode = b.mode = mode
-            a.hang_seconds = b.hang_seconds = 3.0
             r = chat(g.url, "hello")
             if r.status_code == 503:  # both already out of the rotation from the previous round
                 assert r.json()["error"]["code"] == "engine_unavailable" and int(r.headers["retry-after"]) >= 1
@@ -209,12 +207,12 @@ def test_an_upstream_too_busy_to_answer_its_check_stays_while_it_serves_and_leav
     a.pieces = [f"line {i}\n" for i in range(30)]
     a.delay = 0.1
     with pool_gateway([a.url], health_timeout=0.3) as g:
-        a.health_delay = 1.0
+        a.health_open.clear()
         answer = chat(g.url, "a long one", max_tokens=30)
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"].count("line") == 30
         assert up_state(g.url, a.url) == 1 and metric(g.url, "tandem_upstream_failures_total") == 0
         eventually(lambda: up_state(g.url, a.url) == 0, "a slow check with nothing in flight taking it out")
-        a.health_delay = 0.0
+        a.health_open.set()
         eventually(lambda: up_state(g.url, a.url) == 1, "back once it answers")
 
 
