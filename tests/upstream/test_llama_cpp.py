@@ -21,7 +21,7 @@ import pytest
 from server.audit import AuditReader
 from tests.conftest import metric
 from tests.dialog_client import Chat
-from tests.gateway.test_gateway import records
+from tests.gateway.test_gateway import _all, records
 from tests.lsp_client import inline_params, open_doc, start_lsp, text_of
 from tests.upstream.engines import LlamaServer, TandemProcess, llama_server_python
 from tests.waiting import eventually
@@ -90,7 +90,7 @@ def test_the_openai_client_is_answered_through_llama_cpp_guarded_and_audited(fle
     assert [r["outcome"]["status"] for r in rows[:3]] == ["ok", "ok", "ok"]
     reader = AuditReader(fleet.gateway.audit_dir)
     try:
-        contents = [reader.get(str(r["seq"]))["content"] for r in reader.search(_everything(), limit=100)]
+        contents = [reader.get(str(r["seq"]))["content"] for r in reader.search(_all(), limit=100)]
     finally:
         reader.close()
     assert secret not in json.dumps(contents) and "[REDACTED" in json.dumps(contents)
@@ -202,9 +202,3 @@ def test_a_cancelled_stream_frees_the_upstreams_slot(fleet: Fleet) -> None:
     for server in (fleet.a, fleet.b):  # each answers at once: no 1,500-token generation holds its one slot
         reply = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hello", "max_tokens": 4}, timeout=15)
         assert reply.status_code == 200
-
-
-def _everything() -> Any:
-    from server.audit import Filters
-
-    return Filters()

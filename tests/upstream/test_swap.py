@@ -4,6 +4,7 @@ backends."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -42,8 +43,6 @@ def chat(url: str, text: str, stream: bool = True, max_tokens: int = 16) -> dict
             return {"ended": f"http {r.status_code}", "text": r.read().decode(), "model": None}
         for line in r.iter_lines():
             if line.startswith("data: {"):
-                import json
-
                 event = json.loads(line[6:])
                 if "error" in event:
                     ended = event["error"]["code"]

@@ -103,8 +103,8 @@ class UpstreamCounter:
 class CountedText:
     """`PromptText` for an upstream without a tokenizer here."""
 
-    def __init__(self, count: Callable[[str], int], fim: bool) -> None:
-        self._count, self._fim = count, fim
+    def __init__(self, count: Callable[[str], int], fim: Callable[[], bool]) -> None:
+        self._count, self._fim = count, fim  # fim: asked each time (an upstream says whether it fills in the middle once it is found)
 
     @property
     def chat_template(self) -> bool:
@@ -112,7 +112,7 @@ class CountedText:
 
     @property
     def fim(self) -> bool:
-        return self._fim
+        return self._fim()
 
     @property
     def special_tokens(self) -> list[str]:
@@ -137,7 +137,7 @@ class CountedText:
         return Rendered(Messages(tuple(messages)), sum(self._cost(m) for m in messages) + TOKENS_FOR_ANSWER)
 
     def render_fim(self, prefix: str, suffix: str) -> Rendered:
-        if not self._fim:
+        if not self.fim:
             raise ValueError("the upstream does not fill in the middle")
         return Rendered(prefix, self._count(prefix) + self._count(suffix), suffix=suffix)
 

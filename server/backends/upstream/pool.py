@@ -55,7 +55,8 @@ class UpstreamPool:
         self.counter: UpstreamCounter | None = None
         if text is None:
             self.counter = UpstreamCounter(config.health_timeout, self.upstreams[0].headers)
-        self._text = text
+            text = CountedText(self.counter.count, fim=lambda: any(u.discovered.fim for u in self.upstreams if u.discovered))
+        self._text: PromptText = text
         self._native_context = native_context
         self._waiting = 0
         self._changed = asyncio.Condition()  # a slot freed or an upstream came back
@@ -88,7 +89,7 @@ class UpstreamPool:
         found = [u.discovered for u in self.upstreams if u.discovered is not None]
         reported = [d.context_length for d in found if d.context_length]
         native = min(reported) if reported else self._native_context or DEFAULT_CONTEXT
-        fim = self._text.fim if self._text is not None else any(d.fim for d in found)
+        fim = self._text.fim
         quants = {d.quant for d in found if d.quant}
         return ModelInfo(
             name=self.config.model or (found[0].model if found else "upstream"),
@@ -99,15 +100,12 @@ class UpstreamPool:
             chat=self.text.chat_template,
             footprint_bytes=None,
             backend="upstream",
-            token_count="tokenizer" if self._text is not None else (self.counter.kind if self.counter else "estimate"),
+            token_count="tokenizer" if self.counter is None else self.counter.kind,
         )
 
     @property
     def text(self) -> PromptText:
-        if self._text is not None:
-            return self._text
-        assert self.counter is not None
-        return CountedText(self.counter.count, fim=any(u.discovered.fim for u in self.upstreams if u.discovered))
+        return self._text
 
     @property
     def alive(self) -> bool:
