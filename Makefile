@@ -38,14 +38,15 @@ code-model: $(STAMP)
 	$(BIN)/tandem models install qwen2.5-coder-0.5b
 	$(BIN)/tandem prepare --model qwen2.5-coder-0.5b
 
-# llama.cpp's server (llama-cpp-python), the real upstream of the pool's tests: PyPI has only its
-# source, so it is compiled once (about 10 minutes on 2 cores) into a venv in the cache folder,
-# outside the clone, and reused by every later run (the script returns at once when it is there)
+# llama.cpp's servers, the real upstreams of the pool's tests: llama-cpp-python's (one request at a
+# time) and llama.cpp's own llama-server (batched, /infill), built from the sources that release
+# vendors. PyPI has only source, so both are compiled once (minutes on 2 cores) into a folder in the
+# cache, outside the clone, and reused by every later run (the script returns at once when they are there)
 TANDEM_CACHE      ?= $(or $(TANDEM_HOME),$(HOME)/.cache/tandem)
 LLAMA_SERVER_VENV := $(TANDEM_CACHE)/llama-cpp-server-0.3.36
 export TANDEM_LLAMA_SERVER_VENV := $(LLAMA_SERVER_VENV)
 
-llama-server:
+llama-server: $(CXX_COMPILER)
 	PYTHON=$(PYTHON) scripts/install-llama-cpp.sh $(LLAMA_SERVER_VENV)
 
 $(CHROMIUM):

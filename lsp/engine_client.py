@@ -138,6 +138,8 @@ class EngineClient:
                     event = json.loads(line[6:])
                     if "error" in event:
                         raise EngineUnavailable(event["error"].get("message", "stream error"))
+                    if self.info is not None and event.get("model") not in (None, self.info.model):
+                        self.info = None  # the server swapped its model (FIM, window): read what it serves before the next request
                     text = clean(event["choices"][0]["text"])
                     if text or background:
                         yield event["id"], text

@@ -1,7 +1,8 @@
 """Real serving engines nobody here wrote, started as an operator would: llama.cpp's server through
-llama-cpp-python (`python -m llama_cpp.server`), built once by scripts/install-llama-cpp.sh into
-the cache folder `make test` names (TANDEM_LLAMA_SERVER_VENV), on the default model's own GGUF
-file; and `tandem serve` itself, in front of them or behind another Tandem."""
+llama-cpp-python (`python -m llama_cpp.server`) and llama.cpp's own `llama-server`, both built once
+by scripts/install-llama-cpp.sh into the cache folder `make test` names (TANDEM_LLAMA_SERVER_VENV),
+on the default model's own GGUF file; and `tandem serve` itself, in front of them or behind
+another Tandem."""
 
 from __future__ import annotations
 
@@ -21,14 +22,25 @@ from tests.waiting import eventually
 LLAMA_VERSION = "0.3.36"
 
 
+def _llama_venv() -> Path:
+    default = Path.home() / ".cache" / "tandem" / f"llama-cpp-server-{LLAMA_VERSION}"
+    return Path(os.environ.get("TANDEM_LLAMA_SERVER_VENV") or default)
+
+
 def llama_server_python() -> Path:
     """The llama-cpp-python venv's interpreter; a missing one fails the test with how to build it."""
-    default = Path.home() / ".cache" / "tandem" / f"llama-cpp-server-{LLAMA_VERSION}"
-    venv = Path(os.environ.get("TANDEM_LLAMA_SERVER_VENV") or default)
-    python = venv / "bin" / "python"
+    python = _llama_venv() / "bin" / "python"
     if not python.exists():
-        pytest.fail(f"llama-cpp-python's server is not built in {venv}: `make llama-server` (part of `make test`) builds it, once")
+        pytest.fail(f"llama-cpp-python's server is not built in {_llama_venv()}: `make llama-server` (part of `make test`) builds it, once")
     return python
+
+
+def llama_cpp_binary() -> Path:
+    """llama.cpp's own `llama-server`; a missing one fails the test with how to build it."""
+    binary = _llama_venv() / "llama.cpp" / "llama-server"
+    if not binary.exists():
+        pytest.fail(f"llama.cpp's llama-server is not built at {binary}: `make llama-server` (part of `make test`) builds it, once")
+    return binary
 
 
 class LlamaServer:
@@ -74,6 +86,30 @@ class LlamaServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             stop_process(self.proc)
+
+
+class LlamaCppServer(LlamaServer):
+    """llama.cpp's own server: continuous batching over `parallel` slots, /infill, /slots."""
+
+    def __init__(
+        self, binary: Path, log_dir: Path, name: str, parallel: int = 4, gguf: Path | None = None, alias: str = DEFAULT_MODEL_NAME
+    ) -> None:
+        super().__init__(binary, log_dir, name)
+        self.parallel, self.gguf, self.alias = parallel, gguf or default_gguf_path(), alias
+
+    def start(self) -> LlamaServer:
+        args = [
+            str(self.python), "--model", str(self.gguf), "--alias", self.alias,
+            "--host", "127.0.0.1", "--port", str(self.port), "--ctx-size", str(1024 * self.parallel),
+            "--parallel", str(self.parallel), "--threads", "1", "--threads-batch", "1", "--no-webui",
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        eventually(self._answers, f"llama-server {self.name} answering", 120)
+        return self
+
+    def slots(self) -> list[dict[str, object]]:
+        return list(httpx.get(f"{self.url}/slots", timeout=5).json())
 
 
 class TandemProcess:

@@ -35,6 +35,9 @@ class ScriptedUpstream:
         self.health_open.set()  # queues the check behind the requests it is serving)
         self.tokenize = True  # a vLLM-style /tokenize
         self.fim = False
+        self.llama_cpp = False  # also llama.cpp's own /props and /infill
+        self.fim_tokens = True  # (llama.cpp) whether the model has the FIM tokens /infill needs
+        self.paths: list[str] = []  # the route of each generation asked for
         self.fail_from: int | None = None  # from this request on (1-based), answer as "error500"
         self.requests: list[dict[str, Any]] = []
         self.streaming = 0  # answers being streamed now
@@ -56,6 +59,8 @@ class ScriptedUpstream:
                 Route("/tokenize", self.tokenize_route, methods=["POST"]),
                 Route("/v1/completions", self.generate, methods=["POST"]),
                 Route("/v1/chat/completions", self.generate, methods=["POST"]),
+                Route("/props", self.props),
+                Route("/infill", self.generate, methods=["POST"]),
             ]
         )
 
@@ -74,6 +79,11 @@ class ScriptedUpstream:
             entry["fim"] = True  # as Tandem says it
         return JSONResponse({"object": "list", "data": [entry]})
 
+    async def props(self, request: Request) -> Response:
+        if not self.llama_cpp:
+            return PlainTextResponse("not found", status_code=404)
+        return JSONResponse({"default_generation_settings": {"n_ctx": self.context_length}, "total_slots": 4, "model_path": self.model})
+
     async def tokenize_route(self, request: Request) -> Response:
         if not self.tokenize:
             return PlainTextResponse("not found", status_code=404)
@@ -83,8 +93,17 @@ class ScriptedUpstream:
 
     async def generate(self, request: Request) -> Response:
         body = await request.json()
+        infill = request.url.path == "/infill"
+        if infill and not self.llama_cpp:
+            return PlainTextResponse("not found", status_code=404)
+        if infill and not self.fim_tokens:  # as llama.cpp refuses it, before anything else
+            message = "Infill is not supported by this model: prefix token is missing. "
+            return JSONResponse({"error": {"code": 501, "message": message, "type": "not_supported_error"}}, status_code=501)
+        if infill and not body.get("stream"):  # (a probe: one token)
+            return JSONResponse({"content": "x", "stop": True, "stop_type": "limit", "tokens_predicted": 1})
         with self.lock:
             self.requests.append(body)
+            self.paths.append(request.url.path)
             mode = "error500" if self.fail_from is not None and len(self.requests) >= self.fail_from else self.mode
         if mode == "error500":
             return JSONResponse({"error": {"message": "CUDA out of memory (scripted)", "type": "server_error"}}, status_code=500)
@@ -104,13 +123,22 @@ class ScriptedUpstream:
         if mode == "garbage":
             yield "data: {this is not json\n\n"
             return
-        pieces = self.pieces[: body.get("max_tokens", 16)]
+        limit = body.get("n_predict", body.get("max_tokens", 16))
+        pieces = self.pieces[:limit]
         for i, piece in enumerate(pieces):
             if mode == "cut" and i == self.cut_after:
                 raise ConnectionAbortedError("scripted cut")  # uvicorn drops the connection mid-body
             await asyncio.sleep(self.delay)
+            if "input_prefix" in body:  # llama.cpp's own stream
+                yield "data: " + json.dumps({"index": 0, "content": piece, "stop": False, "tokens_predicted": i + 1}) + "\n\n"
+                continue
             yield "data: " + json.dumps(self._chunk(piece, None, chat)) + "\n\n"
-        finish = "length" if len(pieces) >= body.get("max_tokens", 16) else "stop"
+        finish = "length" if len(pieces) >= limit else "stop"
+        if "input_prefix" in body:
+            last = {"content": "", "stop": True, "stop_type": "limit" if finish == "length" else "eos", "tokens_predicted": len(pieces),
+                    "tokens_evaluated": 9}  # fmt: skip
+            yield "data: " + json.dumps(last) + "\n\n"
+            return
         yield "data: " + json.dumps(self._chunk("", finish, chat)) + "\n\n"
         usage = {"prompt_tokens": 7, "completion_tokens": len(pieces), "total_tokens": 7 + len(pieces)}
         yield "data: " + json.dumps({"id": "x", "object": "chunk", "choices": [], "usage": usage}) + "\n\n"

@@ -78,6 +78,7 @@ def test_the_openai_client_is_answered_through_llama_cpp_guarded_and_audited(fle
     assert model.id == MODEL
     info = httpx.get(f"{fleet.gateway.url}/v1/models").json()["data"][0]
     assert info["backend"] == "upstream" and info["token_count"] == "tokenizer" and info["context_length"] == 2048
+    before = len(records(fleet.gateway.audit_dir, 0))  # (other tests' calls, in whatever order the tests run)
     answer = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)  # type: ignore[arg-type]
     assert "Paris" in (answer.choices[0].message.content or "")
     assert answer.usage is not None and answer.usage.prompt_tokens > 5 and answer.usage.completion_tokens > 0
@@ -85,7 +86,7 @@ def test_the_openai_client_is_answered_through_llama_cpp_guarded_and_audited(fle
     assert "".join(c.choices[0].text for c in streamed if c.choices).strip()
     secret = "ghp_" + "".join(random.choices(string.ascii_letters + string.digits, k=36))  # fresh: redacted before it is sent or stored
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"my token is {secret}"}], max_tokens=4)
-    rows = records(fleet.gateway.audit_dir, 3)
+    rows = records(fleet.gateway.audit_dir, before + 3)[before:]
     assert {r["model"]["name"] for r in rows} == {MODEL}
     assert [r["outcome"]["status"] for r in rows[:3]] == ["ok", "ok", "ok"]
     reader = AuditReader(fleet.gateway.audit_dir)
@@ -119,7 +120,8 @@ def test_the_language_server_completes_through_llama_cpp(fleet: Fleet) -> None:
 
     assert asyncio.run(complete()).strip()
     rows = records(fleet.gateway.audit_dir, 1)
-    assert any(r["surface"] == "ide_completion" and r["outcome"]["status"] == "ok" for r in rows)
+    # ok, or cancelled: the language server stops a generation once it holds the line it shows
+    assert any(r["surface"] == "ide_completion" and r["outcome"]["status"] in ("ok", "cancelled") for r in rows)
 
 
 def test_sixteen_concurrent_streams_spread_over_both_upstreams(fleet: Fleet, client: openai.OpenAI) -> None:

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.backends.upstream import base_url
-from server.backends.upstream.upstream import UpstreamError, _read_event
+from server.backends.upstream.upstream import UpstreamError, _read_event, _read_infill_event
 from tests.conftest import metric
 from tests.dialog_client import Chat
 from tests.gateway.test_gateway import records
@@ -303,6 +303,51 @@ def test_fill_in_the_middle_goes_to_an_upstream_that_does_it_and_is_refused_othe
         assert a.requests[-1]["prompt"] == "def f(" and a.requests[-1]["suffix"] == "\n    return x\n"
 
 
+def test_llama_cpps_own_infill_fills_the_gap_and_a_model_without_fim_tokens_is_refused(scripted, pool_gateway) -> None:
+    a = scripted("a")
+    a.llama_cpp = True
+    with pool_gateway([a.url]) as g:
+        assert httpx.get(f"{g.url}/v1/models").json()["data"][0]["fim"] is True
+        gap = {"prompt": "def f(", "suffix": "\n    return x\n", "max_tokens": 3, "temperature": 0}
+        r = httpx.post(f"{g.url}/v1/completions", json=gap)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert choice["text"] == "Hello from a" and choice["finish_reason"] == "length"
+        assert a.paths[-1] == "/infill"
+        assert {k: a.requests[-1][k] for k in ("input_prefix", "input_suffix", "n_predict", "stream")} == {
+            "input_prefix": "def f(", "input_suffix": "\n    return x\n", "n_predict": 3, "stream": True,
+        }  # fmt: skip
+        streamed = httpx.post(f"{g.url}/v1/completions", json={**gap, "max_tokens": 8, "stream": True}, timeout=30)
+        events = sse_events(streamed)
+        assert "".join(e["choices"][0]["text"] for e in events if e.get("choices")) == "Hello from a."
+        assert [e["choices"][0]["finish_reason"] for e in events if e.get("choices")][-1] == "stop"
+        assert chat(g.url).status_code == 200 and a.paths[-1] == "/v1/chat/completions"  # a chat is still a chat
+    a.fim_tokens = False  # llama.cpp's server on a model without FIM tokens: /infill answers 501
+    with pool_gateway([a.url]) as g:
+        assert httpx.get(f"{g.url}/v1/models").json()["data"][0]["fim"] is False
+        r = httpx.post(f"{g.url}/v1/completions", json={"prompt": "def f(", "suffix": "\n", "max_tokens": 4})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "suffix"
+
+
+def test_in_a_mixed_pool_a_gap_goes_only_to_the_upstreams_that_fill_it(scripted, pool_gateway) -> None:
+    a, b = scripted("a"), scripted("b")
+    a.llama_cpp = True  # b is a plain OpenAI server (vLLM has no suffix)
+    with pool_gateway([a.url, b.url]) as g:
+        with ThreadPoolExecutor(6) as pool:
+            gaps = list(
+                pool.map(
+                    lambda i: httpx.post(
+                        f"{g.url}/v1/completions", json={"prompt": f"x{i} = (", "suffix": ")\n", "max_tokens": 2}, timeout=30
+                    ),
+                    range(6),
+                )
+            )
+            chats = list(pool.map(lambda i: chat(g.url, f"question {i}"), range(6)))
+        assert [r.status_code for r in gaps + chats] == [200] * 12
+        assert a.paths.count("/infill") == 6 and "/infill" not in b.paths and not any("suffix" in body for body in b.requests)
+        assert b.paths.count("/v1/chat/completions") >= 1  # chats still spread over both
+
+
 # --- the parsers ---------------------------------------------------------------------------------------
 
 
@@ -331,6 +376,22 @@ def test_any_json_event_is_read_or_refused_as_the_upstreams_fault(value: object)
             _read_event(json.dumps(shape), False)
         except UpstreamError as exc:
             assert exc.retryable
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda c: st.lists(c) | st.dictionaries(st.sampled_from(["content", "stop", "stop_type", "error", "tokens_predicted", "x"]), c),
+        max_leaves=20,
+    )
+)
+def test_any_llama_cpp_infill_event_is_read_or_refused_as_the_upstreams_fault(value: object) -> None:
+    try:
+        text, reason, _ = _read_infill_event(json.dumps(value))
+    except UpstreamError as exc:
+        assert exc.retryable
+    else:
+        assert isinstance(text, str) and reason in (None, "stop", "length")
 
 
 @pytest.mark.parametrize(

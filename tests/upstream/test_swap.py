@@ -86,6 +86,35 @@ def test_replacing_the_upstream_list_under_load_fails_nothing(scripted, pool_gat
         assert sorted(r["model"]["name"] for r in rows) == ["model-a"] * 6 + ["model-b"] * 2
 
 
+def test_the_language_server_sees_a_swapped_model_at_its_next_request(scripted, pool_gateway) -> None:
+    """After a swap the language server reads what is served again (here: a model that fills in the middle)."""
+    import asyncio
+
+    from lsp.engine_client import EngineClient
+
+    a, b = scripted("a", model="model-a"), scripted("b", model="model-b")
+    b.llama_cpp = True  # b fills in the middle, a does not
+
+    async def session(url: str) -> list[tuple[str, bool]]:
+        client = EngineClient(url, autostart=False)
+        seen = []
+        try:
+            for swap in (False, True, False):
+                info = await client.ready()
+                seen.append((info.model, info.fim))
+                if swap:
+                    r = await asyncio.to_thread(httpx.post, f"{url}/admin/model", json={"upstreams": [b.url]}, headers=ADMIN, timeout=60)
+                    assert r.status_code == 200, r.text
+                async for _ in client.complete("def f(", None, 4, []):
+                    pass
+        finally:
+            await client.close()
+        return seen
+
+    with pool_gateway([a.url]) as g:
+        assert asyncio.run(session(g.url)) == [("model-a", False), ("model-a", False), ("model-b", True)]
+
+
 def test_the_admin_api_refuses_bad_swaps_clearly_and_keeps_serving(scripted, pool_gateway) -> None:
     a = scripted("a")
     with pool_gateway([a.url]) as g:

@@ -124,7 +124,8 @@ class UpstreamPool:
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         tried: list[Upstream] = []
         while True:
-            up = await self._acquire(req.affinity, tried)
+            unfit = [] if req.suffix is None else [u for u in self.upstreams if not (u.discovered and u.discovered.fim)]
+            up = await self._acquire(req.affinity, tried + unfit)  # a gap goes only where it can be filled
             sent, outcome, started = False, "failed", time.monotonic()
             try:
                 async with contextlib.aclosing(up.generate(req)) as deltas:

@@ -43,6 +43,7 @@ class Discovered:
     fim: bool | None  # None: it does not say
     quant: str | None
     health_path: str
+    infill: bool = False  # llama.cpp's native /infill answers (it builds the FIM prompt from its own tokens)
 
 
 def _context_of(entry: dict[str, Any]) -> int | None:
@@ -94,7 +95,22 @@ class Upstream:
                 pass
         fim = entry.get("fim") if isinstance(entry.get("fim"), bool) else None
         quant = entry.get("quantization") if isinstance(entry.get("quantization"), str) else None
-        return Discovered(model, _context_of(entry), fim, quant, health)
+        infill = fim is None and await self._has_infill(timeout)
+        return Discovered(model, _context_of(entry), True if infill else fim, quant, health, infill)
+
+    async def _has_infill(self, timeout: httpx.Timeout) -> bool:
+        """Whether this is llama.cpp's server (its /props) with a model that fills in the middle: its
+        /infill refuses a model without FIM tokens (501) before doing anything, so one token asked of
+        an empty gap says which."""
+        try:
+            props = await self.client.get(f"{self.url}/props", headers=self.headers, timeout=timeout)
+            if props.status_code != 200 or "default_generation_settings" not in props.json():
+                return False
+            probe = {"input_prefix": "", "input_suffix": "", "n_predict": 1, "temperature": 0, "stream": False}
+            answer = await self.client.post(f"{self.url}/infill", json=probe, headers=self.headers, timeout=timeout)
+            return answer.status_code == 200
+        except (httpx.HTTPError, ValueError, TypeError):
+            return False
 
     async def check(self) -> bool:
         """One health check: discovery the first time (or after it failed), else the health path."""
@@ -130,7 +146,24 @@ class Upstream:
     # ----- generation ------------------------------------------------------------------------
 
     def body(self, req: GenerationRequest) -> tuple[str, dict[str, Any]]:
-        """The OpenAI request for a generation: a chat for messages, else a completion."""
+        """The request for a generation: a chat for messages, llama.cpp's /infill for a gap where
+        the upstream has it, else an OpenAI completion (with `suffix` for an upstream that says it
+        fills in the middle)."""
+        if req.suffix is not None and self.discovered is not None and self.discovered.infill:
+            infill: dict[str, Any] = {
+                "input_prefix": req.prompt,
+                "input_suffix": req.suffix,
+                "n_predict": req.max_tokens,
+                "temperature": req.temperature,
+                "top_p": req.top_p,
+                "stream": True,
+                "cache_prompt": True,  # the next keystroke's request shares this one's prefix
+            }
+            if req.seed is not None:
+                infill["seed"] = req.seed
+            if req.stop:
+                infill["stop"] = list(req.stop)
+            return "/infill", infill
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": req.max_tokens,
@@ -155,7 +188,7 @@ class Upstream:
         ContextOverflow for a request the upstream refused as invalid). Closing the iterator
         closes the connection, which is how every OpenAI server learns to stop."""
         path, body = self.body(req)
-        chat = path.endswith("chat/completions")
+        kind = "chat" if path.endswith("chat/completions") else "infill" if path == "/infill" else "completion"
         timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
         tokens, events, counted, prompt_tokens, finish = 0, 0, 0, 0, None
         try:
@@ -168,7 +201,7 @@ class Upstream:
                         break
                     if not event.data:
                         continue
-                    text, reason, usage = _read_event(event.data, chat)
+                    text, reason, usage = _read_infill_event(event.data) if kind == "infill" else _read_event(event.data, kind == "chat")
                     events += bool(text)
                     if usage is not None:  # the upstream's own count (usually in the last event)
                         prompt_tokens = _count(usage.get("prompt_tokens")) or prompt_tokens
@@ -219,6 +252,28 @@ def _read_event(data: str, chat: bool) -> tuple[str, str | None, dict[str, Any] 
         raise UpstreamError(f"text that is not a string: {data[:80]!r}", "protocol", True)
     reason = choice.get("finish_reason")
     return piece or "", reason if isinstance(reason, str) else None, usage
+
+
+def _read_infill_event(data: str) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(text, finish reason, usage) of one event of llama.cpp's own stream (/infill): `content`,
+    and `stop` with `stop_type` (eos, word, limit) and the counts on the last."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise UpstreamError(f"an event that is not JSON: {data[:80]!r}", "protocol", True) from None
+    if not isinstance(event, dict):
+        raise UpstreamError(f"an event that is not an object: {data[:80]!r}", "protocol", True)
+    if "error" in event:
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamError(f"the upstream reported an error mid-stream: {str(message)[:300]}", "stream_error", True)
+    content = event.get("content", "")
+    if not isinstance(content, str):
+        raise UpstreamError(f"text that is not a string: {data[:80]!r}", "protocol", True)
+    if event.get("stop") is not True:
+        return content, None, None
+    usage = {"prompt_tokens": event.get("tokens_evaluated"), "completion_tokens": event.get("tokens_predicted")}
+    return content, "length" if event.get("stop_type") == "limit" else "stop", usage
 
 
 def _refusal(status: int, raw: bytes, retry_after: str | None) -> EngineError:
