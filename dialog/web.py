@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import urllib.parse
 from pathlib import Path
@@ -37,13 +38,25 @@ class RequireApiKeyForSite:
         await (self.keyed if (query.get("site_key") or [""])[0] == self.site_key else self.app)(scope, receive, send)
 
 
+STATIC_HEADERS = {"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"}
+CSS_SLOT = '/*{{widget.css}}*/ ""'
+
+
+def widget_source() -> str:
+    """widget.js with widget.css inlined as a string (one file each to edit; one request for the
+    page, and no inline <style> for a Content-Security-Policy to block)."""
+    script = (STATIC / "widget.js").read_text()
+    return script.replace(CSS_SLOT, json.dumps((STATIC / "widget.css").read_text()), 1)
+
+
 async def widget_js(request: Request) -> Response:
     # embedded on other sites by a plain <script> tag: cacheable briefly, no cookies needed
-    return FileResponse(
-        STATIC / "widget.js",
-        media_type="text/javascript; charset=utf-8",
-        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
-    )
+    return Response(widget_source(), media_type="text/javascript; charset=utf-8", headers=STATIC_HEADERS)
+
+
+async def widget_css(request: Request) -> Response:
+    """The same styles for browsers without constructed stylesheets (the widget links them)."""
+    return FileResponse(STATIC / "widget.css", media_type="text/css; charset=utf-8", headers=STATIC_HEADERS)
 
 
 SITE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -61,5 +74,6 @@ def routes(api_key: str | None, demo_site_key: str) -> list[Route | WebSocketRou
     return [
         WebSocketRoute("/v1/dialog", dialog_socket, middleware=[Middleware(RequireApiKeyForSite, api_key=api_key, site_key=demo_site_key)]),
         Route("/widget.js", widget_js, methods=["GET"]),  # open: embedded on customers' pages
+        Route("/widget.css", widget_css, methods=["GET"]),
         Route("/widget/demo", demo, methods=["GET"]),
     ]

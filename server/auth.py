@@ -6,7 +6,7 @@ token is read from a request here and nowhere else.
 - `/audit/api` and `/audit/static`: the admin token (`server/audit/web.py`, bearer or session cookie).
 - `/v1/dialog`: the site's own checks (site key, page origin, visitor token); the `demo` site,
   which trusts loopback origins any client can claim, also needs the API key when one is set.
-- `/healthz`, `/widget.js`, `/widget/demo`, `/audit` (the sign-in page) and its login/logout: open.
+- `/healthz`, `/widget.js`, `/widget.css`, `/widget/demo`, `/audit` (the sign-in page) and its login/logout: open.
 """
 
 from __future__ import annotations

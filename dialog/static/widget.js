@@ -43,36 +43,25 @@
   function save() { try { localStorage.setItem(storeKey, JSON.stringify(saved)); } catch (e) { /* private mode */ } }
 
   // ---- UI ------------------------------------------------------------------------------------
-  var host = document.createElement("div");
+  // The host is a custom element (no page rule for div or any class reaches it) with an open
+  // shadow root; its styles are a constructed stylesheet (a Content-Security-Policy without
+  // 'unsafe-inline' blocks an inline <style>, not this), or Tandem's /widget.css where constructed
+  // stylesheets do not exist. Shown in the top layer (a manual popover) where the browser has one,
+  // so that neither a transform on the page nor a higher z-index can displace or cover it.
+  var host = document.createElement("tandem-chat");
   host.id = "tandem-chat";
   var root = host.attachShadow({ mode: "open" });
-  var style = document.createElement("style");
-  style.textContent = [
-    ":host{all:initial;font:14px/1.45 system-ui,sans-serif;color:#1d2327}",
-    ".launcher{position:fixed;right:20px;bottom:20px;z-index:2147483000;border:0;border-radius:24px;padding:12px 18px;background:#2457d6;color:#fff;font:inherit;font-weight:600;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.2)}",
-    ".panel{position:fixed;right:20px;bottom:76px;z-index:2147483000;width:360px;max-width:calc(100vw - 40px);height:520px;max-height:calc(100vh - 100px);display:flex;flex-direction:column;background:#fff;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden}",
-    ".panel[hidden]{display:none}",
-    ".head{display:flex;align-items:center;justify-content:space-between;padding:10px 14px;background:#2457d6;color:#fff;font-weight:600}",
-    ".head button{background:none;border:0;color:#fff;font-size:18px;cursor:pointer}",
-    ".log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:8px}",
-    ".msg{max-width:85%;padding:8px 11px;border-radius:10px;white-space:normal;word-wrap:break-word}",
-    ".user{align-self:flex-end;background:#2457d6;color:#fff}",
-    ".assistant{align-self:flex-start;background:#f0f2f5}",
-    ".msg p{margin:0 0 .5em}.msg p:last-child{margin:0}",
-    ".msg pre{background:#1d2327;color:#f0f2f5;padding:8px;border-radius:6px;overflow-x:auto;white-space:pre}",
-    ".msg code{font-family:ui-monospace,monospace;font-size:12.5px}",
-    ".msg a{color:inherit;text-decoration:underline}",
-    ".note{font-size:12px;opacity:.7;margin-top:4px}",
-    ".pending{opacity:.6}",
-    ".status{padding:4px 12px;font-size:12px;color:#7a4b00;min-height:1em}",
-    ".status.error{color:#8a1c1c}",
-    ".compose{display:flex;gap:6px;padding:10px;border-top:1px solid #e3e6e8}",
-    ".compose textarea{flex:1;resize:none;height:38px;font:inherit;padding:8px;border:1px solid #c8cdd2;border-radius:8px}",
-    ".compose button{border:0;border-radius:8px;padding:0 12px;font:inherit;font-weight:600;cursor:pointer;background:#2457d6;color:#fff}",
-    ".compose button.stop{background:#8a1c1c}",
-    ".compose button[hidden]{display:none}",
-  ].join("\n");
-  root.appendChild(style);
+  var CSS = /*{{widget.css}}*/ "";
+  if (CSS && root.adoptedStyleSheets !== undefined && window.CSSStyleSheet && "replaceSync" in CSSStyleSheet.prototype) {
+    var sheet = new CSSStyleSheet();
+    sheet.replaceSync(CSS);
+    root.adoptedStyleSheets = [sheet];
+  } else {
+    var link = document.createElement("link");
+    link.rel = "stylesheet";
+    link.href = new URL("widget.css", base).href;
+    root.appendChild(link);
+  }
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -310,33 +299,60 @@
   }
 
   // ---- connection ----------------------------------------------------------------------------
+  var OFFLINE = "You're offline. Your messages will be sent when the connection is back.";
+  var reconnectTimer = null;
+
   function connect() {
     if (stopped) return;
+    clearTimeout(reconnectTimer);
+    if (navigator.onLine === false) { showStatus(OFFLINE, true); return; }  // the 'online' event connects
     showStatus(attempts ? "Reconnecting…" : "Connecting…");
-    ws = new WebSocket(wsUrl);
-    ws.onopen = function () {
+    var socket = null, isOpen = false, ended = false;
+    try { socket = new WebSocket(wsUrl); } catch (e) { socket = null; }  // (some browsers throw for a blocked URL)
+    ws = socket;
+    if (!socket) { retry(false); return; }
+    // A socket the page's policy blocks, or one refused, fires only `error` in some browsers; a
+    // dropped one fires `close` (often after `error`): either way, once, the same retry.
+    function end() {
+      if (ended || ws !== socket) return;
+      ended = true;
+      clearInterval(pingTimer);
+      retry(isOpen);
+    }
+    socket.onopen = function () {
+      isOpen = true;
       var hello = { type: "hello", v: 1, site_key: siteKey };
       if (saved.token) hello.token = saved.token;
       if (saved.conversation_id) hello.conversation_id = saved.conversation_id;
       if (lastSeq !== null && saved.conversation_id) hello.last_seq = lastSeq;
-      ws.send(JSON.stringify(hello));
+      socket.send(JSON.stringify(hello));
       clearInterval(pingTimer);
-      pingTimer = setInterval(function () { if (ws.readyState === 1) ws.send('{"type":"ping"}'); }, 25000);
+      pingTimer = setInterval(function () { if (socket.readyState === 1) socket.send('{"type":"ping"}'); }, 25000);
     };
-    ws.onmessage = function (ev) {
+    socket.onmessage = function (ev) {
       var f;
       try { f = JSON.parse(ev.data); } catch (e) { return; }
       onFrame(f);
     };
-    ws.onclose = function () {
-      clearInterval(pingTimer);
-      if (stopped) return;
-      attempts += 1;
-      var delay = Math.min(10000, 500 * Math.pow(2, attempts - 1)) * (0.75 + Math.random() / 2);
-      showStatus("Connection lost. Reconnecting…", true);
-      setTimeout(connect, delay);
-    };
+    socket.onerror = end;
+    socket.onclose = end;
   }
+
+  // Backoff with jitter; what is typed meanwhile waits in the outbox and goes once, on the next welcome.
+  function retry(wasOpen) {
+    if (stopped) return;
+    attempts += 1;
+    var delay = Math.min(10000, 500 * Math.pow(2, attempts - 1)) * (0.75 + Math.random() / 2);
+    var words;
+    if (navigator.onLine === false) words = OFFLINE;
+    else if (wasOpen) words = "Connection lost. Reconnecting…";
+    else words = "Can't reach the support chat right now. Trying again in " + Math.max(1, Math.round(delay / 1000)) + " s…";
+    showStatus(words, true);
+    reconnectTimer = setTimeout(connect, delay);
+  }
+  window.addEventListener("online", function () {
+    if (!ws || ws.readyState > 1) { attempts = 0; connect(); }
+  });
 
   function newId() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -375,7 +391,13 @@
   closeBtn.addEventListener("click", function () { panel.hidden = true; });
 
   function start() {
-    document.body.appendChild(host);
+    // under <html> rather than <body>: a page that transforms its body would otherwise become the
+    // fixed-position panel's frame (where there is no top layer to escape to)
+    document.documentElement.appendChild(host);
+    if (typeof host.showPopover === "function") {
+      host.setAttribute("popover", "manual");
+      try { host.showPopover(); } catch (e) { /* shown in the page's layers instead */ }
+    }
     connect();
   }
   if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);

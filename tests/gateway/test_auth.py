@@ -28,6 +28,7 @@ REQUIRED = {
     ("POST", "/v1/feedback"): "api_key",
     ("WS", "/v1/dialog"): "site",  # the site's checks; the demo site also the API key
     ("GET", "/widget.js"): "open",
+    ("GET", "/widget.css"): "open",
     ("GET", "/widget/demo"): "open",
     ("GET", "/audit"): "sign_in",  # the page to whoever has the token, the sign-in form to the others
     ("POST", "/audit/login"): "token_in_form",  # it checks the token the sign-in form sends
