@@ -71,6 +71,12 @@ vsix: $(VSIX)
 $(CODE_SERVER):
 	SUDO="$(SUDO)" $(EXT)/scripts/install-code-server.sh $(EXT)/.code-server
 
+# axe-core, which the widget's accessibility tests run inside headless Chromium
+AXE := tests/axe/node_modules/axe-core/axe.min.js
+$(AXE): tests/axe/package.json tests/axe/package-lock.json
+	cd tests/axe && npm ci --no-audit --no-fund
+	touch $@
+
 # lint, types and the layer contracts (pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]); `make test` runs it first
 check: $(STAMP)
 	$(BIN)/ruff format --check server lsp dialog tests
@@ -78,12 +84,12 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+test: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest -p no:randomly
 
 # the same suite in a random order (pytest-randomly prints its seed; `-p randomly --randomly-seed=N` repeats that order)
-test-random: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER)
+test-random: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
 	$(BIN)/python -m pytest -p randomly
 
 # The optional llama.cpp peer of `tandem bench`: pip builds llama-cpp-python from source (several

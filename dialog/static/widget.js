@@ -70,9 +70,12 @@
     return node;
   }
 
+  // Named by its visible text (a different aria-label fails WCAG 2.5.3); says whether the panel is open.
   var launcher = el("button", "launcher", "Chat with us");
-  launcher.setAttribute("aria-label", "Open the support chat");
+  launcher.setAttribute("aria-expanded", "false");
+  launcher.setAttribute("aria-controls", "tandem-panel");
   var panel = el("div", "panel");
+  panel.id = "tandem-panel";
   panel.hidden = true;
   panel.setAttribute("role", "dialog");
   panel.setAttribute("aria-label", "Support chat");
@@ -81,8 +84,14 @@
   var closeBtn = el("button", null, "\u00d7");
   closeBtn.setAttribute("aria-label", "Close the chat");
   head.appendChild(closeBtn);
+  // The conversation is not itself a live region (each streamed chunk rebuilds its bubble, which a
+  // screen reader would read again and again): `announcer` says "typing" once, then the whole answer.
   var log = el("div", "log");
-  log.setAttribute("aria-live", "polite");
+  log.setAttribute("role", "region");
+  log.setAttribute("aria-label", "Conversation");
+  log.tabIndex = 0;  // scrollable by keyboard
+  var announcer = el("div", "sr-only");
+  announcer.setAttribute("aria-live", "polite");
   var status = el("div", "status");
   status.setAttribute("role", "status");
   var compose = el("form", "compose");
@@ -100,6 +109,7 @@
   panel.appendChild(head);
   panel.appendChild(log);
   panel.appendChild(status);
+  panel.appendChild(announcer);
   panel.appendChild(compose);
   root.appendChild(launcher);
   root.appendChild(panel);
@@ -110,9 +120,22 @@
   }
 
   function setGenerating(on) {
+    var hadFocus = root.activeElement === sendBtn || root.activeElement === stopBtn;
     generating = on;
     stopBtn.hidden = !on;
     sendBtn.hidden = on;
+    if (hadFocus) input.focus();  // a button that hides itself would drop focus to the page
+  }
+
+  function announce(text) {
+    announcer.textContent = "";
+    setTimeout(function () { announcer.textContent = text; }, 50);  // (a change, even when the text repeats)
+  }
+
+  function setOpen(open) {
+    panel.hidden = !open;
+    launcher.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) input.focus(); else launcher.focus();
   }
 
   // ---- Markdown, safely: elements built by hand, never innerHTML ------------------------------
@@ -188,12 +211,18 @@
   // ---- messages ------------------------------------------------------------------------------
   function scroll() { log.scrollTop = log.scrollHeight; }
 
+  function labelBubble(node, role) {
+    node.setAttribute("role", "group");
+    node.setAttribute("aria-label", role === "user" ? "You said" : "The assistant said");
+  }
+
   function renderMessage(id, role, text, note) {
     var b = bubbles[id];
     if (!b) {
       b = bubbles[id] = { el: el("div", "msg " + role), text: "" };
       b.el.setAttribute("data-message-id", id);
       b.el.setAttribute("data-role", role);
+      labelBubble(b.el, role);
       log.appendChild(b.el);
     }
     b.text = text;
@@ -251,6 +280,7 @@
         break;
       case "delta":
         var b = bubbles[f.message_id];
+        if (!b || !b.text) announce("The assistant is typing…");
         renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text).el.removeAttribute("data-finish");
         if (retrying) { retrying = false; showStatus(""); }
         setGenerating(true);
@@ -258,6 +288,7 @@
       case "done":
         var d = bubbles[f.message_id];
         renderMessage(f.message_id, "assistant", d ? d.text : "", NOTES[f.finish_reason]).el.setAttribute("data-finish", f.finish_reason);
+        announce("The assistant said: " + (d ? d.text : "") + (NOTES[f.finish_reason] ? " " + NOTES[f.finish_reason] : ""));
         setGenerating(false);
         if (f.finish_reason !== "error") { lastSent = null; retrying = false; }  // answered or stopped: nothing to send again
         break;
@@ -367,6 +398,7 @@
     var id = newId();
     var bubble = el("div", "msg user pending", text);
     bubble.setAttribute("data-role", "user");
+    labelBubble(bubble, "user");
     log.appendChild(bubble);
     pending.push({ id: id, el: bubble });
     scroll();
@@ -377,18 +409,20 @@
     clearTimeout(retryTimer);
     sendFrame(frame);
     showStatus("");
+    input.focus();  // keep typing: the Send button hides itself while the answer streams
   });
   input.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); compose.requestSubmit(); }
   });
   stopBtn.addEventListener("click", function () {
     if (ws && ws.readyState === 1) ws.send('{"type":"cancel"}');
+    input.focus();
   });
-  launcher.addEventListener("click", function () {
-    panel.hidden = !panel.hidden;
-    if (!panel.hidden) input.focus();
+  launcher.addEventListener("click", function () { setOpen(panel.hidden); });
+  closeBtn.addEventListener("click", function () { setOpen(false); });
+  panel.addEventListener("keydown", function (e) {
+    if (e.key === "Escape") { e.preventDefault(); setOpen(false); }
   });
-  closeBtn.addEventListener("click", function () { panel.hidden = true; });
 
   function start() {
     // under <html> rather than <body>: a page that transforms its body would otherwise become the
