@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -42,9 +43,11 @@ STATIC_HEADERS = {"Cache-Control": "public, max-age=300", "X-Content-Type-Option
 CSS_SLOT = '/*{{widget.css}}*/ ""'
 
 
+@functools.cache
 def widget_source() -> str:
     """widget.js with widget.css inlined as a string (one file each to edit; one request for the
-    page, and no inline <style> for a Content-Security-Policy to block)."""
+    page, and no inline <style> for a Content-Security-Policy to block). Built once per process:
+    every page view of every site asks for it."""
     script = (STATIC / "widget.js").read_text()
     return script.replace(CSS_SLOT, json.dumps((STATIC / "widget.css").read_text()), 1)
 

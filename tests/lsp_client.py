@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any, cast
 
@@ -60,6 +61,23 @@ def inline_params(uri: str, line: int, character: int) -> types.InlineCompletion
         position=types.Position(line, character),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
     )
+
+
+def suggest_once(server_url: str, uri: str, text: str, line: int, character: int) -> str:
+    """One inline suggestion from a fresh `tandem lsp` against a server that is already up (a
+    generous time budget: the first request there may be slow), as the editor would ask for it."""
+
+    async def ask() -> str:
+        client = await start_lsp(server_url, "--no-autostart", settings={"timeBudgetMs": 30_000, "lineWaitMs": 30_000})
+        try:
+            open_doc(client, uri, text)
+            result = await client.text_document_inline_completion_async(inline_params(uri, line, character))
+            assert result is not None and result.items, result
+            return text_of(result.items[0])
+        finally:
+            await client.shutdown_session()
+
+    return asyncio.run(ask())
 
 
 def end_of(text: str) -> tuple[int, int]:

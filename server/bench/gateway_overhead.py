@@ -185,12 +185,12 @@ async def _stream(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, 
             piece = (choice.get("delta") or {}).get("content")
             if piece:
                 text.append(piece)
-                now = time.perf_counter() - start
-                seen = "".join(text)
-                if first is None and seen.strip():
-                    first = now  # the first visible text
-                if word is None and WHOLE_WORD.search(seen):
-                    word = now  # a whole word can be seen (what the guard needs before it sends one)
+                if word is None:  # (until then only: the client shares the gateway's core, so it does no more than it must)
+                    now, seen = time.perf_counter() - start, "".join(text)
+                    if first is None and seen.strip():
+                        first = now  # the first visible text
+                    if WHOLE_WORD.search(seen):
+                        word = now  # a whole word can be seen (what the guard needs before it sends one)
             finish = choice.get("finish_reason") or finish
     end = time.perf_counter() - start
     return {"ttft_s": first, "word_s": word if word is not None else end, "finish": finish, "end_s": end, "text": "".join(text)}

@@ -5,7 +5,6 @@ started again; a cancelled stream freeing its slot upstream."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import string
@@ -22,7 +21,7 @@ from server.audit import AuditReader
 from tests.conftest import metric
 from tests.dialog_client import Chat
 from tests.gateway.test_gateway import _all, records
-from tests.lsp_client import inline_params, open_doc, start_lsp, text_of
+from tests.lsp_client import suggest_once
 from tests.upstream.engines import LlamaServer, TandemProcess, llama_server_python
 from tests.waiting import eventually
 
@@ -106,19 +105,7 @@ def test_the_support_chat_is_answered_through_llama_cpp(fleet: Fleet) -> None:
 
 
 def test_the_language_server_completes_through_llama_cpp(fleet: Fleet) -> None:
-    async def complete() -> str:
-        client = await start_lsp(fleet.gateway.url, "--no-autostart", settings={"timeBudgetMs": 30_000, "lineWaitMs": 30_000})
-        try:
-            uri = "file:///work/sums.py"
-            text = "def add(a, b):\n    return "
-            open_doc(client, uri, text)
-            result = await client.text_document_inline_completion_async(inline_params(uri, 1, 11))
-            assert result is not None and result.items, result
-            return text_of(result.items[0])
-        finally:
-            await client.shutdown_session()
-
-    assert asyncio.run(complete()).strip()
+    assert suggest_once(fleet.gateway.url, "file:///work/sums.py", "def add(a, b):\n    return ", 1, 11).strip()
     rows = records(fleet.gateway.audit_dir, 1)
     # ok, or cancelled: the language server stops a generation once it holds the line it shows
     assert any(r["surface"] == "ide_completion" and r["outcome"]["status"] in ("ok", "cancelled") for r in rows)

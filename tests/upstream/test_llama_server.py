@@ -7,7 +7,6 @@ slot as its own /slots reports."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ import pytest
 
 from server.model_install import CATALOGUE, installed_gguf
 from tests.gateway.test_gateway import records
-from tests.lsp_client import inline_params, open_doc, start_lsp, text_of
+from tests.lsp_client import suggest_once
 from tests.upstream.engines import LlamaCppServer, TandemProcess, llama_cpp_binary
 from tests.waiting import eventually
 
@@ -60,20 +59,8 @@ def test_counts_come_from_its_tokenize_and_its_infill_fills_a_gap(coder: tuple[L
 
 def test_the_language_server_completes_through_its_infill(coder: tuple[LlamaCppServer, TandemProcess]) -> None:
     _, gateway = coder
-
-    async def complete() -> str:
-        client = await start_lsp(gateway.url, "--no-autostart", settings={"timeBudgetMs": 30_000, "lineWaitMs": 30_000})
-        try:
-            uri = "file:///work/area.py"
-            text = "import math\n\n\ndef circle_area(r):\n    return \n\n\nprint(circle_area(2))\n"
-            open_doc(client, uri, text)
-            result = await client.text_document_inline_completion_async(inline_params(uri, 4, 11))
-            assert result is not None and result.items, result
-            return text_of(result.items[0])
-        finally:
-            await client.shutdown_session()
-
-    assert "math.pi" in asyncio.run(complete())
+    text = "import math\n\n\ndef circle_area(r):\n    return \n\n\nprint(circle_area(2))\n"
+    assert "math.pi" in suggest_once(gateway.url, "file:///work/area.py", text, 4, 11)
     rows = records(gateway.audit_dir, 1)  # ok, or cancelled: the language server stops a generation once it holds the line it shows
     assert any(
         r["surface"] == "ide_completion" and r["outcome"]["status"] in ("ok", "cancelled") and r["model"]["name"] == CODE_MODEL

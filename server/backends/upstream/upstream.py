@@ -9,6 +9,7 @@ upstream would refuse it too.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -149,33 +150,16 @@ class Upstream:
         """The request for a generation: a chat for messages, llama.cpp's /infill for a gap where
         the upstream has it, else an OpenAI completion (with `suffix` for an upstream that says it
         fills in the middle)."""
-        if req.suffix is not None and self.discovered is not None and self.discovered.infill:
-            infill: dict[str, Any] = {
-                "input_prefix": req.prompt,
-                "input_suffix": req.suffix,
-                "n_predict": req.max_tokens,
-                "temperature": req.temperature,
-                "top_p": req.top_p,
-                "stream": True,
-                "cache_prompt": True,  # the next keystroke's request shares this one's prefix
-            }
-            if req.seed is not None:
-                infill["seed"] = req.seed
-            if req.stop:
-                infill["stop"] = list(req.stop)
-            return "/infill", infill
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": req.max_tokens,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        sampling: dict[str, Any] = {"temperature": req.temperature, "top_p": req.top_p, "stream": True}
         if req.seed is not None:
-            body["seed"] = req.seed
+            sampling["seed"] = req.seed
         if req.stop:
-            body["stop"] = list(req.stop)
+            sampling["stop"] = list(req.stop)
+        if req.suffix is not None and self.discovered is not None and self.discovered.infill:
+            # cache_prompt: the next keystroke's request shares this one's prefix
+            gap = {"input_prefix": req.prompt, "input_suffix": req.suffix, "n_predict": req.max_tokens, "cache_prompt": True}
+            return "/infill", {**sampling, **gap}
+        body = {**sampling, "model": self.model, "max_tokens": req.max_tokens, "stream_options": {"include_usage": True}}
         if isinstance(req.prompt, Messages):
             return "/v1/chat/completions", {**body, "messages": [{"role": r, "content": c} for r, c in req.prompt.turns]}
         body["prompt"] = req.prompt
@@ -188,7 +172,7 @@ class Upstream:
         ContextOverflow for a request the upstream refused as invalid). Closing the iterator
         closes the connection, which is how every OpenAI server learns to stop."""
         path, body = self.body(req)
-        kind = "chat" if path.endswith("chat/completions") else "infill" if path == "/infill" else "completion"
+        read = _read_infill_event if path == "/infill" else functools.partial(_read_event, chat=path.endswith("chat/completions"))
         timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
         tokens, events, counted, prompt_tokens, finish = 0, 0, 0, 0, None
         try:
@@ -201,7 +185,7 @@ class Upstream:
                         break
                     if not event.data:
                         continue
-                    text, reason, usage = _read_infill_event(event.data) if kind == "infill" else _read_event(event.data, kind == "chat")
+                    text, reason, usage = read(event.data)
                     events += bool(text)
                     if usage is not None:  # the upstream's own count (usually in the last event)
                         prompt_tokens = _count(usage.get("prompt_tokens")) or prompt_tokens
@@ -222,9 +206,8 @@ class Upstream:
         yield Delta("", tokens, finish, prompt_tokens)
 
 
-def _read_event(data: str, chat: bool) -> tuple[str, str | None, dict[str, Any] | None]:
-    """(text, finish reason, usage) of one OpenAI stream event; an `error` event or a shape that
-    is not OpenAI's raises."""
+def _event_object(data: str) -> dict[str, Any]:
+    """One stream event's JSON object; not JSON, not an object, or an `error` event raises."""
     try:
         event = json.loads(data)
     except ValueError:
@@ -235,6 +218,12 @@ def _read_event(data: str, chat: bool) -> tuple[str, str | None, dict[str, Any] 
         error = event["error"]
         message = error.get("message") if isinstance(error, dict) else str(error)
         raise UpstreamError(f"the upstream reported an error mid-stream: {str(message)[:300]}", "stream_error", True)
+    return event
+
+
+def _read_event(data: str, chat: bool) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(text, finish reason, usage) of one OpenAI stream event; a shape that is not OpenAI's raises."""
+    event = _event_object(data)
     usage = event.get("usage") if isinstance(event.get("usage"), dict) else None
     choices = event.get("choices")
     if not isinstance(choices, list):
@@ -257,16 +246,7 @@ def _read_event(data: str, chat: bool) -> tuple[str, str | None, dict[str, Any] 
 def _read_infill_event(data: str) -> tuple[str, str | None, dict[str, Any] | None]:
     """(text, finish reason, usage) of one event of llama.cpp's own stream (/infill): `content`,
     and `stop` with `stop_type` (eos, word, limit) and the counts on the last."""
-    try:
-        event = json.loads(data)
-    except ValueError:
-        raise UpstreamError(f"an event that is not JSON: {data[:80]!r}", "protocol", True) from None
-    if not isinstance(event, dict):
-        raise UpstreamError(f"an event that is not an object: {data[:80]!r}", "protocol", True)
-    if "error" in event:
-        error = event["error"]
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        raise UpstreamError(f"the upstream reported an error mid-stream: {str(message)[:300]}", "stream_error", True)
+    event = _event_object(data)
     content = event.get("content", "")
     if not isinstance(content, str):
         raise UpstreamError(f"text that is not a string: {data[:80]!r}", "protocol", True)
