@@ -31,7 +31,8 @@ import re as _re
 PRODUCT_TOKEN = _re.compile(
     r"[A-Za-z][A-Za-z_.+-]{0,23}(?:/v?[0-9][0-9A-Za-z.+-]{0,23}|/[A-Za-z][A-Za-z_.+-]{0,23})?"
 )  # digits only after a slash
-VERSION = _re.compile(r"v?[0-9]{1,4}(?:\.[0-9]{1,6}){1,3}")
+VERSION = _re.compile(r"v?[0-9]{1,4}(?:\.[0-9]{1,6}){0,3}")
+VERSION_START = _re.compile(r"v?[0-9]")
 
 
 def scrub(text: str) -> str:
@@ -42,12 +43,20 @@ def scrub(text: str) -> str:
     return redact(text, choose(find_secrets(text)))
 
 
+LONG_WORDS = frozenset({"compatible"})  # the one long bare word in crawlers' User-Agents
+
+
 def _wordlike(token: str) -> bool:
     """Each letter run reads as a name (`okhttp`, `Gecko`, `AppleWebKit`, `KHTML`), not as a random
-    mixed-case string such as a 16-letter client secret that happens to have no digits."""
-    for run in _re.findall(r"[A-Za-z]+", token.split("/", 1)[0]):
+    string such as a 16-letter client secret that happens to have no digits. A mixed-case run with
+    many capitals is never a name; a run of ten letters or more is one only as a product with its
+    version (`PostmanRuntime/7.36.0`), since no letter pattern tells a long name from a secret."""
+    name, _, version = token.partition("/")
+    for run in _re.findall(r"[A-Za-z]+", token):
         capitals = sum(c.isupper() for c in run)
         if capitals > 3 and not (run.isupper() and len(run) <= 8):
+            return False
+        if len(run) >= 10 and not (run in name and VERSION_START.match(version)) and run.lower() not in LONG_WORDS:
             return False
     return True
 

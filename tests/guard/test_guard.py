@@ -346,8 +346,28 @@ def test_a_mixed_case_token_in_a_header_is_never_kept_as_a_word(token: str) -> N
     assert token not in scrub_header(f"plugin {token} (x)")
 
 
+@given(st.text(alphabet=string.ascii_letters, min_size=10, max_size=40).filter(lambda t: t.lower() != "compatible"))
+def test_a_long_letter_run_in_a_header_is_kept_only_as_a_product_with_its_version(token: str) -> None:
+    """A 16-letter client secret with no digits and few capitals ("tdmSknKrzKurvkew", found by the
+    secrets-at-rest test) reads like a camel-case name; only a version after it makes it one."""
+    from server.guard import scrub_header
+
+    for header in (f"plugin {token} (x)", f"{token}", f"plugin/{token}", f"{token}/beta"):
+        assert token not in scrub_header(header)
+
+
+def test_the_client_secret_that_once_reached_the_audit_log_is_scrubbed() -> None:
+    from server.guard import scrub_header
+
+    assert scrub_header("plugin tdmSknKrzKurvkew") == "plugin [REDACTED:opaque]"
+
+
 def test_product_names_and_versions_in_real_user_agents_are_kept() -> None:
     from server.guard import scrub_header
 
-    ua = "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36 okhttp/4.12.0 PostmanRuntime/7.36.0"
-    assert scrub_header(ua) == ua
+    for ua in (
+        "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36 okhttp/4.12.0 PostmanRuntime/7.36.0",
+        "Mozilla/5.0 (compatible; Googlebot/2.1)",
+        "Mozilla/5.0 (Linux; Android 14) SamsungBrowser/23.0 HeadlessChrome/120.0.6099.28",
+    ):
+        assert scrub_header(ua) == ua
