@@ -1,9 +1,10 @@
-"""`tandem sites add | list` and `tandem conversations list | show | export`: for the people who run the chat."""
+"""`tandem sites add | edit | show | list` and `tandem conversations list | show | export`: for the people who run the chat."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,11 @@ from typing import Any
 
 from server.settings import tandem_home
 
+from .identity import Contact, new_secret
 from .store import Site, Store
+from .widget_settings import LOCALES, POSITIONS, THEMES, SettingsError, WidgetSettings
+
+DEFAULT_PROMPT = "You are a helpful, concise customer-support assistant."
 
 
 def _db(args: argparse.Namespace) -> Path:
@@ -29,16 +34,87 @@ def _run(args: argparse.Namespace, work: Any) -> int:
     return asyncio.run(main())
 
 
-def sites_add(args: argparse.Namespace) -> int:
-    if not args.origin:
-        print("error: give at least one --origin (e.g. https://www.example.com)", file=sys.stderr)
-        return 2
-    prompt = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
+WIDGET_OPTIONS = ("title", "greeting", "accent", "theme", "position", "locale", "hours", "timezone", "away_message", "bot_when_away")
 
+
+def _settled(args: argparse.Namespace, site: Site | None) -> Site:
+    """The site as the command leaves it: what it gives, over what the site had."""
+    prompt = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
+    widget = (site.widget if site else WidgetSettings()).changed(**{k: getattr(args, k) for k in WIDGET_OPTIONS})
+    secret = site.identity_secret if site else None
+    if args.identity_validation is False:
+        secret = None
+    elif (args.identity_validation and secret is None) or args.rotate_identity_secret:
+        secret = new_secret()
+    return Site(
+        args.site_key,
+        args.name or (site.name if site else args.site_key),
+        tuple(args.origin) if args.origin else (site.allowed_origins if site else ()),
+        prompt if prompt is not None else (site.system_prompt if site else DEFAULT_PROMPT),
+        widget,
+        secret,
+    )
+
+
+def _save(args: argparse.Namespace, must_exist: bool) -> int:
     async def work(store: Store) -> int:
-        await store.put_site(Site(args.site_key, args.name or args.site_key, tuple(args.origin), prompt))
-        print(f"site {args.site_key!r}: origins {', '.join(args.origin)}")
-        print(f'embed: <script src="https://YOUR-TANDEM-HOST/widget.js" data-site-key="{args.site_key}" defer></script>')
+        old = await store.site(args.site_key)
+        if must_exist and old is None:
+            print(f"error: no site {args.site_key!r} (tandem sites add {args.site_key} --origin …)", file=sys.stderr)
+            return 1
+        try:
+            site = _settled(args, old)
+        except SettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not site.allowed_origins:
+            print("error: give at least one --origin (e.g. https://www.example.com)", file=sys.stderr)
+            return 2
+        await store.put_site(site)
+        print(f"site {site.site_key!r}: origins {', '.join(site.allowed_origins)}")
+        if site.identity_secret and site.identity_secret != (old.identity_secret if old else None):
+            print(f"identity secret (keep it on your server; sign each customer's id or email with it): {site.identity_secret}")
+        if old is None:
+            print(f'embed: <script src="https://YOUR-TANDEM-HOST/widget.js" data-site-key="{site.site_key}" defer></script>')
+        return 0
+
+    return _run(args, work)
+
+
+def sites_add(args: argparse.Namespace) -> int:
+    return _save(args, must_exist=False)
+
+
+def sites_edit(args: argparse.Namespace) -> int:
+    return _save(args, must_exist=True)
+
+
+def sites_show(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        site = await store.site(args.site_key)
+        if site is None:
+            print(f"error: no site {args.site_key!r}", file=sys.stderr)
+            return 1
+        w = site.widget
+        rows = {
+            "name": site.name,
+            "origins": ", ".join(site.allowed_origins),
+            "system prompt": site.system_prompt,
+            "title": w.title or "(Support, in the visitor's language)",
+            "greeting": w.greeting or "(none)",
+            "accent": w.accent,
+            "theme": w.theme,
+            "position": w.position,
+            "locale": w.locale,
+            "hours": f"{w.business_hours()} ({w.timezone})",
+            "away message": w.away_message or "(says when a person answers)",
+            "bot when away": "yes" if w.bot_when_away else "no: messages wait for a person",
+            "identity validation": "on" if site.identity_secret else "off",
+        }
+        if args.identity_secret and site.identity_secret:
+            rows["identity secret"] = site.identity_secret
+        for k, v in rows.items():
+            print(f"{k + ':':<21}{v}")
         return 0
 
     return _run(args, work)
@@ -78,7 +154,8 @@ async def _dump(store: Store, cid: str) -> dict[str, Any] | None:
         }
         for m in await store.messages(cid)
     ]
-    return {**conv, "messages": msgs}
+    contact = Contact.from_json(conv.get("contact"))
+    return {**conv, "contact": dataclasses.asdict(contact) if contact else None, "messages": msgs}
 
 
 def conversations_show(args: argparse.Namespace) -> int:
@@ -88,6 +165,9 @@ def conversations_show(args: argparse.Namespace) -> int:
             print(f"error: no conversation {args.conversation_id!r}", file=sys.stderr)
             return 1
         print(f"conversation {dump['id']} on {dump['site_key']}, visitor {dump['visitor_id']}, started {dump['created_at']}")
+        contact = Contact(**dump["contact"]) if dump["contact"] else None
+        if contact is not None:
+            print(f"customer: {contact}")
         for m in dump["messages"]:
             flag = "" if m["status"] == "done" else f" [{m['status']}]"
             print(f"\n{m['role']} ({m['created_at']}){flag}:\n{m['text']}")
@@ -119,20 +199,56 @@ def add_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dialog-dir", default=None, help="default: $TANDEM_HOME/dialog")
 
+    def site_options(p: argparse.ArgumentParser, adding: bool) -> None:
+        common(p)
+        p.add_argument("site_key")
+        p.add_argument("--name")
+        p.add_argument(
+            "--origin",
+            action="append",
+            default=[],
+            help="an allowed page origin, e.g. https://www.example.com (repeatable; scheme://host:* for any port)"
+            + ("" if adding else "; given, replaces the list"),
+        )
+        p.add_argument("--system-prompt", default=DEFAULT_PROMPT if adding else None)
+        p.add_argument("--system-prompt-file")
+        look = p.add_argument_group("the widget (shown to visitors)")
+        look.add_argument("--title", help="the chat's title (default: 'Support' in the visitor's language)")
+        look.add_argument("--greeting", help="the first message a new conversation shows")
+        look.add_argument("--accent", help="the accent colour, #rrggbb (text on it is chosen for contrast)")
+        look.add_argument("--theme", choices=THEMES, help="auto follows the visitor's prefers-color-scheme")
+        look.add_argument("--position", choices=POSITIONS)
+        look.add_argument("--locale", choices=("auto", *LOCALES), help="auto: the visitor's browser language")
+        look.add_argument("--hours", help="business hours, e.g. 'Mon-Fri 09:00-17:00; Sat 10:00-14:00' ('' : always open)")
+        look.add_argument("--timezone", help="the hours' IANA time zone, e.g. Europe/Berlin")
+        look.add_argument("--away-message", help="shown outside the hours (default: when a person will answer)")
+        look.add_argument(
+            "--bot-when-away",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="outside the hours, the bot answers (default) or not",
+        )
+        who = p.add_argument_group("identified customers (window.Tandem.identify)")
+        who.add_argument(
+            "--identity-validation",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="require a customer's id or email signed with the site's secret (printed once when made)",
+        )
+        who.add_argument("--rotate-identity-secret", action="store_true", help="a new identity secret (the old one stops working)")
+
     sites = sub.add_parser("sites", help="sites that embed the chat widget").add_subparsers(dest="sites_command", required=True)
-    p = sites.add_parser("add", help="add or update a site (its key, allowed origins and system prompt)")
+    p = sites.add_parser("add", help="add a site, or update it (what is given replaces what it had)")
+    site_options(p, adding=True)
+    p.set_defaults(func=sites_add)
+    p = sites.add_parser("edit", help="change what is given of a site, keep the rest")
+    site_options(p, adding=False)
+    p.set_defaults(func=sites_edit)
+    p = sites.add_parser("show", help="one site's settings")
     common(p)
     p.add_argument("site_key")
-    p.add_argument("--name")
-    p.add_argument(
-        "--origin",
-        action="append",
-        default=[],
-        help="an allowed page origin, e.g. https://www.example.com (repeatable; scheme://host:* for any port)",
-    )
-    p.add_argument("--system-prompt", default="You are a helpful, concise customer-support assistant.")
-    p.add_argument("--system-prompt-file")
-    p.set_defaults(func=sites_add)
+    p.add_argument("--identity-secret", action="store_true", help="print the identity secret too")
+    p.set_defaults(func=sites_show)
     p = sites.add_parser("list", help="the sites")
     common(p)
     p.set_defaults(func=sites_list)

@@ -24,6 +24,7 @@ class Hello(_Frame):
     token: str | None = Field(default=None, max_length=1024)
     conversation_id: str | None = Field(default=None, max_length=64)
     last_seq: int | None = Field(default=None, ge=0)
+    languages: list[Annotated[str, Field(max_length=35)]] | None = Field(default=None, max_length=16)  # navigator.languages
 
 
 class Message(_Frame):
@@ -40,8 +41,19 @@ class Ping(_Frame):
     type: Literal["ping"]
 
 
-ClientFrame = Annotated[Hello | Message | Cancel | Ping, Field(discriminator="type")]
-_adapter: TypeAdapter[Hello | Message | Cancel | Ping] = TypeAdapter(ClientFrame)
+class Identify(_Frame):
+    """The site's signed-in customer (`Tandem.identify`, see identity.py); lengths are checked there."""
+
+    type: Literal["identify"]
+    name: str | None = Field(default=None, max_length=1024)
+    email: str | None = Field(default=None, max_length=1024)
+    id: str | None = Field(default=None, max_length=1024)
+    hmac: str | None = Field(default=None, max_length=256)
+
+
+Frame = Hello | Message | Cancel | Ping | Identify
+ClientFrame = Annotated[Frame, Field(discriminator="type")]
+_adapter: TypeAdapter[Frame] = TypeAdapter(ClientFrame)
 
 
 class FrameError(Exception):
@@ -101,7 +113,7 @@ def _clip(value: Any, limit: int = 40) -> str:
     return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def parse(raw: str | bytes) -> Hello | Message | Cancel | Ping:
+def parse(raw: str | bytes) -> Frame:
     """One client frame, or `FrameError` (and never anything else: a malformed frame gets an error
     frame, whatever it holds: deep nesting, NaN, numbers too long, lone surrogates, binary)."""
     if isinstance(raw, bytes):
@@ -124,7 +136,7 @@ def parse(raw: str | bytes) -> Hello | Message | Cancel | Ping:
         raise FrameError("bad_frame", "a frame is a JSON object with a `type`")
     if not _encodable(data):
         raise FrameError("bad_frame", "strings must be valid Unicode (no lone surrogates)")
-    if data["type"] not in ("hello", "message", "cancel", "ping"):
+    if data["type"] not in ("hello", "message", "cancel", "ping", "identify"):
         raise FrameError("unknown_type", f"unknown frame type {_clip(data['type'])!r}")
     try:
         return _adapter.validate_python(data)

@@ -82,6 +82,15 @@ def m003_client_refs(conn: Any) -> None:
     conn.execute(text("CREATE UNIQUE INDEX ux_messages_client_ref ON messages(conversation_id, client_ref) WHERE client_ref IS NOT NULL"))
 
 
+@migration
+def m004_site_widget_and_contacts(conn: Any) -> None:
+    """A site's widget settings (appearance, language, business hours: JSON, see widget_settings.py)
+    and its identity secret; a conversation's customer, once the site has identified them."""
+    conn.execute(text("ALTER TABLE sites ADD COLUMN widget TEXT NOT NULL DEFAULT '{}'"))
+    conn.execute(text("ALTER TABLE sites ADD COLUMN identity_secret TEXT"))
+    conn.execute(text("ALTER TABLE conversations ADD COLUMN contact TEXT"))  # JSON, see identity.py
+
+
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the chat store forward (up to step `upto`, for tests of older schemas); returns the steps applied."""
     return migration.migrate(conn, upto)

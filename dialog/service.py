@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server.gateway import Actor, Call, CallFailed, ChatPrompt, Gateway, Params, Priority, Screened
 from server.settings import tandem_home
 
-from . import frames
+from . import frames, locales
 from .errors import PLAIN_WORDS, said
+from .identity import IdentityRefused, verify
 from .limits import RateLimiter
 from .store import Message, Site, Store
 from .tokens import Visitor, VisitorTokens
@@ -171,7 +173,7 @@ class DialogService:
         try:
             site, visitor, cid, token, hello = await self._handshake(ws, ip)
             hub = await self._hub(cid)
-            await self._join(hub, client, cid, token, hello)
+            await self._join(hub, client, site, cid, token, hello)
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
@@ -184,6 +186,8 @@ class DialogService:
                         raise frames.FrameError("already_greeted", "this connection has already said hello")
                     elif isinstance(frame, frames.Cancel):
                         await self._cancel(hub)
+                    elif isinstance(frame, frames.Identify):
+                        await self._identify(hub, site, client, frame)
                     else:
                         await self._message(hub, site, visitor, ip, client, frame)
                 except frames.FrameError as err:
@@ -246,7 +250,10 @@ class DialogService:
             cid = await self.store.create_conversation(site.site_key, visitor.visitor_id)
         return site, visitor, cid, token or "", hello
 
-    async def _join(self, hub: Hub, client: Client, cid: str, token: str, hello: frames.Hello) -> None:
+    async def _join(self, hub: Hub, client: Client, site: Site, cid: str, token: str, hello: frames.Hello) -> None:
+        locale = locales.choose(site.widget.locale, hello.languages)
+        # how the widget looks, the visitor's language and the site's hours
+        site_frame = {**site.widget.to_frame(datetime.now(UTC)), "locale": locale, "strings": locales.strings(locale)}
         async with hub.lock:
             await hub.flush(self.store)
             # a new hub's seq was read before the lock: if a previous hub flushed frames since, go on after them
@@ -262,14 +269,30 @@ class DialogService:
             if resumable:
                 last_seq = hello.last_seq or 0
                 await client.send(
-                    {"type": "welcome", "conversation_id": cid, "token": token, "history": [], "seq": last_seq, "reset": False}
+                    {
+                        "type": "welcome",
+                        "conversation_id": cid,
+                        "token": token,
+                        "history": [],
+                        "seq": last_seq,
+                        "reset": False,
+                        "site": site_frame,
+                    }
                 )
                 for frame in await self.store.frames_after(cid, last_seq):
                     await client.send(frame)
             else:  # a fresh page, or a client ahead of what survived a crash: the whole history
                 history = [m.to_frame() for m in await self.store.messages(cid)]
                 await client.send(
-                    {"type": "welcome", "conversation_id": cid, "token": token, "history": history, "seq": hub.seq, "reset": True}
+                    {
+                        "type": "welcome",
+                        "conversation_id": cid,
+                        "token": token,
+                        "history": history,
+                        "seq": hub.seq,
+                        "reset": True,
+                        "site": site_frame,
+                    }
                 )
             hub.clients.add(client)
 
@@ -307,6 +330,12 @@ class DialogService:
                     return
                 ack = {"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id}
                 await hub.emit(ack, stored={**ack, "client_msg_id": ref})  # live: the client's own id; kept and replayed: its hash
+                now = datetime.now(UTC)
+                if not site.widget.bot_when_away and not site.widget.business_hours().is_open(now):
+                    await hub.flush(self.store)
+                    hub.answering = user.id  # until it is kept: one message at a time, as for an answer
+                    hub.task = asyncio.create_task(self._hold(hub, site, visitor, ip, user, frame.text, now))
+                    return
                 answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
             await hub.flush(self.store)
             hub.answering = answer.id
@@ -338,26 +367,9 @@ class DialogService:
                 for m in await self.store.messages(hub.cid)
                 if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")
             ]
-
-            async def keep(screened: Screened) -> None:
-                async with hub.lock:
-                    hub.updates[user.id] = {"text": screened.newest or ""}
-                    await hub.flush(self.store)
-
             # the gateway guards the whole prompt once and drops the oldest turns the window cannot hold
             prompt = ChatPrompt((("system", site.system_prompt), *earlier, ("user", text)), fit=True)
-            call = Call(
-                "support_chat",
-                Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
-                prompt,
-                Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
-                Priority.CHAT,
-                request_id=answer.id,
-                conversation_id=hub.cid,
-                message_id=answer.id,
-                on_screened=keep,
-            )
-            gen = self.gateway.stream(call)
+            gen = self.gateway.stream(self._call(hub, site, visitor, ip, user, answer.id, prompt))
             async for delta in gen:
                 async with hub.lock:
                     if delta.text:
@@ -396,6 +408,63 @@ class DialogService:
                 for client in list(hub.clients):
                     await client.send(error.frame())
         self._release_later(hub)
+
+    def _call(
+        self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, request_id: str, prompt: ChatPrompt, generate: bool = True
+    ) -> Call:
+        """The gateway call for a visitor's message; the store keeps the message as the guard passes it."""
+
+        async def keep(screened: Screened) -> None:
+            async with hub.lock:
+                hub.updates[user.id] = {"text": screened.newest or ""}
+                await hub.flush(self.store)
+
+        return Call(
+            "support_chat",
+            Actor("widget_visitor", user=visitor.visitor_id, ip=ip, client="tandem-widget", tenant=site.site_key),
+            prompt,
+            Params(max_tokens=self.config.max_answer_tokens, temperature=self.config.temperature),
+            Priority.CHAT,
+            request_id=request_id,
+            conversation_id=hub.cid,
+            message_id=request_id,
+            on_screened=keep,
+            generate=generate,
+        )
+
+    async def _hold(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, text: str, now: datetime) -> None:
+        """Outside the site's hours, where the bot does not answer then: the message is guarded,
+        kept and audited for a person, and the visitor told when one will answer (an `away` frame)."""
+        error = None  # type: frames.FrameError | None
+        try:
+            prompt = ChatPrompt((("system", site.system_prompt), ("user", text)), fit=True)
+            async for _ in self.gateway.stream(self._call(hub, site, visitor, ip, user, user.id, prompt, generate=False)):
+                pass
+        except CallFailed as exc:
+            error = said(exc)[1]
+        except Exception:
+            log.exception("dialog: keeping a message failed in %s", hub.cid)
+            error = frames.FrameError("error", PLAIN_WORDS["error"])
+        async with hub.lock:
+            hub.answering = None
+            await hub.emit({"type": "away", "message_id": user.id, "next_open": site.widget.business_hours().to_frame(now)["next_open"]})
+            await hub.flush(self.store)
+            if error is not None:
+                for client in list(hub.clients):
+                    await client.send(error.frame())
+        self._release_later(hub)
+
+    async def _identify(self, hub: Hub, site: Site, client: Client, frame: frames.Identify) -> None:
+        """The site's signed-in customer, attached to the conversation; a wrong signature is refused
+        (and neither the secret nor the signature is ever logged, stored or echoed)."""
+        try:
+            contact = verify(site.identity_secret, frame.name, frame.email, frame.id, frame.hmac)
+        except IdentityRefused as exc:
+            raise frames.FrameError(exc.code, str(exc)) from None
+        await self.store.set_contact(hub.cid, contact)
+        await client.send(
+            {"type": "identified", "name": contact.name, "email": contact.email, "id": contact.customer_id, "verified": contact.verified}
+        )
 
     def _release_later(self, hub: Hub) -> None:
         asyncio.get_running_loop().call_soon(self._release, hub)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from server.clock import utc_now as now
 
 from .files import private_dir, private_sqlite
+from .identity import Contact
 from .migrations import migrate
+from .widget_settings import DEFAULT as DEFAULT_WIDGET
+from .widget_settings import WidgetSettings
 
 meta = MetaData()
 sites = Table(
@@ -34,6 +37,8 @@ sites = Table(
     Column("allowed_origins", Text),
     Column("system_prompt", Text),
     Column("created_at", String),
+    Column("widget", Text),
+    Column("identity_secret", String),
 )
 conversations = Table(
     "conversations",
@@ -44,6 +49,7 @@ conversations = Table(
     Column("created_at", String),
     Column("updated_at", String),
     Column("last_seq", Integer),
+    Column("contact", Text),
 )
 # messages.client_msg_id holds raw ids only in rows from before m003, until the service scrubs them; client_ref is what is kept
 messages = Table(
@@ -79,6 +85,8 @@ class Site:
     name: str
     allowed_origins: tuple[str, ...]
     system_prompt: str
+    widget: WidgetSettings = DEFAULT_WIDGET
+    identity_secret: str | None = field(default=None, repr=False)  # signs identified customers (identity.py)
 
     def allows(self, origin: str | None) -> bool:
         """Exact origins, or `scheme://host:*` for any port."""
@@ -171,7 +179,13 @@ class Store:
     async def put_site(self, site: Site) -> None:
         async with self.engine.begin() as conn:
             exists = (await conn.execute(select(sites.c.site_key).where(sites.c.site_key == site.site_key))).first()
-            values = {"name": site.name, "allowed_origins": json.dumps(list(site.allowed_origins)), "system_prompt": site.system_prompt}
+            values = {
+                "name": site.name,
+                "allowed_origins": json.dumps(list(site.allowed_origins)),
+                "system_prompt": site.system_prompt,
+                "widget": site.widget.to_json(),
+                "identity_secret": site.identity_secret,
+            }
             if exists:
                 await conn.execute(update(sites).where(sites.c.site_key == site.site_key).values(**values))
             else:
@@ -201,6 +215,10 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(conversations).where(conversations.c.id == cid))).first()
         return dict(row._mapping) if row else None
+
+    async def set_contact(self, cid: str, contact: Contact) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(conversations).where(conversations.c.id == cid).values(contact=contact.to_json(), updated_at=now()))
 
     async def list_conversations(self, site_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         count = select(func.count()).where(messages.c.conversation_id == conversations.c.id).scalar_subquery()
@@ -301,7 +319,14 @@ class Store:
 
 
 def _site(row: Any) -> Site:
-    return Site(row.site_key, row.name, tuple(json.loads(row.allowed_origins)), row.system_prompt)
+    return Site(
+        row.site_key,
+        row.name,
+        tuple(json.loads(row.allowed_origins)),
+        row.system_prompt,
+        WidgetSettings.from_json(row.widget),
+        row.identity_secret,
+    )
 
 
 def _message(row: Any) -> Message:

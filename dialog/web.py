@@ -40,16 +40,19 @@ class RequireApiKeyForSite:
 
 
 STATIC_HEADERS = {"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"}
-CSS_SLOT = '/*{{widget.css}}*/ ""'
+SLOTS = {'/*{{widget.css}}*/ ""': "widget.css", "/*{{locales/en.json}}*/ {}": "locales/en.json"}
 
 
 @functools.cache
 def widget_source() -> str:
-    """widget.js with widget.css inlined as a string (one file each to edit; one request for the
-    page, and no inline <style> for a Content-Security-Policy to block). Built once per process:
-    every page view of every site asks for it."""
-    script = (STATIC / "widget.js").read_text()
-    return script.replace(CSS_SLOT, json.dumps((STATIC / "widget.css").read_text()), 1)
+    """widget.js with widget.css (as a string) and its English words inlined: one file each to
+    edit, one request for the page, and no inline <style> for a Content-Security-Policy to block.
+    Built once per process: every page view of every site asks for it."""
+    script = (STATIC / "widget.js").read_text(encoding="utf-8")
+    for slot, name in SLOTS.items():
+        text = (STATIC / name).read_text(encoding="utf-8")
+        script = script.replace(slot, json.dumps(text) if name.endswith(".css") else json.dumps(json.loads(text), ensure_ascii=False), 1)
+    return script
 
 
 async def widget_js(request: Request) -> Response:

@@ -126,6 +126,7 @@ class Call:
     session_id: str | None = None
     affinity: str | None = None  # keeps related calls on one upstream (the IDE's document); default: the conversation, session or user
     on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned and fitted, before generation
+    generate: bool = True  # False: screened, kept and recorded, not answered (a message held for a person)
 
 
 class GuardMetrics:
@@ -297,6 +298,9 @@ class Gateway:
                 )
             if refusal is not None:
                 raise refusal
+            if not call.generate:
+                rec.finish = "held"
+                return
             assert fitted is not None
             engine_prompt, default_max = fitted.prompt, fitted.default_max
             rec.engine_prompt = engine_prompt

@@ -20,6 +20,7 @@ class Chat:
         conversation_id: str | None = None,
         last_seq: int | None = None,
         hello: bool = True,
+        languages: list[str] | None = None,
     ) -> None:
         url = base_url.replace("http://", "ws://") + f"/v1/dialog?site_key={site}"
         self._connection = connect(url, additional_headers={"Origin": origin or base_url}, open_timeout=10, max_size=2**22)
@@ -34,6 +35,8 @@ class Chat:
                 frame["conversation_id"] = conversation_id
             if last_seq is not None:
                 frame["last_seq"] = last_seq
+            if languages is not None:
+                frame["languages"] = languages
             try:
                 self.send(frame)
             except ConnectionClosed:  # refused at the door (its origin, say) before our hello: the reason is still to be read

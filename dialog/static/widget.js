@@ -1,7 +1,9 @@
 /*
  * Tandem support chat widget. One tag on any page:
  *   <script src="https://support.example.com/widget.js" data-site-key="KEY" defer></script>
- * Plain JavaScript, no build step, no dependencies. The UI lives in a shadow root so the host
+ * Plain JavaScript, no build step, no dependencies. The page may drive it through window.Tandem
+ * (open, close, toggle, identify, on/off for the ready, message and error events; also dispatched
+ * on window as tandem:ready, tandem:message, tandem:error). The UI lives in a shadow root so the host
  * page's CSS cannot break it (nor it the page's). Everything the model or the server says is
  * rendered as text nodes: Markdown is turned into elements by hand, raw HTML never is, remote
  * images are never loaded, and links open with rel="noopener noreferrer".
@@ -15,20 +17,18 @@
   var wsUrl = (base.protocol === "https:" ? "wss://" : "ws://") + base.host + "/v1/dialog?site_key=" + encodeURIComponent(siteKey);
   var storeKey = "tandem-chat:" + base.host + ":" + siteKey;
 
-  var ERRORS = {
-    origin_not_allowed: "The chat is not available on this website.",
-    unknown_site: "The chat is not set up for this website.",
-    forbidden: "Your previous chat could not be reopened; a new one has started.",
-    rate_limited: "You're sending messages too quickly. Please wait a moment.",
-    busy: "Please wait for the answer to finish, or press Stop.",
-    message_too_large: "That message is too long. Please shorten it.",
-    empty_message: "Please type a message first.",
-    message_blocked: "Sorry, I can't help with that message.",
-    answer_blocked: "The answer was stopped because it contained something it should not.",
-    overloaded: "We're very busy right now. Please try again in a moment.",
-  };
+  // The visitor's words: English here, the site's or the browser's language from `welcome` (kept
+  // for the next page view, so a returning visitor never sees English first).
+  var T = /*{{locales/en.json}}*/ {};
+  var EN = T;
+  function t(key, vars) {
+    var text = T[key] || EN[key] || "";
+    for (var k in vars || {}) text = text.split("{" + k + "}").join(vars[k]);
+    return text;
+  }
   var BUSY_RETRIES = 3;     // a message the engine was too busy for is sent again by itself, this many times
   var FATAL = { origin_not_allowed: 1, unknown_site: 1, unsupported_version: 1 };
+  var SILENT = { identity_invalid: 1 };  // the page's doing, told to the page (error event), not the visitor
 
   // ---- state ---------------------------------------------------------------------------------
   var saved = {};
@@ -39,8 +39,21 @@
   var pending = [];         // user messages shown but not acknowledged yet, oldest first: {id: client_msg_id, el}
   var lastSent = null;      // the newest message sent, until it is answered: {frame}
   var busyRetries = 0, retryTimer = null, retrying = false;
+  var site = saved.site || null;  // the site's settings from the last welcome
+  var identity = null;      // the customer the page identified: sent after every welcome
+  var identifying = [];     // identify() promises waiting for the server's answer
+  var hoursTimer = null, welcomed = false;
 
   function save() { try { localStorage.setItem(storeKey, JSON.stringify(saved)); } catch (e) { /* private mode */ } }
+
+  // ---- the page's API and events -------------------------------------------------------------
+  var listeners = { ready: [], message: [], error: [] };
+  function fire(name, detail) {
+    listeners[name].slice().forEach(function (fn) {
+      try { fn(detail); } catch (e) { setTimeout(function () { throw e; }); }  // a page's handler never breaks the chat
+    });
+    try { window.dispatchEvent(new CustomEvent("tandem:" + name, { detail: detail })); } catch (e) { /* very old browsers */ }
+  }
 
   // ---- UI ------------------------------------------------------------------------------------
   // The host is a custom element (no page rule for div or any class reaches it) with an open
@@ -70,25 +83,26 @@
     return node;
   }
 
+  var frame = el("div", "tandem");  // carries the site's colours, theme, side and text direction
   // Named by its visible text (a different aria-label fails WCAG 2.5.3); says whether the panel is open.
-  var launcher = el("button", "launcher", "Chat with us");
+  var launcher = el("button", "launcher");
   launcher.setAttribute("aria-expanded", "false");
   launcher.setAttribute("aria-controls", "tandem-panel");
   var panel = el("div", "panel");
   panel.id = "tandem-panel";
   panel.hidden = true;
   panel.setAttribute("role", "dialog");
-  panel.setAttribute("aria-label", "Support chat");
   var head = el("div", "head");
-  head.appendChild(el("span", null, "Support"));
+  var title = el("span");
+  head.appendChild(title);
   var closeBtn = el("button", null, "\u00d7");
-  closeBtn.setAttribute("aria-label", "Close the chat");
   head.appendChild(closeBtn);
+  var banner = el("div", "banner");  // outside the site's hours: when a person answers
+  banner.hidden = true;
   // The conversation is not itself a live region (each streamed chunk rebuilds its bubble, which a
   // screen reader would read again and again): `announcer` says "typing" once, then the whole answer.
   var log = el("div", "log");
   log.setAttribute("role", "region");
-  log.setAttribute("aria-label", "Conversation");
   log.tabIndex = 0;  // scrollable by keyboard
   var announcer = el("div", "sr-only");
   announcer.setAttribute("aria-live", "polite");
@@ -96,23 +110,100 @@
   status.setAttribute("role", "status");
   var compose = el("form", "compose");
   var input = el("textarea");
-  input.setAttribute("placeholder", "Type your message…");
-  input.setAttribute("aria-label", "Your message");
-  var sendBtn = el("button", "send", "Send");
+  var sendBtn = el("button", "send");
   sendBtn.type = "submit";
-  var stopBtn = el("button", "stop", "Stop");
+  var stopBtn = el("button", "stop");
   stopBtn.type = "button";
   stopBtn.hidden = true;
   compose.appendChild(input);
   compose.appendChild(sendBtn);
   compose.appendChild(stopBtn);
-  panel.appendChild(head);
-  panel.appendChild(log);
-  panel.appendChild(status);
-  panel.appendChild(announcer);
-  panel.appendChild(compose);
-  root.appendChild(launcher);
-  root.appendChild(panel);
+  [head, banner, log, status, announcer, compose].forEach(function (n) { panel.appendChild(n); });
+  frame.appendChild(launcher);
+  frame.appendChild(panel);
+  root.appendChild(frame);
+
+  function applyStrings() {
+    frame.dir = T.dir === "rtl" ? "rtl" : "ltr";
+    frame.lang = (site && site.locale) || "en";
+    launcher.textContent = t("launcher");
+    panel.setAttribute("aria-label", t("dialog"));
+    title.textContent = (site && site.title) || t("title");
+    closeBtn.setAttribute("aria-label", t("close"));
+    log.setAttribute("aria-label", t("conversation"));
+    input.setAttribute("placeholder", t("placeholder"));
+    input.setAttribute("aria-label", t("your_message"));
+    sendBtn.textContent = t("send");
+    stopBtn.textContent = t("stop");
+    Array.prototype.forEach.call(log.querySelectorAll(".msg"), function (node) { labelBubble(node, node.getAttribute("data-role")); });
+  }
+
+  // The site's look. Colours go through the CSS object model (which no Content-Security-Policy
+  // blocks) onto an element inside the shadow root (which no page rule reaches).
+  var ACCENT = /^#([0-9a-f]{3}|[0-9a-f]{6})$/i;
+  function luminance(hex) {
+    if (hex.length === 4) hex = "#" + hex[1] + hex[1] + hex[2] + hex[2] + hex[3] + hex[3];
+    var c = [1, 3, 5].map(function (i) {
+      var v = parseInt(hex.slice(i, i + 2), 16) / 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  }
+  function applySite() {
+    if (site) {
+      var accent = ACCENT.test(site.accent || "") ? site.accent : "#2457d6";
+      var onAccent = (luminance(accent) + 0.05) / 0.05 >= 1.05 / (luminance(accent) + 0.05) ? "#111418" : "#ffffff";  // the better contrast
+      frame.style.setProperty("--accent", accent);
+      frame.style.setProperty("--on-accent", onAccent);
+      frame.setAttribute("data-theme", site.theme || "light");
+      frame.classList.toggle("left", site.position === "left");
+      if (site.strings) T = site.strings;
+    }
+    applyStrings();
+    greet();
+    showHours();
+  }
+
+  function greet() {  // the site's greeting, first in the conversation (shown, not stored)
+    var old = log.querySelector(".greeting");
+    var text = site && site.greeting;
+    if (!text) { if (old) old.remove(); return; }
+    if (!old) {
+      old = el("div", "msg assistant greeting");
+      old.setAttribute("data-role", "assistant");
+    }
+    if (log.firstChild !== old) log.insertBefore(old, log.firstChild);
+    old.replaceChildren(markdown(text));
+    labelBubble(old, "assistant");
+  }
+
+  // "from Monday 09:00", in the visitor's language and time zone
+  function when(iso) {
+    var at = new Date(iso);
+    if (isNaN(at)) return "";
+    var opts = { weekday: "long", hour: "2-digit", minute: "2-digit" };
+    if (at - Date.now() > 6 * 864e5) { opts.day = "numeric"; opts.month = "long"; }
+    try { return new Intl.DateTimeFormat(frame.lang || undefined, opts).format(at); } catch (e) { return at.toLocaleString(); }
+  }
+
+  function awayWords(prefix) {
+    var h = site && site.hours;
+    var next = h && h.next_open ? when(h.next_open) : "";
+    return next ? t(prefix, { when: next }) : t(prefix + "_closed");
+  }
+
+  function showHours() {
+    clearTimeout(hoursTimer);
+    var h = site && site.hours;
+    if (!h) { banner.hidden = true; return; }
+    var now = Date.now(), open = h.open;
+    if (open && h.closes_at && Date.parse(h.closes_at) <= now) open = false;  // the page stayed open past closing time
+    if (!open && h.next_open && Date.parse(h.next_open) <= now) open = true;
+    banner.hidden = open;
+    if (!open) banner.textContent = (h.away_message || awayWords("away")) + (h.bot_when_away ? " " + t("away_bot") : "");
+    var change = open ? h.closes_at : h.next_open;
+    if (change) hoursTimer = setTimeout(showHours, Math.min(Math.max(1000, Date.parse(change) - now + 1000), 864e5));
+  }
 
   function showStatus(text, isError) {
     status.textContent = text || "";
@@ -132,10 +223,13 @@
     setTimeout(function () { announcer.textContent = text; }, 50);  // (a change, even when the text repeats)
   }
 
-  function setOpen(open) {
+  function setOpen(open, byPage) {
+    var inside = root.activeElement != null;
     panel.hidden = !open;
+    frame.classList.toggle("open", open);
     launcher.setAttribute("aria-expanded", open ? "true" : "false");
-    if (open) input.focus(); else launcher.focus();
+    if (open) input.focus();
+    else if (!byPage || inside) launcher.focus();  // (the page closing it does not move the page's focus)
   }
 
   // ---- Markdown, safely: elements built by hand, never innerHTML ------------------------------
@@ -213,7 +307,7 @@
 
   function labelBubble(node, role) {
     node.setAttribute("role", "group");
-    node.setAttribute("aria-label", role === "user" ? "You said" : "The assistant said");
+    node.setAttribute("aria-label", t(role === "user" ? "you_said" : "assistant_said"));
   }
 
   function renderMessage(id, role, text, note) {
@@ -232,7 +326,15 @@
     return b;
   }
 
-  var NOTES = { cancelled: "(stopped)", interrupted: "(interrupted: the answer was cut off)", blocked: "(blocked)", error: "(failed)" };
+  var NOTES = { cancelled: "stopped", interrupted: "interrupted", blocked: "blocked", error: "failed" };
+  function note(finish) { return NOTES[finish] ? t(NOTES[finish]) : null; }
+
+  function systemNote(text) {
+    var n = el("div", "msg system", text);
+    n.setAttribute("data-role", "system");
+    log.appendChild(n);
+    scroll();
+  }
 
   function onFrame(f) {
     if (f.type !== "welcome" && typeof f.seq === "number") {
@@ -246,13 +348,13 @@
         save();
         attempts = 0;
         showStatus("");
+        if (f.site) { site = saved.site = f.site; save(); }
         if (f.reset) {
           log.replaceChildren();
           bubbles = {};
           setGenerating(false);
           f.history.forEach(function (m) {
-            var note = m.status === "streaming" ? null : NOTES[m.status];
-            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" ? note : null);
+            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" && m.status !== "streaming" ? note(m.status) : null);
             if (m.role === "assistant" && m.status !== "streaming") shown.el.setAttribute("data-finish", m.status);
             if (m.role === "assistant" && m.status === "streaming") setGenerating(true);
           });
@@ -261,7 +363,11 @@
           pending.forEach(function (p) { log.appendChild(p.el); });
         }
         lastSeq = f.seq;
+        applySite();
+        if (identity) ws.send(JSON.stringify(identity));
         outbox.splice(0).forEach(function (m) { ws.send(JSON.stringify(m)); });
+        frame.classList.remove("waiting");
+        if (!welcomed) { welcomed = true; fire("ready", { conversation_id: f.conversation_id }); }
         break;
       case "ack":
         if (bubbles[f.message_id]) break;  // acknowledged again (a retry): it is shown already
@@ -275,28 +381,46 @@
           p.el.classList.remove("pending");
           p.el.setAttribute("data-message-id", f.message_id);
           bubbles[f.message_id] = { el: p.el, text: p.el.textContent };
+          fire("message", { role: "user", message_id: f.message_id, text: p.el.textContent });
         }
         setGenerating(true);
         break;
       case "delta":
         var b = bubbles[f.message_id];
-        if (!b || !b.text) announce("The assistant is typing…");
+        if (!b || !b.text) announce(t("typing"));
         renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text).el.removeAttribute("data-finish");
         if (retrying) { retrying = false; showStatus(""); }
         setGenerating(true);
         break;
       case "done":
-        var d = bubbles[f.message_id];
-        renderMessage(f.message_id, "assistant", d ? d.text : "", NOTES[f.finish_reason]).el.setAttribute("data-finish", f.finish_reason);
-        announce("The assistant said: " + (d ? d.text : "") + (NOTES[f.finish_reason] ? " " + NOTES[f.finish_reason] : ""));
+        var d = bubbles[f.message_id], said = d ? d.text : "";
+        renderMessage(f.message_id, "assistant", said, note(f.finish_reason)).el.setAttribute("data-finish", f.finish_reason);
+        announce(t("assistant_said") + ": " + said + (note(f.finish_reason) ? " " + note(f.finish_reason) : ""));
         setGenerating(false);
         if (f.finish_reason !== "error") { lastSent = null; retrying = false; }  // answered or stopped: nothing to send again
+        fire("message", { role: "assistant", message_id: f.message_id, text: said, finish_reason: f.finish_reason });
+        break;
+      case "away":  // outside the site's hours, with no bot then: kept for a person
+        if (site && site.hours) site.hours.next_open = f.next_open;
+        systemNote(awayWords("held"));
+        announce(awayWords("held"));
+        setGenerating(false);
+        lastSent = null;
+        break;
+      case "identified":
+        identifying.splice(0).forEach(function (p) { p.resolve({ name: f.name, email: f.email, id: f.id, verified: f.verified }); });
         break;
       case "error":
+        fire("error", { code: f.code, message: f.message });
+        if (SILENT[f.code]) {
+          identity = null;  // not sent again after a reconnect
+          identifying.splice(0).forEach(function (p) { p.reject(new Error(f.message)); });
+          break;
+        }
         if (f.code === "forbidden") { delete saved.token; delete saved.conversation_id; save(); }
         if (f.code === "overloaded" && lastSent && busyRetries < BUSY_RETRIES) { retryLater(lastSent, f.retry_after); break; }
-        var words = ERRORS[f.code] || f.message || "Something went wrong.";
-        if (f.retry_after) words += " (try again in " + f.retry_after + " s)";
+        var words = T["e_" + f.code] || EN["e_" + f.code] || f.message || t("went_wrong");
+        if (f.retry_after) words += " " + t("try_again_in", { s: f.retry_after });
         retrying = false;
         showStatus(words, true);
         if (FATAL[f.code]) stopped = true;
@@ -314,11 +438,11 @@
       if (lastSent !== sent) return;  // the visitor sent something else meanwhile
       if (left <= 0) {
         retrying = true;
-        showStatus("Retrying…");
+        showStatus(t("retrying"));
         sendFrame(sent.frame);
         return;
       }
-      showStatus("We're busy \u2014 retrying in " + left + " s");
+      showStatus(t("busy_retry", { s: left }));
       left -= 1;
       retryTimer = setTimeout(tick, 1000);
     })();
@@ -330,14 +454,13 @@
   }
 
   // ---- connection ----------------------------------------------------------------------------
-  var OFFLINE = "You're offline. Your messages will be sent when the connection is back.";
   var reconnectTimer = null;
 
   function connect() {
     if (stopped) return;
     clearTimeout(reconnectTimer);
-    if (navigator.onLine === false) { showStatus(OFFLINE, true); return; }  // the 'online' event connects
-    showStatus(attempts ? "Reconnecting…" : "Connecting…");
+    if (navigator.onLine === false) { showStatus(t("offline"), true); return; }  // the 'online' event connects
+    showStatus(t(attempts ? "reconnecting" : "connecting"));
     var socket = null, isOpen = false, ended = false;
     try { socket = new WebSocket(wsUrl); } catch (e) { socket = null; }  // (some browsers throw for a blocked URL)
     ws = socket;
@@ -352,7 +475,7 @@
     }
     socket.onopen = function () {
       isOpen = true;
-      var hello = { type: "hello", v: 1, site_key: siteKey };
+      var hello = { type: "hello", v: 1, site_key: siteKey, languages: languages() };
       if (saved.token) hello.token = saved.token;
       if (saved.conversation_id) hello.conversation_id = saved.conversation_id;
       if (lastSeq !== null && saved.conversation_id) hello.last_seq = lastSeq;
@@ -375,15 +498,21 @@
     attempts += 1;
     var delay = Math.min(10000, 500 * Math.pow(2, attempts - 1)) * (0.75 + Math.random() / 2);
     var words;
-    if (navigator.onLine === false) words = OFFLINE;
-    else if (wasOpen) words = "Connection lost. Reconnecting…";
-    else words = "Can't reach the support chat right now. Trying again in " + Math.max(1, Math.round(delay / 1000)) + " s…";
+    if (navigator.onLine === false) words = t("offline");
+    else if (wasOpen) words = t("lost");
+    else words = t("unreachable", { s: Math.max(1, Math.round(delay / 1000)) });
     showStatus(words, true);
+    if (attempts === 1 && !wasOpen) fire("error", { code: "unreachable", message: words });
     reconnectTimer = setTimeout(connect, delay);
   }
   window.addEventListener("online", function () {
     if (!ws || ws.readyState > 1) { attempts = 0; connect(); }
   });
+
+  function languages() {
+    var list = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language || "en"];
+    return Array.prototype.slice.call(list, 0, 8).map(function (l) { return String(l).slice(0, 35); });
+  }
 
   function newId() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -419,10 +548,58 @@
     input.focus();
   });
   launcher.addEventListener("click", function () { setOpen(panel.hidden); });
+
+  // The page's handle on the chat. Calls made before this script ran (window.Tandem as an array of
+  // [name, ...args]) are played now.
+  function identify(user) {
+    user = user || {};
+    var frameOut = { type: "identify" };
+    ["name", "email", "id", "hmac"].forEach(function (k) { if (user[k] != null) frameOut[k] = String(user[k]); });
+    identity = frameOut;
+    return new Promise(function (resolve, reject) {
+      identifying.push({ resolve: resolve, reject: reject });
+      if (ws && ws.readyState === 1 && welcomed) ws.send(JSON.stringify(frameOut));
+    });
+  }
+  var api = {
+    open: function () { setOpen(true, true); },
+    close: function () { setOpen(false, true); },
+    toggle: function () { setOpen(panel.hidden, true); },
+    isOpen: function () { return !panel.hidden; },
+    identify: identify,
+    on: function (name, fn) { if (listeners[name] && typeof fn === "function") listeners[name].push(fn); return api; },
+    off: function (name, fn) { if (listeners[name]) listeners[name] = listeners[name].filter(function (g) { return g !== fn; }); return api; },
+  };
+  var early = Array.isArray(window.Tandem) ? window.Tandem : [];
+  window.Tandem = api;
+  early.forEach(function (call) {
+    var r = api[call[0]] && api[call[0]].apply(api, call.slice(1));
+    if (r && r.catch) r.catch(function () { /* told through the error event */ });
+  });
   closeBtn.addEventListener("click", function () { setOpen(false); });
   panel.addEventListener("keydown", function (e) {
     if (e.key === "Escape") { e.preventDefault(); setOpen(false); }
   });
+
+  // With the on-screen keyboard open, phones shrink the visual viewport and not the layout one: the
+  // panel follows the visual one, so the message box stays above the keyboard.
+  function fitViewport() {
+    var vv = window.visualViewport;
+    if (!vv) return;
+    frame.style.setProperty("--vv-height", vv.height + "px");
+    frame.style.setProperty("--vv-top", vv.offsetTop + "px");
+  }
+  if (window.visualViewport) {
+    window.visualViewport.addEventListener("resize", fitViewport);
+    window.visualViewport.addEventListener("scroll", fitViewport);
+  }
+
+  applySite();
+  fitViewport();
+  if (!site) {  // a first visit: the launcher waits (briefly) for the site's look and the visitor's language
+    frame.classList.add("waiting");
+    setTimeout(function () { frame.classList.remove("waiting"); }, 2000);
+  }
 
   function start() {
     // under <html> rather than <body>: a page that transforms its body would otherwise become the
