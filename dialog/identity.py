@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import asdict, dataclass
 
-from server.guard import scrub
+from server.gateway import redact_secrets
 
 EMAIL = re.compile(r"^[^\s@<>\"]{1,64}@[^\s@<>\"]{1,189}\.[^\s@<>\".]{2,63}$")
 
@@ -84,4 +84,4 @@ def verify(secret: str | None, name: str | None, email: str | None, customer_id:
 
 def _kept(value: str | None) -> str | None:
     """A visitor-supplied field as it may be stored: one line, secrets redacted."""
-    return scrub(" ".join(value.split())) or None if value else None
+    return redact_secrets(" ".join(value.split())) or None if value else None

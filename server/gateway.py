@@ -54,6 +54,13 @@ from .guard import (
 )
 from .routing import SURFACES, Draining, Routing
 
+
+def redact_secrets(text: str) -> str:
+    """A short field a caller supplied outside any prompt (a customer's name, say) as a surface may
+    store it: the guard's secret scanner over it, secrets redacted."""
+    return scrub(text)
+
+
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 1024  # cap when a chat call names no max_tokens
 SCAN_WORKERS = 2

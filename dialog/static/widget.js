@@ -135,7 +135,7 @@
     input.setAttribute("aria-label", t("your_message"));
     sendBtn.textContent = t("send");
     stopBtn.textContent = t("stop");
-    Array.prototype.forEach.call(log.querySelectorAll(".msg"), function (node) { labelBubble(node, node.getAttribute("data-role")); });
+    Array.prototype.forEach.call(log.querySelectorAll(".msg.user, .msg.assistant"), function (node) { labelBubble(node, node.getAttribute("data-role")); });
   }
 
   // The site's look. Colours go through the CSS object model (which no Content-Security-Policy
@@ -306,6 +306,7 @@
   function scroll() { log.scrollTop = log.scrollHeight; }
 
   function labelBubble(node, role) {
+    node.dir = "auto";  // each message in its own direction (English in an Arabic chat reads left to right)
     node.setAttribute("role", "group");
     node.setAttribute("aria-label", t(role === "user" ? "you_said" : "assistant_said"));
   }

@@ -169,7 +169,9 @@ def test_outside_the_hours_without_the_bot_a_message_is_kept_guarded_for_a_perso
         shown = tandem("conversations", "show", chat.conversation_id, "--dialog-dir", str(s.dialog_dir)).stdout
         assert "Please call me back" in shown and key not in shown
         reader = AuditReader(s.audit_dir)
-        records = eventually(lambda: reader.search(Filters(conversation=chat.conversation_id), limit=10), "the held messages' audit records")
+        records = eventually(
+            lambda: reader.search(Filters(conversation=chat.conversation_id), limit=10), "the held messages' audit records"
+        )
         assert {r["record"]["output"]["finish_reason"] for r in records} == {"held"}
 
 
@@ -183,7 +185,14 @@ def test_identify_with_the_sites_signature_attaches_the_customer_and_a_wrong_one
         good = signature(secret, "ada@example.com")
         seen: list[dict] = []
         with Chat(s.url, site="members") as chat:
-            chat.send({"type": "identify", "name": "Ada Lovelace", "email": "ada@example.com", "hmac": good[:-1] + "0" if good[-1] != "0" else good[:-1] + "1"})
+            chat.send(
+                {
+                    "type": "identify",
+                    "name": "Ada Lovelace",
+                    "email": "ada@example.com",
+                    "hmac": good[:-1] + "0" if good[-1] != "0" else good[:-1] + "1",
+                }
+            )
             seen.append(chat.recv())
             assert seen[-1]["type"] == "error" and seen[-1]["code"] == "identity_invalid"
             shown = tandem("conversations", "show", chat.conversation_id, *d).stdout
@@ -230,7 +239,11 @@ def test_a_site_without_a_secret_takes_the_customers_word_marked_not_verified(ti
         assert "customer: Bob <bob@example.com> (not verified" in shown
 
 
-@given(st.dictionaries(st.sampled_from(["name", "email", "id", "hmac", "type", "x"]), st.one_of(st.text(max_size=300), st.integers(), st.none())))
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "email", "id", "hmac", "type", "x"]), st.one_of(st.text(max_size=300), st.integers(), st.none())
+    )
+)
 def test_identify_frames_parse_or_are_refused_with_a_frame_error(fields: dict) -> None:
     try:
         frame = frames.parse(json.dumps({"type": "identify", **fields}))
@@ -246,7 +259,12 @@ def test_sites_edit_changes_only_what_it_is_given(tmp_path: Path) -> None:
     edited = tandem("sites", "edit", "acme", "--accent", "#0a7f3f", "--hours", "Mon-Fri 09:00-17:00", "--timezone", "Europe/Berlin", *d)
     assert edited.returncode == 0, edited.stderr
     shown = tandem("sites", "show", "acme", *d).stdout
-    for line in ("title:               Acme", "locale:              de", "accent:              #0a7f3f", "hours:               Mon-Fri 09:00-17:00 (Europe/Berlin)"):
+    for line in (
+        "title:               Acme",
+        "locale:              de",
+        "accent:              #0a7f3f",
+        "hours:               Mon-Fri 09:00-17:00 (Europe/Berlin)",
+    ):
         assert line in shown
     refused = tandem("sites", "edit", "acme", "--accent", "tomato", *d)
     assert refused.returncode == 2 and "accent" in refused.stderr
