@@ -133,7 +133,9 @@ def sites_list(args: argparse.Namespace) -> int:
 def conversations_list(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         for c in await store.list_conversations(args.site, args.limit):
-            print(f"{c['id']:<22} {c['site_key']:<12} {c['updated_at']}  {c['messages']:>3} messages  visitor {c['visitor_id']}")
+            contact = Contact.from_json(c.get("contact"))
+            who = f"  customer {contact.email or contact.customer_id or contact.name}" if contact else ""
+            print(f"{c['id']:<22} {c['site_key']:<12} {c['updated_at']}  {c['messages']:>3} messages  visitor {c['visitor_id']}{who}")
         return 0
 
     return _run(args, work)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -293,6 +294,19 @@ def default_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFac
         yield DefaultServer(url, guard_log, audit_dir, log_path, ADMIN_TOKEN, dialog_dir)
     finally:
         stop_process(proc)
+
+
+ARTIFACTS = Path(os.environ.get("TANDEM_TEST_ARTIFACTS", ROOT / "test-artifacts"))  # screenshots kept after the run (git-ignored)
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest) -> Path:
+    """Where a browser test saves its screenshots: test-artifacts/<module>/<test>/, emptied first."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+    folder = ARTIFACTS / request.node.module.__name__.rsplit(".", 1)[-1] / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 CHROMIUM = os.environ.get("TANDEM_CHROMIUM", "/usr/bin/chromium")

@@ -211,6 +211,7 @@ def test_identify_with_the_sites_signature_attaches_the_customer_and_a_wrong_one
             chat.ask("Where is my order?")
         shown = tandem("conversations", "show", chat.conversation_id, *d).stdout
         assert "customer: Ada <ada@example.com> (verified)" in shown
+        assert "customer ada@example.com" in tandem("conversations", "list", *d).stdout
         exported = json.loads(tandem("conversations", "export", chat.conversation_id, *d).stdout)
         assert exported["contact"] == {"name": "Ada", "email": "ada@example.com", "customer_id": None, "verified": True}
         assert "identity validation: on" in tandem("sites", "show", "members", *d).stdout

@@ -3,7 +3,7 @@ loopback origin, answered by the default model: a right-to-left language under t
 the browser's language, a site's title, greeting, accent, dark theme and side, business hours with
 and without the bot, the on-screen keyboard at 320 px, and the page's `window.Tandem` API with a
 signed and a forged `identify`. axe-core finds nothing in any of these states; each page's
-screenshot is saved with the test's files."""
+screenshot is saved under test-artifacts/."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from tests.conftest import ThreadedServer, free_port
 from tests.dialog.test_dialog_cli import tandem
 from tests.dialog.test_dialog_sites import closed_now
 from tests.dialog.test_widget import add_site
-from tests.dialog.test_widget_a11y import axe_violations
+from tests.dialog.test_widget_a11y import axe_violations, focused
 from tests.dialog.test_widget_embedding import answer_one, strict_csp, violations
 
 pytestmark = [pytest.mark.browser, pytest.mark.default_model]
@@ -104,18 +104,18 @@ def in_widget(page: Page, css: str) -> str:
     )
 
 
-def test_a_right_to_left_language_under_the_strict_policy(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_right_to_left_language_under_the_strict_policy(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     page = visit(browser, f"{pages.url}/arabic?csp=strict")
     try:
         launcher = page.locator("#tandem-chat .launcher")
         expect(launcher).to_have_text("تحدث معنا")
-        page.screenshot(path=tmp_path / "rtl-closed.png")
+        page.screenshot(path=shots / "rtl-closed.png")
         assert axe_violations(page) == []
         launcher.click()
         expect(page.locator("#tandem-chat .tandem")).to_have_attribute("dir", "rtl")
         expect(page.locator("#tandem-chat textarea")).to_have_attribute("placeholder", "اكتب رسالتك…")
         assert answer_one(page, "مرحبا، هل أنتم مفتوحون اليوم؟").strip()
-        page.screenshot(path=tmp_path / "rtl-answered.png")
+        page.screenshot(path=shots / "rtl-answered.png")
         panel = page.locator("#tandem-chat .panel").bounding_box()
         user = page.locator("#tandem-chat .msg.user").bounding_box()
         bot = page.locator("#tandem-chat .msg.assistant").bounding_box()
@@ -132,7 +132,31 @@ def test_a_right_to_left_language_under_the_strict_policy(pages, browser, tmp_pa
         page.close()
 
 
-def test_the_browsers_language_is_spoken_where_the_site_leaves_it_open(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_keyboard_alone_gets_an_answer_under_the_strict_policy(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
+    page = visit(browser, f"{pages.url}/plain?csp=strict")
+    try:
+        expect(page.locator("#tandem-chat .launcher")).to_be_visible()
+        for _ in range(20):  # Tab from the top of the page until the launcher has focus (past the page's own links, if any)
+            page.keyboard.press("Tab")
+            if focused(page) == "button.launcher":
+                break
+        assert focused(page) == "button.launcher"
+        page.keyboard.press("Enter")
+        assert focused(page) == "textarea."
+        page.keyboard.type("Hello! What do you sell?")
+        page.keyboard.press("Enter")
+        expect(page.locator("#tandem-chat .msg.assistant[data-finish]")).to_have_count(1, timeout=120_000)
+        assert focused(page) == "textarea."
+        page.screenshot(path=shots / "keyboard-answered.png")
+        page.keyboard.press("Escape")
+        expect(page.locator("#tandem-chat .panel")).to_be_hidden()
+        assert focused(page) == "button.launcher"
+        assert violations(page) == []
+    finally:
+        page.close()
+
+
+def test_the_browsers_language_is_spoken_where_the_site_leaves_it_open(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     for locale, launcher_text, send in (
         ("de-DE", "Chatten Sie mit uns", "Senden"),
         ("zh-CN", "在线咨询", "发送"),
@@ -143,14 +167,14 @@ def test_the_browsers_language_is_spoken_where_the_site_leaves_it_open(pages, br
             expect(page.locator("#tandem-chat .launcher")).to_have_text(launcher_text)
             page.locator("#tandem-chat .launcher").click()
             expect(page.locator("#tandem-chat .send")).to_have_text(send)
-            page.screenshot(path=tmp_path / f"language-{locale}.png")
+            page.screenshot(path=shots / f"language-{locale}.png")
             page.reload()  # kept for the next page: the launcher is in the visitor's language from the start
             expect(page.locator("#tandem-chat .launcher")).to_have_text(launcher_text)
         finally:
             page.close()
 
 
-def test_a_sites_title_greeting_accent_dark_theme_and_side(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_sites_title_greeting_accent_dark_theme_and_side(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     page = visit(browser, f"{pages.url}/brand")
     try:
         launcher = page.locator("#tandem-chat .launcher")
@@ -167,26 +191,26 @@ def test_a_sites_title_greeting_accent_dark_theme_and_side(pages, browser, tmp_p
         assert json.loads(in_widget(page, ".panel"))[1] == "rgb(31, 36, 40)"  # dark
         assert answer_one(page, "Hello! Where is my order?").strip()
         expect(page.locator("#tandem-chat .msg").first).to_have_text("Hi! Ask me about orders.")  # still first
-        page.screenshot(path=tmp_path / "brand-answered.png")
+        page.screenshot(path=shots / "brand-answered.png")
         assert axe_violations(page) == []
     finally:
         page.close()
 
 
-def test_theme_auto_follows_the_visitors_colour_scheme(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_theme_auto_follows_the_visitors_colour_scheme(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     for scheme, background in (("dark", "rgb(31, 36, 40)"), ("light", "rgb(255, 255, 255)")):
         page = visit(browser, f"{pages.url}/auto", color_scheme=scheme)
         try:
             page.locator("#tandem-chat .launcher").click()
             expect(page.locator("#tandem-chat .panel")).to_be_visible()
             assert json.loads(in_widget(page, ".panel"))[1] == background
-            page.screenshot(path=tmp_path / f"auto-{scheme}.png")
+            page.screenshot(path=shots / f"auto-{scheme}.png")
             assert axe_violations(page) == []
         finally:
             page.close()
 
 
-def test_outside_the_hours_the_visitor_is_told_when_a_person_answers(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_outside_the_hours_the_visitor_is_told_when_a_person_answers(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     page = visit(browser, f"{pages.url}/late", timezone_id="UTC")
     try:
         page.locator("#tandem-chat .launcher").click()
@@ -196,7 +220,7 @@ def test_outside_the_hours_the_visitor_is_told_when_a_person_answers(pages, brow
         expect(banner).to_contain_text("Our assistant can help meanwhile.")
         assert axe_violations(page) == []
         assert answer_one(page, "Hello, are you open?").strip()  # the bot still answers: the site allows it
-        page.screenshot(path=tmp_path / "away-bot.png")
+        page.screenshot(path=shots / "away-bot.png")
     finally:
         page.close()
     page = visit(browser, f"{pages.url}/held", timezone_id="UTC", locale="fr-FR")
@@ -209,13 +233,13 @@ def test_outside_the_hours_the_visitor_is_told_when_a_person_answers(pages, brow
         expect(note).to_contain_text("Votre message est gardé pour notre équipe. Une personne vous répondra à partir de")
         expect(page.locator("#tandem-chat .send")).to_be_visible()  # not waiting for an answer that will not come
         expect(page.locator("#tandem-chat .msg.assistant")).to_have_count(0)
-        page.screenshot(path=tmp_path / "away-held.png")
+        page.screenshot(path=shots / "away-held.png")
         assert axe_violations(page) == []
     finally:
         page.close()
 
 
-def test_with_the_on_screen_keyboard_open_at_320_px_the_message_box_stays_in_view(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_with_the_on_screen_keyboard_open_at_320_px_the_message_box_stays_in_view(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     page = visit(browser, f"{pages.url}/plain?csp=strict", viewport={"width": 320, "height": 640}, has_touch=True, is_mobile=True)
     try:
         page.locator("#tandem-chat .launcher").click()
@@ -226,13 +250,13 @@ def test_with_the_on_screen_keyboard_open_at_320_px_the_message_box_stays_in_vie
         assert answer_one(page, "Hi, do you ship abroad?").strip()
         send = page.locator("#tandem-chat .send").bounding_box()
         assert send and send["x"] + send["width"] <= 320 and send["y"] + send["height"] <= 300
-        page.screenshot(path=tmp_path / "keyboard-open.png")
+        page.screenshot(path=shots / "keyboard-open.png")
         assert axe_violations(page) == []
     finally:
         page.close()
 
 
-def test_the_pages_api_opens_closes_and_reports_ready_messages_and_errors(pages, browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_pages_api_opens_closes_and_reports_ready_messages_and_errors(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
     page = visit(browser, f"{pages.url}/plain?api=1")
     try:
         expect(page.locator("#tandem-chat .panel")).to_be_visible()  # opened by a call queued before the widget loaded

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import ROOT, free_port, metric, wait_healthy
+from tests.conftest import ARTIFACTS, ROOT, free_port, metric, wait_healthy
 from tests.waiting import eventually, stays
 
 pytestmark = [pytest.mark.browser, pytest.mark.default_model]
@@ -28,7 +28,6 @@ VSIX = EXT / "tandem.vsix"
 INSTALL = EXT / ".code-server"
 CODE_SERVER = INSTALL / "cs" / "node_modules" / ".bin" / "code-server"
 NODE24_BIN = INSTALL / "node24" / "node_modules" / "node" / "bin"
-ARTIFACTS = Path(os.environ.get("TANDEM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 GHOST = ".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text"  # on the cursor's line, and the lines below
 SOURCE = "import os\n\n\ndef list_python_files(path):\n    "
 
