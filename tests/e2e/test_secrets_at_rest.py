@@ -2,7 +2,8 @@
 at test time in each service's real format, is sent through every door and field of a real
 `tandem serve` on the default model: chat roles, completions, prompts refused for size and for
 tokens, headers, query strings, `user`, feedback's `request_id`, the WebSocket's text,
-`client_msg_id` and site key. Then every byte the server wrote (its TANDEM_HOME, and its log at
+`client_msg_id` and site key, the browser's languages, and a customer's name and signature
+(`identify`). Then every byte the server wrote (its TANDEM_HOME, and its log at
 debug level) is searched for each secret raw, base64- and URL-encoded: none may be there."""
 
 from __future__ import annotations
@@ -131,7 +132,10 @@ def test_no_secret_reaches_any_file_the_server_writes(tmp_path: Path, default_mo
                 client.get("/healthz", params={"token": value})
         # the support widget: secrets in the text, in client_msg_id, and in the site key of the URL
         for group in widget_groups(corpus, 3800):
-            with Chat(url) as chat:
+            with Chat(url, languages=[s.value.replace("\n", "")[:35] for s in group[:16]]) as chat:
+                for s in group:  # a customer's name and a signature, as a page might pass them to Tandem.identify
+                    chat.send({"type": "identify", "name": s.in_prose()[:100], "hmac": s.value[:256]})
+                    assert chat.recv()["type"] in ("identified", "error")
                 chat.send(
                     {
                         "type": "message",
