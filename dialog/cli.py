@@ -13,6 +13,7 @@ from typing import Any
 from server.settings import tandem_home
 
 from .identity import Contact, new_secret
+from .knowledge import cli as knowledge
 from .store import Site, Store
 from .widget_settings import LOCALES, POSITIONS, THEMES, SettingsError, WidgetSettings
 
@@ -254,6 +255,8 @@ def add_parsers(sub: Any) -> None:
     p = sites.add_parser("list", help="the sites")
     common(p)
     p.set_defaults(func=sites_list)
+
+    knowledge.add_parsers(sub, common, _run)
 
     convs = sub.add_parser("conversations", help="read support conversations").add_subparsers(dest="conversations_command", required=True)
     p = convs.add_parser("list", help="newest first")

@@ -91,6 +91,46 @@ def m004_site_widget_and_contacts(conn: Any) -> None:
     conn.execute(text("ALTER TABLE conversations ADD COLUMN contact TEXT"))  # JSON, see identity.py
 
 
+@migration
+def m005_knowledge(conn: Any) -> None:
+    """A site's knowledge base (dialog/knowledge): its documents (their sections as read and
+    redacted, JSON, so the index can be rebuilt without the files), their passages, and a full-text
+    index of the passages (SQLite FTS5: BM25 ranking, Porter stemming)."""
+    conn.execute(
+        text("""
+        CREATE TABLE knowledge_documents (
+            id TEXT PRIMARY KEY,
+            site_key TEXT NOT NULL REFERENCES sites(site_key),
+            source TEXT NOT NULL,                   -- the name it was added under
+            title TEXT NOT NULL,
+            format TEXT NOT NULL,                   -- markdown | html | text | pdf
+            sha256 TEXT NOT NULL,                   -- of the file as added: an unchanged file is not read again
+            sections TEXT NOT NULL,                 -- JSON [[headings], text], redacted
+            redactions INTEGER NOT NULL,
+            added_at TEXT NOT NULL,
+            UNIQUE (site_key, source)
+        )""")
+    )
+    conn.execute(
+        text("""
+        CREATE TABLE knowledge_passages (
+            id TEXT PRIMARY KEY,
+            document_id TEXT NOT NULL REFERENCES knowledge_documents(id) ON DELETE CASCADE,
+            site_key TEXT NOT NULL,
+            ordinal INTEGER NOT NULL,
+            heading TEXT NOT NULL,
+            text TEXT NOT NULL
+        )""")
+    )
+    conn.execute(text("CREATE INDEX ix_knowledge_passages_document ON knowledge_passages(document_id, ordinal)"))
+    conn.execute(
+        text(
+            "CREATE VIRTUAL TABLE knowledge_fts USING fts5(title, heading, text, site_key UNINDEXED, passage_id UNINDEXED,"
+            " source UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2')"
+        )
+    )
+
+
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the chat store forward (up to step `upto`, for tests of older schemas); returns the steps applied."""
     return migration.migrate(conn, upto)

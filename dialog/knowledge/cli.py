@@ -1,0 +1,141 @@
+"""`tandem knowledge add | list | remove | reindex | search`: a site's knowledge base, for the
+people who run the chat."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..store import Store
+from .documents import FORMATS, DocumentError
+from .index import KnowledgeBase
+
+
+def files(paths: list[str]) -> list[tuple[Path, str]]:
+    """Each file given, and each readable file under each folder given, with the name it is kept
+    under: a file's own name, or its path from the folder's parent (`docs/returns.md`)."""
+    out: list[tuple[Path, str]] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
+            out += [(p, p.relative_to(given.parent).as_posix()) for p in found]
+        else:
+            out.append((given, given.name))
+    return out
+
+
+async def _site_or_error(store: Store, site_key: str) -> bool:
+    if await store.site(site_key) is None:
+        print(f"error: no site {site_key!r} (tandem sites add {site_key} --origin …)", file=sys.stderr)
+        return False
+    return True
+
+
+def add(args: argparse.Namespace, run: Any) -> int:
+    async def work(store: Store) -> int:
+        if not await _site_or_error(store, args.site_key):
+            return 1
+        todo = files(args.paths)
+        missing = [str(p) for p, _ in todo if not p.is_file()]
+        if missing:
+            print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+            return 2
+        kb, failed, passages = KnowledgeBase(store.engine), 0, 0
+        for path, source in tqdm(todo, desc="reading", unit="file", file=sys.stderr, disable=len(todo) < 2):
+            try:
+                added = await kb.add(args.site_key, path, source)
+            except DocumentError as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            passages += added.passages
+            state = "unchanged" if added.unchanged else f"{added.passages} passage{'' if added.passages == 1 else 's'}"
+            red = f", {added.redactions} secrets redacted" if added.redactions else ""
+            tqdm.write(f"{added.source}: {state}{red}")
+        print(f"{len(todo) - failed} documents, {passages} passages in {args.site_key!r}'s knowledge base")
+        return 1 if failed else 0
+
+    return int(run(args, work))
+
+
+def listing(args: argparse.Namespace, run: Any) -> int:
+    async def work(store: Store) -> int:
+        if not await _site_or_error(store, args.site_key):
+            return 1
+        for d in await KnowledgeBase(store.engine).documents(args.site_key):
+            red = f"  {d['redactions']} redacted" if d["redactions"] else ""
+            print(f"{d['source']:<40} {d['format']:<9} {d['passages']:>4} passages  {d['added_at']}  {d['title']}{red}")
+        return 0
+
+    return int(run(args, work))
+
+
+def remove(args: argparse.Namespace, run: Any) -> int:
+    async def work(store: Store) -> int:
+        kb, missing = KnowledgeBase(store.engine), 0
+        for source in args.sources:
+            if await kb.remove(args.site_key, source):
+                print(f"removed {source}")
+            else:
+                print(f"error: {args.site_key!r} has no document {source!r} (tandem knowledge list {args.site_key})", file=sys.stderr)
+                missing += 1
+        return 1 if missing else 0
+
+    return int(run(args, work))
+
+
+def reindex(args: argparse.Namespace, run: Any) -> int:
+    async def work(store: Store) -> int:
+        if not await _site_or_error(store, args.site_key):
+            return 1
+        print(f"{await KnowledgeBase(store.engine).reindex(args.site_key)} passages indexed")
+        return 0
+
+    return int(run(args, work))
+
+
+def search(args: argparse.Namespace, run: Any) -> int:
+    """What the bot would find for a question: to check a knowledge base before visitors do."""
+
+    async def work(store: Store) -> int:
+        if not await _site_or_error(store, args.site_key):
+            return 1
+        for hit in await KnowledgeBase(store.engine).search(args.site_key, args.query, args.limit):
+            print(f"[{hit.score:.2f}] {hit.source} — {hit.heading or hit.title}\n{hit.text}\n")
+        return 0
+
+    return int(run(args, work))
+
+
+def add_parsers(sub: Any, common: Any, run: Any) -> None:
+    kb = sub.add_parser("knowledge", help="a site's knowledge base, which the bot answers from").add_subparsers(
+        dest="knowledge_command", required=True
+    )
+    p = kb.add_parser("add", help="add or replace documents: Markdown, HTML, text or PDF files, or folders of them")
+    common(p)
+    p.add_argument("site_key")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=lambda a: add(a, run))
+    p = kb.add_parser("list", help="a site's documents")
+    common(p)
+    p.add_argument("site_key")
+    p.set_defaults(func=lambda a: listing(a, run))
+    p = kb.add_parser("remove", help="remove documents by the name they were added under")
+    common(p)
+    p.add_argument("site_key")
+    p.add_argument("sources", nargs="+")
+    p.set_defaults(func=lambda a: remove(a, run))
+    p = kb.add_parser("reindex", help="split and index the stored documents again (no files needed)")
+    common(p)
+    p.add_argument("site_key")
+    p.set_defaults(func=lambda a: reindex(a, run))
+    p = kb.add_parser("search", help="the passages the bot would find for a question")
+    common(p)
+    p.add_argument("site_key")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=4)
+    p.set_defaults(func=lambda a: search(a, run))

@@ -1,0 +1,194 @@
+"""The knowledge base in the chat store: documents and their passages, guarded before they are
+kept, and found again by BM25 over SQLite's FTS5 index (Porter-stemmed, accents folded)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.clock import utc_now as now
+from server.gateway import redact_secrets
+
+from ..store import new_id
+from .documents import Document, Section, read
+from .passages import Passage, passages
+
+# Words that say nothing about which passage answers (a question's "how", "do", "I").
+STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have how i if in into is it its me my
+    no not of on or our please should so than that the their them then there these they this to us was we were what when
+    where which who why will with would you your hi hello thanks thank""".split()
+)
+MAX_QUERY_WORDS = 32
+HEADING_WEIGHT, TITLE_WEIGHT = 2.0, 1.5  # a word in a heading or title says more than one in the text
+
+
+@dataclass(frozen=True)
+class Hit:
+    passage_id: str
+    source: str
+    title: str
+    heading: str
+    text: str
+    score: float  # BM25 (higher is better here)
+
+
+@dataclass(frozen=True)
+class Added:
+    source: str
+    passages: int
+    redactions: int
+    unchanged: bool  # the same file was there already: nothing read again
+
+
+def match_expression(query: str) -> str | None:
+    """The FTS5 query for a visitor's words: each significant word quoted (so nothing they type is
+    FTS syntax), any of them may match; BM25 ranks passages with more, rarer ones first."""
+    words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
+    unique = list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
+    return " OR ".join(f'"{w}"' for w in unique) or None
+
+
+class KnowledgeBase:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add(self, site_key: str, path: Path, source: str | None = None) -> Added:
+        """Read, guard, split and index one file, replacing what was added under its name before."""
+        source = redact_secrets(source or path.name)  # (a file name is the caller's text too)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        async with self.engine.connect() as conn:
+            old = (
+                await conn.execute(
+                    text(
+                        "SELECT sha256, redactions, (SELECT count(*) FROM knowledge_passages p WHERE p.document_id = d.id) AS n"
+                        " FROM knowledge_documents d WHERE site_key = :s AND source = :src"
+                    ),
+                    {"s": site_key, "src": source},
+                )
+            ).first()
+        if old is not None and old.sha256 == digest:
+            return Added(source, old.n, old.redactions, unchanged=True)
+        doc = read(path, source)
+        guarded, redactions = _guarded(doc)
+        async with self.engine.begin() as conn:
+            await self._delete(conn, site_key, source)
+            doc_id = new_id("doc")
+            await conn.execute(
+                text(
+                    "INSERT INTO knowledge_documents (id, site_key, source, title, format, sha256, sections, redactions, added_at)"
+                    " VALUES (:id, :s, :src, :title, :fmt, :sha, :sections, :red, :at)"
+                ),
+                {
+                    "id": doc_id,
+                    "s": site_key,
+                    "src": source,
+                    "title": guarded.title,
+                    "fmt": guarded.format,
+                    "sha": digest,
+                    "sections": json.dumps([[list(s.headings), s.text] for s in guarded.sections], ensure_ascii=False),
+                    "red": redactions,
+                    "at": now(),
+                },
+            )
+            count = await self._index(conn, site_key, doc_id, passages(guarded))
+        return Added(source, count, redactions, unchanged=False)
+
+    async def documents(self, site_key: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT d.source, d.title, d.format, d.redactions, d.added_at,"
+                    " (SELECT count(*) FROM knowledge_passages p WHERE p.document_id = d.id) AS passages"
+                    " FROM knowledge_documents d WHERE d.site_key = :s ORDER BY d.source"
+                ),
+                {"s": site_key},
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def remove(self, site_key: str, source: str) -> bool:
+        async with self.engine.begin() as conn:
+            return await self._delete(conn, site_key, source)
+
+    async def reindex(self, site_key: str) -> int:
+        """Passages and index made again from the stored sections (after an upgrade changes how
+        documents are split or indexed): no file is needed. Returns the number of passages."""
+        total = 0
+        async with self.engine.begin() as conn:
+            docs = list(
+                await conn.execute(
+                    text("SELECT id, source, title, format, sections FROM knowledge_documents WHERE site_key = :s"), {"s": site_key}
+                )
+            )
+            await conn.execute(text("DELETE FROM knowledge_fts WHERE site_key = :s"), {"s": site_key})
+            await conn.execute(text("DELETE FROM knowledge_passages WHERE site_key = :s"), {"s": site_key})
+            for d in docs:
+                sections = tuple(Section(tuple(h), t) for h, t in json.loads(d.sections))
+                total += await self._index(conn, site_key, d.id, passages(Document(d.source, d.title, d.format, sections)))
+        return total
+
+    async def search(self, site_key: str, query: str, limit: int = 4) -> list[Hit]:
+        expression = match_expression(query)
+        if expression is None:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT passage_id, source, title, heading, text,"
+                    f" -bm25(knowledge_fts, {TITLE_WEIGHT}, {HEADING_WEIGHT}, 1.0) AS score"
+                    " FROM knowledge_fts WHERE knowledge_fts MATCH :q AND site_key = :s ORDER BY score DESC LIMIT :k"
+                ),
+                {"q": expression, "s": site_key, "k": limit},
+            )
+            return [Hit(r.passage_id, r.source, r.title, r.heading, r.text, float(r.score)) for r in rows]
+
+    async def _delete(self, conn: Any, site_key: str, source: str) -> bool:
+        doc = (
+            await conn.execute(
+                text("SELECT id FROM knowledge_documents WHERE site_key = :s AND source = :src"), {"s": site_key, "src": source}
+            )
+        ).first()
+        if doc is None:
+            return False
+        await conn.execute(
+            text("DELETE FROM knowledge_fts WHERE passage_id IN (SELECT id FROM knowledge_passages WHERE document_id = :d)"), {"d": doc.id}
+        )
+        await conn.execute(text("DELETE FROM knowledge_passages WHERE document_id = :d"), {"d": doc.id})
+        await conn.execute(text("DELETE FROM knowledge_documents WHERE id = :d"), {"d": doc.id})
+        return True
+
+    async def _index(self, conn: Any, site_key: str, doc_id: str, items: list[Passage]) -> int:
+        for p in items:
+            pid = new_id("psg")
+            await conn.execute(
+                text("INSERT INTO knowledge_passages (id, document_id, site_key, ordinal, heading, text) VALUES (:id, :d, :s, :o, :h, :t)"),
+                {"id": pid, "d": doc_id, "s": site_key, "o": p.ordinal, "h": p.heading, "t": p.text},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO knowledge_fts (title, heading, text, site_key, passage_id, source) VALUES (:title, :h, :t, :s, :id, :src)"
+                ),
+                {"title": p.title, "h": p.heading, "t": p.text, "s": site_key, "id": pid, "src": p.source},
+            )
+        return len(items)
+
+
+def _guarded(doc: Document) -> tuple[Document, int]:
+    """The document as the guard passes it: secrets redacted in its title, headings and text."""
+    redactions = 0
+
+    def clean(value: str) -> str:
+        nonlocal redactions
+        out = redact_secrets(value)
+        redactions += out.count("[REDACTED:") - value.count("[REDACTED:")
+        return out
+
+    sections = tuple(Section(tuple(clean(h) for h in s.headings), clean(s.text)) for s in doc.sections)
+    return Document(doc.source, clean(doc.title), doc.format, sections), redactions
