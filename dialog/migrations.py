@@ -95,7 +95,7 @@ def m004_site_widget_and_contacts(conn: Any) -> None:
 def m005_knowledge(conn: Any) -> None:
     """A site's knowledge base (dialog/knowledge): its documents (their sections as read and
     redacted, JSON, so the index can be rebuilt without the files), their passages, and a full-text
-    index of the passages (SQLite FTS5: BM25 ranking, Porter stemming)."""
+    index of the passages (SQLite FTS5: BM25 ranking, Porter stemming); and an answer's sources."""
     conn.execute(
         text("""
         CREATE TABLE knowledge_documents (
@@ -123,6 +123,7 @@ def m005_knowledge(conn: Any) -> None:
         )""")
     )
     conn.execute(text("CREATE INDEX ix_knowledge_passages_document ON knowledge_passages(document_id, ordinal)"))
+    conn.execute(text("ALTER TABLE messages ADD COLUMN sources TEXT"))  # JSON: the passages' titles an answer was grounded in
     conn.execute(
         text(
             "CREATE VIRTUAL TABLE knowledge_fts USING fts5(title, heading, text, site_key UNINDEXED, passage_id UNINDEXED,"

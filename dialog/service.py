@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ from server.settings import tandem_home
 
 from . import frames, locales
 from .errors import PLAIN_WORDS, said
+from .grounding import Grounding, ground
 from .identity import IdentityRefused, verify
+from .knowledge.index import KnowledgeBase
 from .limits import RateLimiter
 from .store import Message, Site, Store
 from .tokens import Visitor, VisitorTokens
@@ -123,6 +126,7 @@ class DialogService:
     def __init__(self, store: Store, gateway: Gateway, tokens: VisitorTokens, config: DialogConfig) -> None:
         self.store, self.gateway, self.tokens, self.config = store, gateway, tokens, config
         self.hubs: dict[str, Hub] = {}
+        self.knowledge = KnowledgeBase(store.engine)
         self.visitor_limit = RateLimiter(config.visitor_messages_per_minute, 60)
         self.ip_limit = RateLimiter(config.ip_messages_per_minute, 60)
         self.connect_limit = RateLimiter(config.ip_connections_per_minute, 60)
@@ -358,6 +362,7 @@ class DialogService:
         guard passed it (secrets and card numbers redacted), and the guard sees every template
         token and tripwire the visitor typed."""
         parts: list[str] = []
+        grounding: Grounding | None = None
         finish, error = "error", None  # type: str, frames.FrameError | None
         overloaded = False  # refused by the engine before a token: the client may send the message again
         gen = None
@@ -367,9 +372,14 @@ class DialogService:
                 for m in await self.store.messages(hub.cid)
                 if m.id not in (user.id, answer.id) and m.text and m.status in ("done", "cancelled", "interrupted")
             ]
+            previous = next((t for role, t in reversed(earlier) if role == "user"), None)
+            window = self.gateway.model_for("support_chat").context_length
+            # passages may take about a third of the window (at ~3 characters a token); the conversation needs the rest
+            grounding = await ground(self.knowledge, site.site_key, site.system_prompt, text, previous, budget_chars=window)
             # the gateway guards the whole prompt once and drops the oldest turns the window cannot hold
-            prompt = ChatPrompt((("system", site.system_prompt), *earlier, ("user", text)), fit=True)
-            gen = self.gateway.stream(self._call(hub, site, visitor, ip, user, answer.id, prompt))
+            prompt = ChatPrompt((("system", grounding.system if grounding else site.system_prompt), *earlier, ("user", text)), fit=True)
+            refs = grounding.refs if grounding else ()
+            gen = self.gateway.stream(self._call(hub, site, visitor, ip, user, answer.id, prompt, sources=refs))
             async for delta in gen:
                 async with hub.lock:
                     if delta.text:
@@ -399,8 +409,14 @@ class DialogService:
         status = {"stop": "done", "length": "done", "cancelled": "cancelled", "blocked": "blocked"}.get(finish, "error")
         async with hub.lock:
             hub.answering = None  # a client may send its next message the moment it sees `done`
-            await hub.emit({"type": "done", "message_id": answer.id, "finish_reason": finish})
+            done: dict[str, Any] = {"type": "done", "message_id": answer.id, "finish_reason": finish}
+            sources = grounding.sources if grounding is not None and parts and status == "done" else []
+            if sources:
+                done["sources"] = sources
+            await hub.emit(done)
             hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": "overloaded" if overloaded else finish}
+            if sources:
+                hub.updates[answer.id]["sources"] = json.dumps(sources, ensure_ascii=False)
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
                 hub.updates[user.id] = {**hub.updates.get(user.id, {}), "status": "blocked"}
             await hub.flush(self.store)
@@ -410,7 +426,16 @@ class DialogService:
         self._release_later(hub)
 
     def _call(
-        self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, request_id: str, prompt: ChatPrompt, generate: bool = True
+        self,
+        hub: Hub,
+        site: Site,
+        visitor: Visitor,
+        ip: str,
+        user: Message,
+        request_id: str,
+        prompt: ChatPrompt,
+        generate: bool = True,
+        sources: tuple[str, ...] = (),
     ) -> Call:
         """The gateway call for a visitor's message; the store keeps the message as the guard passes it."""
 
@@ -430,6 +455,7 @@ class DialogService:
             message_id=request_id,
             on_screened=keep,
             generate=generate,
+            sources=sources,
         )
 
     async def _hold(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, text: str, now: datetime) -> None:

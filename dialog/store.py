@@ -66,6 +66,7 @@ messages = Table(
     Column("finish_reason", String),
     Column("seq", Integer),
     Column("client_ref", String),
+    Column("sources", Text),
 )
 events = Table(
     "events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text)
@@ -111,9 +112,13 @@ class Message:
     created_at: str
     finish_reason: str | None
     seq: int | None
+    sources: str | None = None  # JSON: the knowledge an answer was grounded in
 
     def to_frame(self) -> dict[str, Any]:
-        return {"message_id": self.id, "role": self.role, "text": self.text, "status": self.status, "created_at": self.created_at}
+        frame = {"message_id": self.id, "role": self.role, "text": self.text, "status": self.status, "created_at": self.created_at}
+        if self.sources:
+            frame["sources"] = json.loads(self.sources)
+        return frame
 
 
 class Store:
@@ -330,4 +335,6 @@ def _site(row: Any) -> Site:
 
 
 def _message(row: Any) -> Message:
-    return Message(row.id, row.conversation_id, row.role, row.text, row.status, row.client_ref, row.created_at, row.finish_reason, row.seq)
+    return Message(
+        row.id, row.conversation_id, row.role, row.text, row.status, row.client_ref, row.created_at, row.finish_reason, row.seq, row.sources
+    )

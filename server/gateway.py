@@ -134,6 +134,7 @@ class Call:
     affinity: str | None = None  # keeps related calls on one upstream (the IDE's document); default: the conversation, session or user
     on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned and fitted, before generation
     generate: bool = True  # False: screened, kept and recorded, not answered (a message held for a person)
+    sources: tuple[str, ...] = ()  # knowledge the caller put in the prompt, named in the audit record
 
 
 class GuardMetrics:
@@ -607,6 +608,7 @@ class _Record:
                 self.prompt_hmac,
                 self.prompt_text is not None,
                 self.context,
+                call.sources or None,
             ),
             guard=record.GuardRef(
                 overall(results_in + results_out),

@@ -134,6 +134,11 @@ class KnowledgeBase:
                 total += await self._index(conn, site_key, d.id, passages(Document(d.source, d.title, d.format, sections)))
         return total
 
+    async def has_documents(self, site_key: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(text("SELECT 1 FROM knowledge_documents WHERE site_key = :s LIMIT 1"), {"s": site_key})
+            return found.first() is not None
+
     async def search(self, site_key: str, query: str, limit: int = 4) -> list[Hit]:
         expression = match_expression(query)
         if expression is None:

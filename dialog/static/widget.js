@@ -311,7 +311,18 @@
     node.setAttribute("aria-label", t(role === "user" ? "you_said" : "assistant_said"));
   }
 
-  function renderMessage(id, role, text, note) {
+  // The documents an answer was grounded in, by title and heading (plain text: never links the model made).
+  function sourceList(sources) {
+    var box = el("div", "sources");
+    box.appendChild(el("span", null, t("sources") + ": "));
+    box.appendChild(document.createTextNode(sources.map(function (s) {
+      var tail = s.heading && s.heading !== s.title ? s.heading.split(" \u203a ").slice(-1)[0] : "";
+      return s.title + (tail && tail !== s.title ? " \u203a " + tail : "");
+    }).join(" \u00b7 ")));
+    return box;
+  }
+
+  function renderMessage(id, role, text, note, sources) {
     var b = bubbles[id];
     if (!b) {
       b = bubbles[id] = { el: el("div", "msg " + role), text: "" };
@@ -323,6 +334,7 @@
     b.text = text;
     b.el.replaceChildren(role === "assistant" ? markdown(text) : document.createTextNode(text));
     if (note) b.el.appendChild(el("div", "note", note));
+    if (sources && sources.length) b.el.appendChild(sourceList(sources));
     scroll();
     return b;
   }
@@ -355,7 +367,7 @@
           bubbles = {};
           setGenerating(false);
           f.history.forEach(function (m) {
-            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" && m.status !== "streaming" ? note(m.status) : null);
+            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" && m.status !== "streaming" ? note(m.status) : null, m.sources);
             if (m.role === "assistant" && m.status !== "streaming") shown.el.setAttribute("data-finish", m.status);
             if (m.role === "assistant" && m.status === "streaming") setGenerating(true);
           });
@@ -395,11 +407,11 @@
         break;
       case "done":
         var d = bubbles[f.message_id], said = d ? d.text : "";
-        renderMessage(f.message_id, "assistant", said, note(f.finish_reason)).el.setAttribute("data-finish", f.finish_reason);
+        renderMessage(f.message_id, "assistant", said, note(f.finish_reason), f.sources).el.setAttribute("data-finish", f.finish_reason);
         announce(t("assistant_said") + ": " + said + (note(f.finish_reason) ? " " + note(f.finish_reason) : ""));
         setGenerating(false);
         if (f.finish_reason !== "error") { lastSent = null; retrying = false; }  // answered or stopped: nothing to send again
-        fire("message", { role: "assistant", message_id: f.message_id, text: said, finish_reason: f.finish_reason });
+        fire("message", { role: "assistant", message_id: f.message_id, text: said, finish_reason: f.finish_reason, sources: f.sources || [] });
         break;
       case "away":  // outside the site's hours, with no bot then: kept for a person
         if (site && site.hours) site.hours.next_open = f.next_open;

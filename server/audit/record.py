@@ -66,6 +66,7 @@ class PromptRef:
     content_hmac: str | None = None
     content_kept: bool = False  # False: refused before the secret scan, so only its length and HMAC were sealed
     context: dict[str, int] | None = None  # a fitted chat prompt's window, budget, length and turns kept and dropped
+    sources: tuple[str, ...] | None = _optional()  # the knowledge passages the prompt carried (`source#passage_id`)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ screenshot is saved under test-artifacts/."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from dialog.identity import signature
-from dialog.store import Site
+from dialog.knowledge.index import KnowledgeBase
+from dialog.store import Site, Store
 from dialog.widget_settings import WidgetSettings
 from tests.conftest import ThreadedServer, free_port
 from tests.dialog.test_dialog_cli import tandem
@@ -68,7 +71,7 @@ class Pages:
 
 
 @pytest.fixture(scope="module")
-def pages(default_server) -> Iterator[Pages]:  # type: ignore[no-untyped-def]
+def pages(default_server, tmp_path_factory) -> Iterator[Pages]:  # type: ignore[no-untyped-def]
     host = Pages(default_server.url)
     sites = {
         "arabic": WidgetSettings(locale="ar"),
@@ -84,7 +87,24 @@ def pages(default_server) -> Iterator[Pages]:  # type: ignore[no-untyped-def]
         for key, look in sites.items():
             add_site(default_server.dialog_dir, Site(key, key, (host.url,), PROMPT, look))
         add_site(default_server.dialog_dir, Site("members", "members", (host.url,), PROMPT, WidgetSettings(), SECRET))
+        add_site(default_server.dialog_dir, Site("kb", "kb", (host.url,), PROMPT))
+        add_documents(default_server.dialog_dir, "kb", tmp_path_factory.mktemp("kb"))
         yield host
+
+
+def add_documents(dialog_dir: Path, site_key: str, folder: Path) -> None:
+    (folder / "returns.md").write_text("# Returns\n\nUnused items can be returned within 30 days of delivery, with the receipt.\n")
+    (folder / "shipping.md").write_text("# Shipping\n\nParcels to Norway arrive in three working days.\n")
+
+    async def go() -> None:
+        store = await Store.open(dialog_dir / "chat.db")
+        kb = KnowledgeBase(store.engine)
+        for path in sorted(folder.iterdir()):
+            await kb.add(site_key, path)
+        await store.close()
+
+    with ThreadPoolExecutor(1) as pool:  # (Playwright's sync API holds this thread's event loop)
+        pool.submit(asyncio.run, go()).result()
 
 
 def visit(browser, url: str, **context: object) -> Page:  # type: ignore[no-untyped-def]
@@ -152,6 +172,22 @@ def test_the_keyboard_alone_gets_an_answer_under_the_strict_policy(pages, browse
         expect(page.locator("#tandem-chat .panel")).to_be_hidden()
         assert focused(page) == "button.launcher"
         assert violations(page) == []
+    finally:
+        page.close()
+
+
+def test_an_answer_from_the_sites_documents_shows_its_source(pages, browser, shots) -> None:  # type: ignore[no-untyped-def]
+    page = visit(browser, f"{pages.url}/kb?csp=strict")
+    try:
+        page.locator("#tandem-chat .launcher").click()
+        assert answer_one(page, "How many days do I have to return an unused item?").strip()
+        sources = page.locator("#tandem-chat .msg.assistant .sources")
+        expect(sources).to_have_text("Sources: Returns")
+        page.screenshot(path=shots / "grounded-answer.png")
+        assert axe_violations(page) == [] and violations(page) == []
+        page.reload()  # the sources are kept with the answer
+        page.locator("#tandem-chat .launcher").click()
+        expect(page.locator("#tandem-chat .msg.assistant .sources")).to_have_text("Sources: Returns")
     finally:
         page.close()
 
