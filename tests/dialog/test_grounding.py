@@ -56,7 +56,7 @@ def test_the_passage_that_answers_is_in_the_prompt_and_the_answer_names_it(tiny_
             answers = [m for m in again.welcome["history"] if m["role"] == "assistant"]
         assert answers[0]["sources"][0]["source"] == "returns.md"  # kept with the message: shown again after a reload
         reader = AuditReader(s.audit_dir)
-        records = eventually(lambda: reader.search(Filters(conversation=chat.conversation_id), limit=10) or None, "the audit records")
+        records = eventually(lambda: reader.search(Filters(conversation=chat.conversation_id), limit=10), "the audit records")
         first = min(records, key=lambda r: r["seq"])["record"]
         assert first["prompt"]["sources"] and first["prompt"]["sources"][0].startswith("returns.md#psg_")
 
