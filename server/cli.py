@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit(sub)
     add_guard(sub)
+    from dialog.bench_support import add_parser as add_support_bench
     from dialog.cli import add_parsers as add_dialog
     from lsp.bench_quality import add_parser as add_quality_bench
     from lsp.bench_typing import add_parser as add_typing_bench
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lsp(sub)
     add_typing_bench(sub)
     add_quality_bench(sub)
+    add_support_bench(sub)
     return parser
 
 
