@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,14 +30,6 @@ DOES_NOT_KNOW = re.compile(
     re.I,
 )
 OFFERS_PERSON = re.compile(r"\b(person|human|agent|colleague|team|staff|someone|representative|contact (us|our|the))\b", re.I)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ask(url: str, site: str, question: str, timeout: float) -> dict[str, Any]:
@@ -123,39 +113,13 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-support-"))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(work / "serve.log", "w")
-    serve = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--dialog-dir",
-        str(work / "dialog"),
-        "--audit-dir",
-        str(work / "audit"),
-    ]
-    proc = subprocess.Popen(
-        [*serve, *(["--no-compile"] if args.no_compile else [])], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
-    )
+    from lsp.bench_typing import start_server  # (the benchmarks' one way to start and wait for tandem serve)
+
+    served = start_server(work, compile_wait=0 if args.no_compile else args.compile_wait)
+    url = served.url
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     try:
-        import httpx
-
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tandem serve did not start; see {work / 'serve.log'}")
-            time.sleep(0.5)
-        _setup_sites(work / "dialog", url, data["company"], docs)
+        _setup_sites(work / f"dialog-{url.rsplit(':', 1)[1]}", url, data["company"], docs)
         for i, q in enumerate(questions):
             order = MODES if i % 2 == 0 else MODES[::-1]
             for mode in order:
@@ -166,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        served.stop()
     summary = {m: summarise(rows[m]) for m in MODES}
     print(f"support answers on {data['company']}'s documents ({len(docs)} files), default model, {len(questions)} questions")
     print(f"{'mode':<8} {'right':>7} {'honest':>8} {'+person':>8} {'unknown*':>9} {'sources':>8} {'median s':>9}")
@@ -201,6 +163,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--timeout", type=float, default=180, help="seconds per answer")
     p.add_argument("--no-compile", action="store_true", help="run the server eager")
+    p.add_argument("--compile-wait", type=float, default=240, help="seconds to wait for the server's compiled decode step")
     p.add_argument("--verbose", action="store_true", help="each question's answers as they come")
     p.add_argument("--out", default="bench-out")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, log_level="warning")
