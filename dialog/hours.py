@@ -102,9 +102,8 @@ class BusinessHours:
 
     def to_frame(self, now: datetime) -> dict[str, object]:
         """What the widget needs: open or not, and the instants it changes (ISO 8601, with offset)."""
-        closes, opens = self.closes_at(now), self.next_open(now)
-        if closes is not None:  # the next opening after this closing
-            opens = self.next_open(closes)
+        closes = self.closes_at(now)
+        opens = self.next_open(closes or now)  # open now: the next opening after this closing
         return {
             "open": self.is_open(now),
             "closes_at": closes.isoformat() if closes else None,

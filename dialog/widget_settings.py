@@ -3,6 +3,7 @@ sent to the widget in `welcome`. Everything here is shown to visitors, nothing h
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -51,7 +52,7 @@ class WidgetSettings:
             raise SettingsError(f"hours: {exc}") from None
 
     def business_hours(self) -> BusinessHours:
-        return BusinessHours.parse(self.hours, self.timezone)
+        return _parsed_hours(self.hours, self.timezone)
 
     def changed(self, **values: Any) -> WidgetSettings:
         """These settings with the given ones (None: unchanged) replaced, validated again."""
@@ -70,6 +71,12 @@ class WidgetSettings:
         out: dict[str, Any] = {k: getattr(self, k) for k in ("title", "greeting", "accent", "theme", "position", "locale")}
         out["hours"] = {**self.business_hours().to_frame(now), "away_message": self.away_message, "bot_when_away": self.bot_when_away}
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_hours(hours: str, timezone: str) -> BusinessHours:
+    """Parsed once per distinct setting: every welcome and every message outside the hours asks."""
+    return BusinessHours.parse(hours, timezone)
 
 
 DEFAULT = WidgetSettings()

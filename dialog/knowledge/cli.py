@@ -115,27 +115,19 @@ def add_parsers(sub: Any, common: Any, run: Any) -> None:
     kb = sub.add_parser("knowledge", help="a site's knowledge base, which the bot answers from").add_subparsers(
         dest="knowledge_command", required=True
     )
-    p = kb.add_parser("add", help="add or replace documents: Markdown, HTML, text or PDF files, or folders of them")
-    common(p)
-    p.add_argument("site_key")
-    p.add_argument("paths", nargs="+")
-    p.set_defaults(func=lambda a: add(a, run))
-    p = kb.add_parser("list", help="a site's documents")
-    common(p)
-    p.add_argument("site_key")
-    p.set_defaults(func=lambda a: listing(a, run))
-    p = kb.add_parser("remove", help="remove documents by the name they were added under")
-    common(p)
-    p.add_argument("site_key")
-    p.add_argument("sources", nargs="+")
-    p.set_defaults(func=lambda a: remove(a, run))
-    p = kb.add_parser("reindex", help="split and index the stored documents again (no files needed)")
-    common(p)
-    p.add_argument("site_key")
-    p.set_defaults(func=lambda a: reindex(a, run))
-    p = kb.add_parser("search", help="the passages the bot would find for a question")
-    common(p)
-    p.add_argument("site_key")
+
+    def command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        """Every knowledge command names a site and runs on the chat store."""
+        p = kb.add_parser(name, help=help)
+        common(p)
+        p.add_argument("site_key")
+        p.set_defaults(func=lambda a: func(a, run))
+        return p
+
+    command("add", "add or replace documents: Markdown, HTML, text or PDF files, or folders of them", add).add_argument("paths", nargs="+")
+    command("list", "a site's documents", listing)
+    command("remove", "remove documents by the name they were added under", remove).add_argument("sources", nargs="+")
+    command("reindex", "split and index the stored documents again (no files needed)", reindex)
+    p = command("search", "the passages the bot would find for a question", search)
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=4)
-    p.set_defaults(func=lambda a: search(a, run))
