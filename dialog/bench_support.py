@@ -2,8 +2,9 @@
 not know? An invented company's documents (dialog/bench_data/support: several formats, facts
 nobody else has) and questions phrased unlike them, some with no answer in the documents, asked
 over the real WebSocket of a real `tandem serve` on the default model, one fresh conversation
-each, once per mode: `none` (the site's system prompt alone) and `bm25` (the knowledge base,
-BM25 retrieval). Modes alternate which goes first, question by question. A benchmark, not a test:
+each, once per mode: `none` (the site's system prompt alone), `bm25` (the knowledge base, BM25
+retrieval) and `hybrid` (BM25 and the embedding model's vectors, fused). Modes rotate which goes
+first, question by question. A benchmark, not a test:
 it prints a table and writes JSON."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(__file__).parent / "bench_data" / "support"
-MODES = ("none", "bm25")
+MODES = ("none", "bm25", "hybrid")
 # an honest answer: says it does not know, and offers a person
 DOES_NOT_KNOW = re.compile(
     r"(don'?t|do not|doesn'?t|does not) (know|have (that|this|any|the|specific|information|details))|not sure|no information|"
@@ -59,6 +60,7 @@ def _ask(url: str, site: str, question: str, timeout: float) -> dict[str, Any]:
 
 
 def _setup_sites(dialog_dir: Path, url: str, company: str, docs: list[Path]) -> None:
+    from .knowledge.embeddings import default_embedder
     from .knowledge.index import KnowledgeBase
     from .store import Site, Store
 
@@ -66,10 +68,12 @@ def _setup_sites(dialog_dir: Path, url: str, company: str, docs: list[Path]) -> 
         store = await Store.open(dialog_dir / "chat.db")
         prompt = f"You are the customer-support assistant of {company}. Answer the customer's question briefly and politely."
         for mode in MODES:
-            await store.put_site(Site(f"bench-{mode}", f"bench {mode}", (url,), prompt))
-        kb = KnowledgeBase(store.engine)
-        for path in docs:
-            await kb.add("bench-bm25", path)
+            await store.put_site(Site(f"bench-{mode}", f"bench {mode}", (url,), prompt, retrieval="bm25" if mode == "bm25" else "hybrid"))
+        kb = KnowledgeBase(store.engine, default_embedder())
+        for mode in MODES[1:]:
+            for path in docs:
+                await kb.add(f"bench-{mode}", path)
+            await kb.prepare(f"bench-{mode}")
         await store.close()
 
     asyncio.run(go())
@@ -115,26 +119,31 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-support-"))
     from lsp.bench_typing import start_server  # (the benchmarks' one way to start and wait for tandem serve)
 
+    from .knowledge.embeddings import default_embedder
+
+    if "hybrid" in args.modes and default_embedder() is None:
+        print("warning: the embedding model is not installed: hybrid is BM25 alone (make test or make run installs it)", file=sys.stderr)
     served = start_server(work, compile_wait=0 if args.no_compile else args.compile_wait)
     url = served.url
-    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     try:
         _setup_sites(work / f"dialog-{url.rsplit(':', 1)[1]}", url, data["company"], docs)
         for i, q in enumerate(questions):
-            order = MODES if i % 2 == 0 else MODES[::-1]
+            order = modes[i % len(modes) :] + modes[: i % len(modes)]
             for mode in order:
                 rows[mode].append(score(q, _ask(url, f"bench-{mode}", q["q"], args.timeout)))
             if args.verbose:
                 print(
-                    f"[{i + 1}/{len(questions)}] {q['q']}\n  " + "\n  ".join(f"{m}: {rows[m][-1]['text'][:160]!r}" for m in MODES),
+                    f"[{i + 1}/{len(questions)}] {q['q']}\n  " + "\n  ".join(f"{m}: {rows[m][-1]['text'][:160]!r}" for m in modes),
                     file=sys.stderr,
                 )
     finally:
         served.stop()
-    summary = {m: summarise(rows[m]) for m in MODES}
+    summary = {m: summarise(rows[m]) for m in modes}
     print(f"support answers on {data['company']}'s documents ({len(docs)} files), default model, {len(questions)} questions")
     print(f"{'mode':<8} {'right':>7} {'honest':>8} {'+person':>8} {'unknown*':>9} {'sources':>8} {'median s':>9}")
-    for m in MODES:
+    for m in modes:
         s = summary[m]
         pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
         print(
@@ -161,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("bench-support", help="support answers: facts stated and honest 'I don't know', with and without the knowledge base")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--modes", default=",".join(MODES), help=f"which of {', '.join(MODES)} to run (comma-separated)")
     p.add_argument("--timeout", type=float, default=180, help="seconds per answer")
     p.add_argument("--no-compile", action="store_true", help="run the server eager")
     p.add_argument("--compile-wait", type=float, default=240, help="seconds to wait for the server's compiled decode step")

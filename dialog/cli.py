@@ -1,10 +1,10 @@
-"""`tandem sites add | edit | show | list` and `tandem conversations list | show | export`: for the people who run the chat."""
+"""`tandem sites add | edit | show | list`, `tandem conversations list | show | export` and
+`tandem staff add | list | remove`: for the people who run the chat."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,9 +12,12 @@ from typing import Any
 
 from server.settings import tandem_home
 
+from . import webhooks_cli as webhooks
 from .identity import Contact, new_secret
 from .knowledge import cli as knowledge
+from .staff import StaffDirectory, StaffError
 from .store import Site, Store
+from .transcript import as_text, transcript
 from .widget_settings import LOCALES, POSITIONS, THEMES, SettingsError, WidgetSettings
 
 DEFAULT_PROMPT = "You are a helpful, concise customer-support assistant."
@@ -54,6 +57,7 @@ def _settled(args: argparse.Namespace, site: Site | None) -> Site:
         prompt if prompt is not None else (site.system_prompt if site else DEFAULT_PROMPT),
         widget,
         secret,
+        args.retrieval or (site.retrieval if site else "hybrid"),
     )
 
 
@@ -136,44 +140,23 @@ def conversations_list(args: argparse.Namespace) -> int:
         for c in await store.list_conversations(args.site, args.limit):
             contact = Contact.from_json(c.get("contact"))
             who = f"  customer {contact.email or contact.customer_id or contact.name}" if contact else ""
-            print(f"{c['id']:<22} {c['site_key']:<12} {c['updated_at']}  {c['messages']:>3} messages  visitor {c['visitor_id']}{who}")
+            state = c["status"] + (f" ({c['agent']})" if c["agent"] else "")
+            print(
+                f"{c['id']:<22} {c['site_key']:<12} {c['updated_at']}  {c['messages']:>3} messages  {state:<16}"
+                f" visitor {c['visitor_id']}{who}"
+            )
         return 0
 
     return _run(args, work)
 
 
-async def _dump(store: Store, cid: str) -> dict[str, Any] | None:
-    conv = await store.conversation(cid)
-    if conv is None:
-        return None
-    msgs = [
-        {
-            "message_id": m.id,
-            "role": m.role,
-            "status": m.status,
-            "finish_reason": m.finish_reason,
-            "created_at": m.created_at,
-            "text": m.text,
-        }
-        for m in await store.messages(cid)
-    ]
-    contact = Contact.from_json(conv.get("contact"))
-    return {**conv, "contact": dataclasses.asdict(contact) if contact else None, "messages": msgs}
-
-
 def conversations_show(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
-        dump = await _dump(store, args.conversation_id)
+        dump = await transcript(store, args.conversation_id)
         if dump is None:
             print(f"error: no conversation {args.conversation_id!r}", file=sys.stderr)
             return 1
-        print(f"conversation {dump['id']} on {dump['site_key']}, visitor {dump['visitor_id']}, started {dump['created_at']}")
-        contact = Contact(**dump["contact"]) if dump["contact"] else None
-        if contact is not None:
-            print(f"customer: {contact}")
-        for m in dump["messages"]:
-            flag = "" if m["status"] == "done" else f" [{m['status']}]"
-            print(f"\n{m['role']} ({m['created_at']}){flag}:\n{m['text']}")
+        sys.stdout.write(as_text(dump))
         return 0
 
     return _run(args, work)
@@ -185,15 +168,55 @@ def conversations_export(args: argparse.Namespace) -> int:
         out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
         try:
             for cid in ids:
-                dump = await _dump(store, cid)
+                dump = await transcript(store, cid)
                 if dump is not None:
-                    out.write(json.dumps(dump, ensure_ascii=False) + "\n")
+                    out.write(as_text(dump) + "\n" if args.format == "text" else json.dumps(dump, ensure_ascii=False) + "\n")
         finally:
             if args.out:
                 out.close()
         if args.out:
             print(f"wrote {len(ids)} conversations to {args.out}", file=sys.stderr)
         return 0
+
+    return _run(args, work)
+
+
+def staff_add(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        sites = ["*"] if args.all_sites else args.site
+        for key in sites:
+            if key != "*" and await store.site(key) is None:
+                print(f"error: no site {key!r}", file=sys.stderr)
+                return 2
+        try:
+            member, token = await StaffDirectory(store.engine).add(args.name, sites)
+        except StaffError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"added {member.name} for {'every site' if '*' in member.sites else ', '.join(member.sites)}")
+        print(f"token: {token}")
+        print("(shown once: they sign in to /console with it; only its hash is kept)")
+        return 0
+
+    return _run(args, work)
+
+
+def staff_list(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        for member, added in await StaffDirectory(store.engine).members():
+            print(f"{member.name:<30} {', '.join(member.sites):<40} added {added}")
+        return 0
+
+    return _run(args, work)
+
+
+def staff_remove(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        if await StaffDirectory(store.engine).remove(args.name):
+            print(f"removed {args.name}: their token no longer signs in")
+            return 0
+        print(f"error: no staff member named {args.name!r}", file=sys.stderr)
+        return 1
 
     return _run(args, work)
 
@@ -239,6 +262,11 @@ def add_parsers(sub: Any) -> None:
             help="require a customer's id or email signed with the site's secret (printed once when made)",
         )
         who.add_argument("--rotate-identity-secret", action="store_true", help="a new identity secret (the old one stops working)")
+        p.add_argument(
+            "--retrieval",
+            choices=("hybrid", "bm25"),
+            help="how the knowledge base is searched: hybrid (BM25 and the embedding model, the default) or BM25 alone",
+        )
 
     sites = sub.add_parser("sites", help="sites that embed the chat widget").add_subparsers(dest="sites_command", required=True)
     p = sites.add_parser("add", help="add a site, or update it (what is given replaces what it had)")
@@ -258,6 +286,23 @@ def add_parsers(sub: Any) -> None:
 
     knowledge.add_parsers(sub, common, _run)
 
+    staff = sub.add_parser("staff", help="the people who answer visitors in /console").add_subparsers(dest="staff_command", required=True)
+    p = staff.add_parser("add", help="add a staff member and print their token (once)")
+    common(p)
+    p.add_argument("name", help="shown to visitors above their messages")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--site", action="append", default=[], help="a site they answer (repeatable)")
+    which.add_argument("--all-sites", action="store_true")
+    p.set_defaults(func=staff_add)
+    p = staff.add_parser("list", help="staff members and their sites")
+    common(p)
+    p.set_defaults(func=staff_list)
+    p = staff.add_parser("remove", help="remove a staff member: their token stops working")
+    common(p)
+    p.add_argument("name")
+    p.set_defaults(func=staff_remove)
+    webhooks.add_parsers(sub, common, _run)
+
     convs = sub.add_parser("conversations", help="read support conversations").add_subparsers(dest="conversations_command", required=True)
     p = convs.add_parser("list", help="newest first")
     common(p)
@@ -268,9 +313,10 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.add_argument("conversation_id")
     p.set_defaults(func=conversations_show)
-    p = convs.add_parser("export", help="JSON Lines, one conversation per line")
+    p = convs.add_parser("export", help="transcripts: JSON Lines, one conversation per line, or plain text")
     common(p)
     p.add_argument("conversation_id", nargs="?")
+    p.add_argument("--format", choices=("json", "text"), default="json")
     p.add_argument("--site")
     p.add_argument("--out")
     p.set_defaults(func=conversations_export)

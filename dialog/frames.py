@@ -1,5 +1,7 @@
-"""The dialog protocol's client frames (v1, see design.md), validated strictly, and the error
-codes the widget knows how to explain."""
+"""The dialog protocol's client frames, validated strictly, and the error codes the widget knows how
+to explain. v2 (people in the loop) added, all optional to a v1 client: `handoff` and `rate` from the
+widget; `status` (who answers: bot, waiting, agent, closed) and `agent_message` from the server, and
+`author` on an agent's messages in the history."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # v2 only adds frames: a v1 widget (a cached script) still works
 MAX_FRAME_BYTES = 16 * 1024
 
 
@@ -51,7 +54,22 @@ class Identify(_Frame):
     hmac: str | None = Field(default=None, max_length=256)
 
 
-Frame = Hello | Message | Cancel | Ping | Identify
+class Handoff(_Frame):
+    """The visitor asks for a person (the widget's button)."""
+
+    type: Literal["handoff"]
+
+
+class Rate(_Frame):
+    """Thumbs on one answer (`message_id`, `value`), or 1-5 for the whole conversation (`score`)."""
+
+    type: Literal["rate"]
+    message_id: str | None = Field(default=None, max_length=64)
+    value: Literal["up", "down"] | None = None
+    score: int | None = Field(default=None, ge=1, le=5)
+
+
+Frame = Hello | Message | Cancel | Ping | Identify | Handoff | Rate
 ClientFrame = Annotated[Frame, Field(discriminator="type")]
 _adapter: TypeAdapter[Frame] = TypeAdapter(ClientFrame)
 
@@ -113,13 +131,14 @@ def _clip(value: Any, limit: int = 40) -> str:
     return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def parse(raw: str | bytes) -> Frame:
-    """One client frame, or `FrameError` (and never anything else: a malformed frame gets an error
-    frame, whatever it holds: deep nesting, NaN, numbers too long, lone surrogates, binary)."""
+def decode(raw: str | bytes, types: tuple[str, ...], max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """One frame's JSON object, of one of `types`, or `FrameError` (and never anything else: a
+    malformed frame gets an error frame, whatever it holds: deep nesting, NaN, numbers too long,
+    lone surrogates, binary). The widget's frames and the console's both come through here."""
     if isinstance(raw, bytes):
         raise FrameError("bad_frame", "frames are JSON text, not binary")
-    if len(raw.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
-        raise FrameError("frame_too_large", f"a frame may be at most {MAX_FRAME_BYTES} bytes")
+    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise FrameError("frame_too_large", f"a frame may be at most {max_bytes} bytes")
     if _too_deep(raw):
         raise FrameError("bad_frame", f"a frame may nest at most {MAX_DEPTH} levels deep")
     try:
@@ -136,11 +155,23 @@ def parse(raw: str | bytes) -> Frame:
         raise FrameError("bad_frame", "a frame is a JSON object with a `type`")
     if not _encodable(data):
         raise FrameError("bad_frame", "strings must be valid Unicode (no lone surrogates)")
-    if data["type"] not in ("hello", "message", "cancel", "ping", "identify"):
+    if data["type"] not in types:
         raise FrameError("unknown_type", f"unknown frame type {_clip(data['type'])!r}")
+    return data
+
+
+def validated(adapter: TypeAdapter[Any], data: dict[str, Any]) -> Any:
     try:
-        return _adapter.validate_python(data)
+        return adapter.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
         raise FrameError("bad_frame", f"{_clip(where)}: {first['msg']}") from None
+
+
+TYPES = ("hello", "message", "cancel", "ping", "identify", "handoff", "rate")
+
+
+def parse(raw: str | bytes) -> Frame:
+    """One client frame, or `FrameError` (see `decode`)."""
+    return validated(_adapter, decode(raw, TYPES))  # type: ignore[no-any-return]

@@ -1,34 +1,56 @@
-"""Answers grounded in the site's own knowledge: each turn's question (with the visitor's previous
-one, for follow-ups) finds the best passages of the site's knowledge base, and the system prompt
-lays them out, numbered under their titles, for the model to answer from. The answer then carries
-their titles as its sources, and the audit record names them. A site without documents is
-answered from its system prompt alone, as before."""
+"""Answers grounded in the site's own knowledge. Each turn's question (with the visitor's previous
+one, for follow-ups) finds the best passages of the site's knowledge base; then one of three things:
+
+* a passage answers it: the system prompt lays the passages out, numbered under their titles, for
+  the model to answer from, and the answer ends with the passage's own words (an excerpt under its
+  title) unless the model already stated its figures: a small model paraphrases loosely, the
+  excerpt is what the visitor can rely on. The answer carries the passages' titles as its sources
+  and the audit record names them;
+* nothing answers it: the bot says it does not know and offers a person, in the visitor's language,
+  without asking the model (which, this small, invents rather than admits);
+* a greeting or thanks (no significant word at all): the model answers from the site's prompt.
+
+A site without documents is answered from its system prompt alone, as before."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from .knowledge.index import Hit, KnowledgeBase
+from .knowledge.index import STOPWORDS, Hit, KnowledgeBase, match_expression
 
 MAX_PASSAGES = 3
 MAX_PASSAGE_CHARS = 800
 RELATIVE_CUTOFF = 0.5  # a passage scoring under half the best one matched a stray word ("days"), not the question
+# Cosines (all-MiniLM-L6-v2) under which the passages are about something else: the best sentence
+# and the best passage must both come close to the question. Set on the support benchmark's
+# questions (`tandem bench-support`; README), where they keep most answerable questions and turn
+# most unanswerable ones into "I don't know"; a sentence is the sharper signal, a passage guards it.
+SENTENCE_FLOOR = 0.47
+PASSAGE_FLOOR = 0.36
+# BM25 alone has no comparable score: the best passage must contain this share of the question's
+# significant words (prefixes, so "returns" meets "returned").
+COVERAGE_FLOOR = 0.5
+EXCERPT_SENTENCES = 3
+EXCERPT_SHARE = 0.7  # a sentence scoring under this share of the best one answers something else
+FOLLOW_UP_WORDS = 3  # a question this short that finds nothing on its own is read with the one before it
 INSTRUCTIONS = (
     "Answer the customer's question from the passages below, in one or two sentences, using their words. "
     "If the passages do not answer it, say that you do not know and offer to connect them with a person. "
     "Do not make anything up."
 )
-NOTHING_FOUND = (
-    "Nothing in the company's documents answers this. If the customer asks about the company, its products, "
-    "orders or policies, say that you do not know and offer to connect them with a person. Do not make anything up."
-)
+SMALL_TALK = "If the customer greets or thanks you, reply briefly and ask how you can help. Do not make anything up."
 
 
 @dataclass(frozen=True)
 class Grounding:
     system: str  # the site's system prompt with the passages (or what to do without any)
     hits: tuple[Hit, ...]
+    excerpt: str | None = None  # the best passage's own words for this question, with its title
+    figures: tuple[str, ...] = ()  # the excerpt's numbers: an answer stating all of them needs no excerpt
+    unknown: bool = False  # nothing answers the question: the honest reply, not the model's
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -42,18 +64,106 @@ class Grounding:
     def refs(self) -> tuple[str, ...]:
         return tuple(f"{h.source}#{h.passage_id}" for h in self.hits)
 
+    def appendix(self, answer: str, quote_label: str) -> str:
+        """What follows the model's answer: the excerpt, unless the answer already states its figures."""
+        if self.excerpt is None:
+            return ""
+        if self.figures and all(re.search(rf"(?<![\d.]){re.escape(f)}(?![\d])", answer) for f in self.figures):
+            return ""
+        return f"\n\n{quote_label} {self.excerpt}"
+
+
+def _terms(text: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"\w+", text.lower()) if w not in STOPWORDS and len(w) > 2}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) > 3]
+
+
+def _label(hit: Hit) -> str:
+    inner = hit.heading.split(" › ", 1)[-1] if hit.heading and hit.heading != hit.title else ""
+    return f"{hit.title} › {inner}" if inner else hit.title
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    hit: Hit
+    text: str
+    order: int  # its place among the candidates: the passages' ranking, then the passage's own order
+    score: float  # cosine with the question (dense), or shared words (BM25 alone)
+
+
+async def _sentences_ranked(kb: KnowledgeBase, question: str, hits: list[Hit]) -> list[_Sentence]:
+    """The passages' sentences, closest to the question first."""
+    candidates = [(h, s) for h in hits for s in _sentences(h.text)]
+    if not candidates:
+        return []
+    if kb.embedder is not None and hits[0].similarity is not None:
+        vectors = await asyncio.to_thread(kb.embedder.embed, [question] + [s for _, s in candidates])
+        scores = (vectors[1:] @ vectors[0]).tolist()
+    else:
+        wanted = _terms(question)
+        scores = [len(wanted & _terms(s)) + (0.5 if h is hits[0] else 0.0) for h, s in candidates]
+    ranked = [_Sentence(h, s, i, float(score)) for i, ((h, s), score) in enumerate(zip(candidates, scores, strict=True))]
+    return sorted(ranked, key=lambda x: -x.score)
+
+
+def relevant(question: str, hits: list[Hit], sentences: list[_Sentence]) -> bool:
+    """Whether the best passages are about the question at all."""
+    if not hits or not sentences:
+        return False
+    if hits[0].similarity is not None:
+        return sentences[0].score >= SENTENCE_FLOOR and max(h.similarity or 0.0 for h in hits) >= PASSAGE_FLOOR
+    wanted = _terms(question)
+    top = hits[0]
+    return bool(wanted) and len(wanted & _terms(f"{top.title} {top.heading} {top.text}")) / len(wanted) >= COVERAGE_FLOOR
+
+
+def excerpt(sentences: list[_Sentence]) -> str:
+    """The best sentences, in their passages' order, each passage's quoted under its title."""
+    close = [x for x in sentences[:EXCERPT_SENTENCES] if x.score >= sentences[0].score * EXCERPT_SHARE]
+    chosen = sorted(close, key=lambda x: x.order)
+    groups: dict[str, tuple[Hit, list[str]]] = {}
+    for x in chosen:
+        groups.setdefault(x.hit.passage_id, (x.hit, []))[1].append(x.text)
+    return " ".join(f"*{_label(hit)}*: “{' '.join(texts)}”" for hit, texts in groups.values())
+
 
 async def ground(
-    kb: KnowledgeBase, site_key: str, system_prompt: str, question: str, previous: str | None, budget_chars: int
+    kb: KnowledgeBase,
+    site_key: str,
+    system_prompt: str,
+    question: str,
+    previous: str | None,
+    budget_chars: int,
+    dense: bool = True,
 ) -> Grounding | None:
-    """The system prompt for this turn; passages are taken best first while they fit `budget_chars`
-    (a share of the model's window: the conversation needs the rest)."""
+    """This turn's grounding; passages are taken best first while they fit `budget_chars` (a share
+    of the model's window: the conversation needs the rest). None: the site has no documents."""
     if not await kb.has_documents(site_key):
         return None
-    hits = await kb.search(site_key, question, MAX_PASSAGES)
-    if not hits and previous:  # a follow-up ("and to Norway?") leans on the question before it
-        hits = await kb.search(site_key, f"{previous} {question}", MAX_PASSAGES)
-    hits = [h for h in hits if h.score >= RELATIVE_CUTOFF * hits[0].score] if hits else []
+    if match_expression(question) is None:  # "hello", "thanks!": nothing to look up
+        return Grounding(f"{system_prompt}\n\n{SMALL_TALK}", ())
+    hits = await kb.search(site_key, question, MAX_PASSAGES, dense=dense)
+    sentences = await _sentences_ranked(kb, question, hits)
+    found = relevant(question, hits, sentences)
+    if not found and previous and len(_terms(question)) <= FOLLOW_UP_WORDS:  # "and to Norway?" leans on the question before it
+        question = f"{previous} {question}"
+        hits = await kb.search(site_key, question, MAX_PASSAGES, dense=dense)
+        sentences = await _sentences_ranked(kb, question, hits)
+        found = relevant(question, hits, sentences)
+    if not found:
+        return Grounding(system_prompt, (), unknown=True)
+    quoted = excerpt(sentences)
+    in_quote = {
+        x.hit.passage_id for x in sentences[:EXCERPT_SENTENCES] if x.score >= sentences[0].score * EXCERPT_SHARE
+    }  # always among the passages and sources
+    if hits[0].similarity is not None:
+        floor = max(h.similarity or 0.0 for h in hits) * 0.8
+        hits = [h for h in hits if (h.similarity or 0.0) >= floor or h.passage_id in in_quote]
+    else:
+        hits = [h for h in hits if h.score >= RELATIVE_CUTOFF * hits[0].score or h.passage_id in in_quote]
     kept: list[Hit] = []
     used = 0
     for h in hits:
@@ -62,12 +172,6 @@ async def ground(
             break
         kept.append(h)
         used += size
-    hits = kept
-    if not hits:
-        return Grounding(f"{system_prompt}\n\n{NOTHING_FOUND}", ())
-    laid_out = "\n\n".join(
-        f"[{i}] {h.title}{' › ' + h.heading.split(' › ', 1)[-1] if h.heading and h.heading != h.title else ''}\n"
-        f"{h.text[: min(MAX_PASSAGE_CHARS, max(80, budget_chars))]}"
-        for i, h in enumerate(hits, 1)
-    )
-    return Grounding(f"{system_prompt}\n\n{INSTRUCTIONS}\n\nPassages:\n\n{laid_out}", tuple(hits))
+    laid_out = "\n\n".join(f"[{i}] {_label(h)}\n{h.text[: min(MAX_PASSAGE_CHARS, max(80, budget_chars))]}" for i, h in enumerate(kept, 1))
+    figures = tuple(dict.fromkeys(f for q in re.findall(r"“([^”]*)”", quoted) for f in re.findall(r"\d+(?:[.,:]\d+)*", q)))
+    return Grounding(f"{system_prompt}\n\n{INSTRUCTIONS}\n\nPassages:\n\n{laid_out}", tuple(kept), quoted or None, figures)

@@ -132,6 +132,75 @@ def m005_knowledge(conn: Any) -> None:
     )
 
 
+@migration
+def m006_dense_retrieval(conn: Any) -> None:
+    """Each passage's sentence vector for dense retrieval (dialog/knowledge/embeddings.py: float32,
+    unit length, made on first search where missing), and which retrieval a site's answers use."""
+    conn.execute(
+        text("""
+        CREATE TABLE knowledge_vectors (
+            passage_id TEXT PRIMARY KEY REFERENCES knowledge_passages(id) ON DELETE CASCADE,
+            site_key TEXT NOT NULL,
+            model TEXT NOT NULL,                    -- the embedding model that made it
+            vector BLOB NOT NULL
+        )""")
+    )
+    conn.execute(text("CREATE INDEX ix_knowledge_vectors_site ON knowledge_vectors(site_key)"))
+    conn.execute(text("ALTER TABLE sites ADD COLUMN retrieval TEXT NOT NULL DEFAULT 'hybrid'"))  # hybrid | bm25
+
+
+@migration
+def m007_people_in_the_loop(conn: Any) -> None:
+    """Staff and their tokens (hashed), who answers a conversation (the bot, a person it waits for,
+    an agent, nobody once closed), agents' messages, the visitor's ratings, and the site's signed
+    webhooks with their delivery log (an outbox: an event is written before it is sent, so a
+    restart loses none)."""
+    conn.execute(text("ALTER TABLE conversations ADD COLUMN status TEXT NOT NULL DEFAULT 'bot'"))  # bot | waiting | agent | closed
+    conn.execute(text("ALTER TABLE conversations ADD COLUMN agent TEXT"))  # the staff member's name while one has it
+    conn.execute(text("ALTER TABLE conversations ADD COLUMN rating INTEGER"))  # the visitor's 1-5 for the whole conversation
+    conn.execute(text("ALTER TABLE conversations ADD COLUMN handoff_at TEXT"))  # when a person was last asked for
+    conn.execute(text("ALTER TABLE messages ADD COLUMN author TEXT"))  # an agent's name (role 'agent')
+    conn.execute(text("ALTER TABLE messages ADD COLUMN rating TEXT"))  # up | down, the visitor's thumbs on an answer
+    conn.execute(
+        text("""
+        CREATE TABLE staff (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            token_sha256 TEXT NOT NULL UNIQUE,      -- the token itself is shown once and never kept
+            sites TEXT NOT NULL,                    -- JSON list of site keys, or ["*"]
+            created_at TEXT NOT NULL
+        )""")
+    )
+    conn.execute(
+        text("""
+        CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            site_key TEXT NOT NULL REFERENCES sites(site_key),
+            url TEXT NOT NULL,
+            secret TEXT NOT NULL,                   -- signs what is sent, and verifies inbound agent replies
+            events TEXT NOT NULL,                   -- JSON list, or ["*"]
+            created_at TEXT NOT NULL
+        )""")
+    )
+    conn.execute(
+        text("""
+        CREATE TABLE webhook_deliveries (
+            id TEXT PRIMARY KEY,                    -- the event's id, sent with it: a receiver drops one it has seen
+            webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+            event TEXT NOT NULL,
+            body TEXT NOT NULL,                     -- JSON, exactly the bytes signed and sent
+            status TEXT NOT NULL,                   -- pending | delivered | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,          -- unix time
+            last_code INTEGER,                      -- the receiver's last HTTP status
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            delivered_at TEXT
+        )""")
+    )
+    conn.execute(text("CREATE INDEX ix_webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at)"))
+
+
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the chat store forward (up to step `upto`, for tests of older schemas); returns the steps applied."""
     return migration.migrate(conn, upto)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -27,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -36,11 +39,15 @@ from server.settings import tandem_home
 from . import frames, locales
 from .errors import PLAIN_WORDS, said
 from .grounding import Grounding, ground
+from .handoff import Handoff, asks_for_person
 from .identity import IdentityRefused, verify
+from .knowledge.embeddings import Embedder, default_embedder
 from .knowledge.index import KnowledgeBase
 from .limits import RateLimiter
+from .staff import StaffDirectory
 from .store import Message, Site, Store
 from .tokens import Visitor, VisitorTokens
+from .webhooks import Webhooks
 
 log = logging.getLogger("tandem.dialog")
 
@@ -76,6 +83,7 @@ class Client:
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.alive = True
+        self.locale = "en"  # the visitor's language, once the hello has said it
 
     async def send(self, frame: dict[str, Any]) -> None:
         if not self.alive:
@@ -92,6 +100,7 @@ class Hub:
         self.lock = asyncio.Lock()
         self.users = 0  # sockets holding this hub, joined or still joining: it is not released under them
         self.clients: set[Client] = set()
+        self.watchers: set[Any] = set()  # staff consoles reading the conversation as it streams
         self.task: asyncio.Task[None] | None = None
         self.answering: str | None = None  # the message being generated; cleared as its `done` goes out
         self.pending: list[dict[str, Any]] = []
@@ -112,6 +121,8 @@ class Hub:
             await client.send(frame)
             if not client.alive:
                 self.clients.discard(client)
+        for console in list(self.watchers):
+            await console.send({"type": "frame", "conversation_id": self.cid, "frame": frame})
         return frame
 
     async def flush(self, store: Store) -> None:
@@ -122,23 +133,47 @@ class Hub:
         self.last_flush = time.monotonic()
 
 
-class DialogService:
-    def __init__(self, store: Store, gateway: Gateway, tokens: VisitorTokens, config: DialogConfig) -> None:
+class DialogMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ratings = Counter(
+            "tandem_dialog_ratings", "Visitors' ratings: thumbs on answers, 1-5 for conversations.", ["kind", "value"], registry=registry
+        )
+        self.handoffs = Counter("tandem_dialog_handoffs", "Conversations whose visitor asked for a person.", ["reason"], registry=registry)
+
+
+class DialogService(Handoff):
+    def __init__(
+        self,
+        store: Store,
+        gateway: Gateway,
+        tokens: VisitorTokens,
+        config: DialogConfig,
+        embedder: Embedder | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.store, self.gateway, self.tokens, self.config = store, gateway, tokens, config
         self.hubs: dict[str, Hub] = {}
-        self.knowledge = KnowledgeBase(store.engine)
+        self.consoles: set[Any] = set()  # signed-in staff consoles (dialog/console.py)
+        self.staff = StaffDirectory(store.engine)
+        registry = registry or CollectorRegistry()
+        self.metrics = DialogMetrics(registry)
+        self.webhooks = Webhooks(store.engine, registry)
+        self.knowledge = KnowledgeBase(store.engine, embedder)
         self.visitor_limit = RateLimiter(config.visitor_messages_per_minute, 60)
         self.ip_limit = RateLimiter(config.ip_messages_per_minute, 60)
         self.connect_limit = RateLimiter(config.ip_connections_per_minute, 60)
 
     @classmethod
-    async def open(cls, gateway: Gateway, config: DialogConfig) -> DialogService:
+    async def open(cls, gateway: Gateway, config: DialogConfig, registry: CollectorRegistry | None = None) -> DialogService:
         tokens = VisitorTokens.load_or_create(config.key_path)
         store = await Store.open(config.db_path, client_ref=tokens.client_ref)
         interrupted = await store.interrupt_streaming()
         if interrupted:
             log.warning("dialog: %d answers cut by the last shutdown marked interrupted", len(interrupted))
-        return cls(store, gateway, tokens, config)
+        embedder = await asyncio.to_thread(default_embedder)  # (unpacked and verified on the first start only)
+        service = cls(store, gateway, tokens, config, embedder, registry)
+        service.webhooks.start()
+        return service
 
     async def close(self) -> None:
         tasks = [hub.task for hub in self.hubs.values() if hub.task is not None and not hub.task.done()]
@@ -147,6 +182,7 @@ class DialogService:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        await self.webhooks.close()
         await self.store.close()
 
     async def _hub(self, cid: str) -> Hub:
@@ -165,7 +201,7 @@ class DialogService:
 
     def _release(self, hub: Hub) -> None:
         busy = hub.generating or (hub.task is not None and not hub.task.done())
-        if hub.users <= 0 and not hub.clients and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
+        if hub.users <= 0 and not hub.clients and not hub.watchers and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
             del self.hubs[hub.cid]
 
     # --- the socket --------------------------------------------------------------------------------
@@ -192,6 +228,11 @@ class DialogService:
                         await self._cancel(hub)
                     elif isinstance(frame, frames.Identify):
                         await self._identify(hub, site, client, frame)
+                    elif isinstance(frame, frames.Handoff):
+                        async with hub.lock:
+                            await self.request_handoff(hub, site, visitor.visitor_id, "button")
+                    elif isinstance(frame, frames.Rate):
+                        await self.rate(hub, site, visitor.visitor_id, client, frame)
                     else:
                         await self._message(hub, site, visitor, ip, client, frame)
                 except frames.FrameError as err:
@@ -235,8 +276,8 @@ class DialogService:
         hello = frames.parse(message["text"] if message.get("text") is not None else message.get("bytes") or b"")
         if not isinstance(hello, frames.Hello):
             raise frames.FrameError("hello_required", "the first frame must be hello")
-        if hello.v != frames.PROTOCOL_VERSION:
-            raise frames.FrameError("unsupported_version", f"this server speaks dialog protocol v{frames.PROTOCOL_VERSION}")
+        if hello.v not in frames.SUPPORTED_VERSIONS:
+            raise frames.FrameError("unsupported_version", f"this server speaks dialog protocol v1 to v{frames.PROTOCOL_VERSION}")
         if hello.site_key != site.site_key:
             raise frames.FrameError("forbidden", "the hello names another site than the connection")
         visitor = self.tokens.verify(hello.token) if hello.token else None
@@ -255,7 +296,7 @@ class DialogService:
         return site, visitor, cid, token or "", hello
 
     async def _join(self, hub: Hub, client: Client, site: Site, cid: str, token: str, hello: frames.Hello) -> None:
-        locale = locales.choose(site.widget.locale, hello.languages)
+        locale = client.locale = locales.choose(site.widget.locale, hello.languages)
         # how the widget looks, the visitor's language and the site's hours
         site_frame = {**site.widget.to_frame(datetime.now(UTC)), "locale": locale, "strings": locales.strings(locale)}
         async with hub.lock:
@@ -263,6 +304,7 @@ class DialogService:
             # a new hub's seq was read before the lock: if a previous hub flushed frames since, go on after them
             conv = await self.store.conversation(cid)
             hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
+            status = {"status": (conv or {}).get("status") or "bot", "agent": (conv or {}).get("agent")}  # who answers (v2)
             # resume only from a frame the store has: a client that saw frames a crash lost gets the whole history
             resumable = (
                 hello.last_seq is not None
@@ -281,6 +323,7 @@ class DialogService:
                         "seq": last_seq,
                         "reset": False,
                         "site": site_frame,
+                        "answering": status,
                     }
                 )
                 for frame in await self.store.frames_after(cid, last_seq):
@@ -296,6 +339,7 @@ class DialogService:
                         "seq": hub.seq,
                         "reset": True,
                         "site": site_frame,
+                        "answering": status,
                     }
                 )
             hub.clients.add(client)
@@ -335,15 +379,33 @@ class DialogService:
                 ack = {"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id}
                 await hub.emit(ack, stored={**ack, "client_msg_id": ref})  # live: the client's own id; kept and replayed: its hash
                 now = datetime.now(UTC)
-                if not site.widget.bot_when_away and not site.widget.business_hours().is_open(now):
+                held = await self._held_for_people(hub, site, visitor, text, now)
+                if held is not None:
                     await hub.flush(self.store)
                     hub.answering = user.id  # until it is kept: one message at a time, as for an answer
-                    hub.task = asyncio.create_task(self._hold(hub, site, visitor, ip, user, frame.text, now))
+                    hub.task = asyncio.create_task(self._hold(hub, site, visitor, ip, user, frame.text, now, held))
                     return
                 answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
             await hub.flush(self.store)
             hub.answering = answer.id
-            hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer, frame.text))
+            hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer, frame.text, client.locale))
+
+    async def _held_for_people(self, hub: Hub, site: Site, visitor: Visitor, text: str, now: datetime) -> str | None:
+        """Why the bot does not answer this message, if it does not: `person` (a person is asked for
+        or has the conversation, or these words ask for one: kept for them) or `away` (outside the
+        site's hours, where the bot does not answer then). A closed conversation written to opens
+        again, with the bot. The caller holds the lock."""
+        conv = await self.store.conversation(hub.cid) or {}
+        status = conv.get("status") or "bot"
+        if status in ("waiting", "agent"):
+            return "person"
+        if status == "closed":
+            await self._status(hub, site, "bot")
+        if asks_for_person(text):
+            return "ask"
+        if not site.widget.bot_when_away and not site.widget.business_hours().is_open(now):
+            return "away"
+        return None
 
     def _check_rate(self, visitor: Visitor, ip: str) -> None:
         for limiter, key in ((self.visitor_limit, visitor.visitor_id), (self.ip_limit, ip)):
@@ -357,7 +419,9 @@ class DialogService:
             with contextlib.suppress(BaseException):
                 await hub.task  # type: ignore[misc]
 
-    async def _generate(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, answer: Message, text: str) -> None:
+    async def _generate(
+        self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, answer: Message, text: str, locale: str
+    ) -> None:
         """Answer `user`, whose raw `text` the gateway guards once: the store gets the text as the
         guard passed it (secrets and card numbers redacted), and the guard sees every template
         token and tripwire the visitor typed."""
@@ -375,11 +439,22 @@ class DialogService:
             previous = next((t for role, t in reversed(earlier) if role == "user"), None)
             window = self.gateway.model_for("support_chat").context_length
             # passages may take about a third of the window (at ~3 characters a token); the conversation needs the rest
-            grounding = await ground(self.knowledge, site.site_key, site.system_prompt, text, previous, budget_chars=window)
+            grounding = await ground(
+                self.knowledge, site.site_key, site.system_prompt, text, previous, budget_chars=window, dense=site.retrieval != "bm25"
+            )
             # the gateway guards the whole prompt once and drops the oldest turns the window cannot hold
             prompt = ChatPrompt((("system", grounding.system if grounding else site.system_prompt), *earlier, ("user", text)), fit=True)
-            refs = grounding.refs if grounding else ()
-            gen = self.gateway.stream(self._call(hub, site, visitor, ip, user, answer.id, prompt, sources=refs))
+            call = self._call(hub, site, visitor, ip, user, answer.id, prompt)
+            if grounding is not None:
+                words = locales.strings(locale)
+                appendix = functools.partial(grounding.appendix, quote_label=words["from_documents"])
+                call = dataclasses.replace(
+                    call,
+                    sources=grounding.refs,
+                    reply=words["no_answer"] if grounding.unknown else None,
+                    appendix=appendix if grounding.excerpt else None,
+                )
+            gen = self.gateway.stream(call)
             async for delta in gen:
                 async with hub.lock:
                     if delta.text:
@@ -420,9 +495,12 @@ class DialogService:
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
                 hub.updates[user.id] = {**hub.updates.get(user.id, {}), "status": "blocked"}
             await hub.flush(self.store)
+            if status == "done":
+                await self._published(hub, site, answer, "".join(parts), first=False)
             if error is not None:
                 for client in list(hub.clients):
                     await client.send(error.frame())
+        await self.notify(hub.cid)
         self._release_later(hub)
 
     def _call(
@@ -435,7 +513,6 @@ class DialogService:
         request_id: str,
         prompt: ChatPrompt,
         generate: bool = True,
-        sources: tuple[str, ...] = (),
     ) -> Call:
         """The gateway call for a visitor's message; the store keeps the message as the guard passes it."""
 
@@ -443,6 +520,8 @@ class DialogService:
             async with hub.lock:
                 hub.updates[user.id] = {"text": screened.newest or ""}
                 await hub.flush(self.store)
+                await self._published(hub, site, user, screened.newest or "")
+            await self.notify(hub.cid)  # consoles see the visitor's words before the answer to them
 
         return Call(
             "support_chat",
@@ -455,12 +534,12 @@ class DialogService:
             message_id=request_id,
             on_screened=keep,
             generate=generate,
-            sources=sources,
         )
 
-    async def _hold(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, text: str, now: datetime) -> None:
-        """Outside the site's hours, where the bot does not answer then: the message is guarded,
-        kept and audited for a person, and the visitor told when one will answer (an `away` frame)."""
+    async def _hold(self, hub: Hub, site: Site, visitor: Visitor, ip: str, user: Message, text: str, now: datetime, why: str) -> None:
+        """A message the bot does not answer (see `_held_for_people`): guarded, kept and audited for
+        a person; outside the hours the visitor is told when one will answer (an `away` frame), and
+        words asking for a person ask for one."""
         error = None  # type: frames.FrameError | None
         try:
             prompt = ChatPrompt((("system", site.system_prompt), ("user", text)), fit=True)
@@ -473,12 +552,31 @@ class DialogService:
             error = frames.FrameError("error", PLAIN_WORDS["error"])
         async with hub.lock:
             hub.answering = None
-            await hub.emit({"type": "away", "message_id": user.id, "next_open": site.widget.business_hours().to_frame(now)["next_open"]})
+            if why == "away":
+                next_open = site.widget.business_hours().to_frame(now)["next_open"]
+                await hub.emit({"type": "away", "message_id": user.id, "next_open": next_open})
+            elif why == "ask" and error is None:
+                await self.request_handoff(hub, site, visitor.visitor_id, "words")
             await hub.flush(self.store)
             if error is not None:
                 for client in list(hub.clients):
                     await client.send(error.frame())
+        await self.notify(hub.cid)
         self._release_later(hub)
+
+    async def _published(self, hub: Hub, site: Site, message: Message, text: str, first: bool | None = None) -> None:
+        """A message, once stored, to the webhooks; the visitor's first one opens the conversation
+        there. Called under the hub's lock, so a conversation's events keep their order."""
+        if not text:
+            return
+        if first is None:
+            first = message.role == "user" and sum(m.role == "user" for m in await self.store.messages(hub.cid)) == 1
+        if first:
+            conv = await self.store.conversation(hub.cid) or {}
+            contact = json.loads(conv["contact"]) if conv.get("contact") else None
+            await self.event(site.site_key, "conversation.created", {"conversation_id": hub.cid, "contact": contact})
+        item = {"id": message.id, "role": message.role, "text": text, "created_at": message.created_at}
+        await self.event(site.site_key, "message.created", {"conversation_id": hub.cid, "message": item})
 
     async def _identify(self, hub: Hub, site: Site, client: Client, frame: frames.Identify) -> None:
         """The site's signed-in customer, attached to the conversation; a wrong signature is refused

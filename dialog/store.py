@@ -39,6 +39,7 @@ sites = Table(
     Column("created_at", String),
     Column("widget", Text),
     Column("identity_secret", String),
+    Column("retrieval", String),
 )
 conversations = Table(
     "conversations",
@@ -50,6 +51,10 @@ conversations = Table(
     Column("updated_at", String),
     Column("last_seq", Integer),
     Column("contact", Text),
+    Column("status", String),
+    Column("agent", String),
+    Column("rating", Integer),
+    Column("handoff_at", String),
 )
 # messages.client_msg_id holds raw ids only in rows from before m003, until the service scrubs them; client_ref is what is kept
 messages = Table(
@@ -67,6 +72,8 @@ messages = Table(
     Column("seq", Integer),
     Column("client_ref", String),
     Column("sources", Text),
+    Column("author", String),
+    Column("rating", String),
 )
 events = Table(
     "events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text)
@@ -88,6 +95,7 @@ class Site:
     system_prompt: str
     widget: WidgetSettings = DEFAULT_WIDGET
     identity_secret: str | None = field(default=None, repr=False)  # signs identified customers (identity.py)
+    retrieval: str = "hybrid"  # the knowledge base's: hybrid (BM25 and dense, when the embedding model is installed) | bm25
 
     def allows(self, origin: str | None) -> bool:
         """Exact origins, or `scheme://host:*` for any port."""
@@ -113,11 +121,17 @@ class Message:
     finish_reason: str | None
     seq: int | None
     sources: str | None = None  # JSON: the knowledge an answer was grounded in
+    author: str | None = None  # an agent's name (role "agent")
+    rating: str | None = None  # the visitor's thumbs on an answer: up | down
 
     def to_frame(self) -> dict[str, Any]:
         frame = {"message_id": self.id, "role": self.role, "text": self.text, "status": self.status, "created_at": self.created_at}
         if self.sources:
             frame["sources"] = json.loads(self.sources)
+        if self.author:
+            frame["author"] = self.author
+        if self.rating:
+            frame["rating"] = self.rating
         return frame
 
 
@@ -190,6 +204,7 @@ class Store:
                 "system_prompt": site.system_prompt,
                 "widget": site.widget.to_json(),
                 "identity_secret": site.identity_secret,
+                "retrieval": site.retrieval,
             }
             if exists:
                 await conn.execute(update(sites).where(sites.c.site_key == site.site_key).values(**values))
@@ -225,11 +240,52 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(update(conversations).where(conversations.c.id == cid).values(contact=contact.to_json(), updated_at=now()))
 
-    async def list_conversations(self, site_key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def set_status(self, cid: str, status: str, agent: str | None = None) -> None:
+        """Who answers the conversation now: the bot, a person it waits for, an agent, or nobody (closed)."""
+        values: dict[str, Any] = {"status": status, "agent": agent, "updated_at": now()}
+        if status == "waiting":
+            values["handoff_at"] = now()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(conversations).where(conversations.c.id == cid).values(**values))
+
+    async def rate_answer(self, cid: str, message_id: str, value: str) -> bool:
+        """The visitor's thumbs on one of this conversation's answers; False: no such answer."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.conversation_id == cid, messages.c.role.in_(("assistant", "agent")))
+                .values(rating=value)
+            )
+            return bool(done.rowcount)
+
+    async def rate_conversation(self, cid: str, score: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(conversations).where(conversations.c.id == cid).values(rating=score, updated_at=now()))
+
+    async def list_conversations(
+        self, site_key: str | None = None, limit: int = 100, site_keys: tuple[str, ...] | None = None, conversation_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first, each with its message count and its last message (`last`, `last_role`)."""
         count = select(func.count()).where(messages.c.conversation_id == conversations.c.id).scalar_subquery()
-        query = select(conversations, count.label("messages")).order_by(conversations.c.updated_at.desc()).limit(limit)
+        newest = (
+            select(messages.c.text, messages.c.role)
+            .where(messages.c.conversation_id == conversations.c.id, messages.c.text != "")
+            .order_by(literal_column("messages.rowid").desc())
+            .limit(1)
+        )
+        query = select(
+            conversations,
+            count.label("messages"),
+            newest.with_only_columns(messages.c.text).scalar_subquery().label("last"),
+            newest.with_only_columns(messages.c.role).scalar_subquery().label("last_role"),
+        )
+        query = query.order_by(conversations.c.updated_at.desc()).limit(limit)
         if site_key:
             query = query.where(conversations.c.site_key == site_key)
+        if site_keys is not None:
+            query = query.where(conversations.c.site_key.in_(site_keys))
+        if conversation_id is not None:
+            query = query.where(conversations.c.id == conversation_id)
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
@@ -245,8 +301,10 @@ class Store:
             row = (await conn.execute(query)).first()
         return _message(row) if row else None
 
-    async def add_message(self, cid: str, role: str, text: str, status: str, seq: int, client_ref: str | None = None) -> Message:
-        msg = Message(new_id("msg"), cid, role, text, status, client_ref, now(), None, seq)
+    async def add_message(
+        self, cid: str, role: str, text: str, status: str, seq: int, client_ref: str | None = None, author: str | None = None
+    ) -> Message:
+        msg = Message(new_id("msg"), cid, role, text, status, client_ref, now(), None, seq, author=author)
         async with self.engine.begin() as conn:
             await conn.execute(
                 messages.insert().values(
@@ -257,6 +315,7 @@ class Store:
                     status=status,
                     seq=seq,
                     client_ref=client_ref,
+                    author=author,
                     created_at=msg.created_at,
                     updated_at=msg.created_at,
                 )
@@ -331,10 +390,22 @@ def _site(row: Any) -> Site:
         row.system_prompt,
         WidgetSettings.from_json(row.widget),
         row.identity_secret,
+        row.retrieval,
     )
 
 
 def _message(row: Any) -> Message:
     return Message(
-        row.id, row.conversation_id, row.role, row.text, row.status, row.client_ref, row.created_at, row.finish_reason, row.seq, row.sources
+        row.id,
+        row.conversation_id,
+        row.role,
+        row.text,
+        row.status,
+        row.client_ref,
+        row.created_at,
+        row.finish_reason,
+        row.seq,
+        row.sources,
+        row.author,
+        row.rating,
     )

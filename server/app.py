@@ -151,7 +151,7 @@ def create_app(
         gateway = Gateway(Routing({s: opened[spec] for s, spec in specs.items()}), AuditLog(config.audit, registry).start(), registry)
         for info, surfaces in gateway.models():
             log.info("serving %s with %s (%s, %s backend)", " and ".join(surfaces), info.name, info.quant, info.backend)
-        dialog = await DialogService.open(gateway, config.dialog)
+        dialog = await DialogService.open(gateway, config.dialog, registry)
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
         try:

@@ -6,7 +6,11 @@ token is read from a request here and nowhere else.
 - `/audit/api` and `/audit/static`: the admin token (`server/audit/web.py`, bearer or session cookie).
 - `/v1/dialog`: the site's own checks (site key, page origin, visitor token); the `demo` site,
   which trusts loopback origins any client can claim, also needs the API key when one is set.
-- `/healthz`, `/widget.js`, `/widget.css`, `/widget/demo`, `/audit` (the sign-in page) and its login/logout: open.
+- `/v1/console/socket` and `/v1/console/conversations/…/transcript`: a staff token (`dialog/staff.py`:
+  `tandem staff add`), checked by the dialog service, for the staff member's own sites only.
+- `POST /v1/dialog/conversations/…/messages`: signed with the site's webhook secret (`dialog/inbound.py`).
+- `/healthz`, `/widget.js`, `/widget.css`, `/widget/demo`, `/console` and its script and styles (the
+  page holds nothing), `/audit` (the sign-in page) and its login/logout: open.
 """
 
 from __future__ import annotations

@@ -135,6 +135,15 @@ class Call:
     on_screened: Callable[[Screened], Awaitable[None]] | None = None  # told once the input is scanned and fitted, before generation
     generate: bool = True  # False: screened, kept and recorded, not answered (a message held for a person)
     sources: tuple[str, ...] = ()  # knowledge the caller put in the prompt, named in the audit record
+    # the caller's own answer instead of the model's (the honest "I don't know" where its knowledge has
+    # none): screened and streamed as output and recorded with finish "fixed_reply"
+    reply: str | None = None
+    # the caller's last message is itself the answer (a support agent's reply): sent on as the guard
+    # passed it (a card number redacted), recorded as output with finish "fixed_reply"
+    echo: bool = False
+    # what the caller adds after the model's answer, given it (the passage the answer rests on): it
+    # goes through the output scanners and into the record like the model's own words
+    appendix: Callable[[str], str] | None = None
 
 
 class GuardMetrics:
@@ -245,6 +254,22 @@ class Gateway:
             )
         )
 
+    def record_support_event(self, conversation_id: str, event: str, actor: Actor, detail: str | None = None) -> None:
+        """What people did to a support conversation (a visitor asked for a person or rated it; a
+        staff member took it over, handed it back or closed it), for the review after an incident."""
+        self.audit.submit(
+            Entry(
+                record.Envelope(
+                    "support.event",
+                    "support_chat",
+                    scrub(conversation_id),
+                    self._actor_ref(actor),
+                    conversation_id=scrub(conversation_id),
+                    outcome=record.Outcome(event, param=scrub(detail) if detail else None),
+                ).to_json()
+            )
+        )
+
     def _actor_ref(self, actor: Actor, with_user: bool = True) -> record.ActorRef:
         """Who called, as the audit log may hold it: user and IP as keyed HMACs, the client header scrubbed."""
         return record.ActorRef(
@@ -309,6 +334,15 @@ class Gateway:
             if not call.generate:
                 rec.finish = "held"
                 return
+            if call.reply is not None or call.echo:
+                rec.scanner = output_scanner(PROFILES[call.surface])
+                answer = sanitized.segments[-1].text if call.echo else call.reply or ""
+                text = rec.scanner.feed(answer) + rec.scanner.finish()
+                rec.finish = "fixed_reply"
+                delta = Delta(text, 0, "stop", fitted.tokens if fitted is not None else 0)
+                rec.emit(text, delta)
+                yield delta
+                return
             assert fitted is not None
             engine_prompt, default_max = fitted.prompt, fitted.default_max
             rec.engine_prompt = engine_prompt
@@ -330,6 +364,8 @@ class Gateway:
                 async for delta in gen:
                     text = rec.scanner.feed(delta.text)
                     if delta.finish_reason is not None:
+                        if call.appendix is not None:
+                            text += rec.scanner.feed(call.appendix(rec.output_text() + text))
                         text += rec.scanner.finish()
                         rec.finish = delta.finish_reason
                     rec.emit(text, delta)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -85,3 +88,52 @@ class Chat:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Console:
+    """A staff console's socket (`/v1/console/socket`), signed in with `token`."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        url = base_url.replace("http://", "ws://") + "/v1/console/socket"
+        self._connection = connect(url, open_timeout=10, max_size=2**22)
+        self.ws = self._connection.__enter__()
+        self.ws.send(json.dumps({"type": "auth", "token": token}))
+        self.ready = self.recv()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def recv(self, timeout: float = 60) -> dict[str, Any]:
+        return json.loads(self.ws.recv(timeout=timeout))  # type: ignore[no-any-return]
+
+    def until(self, match: Any, timeout: float = 60) -> dict[str, Any]:
+        """The first frame for which `match(frame)` holds (earlier ones are read and dropped)."""
+        while True:
+            frame = self.recv(timeout)
+            if match(frame):
+                return frame
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def staff_token(dialog_dir: Path, name: str, sites: list[str]) -> str:
+    """A staff member added straight to a server's chat store, and their token."""
+    from dialog.staff import StaffDirectory
+    from dialog.store import Store
+
+    async def go() -> str:
+        store = await Store.open(dialog_dir / "chat.db")
+        try:
+            return (await StaffDirectory(store.engine).add(name, sites))[1]
+        finally:
+            await store.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # (callable from a test that runs its own event loop too)
+        return pool.submit(asyncio.run, go()).result()

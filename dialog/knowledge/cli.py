@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..store import Store
 from .documents import FORMATS, DocumentError
+from .embeddings import default_embedder
 from .index import KnowledgeBase
 
 
@@ -44,7 +45,7 @@ def add(args: argparse.Namespace, run: Any) -> int:
         if missing:
             print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
             return 2
-        kb, failed, passages = KnowledgeBase(store.engine), 0, 0
+        kb, failed, passages = KnowledgeBase(store.engine, default_embedder()), 0, 0
         for path, source in tqdm(todo, desc="reading", unit="file", file=sys.stderr, disable=len(todo) < 2):
             try:
                 added = await kb.add(args.site_key, path, source)
@@ -56,6 +57,7 @@ def add(args: argparse.Namespace, run: Any) -> int:
             state = "unchanged" if added.unchanged else f"{added.passages} passage{'' if added.passages == 1 else 's'}"
             red = f", {added.redactions} secrets redacted" if added.redactions else ""
             tqdm.write(f"{added.source}: {state}{red}")
+        await kb.prepare(args.site_key)  # the passages' vectors made now, not at the first visitor's question
         print(f"{len(todo) - failed} documents, {passages} passages in {args.site_key!r}'s knowledge base")
         return 1 if failed else 0
 
@@ -92,7 +94,10 @@ def reindex(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
         if not await _site_or_error(store, args.site_key):
             return 1
-        print(f"{await KnowledgeBase(store.engine).reindex(args.site_key)} passages indexed")
+        kb = KnowledgeBase(store.engine, default_embedder())
+        count = await kb.reindex(args.site_key)
+        await kb.prepare(args.site_key)
+        print(f"{count} passages indexed")
         return 0
 
     return int(run(args, work))
@@ -104,8 +109,11 @@ def search(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
         if not await _site_or_error(store, args.site_key):
             return 1
-        for hit in await KnowledgeBase(store.engine).search(args.site_key, args.query, args.limit):
-            print(f"[{hit.score:.2f}] {hit.source} — {hit.heading or hit.title}\n{hit.text}\n")
+        site = await store.site(args.site_key)
+        kb = KnowledgeBase(store.engine, default_embedder())
+        for hit in await kb.search(args.site_key, args.query, args.limit, dense=site is not None and site.retrieval != "bm25"):
+            similarity = f" cosine {hit.similarity:.2f}" if hit.similarity is not None else ""
+            print(f"[bm25 {hit.score:.2f}{similarity}] {hit.source} — {hit.heading or hit.title}\n{hit.text}\n")
         return 0
 
     return int(run(args, work))

@@ -1,12 +1,15 @@
 """The knowledge base in the chat store: documents and their passages, guarded before they are
-kept, and found again by BM25 over SQLite's FTS5 index (Porter-stemmed, accents folded)."""
+kept, and found again by BM25 over SQLite's FTS5 index (Porter-stemmed, accents folded) and, where
+the embedding model is installed, by the passages' sentence vectors, the two rankings fused
+(reciprocal rank fusion: BM25 finds the rare exact words, the vectors find the paraphrases)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from server.gateway import redact_secrets
 
 from ..store import new_id
 from .documents import Document, Section, read
+from .embeddings import Embedder
 from .passages import Passage, passages
 
 # Words that say nothing about which passage answers (a question's "how", "do", "I").
@@ -28,6 +32,8 @@ STOPWORDS = frozenset(
 )
 MAX_QUERY_WORDS = 32
 HEADING_WEIGHT, TITLE_WEIGHT = 2.0, 1.5  # a word in a heading or title says more than one in the text
+RRF_K = 60  # reciprocal rank fusion's constant, as its paper and every hybrid search engine use
+CANDIDATES = 10  # how deep each ranking is read before they are fused
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class Hit:
     title: str
     heading: str
     text: str
-    score: float  # BM25 (higher is better here)
+    score: float  # BM25 (higher is better here; 0 where only the vectors found it)
+    similarity: float | None = None  # the question's cosine with the passage's vector (dense retrieval only)
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,20 @@ def match_expression(query: str) -> str | None:
     return " OR ".join(f'"{w}"' for w in unique) or None
 
 
+@dataclass
+class _Vectors:
+    """A site's passages and their vectors, kept in memory until its passages change."""
+
+    stamp: tuple[int, int]
+    hits: list[Hit]
+    matrix: Any  # torch float32 [passages, dim]
+
+
 class KnowledgeBase:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, embedder: Embedder | None = None) -> None:
         self.engine = engine
+        self.embedder = embedder
+        self._vectors: dict[str, _Vectors] = {}
 
     async def add(self, site_key: str, path: Path, source: str | None = None) -> Added:
         """Read, guard, split and index one file, replacing what was added under its name before."""
@@ -128,6 +146,7 @@ class KnowledgeBase:
                 )
             )
             await conn.execute(text("DELETE FROM knowledge_fts WHERE site_key = :s"), {"s": site_key})
+            await conn.execute(text("DELETE FROM knowledge_vectors WHERE site_key = :s"), {"s": site_key})
             await conn.execute(text("DELETE FROM knowledge_passages WHERE site_key = :s"), {"s": site_key})
             for d in docs:
                 sections = tuple(Section(tuple(h), t) for h, t in json.loads(d.sections))
@@ -139,7 +158,32 @@ class KnowledgeBase:
             found = await conn.execute(text("SELECT 1 FROM knowledge_documents WHERE site_key = :s LIMIT 1"), {"s": site_key})
             return found.first() is not None
 
-    async def search(self, site_key: str, query: str, limit: int = 4) -> list[Hit]:
+    async def search(self, site_key: str, query: str, limit: int = 4, dense: bool = True) -> list[Hit]:
+        """The best passages for `query`, best first: BM25's ranking fused with the vectors' where
+        `dense` and the embedding model is installed, else BM25's."""
+        if self.embedder is None or not dense:
+            return await self._bm25(site_key, query, limit)
+        lexical = await self._bm25(site_key, query, CANDIDATES)
+        vectors = await self._site_vectors(site_key)
+        if vectors is None:
+            return lexical[:limit]
+        (q,) = await asyncio.to_thread(self.embedder.embed, [query])
+        similarity = (vectors.matrix @ q).tolist()
+        nearest = sorted(range(len(similarity)), key=lambda i: -similarity[i])[:CANDIDATES]
+        fused: dict[str, float] = {}
+        found: dict[str, Hit] = {}
+        for rank, hit in enumerate(lexical):
+            fused[hit.passage_id] = 1 / (RRF_K + rank)
+            found[hit.passage_id] = hit
+        for rank, i in enumerate(nearest):
+            pid = vectors.hits[i].passage_id
+            fused[pid] = fused.get(pid, 0.0) + 1 / (RRF_K + rank)
+            found.setdefault(pid, vectors.hits[i])
+        index = {h.passage_id: i for i, h in enumerate(vectors.hits)}
+        best = sorted(fused, key=lambda pid: -fused[pid])[:limit]
+        return [replace(found[pid], similarity=similarity[index[pid]]) for pid in best]
+
+    async def _bm25(self, site_key: str, query: str, limit: int) -> list[Hit]:
         expression = match_expression(query)
         if expression is None:
             return []
@@ -154,6 +198,59 @@ class KnowledgeBase:
             )
             return [Hit(r.passage_id, r.source, r.title, r.heading, r.text, float(r.score)) for r in rows]
 
+    async def prepare(self, site_key: str) -> None:
+        """Make the vectors of any passage that has none (a no-op without the embedding model)."""
+        if self.embedder is not None:
+            await self._site_vectors(site_key)
+
+    async def _site_vectors(self, site_key: str) -> _Vectors | None:
+        """The site's passage vectors: from memory while its passages are unchanged; made (and kept
+        in the store) for any passage that has none, such as those added before the model was installed."""
+        import numpy as np
+        import torch
+
+        assert self.embedder is not None
+        async with self.engine.connect() as conn:
+            stamp_row = (
+                await conn.execute(
+                    text("SELECT count(*) AS n, coalesce(max(rowid), 0) AS top FROM knowledge_passages WHERE site_key = :s"),
+                    {"s": site_key},
+                )
+            ).one()
+        stamp = (int(stamp_row.n), int(stamp_row.top))
+        cached = self._vectors.get(site_key)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        if stamp[0] == 0:
+            return None
+        async with self.engine.connect() as conn:
+            rows = list(
+                await conn.execute(
+                    text(
+                        "SELECT f.passage_id, f.source, f.title, f.heading, f.text, v.vector FROM knowledge_fts f"
+                        " LEFT JOIN knowledge_vectors v ON v.passage_id = f.passage_id AND v.model = :m"
+                        " WHERE f.site_key = :s ORDER BY f.passage_id"
+                    ),
+                    {"s": site_key, "m": self.embedder.name},
+                )
+            )
+        missing = [r for r in rows if r.vector is None]
+        made: dict[str, bytes] = {}
+        if missing:
+            matrix = await asyncio.to_thread(self.embedder.embed, [_embedded_text(r.title, r.heading, r.text) for r in missing])
+            made = {r.passage_id: matrix[i].numpy().astype(np.float32).tobytes() for i, r in enumerate(missing)}
+            async with self.engine.begin() as conn:
+                for pid, blob in made.items():
+                    await conn.execute(
+                        text("INSERT OR REPLACE INTO knowledge_vectors (passage_id, site_key, model, vector) VALUES (:p, :s, :m, :v)"),
+                        {"p": pid, "s": site_key, "m": self.embedder.name, "v": blob},
+                    )
+        hits = [Hit(r.passage_id, r.source, r.title, r.heading, r.text, 0.0) for r in rows]
+        matrix = torch.from_numpy(np.stack([np.frombuffer(r.vector or made[r.passage_id], dtype=np.float32) for r in rows]))
+        vectors = _Vectors(stamp, hits, matrix)
+        self._vectors[site_key] = vectors
+        return vectors
+
     async def _delete(self, conn: Any, site_key: str, source: str) -> bool:
         doc = (
             await conn.execute(
@@ -164,6 +261,10 @@ class KnowledgeBase:
             return False
         await conn.execute(
             text("DELETE FROM knowledge_fts WHERE passage_id IN (SELECT id FROM knowledge_passages WHERE document_id = :d)"), {"d": doc.id}
+        )
+        await conn.execute(
+            text("DELETE FROM knowledge_vectors WHERE passage_id IN (SELECT id FROM knowledge_passages WHERE document_id = :d)"),
+            {"d": doc.id},
         )
         await conn.execute(text("DELETE FROM knowledge_passages WHERE document_id = :d"), {"d": doc.id})
         await conn.execute(text("DELETE FROM knowledge_documents WHERE id = :d"), {"d": doc.id})
@@ -183,6 +284,11 @@ class KnowledgeBase:
                 {"title": p.title, "h": p.heading, "t": p.text, "s": site_key, "id": pid, "src": p.source},
             )
         return len(items)
+
+
+def _embedded_text(title: str, heading: str, body: str) -> str:
+    """What a passage's vector is made from: where it sits (title, headings) and what it says."""
+    return f"{title} {heading}\n{body}"
 
 
 def _guarded(doc: Document) -> tuple[Document, int]:

@@ -95,8 +95,12 @@
   var head = el("div", "head");
   var title = el("span");
   head.appendChild(title);
+  var personBtn = el("button", "person");  // "talk to a person" (v2): queues the conversation for the staff
+  personBtn.type = "button";
+  head.appendChild(personBtn);
   var closeBtn = el("button", null, "\u00d7");
   head.appendChild(closeBtn);
+  var answering = { status: "bot" };  // who answers: bot | waiting | agent (with its name) | closed
   var banner = el("div", "banner");  // outside the site's hours: when a person answers
   banner.hidden = true;
   // The conversation is not itself a live region (each streamed chunk rebuilds its bubble, which a
@@ -130,6 +134,8 @@
     panel.setAttribute("aria-label", t("dialog"));
     title.textContent = (site && site.title) || t("title");
     closeBtn.setAttribute("aria-label", t("close"));
+    personBtn.textContent = t("person");
+    personBtn.hidden = answering.status === "waiting" || answering.status === "agent";
     log.setAttribute("aria-label", t("conversation"));
     input.setAttribute("placeholder", t("placeholder"));
     input.setAttribute("aria-label", t("your_message"));
@@ -308,7 +314,7 @@
   function labelBubble(node, role) {
     node.dir = "auto";  // each message in its own direction (English in an Arabic chat reads left to right)
     node.setAttribute("role", "group");
-    node.setAttribute("aria-label", t(role === "user" ? "you_said" : "assistant_said"));
+    node.setAttribute("aria-label", role === "agent" ? node.getAttribute("data-author") || "" : t(role === "user" ? "you_said" : "assistant_said"));
   }
 
   // The documents an answer was grounded in, by title and heading (plain text: never links the model made).
@@ -322,17 +328,19 @@
     return box;
   }
 
-  function renderMessage(id, role, text, note, sources) {
+  function renderMessage(id, role, text, note, sources, author) {
     var b = bubbles[id];
     if (!b) {
       b = bubbles[id] = { el: el("div", "msg " + role), text: "" };
       b.el.setAttribute("data-message-id", id);
       b.el.setAttribute("data-role", role);
+      if (author) b.el.setAttribute("data-author", author);
       labelBubble(b.el, role);
       log.appendChild(b.el);
     }
     b.text = text;
     b.el.replaceChildren(role === "assistant" ? markdown(text) : document.createTextNode(text));
+    if (author) b.el.insertBefore(el("div", "who", author), b.el.firstChild);
     if (note) b.el.appendChild(el("div", "note", note));
     if (sources && sources.length) b.el.appendChild(sourceList(sources));
     scroll();
@@ -347,6 +355,71 @@
     n.setAttribute("data-role", "system");
     log.appendChild(n);
     scroll();
+  }
+
+  // Ratings (v2): thumbs on each finished answer, 1-5 for the conversation once it is closed.
+  function thumbs(id, rated) {
+    var b = bubbles[id];
+    if (!b || b.el.querySelector(".rate")) return;
+    var box = el("div", "rate");
+    [["up", "", "helpful"], ["down", "rotate(180 12 12)", "not_helpful"]].forEach(function (r) {
+      var btn = el("button");
+      btn.appendChild(thumb(r[1]));  // drawn, not an emoji: not every system has a font with one
+      btn.type = "button";
+      btn.setAttribute("aria-label", t(r[2]));
+      btn.setAttribute("aria-pressed", String(rated === r[0]));
+      btn.setAttribute("data-rate", r[0]);
+      btn.addEventListener("click", function () {
+        sendFrame({ type: "rate", message_id: id, value: r[0] });
+        Array.prototype.forEach.call(box.children, function (x) { x.setAttribute("aria-pressed", String(x === btn)); });
+      });
+      box.appendChild(btn);
+    });
+    b.el.appendChild(box);
+  }
+
+  var SVG = "http://www.w3.org/2000/svg";
+  function thumb(turn) {
+    var svg = document.createElementNS(SVG, "svg"), path = document.createElementNS(SVG, "path");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    path.setAttribute("d", "M2 21h4V9H2v12zm20-11a2 2 0 0 0-2-2h-6.3l1-4.6V3a1.5 1.5 0 0 0-.4-1L13 1 6.6 7.6A2 2 0 0 0 6 9v10a2 2 0 0 0 2 2h9a2 2 0 0 0 1.8-1.2l3-7.1c.1-.2.2-.5.2-.7v-2z");
+    if (turn) path.setAttribute("transform", turn);
+    svg.appendChild(path);
+    return svg;
+  }
+
+  function stars() {
+    var box = el("div", "msg system stars");
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", t("rate_conversation"));
+    box.appendChild(el("div", null, t("rate_conversation")));
+    [1, 2, 3, 4, 5].forEach(function (n) {
+      var btn = el("button", null, "\u2605");
+      btn.type = "button";
+      btn.setAttribute("aria-label", t("stars", { n: n }));
+      btn.setAttribute("data-score", n);
+      btn.addEventListener("click", function () {
+        sendFrame({ type: "rate", score: n });
+        Array.prototype.forEach.call(box.querySelectorAll("button"), function (x, i) { x.classList.toggle("on", i < n); x.disabled = true; });
+      });
+      box.appendChild(btn);
+    });
+    log.appendChild(box);
+    scroll();
+  }
+
+  var STATUS_WORDS = { waiting: "waiting", agent: "joined", bot: "bot_back", closed: "closed_note" };
+  function setAnswering(a, tell) {
+    var was = answering.status;
+    answering = { status: a.status || "bot", agent: a.agent || null };
+    personBtn.hidden = answering.status === "waiting" || answering.status === "agent";
+    if (answering.status !== "bot") setGenerating(false);
+    if (!tell || was === answering.status && answering.status !== "agent") return;
+    var words = answering.status === "waiting" && a.next_open ? t("waiting_away", { when: when(a.next_open) }) : t(STATUS_WORDS[answering.status], { name: answering.agent || "" });
+    systemNote(words);
+    announce(words);
+    if (answering.status === "closed") stars();
   }
 
   function onFrame(f) {
@@ -367,15 +440,17 @@
           bubbles = {};
           setGenerating(false);
           f.history.forEach(function (m) {
-            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" && m.status !== "streaming" ? note(m.status) : null, m.sources);
+            var shown = renderMessage(m.message_id, m.role, m.text, m.role === "assistant" && m.status !== "streaming" ? note(m.status) : null, m.sources, m.author);
             if (m.role === "assistant" && m.status !== "streaming") shown.el.setAttribute("data-finish", m.status);
             if (m.role === "assistant" && m.status === "streaming") setGenerating(true);
+            if (m.role === "assistant" && m.status === "done") thumbs(m.message_id, m.rating);
           });
           // what the history holds is shown; of the rest, only messages still to be sent stay pending
           pending = pending.filter(function (p) { return outbox.some(function (m) { return m.client_msg_id === p.id; }); });
           pending.forEach(function (p) { log.appendChild(p.el); });
         }
         lastSeq = f.seq;
+        if (f.answering) setAnswering(f.answering, false);
         applySite();
         if (identity) ws.send(JSON.stringify(identity));
         outbox.splice(0).forEach(function (m) { ws.send(JSON.stringify(m)); });
@@ -396,7 +471,7 @@
           bubbles[f.message_id] = { el: p.el, text: p.el.textContent };
           fire("message", { role: "user", message_id: f.message_id, text: p.el.textContent });
         }
-        setGenerating(true);
+        setGenerating(answering.status === "bot");  // a person answers in their own time: no "typing"
         break;
       case "delta":
         var b = bubbles[f.message_id];
@@ -408,6 +483,7 @@
       case "done":
         var d = bubbles[f.message_id], said = d ? d.text : "";
         renderMessage(f.message_id, "assistant", said, note(f.finish_reason), f.sources).el.setAttribute("data-finish", f.finish_reason);
+        if (f.finish_reason === "stop" || f.finish_reason === "length") thumbs(f.message_id);
         announce(t("assistant_said") + ": " + said + (note(f.finish_reason) ? " " + note(f.finish_reason) : ""));
         setGenerating(false);
         if (f.finish_reason !== "error") { lastSent = null; retrying = false; }  // answered or stopped: nothing to send again
@@ -419,6 +495,17 @@
         announce(awayWords("held"));
         setGenerating(false);
         lastSent = null;
+        break;
+      case "status":  // who answers now (v2)
+        setAnswering(f, true);
+        break;
+      case "agent_message":  // a person's reply (v2)
+        renderMessage(f.message_id, "agent", f.text, null, null, f.author);
+        announce(f.author + ": " + f.text);
+        fire("message", { role: "agent", message_id: f.message_id, text: f.text, author: f.author });
+        break;
+      case "rated":
+        if (f.score) systemNote(t("rate_thanks"));
         break;
       case "identified":
         identifying.splice(0).forEach(function (p) { p.resolve({ name: f.name, email: f.email, id: f.id, verified: f.verified }); });
@@ -590,6 +677,7 @@
     if (r && r.catch) r.catch(function () { /* told through the error event */ });
   });
   closeBtn.addEventListener("click", function () { setOpen(false); });
+  personBtn.addEventListener("click", function () { sendFrame({ type: "handoff" }); });
   panel.addEventListener("keydown", function (e) {
     if (e.key === "Escape") { e.preventDefault(); setOpen(false); }
   });

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-KINDS = ("llm.interaction", "request.refused", "completion.feedback")
+KINDS = ("llm.interaction", "request.refused", "completion.feedback", "support.event")
 
 
 def _indexed(column: str, default: Any = None) -> Any:

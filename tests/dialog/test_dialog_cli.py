@@ -47,10 +47,14 @@ def test_conversations_list_show_export(tiny_server, tmp_path: Path) -> None:
         listed = tandem("conversations", "list", *d)
         assert chat.conversation_id in listed.stdout and "2 messages" in listed.stdout
         shown = tandem("conversations", "show", chat.conversation_id, *d)
-        assert "user (" in shown.stdout and "Where is my parcel?" in shown.stdout and "assistant (" in shown.stdout
+        assert "Visitor (" in shown.stdout and "Where is my parcel?" in shown.stdout and "Assistant (" in shown.stdout
+        assert "status: bot" in shown.stdout
         assert tandem("conversations", "show", "conv_missing", *d).returncode == 1
         out = tmp_path / "all.jsonl"
         assert tandem("conversations", "export", "--out", str(out), *d).returncode == 0
         (line,) = out.read_text().splitlines()
         dump = json.loads(line)
         assert dump["id"] == chat.conversation_id and [m["role"] for m in dump["messages"]] == ["user", "assistant"]
+        text = tmp_path / "all.txt"  # the same transcript as text, to read or paste into a ticket
+        assert tandem("conversations", "export", "--format", "text", "--out", str(text), *d).returncode == 0
+        assert text.read_text() == shown.stdout + "\n"

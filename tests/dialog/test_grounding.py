@@ -1,16 +1,21 @@
 """Answers grounded in a site's knowledge base, over the real socket of a real server (scripted
-engine, the tiny model's tokenizer and template): the passages that answer the question are laid
-out in the prompt the engine gets, within the window; the answer's `done` names their documents, and
-so do the stored message and the audit record; a follow-up leans on the question before it; a
-site without documents is answered as before; a question the documents do not answer is told so."""
+engine, the tiny model's tokenizer and template; the real embedding model): the passages that
+answer the question are laid out in the prompt the engine gets, within the window, and the answer
+ends with the passage's own words; the answer's `done` names their documents, and so do the stored
+message and the audit record; a follow-up leans on the question before it; a site without
+documents is answered as before; a question the documents do not answer gets the honest reply in
+the visitor's language, offering a person, without the model; BM25 alone works the same way."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from dialog.grounding import NOTHING_FOUND
+import pytest
+
+from dialog.knowledge.embeddings import default_embedder
 from dialog.knowledge.index import KnowledgeBase
+from dialog.locales import strings
 from dialog.store import Site, Store
 from server.audit import AuditReader, Filters
 from tests.dialog_client import Chat
@@ -20,11 +25,11 @@ RETURNS = "# Returns\n\nUnused items can be returned within 30 days of delivery.
 SHIPPING = "# Shipping\n\nParcels to Norway arrive in three days.\n"
 
 
-def site_with_documents(s, tmp_path: Path, key: str, docs: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def site_with_documents(s, tmp_path: Path, key: str, docs: dict[str, str], **site: str) -> None:  # type: ignore[no-untyped-def]
     async def go() -> None:
         store = await Store.open(s.dialog_dir / "chat.db")
-        await store.put_site(Site(key, key, (s.url,), "You help a shop's customers."))
-        kb = KnowledgeBase(store.engine)
+        await store.put_site(Site(key, key, (s.url,), "You help a shop's customers.", **site))  # type: ignore[arg-type]
+        kb = KnowledgeBase(store.engine, default_embedder())
         for name, text in docs.items():
             path = tmp_path / name
             path.write_text(text)
@@ -40,13 +45,16 @@ def prompt_text(s, tokenizer, n: int = -1) -> str:  # type: ignore[no-untyped-de
 
 
 def test_the_passage_that_answers_is_in_the_prompt_and_the_answer_names_it(tiny_server, tokenizer, tmp_path: Path) -> None:
+    assert default_embedder() is not None, "the embedding model is installed by the README's set-up"
     with tiny_server(dialog={"max_answer_tokens": 8}) as s:
         site_with_documents(s, tmp_path, "shop", {"returns.md": RETURNS, "shipping.md": SHIPPING})
         with Chat(s.url, site="shop") as chat:
-            _, frames = chat.ask("How long can I take to return unused things?")
+            text, frames = chat.ask("How long can I take to return unused things?")
             sent = prompt_text(s, tokenizer)
             assert "Unused items can be returned within 30 days" in sent and "Norway" not in sent
             assert frames[-1]["sources"] == [{"title": "Returns", "heading": "Returns", "source": "returns.md"}]
+            # the scripted model never says "30": the passage's own words follow its answer
+            assert text.endswith("\n\nFrom *Returns*: “Unused items can be returned within 30 days of delivery.”")
             _, frames = chat.ask("And to Norway?")  # the follow-up names its own subject
             assert "Parcels to Norway arrive in three days" in prompt_text(s, tokenizer)
             assert frames[-1]["sources"][0]["source"] == "shipping.md"
@@ -61,14 +69,23 @@ def test_the_passage_that_answers_is_in_the_prompt_and_the_answer_names_it(tiny_
         assert first["prompt"]["sources"] and first["prompt"]["sources"][0].startswith("returns.md#psg_")
 
 
-def test_a_question_the_documents_do_not_answer_is_told_so_and_a_site_without_documents_as_before(
-    tiny_server, tokenizer, tmp_path: Path
+@pytest.mark.parametrize("retrieval", ["hybrid", "bm25"])
+def test_a_question_the_documents_do_not_answer_gets_the_honest_reply_and_a_site_without_documents_as_before(
+    tiny_server, tokenizer, tmp_path: Path, retrieval: str
 ) -> None:
     with tiny_server(dialog={"max_answer_tokens": 8}) as s:
-        site_with_documents(s, tmp_path, "shop", {"returns.md": RETURNS})
-        with Chat(s.url, site="shop") as chat:
-            _, frames = chat.ask("Do you sell gift vouchers?")
-        assert " ".join(NOTHING_FOUND.split()[:6]) in prompt_text(s, tokenizer) and "sources" not in frames[-1]
+        site_with_documents(s, tmp_path, "shop", {"returns.md": RETURNS}, retrieval=retrieval)
+        with Chat(s.url, site="shop", languages=["de-DE"]) as chat:
+            asked = len(s.engine.requests)
+            text, frames = chat.ask("Do you sell gift vouchers?")
+            assert text == strings("de")["no_answer"] and "sources" not in frames[-1]  # in the visitor's language
+            assert len(s.engine.requests) == asked  # the model was not asked to invent one
+            text, frames = chat.ask("When can unused items be returned?")  # the next question is answered again
+            assert "30 days" in text and frames[-1]["sources"][0]["source"] == "returns.md"
+        reader = AuditReader(s.audit_dir)
+        records = eventually(lambda: reader.search(Filters(conversation=chat.conversation_id), limit=10), "the audit records")
+        first = min(records, key=lambda r: r["seq"])["record"]
+        assert first["output"]["finish_reason"] == "fixed_reply" and first["output"]["chars"] == len(strings("de")["no_answer"])
         with Chat(s.url) as chat:  # the demo site has no documents
             chat.ask("Do you sell gift vouchers?")
         sent = prompt_text(s, tokenizer)

@@ -142,7 +142,12 @@ def test_the_whole_chat_works_from_the_keyboard(tiny_server, browser) -> None:  
             assert focused(page) == "button.launcher"
             page.keyboard.press("Enter")  # and back in
             assert focused(page) == "textarea."
+            page.keyboard.press("Shift+Tab")  # the answer's thumbs, rateable by keyboard
+            assert page.evaluate("document.querySelector('#tandem-chat').shadowRoot.activeElement.dataset.rate") == "down"
+            page.keyboard.press("Shift+Tab")
+            assert page.evaluate("document.querySelector('#tandem-chat').shadowRoot.activeElement.dataset.rate") == "up"
             page.keyboard.press("Shift+Tab")  # the conversation can be focused, to scroll it by keyboard
+            assert focused(page) == "div.log"
             page.keyboard.press("Shift+Tab")
             page.keyboard.press("Enter")  # the close button
             expect(page.locator("#tandem-chat .panel")).to_be_hidden()

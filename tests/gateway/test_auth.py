@@ -16,7 +16,7 @@ from dialog.store import Site, Store
 from server.auth import bearer
 from tests.app_routes import url_of, walk
 from tests.conftest import ADMIN_TOKEN
-from tests.dialog_client import Chat
+from tests.dialog_client import Chat, staff_token
 
 API_KEY = "api-key-7e1d"
 REQUIRED = {
@@ -30,6 +30,12 @@ REQUIRED = {
     ("GET", "/widget.js"): "open",
     ("GET", "/widget.css"): "open",
     ("GET", "/widget/demo"): "open",
+    ("GET", "/console"): "open",  # the page holds nothing: its data needs a staff token
+    ("GET", "/console.js"): "open",
+    ("GET", "/console.css"): "open",
+    ("WS", "/v1/console/socket"): "staff",  # (tests/dialog/test_handoff.py)
+    ("GET", "/v1/console/conversations/{cid}/transcript"): "staff",
+    ("POST", "/v1/dialog/conversations/{cid}/messages"): "signed",  # a helpdesk's reply, signed with the webhook secret
     ("GET", "/audit"): "sign_in",  # the page to whoever has the token, the sign-in form to the others
     ("POST", "/audit/login"): "token_in_form",  # it checks the token the sign-in form sends
     ("POST", "/audit/logout"): "open",
@@ -57,6 +63,7 @@ def call(client: httpx.Client, method: str, path: str, token: str | None) -> htt
 def test_every_route_requires_the_credential_of_its_mount(tiny_server) -> None:
     with tiny_server(api_key=API_KEY) as s, httpx.Client(base_url=s.url, timeout=60) as client:
         assert walk(s.server.config.app.routes) == set(REQUIRED)  # a new route must be classified here
+        staff = staff_token(s.dialog_dir, "Dana", ["demo"])
         client.post("/v1/completions", json=BODIES["/v1/completions"], headers={"Authorization": f"Bearer {API_KEY}"})  # record 1
         for (method, path), need in REQUIRED.items():
             if method == "WS":
@@ -78,6 +85,12 @@ def test_every_route_requires_the_credential_of_its_mount(tiny_server) -> None:
                 signed_in = client.post(path, content=f"token={ADMIN_TOKEN}", headers={"Content-Type": "application/x-www-form-urlencoded"})
                 assert signed_in.status_code == 303 and "tandem_audit" in signed_in.cookies, where
                 client.cookies.clear()
+            elif need == "staff":  # neither the API key nor the admin token opens the console's data
+                admin = call(client, method, path, ADMIN_TOKEN)
+                assert none.status_code == wrong.status_code == admin.status_code == 401, where
+                assert call(client, method, path, staff).status_code == 404, where  # signed in: no such conversation
+            elif need == "signed":
+                assert none.status_code == wrong.status_code == 401 and none.json()["error"] == "bad_signature", where
             else:
                 assert none.status_code != 401 and none.status_code < 500, (where, none.status_code)
 
