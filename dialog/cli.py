@@ -115,6 +115,7 @@ def sites_show(args: argparse.Namespace) -> int:
             "away message": w.away_message or "(says when a person answers)",
             "bot when away": "yes" if w.bot_when_away else "no: messages wait for a person",
             "identity validation": "on" if site.identity_secret else "off",
+            "retrieval": site.retrieval + (" (BM25 and the embedding model)" if site.retrieval == "hybrid" else " (BM25 alone)"),
         }
         if args.identity_secret and site.identity_secret:
             rows["identity secret"] = site.identity_secret

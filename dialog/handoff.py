@@ -141,23 +141,27 @@ class Handoff:
         await self.notify(hub.cid)
 
     async def rate(self, hub: Hub, site: Site, visitor_id: str, client: Client, frame: frames.Rate) -> None:
-        actor = Actor("widget_visitor", user=visitor_id, tenant=site.site_key)
+        """A rating counts once: given again unchanged, it is only acknowledged."""
         if frame.score is not None and frame.message_id is None and frame.value is None:
-            await self.store.rate_conversation(hub.cid, frame.score)
-            detail, data = str(frame.score), {"conversation_id": hub.cid, "score": frame.score}
-            self.metrics.ratings.labels(kind="conversation", value=detail).inc()
+            kind, detail = "conversation", str(frame.score)
+            data: dict[str, Any] = {"conversation_id": hub.cid, "score": frame.score}
+            changed = await self.store.rate_conversation(hub.cid, frame.score) != frame.score
         elif frame.message_id is not None and frame.value is not None and frame.score is None:
-            if not await self.store.rate_answer(hub.cid, frame.message_id, frame.value):
+            found, before = await self.store.rate_answer(hub.cid, frame.message_id, frame.value)
+            if not found:
                 raise frames.FrameError("unknown_message", "There is no such answer in this conversation to rate.")
-            detail, data = frame.value, {"conversation_id": hub.cid, "message_id": frame.message_id, "value": frame.value}
-            self.metrics.ratings.labels(kind="answer", value=detail).inc()
+            kind, detail, changed = "answer", frame.value, before != frame.value
+            data = {"conversation_id": hub.cid, "message_id": frame.message_id, "value": frame.value}
         else:
             raise frames.FrameError("bad_frame", "Rate an answer (message_id and value up or down) or the conversation (score 1-5).")
-        async with hub.lock:
-            self._audit(hub.cid, "rated", actor, detail)
-            await self.event(site.site_key, "conversation.rated", data)
+        if changed:
+            self.metrics.ratings.labels(kind=kind, value=detail).inc()
+            async with hub.lock:
+                self._audit(hub.cid, "rated", Actor("widget_visitor", user=visitor_id, tenant=site.site_key), detail)
+                await self.event(site.site_key, "conversation.rated", data)
         await client.send({"type": "rated", **{k: v for k, v in data.items() if k != "conversation_id"}})
-        await self.notify(hub.cid)
+        if changed:
+            await self.notify(hub.cid)
 
     def _cancel_answer(self, hub: Hub) -> None:
         """Stop the bot's answer in progress (a person takes over): it ends `cancelled` as soon as

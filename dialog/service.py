@@ -229,9 +229,11 @@ class DialogService(Handoff):
                     elif isinstance(frame, frames.Identify):
                         await self._identify(hub, site, client, frame)
                     elif isinstance(frame, frames.Handoff):
+                        self._check_rate(visitor, ip)  # (each is an audit record and a webhook event: limited like messages)
                         async with hub.lock:
                             await self.request_handoff(hub, site, visitor.visitor_id, "button")
                     elif isinstance(frame, frames.Rate):
+                        self._check_rate(visitor, ip)
                         await self.rate(hub, site, visitor.visitor_id, client, frame)
                     else:
                         await self._message(hub, site, visitor, ip, client, frame)

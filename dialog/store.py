@@ -248,19 +248,27 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(update(conversations).where(conversations.c.id == cid).values(**values))
 
-    async def rate_answer(self, cid: str, message_id: str, value: str) -> bool:
-        """The visitor's thumbs on one of this conversation's answers; False: no such answer."""
+    async def rate_answer(self, cid: str, message_id: str, value: str) -> tuple[bool, str | None]:
+        """The visitor's thumbs on one of this conversation's answers: (found, the rating it had)."""
         async with self.engine.begin() as conn:
-            done = await conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id, messages.c.conversation_id == cid, messages.c.role.in_(("assistant", "agent")))
-                .values(rating=value)
-            )
-            return bool(done.rowcount)
+            row = (
+                await conn.execute(
+                    select(messages.c.rating).where(
+                        messages.c.id == message_id, messages.c.conversation_id == cid, messages.c.role.in_(("assistant", "agent"))
+                    )
+                )
+            ).first()
+            if row is None:
+                return False, None
+            await conn.execute(update(messages).where(messages.c.id == message_id).values(rating=value))
+            return True, row.rating
 
-    async def rate_conversation(self, cid: str, score: int) -> None:
+    async def rate_conversation(self, cid: str, score: int) -> int | None:
+        """The visitor's 1-5 for the whole conversation; returns the score it had."""
         async with self.engine.begin() as conn:
+            before = (await conn.execute(select(conversations.c.rating).where(conversations.c.id == cid))).scalar_one_or_none()
             await conn.execute(update(conversations).where(conversations.c.id == cid).values(rating=score, updated_at=now()))
+            return before
 
     async def list_conversations(
         self, site_key: str | None = None, limit: int = 100, site_keys: tuple[str, ...] | None = None, conversation_id: str | None = None

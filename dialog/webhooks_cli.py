@@ -8,20 +8,14 @@ import sys
 import time
 from typing import Any
 
+from .cli_site import site_or_error
 from .store import Store
 from .webhooks import EVENTS, STATUSES, Webhooks, subscribed
 
 
-async def _site_or_error(store: Store, site_key: str) -> bool:
-    if await store.site(site_key) is None:
-        print(f"error: no site {site_key!r} (tandem sites add {site_key} --origin …)", file=sys.stderr)
-        return False
-    return True
-
-
 def add(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 2
         try:
             hook_id, secret = await Webhooks(store.engine).add(args.site_key, args.url, args.event or None)
@@ -38,7 +32,7 @@ def add(args: argparse.Namespace, run: Any) -> int:
 
 def listing(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 1
         for hook in await Webhooks(store.engine).hooks(args.site_key):
             print(f"{hook['id']}  {hook['url']}  {subscribed(hook['events'])}  added {hook['created_at']}")
@@ -70,7 +64,7 @@ def _state(d: dict[str, Any]) -> str:
 
 def deliveries(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 1
         rows = await Webhooks(store.engine).deliveries(args.site_key, args.status, args.limit)
         if rows:

@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..cli_site import site_or_error
 from ..store import Store
 from .documents import FORMATS, DocumentError
 from .embeddings import default_embedder
@@ -29,16 +30,9 @@ def files(paths: list[str]) -> list[tuple[Path, str]]:
     return out
 
 
-async def _site_or_error(store: Store, site_key: str) -> bool:
-    if await store.site(site_key) is None:
-        print(f"error: no site {site_key!r} (tandem sites add {site_key} --origin …)", file=sys.stderr)
-        return False
-    return True
-
-
 def add(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 1
         todo = files(args.paths)
         missing = [str(p) for p, _ in todo if not p.is_file()]
@@ -66,7 +60,7 @@ def add(args: argparse.Namespace, run: Any) -> int:
 
 def listing(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 1
         for d in await KnowledgeBase(store.engine).documents(args.site_key):
             red = f"  {d['redactions']} redacted" if d["redactions"] else ""
@@ -92,7 +86,7 @@ def remove(args: argparse.Namespace, run: Any) -> int:
 
 def reindex(args: argparse.Namespace, run: Any) -> int:
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 1
         kb = KnowledgeBase(store.engine, default_embedder())
         count = await kb.reindex(args.site_key)
@@ -107,7 +101,7 @@ def search(args: argparse.Namespace, run: Any) -> int:
     """What the bot would find for a question: to check a knowledge base before visitors do."""
 
     async def work(store: Store) -> int:
-        if not await _site_or_error(store, args.site_key):
+        if not await site_or_error(store, args.site_key):
             return 1
         site = await store.site(args.site_key)
         kb = KnowledgeBase(store.engine, default_embedder())

@@ -67,7 +67,7 @@ def match_expression(query: str) -> str | None:
 class _Vectors:
     """A site's passages and their vectors, kept in memory until its passages change."""
 
-    stamp: tuple[int, int]
+    stamp: int  # the site's passage ids, hashed
     hits: list[Hit]
     matrix: Any  # torch float32 [passages, dim]
 
@@ -210,19 +210,12 @@ class KnowledgeBase:
         import torch
 
         assert self.embedder is not None
-        async with self.engine.connect() as conn:
-            stamp_row = (
-                await conn.execute(
-                    text("SELECT count(*) AS n, coalesce(max(rowid), 0) AS top FROM knowledge_passages WHERE site_key = :s"),
-                    {"s": site_key},
-                )
-            ).one()
-        stamp = (int(stamp_row.n), int(stamp_row.top))
+        async with self.engine.connect() as conn:  # (the ids, not a count: a reindex makes new ones in the old rows' places)
+            ids = (await conn.execute(text("SELECT id FROM knowledge_passages WHERE site_key = :s ORDER BY id"), {"s": site_key})).scalars()
+            stamp = hash(tuple(ids))
         cached = self._vectors.get(site_key)
         if cached is not None and cached.stamp == stamp:
             return cached
-        if stamp[0] == 0:
-            return None
         async with self.engine.connect() as conn:
             rows = list(
                 await conn.execute(
@@ -234,6 +227,8 @@ class KnowledgeBase:
                     {"s": site_key, "m": self.embedder.name},
                 )
             )
+        if not rows:
+            return None
         missing = [r for r in rows if r.vector is None]
         made: dict[str, bytes] = {}
         if missing:

@@ -58,11 +58,11 @@ def test_a_person_is_asked_for_takes_over_replies_hands_back_and_closes(tiny_ser
             asked = len(s.engine.requests)
             visitor.say("Hello? Anyone there?")
             frames_until(visitor, "ack")
+            conversation_update(console, cid, last="Hello? Anyone there?")  # the console is told of the held message
             console.send({"type": "open", "conversation_id": cid})
             opened = console.until(lambda f: f["type"] == "opened")
             texts = [m["text"] for m in opened["transcript"]["messages"]]
-            assert "Where is my parcel?" in texts
-            eventually(lambda: conversation_update(console, cid).get("last") == "Hello? Anyone there?", "the held message in the console")
+            assert texts[0] == "Where is my parcel?" and texts[-1] == "Hello? Anyone there?"
             assert len(s.engine.requests) == asked  # kept for the person: the bot did not answer it
 
             console.send({"type": "take", "conversation_id": cid})
@@ -176,11 +176,15 @@ def test_staff_see_only_their_sites_and_no_other_credential_opens_the_console(ti
             # and a staff token opens nothing else: not the audit log, not the API
             audit = httpx.get(f"{s.url}/audit/api/records", headers={"Authorization": f"Bearer {acme_staff}"})
             assert audit.status_code == 401
+            page = httpx.get(f"{s.url}/audit", headers={"Authorization": f"Bearer {acme_staff}"})
+            assert page.status_code == 401 and 'action="/audit/login"' in page.text  # the sign-in form, not the log
+            login = httpx.post(f"{s.url}/audit/login", data={"token": acme_staff}, follow_redirects=False)
+            assert login.status_code == 401 and "tandem_audit" not in login.cookies
             assert httpx.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer {acme_staff}"}).status_code == 401
 
 
 def test_a_removed_staff_members_open_console_stops(tiny_server) -> None:
-    with tiny_server() as s:
+    with tiny_server(dialog={"max_answer_tokens": 4}) as s:
         token = staff_token(s.dialog_dir, "Bo", ["demo"])
         with Chat(s.url) as visitor, Console(s.url, token) as console:
             visitor.ask("hi")
@@ -226,7 +230,7 @@ async def _conversation(dialog_dir: Path, cid: str) -> dict[str, object]:
     ],
 )
 def test_a_bad_console_frame_is_refused_and_the_console_keeps_working(tiny_server, frame: object) -> None:
-    with tiny_server() as s:
+    with tiny_server(dialog={"max_answer_tokens": 4}) as s:
         token = staff_token(s.dialog_dir, "Cy", ["demo"])
         with Console(s.url, token) as console:
             console.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
@@ -238,10 +242,63 @@ def test_a_bad_console_frame_is_refused_and_the_console_keeps_working(tiny_serve
 
 def test_an_agents_reply_is_guarded_like_any_output(tiny_server) -> None:
     card = "4111 1111 1111 1111"
-    with tiny_server() as s:
+    with tiny_server(dialog={"max_answer_tokens": 4}) as s:
         token = staff_token(s.dialog_dir, "Di", ["demo"])
         with Chat(s.url) as visitor, Console(s.url, token) as console:
             visitor.ask("hi")
             console.send({"type": "reply", "conversation_id": visitor.conversation_id, "text": f"Your card {card} is on file."})
             reply = frames_until(visitor, "agent_message")
             assert card not in reply["text"] and "on file" in reply["text"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"type": "rate", "score": 0}, "bad_frame"),
+        ({"type": "rate", "score": 6}, "bad_frame"),
+        ({"type": "rate", "score": "5"}, "bad_frame"),
+        ({"type": "rate", "value": "up"}, "bad_frame"),  # thumbs on nothing
+        ({"type": "rate", "message_id": "msg_nope", "value": "up"}, "unknown_message"),
+        ({"type": "rate", "message_id": "msg_nope", "value": "meh"}, "bad_frame"),
+        ({"type": "rate", "message_id": "m", "value": "up", "score": 3}, "bad_frame"),  # one or the other
+        ({"type": "handoff", "now": True}, "bad_frame"),
+    ],
+)
+def test_a_bad_rating_or_handoff_frame_gets_a_clear_error_and_changes_nothing(tiny_server, frame: dict[str, object], code: str) -> None:
+    with tiny_server(dialog={"max_answer_tokens": 4}) as s, Chat(s.url) as visitor:
+        visitor.ask("hi")
+        visitor.send(frame)
+        error = frames_until(visitor, "error")
+        assert error["code"] == code and len(error["message"]) < 200
+        visitor.send({"type": "ping"})
+        assert frames_until(visitor, "pong")
+        conv = asyncio.run(_conversation(s.dialog_dir, visitor.conversation_id))
+        assert conv["status"] == "bot" and conv["rating"] is None
+        assert metric(s.url, "tandem_dialog_ratings_total") == 0
+
+
+@pytest.mark.parametrize(("version", "welcomed"), [(1, True), (2, True), (3, False), (0, False)])
+def test_protocol_versions_one_and_two_are_spoken(tiny_server, version: int, welcomed: bool) -> None:
+    with tiny_server() as s, Chat(s.url, hello=False) as chat:
+        chat.send({"type": "hello", "v": version, "site_key": "demo"})
+        first = chat.recv()
+        assert (first["type"] == "welcome") is welcomed
+        if not welcomed:
+            assert first["code"] == "unsupported_version" and "v1 to v2" in first["message"]
+
+
+def test_a_rating_given_again_counts_once(tiny_server) -> None:
+    with tiny_server(dialog={"max_answer_tokens": 4}) as s, Chat(s.url) as visitor:
+        _, got = visitor.ask("hi")
+        answer = got[-1]["message_id"]
+        for value in ("up", "up", "down"):
+            visitor.send({"type": "rate", "message_id": answer, "value": value})
+            assert frames_until(visitor, "rated")["value"] == value
+        for score in (4, 4):
+            visitor.send({"type": "rate", "score": score})
+            frames_until(visitor, "rated")
+        assert metric(s.url, "tandem_dialog_ratings_total", 'kind="answer",value="up"') == 1
+        assert metric(s.url, "tandem_dialog_ratings_total", 'kind="answer",value="down"') == 1
+        assert metric(s.url, "tandem_dialog_ratings_total", 'kind="conversation"') == 1
+        with Chat(s.url, token=visitor.token, conversation_id=visitor.conversation_id) as again:
+            assert [m.get("rating") for m in again.welcome["history"] if m["role"] == "assistant"] == ["down"]
