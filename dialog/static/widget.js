@@ -98,7 +98,7 @@
   var personBtn = el("button", "person");  // "talk to a person" (v2): queues the conversation for the staff
   personBtn.type = "button";
   head.appendChild(personBtn);
-  var closeBtn = el("button", null, "\u00d7");
+  var closeBtn = el("button", "close", "\u00d7");
   head.appendChild(closeBtn);
   var answering = { status: "bot" };  // who answers: bot | waiting | agent (with its name) | closed
   var banner = el("div", "banner");  // outside the site's hours: when a person answers

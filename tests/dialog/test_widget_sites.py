@@ -281,8 +281,10 @@ def test_with_the_on_screen_keyboard_open_at_320_px_the_message_box_stays_in_vie
         page.locator("#tandem-chat .launcher").click()
         page.set_viewport_size({"width": 320, "height": 300})  # the keyboard takes half the screen
         box = page.locator("#tandem-chat textarea").bounding_box()
-        close = page.locator("#tandem-chat .head button").bounding_box()
+        close = page.locator("#tandem-chat .head .close").bounding_box()
+        person = page.locator("#tandem-chat .head .person").bounding_box()  # "talk to a person" fits beside it
         assert box and close and box["y"] + box["height"] <= 300 and close["y"] >= 0
+        assert person and person["x"] >= 0 and person["x"] + person["width"] <= close["x"]
         assert answer_one(page, "Hi, do you ship abroad?").strip()
         send = page.locator("#tandem-chat .send").bounding_box()
         assert send and send["x"] + send["width"] <= 320 and send["y"] + send["height"] <= 300
