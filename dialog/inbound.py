@@ -29,6 +29,14 @@ class AgentReply(BaseModel):
     text: str = Field(min_length=1, max_length=16_000)
 
 
+def parse_reply(body: bytes) -> AgentReply | None:
+    """The reply in a request's body, or None for anything else (never an exception)."""
+    try:
+        return AgentReply.model_validate(json.loads(body))
+    except (ValueError, ValidationError, RecursionError):
+        return None
+
+
 def _refused(status: int, code: str, message: str) -> Response:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
@@ -45,9 +53,8 @@ async def agent_reply(request: Request) -> Response:
         await service.webhooks.verify_inbound(conv["site_key"], request.headers.get("tandem-signature"), body)
     except SignatureRefused as exc:
         return _refused(401, "bad_signature", f"the Tandem-Signature header does not verify ({exc.code})")
-    try:
-        reply = AgentReply.model_validate(json.loads(body))
-    except (ValueError, ValidationError):
+    reply = parse_reply(body)
+    if reply is None:
         return _refused(400, "bad_body", 'the body is {"author": "name shown to the visitor", "text": "the reply"}')
     agent = StaffMember(f"helpdesk:{reply.author}", reply.author, (conv["site_key"],))
     try:

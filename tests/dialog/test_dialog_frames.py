@@ -9,7 +9,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialog import frames
+from dialog import console, frames
 
 # every code point, lone surrogates included (hypothesis leaves them out of text by default)
 ANY_CHAR = st.characters(codec=None, categories=None)
@@ -17,6 +17,17 @@ SHAPES = {
     "hello": ["v", "site_key", "token", "conversation_id", "last_seq"],
     "message": ["client_msg_id", "text"],
     "cancel": [],
+    "ping": [],
+    "handoff": [],
+    "rate": ["message_id", "value", "score"],
+}
+CONSOLE_SHAPES = {  # the staff console's frames (dialog/console.py), through the same decoder
+    "auth": ["token"],
+    "open": ["conversation_id"],
+    "take": ["conversation_id"],
+    "hand_back": ["conversation_id"],
+    "close": ["conversation_id"],
+    "reply": ["conversation_id", "text"],
     "ping": [],
 }
 KEYS = st.sampled_from(["type", *SHAPES["hello"], *SHAPES["message"]]) | st.text(ANY_CHAR, max_size=8)
@@ -35,11 +46,11 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.di
 
 
 @st.composite
-def shaped(draw: st.DrawFn) -> str:
+def shaped(draw: st.DrawFn, shapes: dict[str, list[str]] = SHAPES) -> str:
     """Frames of the right shape with values of any kind: a lone surrogate in a client_msg_id, v 1e999."""
-    kind = draw(st.sampled_from(list(SHAPES)))
+    kind = draw(st.sampled_from(list(shapes)))
     data: dict[str, object] = {"type": kind}
-    for key in SHAPES[kind]:
+    for key in shapes[kind]:
         if draw(st.integers(0, 3)):
             data[key] = draw(st.text(ANY_CHAR, min_size=1, max_size=70) | st.integers(-1, 3) | SCALARS)
     return json.dumps(data, ensure_ascii=draw(st.booleans()), allow_nan=True)
@@ -79,8 +90,21 @@ def test_parse_gives_a_frame_or_an_error_frame_and_both_can_be_sent(raw: str | b
         assert out["code"] in ("bad_frame", "frame_too_large", "unknown_type") and out["message"]
         assert len(json.dumps(out, ensure_ascii=False).encode("utf-8")) < 400  # short, and valid UTF-8
     else:
-        assert isinstance(frame, (frames.Hello, frames.Message, frames.Cancel, frames.Ping))
+        assert isinstance(frame, (frames.Hello, frames.Message, frames.Cancel, frames.Ping, frames.Handoff, frames.Rate))
         json.dumps(frame.model_dump(), ensure_ascii=False).encode("utf-8")  # its strings can be echoed (an ack's client_msg_id)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(shaped(CONSOLE_SHAPES) | objects() | nested() | JSONISH | st.binary(max_size=50))
+def test_a_console_frame_is_a_frame_or_an_error_frame(raw: str | bytes) -> None:
+    try:
+        frame = console._parse(raw)
+    except frames.FrameError as err:
+        out = err.frame()
+        assert out["code"] in ("bad_frame", "frame_too_large", "unknown_type") and out["message"]
+        assert len(json.dumps(out, ensure_ascii=False).encode("utf-8")) < 400
+    else:
+        assert frame.type in CONSOLE_SHAPES
 
 
 def test_nesting_is_refused_before_the_decoder_recurses() -> None:

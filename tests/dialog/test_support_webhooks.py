@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dialog.inbound import parse_reply
 from dialog.store import Store
 from dialog.webhooks import Webhooks, sign, verify
 from tests.dialog.test_webhooks import Receiver
@@ -119,3 +122,18 @@ def test_a_helpdesk_agent_replies_through_the_signed_endpoint(tiny_server) -> No
             assert status["status"] == "agent" and status["agent"] == "Sam (Helpdesk)"
             reply = frames_until(visitor, "agent_message")
             assert reply["author"] == "Sam (Helpdesk)" and reply["text"] == "Hi, Sam from the helpdesk."
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.binary(max_size=200)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=80),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["author", "text", "x"]) | st.text(max_size=5), inner),
+        max_leaves=8,
+    ).map(lambda v: json.dumps(v, allow_nan=True).encode())
+    | st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n)
+)
+def test_an_inbound_body_is_a_reply_or_refused_never_an_error(body: bytes) -> None:
+    reply = parse_reply(body)
+    assert reply is None or (0 < len(reply.author) <= 60 and 0 < len(reply.text) <= 16_000)
