@@ -12,10 +12,10 @@ from typing import Any
 
 from server.settings import tandem_home
 
+from . import staff_cli as staff
 from . import webhooks_cli as webhooks
 from .identity import Contact, new_secret
 from .knowledge import cli as knowledge
-from .staff import StaffDirectory, StaffError
 from .store import Site, Store
 from .transcript import as_text, transcript
 from .widget_settings import LOCALES, POSITIONS, THEMES, SettingsError, WidgetSettings
@@ -182,46 +182,6 @@ def conversations_export(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-def staff_add(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        sites = ["*"] if args.all_sites else args.site
-        for key in sites:
-            if key != "*" and await store.site(key) is None:
-                print(f"error: no site {key!r}", file=sys.stderr)
-                return 2
-        try:
-            member, token = await StaffDirectory(store.engine).add(args.name, sites)
-        except StaffError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"added {member.name} for {'every site' if '*' in member.sites else ', '.join(member.sites)}")
-        print(f"token: {token}")
-        print("(shown once: they sign in to /console with it; only its hash is kept)")
-        return 0
-
-    return _run(args, work)
-
-
-def staff_list(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        for member, added in await StaffDirectory(store.engine).members():
-            print(f"{member.name:<30} {', '.join(member.sites):<40} added {added}")
-        return 0
-
-    return _run(args, work)
-
-
-def staff_remove(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        if await StaffDirectory(store.engine).remove(args.name):
-            print(f"removed {args.name}: their token no longer signs in")
-            return 0
-        print(f"error: no staff member named {args.name!r}", file=sys.stderr)
-        return 1
-
-    return _run(args, work)
-
-
 def add_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dialog-dir", default=None, help="default: $TANDEM_HOME/dialog")
@@ -287,21 +247,7 @@ def add_parsers(sub: Any) -> None:
 
     knowledge.add_parsers(sub, common, _run)
 
-    staff = sub.add_parser("staff", help="the people who answer visitors in /console").add_subparsers(dest="staff_command", required=True)
-    p = staff.add_parser("add", help="add a staff member and print their token (once)")
-    common(p)
-    p.add_argument("name", help="shown to visitors above their messages")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--site", action="append", default=[], help="a site they answer (repeatable)")
-    which.add_argument("--all-sites", action="store_true")
-    p.set_defaults(func=staff_add)
-    p = staff.add_parser("list", help="staff members and their sites")
-    common(p)
-    p.set_defaults(func=staff_list)
-    p = staff.add_parser("remove", help="remove a staff member: their token stops working")
-    common(p)
-    p.add_argument("name")
-    p.set_defaults(func=staff_remove)
+    staff.add_parsers(sub, common, _run)
     webhooks.add_parsers(sub, common, _run)
 
     convs = sub.add_parser("conversations", help="read support conversations").add_subparsers(dest="conversations_command", required=True)

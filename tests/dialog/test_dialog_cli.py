@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -58,3 +59,34 @@ def test_conversations_list_show_export(tiny_server, tmp_path: Path) -> None:
         text = tmp_path / "all.txt"  # the same transcript as text, to read or paste into a ticket
         assert tandem("conversations", "export", "--format", "text", "--out", str(text), *d).returncode == 0
         assert text.read_text() == shown.stdout + "\n"
+
+
+def test_staff_add_list_remove(tmp_path: Path) -> None:
+    d = ["--dialog-dir", str(tmp_path)]
+    assert tandem("sites", "add", "acme", "--origin", "https://a.test", *d).returncode == 0
+    unknown = tandem("staff", "add", "Dana", "--site", "nope", *d)
+    assert unknown.returncode == 2 and "no site 'nope'" in unknown.stderr
+    assert tandem("staff", "add", "Dana", *d).returncode == 2  # a site, or --all-sites, is required
+    added = tandem("staff", "add", "Dana", "--site", "acme", *d)
+    assert added.returncode == 0, added.stderr
+    token = next(line.split(": ", 1)[1] for line in added.stdout.splitlines() if line.startswith("token: "))
+    assert tandem("staff", "add", "Dana", "--all-sites", *d).returncode == 2  # names are unique: visitors see them
+    listed = tandem("staff", "list", *d)
+    assert "Dana" in listed.stdout and "acme" in listed.stdout and token not in listed.stdout
+    assert token not in (tmp_path / "chat.db").read_bytes().decode("latin-1")  # only its hash is kept
+
+    async def signed_in() -> str | None:
+        from dialog.staff import StaffDirectory
+        from dialog.store import Store
+
+        store = await Store.open(tmp_path / "chat.db")
+        try:
+            member = await StaffDirectory(store.engine).signed_in(token)
+            return member.name if member else None
+        finally:
+            await store.close()
+
+    assert asyncio.run(signed_in()) == "Dana"
+    assert tandem("staff", "remove", "Dana", *d).returncode == 0
+    assert asyncio.run(signed_in()) is None
+    assert tandem("staff", "remove", "Dana", *d).returncode == 1
