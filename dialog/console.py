@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
@@ -67,10 +66,6 @@ _frames: TypeAdapter[ConsoleFrame] = TypeAdapter(Annotated[ConsoleFrame, Field(d
 TYPES = ("auth", "open", "take", "hand_back", "close", "reply", "ping")
 
 
-def _text(message: MutableMapping[str, Any]) -> str | bytes:
-    return message["text"] if message.get("text") is not None else message.get("bytes") or b""
-
-
 def _parse(raw: str | bytes) -> ConsoleFrame:
     return frames.validated(_frames, frames.decode(raw, TYPES, max_bytes=64 * 1024))  # type: ignore[no-any-return]
 
@@ -95,7 +90,7 @@ class Console:
 async def _sign_in(service: DialogService, ws: WebSocket) -> Console | None:
     try:
         message = await asyncio.wait_for(ws.receive(), service.config.hello_timeout)
-        first = _parse(_text(message)) if message["type"] == "websocket.receive" else None
+        first = _parse(frames.text_of(message)) if message["type"] == "websocket.receive" else None
     except (TimeoutError, frames.FrameError):
         first = None
     staff = await service.staff.signed_in(first.token) if isinstance(first, SignIn) else None
@@ -128,7 +123,7 @@ async def endpoint(service: DialogService, ws: WebSocket) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             try:
-                frame = _parse(_text(message))
+                frame = _parse(frames.text_of(message))
                 if not isinstance(frame, Ping) and await service.staff.signed_in(console.token) is None:
                     await console.send({"type": "error", "code": "unauthorized", "message": "Your staff token was removed."})
                     await ws.close(code=4401)

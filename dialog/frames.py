@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -129,6 +130,11 @@ def _encodable(value: Any) -> bool:
 def _clip(value: Any, limit: int = 40) -> str:
     """A client's value in an error message: short, and always valid UTF-8."""
     return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_of(message: Mapping[str, Any]) -> str | bytes:
+    """What an ASGI `websocket.receive` message carries (text, else bytes: refused by `decode`)."""
+    return message["text"] if message.get("text") is not None else message.get("bytes") or b""
 
 
 def decode(raw: str | bytes, types: tuple[str, ...], max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:

@@ -49,8 +49,13 @@ class Grounding:
     system: str  # the site's system prompt with the passages (or what to do without any)
     hits: tuple[Hit, ...]
     excerpt: str | None = None  # the best passage's own words for this question, with its title
-    figures: tuple[str, ...] = ()  # the excerpt's numbers: an answer stating all of them needs no excerpt
     unknown: bool = False  # nothing answers the question: the honest reply, not the model's
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        """The quoted words' numbers: an answer stating all of them needs no excerpt."""
+        quoted = re.findall(r"“([^”]*)”", self.excerpt or "")
+        return tuple(dict.fromkeys(f for q in quoted for f in re.findall(r"\d+(?:[.,:]\d+)*", q)))
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -145,14 +150,15 @@ async def ground(
         return None
     if match_expression(question) is None:  # "hello", "thanks!": nothing to look up
         return Grounding(f"{system_prompt}\n\n{SMALL_TALK}", ())
-    hits = await kb.search(site_key, question, MAX_PASSAGES, dense=dense)
-    sentences = await _sentences_ranked(kb, question, hits)
-    found = relevant(question, hits, sentences)
-    if not found and previous and len(_terms(question)) <= FOLLOW_UP_WORDS:  # "and to Norway?" leans on the question before it
-        question = f"{previous} {question}"
-        hits = await kb.search(site_key, question, MAX_PASSAGES, dense=dense)
-        sentences = await _sentences_ranked(kb, question, hits)
-        found = relevant(question, hits, sentences)
+    asked = [question]
+    if previous and len(_terms(question)) <= FOLLOW_UP_WORDS:  # "and to Norway?" leans on the question before it
+        asked.append(f"{previous} {question}")
+    for query in asked:  # the question alone first; the follow-up reading only if that finds nothing
+        hits = await kb.search(site_key, query, MAX_PASSAGES, dense=dense)
+        sentences = await _sentences_ranked(kb, query, hits)
+        found = relevant(query, hits, sentences)
+        if found:
+            break
     if not found:
         return Grounding(system_prompt, (), unknown=True)
     quoted = excerpt(sentences)
@@ -173,5 +179,4 @@ async def ground(
         kept.append(h)
         used += size
     laid_out = "\n\n".join(f"[{i}] {_label(h)}\n{h.text[: min(MAX_PASSAGE_CHARS, max(80, budget_chars))]}" for i, h in enumerate(kept, 1))
-    figures = tuple(dict.fromkeys(f for q in re.findall(r"“([^”]*)”", quoted) for f in re.findall(r"\d+(?:[.,:]\d+)*", q)))
-    return Grounding(f"{system_prompt}\n\n{INSTRUCTIONS}\n\nPassages:\n\n{laid_out}", tuple(kept), quoted or None, figures)
+    return Grounding(f"{system_prompt}\n\n{INSTRUCTIONS}\n\nPassages:\n\n{laid_out}", tuple(kept), quoted or None)

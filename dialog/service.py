@@ -201,7 +201,7 @@ class DialogService(Handoff):
 
     def _release(self, hub: Hub) -> None:
         busy = hub.generating or (hub.task is not None and not hub.task.done())
-        if hub.users <= 0 and not hub.clients and not hub.watchers and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
+        if hub.users <= 0 and not hub.clients and not busy and not hub.pending and self.hubs.get(hub.cid) is hub:
             del self.hubs[hub.cid]
 
     # --- the socket --------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ class DialogService(Handoff):
                 if message["type"] == "websocket.disconnect":
                     return
                 try:
-                    frame = frames.parse(message["text"] if message.get("text") is not None else message.get("bytes") or b"")
+                    frame = frames.parse(frames.text_of(message))
                     if isinstance(frame, frames.Ping):
                         await client.send({"type": "pong"})
                     elif isinstance(frame, frames.Hello):
@@ -275,7 +275,7 @@ class DialogService(Handoff):
             raise frames.FrameError("hello_required", "the first frame must be hello") from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect()
-        hello = frames.parse(message["text"] if message.get("text") is not None else message.get("bytes") or b"")
+        hello = frames.parse(frames.text_of(message))
         if not isinstance(hello, frames.Hello):
             raise frames.FrameError("hello_required", "the first frame must be hello")
         if hello.v not in frames.SUPPORTED_VERSIONS:
@@ -314,36 +314,15 @@ class DialogService(Handoff):
                 and hello.last_seq <= hub.seq
                 and (hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq))
             )
+            welcome = {"type": "welcome", "conversation_id": cid, "token": token, "site": site_frame, "answering": status}
             if resumable:
                 last_seq = hello.last_seq or 0
-                await client.send(
-                    {
-                        "type": "welcome",
-                        "conversation_id": cid,
-                        "token": token,
-                        "history": [],
-                        "seq": last_seq,
-                        "reset": False,
-                        "site": site_frame,
-                        "answering": status,
-                    }
-                )
+                await client.send({**welcome, "history": [], "seq": last_seq, "reset": False})
                 for frame in await self.store.frames_after(cid, last_seq):
                     await client.send(frame)
             else:  # a fresh page, or a client ahead of what survived a crash: the whole history
                 history = [m.to_frame() for m in await self.store.messages(cid)]
-                await client.send(
-                    {
-                        "type": "welcome",
-                        "conversation_id": cid,
-                        "token": token,
-                        "history": history,
-                        "seq": hub.seq,
-                        "reset": True,
-                        "site": site_frame,
-                        "answering": status,
-                    }
-                )
+                await client.send({**welcome, "history": history, "seq": hub.seq, "reset": True})
             hub.clients.add(client)
 
     # --- frames --------------------------------------------------------------------------------------
@@ -572,7 +551,7 @@ class DialogService(Handoff):
         if not text:
             return
         if first is None:
-            first = message.role == "user" and sum(m.role == "user" for m in await self.store.messages(hub.cid)) == 1
+            first = message.role == "user" and await self.store.count_messages(hub.cid, "user") == 1
         if first:
             conv = await self.store.conversation(hub.cid) or {}
             contact = json.loads(conv["contact"]) if conv.get("contact") else None

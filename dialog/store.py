@@ -303,6 +303,11 @@ class Store:
             rows = await conn.execute(select(messages).where(messages.c.conversation_id == cid).order_by(literal_column("messages.rowid")))
             return [_message(r) for r in rows]
 
+    async def count_messages(self, cid: str, role: str) -> int:
+        async with self.engine.connect() as conn:
+            query = select(func.count()).where(messages.c.conversation_id == cid, messages.c.role == role)
+            return int((await conn.execute(query)).scalar_one())
+
     async def by_client_ref(self, cid: str, client_ref: str) -> Message | None:
         async with self.engine.connect() as conn:
             query = select(messages).where(messages.c.conversation_id == cid, messages.c.client_ref == client_ref)

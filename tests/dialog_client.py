@@ -7,13 +7,36 @@ import concurrent.futures
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
-class Chat:
+class _Socket:
+    """A JSON-frame WebSocket the tests open with `with`."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._connection = connect(url, open_timeout=10, max_size=2**22, **options)
+        self.ws = self._connection.__enter__()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def recv(self, timeout: float = 60) -> dict[str, Any]:
+        return json.loads(self.ws.recv(timeout=timeout))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Chat(_Socket):
     def __init__(
         self,
         base_url: str,
@@ -26,8 +49,7 @@ class Chat:
         languages: list[str] | None = None,
     ) -> None:
         url = base_url.replace("http://", "ws://") + f"/v1/dialog?site_key={site}"
-        self._connection = connect(url, additional_headers={"Origin": origin or base_url}, open_timeout=10, max_size=2**22)
-        self.ws = self._connection.__enter__()
+        super().__init__(url, additional_headers={"Origin": origin or base_url})
         self.site = site
         self.welcome: dict[str, Any] = {}
         if hello:
@@ -54,12 +76,6 @@ class Chat:
     def conversation_id(self) -> str:
         return str(self.welcome["conversation_id"])
 
-    def send(self, frame: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(frame))
-
-    def recv(self, timeout: float = 60) -> dict[str, Any]:
-        return json.loads(self.ws.recv(timeout=timeout))  # type: ignore[no-any-return]
-
     def until(self, kind: str, timeout: float = 120) -> list[dict[str, Any]]:
         """Frames up to and including the first of `kind`."""
         out = []
@@ -80,31 +96,14 @@ class Chat:
         frames = self.until("done", timeout)
         return "".join(f["text"] for f in frames if f["type"] == "delta"), frames
 
-    def close(self) -> None:
-        self._connection.__exit__(None, None, None)
 
-    def __enter__(self) -> Chat:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Console:
+class Console(_Socket):
     """A staff console's socket (`/v1/console/socket`), signed in with `token`."""
 
     def __init__(self, base_url: str, token: str) -> None:
-        url = base_url.replace("http://", "ws://") + "/v1/console/socket"
-        self._connection = connect(url, open_timeout=10, max_size=2**22)
-        self.ws = self._connection.__enter__()
-        self.ws.send(json.dumps({"type": "auth", "token": token}))
+        super().__init__(base_url.replace("http://", "ws://") + "/v1/console/socket")
+        self.send({"type": "auth", "token": token})
         self.ready = self.recv()
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(frame))
-
-    def recv(self, timeout: float = 60) -> dict[str, Any]:
-        return json.loads(self.ws.recv(timeout=timeout))  # type: ignore[no-any-return]
 
     def until(self, match: Any, timeout: float = 60) -> dict[str, Any]:
         """The first frame for which `match(frame)` holds (earlier ones are read and dropped)."""
@@ -112,15 +111,6 @@ class Console:
             frame = self.recv(timeout)
             if match(frame):
                 return frame
-
-    def close(self) -> None:
-        self._connection.__exit__(None, None, None)
-
-    def __enter__(self) -> Console:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def staff_token(dialog_dir: Path, name: str, sites: list[str]) -> str:
