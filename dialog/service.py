@@ -106,6 +106,7 @@ class Hub:
         self.pending: list[dict[str, Any]] = []
         self.updates: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
+        self.writing: asyncio.Future[None] | None = None  # the last flush, which a cancelled answer may leave running
 
     @property
     def generating(self) -> bool:
@@ -129,7 +130,15 @@ class Hub:
         if self.pending or self.updates:
             pending, updates = self.pending, self.updates
             self.pending, self.updates = [], {}
-            await store.append_frames(self.cid, pending, updates)
+            previous = self.writing
+
+            async def write() -> None:
+                if previous is not None:  # in order: a flush its cancelled caller stopped waiting for ends first
+                    await asyncio.wait([previous])
+                await store.append_frames(self.cid, pending, updates)
+
+            self.writing = asyncio.ensure_future(write())
+            await asyncio.shield(self.writing)
         self.last_flush = time.monotonic()
 
 

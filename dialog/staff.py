@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.clock import utc_now as now
 
+from .shielded import shield_methods
 from .store import new_id
 
 TOKEN_PREFIX = "tst_"
@@ -40,6 +41,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@shield_methods
 class StaffDirectory:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

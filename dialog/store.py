@@ -25,6 +25,7 @@ from server.clock import utc_now as now
 from .files import private_dir, private_sqlite
 from .identity import Contact
 from .migrations import migrate
+from .shielded import shield_methods
 from .widget_settings import DEFAULT as DEFAULT_WIDGET
 from .widget_settings import WidgetSettings
 
@@ -135,6 +136,7 @@ class Message:
         return frame
 
 
+@shield_methods
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

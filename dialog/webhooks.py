@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.clock import utc_now as now
 
+from .shielded import shield_methods
 from .store import new_id
 
 log = logging.getLogger("tandem.webhooks")
@@ -159,6 +160,7 @@ _HEADS = """
 """
 
 
+@shield_methods
 class Webhooks:
     """A site's webhooks, the outbox of their deliveries, and the worker that sends them (`start`, `close`)."""
 

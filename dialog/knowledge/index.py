@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.clock import utc_now as now
 from server.gateway import redact_secrets
 
+from ..shielded import shield_methods
 from ..store import new_id
 from .documents import Document, Section, read
 from .embeddings import Embedder
@@ -72,6 +73,7 @@ class _Vectors:
     matrix: Any  # torch float32 [passages, dim]
 
 
+@shield_methods
 class KnowledgeBase:
     def __init__(self, engine: AsyncEngine, embedder: Embedder | None = None) -> None:
         self.engine = engine

@@ -5,8 +5,10 @@ only as keyed hashes, and the files' modes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import sqlite3
 import stat
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy import create_engine
 from dialog.migrations import MIGRATIONS, migrate
 from dialog.store import Site, Store
 from dialog.tokens import VisitorTokens
+from tests.waiting import eventually_async
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -153,3 +156,52 @@ def test_the_store_and_its_folder_are_private_whatever_the_umask(tmp_path: Path)
     run(reopen(folder / "chat.db"))
     for name in ("chat.db", "visitor.key"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+
+
+def test_a_writer_cancelled_mid_write_leaves_the_database_free_for_others(tmp_path: Path) -> None:
+    """A visitor's stop cancels the answer's task while it may be writing its frames: the write
+    still ends, so the write lock is free for the next writer (the operator's CLI) at once, every
+    time, and what was flushed is kept in order (before: the lock stayed held until the garbage
+    collector ran, and `tandem sites add` failed with "database is locked")."""
+    path = tmp_path / "chat.db"
+
+    def lock_is_free() -> bool:
+        db = sqlite3.connect(path, timeout=0)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.rollback()
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            db.close()
+
+    async def go() -> None:
+        store = await Store.open(path)
+        await store.put_site(Site("shop", "Shop", ("https://shop.example",), "Be brief."))
+        cid = await store.create_conversation("shop", "v1")
+        answer = await store.add_message(cid, "assistant", "", "streaming", 1)
+        seq = 1
+
+        async def stream() -> None:
+            nonlocal seq
+            while True:
+                batch = []
+                for _ in range(20):
+                    seq += 1
+                    batch.append({"type": "delta", "seq": seq, "message_id": answer.id, "text": "word " * 10})
+                await store.append_frames(cid, batch, {answer.id: {"text": f"{seq}"}})
+
+        rng = random.Random(7)
+        for _ in range(60):
+            task = asyncio.create_task(stream())
+            await asyncio.sleep(rng.random() * 0.02)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await eventually_async(lock_is_free, "the write lock released after the cancelled write", timeout=5)
+        seqs = [f["seq"] for f in await store.frames_after(cid, 0)]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) and seqs
+        await store.close()
+
+    run(go())
