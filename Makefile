@@ -15,7 +15,7 @@ VSIX        := $(EXT)/tandem.vsix
 EXT_DEPS    := $(EXT)/node_modules/.installed
 CODE_SERVER := $(EXT)/.code-server/cs/node_modules/.bin/code-server
 
-.PHONY: run test test-random check model code-model llama-server bench bench-quick clean vsix
+.PHONY: run test test-random check model code-model llama-server postgres bench bench-quick clean vsix
 
 $(STAMP): pyproject.toml scripts/embedding-model.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# Debian's PostgreSQL: the chat store's tests run on it as well as on SQLite (scripts/services.py
+# starts a throwaway cluster of its own on a loopback port; the system's cluster is never used)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 # torch.compile (the engine's compiled one-row step, and its test) builds C++ kernels
 CXX_COMPILER := /usr/bin/g++
 $(CXX_COMPILER):
@@ -81,17 +87,17 @@ $(AXE): tests/axe/package.json tests/axe/package-lock.json
 
 # lint, types and the layer contracts (pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]); `make test` runs it first
 check: $(STAMP)
-	$(BIN)/ruff format --check server lsp dialog tests
-	$(BIN)/ruff check server lsp dialog tests
+	$(BIN)/ruff format --check server lsp dialog tests scripts
+	$(BIN)/ruff check server lsp dialog tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
+test: check model code-model llama-server postgres $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest -p no:randomly
 
 # the same suite in a random order (pytest-randomly prints its seed; `-p randomly --randomly-seed=N` repeats that order)
-test-random: check model code-model llama-server $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
+test-random: check model code-model llama-server postgres $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
 	$(BIN)/python -m pytest -p randomly
 
 # The optional llama.cpp peer of `tandem bench`: pip builds llama-cpp-python from source (several

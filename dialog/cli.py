@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.settings import tandem_home
+from server.settings import environment, tandem_home
 
 from . import staff_cli as staff
 from . import webhooks_cli as webhooks
@@ -23,8 +23,13 @@ from .widget_settings import LOCALES, POSITIONS, THEMES, SettingsError, WidgetSe
 DEFAULT_PROMPT = "You are a helpful, concise customer-support assistant."
 
 
-def _db(args: argparse.Namespace) -> Path:
-    return (Path(args.dialog_dir) if args.dialog_dir else tandem_home() / "dialog") / "chat.db"
+def _db(args: argparse.Namespace) -> Path | str:
+    """The store the server uses: its PostgreSQL URL, or the SQLite file in its dialog folder."""
+    return (
+        args.database_url
+        or environment().database_url
+        or (Path(args.dialog_dir) if args.dialog_dir else tandem_home() / "dialog") / "chat.db"
+    )
 
 
 def _run(args: argparse.Namespace, work: Any) -> int:
@@ -185,6 +190,9 @@ def conversations_export(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dialog-dir", default=None, help="default: $TANDEM_HOME/dialog")
+        p.add_argument(
+            "--database-url", default=None, help="the chat store on PostgreSQL (or TANDEM_DATABASE_URL), as `tandem serve` was given it"
+        )
 
     def site_options(p: argparse.ArgumentParser, adding: bool) -> None:
         common(p)

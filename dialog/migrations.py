@@ -12,6 +12,16 @@ migration = Migrations()
 MIGRATIONS = migration.steps
 
 
+def _postgres(conn: Any) -> bool:
+    """The steps are the same on both engines; where SQLite and PostgreSQL spell a thing differently, the step says both."""
+    return bool(conn.dialect.name == "postgresql")
+
+
+def _rowid(conn: Any) -> str:
+    """PostgreSQL has no implicit rowid; the store orders some tables by insertion with one of its own."""
+    return ",\n            rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE" if _postgres(conn) else ""
+
+
 @migration
 def m001_initial(conn: Any) -> None:
     conn.execute(
@@ -36,7 +46,7 @@ def m001_initial(conn: Any) -> None:
     )
     conn.execute(text("CREATE INDEX ix_conversations_visitor ON conversations(visitor_id, updated_at)"))
     conn.execute(
-        text("""
+        text(f"""
         CREATE TABLE messages (
             id TEXT PRIMARY KEY,
             conversation_id TEXT NOT NULL REFERENCES conversations(id),
@@ -45,7 +55,7 @@ def m001_initial(conn: Any) -> None:
             status TEXT NOT NULL,                   -- streaming | done | cancelled | interrupted | blocked | error
             client_msg_id TEXT,
             created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
+            updated_at TEXT NOT NULL{_rowid(conn)}
         )""")
     )
     conn.execute(text("CREATE INDEX ix_messages_conversation ON messages(conversation_id, created_at)"))
@@ -124,12 +134,31 @@ def m005_knowledge(conn: Any) -> None:
     )
     conn.execute(text("CREATE INDEX ix_knowledge_passages_document ON knowledge_passages(document_id, ordinal)"))
     conn.execute(text("ALTER TABLE messages ADD COLUMN sources TEXT"))  # JSON: the passages' titles an answer was grounded in
-    conn.execute(
-        text(
-            "CREATE VIRTUAL TABLE knowledge_fts USING fts5(title, heading, text, site_key UNINDEXED, passage_id UNINDEXED,"
-            " source UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2')"
+    if _postgres(conn):  # PostgreSQL's full-text search: the same columns, a weighted tsvector (English stemming) and its GIN index
+        conn.execute(
+            text("""
+            CREATE TABLE knowledge_fts (
+                title TEXT NOT NULL,
+                heading TEXT NOT NULL,
+                text TEXT NOT NULL,
+                site_key TEXT NOT NULL,
+                passage_id TEXT PRIMARY KEY,
+                source TEXT NOT NULL,
+                document tsvector GENERATED ALWAYS AS (
+                    setweight(to_tsvector('english', title), 'A') || setweight(to_tsvector('english', heading), 'B')
+                    || setweight(to_tsvector('english', text), 'D')
+                ) STORED
+            )""")
         )
-    )
+        conn.execute(text("CREATE INDEX ix_knowledge_fts_document ON knowledge_fts USING GIN (document)"))
+        conn.execute(text("CREATE INDEX ix_knowledge_fts_site ON knowledge_fts (site_key)"))
+    else:
+        conn.execute(
+            text(
+                "CREATE VIRTUAL TABLE knowledge_fts USING fts5(title, heading, text, site_key UNINDEXED, passage_id UNINDEXED,"
+                " source UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2')"
+            )
+        )
 
 
 @migration
@@ -137,12 +166,12 @@ def m006_dense_retrieval(conn: Any) -> None:
     """Each passage's sentence vector for dense retrieval (dialog/knowledge/embeddings.py: float32,
     unit length, made on first search where missing), and which retrieval a site's answers use."""
     conn.execute(
-        text("""
+        text(f"""
         CREATE TABLE knowledge_vectors (
             passage_id TEXT PRIMARY KEY REFERENCES knowledge_passages(id) ON DELETE CASCADE,
             site_key TEXT NOT NULL,
             model TEXT NOT NULL,                    -- the embedding model that made it
-            vector BLOB NOT NULL
+            vector {"BYTEA" if _postgres(conn) else "BLOB"} NOT NULL
         )""")
     )
     conn.execute(text("CREATE INDEX ix_knowledge_vectors_site ON knowledge_vectors(site_key)"))
@@ -172,18 +201,18 @@ def m007_people_in_the_loop(conn: Any) -> None:
         )""")
     )
     conn.execute(
-        text("""
+        text(f"""
         CREATE TABLE webhooks (
             id TEXT PRIMARY KEY,
             site_key TEXT NOT NULL REFERENCES sites(site_key),
             url TEXT NOT NULL,
             secret TEXT NOT NULL,                   -- signs what is sent, and verifies inbound agent replies
             events TEXT NOT NULL,                   -- JSON list, or ["*"]
-            created_at TEXT NOT NULL
+            created_at TEXT NOT NULL{_rowid(conn)}
         )""")
     )
     conn.execute(
-        text("""
+        text(f"""
         CREATE TABLE webhook_deliveries (
             id TEXT PRIMARY KEY,                    -- the event's id, sent with it: a receiver drops one it has seen
             webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
@@ -191,11 +220,11 @@ def m007_people_in_the_loop(conn: Any) -> None:
             body TEXT NOT NULL,                     -- JSON, exactly the bytes signed and sent
             status TEXT NOT NULL,                   -- pending | delivered | failed
             attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL NOT NULL,          -- unix time
+            next_attempt_at {"DOUBLE PRECISION" if _postgres(conn) else "REAL"} NOT NULL,  -- unix time
             last_code INTEGER,                      -- the receiver's last HTTP status
             last_error TEXT,
             created_at TEXT NOT NULL,
-            delivered_at TEXT
+            delivered_at TEXT{_rowid(conn)}
         )""")
     )
     conn.execute(text("CREATE INDEX ix_webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at)"))

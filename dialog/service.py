@@ -55,6 +55,7 @@ log = logging.getLogger("tandem.dialog")
 @dataclass(frozen=True)
 class DialogConfig:
     directory: Path | None = None  # the chat store and the visitor-token key; default: $TANDEM_HOME/dialog
+    database_url: str | None = None  # the chat store on PostgreSQL (postgresql+asyncpg://…) instead of the directory's SQLite file
     max_message_chars: int = 4000
     max_answer_tokens: int = 256
     temperature: float = 0.0
@@ -71,6 +72,10 @@ class DialogConfig:
     @property
     def db_path(self) -> Path:
         return self.home / "chat.db"
+
+    @property
+    def store_location(self) -> Path | str:
+        return self.database_url or self.db_path
 
     @property
     def key_path(self) -> Path:
@@ -175,7 +180,7 @@ class DialogService(Handoff):
     @classmethod
     async def open(cls, gateway: Gateway, config: DialogConfig, registry: CollectorRegistry | None = None) -> DialogService:
         tokens = VisitorTokens.load_or_create(config.key_path)
-        store = await Store.open(config.db_path, client_ref=tokens.client_ref)
+        store = await Store.open(config.store_location, client_ref=tokens.client_ref)
         interrupted = await store.interrupt_streaming()
         if interrupted:
             log.warning("dialog: %d answers cut by the last shutdown marked interrupted", len(interrupted))

@@ -1,5 +1,7 @@
-"""The chat store: sites, conversations, messages and the frames sent, in SQLite through
-SQLAlchemy's async engine (aiosqlite), in WAL mode so support staff can read while it writes.
+"""The chat store: sites, conversations, messages and the frames sent, through SQLAlchemy's async
+engine: in SQLite by default (aiosqlite, in WAL mode so support staff can read while it writes), or
+in PostgreSQL by URL (asyncpg), which several replicas share. The same code and the same numbered
+migrations serve both.
 
 Answers are written while they stream: the service appends frames in small batches
 (`append_frames`), each batch one transaction that also brings the message text up to date.
@@ -142,23 +144,11 @@ class Store:
         self.engine = engine
 
     @classmethod
-    async def open(cls, path: Path, client_ref: Callable[[str, str], str] | None = None) -> Store:
-        """`client_ref(conversation_id, client_msg_id)` is the service's keyed hash: given, any raw
-        client ids left by a release before m003 are replaced by it (the CLI opens without it)."""
-        private_dir(path.parent)
-        private_sqlite(path)
-        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi: Any, _record: Any) -> None:
-            cur = dbapi.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed batch, power loss at most the last
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")  # a loaded machine can hold the write lock for seconds
-            cur.execute("PRAGMA secure_delete=ON")  # what is replaced or deleted is overwritten, not left in free space
-            cur.close()
-
+    async def open(cls, location: Path | str, client_ref: Callable[[str, str], str] | None = None) -> Store:
+        """`location` is the SQLite file, or a `postgresql+asyncpg://` URL. `client_ref(conversation_id,
+        client_msg_id)` is the service's keyed hash: given, any raw client ids left by a release
+        before m003 are replaced by it (the CLI opens without it)."""
+        engine = postgres_engine(location) if isinstance(location, str) else sqlite_engine(location)
         async with engine.begin() as conn:
             await conn.run_sync(migrate)
         store = cls(engine)
@@ -188,7 +178,7 @@ class Store:
                             .where(events.c.conversation_id == cid, events.c.seq == seq)
                             .values(frame=json.dumps({**frame, "client_msg_id": ref}, ensure_ascii=False))
                         )
-        if rows:  # and the old pages leave the write-ahead log too
+        if rows and self.engine.dialect.name == "sqlite":  # and the old pages leave the write-ahead log too
             async with self.engine.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return len(rows)
@@ -395,6 +385,30 @@ class Store:
                     update(messages).where(messages.c.id == mid).values(status="interrupted", finish_reason="interrupted", updated_at=now())
                 )
         return [(cid, mid) for mid, cid in rows]
+
+
+def sqlite_engine(path: Path) -> AsyncEngine:
+    private_dir(path.parent)
+    private_sqlite(path)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi: Any, _record: Any) -> None:
+        cur = dbapi.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed batch, power loss at most the last
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")  # a loaded machine can hold the write lock for seconds
+        cur.execute("PRAGMA secure_delete=ON")  # what is replaced or deleted is overwritten, not left in free space
+        cur.close()
+
+    return engine
+
+
+def postgres_engine(url: str) -> AsyncEngine:
+    if not url.startswith("postgresql+asyncpg://"):
+        raise ValueError("a database URL must be postgresql+asyncpg://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def _site(row: Any) -> Site:

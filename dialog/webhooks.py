@@ -267,8 +267,9 @@ class Webhooks:
                 text(
                     "SELECT d.id, d.webhook_id, d.event, d.status, d.attempts, d.last_code, d.last_error, d.next_attempt_at,"
                     " d.created_at, d.delivered_at, w.url FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id"
-                    " WHERE w.site_key = :s AND (:status IS NULL OR d.status = :status)"
-                    " ORDER BY d.created_at DESC, d.rowid DESC LIMIT :limit"
+                    " WHERE w.site_key = :s"
+                    + (" AND d.status = :status" if status else "")
+                    + " ORDER BY d.created_at DESC, d.rowid DESC LIMIT :limit"
                 ),
                 {"s": site_key, "status": status, "limit": max(0, limit)},
             )

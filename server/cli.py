@@ -106,7 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
             signing_key=Path(args.audit_key) if args.audit_key else None,
         ),
         admin_token=args.admin_token or env.admin_token,
-        dialog=DialogConfig(directory=Path(args.dialog_dir) if args.dialog_dir else None),
+        dialog=DialogConfig(
+            directory=Path(args.dialog_dir) if args.dialog_dir else None, database_url=args.database_url or env.database_url
+        ),
         demo_site=not args.no_demo_site and is_loopback(args.host),
         upstream=upstream,
         completion_upstreams=tuple(UpstreamConfig(urls=roles.get("completion", ())).urls),
@@ -195,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="token for the /audit review page (or TANDEM_ADMIN_TOKEN; default: generated into the audit dir)",
     )
     serve.add_argument("--dialog-dir", default=None, help="support chat store and visitor-token key (default: $TANDEM_HOME/dialog)")
+    serve.add_argument(
+        "--database-url",
+        default=None,
+        help="the chat store on PostgreSQL, postgresql+asyncpg://USER:PASSWORD@HOST/DB (or TANDEM_DATABASE_URL; default: SQLite in the dialog dir)",
+    )
     serve.add_argument("--no-demo-site", action="store_true", help="do not create the `demo` site that /widget/demo uses")
     serve.add_argument(
         "--context-length", type=int, default=None, help="the window to enforce (default: the model's own, or what the upstreams report)"

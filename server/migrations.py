@@ -9,6 +9,7 @@ from the start. Steps never change once released: a new need is a new step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -31,13 +32,19 @@ class Migrations:
 
     def applied(self, conn: Any) -> list[str]:
         conn.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
-        return [row[0] for row in conn.execute(text("SELECT name FROM _migrations ORDER BY rowid"))]
+        return [row[0] for row in conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]  # (mNNN: in order)
 
     def mark(self, conn: Any, name: str) -> None:
-        conn.execute(text("INSERT INTO _migrations (name, applied_at) VALUES (:n, strftime('%Y-%m-%dT%H:%M:%fZ','now'))"), {"n": name})
+        conn.execute(
+            text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :at)"),
+            {"n": name, "at": datetime.now(UTC).isoformat(timespec="seconds")},
+        )
 
     def migrate(self, conn: Any, upto: int | None = None) -> list[str]:
-        """Apply the steps not yet applied (up to step `upto`, for tests of older schemas); returns their names."""
+        """Apply the steps not yet applied (up to step `upto`, for tests of older schemas); returns their names.
+        On PostgreSQL, replicas starting together take turns: one applies, the others find it done."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tandem migrations'))"))
         done = set(self.applied(conn))
         ran = []
         for step in self.steps[:upto]:

@@ -4,7 +4,8 @@
 credentials when not given on the command line), `TANDEM_COMPILE=0` (keep the eager decode step),
 `TANDEM_SERVER_URL` (where the language server finds the server), `TANDEM_UPSTREAMS` (the URLs of
 OpenAI-compatible servers to generate through, separated by commas or spaces) and
-`TANDEM_UPSTREAM_API_KEY` (the key they want).
+`TANDEM_UPSTREAM_API_KEY` (the key they want), `TANDEM_DATABASE_URL` (the chat store on PostgreSQL
+instead of the SQLite file).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Environment:
     server_url: str | None
     upstreams: tuple[str, ...] = ()
     upstream_api_key: str | None = None
+    database_url: str | None = None
 
 
 def environment() -> Environment:
@@ -39,4 +41,5 @@ def environment() -> Environment:
         server_url=os.environ.get("TANDEM_SERVER_URL") or None,
         upstreams=tuple(os.environ.get("TANDEM_UPSTREAMS", "").replace(",", " ").split()),
         upstream_api_key=os.environ.get("TANDEM_UPSTREAM_API_KEY") or None,
+        database_url=os.environ.get("TANDEM_DATABASE_URL") or None,
     )

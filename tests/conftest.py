@@ -4,6 +4,7 @@ model of the same architecture for fast engine tests, and real servers on real s
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import pytest
 import uvicorn
 
 from dialog.service import DialogConfig
+from scripts.services import Postgres
 from server import models
 from server.audit import AuditConfig
 from server.engine import EngineConfig
@@ -58,6 +60,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Debian's PostgreSQL, one cluster for the run in a temporary folder on a loopback port
+    (scripts/services.py); each test that needs it makes its own database."""
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def chat_db(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's chat store lives, once on each engine: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "chat.db"
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.create_database(f"chat_{abs(hash(request.node.nodeid)):x}_{next(_DATABASES)}")
+
+
+_DATABASES = itertools.count()
 
 
 @pytest.fixture(scope="session")

@@ -56,12 +56,16 @@ class Added:
     unchanged: bool  # the same file was there already: nothing read again
 
 
-def match_expression(query: str) -> str | None:
-    """The FTS5 query for a visitor's words: each significant word quoted (so nothing they type is
-    FTS syntax), any of them may match; BM25 ranks passages with more, rarer ones first."""
+def query_words(query: str) -> list[str]:
+    """A visitor's significant words, each matched on its own (so nothing they type is query
+    syntax): any of them may match; the ranking puts passages with more, rarer ones first."""
     words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
-    unique = list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
-    return " OR ".join(f'"{w}"' for w in unique) or None
+    return list(dict.fromkeys(words))[:MAX_QUERY_WORDS]
+
+
+def match_expression(query: str) -> str | None:
+    """The FTS5 query for a visitor's words."""
+    return " OR ".join(f'"{w}"' for w in query_words(query)) or None
 
 
 @dataclass
@@ -186,18 +190,29 @@ class KnowledgeBase:
         return [replace(found[pid], similarity=similarity[index[pid]]) for pid in best]
 
     async def _bm25(self, site_key: str, query: str, limit: int) -> list[Hit]:
-        expression = match_expression(query)
-        if expression is None:
+        """SQLite's FTS5 ranks by BM25; on PostgreSQL its full-text search ranks by ts_rank, each
+        weighted the same way (title, heading, text)."""
+        words = query_words(query)
+        if not words:
             return []
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT passage_id, source, title, heading, text,"
-                    f" -bm25(knowledge_fts, {TITLE_WEIGHT}, {HEADING_WEIGHT}, 1.0) AS score"
-                    " FROM knowledge_fts WHERE knowledge_fts MATCH :q AND site_key = :s ORDER BY score DESC LIMIT :k"
-                ),
-                {"q": expression, "s": site_key, "k": limit},
+        if self.engine.dialect.name == "postgresql":
+            top = max(TITLE_WEIGHT, HEADING_WEIGHT, 1.0)  # (ts_rank's weights, text to title, lie in 0-1)
+            weights = ", ".join(f"{w / top:.3f}" for w in (1.0, 1.0, HEADING_WEIGHT, TITLE_WEIGHT))
+            sql = (
+                "SELECT passage_id, source, title, heading, text,"
+                f" ts_rank('{{{weights}}}', document, q, 1) AS score"
+                " FROM knowledge_fts, to_tsquery('english', :q) AS q WHERE document @@ q AND site_key = :s ORDER BY score DESC LIMIT :k"
             )
+            expression = " | ".join(f"'{w}'" for w in words)  # (letters and digits only: nothing of tsquery syntax)
+        else:
+            sql = (
+                "SELECT passage_id, source, title, heading, text,"
+                f" -bm25(knowledge_fts, {TITLE_WEIGHT}, {HEADING_WEIGHT}, 1.0) AS score"
+                " FROM knowledge_fts WHERE knowledge_fts MATCH :q AND site_key = :s ORDER BY score DESC LIMIT :k"
+            )
+            expression = match_expression(query) or ""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text(sql), {"q": expression, "s": site_key, "k": limit})
             return [Hit(r.passage_id, r.source, r.title, r.heading, r.text, float(r.score)) for r in rows]
 
     async def prepare(self, site_key: str) -> None:
@@ -239,7 +254,10 @@ class KnowledgeBase:
             async with self.engine.begin() as conn:
                 for pid, blob in made.items():
                     await conn.execute(
-                        text("INSERT OR REPLACE INTO knowledge_vectors (passage_id, site_key, model, vector) VALUES (:p, :s, :m, :v)"),
+                        text(
+                            "INSERT INTO knowledge_vectors (passage_id, site_key, model, vector) VALUES (:p, :s, :m, :v)"
+                            " ON CONFLICT (passage_id) DO UPDATE SET site_key = excluded.site_key, model = excluded.model, vector = excluded.vector"
+                        ),
                         {"p": pid, "s": site_key, "m": self.embedder.name, "v": blob},
                     )
         hits = [Hit(r.passage_id, r.source, r.title, r.heading, r.text, 0.0) for r in rows]

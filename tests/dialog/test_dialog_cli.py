@@ -40,11 +40,13 @@ def test_sites_add_and_list(tmp_path: Path) -> None:
     assert "Changed." in tandem("sites", "list", *d).stdout
 
 
-def test_conversations_list_show_export(tiny_server, tmp_path: Path) -> None:
-    with tiny_server(dialog={"max_answer_tokens": 8}) as s:
+def test_conversations_list_show_export(tiny_server, tmp_path: Path, chat_db: Path | str) -> None:
+    """What the server kept, read by the operator's commands: from its SQLite file, or from PostgreSQL by URL."""
+    url = {"database_url": chat_db} if isinstance(chat_db, str) else {}
+    with tiny_server(dialog={"max_answer_tokens": 8, **url}) as s:
         with Chat(s.url) as chat:
             chat.ask("Where is my parcel?")
-        d = ["--dialog-dir", str(s.dialog_dir)]
+        d = ["--database-url", chat_db] if url else ["--dialog-dir", str(s.dialog_dir)]
         listed = tandem("conversations", "list", *d)
         assert chat.conversation_id in listed.stdout and "2 messages" in listed.stdout
         shown = tandem("conversations", "show", chat.conversation_id, *d)

@@ -13,10 +13,10 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from dialog.migrations import MIGRATIONS, migrate
-from dialog.store import Site, Store
+from dialog.store import Site, Store, postgres_engine, sqlite_engine
 from dialog.tokens import VisitorTokens
 from tests.waiting import eventually_async
 
@@ -25,7 +25,7 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-async def reopen(path: Path) -> None:
+async def reopen(path: Path | str) -> None:
     await (await Store.open(path)).close()
 
 
@@ -59,6 +59,51 @@ def test_migrations_bring_the_previous_schema_forward_keeping_its_data(tmp_path:
     run(store.close())
 
 
+def test_migrations_build_a_blank_store_and_bring_one_at_m006_forward_on_both_engines(chat_db: Path | str) -> None:
+    """The same numbered steps on SQLite and PostgreSQL: a store left by the previous release (m006,
+    with a conversation and a webhook-less site in it) gets m007 and keeps its data; a blank one gets every step."""
+
+    async def scenario() -> None:
+        engine = postgres_engine(chat_db) if isinstance(chat_db, str) else sqlite_engine(chat_db)
+        async with engine.begin() as conn:
+            assert await conn.run_sync(lambda c: migrate(c, upto=6)) == [m.__name__ for m in MIGRATIONS[:6]]
+            day = {"d": "2026-01-01T00:00:00.000Z"}
+            await conn.execute(
+                text(
+                    "INSERT INTO sites (site_key, name, allowed_origins, system_prompt, created_at) VALUES ('acme', 'Acme', '[]', 'Be kind.', :d)"
+                ),
+                day,
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO conversations (id, site_key, visitor_id, created_at, updated_at, last_seq) VALUES ('c1', 'acme', 'v1', :d, :d, 2)"
+                ),
+                day,
+            )
+            for mid, role, body in (("m1", "user", "hello"), ("m2", "assistant", "Hi!")):
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (id, conversation_id, role, text, status, created_at, updated_at) VALUES (:m, 'c1', :r, :t, 'done', :d, :d)"
+                    ),
+                    {"m": mid, "r": role, "t": body, **day},
+                )
+        await engine.dispose()
+        store = await Store.open(chat_db)
+        try:
+            assert [(m.role, m.text) for m in await store.messages("c1")] == [("user", "hello"), ("assistant", "Hi!")]
+            (row,) = await store.list_conversations()
+            assert (row["status"], row["messages"], row["last"]) == ("bot", 2, "Hi!")
+            assert (await store.site("acme")).retrieval == "hybrid"
+            async with store.engine.connect() as conn:
+                names = [r[0] for r in await conn.execute(text("SELECT name FROM _migrations ORDER BY name"))]
+            assert names == [m.__name__ for m in MIGRATIONS]
+        finally:
+            await store.close()
+        await reopen(chat_db)  # and opening again applies nothing twice
+
+    run(scenario())
+
+
 def test_site_origins() -> None:
     site = Site("s", "S", ("https://shop.example", "http://127.0.0.1:*"), "")
     assert site.allows("https://shop.example") and site.allows("http://127.0.0.1:8080")
@@ -66,9 +111,9 @@ def test_site_origins() -> None:
     assert not site.allows("http://127.0.0.10:8080")
 
 
-def test_answers_left_streaming_become_interrupted_with_a_closing_frame(tmp_path: Path) -> None:
+def test_answers_left_streaming_become_interrupted_with_a_closing_frame(chat_db: Path | str) -> None:
     async def scenario() -> None:
-        store = await Store.open(tmp_path / "chat.db")
+        store = await Store.open(chat_db)
         await store.put_site(Site("s", "S", ("https://a.test",), "p"))
         cid = await store.create_conversation("s", "v1")
         user = await store.add_message(cid, "user", "hi", "done", 1, "c1")

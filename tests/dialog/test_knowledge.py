@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import string
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import playwright
@@ -43,10 +44,14 @@ SHIPPING = """<!doctype html><html><head><title>Shipping</title><script>var hidd
 <h2>Costs</h2><ul><li>Free above 50 EUR</li><li>Otherwise 4.90 EUR</li></ul></main><footer>© Shop</footer></body></html>"""
 
 
+_LOOP = asyncio.new_event_loop()
+threading.Thread(target=_LOOP.run_forever, name="knowledge-tests", daemon=True).start()
+
+
 def run(coroutine):  # type: ignore[no-untyped-def]
-    """On its own thread: Playwright's sync API (the PDF test's browser) holds this thread's event loop."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+    """On one event loop of its own thread for every call: Playwright's sync API (the PDF test's
+    browser) holds this thread's loop, and a PostgreSQL connection belongs to the loop that opened it."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _LOOP).result()
 
 
 def token() -> str:
@@ -60,9 +65,11 @@ def write(folder: Path, name: str, content: str) -> Path:
     return path
 
 
-def kb_for(tmp_path: Path, *sites: str) -> tuple[Store, KnowledgeBase]:
+def kb_for(where: Path | str, *sites: str) -> tuple[Store, KnowledgeBase]:
+    """A knowledge base in a fresh store: in `where`'s chat.db (a folder), or at a PostgreSQL URL."""
+
     async def go() -> Store:
-        store = await Store.open(tmp_path / "chat.db")
+        store = await Store.open(where if isinstance(where, str) else where / "chat.db")
         for key in sites:
             await store.put_site(Site(key, key, ("https://x.test",), "You help."))
         return store
@@ -140,8 +147,9 @@ def test_a_secret_in_a_document_is_redacted_before_anything_is_kept(tmp_path: Pa
         assert key.encode() not in f.read_bytes() and title_key.encode() not in f.read_bytes(), f.name
 
 
-def test_an_unchanged_file_is_kept_a_changed_one_replaced_and_sites_stay_apart(tmp_path: Path) -> None:
-    store, kb = kb_for(tmp_path, "shop", "other")
+def test_an_unchanged_file_is_kept_a_changed_one_replaced_and_sites_stay_apart(tmp_path: Path, chat_db: Path | str) -> None:
+    """On SQLite's FTS5 and on PostgreSQL's full-text search alike."""
+    store, kb = kb_for(chat_db if isinstance(chat_db, str) else tmp_path, "shop", "other")
     try:
         path = write(tmp_path, "returns.md", RETURNS)
         first = run(kb.add("shop", path))
@@ -174,6 +182,20 @@ def test_any_text_a_visitor_types_is_a_safe_query(tmp_path_factory, query: str) 
         run(kb.search("shop", query + ' NEAR("a" "b") OR * AND ^x:y -z'))  # never an FTS syntax error
     finally:
         run(store.close())
+
+
+@pytest.fixture(scope="module")
+def pg_knowledge(postgres, tmp_path_factory) -> Iterator[KnowledgeBase]:  # type: ignore[no-untyped-def]
+    store, kb = kb_for(postgres.create_database("knowledge_fuzz"), "shop")
+    run(kb.add("shop", write(tmp_path_factory.mktemp("kb"), "returns.md", RETURNS)))
+    yield kb
+    run(store.close())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_a_visitor_types_is_a_safe_query_on_postgresql_too(pg_knowledge: KnowledgeBase, query: str) -> None:
+    run(pg_knowledge.search("shop", query + " ' & | ! <-> :* ( ) \\", dense=False))  # never a tsquery syntax error
 
 
 def test_tandem_knowledge_as_an_operator_uses_it(tmp_path: Path) -> None:

@@ -111,11 +111,12 @@ def reserved_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scenario(tmp_path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
-    """Run `body` on a fresh chat store with the site "shop" (and "other")."""
+def scenario(where: Path | str, body: Callable[[Store], Awaitable[None]]) -> None:
+    """Run `body` on a fresh chat store with the site "shop" (and "other"): in the folder `where`,
+    or at `where` (the `chat_db` fixture's file or PostgreSQL URL)."""
 
     async def main() -> None:
-        store = await Store.open(tmp_path / "chat.db")
+        store = await Store.open(where / "chat.db" if isinstance(where, Path) and where.is_dir() else where)
         try:
             await store.put_site(Site("shop", "shop", ("http://x",), "prompt"))
             await store.put_site(Site("other", "other", ("http://y",), "prompt"))
@@ -231,7 +232,7 @@ def test_backoff_doubles_up_to_the_cap_give_or_take_a_fifth() -> None:
 
 
 # --- delivery -------------------------------------------------------------------------------------
-def test_every_event_arrives_once_signed_in_order_to_the_webhooks_that_want_it(tmp_path: Path, receiver: Any) -> None:
+def test_every_event_arrives_once_signed_in_order_to_the_webhooks_that_want_it(chat_db: Path | str, receiver: Any) -> None:
     everything, some, elsewhere = receiver(), receiver(), receiver()
     registry = CollectorRegistry()
 
@@ -268,7 +269,7 @@ def test_every_event_arrives_once_signed_in_order_to_the_webhooks_that_want_it(t
         assert sample("tandem_webhook_deliveries_total", {"result": "delivered"}) == len(EVENTS) + 3
         assert sample("tandem_webhook_deliveries_total", {"result": "retry"}) == 0
 
-    scenario(tmp_path, body)
+    scenario(chat_db, body)
 
 
 def test_a_receiver_that_is_down_gets_everything_once_when_it_comes_up(tmp_path: Path, receiver: Any) -> None:
@@ -360,7 +361,7 @@ def test_a_delivery_fails_after_max_attempts_and_redeliver_sends_it(tmp_path: Pa
     scenario(tmp_path, body)
 
 
-def test_pending_deliveries_survive_a_restart_and_none_is_sent_twice(tmp_path: Path, receiver: Any) -> None:
+def test_pending_deliveries_survive_a_restart_and_none_is_sent_twice(chat_db: Path | str, receiver: Any) -> None:
     helpdesk = receiver()
 
     async def body(store: Store) -> None:
@@ -388,7 +389,7 @@ def test_pending_deliveries_survive_a_restart_and_none_is_sent_twice(tmp_path: P
             await second.close()
         assert len(helpdesk.accepted()) == 7 and Counter(helpdesk.accepted_ids()).most_common(1)[0][1] == 1
 
-    scenario(tmp_path, body)
+    scenario(chat_db, body)
 
 
 def test_a_failing_round_is_logged_and_the_worker_goes_on(tmp_path: Path, receiver: Any, caplog: pytest.LogCaptureFixture) -> None:

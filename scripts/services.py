@@ -1,0 +1,115 @@
+"""The servers a fleet of replicas shares, for the tests and for trying a fleet out by hand:
+Debian's PostgreSQL in a temporary folder on a loopback port (its own cluster, nothing of the
+system's touched), started and stopped by this script.
+
+    python scripts/services.py postgres DIR      # prints the admin URL; Ctrl-C stops it
+
+Run as root (as the tests are in CI), the cluster belongs to the `postgres` user, as PostgreSQL
+requires; otherwise to whoever runs it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ADMIN = "tandem_admin"  # the cluster's superuser; the applications' roles are made by the tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def postgres_bin() -> Path:
+    """Debian's server binaries (not on PATH: they live under /usr/lib/postgresql/VERSION/bin)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("postgres")
+    if on_path:
+        return Path(os.path.realpath(on_path)).parent
+    raise FileNotFoundError("PostgreSQL is not installed: `make test` installs Debian's postgresql")
+
+
+class Postgres:
+    """One throwaway cluster: `start()`, `create_database(name)` → its URL, `stop()`."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        # (not under pytest's folder, which is private to the user running the tests)
+        self.root = Path(tempfile.mkdtemp(prefix="tandem-pg-", dir=root))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.bin = postgres_bin()
+        self.as_postgres = os.geteuid() == 0
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [*(["runuser", "-u", "postgres", "--"] if self.as_postgres else []), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
+        return done
+
+    def start(self) -> Postgres:
+        if self.as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", ADMIN, "-A", "trust", "--no-sync", "--locale=C", "-E", "UTF8")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c synchronous_commit=off"
+            " -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "-t", "60", "start"
+        )
+        return self
+
+    def url(self, database: str = "postgres", user: str = ADMIN, password: str | None = None, driver: str = "asyncpg") -> str:
+        auth = user if password is None else f"{user}:{password}"
+        return f"postgresql+{driver}://{auth}@127.0.0.1:{self.port}/{database}"
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """One statement through psql as the superuser; its output, unaligned."""
+        psql = str(self.bin / "psql")
+        done = self._run(
+            psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", ADMIN, "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", statement
+        )
+        return done.stdout
+
+    def create_database(self, name: str) -> str:
+        self.sql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Postgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    if len(sys.argv) != 3 or sys.argv[1] != "postgres":
+        sys.exit(__doc__)
+    with Postgres(Path(sys.argv[2])) as pg:
+        print(pg.url(), flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
