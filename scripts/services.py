@@ -83,9 +83,12 @@ class Postgres:
         )
         return done.stdout
 
-    def create_database(self, name: str) -> str:
-        self.sql(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+    def create_database(self, name: str, owner: str | None = None) -> str:
+        """A fresh database (owned by the role `owner`, made if missing); its URL, as that role."""
+        if owner is not None and not self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{owner}'"):
+            self.sql(f'CREATE ROLE "{owner}" LOGIN')
+        self.sql(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
+        return self.url(name, user=owner or ADMIN)
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

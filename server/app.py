@@ -157,7 +157,7 @@ def create_app(
         try:
             yield {
                 "tandem": AppState(gateway, registry, int(time.time()), feedback.feedback_counter(registry), factory.open),
-                "audit_review": audit_web.ReviewState(gateway.audit.config.home, admin_token(config)),
+                "audit_review": audit_web.ReviewState(gateway.audit.config.home, admin_token(config), gateway.audit.config.database_url),
                 "dialog": dialog,
             }
         finally:

@@ -104,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
             checkpoint_every=args.audit_checkpoint_every,
             content_days=args.audit_content_days,
             signing_key=Path(args.audit_key) if args.audit_key else None,
+            database_url=args.audit_database_url or env.audit_database_url,
         ),
         admin_token=args.admin_token or env.admin_token,
         dialog=DialogConfig(
@@ -181,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt-lookup speculative decoding for greedy interactive requests while the batch is small (same tokens either way)",
     )
     serve.add_argument("--audit-dir", default=None, help="audit database and keys (default: $TANDEM_HOME/audit)")
+    serve.add_argument(
+        "--audit-database-url",
+        default=None,
+        help="the audit records on PostgreSQL, postgresql+psycopg://USER:PASSWORD@HOST/DB, one chain for every replica (or TANDEM_AUDIT_DATABASE_URL)",
+    )
     serve.add_argument("--audit-key", default=None, help="the checkpoint signing key, kept outside the audit folder (created if missing)")
     serve.add_argument(
         "--audit-checkpoint-every", type=int, default=AuditConfig.checkpoint_every, help="sign the chain head every N records"

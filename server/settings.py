@@ -5,7 +5,7 @@ credentials when not given on the command line), `TANDEM_COMPILE=0` (keep the ea
 `TANDEM_SERVER_URL` (where the language server finds the server), `TANDEM_UPSTREAMS` (the URLs of
 OpenAI-compatible servers to generate through, separated by commas or spaces) and
 `TANDEM_UPSTREAM_API_KEY` (the key they want), `TANDEM_DATABASE_URL` (the chat store on PostgreSQL
-instead of the SQLite file).
+instead of the SQLite file) and `TANDEM_AUDIT_DATABASE_URL` (the audit records on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Environment:
     upstreams: tuple[str, ...] = ()
     upstream_api_key: str | None = None
     database_url: str | None = None
+    audit_database_url: str | None = None
 
 
 def environment() -> Environment:
@@ -42,4 +43,5 @@ def environment() -> Environment:
         upstreams=tuple(os.environ.get("TANDEM_UPSTREAMS", "").replace(",", " ").split()),
         upstream_api_key=os.environ.get("TANDEM_UPSTREAM_API_KEY") or None,
         database_url=os.environ.get("TANDEM_DATABASE_URL") or None,
+        audit_database_url=os.environ.get("TANDEM_AUDIT_DATABASE_URL") or None,
     )

@@ -192,6 +192,7 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         dialog: dict | None = None,
         dialog_dir: Path | None = None,
         audit_max_queue: int = 4096,
+        audit_database_url: str | None = None,
         engine: Any = "scripted",
         **engine_config: Any,
     ) -> ThreadedServer:
@@ -204,7 +205,13 @@ def tiny_server(tiny_model, tokenizer, tmp_path):  # type: ignore[no-untyped-def
         config = ServerConfig(
             api_key=api_key,
             engine=EngineConfig(**engine_config),
-            audit=AuditConfig(audit_dir, checkpoint_every=checkpoint_every, content_days=content_days, max_queue=audit_max_queue),
+            audit=AuditConfig(
+                audit_dir,
+                checkpoint_every=checkpoint_every,
+                content_days=content_days,
+                max_queue=audit_max_queue,
+                database_url=audit_database_url,
+            ),
             admin_token=ADMIN_TOKEN,
             dialog=DialogConfig(directory=dialog_dir, **(dialog or {})),  # type: ignore[arg-type]
         )

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..settings import environment
 from . import merkle, treehead
 from .keys import load_public_key
 from .log import AuditConfig
@@ -19,7 +20,7 @@ from .review import AuditReader, Filters
 def _reader(args: argparse.Namespace) -> AuditReader:
     directory = _directory(args)
     public = load_public_key(Path(args.public_key)) if getattr(args, "public_key", None) else None
-    return AuditReader(directory, public_key=public)
+    return AuditReader(directory, public_key=public, database_url=args.audit_database_url or environment().audit_database_url)
 
 
 def _filters(args: argparse.Namespace) -> Filters:
@@ -189,6 +190,11 @@ def add_parser(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser, filters: bool = True) -> None:
         p.add_argument("--audit-dir", default=None, help="default: $TANDEM_HOME/audit")
+        p.add_argument(
+            "--audit-database-url",
+            default=None,
+            help="the records on PostgreSQL (or TANDEM_AUDIT_DATABASE_URL), as `tandem serve` was given it",
+        )
         if filters:
             p.add_argument("--since", help="ISO time or a span back from now (90m, 24h, 7d)")
             p.add_argument("--until", help="ISO time")

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
-from ..clock import utc_now
+from ..clock import iso_utc, utc_now
 from ..settings import tandem_home
 from . import merkle, store, treehead
 from .chain import canonical, checkpoint_text, ulid
@@ -47,6 +47,8 @@ class AuditConfig:
     tree_heads: Path | None = None  # where signed tree heads are published; default: <directory>/checkpoints.jsonl
     max_queue: int = 4096  # past this many unwritten records, new calls are refused until the writer catches up
     stuck_seconds: float = 30.0  # records waiting this long with no commit: the writer is stuck (healthz says so)
+    database_url: str | None = None  # the records on PostgreSQL (postgresql+psycopg://…), one chain for a fleet; keys stay in `home`
+    lease_seconds: float = 15.0  # on a shared log: a replica silent this long is dead, and its cut calls are recorded by another
 
     @property
     def home(self) -> Path:
@@ -94,7 +96,10 @@ class AuditLog:
         )
         self._stuck.set_function(lambda: float(self.stuck))
         self.keys = AuditKeys.load_or_create(config.home, config.signing_key)
-        self.db = store.open_db(config.home / "audit.db", writer=True)
+        self.db = store.open_db(config.database_url or config.home / "audit.db", writer=True)
+        self.shared = config.database_url is not None  # other replicas write to this log too
+        self.replica = ulid()  # this writer, in the journal of calls and the heartbeats
+        self._last_beat = 0.0
         self.tree_heads_path = config.tree_heads or config.home / "checkpoints.jsonl"
         self._tree = merkle.CompactRange()
         self._published = 0  # the tree size of the last head published by this process
@@ -150,9 +155,17 @@ class AuditLog:
         return call
 
     def _recover_interrupted(self) -> int:
-        """Calls journalled but never sealed were cut by a crash: each gets its record now, `interrupted`."""
+        """Calls journalled but never sealed were cut by a crash: each gets its record now,
+        `interrupted`. On a file of its own, every call another process journalled was cut (at
+        start-up, the last run's); on a shared log, only those of replicas whose heartbeat stopped
+        `lease_seconds` ago (asked at start-up and with every heartbeat after)."""
         with self.db.begin() as conn:
-            rows = conn.execute(select(store.pending)).fetchall()
+            query = select(store.pending).where(store.pending.c.replica.is_distinct_from(self.replica))
+            if self.shared:
+                self._beat(conn)
+                alive = select(store.replicas.c.replica).where(store.replicas.c.seen_at > iso_utc(time.time() - self.config.lease_seconds))
+                query = query.where(or_(store.pending.c.replica.is_(None), store.pending.c.replica.not_in(alive)))
+            rows = conn.execute(query).fetchall()
             for row in rows:
                 cut = dataclasses.replace(
                     Envelope.read(json.loads(row.body)),
@@ -162,8 +175,17 @@ class AuditLog:
                 store.append(conn, cut.to_json(), None, None)
                 conn.execute(store.pending.delete().where(store.pending.c.call == row.call))
         if rows:
-            log.warning("audit: %d calls cut by the last shutdown recorded as interrupted", len(rows))
+            log.warning("audit: %d calls cut by a stopped server recorded as interrupted", len(rows))
         return len(rows)
+
+    def _beat(self, conn: Any) -> None:
+        """This replica is alive (upserted by delete and insert: the same SQL on both engines, under the chain's lock)."""
+        conn.execute(store.replicas.delete().where(store.replicas.c.replica == self.replica))
+        conn.execute(store.replicas.insert().values(replica=self.replica, seen_at=utc_now()))
+        self._last_beat = time.monotonic()
+
+    def _heartbeat_due(self) -> bool:
+        return self.shared and time.monotonic() - self._last_beat >= self.config.lease_seconds / 3
 
     def submit(self, entry: Entry | Opened) -> None:
         """Queue a record (never blocks, never drops). Without a running writer, it is written at once."""
@@ -189,6 +211,9 @@ class AuditLog:
                 log.error("audit: the writer could not drain at shutdown; %d records unwritten", self.depth)
             self._thread = None
         self.checkpoint()
+        if self.shared:  # a clean stop: nothing of this replica's is left to recover
+            with self.db.begin() as conn:
+                conn.execute(store.replicas.delete().where(store.replicas.c.replica == self.replica))
         self.db.dispose()
 
     def write(self, entries: list[Entry | Opened]) -> list[dict[str, Any]]:
@@ -198,7 +223,9 @@ class AuditLog:
         with self.db.begin() as conn:
             for entry in entries:
                 if isinstance(entry, Opened):
-                    conn.execute(store.pending.insert().values(call=entry.call, body=canonical(entry.body).decode("utf-8")))
+                    conn.execute(
+                        store.pending.insert().values(call=entry.call, body=canonical(entry.body).decode("utf-8"), replica=self.replica)
+                    )
                     continue
                 content = {"prompt": entry.prompt, "output": entry.output} if expires else None
                 sealed.append(store.append(conn, entry.body, content, expires))
@@ -216,11 +243,13 @@ class AuditLog:
         return sealed
 
     def _sync_tree(self) -> None:
-        tree = merkle.CompactRange()
+        """Bring the in-memory tree up to the database's head: the records other writers (a CLI
+        command, the other replicas) appended since this one last looked."""
         with self.db.connect() as conn:
-            for leaf in store.leaves(conn):
-                tree.append(leaf)
-        self._tree = tree
+            if store.head(conn)[0] < self._tree.size:
+                self._tree = merkle.CompactRange()
+            for leaf in store.leaves(conn, after=self._tree.size):
+                self._tree.append(leaf)
 
     def publish_tree_head(self) -> dict[str, Any] | None:
         """Sign the tree as it stands and append the head to the published file (if the tree moved)."""
@@ -276,9 +305,12 @@ class AuditLog:
 
     def _run(self) -> None:
         stop, last_signed = False, time.monotonic()
+        wait = min(60.0, self.config.checkpoint_seconds, self.config.lease_seconds / 3 if self.shared else 60.0)
         while not stop:
+            if self._heartbeat_due():
+                self._recover_retrying()
             try:
-                first = self._queue.get(timeout=min(60.0, self.config.checkpoint_seconds))
+                first = self._queue.get(timeout=wait)
             except queue.Empty:
                 if time.monotonic() - last_signed >= self.config.checkpoint_seconds:
                     self.checkpoint()
@@ -295,6 +327,17 @@ class AuditLog:
             self._write_retrying(entries)
             for _ in batch:
                 self._queue.task_done()
+
+    def _recover_retrying(self) -> None:
+        """A heartbeat, and the calls of replicas found dead; a database that refuses is tried at the next beat."""
+        try:
+            if self._recover_interrupted():
+                self._sync_tree()
+                self.publish_tree_head()
+        except Exception:
+            self._failures.inc()
+            log.exception("audit: the heartbeat could not be written; trying again")
+            self._last_beat = time.monotonic()
 
     def _write_retrying(self, entries: list[Entry | Opened]) -> None:
         """Write a batch; if the database refuses it, write its entries one by one, so that an

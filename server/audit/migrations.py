@@ -18,13 +18,45 @@ migration = Migrations()
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 
+# PostgreSQL's triggers call a function: this one refuses with the message the trigger gives it
+_REFUSE = """
+CREATE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '%', TG_ARGV[0];
+END $$"""
+_EXPIRE_ONLY = """
+CREATE FUNCTION audit_content_expire_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF CAST(OLD.expires_at AS timestamptz) > now() THEN
+        RAISE EXCEPTION 'audit content can only be deleted once it has expired';
+    END IF;
+    RETURN OLD;
+END $$"""
+
+
+def _postgres(conn: Any) -> bool:
+    return bool(conn.dialect.name == "postgresql")
+
+
+def _refuse(conn: Any, table: str, verb: str, message: str) -> None:
+    """A trigger that refuses `verb` on `table` whoever asks (the application's role included)."""
+    if _postgres(conn):
+        each = "STATEMENT" if verb == "truncate" else "ROW"
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {table}_no_{verb} BEFORE {verb.upper()} ON {table} FOR EACH {each} EXECUTE FUNCTION audit_refuse('{message}')"
+            )
+        )
+    elif verb != "truncate":  # (SQLite has no TRUNCATE: its DELETE trigger covers it)
+        conn.execute(text(f"CREATE TRIGGER {table}_no_{verb} BEFORE {verb.upper()} ON {table} BEGIN SELECT RAISE(ABORT, '{message}'); END"))
+
 
 @migration
 def m001_records_content_checkpoints(conn: Any) -> None:
     conn.execute(
-        text("""
+        text(f"""
         CREATE TABLE audit_records (
-            seq INTEGER NOT NULL PRIMARY KEY,
+            seq {"BIGINT" if _postgres(conn) else "INTEGER"} NOT NULL PRIMARY KEY,
             id VARCHAR NOT NULL UNIQUE,
             ts VARCHAR NOT NULL,
             type VARCHAR NOT NULL,
@@ -58,9 +90,9 @@ def m001_records_content_checkpoints(conn: Any) -> None:
         )""")
     )
     conn.execute(
-        text("""
+        text(f"""
         CREATE TABLE audit_checkpoints (
-            seq INTEGER NOT NULL PRIMARY KEY,       -- the last record it covers
+            seq {"BIGINT" if _postgres(conn) else "INTEGER"} NOT NULL PRIMARY KEY,  -- the last record it covers
             ts VARCHAR NOT NULL,
             head VARCHAR(64) NOT NULL,
             prev_sig VARCHAR NOT NULL,
@@ -68,23 +100,27 @@ def m001_records_content_checkpoints(conn: Any) -> None:
             sig VARCHAR NOT NULL
         )""")
     )
-    for table, what in (("audit_records", "the audit log is append-only"), ("audit_checkpoints", "the audit log is append-only")):
-        for verb in ("update", "delete"):
-            conn.execute(
-                text(f"CREATE TRIGGER {table}_no_{verb} BEFORE {verb.upper()} ON {table} BEGIN SELECT RAISE(ABORT, '{what}'); END")
+    if _postgres(conn):
+        conn.execute(text(_REFUSE))
+        conn.execute(text(_EXPIRE_ONLY))
+    for table in ("audit_records", "audit_checkpoints"):
+        for verb in ("update", "delete", "truncate"):
+            _refuse(conn, table, verb, "the audit log is append-only")
+    _refuse(conn, "audit_content", "update", "audit content cannot be changed")
+    _refuse(conn, "audit_content", "truncate", "audit content can only be deleted once it has expired")
+    if _postgres(conn):
+        conn.execute(
+            text(
+                "CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content FOR EACH ROW EXECUTE FUNCTION audit_content_expire_only()"
             )
-    conn.execute(
-        text(
-            "CREATE TRIGGER audit_content_no_update BEFORE UPDATE ON audit_content "
-            "BEGIN SELECT RAISE(ABORT, 'audit content cannot be changed'); END"
         )
-    )
-    conn.execute(
-        text(
-            f"CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
-            "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END"
+    else:
+        conn.execute(
+            text(
+                f"CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content WHEN old.expires_at > {NOW} "
+                "BEGIN SELECT RAISE(ABORT, 'audit content can only be deleted once it has expired'); END"
+            )
         )
-    )
 
 
 @migration
@@ -99,12 +135,26 @@ def m002_pending_calls(conn: Any) -> None:
     )
 
 
+@migration
+def m003_replicas(conn: Any) -> None:
+    """Several replicas on one (PostgreSQL) log: each journals its calls under its own id and keeps
+    a heartbeat, so a replica that dies is noticed by the others, which record its cut calls."""
+    conn.execute(text("ALTER TABLE audit_pending ADD COLUMN replica VARCHAR"))
+    conn.execute(
+        text("""
+        CREATE TABLE audit_replicas (
+            replica VARCHAR NOT NULL PRIMARY KEY,
+            seen_at VARCHAR NOT NULL                -- its last heartbeat (ISO time, UTC)
+        )""")
+    )
+
+
 LEGACY = {1: 1, 2: 2}  # PRAGMA user_version of a log from before numbered migrations → the steps it already has
 
 
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the audit database forward (up to step `upto`, for tests); returns the steps applied."""
-    if not migration.applied(conn):
+    if not migration.applied(conn) and not _postgres(conn):
         version = conn.execute(text("PRAGMA user_version")).scalar() or 0
         has_records = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_records'")).first() is not None
         if has_records:  # written before numbered migrations: adopt what its version has

@@ -72,12 +72,15 @@ class Verification:
 
 
 class AuditReader:
-    def __init__(self, directory: Path, hmac_key: bytes | None = None, public_key: Ed25519PublicKey | None = None) -> None:
+    def __init__(
+        self, directory: Path, hmac_key: bytes | None = None, public_key: Ed25519PublicKey | None = None, database_url: str | None = None
+    ) -> None:
+        """The log in `directory` (its keys always; its records unless they are on PostgreSQL at `database_url`)."""
         self.directory = directory
         path = directory / "audit.db"
-        if not path.exists():
+        if database_url is None and not path.exists():
             raise FileNotFoundError(f"no audit log at {path}")
-        self.db: Engine = store.open_db(path)
+        self.db: Engine = store.open_db(database_url or path)
         key_path = directory / "hmac.key"
         self.hmac_key = hmac_key if hmac_key is not None else (key_path.read_bytes() if key_path.exists() else None)
         self.public_key = public_key if public_key is not None else load_public_key(directory / "audit.pub")

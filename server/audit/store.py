@@ -1,4 +1,5 @@
-"""The audit database: its own SQLite file, append-only by trigger, read and written through SQLAlchemy.
+"""The audit database: its own SQLite file, or a PostgreSQL database a fleet of replicas shares;
+append-only by trigger on both; read and written through SQLAlchemy.
 
 Its schema is built and brought forward by numbered migrations (`migrations.py`); the tables here
 describe it for queries. `audit_records` holds the sealed envelopes and the chain; the envelope
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, create_engine, event, select, text
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, create_engine, event, select
 
 from ..clock import utc_now
 from . import merkle, migrations
@@ -61,12 +62,32 @@ pending = Table(
     metadata,
     Column("call", String, primary_key=True),
     Column("body", Text, nullable=False),  # the call's skeleton envelope (canonical JSON): identity, actor refs, model
+    Column("replica", String),  # the writer that journalled it (m003)
+)
+
+# Each writer's heartbeat on a shared (PostgreSQL) log: a call journalled by a writer whose
+# heartbeat has stopped was cut by that replica's death, and any other replica records it.
+replicas = Table(
+    "audit_replicas",
+    metadata,
+    Column("replica", String, primary_key=True),
+    Column("seen_at", String, nullable=False),
 )
 
 
-def open_db(path: Path, writer: bool = False) -> Engine:
-    """A SQLAlchemy engine on the audit file. The writer's transactions start with BEGIN IMMEDIATE,
-    so the server and a CLI command appending at the same time take turns on the chain head."""
+# Every writer's transaction on PostgreSQL starts by taking this lock (held to its commit), so the
+# replicas append to one chain in turn: each reads the head the last one committed (READ COMMITTED)
+# and seals seq + 1 onto it. No sequence: a sequence's gaps would read as deleted records.
+CHAIN_LOCK = "SELECT pg_advisory_xact_lock(7215464401)"
+
+
+def open_db(location: Path | str, writer: bool = False) -> Engine:
+    """A SQLAlchemy engine on the audit file, or on PostgreSQL by URL (postgresql+psycopg://…). The
+    writer's transactions take turns on the chain head: BEGIN IMMEDIATE on SQLite (the server and a
+    CLI command appending at once), the chain's advisory lock on PostgreSQL (every replica)."""
+    if isinstance(location, str):
+        return _postgres(location, writer)
+    path = location
     if writer:  # only the operator reads the log: a 0700 folder, a 0600 file (SQLite gives -wal/-shm the file's mode)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)
@@ -92,6 +113,21 @@ def open_db(path: Path, writer: bool = False) -> Engine:
     return engine
 
 
+def _postgres(url: str, writer: bool) -> Engine:
+    if not url.startswith("postgresql+psycopg://"):
+        raise ValueError("an audit database URL must be postgresql+psycopg://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    engine = create_engine(url, pool_pre_ping=True)
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(CHAIN_LOCK)
+
+        with engine.begin() as conn:
+            migrations.migrate(conn)
+    return engine
+
+
 def head(conn: Any) -> tuple[int, str]:
     row = conn.execute(records.select().with_only_columns(records.c.seq, records.c.hash).order_by(records.c.seq.desc()).limit(1)).first()
     return (row.seq, row.hash) if row else (0, GENESIS)
@@ -112,14 +148,14 @@ def append(conn: Any, body: dict[str, Any], content: dict[str, Any] | None, expi
     return {**envelope, "hash": digest, "prev_hash": prev, "leaf_hash": merkle.leaf_hash(sealed).hex()}
 
 
-def leaves(conn: Any, upto: int | None = None) -> list[bytes]:
-    """The Merkle leaf hashes of the records in order (the first `upto` of them)."""
-    query = select(records.c.envelope).order_by(records.c.seq)
+def leaves(conn: Any, upto: int | None = None, after: int = 0) -> list[bytes]:
+    """The Merkle leaf hashes of the records in order (those after seq `after`, the first `upto` of them)."""
+    query = select(records.c.envelope).where(records.c.seq > after).order_by(records.c.seq)
     if upto is not None:
         query = query.limit(upto)
     return [merkle.leaf_hash(row.envelope.encode("utf-8")) for row in conn.execute(query)]
 
 
 def expire_content(conn: Any) -> int:
-    result = conn.execute(contents.delete().where(contents.c.expires_at <= text(migrations.NOW)))
+    result = conn.execute(contents.delete().where(contents.c.expires_at <= utc_now()))
     return int(result.rowcount or 0)

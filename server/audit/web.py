@@ -47,12 +47,13 @@ SECURITY_HEADERS = {
 class ReviewState:
     directory: Path
     token: str
+    database_url: str | None = None
     _reader: AuditReader | None = field(default=None, repr=False)
 
     @property
     def reader(self) -> AuditReader:
         if self._reader is None:
-            self._reader = AuditReader(self.directory)
+            self._reader = AuditReader(self.directory, database_url=self.database_url)
         return self._reader
 
     def session_value(self) -> str:
