@@ -230,6 +230,21 @@ def m007_people_in_the_loop(conn: Any) -> None:
     conn.execute(text("CREATE INDEX ix_webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at)"))
 
 
+@migration
+def m008_replicas(conn: Any) -> None:
+    """Several replicas on one (PostgreSQL) store: an answer streaming names the replica writing it,
+    and each replica keeps a heartbeat, so the answers of one that dies are marked interrupted by
+    another (on a store of its own, a server marks every one at start-up, as before)."""
+    conn.execute(text("ALTER TABLE messages ADD COLUMN replica TEXT"))
+    conn.execute(
+        text("""
+        CREATE TABLE dialog_replicas (
+            replica TEXT PRIMARY KEY,
+            seen_at TEXT NOT NULL                   -- its last heartbeat (ISO time, UTC)
+        )""")
+    )
+
+
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the chat store forward (up to step `upto`, for tests of older schemas); returns the steps applied."""
     return migration.migrate(conn, upto)

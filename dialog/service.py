@@ -45,7 +45,7 @@ from .knowledge.embeddings import Embedder, default_embedder
 from .knowledge.index import KnowledgeBase
 from .limits import RateLimiter
 from .staff import StaffDirectory
-from .store import Message, Site, Store
+from .store import Message, Site, Store, new_id
 from .tokens import Visitor, VisitorTokens
 from .webhooks import Webhooks
 
@@ -63,6 +63,7 @@ class DialogConfig:
     ip_messages_per_minute: int = 60
     ip_connections_per_minute: int = 60
     flush_seconds: float = 0.1  # at most this much of a streaming answer is lost to a crash
+    lease_seconds: float = 15.0  # on a shared store: a replica silent this long is dead, and its cut answers are marked by another
     hello_timeout: float = 10.0
 
     @property
@@ -117,19 +118,24 @@ class Hub:
     def generating(self) -> bool:
         return self.answering is not None
 
-    async def emit(self, frame: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def emit(self, frame: dict[str, Any], stored: dict[str, Any] | None = None, send: bool = True) -> dict[str, Any]:
         """Number, queue for the store and send one frame (the caller holds the lock); `stored` is
-        what the store keeps of it, and a resume replays, where that differs from what is sent."""
+        what the store keeps of it, and a resume replays, where that differs from what is sent.
+        With `send=False` the caller sends it (`send`) once it is stored."""
         self.seq += 1
         frame = {**frame, "seq": self.seq}
         self.pending.append(frame if stored is None else {**stored, "seq": self.seq})
+        if send:
+            await self.send(frame)
+        return frame
+
+    async def send(self, frame: dict[str, Any]) -> None:
         for client in list(self.clients):
             await client.send(frame)
             if not client.alive:
                 self.clients.discard(client)
         for console in list(self.watchers):
             await console.send({"type": "frame", "conversation_id": self.cid, "frame": frame})
-        return frame
 
     async def flush(self, store: Store) -> None:
         if self.pending or self.updates:
@@ -176,20 +182,55 @@ class DialogService(Handoff):
         self.visitor_limit = RateLimiter(config.visitor_messages_per_minute, 60)
         self.ip_limit = RateLimiter(config.ip_messages_per_minute, 60)
         self.connect_limit = RateLimiter(config.ip_connections_per_minute, 60)
+        self.replica = new_id("rep")  # this server, in a store several replicas share
+        self._watch: asyncio.Task[None] | None = None
+        self.draining = False  # the replica is stopping: new sockets go elsewhere, running answers finish
 
     @classmethod
     async def open(cls, gateway: Gateway, config: DialogConfig, registry: CollectorRegistry | None = None) -> DialogService:
         tokens = VisitorTokens.load_or_create(config.key_path)
         store = await Store.open(config.store_location, client_ref=tokens.client_ref)
-        interrupted = await store.interrupt_streaming()
-        if interrupted:
-            log.warning("dialog: %d answers cut by the last shutdown marked interrupted", len(interrupted))
         embedder = await asyncio.to_thread(default_embedder)  # (unpacked and verified on the first start only)
         service = cls(store, gateway, tokens, config, embedder, registry)
+        await service._interrupt_cut_answers()
         service.webhooks.start()
+        if config.database_url is not None:
+            service._watch = asyncio.create_task(service._watch_replicas(), name="tandem-replicas")
         return service
 
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    @property
+    def busy(self) -> bool:
+        """An answer (or a held message) is still being made, or its frames are not all stored yet."""
+        return any(hub.generating or hub.pending or (hub.task is not None and not hub.task.done()) for hub in self.hubs.values())
+
+    async def _interrupt_cut_answers(self) -> None:
+        """Answers cut by a stopped server: at start-up all of them on a store of this server's own;
+        on a shared one, those of replicas whose heartbeat stopped (this one's beats first)."""
+        shared = self.config.database_url is not None
+        if shared:
+            await self.store.heartbeat(self.replica)
+        cut = await self.store.interrupt_streaming(self.replica, self.config.lease_seconds if shared else None)
+        if cut:
+            log.warning("dialog: %d answers cut by a stopped server marked interrupted", len(cut))
+            for cid, _ in cut:
+                await self.notify(cid)
+
+    async def _watch_replicas(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_seconds / 3)
+            try:
+                await self._interrupt_cut_answers()
+            except Exception:
+                log.exception("dialog: the replicas' heartbeat failed; trying again")
+
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         tasks = [hub.task for hub in self.hubs.values() if hub.task is not None and not hub.task.done()]
         for task in tasks:
             task.cancel()
@@ -197,6 +238,8 @@ class DialogService(Handoff):
             with contextlib.suppress(BaseException):
                 await task
         await self.webhooks.close()
+        if self.config.database_url is not None:
+            await self.store.forget_replica(self.replica)  # a clean stop: nothing of this replica's is left streaming
         await self.store.close()
 
     async def _hub(self, cid: str) -> Hub:
@@ -222,6 +265,9 @@ class DialogService(Handoff):
     async def endpoint(self, ws: WebSocket) -> None:
         ip = ws.client.host if ws.client else "unknown"
         await ws.accept()
+        if self.draining:  # 1012 "service restart": the widget reconnects, and the balancer sends it to another replica
+            await ws.close(code=1012, reason="draining")
+            return
         client = Client(ws)
         hub: Hub | None = None
         try:
@@ -361,7 +407,7 @@ class DialogService(Handoff):
             if existing is not None and refused is not None:  # the engine was too busy for it: answer it now, in the same answer
                 user, answer = existing, refused
                 await client.send(_ack(frame.client_msg_id, existing))
-                hub.updates[answer.id] = {"text": "", "status": "streaming", "finish_reason": None}
+                hub.updates[answer.id] = {"text": "", "status": "streaming", "finish_reason": None, "replica": self.replica}
             else:
                 try:  # kept empty until the gateway's one scan says what of it may be kept (see _generate)
                     user = await self.store.add_message(hub.cid, "user", "", "done", hub.seq + 1, ref)
@@ -380,7 +426,7 @@ class DialogService(Handoff):
                     hub.answering = user.id  # until it is kept: one message at a time, as for an answer
                     hub.task = asyncio.create_task(self._hold(hub, site, visitor, ip, user, frame.text, now, held))
                     return
-                answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1)
+                answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1, replica=self.replica)
             await hub.flush(self.store)
             hub.answering = answer.id
             hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer, frame.text, client.locale))
@@ -483,13 +529,16 @@ class DialogService(Handoff):
             sources = grounding.sources if grounding is not None and parts and status == "done" else []
             if sources:
                 done["sources"] = sources
-            await hub.emit(done)
+            # stored before it is sent: a visitor who reconnects the moment they see it, through the
+            # balancer to another replica, finds the conversation's seq past it
+            done = await hub.emit(done, send=False)
             hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": "overloaded" if overloaded else finish}
             if sources:
                 hub.updates[answer.id]["sources"] = json.dumps(sources, ensure_ascii=False)
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
                 hub.updates[user.id] = {**hub.updates.get(user.id, {}), "status": "blocked"}
             await hub.flush(self.store)
+            await hub.send(done)
             if status == "done":
                 await self._published(hub, site, answer, "".join(parts), first=False)
             if error is not None:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, event, func, literal_column, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, event, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from server.clock import iso_utc
 from server.clock import utc_now as now
 
 from .files import private_dir, private_sqlite
@@ -77,7 +79,10 @@ messages = Table(
     Column("sources", Text),
     Column("author", String),
     Column("rating", String),
+    Column("replica", String),  # the replica streaming it (m008)
 )
+
+replicas = Table("dialog_replicas", meta, Column("replica", String, primary_key=True), Column("seen_at", String))
 events = Table(
     "events", meta, Column("conversation_id", String, primary_key=True), Column("seq", Integer, primary_key=True), Column("frame", Text)
 )
@@ -126,6 +131,7 @@ class Message:
     sources: str | None = None  # JSON: the knowledge an answer was grounded in
     author: str | None = None  # an agent's name (role "agent")
     rating: str | None = None  # the visitor's thumbs on an answer: up | down
+    replica: str | None = None  # the replica that streamed it (a store replicas share)
 
     def to_frame(self) -> dict[str, Any]:
         frame = {"message_id": self.id, "role": self.role, "text": self.text, "status": self.status, "created_at": self.created_at}
@@ -307,7 +313,15 @@ class Store:
         return _message(row) if row else None
 
     async def add_message(
-        self, cid: str, role: str, text: str, status: str, seq: int, client_ref: str | None = None, author: str | None = None
+        self,
+        cid: str,
+        role: str,
+        text: str,
+        status: str,
+        seq: int,
+        client_ref: str | None = None,
+        author: str | None = None,
+        replica: str | None = None,
     ) -> Message:
         msg = Message(new_id("msg"), cid, role, text, status, client_ref, now(), None, seq, author=author)
         async with self.engine.begin() as conn:
@@ -321,6 +335,7 @@ class Store:
                     seq=seq,
                     client_ref=client_ref,
                     author=author,
+                    replica=replica,
                     created_at=msg.created_at,
                     updated_at=msg.created_at,
                 )
@@ -368,12 +383,30 @@ class Store:
                 await conn.execute(select(events.c.seq).where(events.c.conversation_id == cid, events.c.seq == seq))
             ).first() is not None
 
-    async def interrupt_streaming(self) -> list[tuple[str, str]]:
-        """At start-up: answers left `streaming` by a crash become `interrupted`, each with a closing
-        `done` frame so a client that resumes learns how it ended. The seq jumps past any frame that
-        was sent but not yet saved, so no seq a client has seen is ever given to another frame."""
+    async def heartbeat(self, replica: str) -> None:
+        """The replica `replica` is alive (on a store several share)."""
         async with self.engine.begin() as conn:
-            rows = list(await conn.execute(select(messages.c.id, messages.c.conversation_id).where(messages.c.status == "streaming")))
+            await conn.execute(replicas.delete().where(replicas.c.replica == replica))
+            await conn.execute(replicas.insert().values(replica=replica, seen_at=now()))
+
+    async def forget_replica(self, replica: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(replicas.delete().where(replicas.c.replica == replica))
+
+    async def interrupt_streaming(self, replica: str | None = None, lease_seconds: float | None = None) -> list[tuple[str, str]]:
+        """Answers left `streaming` by a crash become `interrupted`, each with a closing `done` frame
+        so a client that resumes learns how it ended. The seq jumps past any frame that was sent but
+        not yet saved, so no seq a client has seen is ever given to another frame. Without a lease
+        (a store of one server's own, at its start-up) every such answer was cut; with one (a store
+        replicas share), only those of replicas other than `replica` whose heartbeat is older than it."""
+        streaming = select(messages.c.id, messages.c.conversation_id).where(messages.c.status == "streaming")
+        if lease_seconds is not None:
+            alive = select(replicas.c.replica).where(replicas.c.seen_at > iso_utc(time.time() - lease_seconds))
+            streaming = streaming.where(
+                messages.c.replica.is_distinct_from(replica), or_(messages.c.replica.is_(None), messages.c.replica.not_in(alive))
+            )
+        async with self.engine.begin() as conn:
+            rows = list(await conn.execute(streaming))
             for mid, cid in rows:
                 seq = (
                     await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))
@@ -437,4 +470,5 @@ def _message(row: Any) -> Message:
         row.sources,
         row.author,
         row.rating,
+        row.replica,
     )

@@ -1,8 +1,10 @@
 """The servers a fleet of replicas shares, for the tests and for trying a fleet out by hand:
 Debian's PostgreSQL in a temporary folder on a loopback port (its own cluster, nothing of the
-system's touched), started and stopped by this script.
+system's touched), and Debian's HAProxy in front of the replicas (round-robin, no stickiness,
+WebSockets passed through, each replica's /healthz checked), started and stopped by this script.
 
-    python scripts/services.py postgres DIR      # prints the admin URL; Ctrl-C stops it
+    python scripts/services.py postgres DIR                      # prints the admin URL; Ctrl-C stops it
+    python scripts/services.py haproxy PORT 127.0.0.1:8081 ...   # the balancer on PORT; Ctrl-C stops it
 
 Run as root (as the tests are in CI), the cluster belongs to the `postgres` user, as PostgreSQL
 requires; otherwise to whoever runs it.
@@ -102,16 +104,104 @@ class Postgres:
         self.stop()
 
 
+# The example deployment's balancer (README: "Several replicas"): round-robin with no stickiness (a
+# visitor's socket may land on any replica), WebSockets passed through (HAProxy upgrades them in
+# HTTP mode; `timeout tunnel` keeps an idle chat open), and each replica's /healthz checked twice a
+# second: a replica that says `draining` (503) gets no new visitors.
+HAPROXY_CONFIG = """\
+global
+    maxconn 4096
+
+defaults
+    mode http
+    option redispatch
+    retries 3
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+
+frontend tandem
+    bind 127.0.0.1:{port}
+    default_backend replicas
+
+backend replicas
+    balance roundrobin
+    option httpchk GET /healthz
+    http-check expect status 200
+    default-server inter 500ms fall 1 rise 2
+{servers}
+"""
+
+
+class Haproxy:
+    """Debian's HAProxy on `port` in front of `replicas` ("127.0.0.1:PORT" each), in the foreground."""
+
+    def __init__(self, port: int, replicas: list[str], root: Path | None = None) -> None:
+        self.port, self.replicas = port, replicas
+        self.root = Path(tempfile.mkdtemp(prefix="tandem-haproxy-", dir=root))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Haproxy:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        if not Path(binary).exists():
+            raise FileNotFoundError("HAProxy is not installed: `make test` installs Debian's haproxy")
+        servers = "\n".join(f"    server r{i} {address} check" for i, address in enumerate(self.replicas))
+        config = self.root / "haproxy.cfg"
+        config.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers))
+        subprocess.run([binary, "-c", "-q", "-f", str(config)], check=True, timeout=30)
+        with open(self.root / "haproxy.log", "wb") as log:  # (the child keeps its own copy of the descriptor)
+            self.proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise RuntimeError(f"haproxy did not start: {(self.root / 'haproxy.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Haproxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_for_ctrl_c() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
-    if len(sys.argv) != 3 or sys.argv[1] != "postgres":
+    if len(sys.argv) == 3 and sys.argv[1] == "postgres":
+        with Postgres(Path(sys.argv[2])) as pg:
+            print(pg.url(), flush=True)
+            _wait_for_ctrl_c()
+    elif len(sys.argv) >= 4 and sys.argv[1] == "haproxy":
+        with Haproxy(int(sys.argv[2]), sys.argv[3:]) as lb:
+            print(lb.url, flush=True)
+            _wait_for_ctrl_c()
+    else:
         sys.exit(__doc__)
-    with Postgres(Path(sys.argv[2])) as pg:
-        print(pg.url(), flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

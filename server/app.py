@@ -38,6 +38,7 @@ from .errors import APIError, handle_api_error, handle_not_found, handle_unexpec
 from .gateway import Gateway
 from .logs import quiet_logs
 from .routing import Routing
+from .serving import Drain
 from .state import AppState
 
 # The 135M default model follows a plain system prompt best (a shop persona made it ramble);
@@ -83,11 +84,15 @@ async def healthz(request: Request) -> Response:
     alive, audit_stuck = state.gateway.engine_alive, state.gateway.audit_stuck
     running, waiting = state.gateway.engine_load
     status = "ok" if alive and not audit_stuck else ("engine stopped" if not alive else "audit writer stuck")
+    draining_replica = request.app.state.drain.draining
     served = state.gateway.models()
     if not alive and any(m.backend == "upstream" for m, _ in served):
         status = "no upstream answering"
+    if draining_replica:
+        status = "draining"  # (SIGTERM: the balancer stops sending new visitors; what runs finishes)
     body: dict[str, Any] = {
         "status": status,
+        "state": "draining" if draining_replica else "ready",
         "model": served[0][0].name,
         "models": [{"id": m.name, "backend": m.backend, "surfaces": surfaces} for m, surfaces in served],
         "running": running,
@@ -152,6 +157,7 @@ def create_app(
         for info, surfaces in gateway.models():
             log.info("serving %s with %s (%s, %s backend)", " and ".join(surfaces), info.name, info.quant, info.backend)
         dialog = await DialogService.open(gateway, config.dialog, registry)
+        drain.watch(lambda: dialog.busy or sum(gateway.engine_load) > 0, dialog.begin_drain)
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
         try:
@@ -164,11 +170,14 @@ def create_app(
             await dialog.close()
             await gateway.close()
 
-    return Starlette(
+    drain = Drain()
+    app = Starlette(
         routes=routes(config.api_key),
         exception_handlers={APIError: handle_api_error, HTTPException: handle_not_found, Exception: handle_unexpected},
         lifespan=lifespan,
     )
+    app.state.drain = drain  # (serving.py's server starts it at SIGTERM; /healthz reports it)
+    return app
 
 
 __all__ = ["ServerConfig", "create_app"]

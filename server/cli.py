@@ -48,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     from dialog.service import DialogConfig
 
     from .app import ServerConfig, create_app
+    from .serving import DrainingServer
 
     env = environment()
     api_key = args.api_key or env.api_key
@@ -124,7 +125,8 @@ def _serve(args: argparse.Namespace) -> int:
         f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    listening = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    DrainingServer(listening, app.state.drain, args.drain_seconds).run()
     return 0
 
 
@@ -163,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         "w8a8 (int8 products, CPU; weaker in chat, see the README), bf16, or int8/nf4/fp4 through bitsandbytes",
     )
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=30.0,
+        help="at SIGTERM, let running answers finish this long while /healthz says draining (0: stop at once)",
+    )
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (mandatory off loopback)")
     serve.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size)

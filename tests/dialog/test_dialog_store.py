@@ -250,3 +250,31 @@ def test_a_writer_cancelled_mid_write_leaves_the_database_free_for_others(tmp_pa
         await store.close()
 
     run(go())
+
+
+def test_a_dead_replicas_answers_are_marked_interrupted_by_another_once_its_heartbeat_stops(chat_db: Path | str) -> None:
+    """On a store replicas share: a replica that is alive keeps its answers streaming whoever
+    sweeps; once its heartbeat is older than the lease, another marks its cut answers (and never
+    its own, nor a live one's)."""
+
+    async def scenario() -> None:
+        store = await Store.open(chat_db)
+        try:
+            await store.put_site(Site("s", "S", ("https://a.test",), "p"))
+            cid = await store.create_conversation("s", "v1")
+            await store.heartbeat("rep_a")
+            await store.heartbeat("rep_b")
+            on_a = await store.add_message(cid, "assistant", "", "streaming", 1, replica="rep_a")
+            on_b = await store.add_message(cid, "assistant", "", "streaming", 2, replica="rep_b")
+            legacy = await store.add_message(cid, "assistant", "", "streaming", 3)  # from before m008: nobody's
+            assert await store.interrupt_streaming("rep_b", lease_seconds=60) == [(cid, legacy.id)]  # A is alive
+            assert await store.interrupt_streaming("rep_b", lease_seconds=0) == [(cid, on_a.id)]  # A's beats stopped
+            statuses = {m.id: m.status for m in await store.messages(cid)}
+            assert statuses == {on_a.id: "interrupted", on_b.id: "streaming", legacy.id: "interrupted"}
+            ends = [f for f in await store.frames_after(cid, 0) if f["type"] == "done"]
+            assert [(f["message_id"], f["finish_reason"]) for f in ends] == [(legacy.id, "interrupted"), (on_a.id, "interrupted")]
+            assert ends[0]["seq"] < ends[1]["seq"]
+        finally:
+            await store.close()
+
+    run(scenario())
