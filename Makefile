@@ -61,11 +61,16 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-# Debian's HAProxy: the fleet's tests put three replicas behind a real load balancer (scripts/services.py)
+# Debian's HAProxy and Redis: the fleet's tests put three replicas behind a real load balancer,
+# sharing what is live in a real Redis (scripts/services.py starts both on loopback ports)
 HAPROXY := /usr/sbin/haproxy
 $(HAPROXY):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+REDIS := /usr/bin/redis-server
+$(REDIS):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
 
 # torch.compile (the engine's compiled one-row step, and its test) builds C++ kernels
 CXX_COMPILER := /usr/bin/g++
@@ -98,12 +103,12 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check model code-model llama-server postgres $(HAPROXY) $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
+test: check model code-model llama-server postgres $(HAPROXY) $(REDIS) $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
 	cd $(EXT) && npm run lint && npm test
 	$(BIN)/python -m pytest -p no:randomly
 
 # the same suite in a random order (pytest-randomly prints its seed; `-p randomly --randomly-seed=N` repeats that order)
-test-random: check model code-model llama-server postgres $(HAPROXY) $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
+test-random: check model code-model llama-server postgres $(HAPROXY) $(REDIS) $(CHROMIUM) $(CXX_COMPILER) $(VSIX) $(CODE_SERVER) $(AXE)
 	$(BIN)/python -m pytest -p randomly
 
 # The optional llama.cpp peer of `tandem bench`: pip builds llama-cpp-python from source (several

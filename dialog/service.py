@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -44,6 +44,7 @@ from .identity import IdentityRefused, verify
 from .knowledge.embeddings import Embedder, default_embedder
 from .knowledge.index import KnowledgeBase
 from .limits import RateLimiter
+from .live import Live
 from .staff import StaffDirectory
 from .store import Message, Site, Store, new_id
 from .tokens import Visitor, VisitorTokens
@@ -56,6 +57,7 @@ log = logging.getLogger("tandem.dialog")
 class DialogConfig:
     directory: Path | None = None  # the chat store and the visitor-token key; default: $TANDEM_HOME/dialog
     database_url: str | None = None  # the chat store on PostgreSQL (postgresql+asyncpg://…) instead of the directory's SQLite file
+    redis_url: str | None = None  # what is live across replicas (dialog/live.py): who answers a conversation, the frames as made
     max_message_chars: int = 4000
     max_answer_tokens: int = 256
     temperature: float = 0.0
@@ -113,6 +115,8 @@ class Hub:
         self.updates: dict[str, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
         self.writing: asyncio.Future[None] | None = None  # the last flush, which a cancelled answer may leave running
+        self.live: Live | None = None  # with Redis: flushed frames are published for the other replicas
+        self.following: asyncio.Task[None] | None = None  # relaying an answer another replica is making
 
     @property
     def generating(self) -> bool:
@@ -143,10 +147,15 @@ class Hub:
             self.pending, self.updates = [], {}
             previous = self.writing
 
+            answering = self.generating
+            live = self.live
+
             async def write() -> None:
                 if previous is not None:  # in order: a flush its cancelled caller stopped waiting for ends first
                     await asyncio.wait([previous])
                 await store.append_frames(self.cid, pending, updates)
+                if live is not None:
+                    await live.publish(self.cid, pending, answering)
 
             self.writing = asyncio.ensure_future(write())
             await asyncio.shield(self.writing)
@@ -185,6 +194,13 @@ class DialogService(Handoff):
         self.replica = new_id("rep")  # this server, in a store several replicas share
         self._watch: asyncio.Task[None] | None = None
         self.draining = False  # the replica is stopping: new sockets go elsewhere, running answers finish
+        self.live = Live(config.redis_url, self.replica, config.lease_seconds) if config.redis_url else None
+        if self.live is not None:
+            live = self.live
+            up = Gauge(
+                "tandem_redis_up", "1 while Redis answers (what is live is shared across replicas), 0 while it is away.", registry=registry
+            )
+            up.set_function(lambda: float(live.up))
 
     @classmethod
     async def open(cls, gateway: Gateway, config: DialogConfig, registry: CollectorRegistry | None = None) -> DialogService:
@@ -238,6 +254,8 @@ class DialogService(Handoff):
             with contextlib.suppress(BaseException):
                 await task
         await self.webhooks.close()
+        if self.live is not None:
+            await self.live.close()
         if self.config.database_url is not None:
             await self.store.forget_replica(self.replica)  # a clean stop: nothing of this replica's is left streaming
         await self.store.close()
@@ -248,12 +266,15 @@ class DialogService(Handoff):
         if hub is None:
             conv = await self.store.conversation(cid)
             hub = self.hubs.setdefault(cid, Hub(cid, conv["last_seq"] if conv else 0))
+            hub.live = self.live
         hub.users += 1  # no await since the lookup: a hub being joined is never released (else a second hub, a second generation)
         return hub
 
     def _leave(self, hub: Hub, client: Client) -> None:
         hub.clients.discard(client)
         hub.users -= 1
+        if not hub.clients and hub.following is not None:
+            hub.following.cancel()
         self._release(hub)
 
     def _release(self, hub: Hub) -> None:
@@ -384,6 +405,8 @@ class DialogService(Handoff):
                 history = [m.to_frame() for m in await self.store.messages(cid)]
                 await client.send({**welcome, "history": history, "seq": hub.seq, "reset": True})
             hub.clients.add(client)
+            if self.live is not None and not hub.generating and hub.following is None and await self.live.answering_elsewhere(cid):
+                hub.following = asyncio.create_task(self._follow(hub))
 
     # --- frames --------------------------------------------------------------------------------------
     async def _message(self, hub: Hub, site: Site, visitor: Visitor, ip: str, client: Client, frame: frames.Message) -> None:
@@ -404,32 +427,56 @@ class DialogService(Handoff):
             if hub.generating:
                 raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
             self._check_rate(visitor, ip)
-            if existing is not None and refused is not None:  # the engine was too busy for it: answer it now, in the same answer
-                user, answer = existing, refused
-                await client.send(_ack(frame.client_msg_id, existing))
-                hub.updates[answer.id] = {"text": "", "status": "streaming", "finish_reason": None, "replica": self.replica}
-            else:
-                try:  # kept empty until the gateway's one scan says what of it may be kept (see _generate)
-                    user = await self.store.add_message(hub.cid, "user", "", "done", hub.seq + 1, ref)
-                except IntegrityError:  # the same client_ref already stored (only another process could have): a retry
-                    again = await self.store.by_client_ref(hub.cid, ref)
-                    if again is None:
-                        raise
-                    await client.send(_ack(frame.client_msg_id, again))
-                    return
-                ack = {"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id}
-                await hub.emit(ack, stored={**ack, "client_msg_id": ref})  # live: the client's own id; kept and replayed: its hash
-                now = datetime.now(UTC)
-                held = await self._held_for_people(hub, site, visitor, text, now)
-                if held is not None:
-                    await hub.flush(self.store)
-                    hub.answering = user.id  # until it is kept: one message at a time, as for an answer
-                    hub.task = asyncio.create_task(self._hold(hub, site, visitor, ip, user, frame.text, now, held))
-                    return
-                answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1, replica=self.replica)
-            await hub.flush(self.store)
-            hub.answering = answer.id
-            hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer, frame.text, client.locale))
+            if not await self._claim(hub):
+                raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
+            started = hub.task
+            try:
+                await self._start_turn(hub, site, visitor, ip, client, frame, text, ref, existing, refused)
+            finally:
+                if hub.task is started:  # no answer or hold began: nothing holds the claim
+                    await self._unclaim(hub)
+
+    async def _start_turn(
+        self,
+        hub: Hub,
+        site: Site,
+        visitor: Visitor,
+        ip: str,
+        client: Client,
+        frame: frames.Message,
+        text: str,
+        ref: str,
+        existing: Message | None,
+        refused: Message | None,
+    ) -> None:
+        """Store the visitor's message (or take up the refused one) and start its answer, or hold it
+        for the people (the caller holds the lock and the conversation's claim)."""
+        if existing is not None and refused is not None:  # the engine was too busy for it: answer it now, in the same answer
+            user, answer = existing, refused
+            await client.send(_ack(frame.client_msg_id, existing))
+            hub.updates[answer.id] = {"text": "", "status": "streaming", "finish_reason": None, "replica": self.replica}
+        else:
+            try:  # kept empty until the gateway's one scan says what of it may be kept (see _generate)
+                user = await self.store.add_message(hub.cid, "user", "", "done", hub.seq + 1, ref)
+            except IntegrityError:  # the same client_ref already stored (only another process could have): a retry
+                again = await self.store.by_client_ref(hub.cid, ref)
+                if again is None:
+                    raise
+                await client.send(_ack(frame.client_msg_id, again))
+                return
+            ack = {"type": "ack", "client_msg_id": frame.client_msg_id, "message_id": user.id}
+            await hub.emit(ack, stored={**ack, "client_msg_id": ref})  # live: the client's own id; kept and replayed: its hash
+            now = datetime.now(UTC)
+            held = await self._held_for_people(hub, site, visitor, text, now)
+            if held is not None:
+                await hub.flush(self.store)
+                hub.answering = user.id  # until it is kept: one message at a time, as for an answer
+                hub.task = asyncio.create_task(self._hold(hub, site, visitor, ip, user, frame.text, now, held))
+                return
+            answer = await self.store.add_message(hub.cid, "assistant", "", "streaming", hub.seq + 1, replica=self.replica)
+        await hub.flush(self.store)
+        hub.answering = answer.id
+        hub.task = asyncio.create_task(self._generate(hub, site, visitor, ip, user, answer, frame.text, client.locale))
 
     async def _held_for_people(self, hub: Hub, site: Site, visitor: Visitor, text: str, now: datetime) -> str | None:
         """Why the bot does not answer this message, if it does not: `person` (a person is asked for
@@ -538,12 +585,14 @@ class DialogService(Handoff):
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":
                 hub.updates[user.id] = {**hub.updates.get(user.id, {}), "status": "blocked"}
             await hub.flush(self.store)
+            await self._unclaim(hub)  # (before it is sent too: the visitor's next message may come through another replica)
             await hub.send(done)
             if status == "done":
                 await self._published(hub, site, answer, "".join(parts), first=False)
             if error is not None:
                 for client in list(hub.clients):
                     await client.send(error.frame())
+        await self._unclaim(hub)
         await self.notify(hub.cid)
         self._release_later(hub)
 
@@ -605,6 +654,7 @@ class DialogService(Handoff):
             if error is not None:
                 for client in list(hub.clients):
                     await client.send(error.frame())
+        await self._unclaim(hub)
         await self.notify(hub.cid)
         self._release_later(hub)
 
@@ -633,6 +683,37 @@ class DialogService(Handoff):
         await client.send(
             {"type": "identified", "name": contact.name, "email": contact.email, "id": contact.customer_id, "verified": contact.verified}
         )
+
+    async def _claim(self, hub: Hub) -> bool:
+        """This replica answers the conversation now (always, without Redis). Its seq goes on after
+        every frame stored since this hub last looked: another replica may have answered meanwhile."""
+        if self.live is None:
+            return True
+        if not await self.live.claim(hub.cid):
+            return False
+        if hub.following is not None:
+            hub.following.cancel()
+        conv = await self.store.conversation(hub.cid)
+        hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
+        return True
+
+    async def _unclaim(self, hub: Hub) -> None:
+        if self.live is not None:
+            await self.live.release(hub.cid)
+
+    async def _follow(self, hub: Hub) -> None:
+        """Relay the answer another replica is making to this hub's sockets, each frame once."""
+        assert self.live is not None
+        try:
+            async for frame in self.live.follow(hub.cid, hub.seq):
+                async with hub.lock:
+                    if frame["seq"] > hub.seq:
+                        hub.seq = frame["seq"]
+                        await hub.send(frame)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            hub.following = None
 
     def _release_later(self, hub: Hub) -> None:
         asyncio.get_running_loop().call_soon(self._release, hub)

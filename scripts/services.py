@@ -5,6 +5,7 @@ WebSockets passed through, each replica's /healthz checked), started and stopped
 
     python scripts/services.py postgres DIR                      # prints the admin URL; Ctrl-C stops it
     python scripts/services.py haproxy PORT 127.0.0.1:8081 ...   # the balancer on PORT; Ctrl-C stops it
+    python scripts/services.py redis PORT                        # Redis on PORT, nothing saved; Ctrl-C stops it
 
 Run as root (as the tests are in CI), the cluster belongs to the `postgres` user, as PostgreSQL
 requires; otherwise to whoever runs it.
@@ -183,6 +184,53 @@ class Haproxy:
         self.stop()
 
 
+class Redis:
+    """Debian's redis-server on a loopback port, keeping nothing on disk; `stop()` and `start()`
+    again on the same port (a Redis that goes away and comes back)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="tandem-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Redis:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise FileNotFoundError("Redis is not installed: `make test` installs Debian's redis-server")
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.root)]
+        with open(self.root / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start: {(self.root / 'redis.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # (gone at once, as a crashed Redis is)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> Redis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def _wait_for_ctrl_c() -> None:
     try:
         while True:
@@ -199,6 +247,10 @@ def main() -> None:
     elif len(sys.argv) >= 4 and sys.argv[1] == "haproxy":
         with Haproxy(int(sys.argv[2]), sys.argv[3:]) as lb:
             print(lb.url, flush=True)
+            _wait_for_ctrl_c()
+    elif len(sys.argv) == 3 and sys.argv[1] == "redis":
+        with Redis(int(sys.argv[2])) as r:
+            print(r.url, flush=True)
             _wait_for_ctrl_c()
     else:
         sys.exit(__doc__)

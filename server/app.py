@@ -99,6 +99,9 @@ async def healthz(request: Request) -> Response:
         "waiting": waiting,
         "audit_queue": state.gateway.audit_depth,
     }
+    live = request.state.dialog.live
+    if live is not None:  # (a replica goes on serving its own sockets without Redis: said, not failed)
+        body["redis"] = "up" if await live.check() else "down"
     if upstreams := state.gateway.upstreams():
         body["upstreams"] = upstreams
     if draining := state.gateway.draining():

@@ -109,7 +109,9 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         admin_token=args.admin_token or env.admin_token,
         dialog=DialogConfig(
-            directory=Path(args.dialog_dir) if args.dialog_dir else None, database_url=args.database_url or env.database_url
+            directory=Path(args.dialog_dir) if args.dialog_dir else None,
+            database_url=args.database_url or env.database_url,
+            redis_url=args.redis_url or env.redis_url,
         ),
         demo_site=not args.no_demo_site and is_loopback(args.host),
         upstream=upstream,
@@ -215,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url",
         default=None,
         help="the chat store on PostgreSQL, postgresql+asyncpg://USER:PASSWORD@HOST/DB (or TANDEM_DATABASE_URL; default: SQLite in the dialog dir)",
+    )
+    serve.add_argument(
+        "--redis-url",
+        default=None,
+        help="what is live across replicas: who answers a conversation, its frames as made (redis://HOST:6379/0, or TANDEM_REDIS_URL)",
     )
     serve.add_argument("--no-demo-site", action="store_true", help="do not create the `demo` site that /widget/demo uses")
     serve.add_argument(

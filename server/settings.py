@@ -5,7 +5,8 @@ credentials when not given on the command line), `TANDEM_COMPILE=0` (keep the ea
 `TANDEM_SERVER_URL` (where the language server finds the server), `TANDEM_UPSTREAMS` (the URLs of
 OpenAI-compatible servers to generate through, separated by commas or spaces) and
 `TANDEM_UPSTREAM_API_KEY` (the key they want), `TANDEM_DATABASE_URL` (the chat store on PostgreSQL
-instead of the SQLite file) and `TANDEM_AUDIT_DATABASE_URL` (the audit records on PostgreSQL).
+instead of the SQLite file), `TANDEM_AUDIT_DATABASE_URL` (the audit records on PostgreSQL) and
+`TANDEM_REDIS_URL` (what is live across replicas).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Environment:
     upstream_api_key: str | None = None
     database_url: str | None = None
     audit_database_url: str | None = None
+    redis_url: str | None = None
 
 
 def environment() -> Environment:
@@ -44,4 +46,5 @@ def environment() -> Environment:
         upstream_api_key=os.environ.get("TANDEM_UPSTREAM_API_KEY") or None,
         database_url=os.environ.get("TANDEM_DATABASE_URL") or None,
         audit_database_url=os.environ.get("TANDEM_AUDIT_DATABASE_URL") or None,
+        redis_url=os.environ.get("TANDEM_REDIS_URL") or None,
     )

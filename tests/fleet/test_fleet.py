@@ -1,9 +1,11 @@
 """Three real `tandem serve` replicas behind a real HAProxy (round-robin, no stickiness), sharing
-their chat store and audit log on a real PostgreSQL, generating through a scripted upstream (the
-model is not the point here): visitors whose every socket may land on another replica lose
-nothing and get nothing twice; a replica stopped with SIGTERM mid-answer says `draining`, lets the
-answer finish, stops by itself, and its visitor carries on through the balancer on another replica.
-What is live across replicas (an answer still streaming elsewhere) is issue 21's Redis step."""
+their chat store and audit log on a real PostgreSQL and what is live on a real Redis, generating
+through a scripted upstream (the model is not the point here): visitors whose every socket may
+land on another replica lose nothing and get nothing twice; an answer started on one replica
+reaches its visitor, moved to another, exactly once and in order; one answer at a time holds
+across replicas; Redis killed and started again mid-run stops nothing; a replica stopped with
+SIGTERM mid-answer says `draining`, lets the answer finish, stops by itself, and its visitor
+carries on through the balancer on another replica."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import pytest
 
 from dialog.store import Site, Store
 from dialog.tokens import VisitorTokens
-from scripts.services import Haproxy, Postgres
+from scripts.services import Haproxy, Postgres, Redis
 from server.audit.keys import AuditKeys
 from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, stop_process, wait_healthy
 from tests.dialog_client import Chat
@@ -48,15 +50,16 @@ class Fleet:
     replicas: list[Replica]
     chat_url: str
     upstream: ScriptedUpstream
+    redis: Redis
 
 
-def start_replica(i: int, root: Path, upstream: str, chat_url: str, audit_url: str) -> Replica:
+def start_replica(i: int, root: Path, upstream: str, chat_url: str, audit_url: str, redis_url: str) -> Replica:
     port = free_port()
     log = root / f"replica-{i}.log"
     args = [
         *("--port", str(port), "--upstream", upstream, "--database-url", chat_url, "--audit-database-url", audit_url),
         *("--dialog-dir", str(root / f"dialog-{i}"), "--audit-dir", str(root / f"audit-{i}"), "--admin-token", ADMIN_TOKEN),
-        *("--no-demo-site", "--drain-seconds", "30"),
+        *("--no-demo-site", "--drain-seconds", "30", "--redis-url", redis_url),
     ]
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -83,14 +86,14 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
     asyncio.run(site())
     upstream = ScriptedUpstream("fleet")
     upstream.pieces = WORDS
-    with ThreadedServer(upstream.app(), free_port()) as up:
-        replicas = [start_replica(i, root, up.url, chat_url, audit_url) for i in range(3)]
+    with ThreadedServer(upstream.app(), free_port()) as up, Redis() as redis:
+        replicas = [start_replica(i, root, up.url, chat_url, audit_url, redis.url) for i in range(3)]
         try:
             for r in replicas:
                 wait_healthy(r.url, r.proc, r.log, 120, "a replica")  # type: ignore[arg-type]
             with Haproxy(free_port(), [r.url.removeprefix("http://") for r in replicas]) as lb:
                 eventually(lambda: httpx.get(f"{lb.url}/healthz", timeout=5).status_code == 200, "the balancer's replicas checked")
-                yield Fleet(lb, replicas, chat_url, upstream)
+                yield Fleet(lb, replicas, chat_url, upstream, redis)
         finally:
             upstream.release()
             for r in replicas:
@@ -130,6 +133,68 @@ def test_visitors_whose_sockets_land_on_any_replica_lose_nothing_and_get_nothing
         assert roles == [("user", "done", ""), ("assistant", "done", ANSWER)] * 2, roles  # every message once, complete
     answered_by = {m.replica for cid in ids for m in stored[cid] if m.role == "assistant"}
     assert len(answered_by) == 3  # round-robin with no stickiness: every replica answered some
+
+
+def last_stored_seq(url: str, cid: str) -> int:
+    async def read() -> int:
+        store = await Store.open(url)
+        try:
+            conv = await store.conversation(cid)
+            return int(conv["last_seq"]) if conv else 0
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_an_answer_started_on_one_replica_reaches_its_visitor_moved_to_another_once_in_order(fleet: Fleet) -> None:
+    fleet.upstream.delay = 0.1  # (about 2.4 s an answer)
+    try:
+        with Chat(fleet.replicas[0].url, site="shop") as chat:
+            chat.say("Tell me everything?")
+            before = chat.until("delta", timeout=30)
+            token, cid, seen = chat.token, chat.conversation_id, before[-1]["seq"]
+        # the socket dropped mid-answer; by the time the widget reconnects (half a second), what it saw is stored
+        eventually(lambda: last_stored_seq(fleet.chat_url, cid) >= seen, "the frames seen stored")
+        with Chat(fleet.replicas[1].url, site="shop", token=token, conversation_id=cid, last_seq=seen) as moved:
+            assert moved.welcome["reset"] is False
+            after = moved.until("done", timeout=30)
+    finally:
+        fleet.upstream.delay = 0.0
+    frames = before + after
+    seqs = [f["seq"] for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # each frame once, in order, none missing
+    assert "".join(f["text"] for f in frames if f["type"] == "delta") == ANSWER and after[-1]["finish_reason"] == "stop"
+
+
+def test_one_answer_at_a_time_holds_across_replicas(fleet: Fleet) -> None:
+    fleet.upstream.delay = 0.1
+    try:
+        with Chat(fleet.replicas[0].url, site="shop") as first:
+            first.say("A slow one?")
+            first.until("delta", timeout=30)
+            with Chat(fleet.replicas[2].url, site="shop", token=first.token, conversation_id=first.conversation_id) as second:
+                second.say("And meanwhile?")
+                refused = second.until("error", timeout=30)[-1]
+                assert refused["code"] == "busy"
+                relayed = second.until("done", timeout=30)  # and it sees the first answer as it is made
+                assert "".join(f["text"] for f in relayed if f["type"] == "delta").endswith(WORDS[-1])
+            first.until("done", timeout=30)
+    finally:
+        fleet.upstream.delay = 0.0
+    with Chat(fleet.replicas[2].url, site="shop", token=first.token, conversation_id=first.conversation_id) as again:
+        assert again.ask("Now?", timeout=60)[0] == ANSWER  # once it is done, any replica may answer
+
+
+def test_redis_killed_and_started_again_stops_nothing(fleet: Fleet) -> None:
+    one = fleet.replicas[0]
+    fleet.redis.stop()
+    assert visit(fleet.lb.url, 1)  # serving goes on: each replica its own sockets
+    assert eventually(lambda: httpx.get(f"{one.url}/healthz", timeout=5).json().get("redis") == "down", "healthz saying Redis is down")
+    assert "tandem_redis_up 0.0" in httpx.get(f"{one.url}/metrics", timeout=5).text
+    fleet.redis.start()
+    eventually(lambda: httpx.get(f"{one.url}/healthz", timeout=5).json().get("redis") == "up", "healthz saying Redis is back", timeout=30)
+    test_an_answer_started_on_one_replica_reaches_its_visitor_moved_to_another_once_in_order(fleet)  # live across replicas again
 
 
 def test_a_replica_stopped_mid_answer_drains_and_its_visitor_carries_on_elsewhere(fleet: Fleet) -> None:

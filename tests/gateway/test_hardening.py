@@ -476,14 +476,15 @@ def test_with_an_api_key_the_demo_site_needs_the_key_and_real_sites_their_origin
 
 
 def test_serving_beyond_loopback_creates_no_demo_site(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import uvicorn
+    from types import SimpleNamespace
 
     import server.app as app_module
-    from server import cli
+    from server import cli, serving
 
     captured: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(kwargs))
-    monkeypatch.setattr(app_module, "create_app", lambda config, *a, **k: captured.update(config=config))
+    monkeypatch.setattr(serving.DrainingServer, "run", lambda self, *a, **k: captured.update(host=self.config.host))
+    app = SimpleNamespace(state=SimpleNamespace(drain=serving.Drain()))
+    monkeypatch.setattr(app_module, "create_app", lambda config, *a, **k: captured.update(config=config) or app)
     args = ["serve", "--api-key", "k", "--audit-dir", str(tmp_path / "a"), "--dialog-dir", str(tmp_path / "d")]
     assert cli.main(args + ["--host", "0.0.0.0"]) == 0
     assert captured["config"].demo_site is False and captured["host"] == "0.0.0.0"
