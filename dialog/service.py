@@ -145,10 +145,7 @@ class Hub:
         if self.pending or self.updates:
             pending, updates = self.pending, self.updates
             self.pending, self.updates = [], {}
-            previous = self.writing
-
-            answering = self.generating
-            live = self.live
+            previous, answering, live = self.writing, self.generating, self.live
 
             async def write() -> None:
                 if previous is not None:  # in order: a flush its cancelled caller stopped waiting for ends first

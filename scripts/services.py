@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ADMIN = "tandem_admin"  # the cluster's superuser; the applications' roles are made by the tests
@@ -135,6 +136,21 @@ backend replicas
 """
 
 
+def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, seconds: float = 30) -> None:
+    """Until `ready()` (a refused connection counts as not yet); a process that exits fails with its log's tail."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"{log.stem} did not start: {log.read_text()[-2000:]}")
+
+
 class Haproxy:
     """Debian's HAProxy on `port` in front of `replicas` ("127.0.0.1:PORT" each), in the foreground."""
 
@@ -157,16 +173,13 @@ class Haproxy:
         subprocess.run([binary, "-c", "-q", "-f", str(config)], check=True, timeout=30)
         with open(self.root / "haproxy.log", "wb") as log:  # (the child keeps its own copy of the descriptor)
             self.proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError(f"haproxy did not start: {(self.root / 'haproxy.log').read_text()[-2000:]}")
+
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+
+        _wait_until(listening, self.proc, self.root / "haproxy.log")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -204,18 +217,14 @@ class Redis:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.root)]
         with open(self.root / "redis.log", "ab") as log:
             self.proc = subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start: {(self.root / 'redis.log').read_text()[-2000:]}")
+
+        def answering() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        _wait_until(answering, self.proc, self.root / "redis.log")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-PARTS = {"engine", "guard", "audit", "gateway", "upstream", "dialog", "lsp", "e2e"}  # e2e: the real models, end to end
+# e2e: the real models, end to end; fleet: replicas of the server behind a load balancer
+PARTS = {"engine", "guard", "audit", "gateway", "upstream", "dialog", "lsp", "e2e", "fleet"}
 
 # The sleeps that are not synchronisation, each where it is and why: the poll itself, and pauses
 # that stand for something slow or paced on the other side.
@@ -22,6 +23,7 @@ SLEEPS_ALLOWED = {
     ("gateway/test_server_protocol.py", "slow_tiny_model"): "a forward hook that makes each model step slow",
     ("upstream/scripted_upstream.py", "_events"): "the scripted upstream's time per piece",
     ("dialog/test_dialog_load.py", "visitor"): "a visitor told Retry-After waits that long before asking again, as the widget does",
+    ("dialog/test_dialog_store.py", "cancel_writers_at_random"): "a random moment at which to cancel the writer",
 }
 
 

@@ -221,7 +221,7 @@ def test_a_writer_cancelled_mid_write_leaves_the_database_free_for_others(tmp_pa
         finally:
             db.close()
 
-    async def go() -> None:
+    async def cancel_writers_at_random() -> None:
         store = await Store.open(path)
         await store.put_site(Site("shop", "Shop", ("https://shop.example",), "Be brief."))
         cid = await store.create_conversation("shop", "v1")
@@ -249,7 +249,7 @@ def test_a_writer_cancelled_mid_write_leaves_the_database_free_for_others(tmp_pa
         assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) and seqs
         await store.close()
 
-    run(go())
+    run(cancel_writers_at_random())
 
 
 def test_a_dead_replicas_answers_are_marked_interrupted_by_another_once_its_heartbeat_stops(chat_db: Path | str) -> None:
