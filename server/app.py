@@ -163,13 +163,15 @@ def create_app(
         drain.watch(lambda: dialog.busy or sum(gateway.engine_load) > 0, dialog.begin_drain)
         if config.demo_site and await dialog.store.site(DEMO_SITE.site_key) is None:
             await dialog.store.put_site(DEMO_SITE)
+        review = audit_web.ReviewState(gateway.audit.config.home, admin_token(config), gateway.audit.config.database_url)
         try:
             yield {
                 "tandem": AppState(gateway, registry, int(time.time()), feedback.feedback_counter(registry), factory.open),
-                "audit_review": audit_web.ReviewState(gateway.audit.config.home, admin_token(config), gateway.audit.config.database_url),
+                "audit_review": review,
                 "dialog": dialog,
             }
         finally:
+            review.close()
             await dialog.close()
             await gateway.close()
 

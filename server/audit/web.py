@@ -56,6 +56,12 @@ class ReviewState:
             self._reader = AuditReader(self.directory, database_url=self.database_url)
         return self._reader
 
+    def close(self) -> None:
+        """Its connections go with the server (a PostgreSQL log's are sockets, not a file)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def session_value(self) -> str:
         return hmac.new(self.token.encode(), b"tandem-audit-session", hashlib.sha256).hexdigest()
 
