@@ -6,20 +6,15 @@ from typing import Any
 
 from sqlalchemy import text
 
-from server.migrations import Migrations
+from server.migrations import Migrations, postgres
 
 migration = Migrations()
 MIGRATIONS = migration.steps
 
 
-def _postgres(conn: Any) -> bool:
-    """The steps are the same on both engines; where SQLite and PostgreSQL spell a thing differently, the step says both."""
-    return bool(conn.dialect.name == "postgresql")
-
-
 def _rowid(conn: Any) -> str:
     """PostgreSQL has no implicit rowid; the store orders some tables by insertion with one of its own."""
-    return ",\n            rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE" if _postgres(conn) else ""
+    return ",\n            rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE" if postgres(conn) else ""
 
 
 @migration
@@ -134,7 +129,7 @@ def m005_knowledge(conn: Any) -> None:
     )
     conn.execute(text("CREATE INDEX ix_knowledge_passages_document ON knowledge_passages(document_id, ordinal)"))
     conn.execute(text("ALTER TABLE messages ADD COLUMN sources TEXT"))  # JSON: the passages' titles an answer was grounded in
-    if _postgres(conn):  # PostgreSQL's full-text search: the same columns, a weighted tsvector (English stemming) and its GIN index
+    if postgres(conn):  # PostgreSQL's full-text search: the same columns, a weighted tsvector (English stemming) and its GIN index
         conn.execute(
             text("""
             CREATE TABLE knowledge_fts (
@@ -171,7 +166,7 @@ def m006_dense_retrieval(conn: Any) -> None:
             passage_id TEXT PRIMARY KEY REFERENCES knowledge_passages(id) ON DELETE CASCADE,
             site_key TEXT NOT NULL,
             model TEXT NOT NULL,                    -- the embedding model that made it
-            vector {"BYTEA" if _postgres(conn) else "BLOB"} NOT NULL
+            vector {"BYTEA" if postgres(conn) else "BLOB"} NOT NULL
         )""")
     )
     conn.execute(text("CREATE INDEX ix_knowledge_vectors_site ON knowledge_vectors(site_key)"))
@@ -220,7 +215,7 @@ def m007_people_in_the_loop(conn: Any) -> None:
             body TEXT NOT NULL,                     -- JSON, exactly the bytes signed and sent
             status TEXT NOT NULL,                   -- pending | delivered | failed
             attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at {"DOUBLE PRECISION" if _postgres(conn) else "REAL"} NOT NULL,  -- unix time
+            next_attempt_at {"DOUBLE PRECISION" if postgres(conn) else "REAL"} NOT NULL,  -- unix time
             last_code INTEGER,                      -- the receiver's last HTTP status
             last_error TEXT,
             created_at TEXT NOT NULL,

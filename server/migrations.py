@@ -17,6 +17,11 @@ from sqlalchemy import text
 Migration = Callable[[Any], None]
 
 
+def postgres(conn: Any) -> bool:
+    """The steps are the same on both engines; where SQLite and PostgreSQL spell a thing differently, a step says both."""
+    return bool(conn.dialect.name == "postgresql")
+
+
 class Migrations:
     def __init__(self) -> None:
         self.steps: list[Migration] = []
@@ -43,7 +48,7 @@ class Migrations:
     def migrate(self, conn: Any, upto: int | None = None) -> list[str]:
         """Apply the steps not yet applied (up to step `upto`, for tests of older schemas); returns their names.
         On PostgreSQL, replicas starting together take turns: one applies, the others find it done."""
-        if conn.dialect.name == "postgresql":
+        if postgres(conn):
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tandem migrations'))"))
         done = set(self.applied(conn))
         ran = []

@@ -23,7 +23,6 @@ SLEEPS_ALLOWED = {
     ("gateway/test_server_protocol.py", "slow_tiny_model"): "a forward hook that makes each model step slow",
     ("upstream/scripted_upstream.py", "_events"): "the scripted upstream's time per piece",
     ("dialog/test_dialog_load.py", "visitor"): "a visitor told Retry-After waits that long before asking again, as the widget does",
-    ("dialog/test_dialog_store.py", "cancel_writers_at_random"): "a random moment at which to cancel the writer",
 }
 
 

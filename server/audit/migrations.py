@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from ..migrations import Migrations
+from ..migrations import Migrations, postgres
 
 migration = Migrations()
 
@@ -34,13 +34,9 @@ BEGIN
 END $$"""
 
 
-def _postgres(conn: Any) -> bool:
-    return bool(conn.dialect.name == "postgresql")
-
-
 def _refuse(conn: Any, table: str, verb: str, message: str) -> None:
     """A trigger that refuses `verb` on `table` whoever asks (the application's role included)."""
-    if _postgres(conn):
+    if postgres(conn):
         each = "STATEMENT" if verb == "truncate" else "ROW"
         conn.execute(
             text(
@@ -56,7 +52,7 @@ def m001_records_content_checkpoints(conn: Any) -> None:
     conn.execute(
         text(f"""
         CREATE TABLE audit_records (
-            seq {"BIGINT" if _postgres(conn) else "INTEGER"} NOT NULL PRIMARY KEY,
+            seq {"BIGINT" if postgres(conn) else "INTEGER"} NOT NULL PRIMARY KEY,
             id VARCHAR NOT NULL UNIQUE,
             ts VARCHAR NOT NULL,
             type VARCHAR NOT NULL,
@@ -92,7 +88,7 @@ def m001_records_content_checkpoints(conn: Any) -> None:
     conn.execute(
         text(f"""
         CREATE TABLE audit_checkpoints (
-            seq {"BIGINT" if _postgres(conn) else "INTEGER"} NOT NULL PRIMARY KEY,  -- the last record it covers
+            seq {"BIGINT" if postgres(conn) else "INTEGER"} NOT NULL PRIMARY KEY,  -- the last record it covers
             ts VARCHAR NOT NULL,
             head VARCHAR(64) NOT NULL,
             prev_sig VARCHAR NOT NULL,
@@ -100,7 +96,7 @@ def m001_records_content_checkpoints(conn: Any) -> None:
             sig VARCHAR NOT NULL
         )""")
     )
-    if _postgres(conn):
+    if postgres(conn):
         conn.execute(text(_REFUSE))
         conn.execute(text(_EXPIRE_ONLY))
     for table in ("audit_records", "audit_checkpoints"):
@@ -108,7 +104,7 @@ def m001_records_content_checkpoints(conn: Any) -> None:
             _refuse(conn, table, verb, "the audit log is append-only")
     _refuse(conn, "audit_content", "update", "audit content cannot be changed")
     _refuse(conn, "audit_content", "truncate", "audit content can only be deleted once it has expired")
-    if _postgres(conn):
+    if postgres(conn):
         conn.execute(
             text(
                 "CREATE TRIGGER audit_content_expire_only BEFORE DELETE ON audit_content FOR EACH ROW EXECUTE FUNCTION audit_content_expire_only()"
@@ -154,7 +150,7 @@ LEGACY = {1: 1, 2: 2}  # PRAGMA user_version of a log from before numbered migra
 
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the audit database forward (up to step `upto`, for tests); returns the steps applied."""
-    if not migration.applied(conn) and not _postgres(conn):
+    if not migration.applied(conn) and not postgres(conn):
         version = conn.execute(text("PRAGMA user_version")).scalar() or 0
         has_records = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_records'")).first() is not None
         if has_records:  # written before numbered migrations: adopt what its version has

@@ -226,21 +226,24 @@ def test_a_writer_cancelled_mid_write_leaves_the_database_free_for_others(tmp_pa
         await store.put_site(Site("shop", "Shop", ("https://shop.example",), "Be brief."))
         cid = await store.create_conversation("shop", "v1")
         answer = await store.add_message(cid, "assistant", "", "streaming", 1)
-        seq = 1
+        seq, batches = 1, 0
 
         async def stream() -> None:
-            nonlocal seq
+            nonlocal seq, batches
             while True:
                 batch = []
                 for _ in range(20):
                     seq += 1
                     batch.append({"type": "delta", "seq": seq, "message_id": answer.id, "text": "word " * 10})
                 await store.append_frames(cid, batch, {answer.id: {"text": f"{seq}"}})
+                batches += 1
 
         rng = random.Random(7)
         for _ in range(60):
             task = asyncio.create_task(stream())
-            await asyncio.sleep(rng.random() * 0.02)
+            # cancelled once it has written a few batches: wherever in its next write the poll finds it
+            target = batches + rng.randint(1, 3)
+            await eventually_async(lambda: batches >= target, "the writer writing")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

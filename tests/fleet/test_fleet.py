@@ -9,7 +9,6 @@ carries on through the balancer on another replica."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -29,6 +28,7 @@ from dialog.tokens import VisitorTokens
 from scripts.services import Haproxy, Postgres, Redis
 from server.audit.keys import AuditKeys
 from tests.conftest import ADMIN_TOKEN, ROOT, ThreadedServer, free_port, stop_process, wait_healthy
+from tests.dialog.test_replicas import on
 from tests.dialog_client import Chat
 from tests.upstream.scripted_upstream import ScriptedUpstream
 from tests.waiting import eventually
@@ -78,12 +78,7 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
         shutil.copytree(root / "dialog-0", root / f"dialog-{i}")
         shutil.copytree(root / "audit-0", root / f"audit-{i}")
 
-    async def site() -> None:
-        store = await Store.open(chat_url)
-        await store.put_site(Site("shop", "Shop", ("http://127.0.0.1:*",), "Be brief."))
-        await store.close()
-
-    asyncio.run(site())
+    on(chat_url, lambda store: store.put_site(Site("shop", "Shop", ("http://127.0.0.1:*",), "Be brief.")))
     upstream = ScriptedUpstream("fleet")
     upstream.pieces = WORDS
     with ThreadedServer(upstream.app(), free_port()) as up, Redis() as redis:
@@ -102,14 +97,10 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def conversations(url: str) -> dict[str, list[Any]]:
-    async def read() -> dict[str, list[Any]]:
-        store = await Store.open(url)
-        try:
-            return {c["id"]: await store.messages(c["id"]) for c in await store.list_conversations(limit=1000)}
-        finally:
-            await store.close()
+    async def read(store: Store) -> dict[str, list[Any]]:
+        return {c["id"]: await store.messages(c["id"]) for c in await store.list_conversations(limit=1000)}
 
-    return asyncio.run(read())
+    return dict(on(url, read))
 
 
 def visit(lb: str, turns: int) -> str:
@@ -136,15 +127,11 @@ def test_visitors_whose_sockets_land_on_any_replica_lose_nothing_and_get_nothing
 
 
 def last_stored_seq(url: str, cid: str) -> int:
-    async def read() -> int:
-        store = await Store.open(url)
-        try:
-            conv = await store.conversation(cid)
-            return int(conv["last_seq"]) if conv else 0
-        finally:
-            await store.close()
+    async def read(store: Store) -> int:
+        conv = await store.conversation(cid)
+        return int(conv["last_seq"]) if conv else 0
 
-    return asyncio.run(read())
+    return int(on(url, read))
 
 
 def test_an_answer_started_on_one_replica_reaches_its_visitor_moved_to_another_once_in_order(fleet: Fleet) -> None:
