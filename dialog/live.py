@@ -11,14 +11,21 @@ and the frames of that answer as they are made.
   channel: the answer reaches it exactly once, in order (the pattern of LibreChat's resumable
   streams).
 
+- **Rate limits** (dialog/limits.py): each window is a sorted set of hits, trimmed and counted in
+  one script by Redis's own clock, so a visitor or an address gets the same allowance from the
+  whole fleet as from one box.
+
 If Redis goes away, each replica goes on serving its own sockets (a claim is granted, nothing is
-published), `/healthz` and `/metrics` say so, and a ping every second notices when it is back.
+published, each replica counts its own limits), `/healthz` and `/metrics` say so, and a ping
+every second notices when it is back.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +38,27 @@ log = logging.getLogger("tandem.dialog")
 STREAM_MAX = 2000  # frames kept per conversation: far more than one answer
 STREAM_SECONDS = 1200  # and for this long after the last one (a resume later reads the store)
 
+# One sliding window, atomically: forget the hits older than the window, then either refuse (the
+# milliseconds until the oldest leaves it) or record this hit (-1). TIME is Redis's clock, the
+# same for every replica.
+WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return -1
+"""
+
+
+class Away(Exception):
+    """Redis does not answer now: the caller does without it."""
+
 
 class Live:
     def __init__(self, url: str, replica: str, lease_seconds: float) -> None:
@@ -38,6 +66,8 @@ class Live:
         self.replica, self.lease_ms = replica, int(lease_seconds * 1000)
         self.up = True
         self._checked = 0.0
+        self._window = self.redis.register_script(WINDOW)  # (sent again by itself to a Redis that restarted empty)
+        self._hits = itertools.count()
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -48,9 +78,9 @@ class Live:
         self.up = False
         self._checked = time.monotonic()
 
-    async def check(self) -> bool:
+    async def check(self, at_once: bool = False) -> bool:
         """Whether Redis answers: asked again at most once a second (an operation that fails says so at once)."""
-        if time.monotonic() - self._checked >= 1.0:
+        if at_once or time.monotonic() - self._checked >= 1.0:
             self._checked = time.monotonic()
             try:
                 await self.redis.ping()
@@ -93,6 +123,22 @@ class Live:
             self._down("read", exc)
             return False
         return holder is not None and holder != self.replica.encode()
+
+    async def hit(self, key: str, limit: int, per_seconds: float) -> int | None:
+        """One hit on the fleet's window `key`: None if allowed, else the seconds to wait. Raises
+        `Away` while Redis does not answer."""
+        if not await self.check():
+            raise Away
+        try:
+            wait_ms = int(
+                await self._window(
+                    keys=[f"tandem:limit:{key}"], args=[limit, int(per_seconds * 1000), f"{self.replica}:{next(self._hits)}"]
+                )
+            )
+        except (RedisError, OSError) as exc:
+            self._down("limit", exc)
+            raise Away from exc
+        return None if wait_ms < 0 else max(1, math.ceil(wait_ms / 1000))
 
     async def publish(self, cid: str, frames: list[dict[str, Any]], answering: bool) -> None:
         """A flushed batch: onto the stream, out on the channel, and the claim renewed while `answering`."""

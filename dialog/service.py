@@ -43,7 +43,7 @@ from .handoff import Handoff, asks_for_person
 from .identity import IdentityRefused, verify
 from .knowledge.embeddings import Embedder, default_embedder
 from .knowledge.index import KnowledgeBase
-from .limits import RateLimiter
+from .limits import Limit
 from .live import Live
 from .staff import StaffDirectory
 from .store import Message, Site, Store, new_id
@@ -92,6 +92,7 @@ class Client:
         self.ws = ws
         self.alive = True
         self.locale = "en"  # the visitor's language, once the hello has said it
+        self.seen = 0  # the hub's frames up to this seq it had before it joined (ahead of the store: not relayed again)
 
     async def send(self, frame: dict[str, Any]) -> None:
         if not self.alive:
@@ -135,7 +136,8 @@ class Hub:
 
     async def send(self, frame: dict[str, Any]) -> None:
         for client in list(self.clients):
-            await client.send(frame)
+            if frame["seq"] > client.seen:
+                await client.send(frame)
             if not client.alive:
                 self.clients.discard(client)
         for console in list(self.watchers):
@@ -165,6 +167,9 @@ class DialogMetrics:
             "tandem_dialog_ratings", "Visitors' ratings: thumbs on answers, 1-5 for conversations.", ["kind", "value"], registry=registry
         )
         self.handoffs = Counter("tandem_dialog_handoffs", "Conversations whose visitor asked for a person.", ["reason"], registry=registry)
+        self.relayed = Counter(
+            "tandem_dialog_relayed_answers", "Answers another replica was making, relayed from Redis to sockets here.", registry=registry
+        )
 
 
 class DialogService(Handoff):
@@ -185,13 +190,13 @@ class DialogService(Handoff):
         self.metrics = DialogMetrics(registry)
         self.webhooks = Webhooks(store.engine, registry)
         self.knowledge = KnowledgeBase(store.engine, embedder)
-        self.visitor_limit = RateLimiter(config.visitor_messages_per_minute, 60)
-        self.ip_limit = RateLimiter(config.ip_messages_per_minute, 60)
-        self.connect_limit = RateLimiter(config.ip_connections_per_minute, 60)
         self.replica = new_id("rep")  # this server, in a store several replicas share
         self._watch: asyncio.Task[None] | None = None
         self.draining = False  # the replica is stopping: new sockets go elsewhere, running answers finish
         self.live = Live(config.redis_url, self.replica, config.lease_seconds) if config.redis_url else None
+        self.visitor_limit = Limit("visitor", config.visitor_messages_per_minute, 60, self.live)
+        self.ip_limit = Limit("ip", config.ip_messages_per_minute, 60, self.live)
+        self.connect_limit = Limit("connect", config.ip_connections_per_minute, 60, self.live)
         if self.live is not None:
             live = self.live
             up = Gauge(
@@ -307,11 +312,11 @@ class DialogService(Handoff):
                     elif isinstance(frame, frames.Identify):
                         await self._identify(hub, site, client, frame)
                     elif isinstance(frame, frames.Handoff):
-                        self._check_rate(visitor, ip)  # (each is an audit record and a webhook event: limited like messages)
+                        await self._check_rate(visitor, ip)  # (each is an audit record and a webhook event: limited like messages)
                         async with hub.lock:
                             await self.request_handoff(hub, site, visitor.visitor_id, "button")
                     elif isinstance(frame, frames.Rate):
-                        self._check_rate(visitor, ip)
+                        await self._check_rate(visitor, ip)
                         await self.rate(hub, site, visitor.visitor_id, client, frame)
                     else:
                         await self._message(hub, site, visitor, ip, client, frame)
@@ -338,7 +343,7 @@ class DialogService(Handoff):
                 self._leave(hub, client)
 
     async def _handshake(self, ws: WebSocket, ip: str) -> tuple[Site, Visitor, str, str, frames.Hello]:
-        wait = self.connect_limit.check(ip)
+        wait = await self.connect_limit.check(ip)
         if wait is not None:
             raise frames.FrameError("rate_limited", "Too many connections from your network. Please wait a moment.", retry_after=wait)
         site_key = ws.query_params.get("site_key", "")
@@ -385,12 +390,16 @@ class DialogService(Handoff):
             conv = await self.store.conversation(cid)
             hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
             status = {"status": (conv or {}).get("status") or "bot", "agent": (conv or {}).get("agent")}  # who answers (v2)
-            # resume only from a frame the store has: a client that saw frames a crash lost gets the whole history
+            # resume only from a frame the store has, or from one of an answer another replica is
+            # still making (sent, not yet stored: the relay skips what the client has); a client
+            # that saw frames a crash lost gets the whole history
             resumable = (
                 hello.last_seq is not None
                 and hello.conversation_id
-                and hello.last_seq <= hub.seq
-                and (hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq))
+                and (
+                    (hello.last_seq <= hub.seq and (hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq)))
+                    or (self.live is not None and hello.last_seq > hub.seq and await self.live.answering_elsewhere(cid))
+                )
             )
             welcome = {"type": "welcome", "conversation_id": cid, "token": token, "site": site_frame, "answering": status}
             if resumable:
@@ -398,12 +407,14 @@ class DialogService(Handoff):
                 await client.send({**welcome, "history": [], "seq": last_seq, "reset": False})
                 for frame in await self.store.frames_after(cid, last_seq):
                     await client.send(frame)
+                client.seen = last_seq
             else:  # a fresh page, or a client ahead of what survived a crash: the whole history
                 history = [m.to_frame() for m in await self.store.messages(cid)]
                 await client.send({**welcome, "history": history, "seq": hub.seq, "reset": True})
             hub.clients.add(client)
-            if self.live is not None and not hub.generating and hub.following is None and await self.live.answering_elsewhere(cid):
+            if self.live is not None and not hub.generating and hub.following is None and await self._made_elsewhere(cid):
                 hub.following = asyncio.create_task(self._follow(hub))
+                self.metrics.relayed.inc()
 
     # --- frames --------------------------------------------------------------------------------------
     async def _message(self, hub: Hub, site: Site, visitor: Visitor, ip: str, client: Client, frame: frames.Message) -> None:
@@ -423,7 +434,7 @@ class DialogService(Handoff):
                 return
             if hub.generating:
                 raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
-            self._check_rate(visitor, ip)
+            await self._check_rate(visitor, ip)
             if not await self._claim(hub):
                 raise frames.FrameError("busy", "Please wait for the answer to finish, or press stop.")
             started = hub.task
@@ -492,9 +503,9 @@ class DialogService(Handoff):
             return "away"
         return None
 
-    def _check_rate(self, visitor: Visitor, ip: str) -> None:
+    async def _check_rate(self, visitor: Visitor, ip: str) -> None:
         for limiter, key in ((self.visitor_limit, visitor.visitor_id), (self.ip_limit, ip)):
-            wait = limiter.check(key)
+            wait = await limiter.check(key)
             if wait is not None:
                 raise frames.FrameError("rate_limited", f"You're sending messages too quickly. Please wait {wait} s.", retry_after=wait)
 
@@ -699,18 +710,38 @@ class DialogService(Handoff):
             await self.live.release(hub.cid)
 
     async def _follow(self, hub: Hub) -> None:
-        """Relay the answer another replica is making to this hub's sockets, each frame once."""
+        """Relay the answer another replica is making to this hub's sockets, each frame once. A
+        relay that ends without the answer's `done` (Redis went away, or the answering replica died
+        and its claim lapsed) goes on from the store until the answer ends there: finished by its
+        replica, or marked interrupted by whichever replica noticed it was cut."""
         assert self.live is not None
         try:
+            ended = False
             async for frame in self.live.follow(hub.cid, hub.seq):
-                async with hub.lock:
-                    if frame["seq"] > hub.seq:
-                        hub.seq = frame["seq"]
-                        await hub.send(frame)
+                ended = await self._relay(hub, [frame])
+            while not ended:
+                ended = await self._relay(hub, await self.store.frames_after(hub.cid, hub.seq))
+                if ended or not await self.store.streaming(hub.cid):
+                    return
+                await asyncio.sleep(1.0)  # (polling the store while that answer is cut, or Redis away)
         except asyncio.CancelledError:
             pass
         finally:
             hub.following = None
+
+    async def _made_elsewhere(self, cid: str) -> bool:
+        """Another replica is answering `cid`, or was and died (its claim lapsed, its answer not yet marked)."""
+        assert self.live is not None
+        return await self.live.answering_elsewhere(cid) or await self.store.streaming(cid)
+
+    async def _relay(self, hub: Hub, made: list[dict[str, Any]]) -> bool:
+        """Send what this hub's sockets have not had of `made`; whether it held the answer's `done`."""
+        async with hub.lock:
+            for frame in made:
+                if frame["seq"] > hub.seq:
+                    hub.seq = frame["seq"]
+                    await hub.send(frame)
+        return any(frame["type"] == "done" for frame in made)
 
     def _release_later(self, hub: Hub) -> None:
         asyncio.get_running_loop().call_soon(self._release, hub)

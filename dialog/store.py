@@ -301,6 +301,12 @@ class Store:
             rows = await conn.execute(select(messages).where(messages.c.conversation_id == cid).order_by(literal_column("messages.rowid")))
             return [_message(r) for r in rows]
 
+    async def streaming(self, cid: str) -> bool:
+        """Whether an answer of the conversation is still being made (or was cut and not yet marked)."""
+        query = select(messages.c.id).where(messages.c.conversation_id == cid, messages.c.status == "streaming").limit(1)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def count_messages(self, cid: str, role: str) -> int:
         async with self.engine.connect() as conn:
             query = select(func.count()).where(messages.c.conversation_id == cid, messages.c.role == role)

@@ -113,6 +113,7 @@ class Postgres:
 HAPROXY_CONFIG = """\
 global
     maxconn 4096
+    stats socket {stats} mode 600 level user
 
 defaults
     mode http
@@ -129,6 +130,7 @@ frontend tandem
 
 backend replicas
     balance roundrobin
+    option forwardfor
     option httpchk GET /healthz
     http-check expect status 200
     default-server inter 500ms fall 1 rise 2
@@ -169,7 +171,7 @@ class Haproxy:
             raise FileNotFoundError("HAProxy is not installed: `make test` installs Debian's haproxy")
         servers = "\n".join(f"    server r{i} {address} check" for i, address in enumerate(self.replicas))
         config = self.root / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers))
+        config.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers, stats=self.root / "stats.sock"))
         subprocess.run([binary, "-c", "-q", "-f", str(config)], check=True, timeout=30)
         with open(self.root / "haproxy.log", "wb") as log:  # (the child keeps its own copy of the descriptor)
             self.proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -180,6 +182,15 @@ class Haproxy:
 
         _wait_until(listening, self.proc, self.root / "haproxy.log")
         return self
+
+    def up(self) -> int:
+        """How many replicas its health checks pass now (from its stats socket)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.root / "stats.sock"))
+            s.sendall(b"show stat\n")
+            stat = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+        rows = [line.split(",") for line in stat.splitlines() if line.startswith("replicas,") and not line.startswith("replicas,BACKEND")]
+        return sum(1 for row in rows if row[17] == "UP")  # (the 18th column of `show stat` is the status)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -8,14 +8,16 @@ import argparse
 import ipaddress
 import logging
 import sys
+from pathlib import Path
 
 from .audit import AuditConfig
 from .backends.upstream.config import UpstreamConfig
 from .engine import EngineConfig
 from .models import QUANT_CHOICES
-from .settings import environment
+from .settings import environment, settings_file
 
 LOOPBACK_NAMES = ("localhost",)
+CHAT_LIMITS = ("visitor_messages_per_minute", "ip_messages_per_minute", "ip_connections_per_minute")
 
 
 def is_loopback(host: str) -> bool:
@@ -93,8 +95,6 @@ def _serve(args: argparse.Namespace) -> int:
         decode="compiled" if not args.no_compile and env.compile else "eager",
         speculative=args.speculative == "on",
     )
-    from pathlib import Path
-
     config = ServerConfig(
         model=args.model,
         quant=args.quant,
@@ -106,12 +106,15 @@ def _serve(args: argparse.Namespace) -> int:
             content_days=args.audit_content_days,
             signing_key=Path(args.audit_key) if args.audit_key else None,
             database_url=args.audit_database_url or env.audit_database_url,
+            lease_seconds=args.replica_lease_seconds,
         ),
         admin_token=args.admin_token or env.admin_token,
         dialog=DialogConfig(
             directory=Path(args.dialog_dir) if args.dialog_dir else None,
             database_url=args.database_url or env.database_url,
             redis_url=args.redis_url or env.redis_url,
+            lease_seconds=args.replica_lease_seconds,
+            **{limit: n for limit in CHAT_LIMITS if (n := getattr(args, limit)) is not None},
         ),
         demo_site=not args.no_demo_site and is_loopback(args.host),
         upstream=upstream,
@@ -127,7 +130,15 @@ def _serve(args: argparse.Namespace) -> int:
         f"        audit log review: http://{args.host}:{args.port}/audit (sign in with {token_hint})",
         flush=True,
     )
-    listening = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    listening = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+    )
     DrainingServer(listening, app.state.drain, args.drain_seconds).run()
     return 0
 
@@ -223,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what is live across replicas: who answers a conversation, its frames as made (redis://HOST:6379/0, or TANDEM_REDIS_URL)",
     )
+    serve.add_argument(
+        "--replica-lease-seconds",
+        type=float,
+        default=15.0,
+        help="with a shared store: a replica silent this long counts as dead, and another marks its cut answers and calls interrupted",
+    )
     serve.add_argument("--no-demo-site", action="store_true", help="do not create the `demo` site that /widget/demo uses")
     serve.add_argument(
         "--context-length", type=int, default=None, help="the window to enforce (default: the model's own, or what the upstreams report)"
@@ -258,7 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=UpstreamConfig.health_interval,
         help="seconds between health checks of each upstream",
     )
+    chat = serve.add_argument_group("the support chat's limits (with --redis-url, counted across the replicas)")
+    chat.add_argument("--visitor-messages-per-minute", type=int, default=None, metavar="N", help="per visitor (default 20)")
+    chat.add_argument("--ip-messages-per-minute", type=int, default=None, metavar="N", help="from one address (default 60)")
+    chat.add_argument("--ip-connections-per-minute", type=int, default=None, metavar="N", help="chat sockets from one address (default 60)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="the load balancers whose X-Forwarded-For names the visitor's address (comma-separated addresses or networks, '*' for any)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="serve's options in a TOML file (or TANDEM_CONFIG); the command line and environment win",
+    )
     serve.set_defaults(func=_serve)
 
     prepare = sub.add_parser("prepare", help="convert the model into the local cache now (the first `serve` does it too)")
@@ -294,8 +326,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of `tandem NAME`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, over serve's settings file where there is one (raises SettingsError)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = getattr(args, "config", None) or (settings_file() if args.command == "serve" else None)
+    if config:  # the file's values become serve's defaults, and the command line is read again over them
+        from .settings_file import read
+
+        serve = subcommand(parser, "serve")
+        serve.set_defaults(**read(Path(config), serve))
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .settings_file import SettingsError
+
+    try:
+        args = parse(argv)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))
 

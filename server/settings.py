@@ -6,7 +6,8 @@ credentials when not given on the command line), `TANDEM_COMPILE=0` (keep the ea
 OpenAI-compatible servers to generate through, separated by commas or spaces) and
 `TANDEM_UPSTREAM_API_KEY` (the key they want), `TANDEM_DATABASE_URL` (the chat store on PostgreSQL
 instead of the SQLite file), `TANDEM_AUDIT_DATABASE_URL` (the audit records on PostgreSQL) and
-`TANDEM_REDIS_URL` (what is live across replicas).
+`TANDEM_REDIS_URL` (what is live across replicas), and `TANDEM_CONFIG` (a settings file for
+`tandem serve`, server/settings_file.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ class Environment:
     database_url: str | None = None
     audit_database_url: str | None = None
     redis_url: str | None = None
+
+
+# the serve options the environment also sets: a settings file's value gives way to these
+ENVIRONMENT_OF = {
+    "api_key": "TANDEM_API_KEY",
+    "admin_token": "TANDEM_ADMIN_TOKEN",
+    "upstream": "TANDEM_UPSTREAMS",
+    "upstream_api_key": "TANDEM_UPSTREAM_API_KEY",
+    "database_url": "TANDEM_DATABASE_URL",
+    "audit_database_url": "TANDEM_AUDIT_DATABASE_URL",
+    "redis_url": "TANDEM_REDIS_URL",
+}
+
+
+def settings_file() -> str | None:
+    return os.environ.get("TANDEM_CONFIG") or None
+
+
+def set_in_environment(option: str) -> bool:
+    """Whether the environment gives serve's `option` (by its dest) a value."""
+    return option in ENVIRONMENT_OF and bool(os.environ.get(ENVIRONMENT_OF[option]))
 
 
 def environment() -> Environment:

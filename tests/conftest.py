@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 
 from dialog.service import DialogConfig
-from scripts.services import Postgres
+from scripts.services import Postgres, Redis
 from server import models
 from server.audit import AuditConfig
 from server.engine import EngineConfig
@@ -68,6 +68,13 @@ def postgres() -> Iterator[Postgres]:
     (scripts/services.py); each test that needs it makes its own database."""
     with Postgres() as pg:
         yield pg
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[Redis]:
+    """Debian's redis-server for the run, on a loopback port (scripts/services.py)."""
+    with Redis() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

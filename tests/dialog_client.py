@@ -47,9 +47,11 @@ class Chat(_Socket):
         last_seq: int | None = None,
         hello: bool = True,
         languages: list[str] | None = None,
+        source: str | None = None,
     ) -> None:
         url = base_url.replace("http://", "ws://") + f"/v1/dialog?site_key={site}"
-        super().__init__(url, additional_headers={"Origin": origin or base_url})
+        options: dict[str, Any] = {"source_address": (source, 0)} if source else {}  # (a visitor's own address: any of 127/8)
+        super().__init__(url, additional_headers={"Origin": origin or base_url}, **options)
         self.site = site
         self.welcome: dict[str, Any] = {}
         if hello:

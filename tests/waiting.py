@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 POLL_SECONDS = 0.02
@@ -47,7 +47,11 @@ def eventually(check: Callable[[], T], what: str = "the condition", timeout: flo
     raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
-async def eventually_async(check: Callable[[], T | Awaitable[T]], what: str = "the condition", timeout: float = 30.0) -> T:
+@overload
+async def eventually_async(check: Callable[[], Awaitable[T]], what: str = ..., timeout: float = ...) -> T: ...
+@overload
+async def eventually_async(check: Callable[[], T], what: str = ..., timeout: float = ...) -> T: ...
+async def eventually_async(check: Callable[[], Any], what: str = "the condition", timeout: float = 30.0) -> Any:
     """The same on an event loop; `check` may return an awaitable."""
     async for _ in _ticks_async(timeout):
         value = check()

@@ -200,7 +200,7 @@ def add_parser(sub: Any) -> None:
             p.add_argument("--until", help="ISO time")
             p.add_argument("--surface", choices=["ide_completion", "support_chat"])
             p.add_argument("--verdict", choices=["allow", "flag", "redact", "block"], help="the guard's overall action")
-            p.add_argument("--outcome", choices=["ok", "cancelled", "error", "blocked"])
+            p.add_argument("--outcome", choices=["ok", "cancelled", "error", "blocked", "refused", "interrupted"])
             p.add_argument("--conversation")
             p.add_argument("--user", help="a user id (matched through its HMAC) or an hmac: reference")
             p.add_argument("--type", help="record type, e.g. llm.interaction")
