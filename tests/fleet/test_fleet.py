@@ -11,6 +11,7 @@ chain verifies."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -64,7 +65,7 @@ class Fleet:
     chat_url: str
     audit_url: str
     audit_dir: Path  # (its keys: every replica has a copy)
-    upstream: ScriptedUpstream
+    upstream: Any  # the scripted upstream the replicas generate through, where they do
     redis: Redis
     start: Any  # (i, port) -> Replica: a replica started again in its place
 
@@ -105,23 +106,20 @@ def start_replica(i: int, root: Path, settings: Path, port: int | None = None) -
     return Replica(f"http://127.0.0.1:{port}", proc, log)
 
 
-@pytest.fixture(scope="module")
-def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("fleet")
-    chat_url = postgres.create_database("fleet_chat", owner="tandem_app")
-    audit_url = postgres.create_database("fleet_audit", owner="tandem_app").replace("+asyncpg", "+psycopg")
+@contextlib.contextmanager
+def running_fleet(postgres: Postgres, root: Path, name: str, upstream_url: str) -> Iterator[Fleet]:
+    """Three replicas generating through `upstream_url`, on their own databases and Redis, behind HAProxy."""
+    chat_url = postgres.create_database(f"{name}_chat", owner="tandem_app")
+    audit_url = postgres.create_database(f"{name}_audit", owner="tandem_app").replace("+asyncpg", "+psycopg")
     # the fleet's shared secrets, copied into each replica's folders as an operator would
     VisitorTokens.load_or_create(root / "dialog-0" / "visitor.key")
     AuditKeys.load_or_create(root / "audit-0")
     for i in (1, 2):
         shutil.copytree(root / "dialog-0", root / f"dialog-{i}")
         shutil.copytree(root / "audit-0", root / f"audit-{i}")
-
     on(chat_url, lambda store: store.put_site(Site("shop", "Shop", ("http://127.0.0.1:*",), "Be brief.")))
-    upstream = ScriptedUpstream("fleet")
-    upstream.pieces = WORDS
-    with ThreadedServer(upstream.app(), free_port()) as up, Redis() as redis:
-        settings = fleet_settings(root, up.url, chat_url, audit_url, redis.url)
+    with Redis() as redis:
+        settings = fleet_settings(root, upstream_url, chat_url, audit_url, redis.url)
 
         def start(i: int, port: int | None = None) -> Replica:
             return start_replica(i, root, settings, port)
@@ -132,12 +130,24 @@ def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 wait_healthy(r.url, r.proc, r.log, 120, "a replica")  # type: ignore[arg-type]
             with Haproxy(free_port(), [r.url.removeprefix("http://") for r in replicas]) as lb:
                 eventually(lambda: lb.up() == 3, "the balancer's checks passing on every replica")
-                yield Fleet(lb, replicas, chat_url, audit_url, root / "audit-0", upstream, redis, start)
+                yield Fleet(lb, replicas, chat_url, audit_url, root / "audit-0", None, redis, start)
         finally:
-            upstream.release()
             for r in replicas:
                 if r.proc.poll() is None:
                     stop_process(r.proc)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def fleet(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    upstream = ScriptedUpstream("fleet")
+    upstream.pieces = WORDS
+    with ThreadedServer(upstream.app(), free_port()) as up:
+        try:
+            with running_fleet(postgres, tmp_path_factory.mktemp("fleet"), "fleet", up.url) as running:
+                running.upstream = upstream
+                yield running
+        finally:
+            upstream.release()
 
 
 def conversations(url: str) -> dict[str, list[Any]]:

@@ -1,0 +1,56 @@
+"""The fleet on the real default model: three replicas behind HAProxy generating through one
+`tandem serve` on the default model (gateway replicas in front of an engine box, `--upstream`).
+What each visitor reads, made by the real model, is what the store keeps, once; a visitor dropped
+mid-answer and back through the balancer gets the rest once, and the whole is the stored answer."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from scripts.services import Postgres
+from tests.conftest import DefaultServer
+from tests.dialog_client import Chat
+from tests.fleet.test_fleet import address, conversations, running_fleet
+
+
+def converse(lb: str, source: str, turns: int) -> tuple[str, list[str]]:
+    """A visitor's turns, each on a new socket through the balancer: its conversation and the answers it read."""
+    token = cid = None
+    answers = []
+    for question in ("What are your opening hours?", "And do you ship abroad?")[:turns]:
+        with Chat(lb, site="shop", token=token, conversation_id=cid, source=source) as chat:
+            token, cid = chat.token, chat.conversation_id
+            answer, frames = chat.ask(question, timeout=180)
+            assert frames[-1]["finish_reason"] in ("stop", "length"), frames[-1]
+            answers.append(answer)
+    assert cid is not None
+    return cid, answers
+
+
+def test_real_answers_through_the_fleet_arrive_once_and_are_kept_once(
+    postgres: Postgres, default_server: DefaultServer, tmp_path: Path
+) -> None:
+    with running_fleet(postgres, tmp_path, "model_fleet", default_server.url) as fleet:
+        with ThreadPoolExecutor(4) as pool:
+            visits = list(pool.map(lambda _: converse(fleet.lb.url, address(), 2), range(6)))
+
+        source = address()
+        with Chat(fleet.lb.url, site="shop", source=source) as chat:
+            chat.say("Tell me everything about your returns policy, step by step.")
+            before = chat.until("delta", timeout=180)
+            token, cid, seen = chat.token, chat.conversation_id, before[-1]["seq"]
+        with Chat(fleet.lb.url, site="shop", token=token, conversation_id=cid, last_seq=seen, source=source) as moved:
+            assert moved.welcome["reset"] is False
+            after = moved.until("done", timeout=180)
+        stored = conversations(fleet.chat_url)
+
+    for conversation, answers in visits:
+        messages = stored[conversation]
+        assert [(m.role, m.status) for m in messages] == [("user", "done"), ("assistant", "done")] * 2
+        assert [m.text for m in messages if m.role == "assistant"] == answers and all(answers)
+    frames = before + after
+    seqs = [f["seq"] for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # each frame once, in order
+    read = "".join(f["text"] for f in frames if f["type"] == "delta")
+    assert read and [m.text for m in stored[cid] if m.role == "assistant"] == [read]
