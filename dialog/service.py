@@ -390,17 +390,7 @@ class DialogService(Handoff):
             conv = await self.store.conversation(cid)
             hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
             status = {"status": (conv or {}).get("status") or "bot", "agent": (conv or {}).get("agent")}  # who answers (v2)
-            # resume only from a frame the store has, or from one of an answer another replica is
-            # still making (sent, not yet stored: the relay skips what the client has); a client
-            # that saw frames a crash lost gets the whole history
-            resumable = (
-                hello.last_seq is not None
-                and hello.conversation_id
-                and (
-                    (hello.last_seq <= hub.seq and (hello.last_seq == 0 or await self.store.has_frame(cid, hello.last_seq)))
-                    or (self.live is not None and hello.last_seq > hub.seq and await self.live.answering_elsewhere(cid))
-                )
-            )
+            resumable = hello.conversation_id and hello.last_seq is not None and await self._resumable(hub, hello.last_seq)
             welcome = {"type": "welcome", "conversation_id": cid, "token": token, "site": site_frame, "answering": status}
             if resumable:
                 last_seq = hello.last_seq or 0
@@ -415,6 +405,14 @@ class DialogService(Handoff):
             if self.live is not None and not hub.generating and hub.following is None and await self._made_elsewhere(cid):
                 hub.following = asyncio.create_task(self._follow(hub))
                 self.metrics.relayed.inc()
+
+    async def _resumable(self, hub: Hub, last_seq: int) -> bool:
+        """Whether a client that has frames up to `last_seq` can go on from there: the store has
+        that frame, or another replica is still making the answer (sent, not yet stored: the relay
+        skips what the client has). A client that saw frames a crash lost gets the whole history."""
+        if last_seq <= hub.seq:
+            return last_seq == 0 or await self.store.has_frame(hub.cid, last_seq)
+        return self.live is not None and await self.live.answering_elsewhere(hub.cid)
 
     # --- frames --------------------------------------------------------------------------------------
     async def _message(self, hub: Hub, site: Site, visitor: Visitor, ip: str, client: Client, frame: frames.Message) -> None:

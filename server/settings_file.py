@@ -46,6 +46,8 @@ def read(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SettingsError(f"cannot read the settings file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path} is not valid TOML: {exc}") from None
     options = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}

@@ -91,16 +91,12 @@ def fleet_settings(root: Path, upstream: str, chat_url: str, audit_url: str, red
 def start_replica(i: int, root: Path, settings: Path, port: int | None = None) -> Replica:
     port = port or free_port()
     log = root / f"replica-{i}.log"
-    args = [
-        "--config",
-        str(settings),
-        "--port",
-        str(port),
-        "--dialog-dir",
-        str(root / f"dialog-{i}"),
-        "--audit-dir",
-        str(root / f"audit-{i}"),
-    ]
+    own = {
+        "--port": str(port),
+        "--dialog-dir": str(root / f"dialog-{i}"),
+        "--audit-dir": str(root / f"audit-{i}"),
+    }  # (the rest is in the shared file)
+    args = ["--config", str(settings), *(part for option in own.items() for part in option)]
     with open(log, "a") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     return Replica(f"http://127.0.0.1:{port}", proc, log)

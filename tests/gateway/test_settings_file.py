@@ -75,6 +75,13 @@ def test_a_wrong_key_or_value_is_an_error_naming_it(tmp_path: Path, text: str, n
         parse(["serve", "--config", str(settings_file(tmp_path, text))])
 
 
+def test_a_file_that_is_not_text_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "tandem.toml"
+    path.write_bytes(b"port = 80\n\xff\xfe")
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        parse(["serve", "--config", str(path)])
+
+
 def test_serve_refuses_to_start_on_a_bad_file_and_says_why(tmp_path: Path) -> None:
     path = settings_file(tmp_path, "redis = 'redis://cache'\n")
     done = subprocess.run(
