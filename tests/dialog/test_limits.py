@@ -66,7 +66,8 @@ def test_without_redis_each_replica_counts_its_own_and_shares_again_when_it_is_b
         one, two = replicas(server.url)
         limits = [Limit("connect", 3, 60, live) for live in (one, two)]
         key = f"c{next(_KEYS)}"
-        assert [await limits[0].check(key) for _ in range(4)] == [None, None, None, 60]  # no Redis yet: counted here
+        answers = [await limits[0].check(key) for _ in range(4)]  # no Redis yet: counted here
+        assert answers[:3] == [None] * 3 and isinstance(answers[3], int) and 50 <= answers[3] <= 60, answers
         assert not one.up
         server.start()
         for restarted in (False, True):  # Redis up, then back empty with its scripts forgotten (the script is sent again)
