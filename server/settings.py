@@ -36,7 +36,7 @@ class Environment:
     redis_url: str | None = None
 
 
-# the serve options the environment also sets: a settings file's value gives way to these
+# the serve options the environment also sets (a settings file's value gives way to these), by their dest
 ENVIRONMENT_OF = {
     "api_key": "TANDEM_API_KEY",
     "admin_token": "TANDEM_ADMIN_TOKEN",
@@ -54,19 +54,23 @@ def settings_file() -> str | None:
 
 def set_in_environment(option: str) -> bool:
     """Whether the environment gives serve's `option` (by its dest) a value."""
-    return option in ENVIRONMENT_OF and bool(os.environ.get(ENVIRONMENT_OF[option]))
+    return option in ENVIRONMENT_OF and _get(option) is not None
+
+
+def _get(option: str) -> str | None:
+    return os.environ.get(ENVIRONMENT_OF[option]) or None
 
 
 def environment() -> Environment:
     """The environment's settings, read now (the command line overrides each of them)."""
     return Environment(
-        api_key=os.environ.get("TANDEM_API_KEY") or None,
-        admin_token=os.environ.get("TANDEM_ADMIN_TOKEN") or None,
+        api_key=_get("api_key"),
+        admin_token=_get("admin_token"),
         compile=os.environ.get("TANDEM_COMPILE", "1") != "0",
         server_url=os.environ.get("TANDEM_SERVER_URL") or None,
-        upstreams=tuple(os.environ.get("TANDEM_UPSTREAMS", "").replace(",", " ").split()),
-        upstream_api_key=os.environ.get("TANDEM_UPSTREAM_API_KEY") or None,
-        database_url=os.environ.get("TANDEM_DATABASE_URL") or None,
-        audit_database_url=os.environ.get("TANDEM_AUDIT_DATABASE_URL") or None,
-        redis_url=os.environ.get("TANDEM_REDIS_URL") or None,
+        upstreams=tuple((_get("upstream") or "").replace(",", " ").split()),
+        upstream_api_key=_get("upstream_api_key"),
+        database_url=_get("database_url"),
+        audit_database_url=_get("audit_database_url"),
+        redis_url=_get("redis_url"),
     )

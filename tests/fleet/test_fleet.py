@@ -153,18 +153,28 @@ def conversations(url: str) -> dict[str, list[Any]]:
     return dict(on(url, read))
 
 
-def visit(lb: str, turns: int, source: str, answered: list[str] | None = None) -> str:
-    """One visitor: each turn on a new socket through the balancer (so on whichever replica it
-    picks); each answer, once read, is noted in `answered`."""
+def converse(lb: str, source: str, questions: list[str], timeout: float = 60, answered: list[str] | None = None) -> tuple[str, list[Any]]:
+    """One visitor: each question on a new socket through the balancer (so on whichever replica
+    it picks); its conversation and, for each answer, its text and last frame. Each answer, once
+    read, is noted in `answered`."""
     token = conversation = None
-    for n in range(turns):
+    answers = []
+    for question in questions:
         with Chat(lb, site="shop", token=token, conversation_id=conversation, source=source) as chat:
             token, conversation = chat.token, chat.conversation_id
-            answer, frames = chat.ask(f"Question {n} from a visitor?", timeout=60)
-            assert answer == ANSWER and frames[-1]["finish_reason"] == "stop", frames[-3:]
+            answer, frames = chat.ask(question, timeout=timeout)
+            answers.append((answer, frames[-1]))
             if answered is not None:
                 answered.append(conversation)
     assert conversation is not None
+    return conversation, answers
+
+
+def visit(lb: str, turns: int, source: str, answered: list[str] | None = None) -> str:
+    """A visitor of the scripted fleet: every answer whole."""
+    conversation, answers = converse(lb, source, [f"Question {n} from a visitor?" for n in range(turns)], answered=answered)
+    for answer, done in answers:
+        assert answer == ANSWER and done["finish_reason"] == "stop", done
     return conversation
 
 
@@ -225,8 +235,8 @@ def test_one_answer_at_a_time_holds_across_replicas(fleet: Fleet) -> None:
                 second.say("And meanwhile?")
                 refused = second.until("error", timeout=30)[-1]
                 assert refused["code"] == "busy"
-                relayed = second.until("done", timeout=30)  # and it sees the first answer as it is made
-                assert "".join(f["text"] for f in relayed if f["type"] == "delta").endswith(WORDS[-1])
+                seen_there = second.until("done", timeout=30)  # and it sees the first answer as it is made
+                assert "".join(f["text"] for f in seen_there if f["type"] == "delta").endswith(WORDS[-1])
             first.until("done", timeout=30)
     finally:
         fleet.upstream.delay = 0.0

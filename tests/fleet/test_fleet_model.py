@@ -11,21 +11,15 @@ from pathlib import Path
 from scripts.services import Postgres
 from tests.conftest import DefaultServer
 from tests.dialog_client import Chat
-from tests.fleet.test_fleet import address, conversations, running_fleet
+from tests.fleet.test_fleet import address, conversations, converse, running_fleet
 
 
-def converse(lb: str, source: str, turns: int) -> tuple[str, list[str]]:
-    """A visitor's turns, each on a new socket through the balancer: its conversation and the answers it read."""
-    token = cid = None
-    answers = []
-    for question in ("What are your opening hours?", "And do you ship abroad?")[:turns]:
-        with Chat(lb, site="shop", token=token, conversation_id=cid, source=source) as chat:
-            token, cid = chat.token, chat.conversation_id
-            answer, frames = chat.ask(question, timeout=180)
-            assert frames[-1]["finish_reason"] in ("stop", "length"), frames[-1]
-            answers.append(answer)
-    assert cid is not None
-    return cid, answers
+def ask_two(lb: str, source: str) -> tuple[str, list[str]]:
+    """A visitor's two questions to the real model: its conversation and the answers it read."""
+    cid, answers = converse(lb, source, ["What are your opening hours?", "And do you ship abroad?"], timeout=180)
+    for _, done in answers:
+        assert done["finish_reason"] in ("stop", "length"), done
+    return cid, [text for text, _ in answers]
 
 
 def test_real_answers_through_the_fleet_arrive_once_and_are_kept_once(
@@ -33,7 +27,7 @@ def test_real_answers_through_the_fleet_arrive_once_and_are_kept_once(
 ) -> None:
     with running_fleet(postgres, tmp_path, "model_fleet", default_server.url) as fleet:
         with ThreadPoolExecutor(4) as pool:
-            visits = list(pool.map(lambda _: converse(fleet.lb.url, address(), 2), range(6)))
+            visits = list(pool.map(lambda _: ask_two(fleet.lb.url, address()), range(6)))
 
         source = address()
         with Chat(fleet.lb.url, site="shop", source=source) as chat:
