@@ -124,6 +124,7 @@ def routes(api_key: str | None) -> list[BaseRoute]:
         Route("/metrics", metrics, middleware=keyed),
         *dialog_web.routes(api_key, DEMO_SITE.site_key),  # before the /v1 mount, which would take /v1/dialog
         Mount("/v1", routes=[*openai_api.routes, *feedback.routes], middleware=keyed),
+        *(Route(r.path, r.endpoint, methods=list(r.methods or ()), middleware=keyed) for r in openai_api.token_routes),
         *audit_web.routes,
         Mount("/admin", routes=admin.routes, middleware=[Middleware(audit_web.RequireAdmin)]),
     ]

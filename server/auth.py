@@ -2,7 +2,8 @@
 that mount (`app.py` composes them); nothing is let through by the shape of its path. The bearer
 token is read from a request here and nowhere else.
 
-- `/v1` (the OpenAI routes and feedback) and `/metrics`: the API key, when one is configured.
+- `/v1` (the OpenAI routes and feedback), `/tokenize`, `/detokenize` and `/metrics`: the API key,
+  when one is configured.
 - `/audit/api` and `/audit/static`: the admin token (`server/audit/web.py`, bearer or session cookie).
 - `/v1/dialog`: the site's own checks (site key, page origin, visitor token); the `demo` site,
   which trusts loopback origins any client can claim, also needs the API key when one is set.

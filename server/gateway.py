@@ -24,10 +24,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import chat_window
+from .answer import Answer, merged_results
 from .audit import AuditLog, Entry, record
 from .backends import Backend, BackendFailed, BackendUnavailable, ModelInfo, PromptText
 from .clock import iso_utc
 from .engine import (
+    Candidate,  # noqa: F401  (surfaces take a call's types from here)
     ContextOverflow,
     Delta,
     EngineClosed,
@@ -35,9 +37,13 @@ from .engine import (
     EngineOverloaded,
     GenerationRequest,
     InvalidRequest,
+    LogitControls,
     Messages,
     Priority,
+    PromptEcho,  # noqa: F401  (surfaces take a call's types from here)
+    TokenLogprob,  # noqa: F401
 )
+from .engine.types import NO_CONTROLS
 from .failures import CallFailed, Code, InputBlocked, OutputRefused
 from .guard import (
     POLICY_VERSION,
@@ -104,6 +110,10 @@ class Params:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    controls: LogitControls = NO_CONTROLS
+    logprobs: int | None = None  # each token's log-probability and this many alternatives (None: none)
+    echo: bool = False  # the prompt first, as the model read it (completions)
+    n: int = 1  # answers, each its own `index` in the deltas
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,29 @@ class Gateway:
     def models(self) -> list[tuple[ModelInfo, list[str]]]:
         """Every model served now, with the surfaces it serves."""
         return [(b.info, self._routing.surfaces_of(b)) for b in self._routing.backends()]
+
+    def tokenize(self, surface: str, text: str | None, messages: tuple[tuple[str, str], ...] | None, special: bool) -> list[int]:
+        """The token ids of `text`, or of `messages` as the model's chat template renders them
+        for an answer (/tokenize). Raises CallFailed where the tokenizer is not here."""
+        backend = self._routing.backend(surface)
+        try:
+            if messages is not None:
+                self._check_template(backend)
+                return backend.text.encode(messages, special)
+            return backend.text.encode(text or "", special)
+        except CallFailed:
+            raise
+        except ValueError as exc:
+            raise CallFailed(Code.INVALID_VALUE, str(exc), param="model") from None
+        except Exception as exc:  # templates raise on role orders they do not support
+            raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
+
+    def detokenize(self, surface: str, ids: list[int]) -> str:
+        """Token ids as the model's text (/detokenize)."""
+        try:
+            return self._routing.backend(surface).text.decode(ids)
+        except ValueError as exc:
+            raise CallFailed(Code.INVALID_VALUE, str(exc), param="tokens") from None
 
     def upstreams(self) -> list[dict[str, Any]]:
         """The state of every upstream of every pool serving now (for /healthz)."""
@@ -335,12 +368,11 @@ class Gateway:
                 rec.finish = "held"
                 return
             if call.reply is not None or call.echo:
-                rec.scanner = output_scanner(PROFILES[call.surface])
-                answer = sanitized.segments[-1].text if call.echo else call.reply or ""
-                text = rec.scanner.feed(answer) + rec.scanner.finish()
+                answer = rec.answer(0, output_scanner(PROFILES[call.surface]))
+                text = answer.scanner.feed(sanitized.segments[-1].text if call.echo else call.reply or "") + answer.scanner.finish()
                 rec.finish = "fixed_reply"
                 delta = Delta(text, 0, "stop", fitted.tokens if fitted is not None else 0)
-                rec.emit(text, delta)
+                rec.emit(answer, text, delta)
                 yield delta
                 return
             assert fitted is not None
@@ -357,21 +389,28 @@ class Gateway:
                 stop=call.params.stop,
                 priority=call.priority,
                 request_id=call.request_id,
+                controls=call.params.controls,
+                logprobs=call.params.logprobs,
+                echo=call.params.echo,
+                n=call.params.n,
             )
-            rec.scanner = output_scanner(PROFILES[call.surface])
+            for i in range(call.params.n):
+                rec.answer(i, output_scanner(PROFILES[call.surface]))
             gen = backend.stream(req)
             try:
                 async for delta in gen:
-                    text = rec.scanner.feed(delta.text)
+                    answer = rec.answers[delta.index]
+                    text, logprobs = answer.feed(delta.text, delta.logprobs)
                     if delta.finish_reason is not None:
                         if call.appendix is not None:
-                            text += rec.scanner.feed(call.appendix(rec.output_text() + text))
-                        text += rec.scanner.finish()
-                        rec.finish = delta.finish_reason
-                    rec.emit(text, delta)
+                            text += answer.scanner.feed(call.appendix(answer.text() + text))
+                        rest, more = answer.finish_text()
+                        text, logprobs = text + rest, logprobs + more
+                        rec.finish = rec.finish or delta.finish_reason
+                    rec.emit(answer, text, delta)
                     prompt_tokens = delta.prompt_tokens or fitted.tokens  # (an upstream that reports no usage: the count made here)
                     rec.prompt_tokens = prompt_tokens
-                    yield Delta(text, delta.tokens, delta.finish_reason, prompt_tokens)
+                    yield Delta(text, delta.tokens, delta.finish_reason, prompt_tokens, delta.index, logprobs, delta.prompt)
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
         except OutputBlocked as exc:
@@ -491,7 +530,7 @@ class Gateway:
             for r in results:
                 for f in r.findings:
                     self.metrics.findings.labels(direction, r.scanner, f.type).inc()
-        audit.submit(Entry(envelope.to_json(), rec.prompt_text, rec.output_text() if rec.scanner is not None else None, rec.journal))
+        audit.submit(Entry(envelope.to_json(), rec.prompt_text, rec.output_text() if rec.answers else None, rec.journal))
 
 
 def _segments(prompt: Prompt, text: PromptText) -> list[Segment]:
@@ -528,6 +567,27 @@ def _number(value: float) -> float | str:
     """A parameter as the audit record can hold it: JSON has no NaN or infinity (the door refuses
     them, but a record must be writable whatever reached the gateway)."""
     return value if math.isfinite(value) else repr(value)
+
+
+def _params_ref(p: Params) -> record.ParamsRef:
+    """How the answer was sampled, as the record keeps it (the controls only where they were used)."""
+    c = p.controls
+    return record.ParamsRef(
+        p.max_tokens,
+        _number(p.temperature),
+        _number(p.top_p),
+        p.seed,
+        len(p.stop),
+        presence_penalty=c.presence_penalty or None,
+        frequency_penalty=c.frequency_penalty or None,
+        repetition_penalty=c.repetition_penalty if c.repetition_penalty != 1.0 else None,
+        logit_bias_count=len(c.logit_bias) or None,
+        min_tokens=c.min_tokens or None,
+        stop_token_count=len(c.stop_token_ids) or None,
+        logprobs=p.logprobs,
+        echo=p.echo or None,
+        n=p.n if p.n != 1 else None,
+    )
 
 
 def _engine_failure(exc: EngineError) -> CallFailed:
@@ -573,7 +633,7 @@ class _Record:
         self.call, self.started, self.started_at = call, started, time.time()
         self.model = model  # the model this call was served by (a hot swap changes the backend's, not this)
         self.input_results: list[ScanResult] = []
-        self.scanner = None  # type: Any
+        self.answers: list[Answer] = []  # one per choice, once output is produced (none: the call ended before)
         self.journal: str | None = None  # the audit journal's token for this call, once it is journalled
         self.prompt_text: str | None = None  # the redacted prompt, kept as audit content
         self.prompt_chars: int | None = None
@@ -582,30 +642,36 @@ class _Record:
         self.context: dict[str, int] | None = None  # a fitted chat prompt's window, budget, length and turns
         self.actor: record.ActorRef | None = None  # pseudonymised once, at the start
         self.prompt_tokens: int | None = None
-        self.parts: list[str] = []
-        self.tokens = 0
-        self.chunks = 0
         self.ttft: float | None = None
         self.finish: str | None = None
         self.status, self.error_code = "ok", None  # type: str, str | None
 
-    def emit(self, text: str, delta: Delta) -> None:
-        self.tokens = delta.tokens
-        if text:
-            self.parts.append(text)
-            self.chunks += 1
-            if self.ttft is None:
-                self.ttft = time.monotonic() - self.started
+    def answer(self, index: int, scanner: Any) -> Answer:
+        """The output of choice `index`, scanned by `scanner` (choices are made in order)."""
+        assert index == len(self.answers)
+        self.answers.append(Answer(scanner))
+        return self.answers[index]
+
+    def emit(self, answer: Answer, text: str, delta: Delta) -> None:
+        answer.keep(text, delta.tokens, delta.finish_reason)
+        if text and self.ttft is None:
+            self.ttft = time.monotonic() - self.started
 
     def fail(self, status: str, code: str | None) -> None:
         self.status, self.error_code = status, code
 
     def output_text(self) -> str:
-        return "".join(self.parts)
+        """The answer as it went out; several (n > 1) each under its choice's heading, as a chat
+        prompt's messages are under their roles."""
+        if len(self.answers) == 1:
+            return self.answers[0].text()
+        return "\n".join(f"[choice {i}]\n{a.text()}" for i, a in enumerate(self.answers))
 
     def output_results(self) -> list[ScanResult]:
-        if self.scanner is not None:
-            return self.scanner.results()  # type: ignore[no-any-return]
+        if len(self.answers) == 1:
+            return self.answers[0].scanner.results()  # type: ignore[no-any-return]
+        if self.answers:
+            return merged_results(self.answers)
         reason = "no output: the call ended before generation"
         return [ScanResult(name, Verdict.NOT_SCANNED, reason=reason) for name in PROFILES[self.call.surface].output_scanners]
 
@@ -631,12 +697,10 @@ class _Record:
         if not results_in:
             results_in = [ScanResult(n, Verdict.NOT_SCANNED, reason="not run") for n in PROFILES[call.surface].input_scanners]
         finish = self.finish if self.status == "ok" else ("cancelled" if self.status == "cancelled" else self.status)
-        output = self.output_text() if self.scanner is not None else None
+        output = self.output_text() if self.answers else None
         return dataclasses.replace(
             self.identity(actor),
-            model=record.ModelRef(
-                model.name, model.quant, record.ParamsRef(p.max_tokens, _number(p.temperature), _number(p.top_p), p.seed, len(p.stop))
-            ),
+            model=record.ModelRef(model.name, model.quant, _params_ref(p)),
             prompt=record.PromptRef(
                 type(call.prompt).__name__.removesuffix("Prompt").lower(),
                 self.prompt_tokens,
@@ -654,11 +718,16 @@ class _Record:
                 tuple(r.to_json() for r in results_out),
             ),
             output=record.OutputRef(
-                self.tokens,
+                sum(a.tokens for a in self.answers),
                 len(output) if output is not None else None,
-                self.chunks,
+                sum(a.chunks for a in self.answers),
                 finish,
                 audit.seal_content(output) if output is not None else None,
+                tuple(
+                    record.ChoiceRef(i, a.tokens, len(a.text()), a.finish, audit.seal_content(a.text())) for i, a in enumerate(self.answers)
+                )
+                if len(self.answers) > 1
+                else None,
             ),
             timing=record.Timing(
                 iso_utc(self.started_at),

@@ -2,7 +2,8 @@
 
 Validation is strict (a string is not an integer, `true` is not "true"), like OpenAI's own API:
 a client that sends the wrong type learns it at once instead of getting a surprising answer.
-Unknown fields are ignored, so newer clients keep working. Sampling values are checked for
+`null` is taken wherever OpenAI takes it, as the field's default. Unknown fields are ignored, so
+newer clients keep working. Sampling values are checked for
 finite, sane ranges here, at the door, so no request can push non-finite numbers into a batch
 it shares with others, or into the audit record of its own refusal. A body that JSON itself
 cannot hold sanely (NaN, Infinity, numbers too large for a float or too long for an int, deep
@@ -18,12 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from .errors import APIError
+from .gateway import LogitControls
 
 Body = TypeVar("Body", bound=BaseModel)
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # eight times the largest prompt the guard admits
 MAX_DEPTH = 32  # no route's body nests deeper than a few levels
 INT64 = 2**63
+MAX_CHOICES = 16  # n and best_of: answers to one prompt (each a row of the running batch)
+MAX_LOGPROBS = 20  # alternatives per token (vLLM's default limit; OpenAI's is 20 for chat, 5 for completions)
+MAX_BIASED = 1024  # entries of logit_bias or stop_token_ids
 
 
 class _Strict(BaseModel):
@@ -37,14 +43,21 @@ class StreamOptions(_Strict):
 class _Sampling(_Strict):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1, lt=INT64)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)  # None: 1.0, as OpenAI
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)  # None: 1.0
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, lt=INT64)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     user: str | None = Field(default=None, max_length=256)  # the end user, for the audit log (stored pseudonymised)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_BIASED)  # token id (as a string) -> bias in [-100, 100]
+    # vLLM's extensions, which its clients send in the body (`extra_body`)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    min_tokens: int | None = Field(default=None, ge=0, lt=INT64)
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=MAX_BIASED)
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -54,13 +67,33 @@ class _Sampling(_Strict):
             raise APIError(400, "stop takes at most 4 sequences", param="stop")
         return stops
 
-
-TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+    def controls(self) -> LogitControls:
+        bias: list[tuple[int, float]] = []
+        for key, value in (self.logit_bias or {}).items():
+            if not key.isdigit() or len(key) > 10:
+                raise APIError(400, f"logit_bias keys are token ids, got {key[:40]!r}", param="logit_bias", code="invalid_value")
+            if not -100.0 <= value <= 100.0:
+                raise APIError(
+                    400, f"logit_bias values must be in [-100, 100], got {value} for token {key}", param="logit_bias", code="invalid_value"
+                )
+            bias.append((int(key), value))
+        return LogitControls(
+            logit_bias=tuple(bias),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty if self.repetition_penalty is not None else 1.0,
+            min_tokens=self.min_tokens or 0,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+        )
 
 
 class CompletionBody(_Sampling):
     prompt: str | list[str] | list[TokenId]
+    max_tokens: int | None = Field(default=None, ge=0, lt=INT64)  # 0: the prompt's own logprobs only (with echo)
     suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool | None = None
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     # Tandem's extension: "background" is served after every interactive request (an editor
     # warming the engine's prefix cache for the text around its cursor)
     priority: Literal["interactive", "background"] = "interactive"
@@ -73,26 +106,91 @@ class CompletionBody(_Sampling):
         return self.prompt  # type: ignore[return-value]
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
+# what a content part of another kind than text is, as the refusal names it
+NOT_TEXT = {
+    "image_url": "images",
+    "input_image": "images",
+    "image": "images",
+    "input_audio": "audio",
+    "audio": "audio",
+    "file": "files",
+    "input_file": "files",
+    "video_url": "video",
+}
+
+
+class ContentPart(_Strict):
+    type: str = Field(max_length=64)
+    text: str | None = None
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
 
-    def text(self) -> str:
+    def text(self, where: str) -> str:
+        """The message's text; a part that is not text is refused, saying what it is (`where`: its path)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        texts = []
+        for j, part in enumerate(self.content):
+            if part.type in ("text", "input_text") and part.text is not None:
+                texts.append(part.text)
+            elif part.type in NOT_TEXT:
+                raise APIError(
+                    400,
+                    f"this server's models read text only: {NOT_TEXT[part.type]} ({part.type!r} parts) are not supported",
+                    param=f"{where}.content.{j}",
+                    code=f"{NOT_TEXT[part.type]}_not_supported",
+                )
+            else:
+                raise APIError(
+                    400,
+                    f"content part {j} of {where} has no text (type {part.type[:64]!r})",
+                    param=f"{where}.content.{j}",
+                    code="invalid_type",
+                )
+        return "".join(texts)
 
 
 class ChatBody(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, lt=INT64)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+
+class TokenizeBody(_Strict):
+    """vLLM's /tokenize (prompt or messages, add_special_tokens, return_token_strs) and
+    llama.cpp's (content, add_special, with_pieces)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    content: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_special_tokens: bool | None = None
+    add_special: bool | None = None
+    return_token_strs: bool | None = None
+    with_pieces: bool | None = None
+
+    def text(self) -> str | None:
+        given = [name for name in ("prompt", "content", "messages") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise APIError(400, "give exactly one of prompt, content (text) or messages", param="prompt", code="invalid_value")
+        return self.prompt if self.prompt is not None else self.content
+
+    def special(self) -> bool:
+        """Whether the tokenizer's own tokens (BOS) are added: vLLM's default yes, llama.cpp's no."""
+        if self.add_special_tokens is not None:
+            return self.add_special_tokens
+        return bool(self.add_special) if self.add_special is not None else self.content is None
+
+
+class DetokenizeBody(_Strict):
+    model: str | None = None
+    tokens: list[TokenId] = Field(max_length=1_000_000)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

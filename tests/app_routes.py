@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
-FILLED = {"{name}": "audit.js", "{ref}": "1", "{cid}": "conv_missing"}  # a value for each path parameter the app's routes have
+FILLED = {
+    "{name}": "audit.js",
+    "{ref}": "1",
+    "{cid}": "conv_missing",
+    "{model:path}": "tiny-llama",
+}  # a value for each path parameter the app's routes have
 
 
 def walk(routes: list[BaseRoute], prefix: str = "") -> set[tuple[str, str]]:

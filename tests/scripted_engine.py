@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from server.engine import ContextOverflow, Delta, EngineError, GenerationRequest
+from server.engine import Candidate, ContextOverflow, Delta, EngineError, GenerationRequest, TokenLogprob
 
 
 class ScriptedEngine:
@@ -35,7 +35,9 @@ class ScriptedEngine:
                 await asyncio.sleep(self.delay)
                 last = i == len(pieces) - 1
                 finish = ("stop" if len(pieces) < req.max_tokens else "length") if last else None
-                yield Delta(piece, i + 1, finish, 5)
+                # asked for logprobs: each piece is one token, with one alternative that spells it too
+                logprobs = (TokenLogprob(Candidate(i, piece, piece.encode(), -0.5), (Candidate(i, piece, piece.encode(), -0.5),)),)
+                yield Delta(piece, i + 1, finish, 5, logprobs=logprobs if req.logprobs is not None else ())
             finished = True
         finally:
             if not finished:

@@ -49,6 +49,16 @@ class ParamsRef:
     top_p: float | str | None = None
     seed: int | None = None
     stop_count: int = 0
+    # the logit controls, logprobs, echo and n, only where a call used them
+    presence_penalty: float | None = _optional()
+    frequency_penalty: float | None = _optional()
+    repetition_penalty: float | None = _optional()
+    logit_bias_count: int | None = _optional()
+    min_tokens: int | None = _optional()
+    stop_token_count: int | None = _optional()
+    logprobs: int | None = _optional()
+    echo: bool | None = _optional()
+    n: int | None = _optional()
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,24 @@ class GuardRef:
 
 
 @dataclass(frozen=True)
-class OutputRef:
+class ChoiceRef:
+    """One of several answers to one call (n > 1)."""
+
+    index: int
     tokens: int = 0
     chars: int | None = None
-    chunks: int = 0
     finish_reason: str | None = None
     content_hmac: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    tokens: int = 0  # all choices together
+    chars: int | None = None
+    chunks: int = 0
+    finish_reason: str | None = None  # the first choice's
+    content_hmac: str | None = None
+    choices: tuple[ChoiceRef, ...] | None = _optional()  # each answer, where the call asked for several
 
 
 @dataclass(frozen=True)

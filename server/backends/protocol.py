@@ -89,6 +89,12 @@ class PromptText(Protocol):
         """Token ids as text, for the guard; raises ValueError when they cannot be read."""
         ...
 
+    def encode(self, text: str | Sequence[Message], special: bool) -> list[int]:
+        """Text as the model's token ids (with its BOS and the like, when `special`), or messages
+        as the chat template renders them for an answer; raises ValueError where the tokenizer is
+        not here."""
+        ...
+
 
 class Backend(Protocol):
     """The engine interface: what the gateway generates through."""

@@ -53,6 +53,11 @@ class TokenizerText:
         pre, suf, mid = self.fim_tokens
         return Rendered(f"{pre}{prefix}{suf}{suffix}{mid}", len(ids))
 
+    def encode(self, text: str | Sequence[Message], special: bool) -> list[int]:
+        if not isinstance(text, str):
+            return chat_window.render(self.tokenizer, list(text))
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
     def decode(self, ids: list[int]) -> str:
         vocab = len(self.tokenizer)
         if any(not 0 <= i < vocab for i in ids):  # the tokenizer cannot decode them for the guard

@@ -7,7 +7,8 @@ same model, the same prompts and the same machine, in one run.
 2. mixed load: completion time to first token while chat streams run, against idle;
 3. quantization: memory, decode speed and perplexity for each mode;
 4. the ceiling: batch-1 decode against memory bandwidth / weight bytes per token;
-5. speculative: prompt-lookup speculation on and off on code completion, by batch size.
+5. speculative: prompt-lookup speculation on and off on code completion, by batch size;
+6. sampling: what penalties, a logit bias and logprobs cost per token against plain decoding.
 
 Machines here are noisy: peers run interleaved, in rotating order, and cells report medians.
 """
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="runs per cell, median reported (default 3; quick 1)")
     p.add_argument(
         "--sections",
-        default="throughput,mixed,speculative,quantization,ceiling,gateway",
+        default="throughput,mixed,speculative,sampling,quantization,ceiling,gateway",
         help="which sections to run (gateway: the gateway's cost in front of a llama.cpp server)",
     )
     p.add_argument("--no-llama-cpp", action="store_true", help="leave llama.cpp out even when installed")

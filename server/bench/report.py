@@ -102,6 +102,25 @@ def markdown(r: dict[str, Any]) -> str:
             f"`SPEC_MAX_ROWS` = **{sp['spec_max_rows']}** rows (`server/engine/speculative.py`).",
             "",
         ]
+    if "sampling" in r:
+        sm = r["sampling"]
+        lines += [
+            "## Sampling controls: cost per token",
+            "",
+            f"Every row greedy, {sm['max_tokens']} new tokens, all at once; penalties = presence 0.5, frequency 0.5, repetition 1.1; "
+            f"logit bias = 64 tokens; logprobs = the 5 likeliest alternatives; cases in rotating order over {sm['rounds']} round(s), "
+            f"medians (one-row step: {sm['decode_step']}). Cost = plain tok/s ÷ the case's tok/s; for one controlled row among plain "
+            "ones, the plain rows' cost is what the plain path pays for such a neighbour.",
+            "",
+            "| rows | case | tok/s | cost per token vs plain | plain rows' cost |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {row['rows']} | {row['case']} | {_f(row['tok_s'])} | {row['cost_vs_plain']:.2f}x | "
+            f"{_f(row.get('plain_rows_vs_plain'), 2)} |"
+            for row in sm["rows"]
+        ]
+        lines.append("")
     if "quantization" in r:
         texts = list(r["quantization"][0]["perplexity"])
         lines += [

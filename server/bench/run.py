@@ -23,6 +23,7 @@ from .mixed import mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
 from .quantization import PATHS, decode_paths, measure_quant, needs_unfused_copy, relative_to_none
 from .report import markdown
+from .sampling_costs import measure_sampling_costs
 from .speculative import measure_speculative
 from .workload import chat_ids
 
@@ -45,6 +46,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "spec_tokens": 16 if quick else 64,
         "spec_rounds": 1 if quick else 3,
         "spec_draft_sweep": [] if quick else [4, 8, 16],
+        "sampling_rows": [1, 16],
         "compile": not quick,  # the compiled one-row step, as `tandem serve` runs it (--quick cannot wait a minute for it)
         # --quick: the first and the last eager path only (each path is an engine, and one needs a model copy)
         "decode_paths": ["transformers_forward", "fast_step_packed_fused"] if quick else list(PATHS),
@@ -166,6 +168,10 @@ def run_bench(args: argparse.Namespace) -> int:
         result["speculative"] = measure_speculative(
             served, s["spec_rows"], s["spec_tokens"], s["spec_rounds"], s["compile"], s["spec_draft_sweep"]
         )
+
+    if "sampling" in s["sections"]:
+        print(f"sampling controls: their cost per token at {s['sampling_rows']} rows, {s['spec_rounds']} round(s)", flush=True)
+        result["sampling"] = measure_sampling_costs(served, s["sampling_rows"], s["spec_tokens"], s["spec_rounds"], s["compile"])
 
     quant_rows = []
     if "ceiling" in s["sections"]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .types import (
     DECODE_STEPS,
+    Candidate,
     ContextOverflow,
     Delta,
     EngineClosed,
@@ -15,8 +16,11 @@ from .types import (
     EngineOverloaded,
     GenerationRequest,
     InvalidRequest,
+    LogitControls,
     Messages,
     Priority,
+    PromptEcho,
+    TokenLogprob,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DECODE_STEPS",
+    "Candidate",
     "ContextOverflow",
     "Delta",
     "Engine",
@@ -48,6 +53,9 @@ __all__ = [
     "EngineOverloaded",
     "GenerationRequest",
     "InvalidRequest",
+    "LogitControls",
     "Messages",
     "Priority",
+    "PromptEcho",
+    "TokenLogprob",
 ]

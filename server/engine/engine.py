@@ -27,11 +27,13 @@ from .metrics import EngineMetrics
 from .packed import pack_linears
 from .prefill import Prefilled, prefill_batch, prefill_on_prefix, row_kv
 from .prefix_cache import PrefixCache
-from .sampling import SamplingParams, sample_next
+from .sampling import SamplingParams, logprobs_of, sample_next
 from .scheduler import Scheduler
 from .speculative import DRAFT_TOKENS, SPEC_MAX_ROWS, Gate, PromptLookup, accepted_prefix
+from .token_text import TokenText
 from .types import (
     DECODE_STEPS,
+    Candidate,
     ContextOverflow,
     Delta,
     EngineClosed,
@@ -41,37 +43,66 @@ from .types import (
     GenerationRequest,
     InvalidRequest,
     Priority,
+    PromptEcho,
+    TokenLogprob,
 )
 
 log = logging.getLogger("tandem.engine")
 
 COMPILE_NICE = 19  # the compile thread's nice value (Linux: per thread, inherited by the compiler processes it starts)
 COMPILE_IDLE_SECONDS = 1.0  # the compile starts once the engine has been idle this long
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI and vLLM allow
 
 
 class _Sequence:
-    """One request as the worker sees it. Written by the worker, except `cancelled`."""
+    """One answer of a request as the worker sees it. Written by the worker, except `cancelled`.
+    A request for n answers is one of these waiting (the first, with the others as its `forks`)
+    and n rows once its prompt is prefilled; all n send to the first one's queue."""
 
     def __init__(
-        self, req: GenerationRequest, prompt_ids: list[int], tokenizer: Any, loop: asyncio.AbstractEventLoop, speculative: bool = False
+        self,
+        req: GenerationRequest,
+        prompt_ids: list[int],
+        tokenizer: Any,
+        loop: asyncio.AbstractEventLoop,
+        eos_ids: frozenset[int],
+        speculative: bool = False,
+        index: int = 0,
+        queue: asyncio.Queue[Delta | BaseException] | None = None,
     ) -> None:
         self.req = req
+        self.index = index
         self.priority = req.priority
         self.prompt_ids = prompt_ids
         self.max_tokens = req.max_tokens
-        self.sampling = SamplingParams.build(req.temperature, req.top_p, req.seed)
+        self.ends = eos_ids | frozenset(req.controls.stop_token_ids) if req.controls.stop_token_ids else eos_ids
+        seed = req.seed + index if req.seed is not None else None  # each answer its own stream, reproducible (as vLLM seeds n > 1)
+        self.sampling = SamplingParams.build(req.temperature, req.top_p, seed, req.controls, prompt_ids, self.ends)
         self.detok = IncrementalDetokenizer(tokenizer, req.stop)
         self.loop = loop
-        self.queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self.queue: asyncio.Queue[Delta | BaseException] = queue if queue is not None else asyncio.Queue()
+        self.forks: list[_Sequence] = []
+        self.pending_logprobs: list[TokenLogprob] = []  # tokens whose text has not been sent yet
         self.cancelled = False
         self.done = False
         self.generated = 0
         self.submitted = time.monotonic()
         self.last_token = 0.0
         wants = req.speculative if req.speculative is not None else req.priority == Priority.INTERACTIVE
-        # Greedy rows only: a sampled row would need rejection sampling to keep its distribution.
-        self.lookup = PromptLookup(prompt_ids) if speculative and wants and self.sampling.greedy else None
+        # Greedy rows without controls or logprobs only: a sampled row would need rejection sampling
+        # to keep its distribution, and drafts are verified against the raw scores.
+        plain = self.sampling.greedy and not self.sampling.controlled and req.logprobs is None
+        self.lookup = PromptLookup(prompt_ids) if speculative and wants and plain else None
         self.gate = Gate()  # whether its drafts have been paying lately
+
+    @property
+    def rows(self) -> int:
+        """The batch rows it takes once prefilled."""
+        return 1 + len(self.forks)
+
+    @property
+    def members(self) -> list[_Sequence]:
+        return [self, *self.forks]
 
     def send(self, item: Delta | BaseException) -> None:
         try:
@@ -97,6 +128,7 @@ class Engine:
         self.context_length = self.config.context_length or int(getattr(model.config, "max_position_embeddings", 2048))
         self.vocab_size = int(model.config.vocab_size)  # type: ignore[union-attr,arg-type]  # transformers types config as Tensor | Module
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.token_text = TokenText(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._scheduler = Scheduler(self.config.max_waiting, on_cancelled=lambda seq: self._finish(seq, "cancelled"))
         self._prefix = PrefixCache(self.config.prefix_cache_tokens)
@@ -208,7 +240,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         for seq in self._scheduler.drain() + self._rows:
-            seq.send(EngineClosed("engine is shutting down"))
+            seq.send(EngineClosed("engine is shutting down"))  # (once per row: the stream raises at the first)
 
     @property
     def alive(self) -> bool:
@@ -234,8 +266,9 @@ class Engine:
             raise InvalidRequest("the in-process engine takes text or token ids, not messages", "prompt")
         if not ids:
             raise InvalidRequest("prompt is empty", "prompt")
-        if req.max_tokens < 1:
-            raise InvalidRequest(f"max_tokens must be at least 1, got {req.max_tokens}", "max_tokens")
+        if req.max_tokens < 0 or (req.max_tokens == 0 and not (req.echo and req.n == 1)):
+            raise InvalidRequest(f"max_tokens must be at least 1 (0 only to echo one prompt), got {req.max_tokens}", "max_tokens")
+        self._check_choices(req)
         if len(ids) >= self.context_length:
             raise ContextOverflow(f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens", "prompt")
         if len(ids) + req.max_tokens > self.context_length:
@@ -251,6 +284,28 @@ class Engine:
             raise InvalidRequest(f"seed must be a 64-bit integer, got {req.seed}", "seed")
         return ids
 
+    def _check_choices(self, req: GenerationRequest) -> None:
+        """The controls, logprobs and n of a request, or InvalidRequest naming the one at fault."""
+        if not 1 <= req.n <= self.config.max_batch_size:
+            raise InvalidRequest(f"n must be between 1 and {self.config.max_batch_size} (the batch's rows), got {req.n}", "n")
+        if req.logprobs is not None and not 0 <= req.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {req.logprobs}", "logprobs")
+        c = req.controls
+        for token, bias in c.logit_bias:
+            if not 0 <= token < self.vocab_size:
+                raise InvalidRequest(f"logit_bias names token {token}, outside the vocabulary [0, {self.vocab_size})", "logit_bias")
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequest(f"logit_bias values must be in [-100, 100], got {bias} for token {token}", "logit_bias")
+        if any(not 0 <= t < self.vocab_size for t in c.stop_token_ids):
+            raise InvalidRequest(f"stop_token_ids must be in [0, {self.vocab_size})", "stop_token_ids")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(c, name) <= 2.0:
+                raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(c, name)}", name)
+        if not 0.0 < c.repetition_penalty <= 2.0:
+            raise InvalidRequest(f"repetition_penalty must be in (0, 2], got {c.repetition_penalty}", "repetition_penalty")
+        if not 0 <= c.min_tokens <= req.max_tokens:
+            raise InvalidRequest(f"min_tokens must be between 0 and max_tokens ({req.max_tokens}), got {c.min_tokens}", "min_tokens")
+
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
         """Generate for `req`. Closing the iterator cancels the request at the next step."""
         if not self.alive:
@@ -259,7 +314,9 @@ class Engine:
             raise InvalidRequest("the in-process engine takes a rendered prompt (text or token ids), not messages or a suffix", "prompt")
         # tokenising a long prompt takes long enough to stall every other stream: off the event loop
         ids = await asyncio.to_thread(self.prompt_ids, req) if len(req.prompt) > 4096 else self.prompt_ids(req)
-        seq = _Sequence(req, ids, self.tokenizer, asyncio.get_running_loop(), self.speculative)
+        loop = asyncio.get_running_loop()
+        seq = _Sequence(req, ids, self.tokenizer, loop, self.eos_ids, self.speculative)
+        seq.forks = [_Sequence(req, ids, self.tokenizer, loop, self.eos_ids, self.speculative, i, seq.queue) for i in range(1, req.n)]
         try:
             self._scheduler.submit(seq)
             self._set_busy(True)
@@ -267,16 +324,20 @@ class Engine:
             self.metrics.refused.inc()
             raise
         try:
+            finished = 0
             while True:
                 item = await seq.queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
                 if item.finish_reason is not None:
-                    return
+                    finished += 1
+                    if finished == req.n:
+                        return
         finally:
-            if not seq.done:
-                seq.cancelled = True
+            if not all(m.done for m in seq.members):
+                for m in seq.members:
+                    m.cancelled = True
                 if not self._scheduler.withdraw(seq):  # still waiting: gone now; else the worker drops it at its next step
                     self._scheduler.wake()
 
@@ -325,6 +386,12 @@ class Engine:
         misses: list[_Sequence] = []
         for seq in new:
             self.metrics.admitted(now - seq.submitted, len(seq.prompt_ids))
+            if seq.req.echo:  # the prompt's own logits are wanted: prefilled alone, every position kept
+                pre = prefill_batch(self.model, [seq.prompt_ids], self.pad_id, every_position=True)
+                self.metrics.prefilled(len(seq.prompt_ids))
+                self._echo(seq, pre)
+                self._join([seq], pre)
+                continue
             reused, kv = self._prefix.lookup(seq.prompt_ids)
             if kv is None:
                 misses.append(seq)
@@ -341,24 +408,67 @@ class Engine:
                     self._prefix.store(seq.prompt_ids, row_kv(pre, row))
             self._join(misses, pre)
 
+    def _echo(self, seq: _Sequence, pre: Prefilled) -> None:
+        """Send the prompt back, with each token's log-probability given the ones before it; a
+        request for no new tokens (max_tokens 0) ends here."""
+        logprobs = None
+        if seq.req.logprobs is not None and pre.every_logits is not None:
+            ids, pieces = seq.prompt_ids, self.token_text
+            first = TokenLogprob(Candidate(ids[0], pieces.text(ids[0]), pieces.bytes(ids[0]), None))
+            logprobs = (first, *self._entries(pre.every_logits[0, :-1], ids[1:], [seq.req.logprobs] * (len(ids) - 1)))
+        text = seq.req.prompt if isinstance(seq.req.prompt, str) else self.tokenizer.decode(seq.prompt_ids, skip_special_tokens=False)
+        finish = "length" if seq.max_tokens == 0 else None
+        seq.send(Delta("", 0, finish, len(seq.prompt_ids), prompt=PromptEcho(text, logprobs)))
+        if finish:
+            self._finish(seq, finish)
+
     def _join(self, seqs: list[_Sequence], pre: Prefilled) -> None:
-        """Sample each new row's first token; rows that are not finished by it join the batch."""
+        """Sample each new row's first token; rows that are not finished by it join the batch. A
+        request for n answers becomes n rows here, each with a copy of the one prefilled KV."""
         self._prefilling -= len(seqs)  # prefilled: from here on they are finished or running
-        sampled = sample_next(pre.logits, [s.sampling for s in seqs])
+        seqs = [s for s in seqs if not s.done]  # (an echo that asked for no tokens)
+        if not seqs:
+            return
+        rows = [m for s in seqs for m in s.members]
+        source = [i for i, s in enumerate(seqs) for _ in s.members]  # each row's prefilled row
+        logits = pre.logits if len(rows) == len(seqs) else pre.logits[source]
+        sampled = sample_next(logits, [s.sampling for s in rows])
+        entries = self._logprobs(logits, rows, sampled)
         tokens = [self.pad_id if t is None else t for t in sampled]
         alive = []
-        for i, (seq, token) in enumerate(zip(seqs, sampled)):
+        for i, (seq, token) in enumerate(zip(rows, sampled)):
             if seq.cancelled:
                 self._finish(seq, "cancelled")
-            elif self._advance(seq, token):
+            elif self._advance(seq, token, entries[i]):
                 alive.append(i)
         if not alive:
             return
         device = pre.mask.device
-        idx = torch.tensor(alive, dtype=torch.long, device=device)
+        idx = torch.tensor([source[i] for i in alive], dtype=torch.long, device=device)
         kv = [(k[idx], v[idx]) for k, v in pre.kv]
-        self._batch.join(kv, pre.mask[idx], pre.positions[idx], torch.tensor(tokens, dtype=torch.long, device=device)[idx])
-        self._rows.extend(seqs[i] for i in alive)
+        self._batch.join(kv, pre.mask[idx], pre.positions[idx], torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device))
+        self._rows.extend(rows[i] for i in alive)
+
+    def _logprobs(self, logits: torch.Tensor, rows: list[_Sequence], sampled: list[int | None]) -> list[TokenLogprob | None]:
+        """Each row's chosen token with its log-probability and alternatives, for the rows that
+        asked (None for the others, and for a row that failed)."""
+        out: list[TokenLogprob | None] = [None] * len(rows)
+        wanted = [r for r, s in enumerate(rows) if s.req.logprobs is not None and sampled[r] is not None]
+        if wanted:
+            found = self._entries(logits[wanted], [sampled[r] for r in wanted], [rows[r].req.logprobs for r in wanted])  # type: ignore[misc]
+            for r, entry in zip(wanted, found):
+                out[r] = entry
+        return out
+
+    def _entries(self, logits: torch.Tensor, chosen: list[int], top: list[int]) -> list[TokenLogprob]:
+        text = self.token_text
+        return [
+            TokenLogprob(
+                Candidate(token, text.text(token), text.bytes(token), logprob),
+                tuple(Candidate(i, text.text(i), text.bytes(i), lp) for i, lp in alternatives),
+            )
+            for token, (logprob, alternatives) in zip(chosen, logprobs_of(logits, chosen, top))
+        ]
 
     def _decode(self) -> None:
         started = time.monotonic()
@@ -380,8 +490,9 @@ class Engine:
         size = len(self._rows)
         logits = self._batch.step(self.model, self.compiled_step)
         sampled = sample_next(logits, [s.sampling for s in self._rows])
+        entries = self._logprobs(logits, self._rows, sampled)
         tokens = [self.pad_id if t is None else t for t in sampled]
-        keep = [i for i, (s, t) in enumerate(zip(self._rows, sampled)) if self._advance(s, t)]
+        keep = [i for i, (s, t) in enumerate(zip(self._rows, sampled)) if self._advance(s, t, entries[i])]
         self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._batch.mask.device)
         if len(keep) < size:
             self._rows = [self._rows[i] for i in keep]
@@ -426,6 +537,8 @@ class Engine:
         size = len(self._rows)
         logits, starts = self._batch.verify(self.model, drafts)
         chosen = sample_next(logits, [s.sampling for s, d in zip(self._rows, drafts) for _ in range(1 + len(d))])
+        # (a row that wants logprobs never drafts, so its one position is at its start)
+        entries = self._logprobs(logits[starts], self._rows, [chosen[s] for s in starts])
         accepted, nexts, keep, emitted = [], [], [], 0
         for r, (seq, d) in enumerate(zip(self._rows, drafts)):
             mine = chosen[starts[r] : starts[r] + 1 + len(d)]
@@ -438,7 +551,7 @@ class Engine:
             alive = True
             for token in out:
                 emitted += 1
-                if not self._advance(seq, token):
+                if not self._advance(seq, token, entries[r]):
                     alive = False
                     break
             if alive:
@@ -451,7 +564,7 @@ class Engine:
             self._batch.keep(keep)
         return emitted
 
-    def _emit(self, seq: _Sequence, token: int) -> bool:
+    def _emit(self, seq: _Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Account one generated token of `seq` and send its text; True when `seq` is finished."""
         now = time.monotonic()
         self.metrics.token(now - (seq.last_token if seq.generated else seq.submitted), first=seq.generated == 0)
@@ -460,8 +573,12 @@ class Engine:
         if seq.lookup is not None:
             seq.lookup.append(token)
             seq.gate.token(token)
+        if seq.sampling.controlled:
+            seq.sampling.output_ids.append(token)
+        if logprob is not None and token not in seq.ends:  # (the end of the answer is not part of its text, nor of its logprobs)
+            seq.pending_logprobs.append(logprob)
         finish: str | None = None
-        if token in self.eos_ids:
+        if token in seq.ends:
             text, finish = seq.detok.finish(), "stop"
         else:
             text, stopped = seq.detok.push(token)
@@ -470,16 +587,18 @@ class Engine:
             elif seq.generated >= seq.max_tokens or len(seq.prompt_ids) + seq.generated >= self.context_length:
                 text, finish = text + seq.detok.finish(), "length"
         if text or finish:
-            seq.send(Delta(text, seq.generated, finish, len(seq.prompt_ids)))
+            logprobs = tuple(seq.pending_logprobs)
+            seq.pending_logprobs.clear()
+            seq.send(Delta(text, seq.generated, finish, len(seq.prompt_ids), seq.index, logprobs))
         if finish:
             self._finish(seq, finish)
         return finish is not None
 
-    def _advance(self, seq: _Sequence, token: int | None) -> bool:
+    def _advance(self, seq: _Sequence, token: int | None, logprob: TokenLogprob | None = None) -> bool:
         """Take one sampled token for `seq`; True while it stays in the batch. `None` is a row whose
         logits or probabilities were not finite: it fails alone and its neighbours go on."""
         if token is not None:
-            return not self._emit(seq, token)
+            return not self._emit(seq, token, logprob)
         log.warning("request %s failed alone: its next-token probabilities were not finite", seq.req.request_id or "?")
         self._finish(seq, "error")
         seq.send(EngineError("generation failed: this request's next-token probabilities were not finite"))

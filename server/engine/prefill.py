@@ -21,6 +21,7 @@ class Prefilled:
     mask: torch.Tensor  # [b, t]
     positions: torch.Tensor  # [b] next position id
     logits: torch.Tensor  # [b, V] at the last prompt token
+    every_logits: torch.Tensor | None = None  # [b, t, V] at every position, when asked for (a prompt's own logprobs)
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -32,8 +33,9 @@ def _kv_of(cache: DynamicCache) -> KV:
 
 
 @torch.inference_mode()
-def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> Prefilled:
-    """Prefill several prompts in one left-padded forward pass."""
+def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, every_position: bool = False) -> Prefilled:
+    """Prefill several prompts in one left-padded forward pass (keeping the logits of every
+    position, not only the last, with `every_position`)."""
     t = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), t), dtype=torch.long)
@@ -50,10 +52,10 @@ def prefill_batch(model: torch.nn.Module, prompts: list[list[int]], pad_id: int)
         position_ids=position_ids,
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=0 if every_position else 1,
     )
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
-    return Prefilled(_kv_of(cache), mask, lengths, out.logits[:, -1, :])
+    return Prefilled(_kv_of(cache), mask, lengths, out.logits[:, -1, :], out.logits if every_position else None)
 
 
 @torch.inference_mode()

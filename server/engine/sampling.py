@@ -3,6 +3,8 @@
 Rows differ in temperature, top-p and seed, so greedy rows are served with one vectorised
 argmax and only the sampled rows go through transformers' own logits warpers, each with its
 own seeded `torch.Generator` so that a seed reproduces the same text whatever else is batched.
+A row with logit controls (penalties, a logit bias, min_tokens) has them applied to a copy of
+its own scores first, in vLLM's order; the rows without any pay nothing for them.
 
 A row whose logits or probabilities are not finite fails alone: `sample_next` gives `None` for
 it, and the engine ends that one stream with an error while its neighbours go on unchanged.
@@ -10,10 +12,12 @@ it, and the engine ends that one stream with an error while its neighbours go on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+
+from .types import NO_CONTROLS, LogitControls
 
 # Below this a temperature is greedy decoding in all but name, and dividing logits by it
 # overflows fp32 into inf/nan (vLLM uses the same cut-off).
@@ -25,32 +29,69 @@ class SamplingParams:
     temperature: float
     top_p: float
     generator: torch.Generator | None
+    controls: LogitControls = NO_CONTROLS
+    # what the controls read, kept up to date by the engine: the prompt and the tokens generated so far
+    prompt_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    ends: frozenset[int] = frozenset()  # the tokens min_tokens holds back (end-of-text and stop_token_ids)
+    controlled: bool = False  # whether the controls change anything (worked out once, not per step)
 
     @property
     def greedy(self) -> bool:
         return self.generator is None
 
     @classmethod
-    def build(cls, temperature: float, top_p: float, seed: int | None) -> SamplingParams:
+    def build(
+        cls,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        controls: LogitControls = NO_CONTROLS,
+        prompt_ids: list[int] | None = None,
+        ends: frozenset[int] = frozenset(),
+    ) -> SamplingParams:
         generator = None
         if temperature >= GREEDY_BELOW:
             generator = torch.Generator()
             generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
-        return cls(temperature, top_p, generator)
+        return cls(temperature, top_p, generator, controls, prompt_ids or [], [], ends, controls.active)
 
 
 def sample_next(logits: torch.Tensor, params: list[SamplingParams]) -> list[int | None]:
-    """logits: [B, V] for the last position of each row; one token id per row, None for a row that failed."""
+    """logits: [B, V] for the last position of each row (left unchanged); one token id per row,
+    None for a row that failed."""
     chosen: list[int | None] = list(torch.argmax(logits, dim=-1).tolist())  # [B]
     finite = torch.isfinite(logits).all(dim=-1).tolist()
     for row, p in enumerate(params):
         if not finite[row]:
             chosen[row] = None
             continue
-        if p.greedy:
+        if not p.controlled:
+            if not p.greedy:
+                chosen[row] = _sample_row(logits[row : row + 1], p)
             continue
-        chosen[row] = _sample_row(logits[row : row + 1], p)
+        scores = apply_controls(logits[row : row + 1].float().clone(), p)
+        chosen[row] = int(torch.argmax(scores, dim=-1)[0]) if p.greedy else _sample_row(scores, p)
     return chosen
+
+
+def apply_controls(scores: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """One row's scores [1, V] with its controls applied in vLLM's order: min_tokens, the logit
+    bias, then the repetition, frequency and presence penalties. In place; returns `scores`."""
+    c = p.controls
+    if len(p.output_ids) < c.min_tokens and p.ends:
+        scores[0, list(p.ends)] = float("-inf")
+    if c.logit_bias:
+        ids = torch.tensor([i for i, _ in c.logit_bias], dtype=torch.long)
+        scores[0].index_add_(0, ids, torch.tensor([b for _, b in c.logit_bias], dtype=scores.dtype))
+    if c.repetition_penalty != 1.0:
+        seen = torch.tensor([p.prompt_ids + p.output_ids], dtype=torch.long)
+        scores = RepetitionPenaltyLogitsProcessor(c.repetition_penalty)(seen, scores)  # type: ignore[arg-type]
+    if (c.frequency_penalty or c.presence_penalty) and p.output_ids:
+        # OpenAI's penalties (not in transformers): by the output's own counts, never the prompt's
+        counts = torch.bincount(torch.tensor(p.output_ids, dtype=torch.long), minlength=scores.shape[-1])[: scores.shape[-1]]
+        scores[0] -= c.frequency_penalty * counts.to(scores.dtype) + c.presence_penalty * (counts > 0).to(scores.dtype)
+    return scores
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams) -> int | None:
@@ -62,3 +103,16 @@ def _sample_row(logits: torch.Tensor, p: SamplingParams) -> int | None:
     if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
         return None
     return int(torch.multinomial(probs, 1, generator=p.generator)[0, 0])
+
+
+def logprobs_of(logits: torch.Tensor, chosen: list[int], top: list[int]) -> list[tuple[float, list[tuple[int, float]]]]:
+    """For rows [R, V] of raw scores: each row's chosen token's log-probability and its `top[r]`
+    likeliest tokens with theirs (vLLM reports the model's raw distribution, before any control)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(1, torch.tensor(chosen, dtype=torch.long, device=logp.device)[:, None])[:, 0].tolist()
+    k = max(top, default=0)
+    best_vals, best_ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+    out = []
+    for r, n in enumerate(top):
+        out.append((picked[r], list(zip(best_ids[r, :n].tolist(), best_vals[r, :n].tolist()))))
+    return out

@@ -28,6 +28,11 @@ class Waiting(Protocol):
     prompt_ids: list[int]
     max_tokens: int
 
+    @property
+    def rows(self) -> int:
+        """Batch rows it takes once prefilled (n answers: n rows)."""
+        ...
+
 
 class Scheduler:
     def __init__(self, max_waiting: int, on_cancelled: Callable[[Any], None] = lambda item: None) -> None:
@@ -77,9 +82,9 @@ class Scheduler:
             self._cond.notify_all()
 
     def take(self, slots: int, token_budget: int, block: bool) -> list[Any]:
-        """Pop up to `slots` live requests of the most urgent priority whose prompts fit
-        `token_budget` (at least one). With `block`, wait until there is something to do or the
-        scheduler is closed."""
+        """Pop live requests of the most urgent priority that take up to `slots` batch rows and
+        whose prompts fit `token_budget` (at least one prompt). With `block`, wait until there is
+        something to do or the scheduler is closed."""
         with self._cond:
             if block and not self._heap and not self._closed:
                 while not self._heap and not self._closed:
@@ -91,13 +96,15 @@ class Scheduler:
                 while not self._closed and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
             taken: list[Any] = []
-            spent = 0
-            while self._heap and len(taken) < slots:
+            spent = rows = 0
+            while self._heap:
                 item = self._heap[0][2]
                 if item.cancelled:
                     heapq.heappop(self._heap)
                     self._on_cancelled(item)
                     continue
+                if rows + item.rows > slots:
+                    break
                 if taken and spent + len(item.prompt_ids) > token_budget:
                     break
                 if taken and item.priority != taken[0].priority:
@@ -105,6 +112,7 @@ class Scheduler:
                 heapq.heappop(self._heap)
                 taken.append(item)
                 spent += len(item.prompt_ids)
+                rows += item.rows
             return taken
 
     def drain(self) -> list[Any]:

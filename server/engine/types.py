@@ -48,6 +48,54 @@ class Messages:
 
 
 @dataclass(frozen=True)
+class LogitControls:
+    """What a request asks of its next-token scores beyond temperature and top-p (OpenAI's and
+    vLLM's names and meanings). The default changes nothing, and a row that has it costs nothing
+    extra: only rows whose controls differ from it go through `sampling.apply_controls`."""
+
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    presence_penalty: float = 0.0  # subtracted once from every token the output already holds
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the output
+    repetition_penalty: float = 1.0  # transformers' (CTRL's): prompt and output tokens, divided if positive
+    min_tokens: int = 0  # end-of-text and stop_token_ids are masked until this many tokens are out
+    stop_token_ids: tuple[int, ...] = ()  # tokens that end the answer like end-of-text (not shown)
+
+    @property
+    def active(self) -> bool:
+        return self != NO_CONTROLS
+
+
+NO_CONTROLS = LogitControls()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A token and its log-probability under the model's raw scores (as vLLM reports them)."""
+
+    token_id: int
+    token: str  # the token alone as text (a partial UTF-8 character shows as U+FFFD; see `bytes`)
+    bytes: bytes
+    logprob: float | None  # None only for a prompt's first token, which nothing predicts
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token of one position, and the most likely alternatives there."""
+
+    chosen: Candidate
+    top: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptEcho:
+    """A request's prompt as the engine read it, sent before its first token (completions' `echo`):
+    its text, and each of its tokens with its log-probability (when asked for)."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation. `prompt` is text (tokenised by the engine) or token ids (or, for an
     upstream, `Messages`)."""
@@ -68,6 +116,10 @@ class GenerationRequest:
     # a document on one upstream (its prefix cache). The in-process engine refuses a suffix.
     suffix: str | None = None
     affinity: str | None = None
+    controls: LogitControls = NO_CONTROLS
+    logprobs: int | None = None  # None: none; k: each token's log-probability and its k likeliest alternatives
+    echo: bool = False  # send the prompt back first (`PromptEcho`), with its logprobs when `logprobs` is set
+    n: int = 1  # answers to the one prompt: rows forked from one prefill, each delta naming its `index`
 
 
 @dataclass(frozen=True)
@@ -78,6 +130,9 @@ class Delta:
     tokens: int  # tokens generated so far for this request
     finish_reason: str | None = None  # "stop" | "length"
     prompt_tokens: int = 0
+    index: int = 0  # which of the request's `n` answers this belongs to
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token this delta's text comes from (when asked for)
+    prompt: PromptEcho | None = None  # on the first delta of index 0, when `echo` was asked for
 
 
 class EngineError(Exception):

@@ -170,6 +170,46 @@ def test_metrics_are_exposed(default_server, client) -> None:
     assert metric(url, "tandem_time_to_first_token_seconds_count") > 0
 
 
+def test_logprobs_agree_with_the_greedy_choice_and_with_scoring_the_answer_again(default_server, client) -> None:
+    """Each token of a greedy answer is the likeliest of its alternatives, and the answer's
+    logprobs as it was decoded are what the prompt's own logprobs say when the answer is sent
+    back as part of the prompt (one prefill pass, against the decode steps)."""
+    url = default_server.url
+    out = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    content = out.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and "".join(t.token for t in content) == out.choices[0].message.content
+    for t in content:
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-6)
+    prompt = httpx.post(f"{url}/tokenize", json={"messages": QUESTION}).json()["tokens"]
+    answer = httpx.post(
+        f"{url}/tokenize", json={"prompt": out.choices[0].message.content, "add_special_tokens": False, "return_token_strs": True}
+    ).json()
+    assert answer["token_strs"] == [t.token for t in content]  # the answer's own tokens
+    echoed = httpx.post(
+        f"{url}/v1/completions", json={"prompt": prompt + answer["tokens"], "max_tokens": 0, "echo": True, "logprobs": 0}
+    ).json()["choices"][0]["logprobs"]["token_logprobs"][len(prompt) :]
+    # (equal up to the rounding of the quantized weights' prefill and decode kernels, which differ)
+    assert echoed == pytest.approx([t.logprob for t in content], abs=1e-2)
+    assert sum(echoed) == pytest.approx(sum(t.logprob for t in content), abs=3e-2)
+
+
+def test_three_answers_come_from_one_prefill(default_server, client) -> None:
+    url = default_server.url
+    computed = lambda: metric(url, "tandem_prefill_tokens_total") + metric(url, "tandem_prefix_cache_reused_tokens_total")  # noqa: E731
+    before = computed()
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+        max_tokens=10,
+        n=3,
+        temperature=0.9,
+        seed=3,
+    )
+    assert [c.index for c in out.choices] == [0, 1, 2] and all(c.message.content for c in out.choices)
+    assert len({c.message.content for c in out.choices}) > 1
+    assert out.usage is not None and computed() - before == out.usage.prompt_tokens  # the prompt once, not three times
+
+
 def test_the_server_made_no_connection_off_this_machine(default_server, client) -> None:
     guard_log = default_server.guard_log
     client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4)

@@ -270,6 +270,7 @@ def test_the_scheduler_never_mixes_priorities_in_one_prefill() -> None:
         prompt_ids: list[int]
         max_tokens: int = 8
         cancelled: bool = False
+        rows: int = 1
 
     scheduler = Scheduler(max_waiting=8)
     for item in (
@@ -589,8 +590,8 @@ async def test_a_poisoned_row_fails_alone_and_its_neighbours_decode_as_in_a_clea
     marked: list[SamplingParams] = []
     real_build, real_sample = SamplingParams.build, engine_module.sample_next
 
-    def build(temperature: float, top_p: float, seed: int | None) -> SamplingParams:
-        params = real_build(temperature, top_p, seed)
+    def build(temperature: float, top_p: float, seed: int | None, *more: Any) -> SamplingParams:
+        params = real_build(temperature, top_p, seed, *more)
         if seed == 666:
             marked.append(params)
         return params
@@ -629,6 +630,7 @@ def test_retry_after_follows_the_measured_rate_not_the_worst_case() -> None:
     class Waiting:
         def __init__(self, max_tokens: int) -> None:
             self.priority, self.cancelled, self.prompt_ids, self.max_tokens = Priority.CHAT, False, [1, 2], max_tokens
+            self.rows = 1
 
     scheduler = Scheduler(max_waiting=4)
     for _ in range(4):

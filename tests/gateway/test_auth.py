@@ -25,6 +25,9 @@ REQUIRED = {
     ("POST", "/v1/completions"): "api_key",
     ("POST", "/v1/chat/completions"): "api_key",
     ("GET", "/v1/models"): "api_key",
+    ("GET", "/v1/models/{model:path}"): "api_key",
+    ("POST", "/tokenize"): "api_key",
+    ("POST", "/detokenize"): "api_key",
     ("POST", "/v1/feedback"): "api_key",
     ("WS", "/v1/dialog"): "site",  # the site's checks; the demo site also the API key
     ("GET", "/widget.js"): "open",
@@ -49,6 +52,8 @@ REQUIRED = {
 BODIES = {
     "/v1/completions": {"prompt": "hi", "max_tokens": 1},
     "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+    "/tokenize": {"prompt": "hi"},
+    "/detokenize": {"tokens": [1, 2]},
     "/v1/feedback": {"request_id": "cmpl-" + "0" * 32, "event": "accepted"},
     "/admin/model": {"upstreams": ["http://127.0.0.1:9"], "surface": "chat"},
 }

@@ -175,6 +175,27 @@ def test_a_request_the_upstream_refuses_is_the_callers_error_and_not_retried(scr
         assert up_state(g.url, a.url) == up_state(g.url, b.url) == 1  # the request was wrong, not the upstream
 
 
+def test_openais_sampling_fields_reach_the_upstream_and_what_a_pool_cannot_honour_is_refused_by_name(scripted, pool_gateway) -> None:
+    a = scripted("a")
+    with pool_gateway([a.url]) as g:
+        body = {
+            "messages": [{"role": "user", "content": "hi"}],
+            "presence_penalty": 0.5,
+            "frequency_penalty": 0.25,
+            "logit_bias": {"42": -100},
+        }
+        assert httpx.post(f"{g.url}/v1/chat/completions", json=body).status_code == 200
+        sent = a.requests[-1]
+        assert sent["presence_penalty"] == 0.5 and sent["frequency_penalty"] == 0.25 and sent["logit_bias"] == {"42": -100.0}
+        for field, value in (("logprobs", True), ("n", 2), ("repetition_penalty", 1.2), ("min_tokens", 2), ("stop_token_ids", [3])):
+            r = httpx.post(f"{g.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], field: value})
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, r.text)
+            assert "upstream" in r.json()["error"]["message"]
+        r = httpx.post(f"{g.url}/v1/completions", json={"prompt": "hi", "echo": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+        assert len(a.requests) == 1  # nothing refused went out
+
+
 # --- health, backoff and recovery ---------------------------------------------------------------------
 
 

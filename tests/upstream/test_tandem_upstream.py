@@ -21,7 +21,7 @@ def test_a_tandem_gateway_serves_through_another_tandem(default_server, pool_gat
         info = httpx.get(f"{g.url}/v1/models").json()["data"][0]
         # what the upstream Tandem says of its model reaches the clients of the front one
         assert info["id"] == MODEL and info["backend"] == "upstream" and info["quantization"] == "q4"
-        assert info["token_count"] == ("tokenizer" if tokenizer else "estimate")
+        assert info["token_count"] == ("tokenizer" if tokenizer else "upstream")  # (counted by the upstream's /tokenize)
         assert info["context_length"] == httpx.get(f"{upstream}/v1/models").json()["data"][0]["context_length"]
         client = openai.OpenAI(base_url=f"{g.url}/v1", api_key="unused", max_retries=0, timeout=120)
         answer = client.chat.completions.create(

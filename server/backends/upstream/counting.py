@@ -146,3 +146,6 @@ class CountedText:
             "token-id prompts need the model's tokenizer here to be guarded; start the gateway with "
             "--upstream-tokenizer MODEL, or send text"
         )
+
+    def encode(self, text: str | Sequence[Message], special: bool) -> list[int]:
+        raise ValueError("the model's tokenizer is not here; start the gateway with --upstream-tokenizer MODEL")

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from ...engine.types import Delta, EngineOverloaded, GenerationRequest
+from ...engine.types import Delta, EngineOverloaded, GenerationRequest, InvalidRequest
 from ..protocol import BackendFailed, BackendUnavailable, ModelInfo, PromptText
 from .config import UpstreamConfig
 from .counting import CountedText, UpstreamCounter
@@ -122,6 +122,10 @@ class UpstreamPool:
         ]
 
     async def stream(self, req: GenerationRequest) -> AsyncIterator[Delta]:
+        if (field := unsupported(req)) is not None:
+            raise InvalidRequest(
+                f"{field} is not available when generating through upstream servers; only the in-process engine has it", field
+            )
         tried: list[Upstream] = []
         while True:
             unfit = [] if req.suffix is None else [u for u in self.upstreams if not (u.discovered and u.discovered.fim)]
@@ -287,3 +291,19 @@ def load_tokenizer_text(spec: str) -> tuple[PromptText, int | None]:
     config = Path(source) / "config.json"
     native = json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
     return TokenizerText(tokenizer, models.fim_tokens(tokenizer), as_ids=False), native if isinstance(native, int) else None
+
+
+def unsupported(req: GenerationRequest) -> str | None:
+    """The first field of `req` a pool cannot honour: OpenAI's own sampling fields go to the
+    upstream as they are, but what OpenAI-compatible servers do not all honour (vLLM's extras,
+    logprobs, echo, several answers) would be dropped by some of them without a word."""
+    c = req.controls
+    checks = {
+        "repetition_penalty": c.repetition_penalty != 1.0,
+        "min_tokens": c.min_tokens > 0,
+        "stop_token_ids": bool(c.stop_token_ids),
+        "logprobs": req.logprobs is not None,
+        "echo": req.echo,
+        "n": req.n != 1,
+    }
+    return next((name for name, used in checks.items() if used), None)

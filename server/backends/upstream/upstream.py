@@ -155,6 +155,13 @@ class Upstream:
             sampling["seed"] = req.seed
         if req.stop:
             sampling["stop"] = list(req.stop)
+        c = req.controls  # (the pool refuses the ones beyond OpenAI's own fields: `unsupported`)
+        if c.presence_penalty:
+            sampling["presence_penalty"] = c.presence_penalty
+        if c.frequency_penalty:
+            sampling["frequency_penalty"] = c.frequency_penalty
+        if c.logit_bias:
+            sampling["logit_bias"] = {str(token): bias for token, bias in c.logit_bias}
         if req.suffix is not None and self.discovered is not None and self.discovered.infill:
             # cache_prompt: the next keystroke's request shares this one's prefix
             gap = {"input_prefix": req.prompt, "input_suffix": req.suffix, "n_predict": req.max_tokens, "cache_prompt": True}
