@@ -36,6 +36,7 @@ from .engine import (
     EngineError,
     EngineOverloaded,
     GenerationRequest,
+    Grammar,
     InvalidRequest,
     LogitControls,
     Messages,
@@ -114,6 +115,7 @@ class Params:
     logprobs: int | None = None  # each token's log-probability and this many alternatives (None: none)
     echo: bool = False  # the prompt first, as the model read it (completions)
     n: int = 1  # answers, each its own `index` in the deltas
+    grammar: Grammar | None = None  # what every answer must follow (structured output)
 
 
 @dataclass(frozen=True)
@@ -393,6 +395,7 @@ class Gateway:
                 logprobs=call.params.logprobs,
                 echo=call.params.echo,
                 n=call.params.n,
+                grammar=call.params.grammar,
             )
             for i in range(call.params.n):
                 rec.answer(i, output_scanner(PROFILES[call.surface]))
@@ -587,6 +590,7 @@ def _params_ref(p: Params) -> record.ParamsRef:
         logprobs=p.logprobs,
         echo=p.echo or None,
         n=p.n if p.n != 1 else None,
+        grammar=p.grammar.kind if p.grammar is not None else None,
     )
 
 

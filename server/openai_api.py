@@ -148,6 +148,7 @@ def _params(body: _Sampling, max_tokens: int | None, logprobs: int | None = None
         logprobs=logprobs,
         echo=echo,
         n=n,
+        grammar=body.grammar(),
     )
 
 

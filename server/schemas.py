@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from .errors import APIError
-from .gateway import LogitControls
+from .gateway import Grammar, LogitControls
 
 Body = TypeVar("Body", bound=BaseModel)
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
@@ -40,6 +40,29 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Strict):
+    name: str | None = Field(default=None, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's structured outputs: one of a JSON schema, a regular expression, a choice of strings,
+    a grammar (Lark or GBNF), or any JSON object."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(default=None, min_length=1, max_length=1024)
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
 class _Sampling(_Strict):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1, lt=INT64)
@@ -58,6 +81,39 @@ class _Sampling(_Strict):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     min_tokens: int | None = Field(default=None, ge=0, lt=INT64)
     stop_token_ids: list[TokenId] | None = Field(default=None, max_length=MAX_BIASED)
+    # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(default=None, min_length=1, max_length=1024)
+    guided_grammar: str | None = None
+
+    def grammar(self) -> Grammar | None:
+        """What the answer must follow, from whichever field gave it (one at most)."""
+        found: list[Grammar] = []
+        if self.response_format is not None and self.response_format.type != "text":
+            found.append(_response_format(self.response_format))
+        so = self.structured_outputs
+        if so is not None:
+            given = [
+                (k, v)
+                for k, v in (("json", so.json_), ("regex", so.regex), ("choice", so.choice), ("grammar", so.grammar))
+                if v is not None
+            ]
+            given += [("json", {"type": "object"})] if so.json_object else []
+            found += [_grammar(kind, value, f"structured_outputs.{kind}") for kind, value in given]
+        for kind in ("json", "regex", "choice", "grammar"):
+            if (value := getattr(self, f"guided_{kind}")) is not None:
+                found.append(_grammar(kind, value, f"guided_{kind}"))
+        if len(found) > 1:
+            raise APIError(
+                400,
+                f"give one constraint on the answer, not {len(found)} ({', '.join(g.field for g in found)})",
+                param=found[1].field,
+                code="invalid_value",
+            )
+        return found[0] if found else None
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -191,6 +247,24 @@ class TokenizeBody(_Strict):
 class DetokenizeBody(_Strict):
     model: str | None = None
     tokens: list[TokenId] = Field(max_length=1_000_000)
+
+
+def _grammar(kind: str, value: Any, field: str) -> Grammar:
+    if kind == "json":
+        return Grammar("json_schema", value if isinstance(value, str) else json.dumps(value), field)
+    if kind == "choice":
+        return Grammar("choice", json.dumps(value), field)
+    return Grammar(kind, value, field)
+
+
+def _response_format(rf: ResponseFormat) -> Grammar:
+    if rf.type == "json_object":
+        return Grammar("json_schema", '{"type": "object"}', "response_format")
+    if rf.json_schema is None or rf.json_schema.schema_ is None:
+        raise APIError(
+            400, "a json_schema response_format needs json_schema.schema", param="response_format.json_schema.schema", code="invalid_value"
+        )
+    return Grammar("json_schema", json.dumps(rf.json_schema.schema_), "response_format")
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

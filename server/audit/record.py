@@ -59,6 +59,7 @@ class ParamsRef:
     logprobs: int | None = _optional()
     echo: bool | None = _optional()
     n: int | None = _optional()
+    grammar: str | None = _optional()  # the kind of grammar the answer was held to (json_schema, regex, …)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,8 @@ def markdown(r: dict[str, Any]) -> str:
             "## Sampling controls: cost per token",
             "",
             f"Every row greedy, {sm['max_tokens']} new tokens, all at once; penalties = presence 0.5, frequency 0.5, repetition 1.1; "
-            f"logit bias = 64 tokens; logprobs = the 5 likeliest alternatives; cases in rotating order over {sm['rounds']} round(s), "
+            f"logit bias = 64 tokens; logprobs = the 5 likeliest alternatives; json_schema = a list of 40 or more records, "
+            f"each token masked by llguidance's grammar; cases in rotating order over {sm['rounds']} round(s), "
             f"medians (one-row step: {sm['decode_step']}). Cost = plain tok/s ÷ the case's tok/s; for one controlled row among plain "
             "ones, the plain rows' cost is what the plain path pays for such a neighbour.",
             "",

@@ -1,5 +1,6 @@
-"""What the per-row sampling controls cost: decode speed with penalties, a logit bias and logprobs
-against plain decoding, at 1 and 16 rows, on one engine as `tandem serve` runs it.
+"""What the per-row sampling controls cost: decode speed with penalties, a logit bias, logprobs and
+a JSON schema (constrained decoding) against plain decoding, at 1 and 16 rows, on one engine as
+`tandem serve` runs it.
 
 Every row of a round asks for the same thing (its cost per token), and one more case puts one
 controlled row among plain ones: the plain rows' speed there is what the plain path pays for a
@@ -11,20 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import statistics
 import time
 from typing import Any
 
-from ..engine import Engine, EngineConfig, GenerationRequest, LogitControls
+from ..engine import Engine, EngineConfig, GenerationRequest, Grammar, LogitControls
 from .workload import chat_ids
 
 PENALTIES = LogitControls(presence_penalty=0.5, frequency_penalty=0.5, repetition_penalty=1.1)
 BIAS = LogitControls(logit_bias=tuple((t, -5.0) for t in range(1000, 1064)))
+# a list of records long enough that no answer is complete before its last token (minItems)
+PEOPLE = {
+    "type": "array",
+    "minItems": 40,
+    "items": {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
+}
 CASES: dict[str, dict[str, Any]] = {
     "plain": {},
     "penalties": {"controls": PENALTIES},
     "logit_bias": {"controls": BIAS},
     "logprobs_5": {"logprobs": 5},
+    "json_schema": {"grammar": Grammar("json_schema", json.dumps(PEOPLE))},
     "all_of_them": {"controls": dataclasses.replace(PENALTIES, logit_bias=BIAS.logit_bias), "logprobs": 5},
 }
 
@@ -55,7 +69,8 @@ def measure_sampling_costs(served: Any, rows: list[int], max_tokens: int, rounds
     engine.compiled.wait()
     table: list[dict[str, Any]] = []
     try:
-        asyncio.run(_round(engine, chat_ids(served.tokenizer, 2), 4, [{}, {}]))  # first calls allocate and pick kernels
+        # first calls allocate and pick kernels, and build the grammars' tokenizer
+        asyncio.run(_round(engine, chat_ids(served.tokenizer, 2), 4, [{}, CASES["json_schema"]]))
         for n in rows:
             prompts = chat_ids(served.tokenizer, n)
             cases = {name: [kind] * n for name, kind in CASES.items()}

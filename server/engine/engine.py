@@ -22,6 +22,7 @@ import torch
 
 from .detokenize import IncrementalDetokenizer
 from .fast_decode import CompiledStep, compile_one_row, supports
+from .grammar import Constraint, Grammars
 from .kv import RunningBatch
 from .metrics import EngineMetrics
 from .packed import pack_linears
@@ -69,6 +70,7 @@ class _Sequence:
         speculative: bool = False,
         index: int = 0,
         queue: asyncio.Queue[Delta | BaseException] | None = None,
+        grammar: Constraint | None = None,
     ) -> None:
         self.req = req
         self.index = index
@@ -77,7 +79,7 @@ class _Sequence:
         self.max_tokens = req.max_tokens
         self.ends = eos_ids | frozenset(req.controls.stop_token_ids) if req.controls.stop_token_ids else eos_ids
         seed = req.seed + index if req.seed is not None else None  # each answer its own stream, reproducible (as vLLM seeds n > 1)
-        self.sampling = SamplingParams.build(req.temperature, req.top_p, seed, req.controls, prompt_ids, self.ends)
+        self.sampling = SamplingParams.build(req.temperature, req.top_p, seed, req.controls, prompt_ids, self.ends, grammar)
         self.detok = IncrementalDetokenizer(tokenizer, req.stop)
         self.loop = loop
         self.queue: asyncio.Queue[Delta | BaseException] = queue if queue is not None else asyncio.Queue()
@@ -129,6 +131,7 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)  # type: ignore[union-attr,arg-type]  # transformers types config as Tensor | Module
         self.eos_ids = _eos_ids(model, tokenizer)
         self.token_text = TokenText(tokenizer)
+        self.grammars = Grammars(tokenizer, self.vocab_size, self.eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._scheduler = Scheduler(self.config.max_waiting, on_cancelled=lambda seq: self._finish(seq, "cancelled"))
         self._prefix = PrefixCache(self.config.prefix_cache_tokens)
@@ -315,8 +318,13 @@ class Engine:
         # tokenising a long prompt takes long enough to stall every other stream: off the event loop
         ids = await asyncio.to_thread(self.prompt_ids, req) if len(req.prompt) > 4096 else self.prompt_ids(req)
         loop = asyncio.get_running_loop()
-        seq = _Sequence(req, ids, self.tokenizer, loop, self.eos_ids, self.speculative)
-        seq.forks = [_Sequence(req, ids, self.tokenizer, loop, self.eos_ids, self.speculative, i, seq.queue) for i in range(1, req.n)]
+        # a grammar is compiled off the event loop (a large schema takes a moment), and each answer gets its own matcher
+        compiled = await asyncio.to_thread(self.grammars.compile, req.grammar) if req.grammar is not None else None
+        matcher = (lambda: self.grammars.matcher(compiled)) if compiled is not None else (lambda: None)  # noqa: E731
+        seq = _Sequence(req, ids, self.tokenizer, loop, self.eos_ids, self.speculative, grammar=matcher())
+        seq.forks = [
+            _Sequence(req, ids, self.tokenizer, loop, self.eos_ids, self.speculative, i, seq.queue, matcher()) for i in range(1, req.n)
+        ]
         try:
             self._scheduler.submit(seq)
             self._set_busy(True)
@@ -584,6 +592,8 @@ class Engine:
             text, stopped = seq.detok.push(token)
             if stopped:
                 finish = "stop"
+            elif seq.sampling.grammar is not None and self._grammar_complete(seq, token):
+                text, finish = text + seq.detok.finish(), "stop"
             elif seq.generated >= seq.max_tokens or len(seq.prompt_ids) + seq.generated >= self.context_length:
                 text, finish = text + seq.detok.finish(), "length"
         if text or finish:
@@ -593,6 +603,16 @@ class Engine:
         if finish:
             self._finish(seq, finish)
         return finish is not None
+
+    def _grammar_complete(self, seq: _Sequence, token: int) -> bool:
+        """Feed the row's grammar its token; True when nothing more may follow."""
+        grammar = seq.sampling.grammar
+        assert grammar is not None
+        grammar.consume(token)
+        if grammar.failed:  # (the mask allows only what the grammar takes: this is llguidance's own failure)
+            log.warning("request %s: the grammar refused its own token: %s", seq.req.request_id or "?", grammar.failed)
+            return True
+        return grammar.done
 
     def _advance(self, seq: _Sequence, token: int | None, logprob: TokenLogprob | None = None) -> bool:
         """Take one sampled token for `seq`; True while it stays in the batch. `None` is a row whose

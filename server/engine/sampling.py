@@ -13,11 +13,15 @@ it, and the engine ends that one stream with an error while its neighbours go on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from .types import NO_CONTROLS, LogitControls
+
+if TYPE_CHECKING:
+    from .grammar import Constraint
 
 # Below this a temperature is greedy decoding in all but name, and dividing logits by it
 # overflows fp32 into inf/nan (vLLM uses the same cut-off).
@@ -35,6 +39,7 @@ class SamplingParams:
     output_ids: list[int] = field(default_factory=list)
     ends: frozenset[int] = frozenset()  # the tokens min_tokens holds back (end-of-text and stop_token_ids)
     controlled: bool = False  # whether the controls change anything (worked out once, not per step)
+    grammar: Constraint | None = None  # the row's grammar, when it must follow one (a control too)
 
     @property
     def greedy(self) -> bool:
@@ -49,12 +54,13 @@ class SamplingParams:
         controls: LogitControls = NO_CONTROLS,
         prompt_ids: list[int] | None = None,
         ends: frozenset[int] = frozenset(),
+        grammar: Constraint | None = None,
     ) -> SamplingParams:
         generator = None
         if temperature >= GREEDY_BELOW:
             generator = torch.Generator()
             generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
-        return cls(temperature, top_p, generator, controls, prompt_ids or [], [], ends, controls.active)
+        return cls(temperature, top_p, generator, controls, prompt_ids or [], [], ends, controls.active or grammar is not None, grammar)
 
 
 def sample_next(logits: torch.Tensor, params: list[SamplingParams]) -> list[int | None]:
@@ -76,9 +82,12 @@ def sample_next(logits: torch.Tensor, params: list[SamplingParams]) -> list[int 
 
 
 def apply_controls(scores: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """One row's scores [1, V] with its controls applied in vLLM's order: min_tokens, the logit
-    bias, then the repetition, frequency and presence penalties. In place; returns `scores`."""
+    """One row's scores [1, V] with its controls applied in vLLM's order: the grammar's mask,
+    min_tokens, the logit bias, then the repetition, frequency and presence penalties. In place;
+    returns `scores`."""
     c = p.controls
+    if p.grammar is not None:
+        p.grammar.mask(scores)
     if len(p.output_ids) < c.min_tokens and p.ends:
         scores[0, list(p.ends)] = float("-inf")
     if c.logit_bias:

@@ -69,6 +69,24 @@ NO_CONTROLS = LogitControls()
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """What an answer must follow, in one of llguidance's formats: `json_schema` (a JSON schema as
+    text), `regex`, `choice` (a JSON list of strings), `lark` or `gbnf`. `field` is the request's
+    field it came from, which a refusal names."""
+
+    kind: str
+    text: str
+    field: str = "response_format"
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRAMMAR_KINDS:
+            raise ValueError(f"a grammar's kind is one of {', '.join(GRAMMAR_KINDS)}, got {self.kind!r}")
+
+
+GRAMMAR_KINDS = ("json_schema", "regex", "choice", "lark", "gbnf", "grammar")  # grammar: Lark or GBNF, whichever it is
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A token and its log-probability under the model's raw scores (as vLLM reports them)."""
 
@@ -120,6 +138,7 @@ class GenerationRequest:
     logprobs: int | None = None  # None: none; k: each token's log-probability and its k likeliest alternatives
     echo: bool = False  # send the prompt back first (`PromptEcho`), with its logprobs when `logprobs` is set
     n: int = 1  # answers to the one prompt: rows forked from one prefill, each delta naming its `index`
+    grammar: Grammar | None = None  # constrained decoding: every answer follows it (engine/grammar.py)
 
 
 @dataclass(frozen=True)

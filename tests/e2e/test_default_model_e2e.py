@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Literal
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, Field
 
 from tests.waiting import eventually
 
@@ -208,6 +212,29 @@ def test_three_answers_come_from_one_prefill(default_server, client) -> None:
     assert [c.index for c in out.choices] == [0, 1, 2] and all(c.message.content for c in out.choices)
     assert len({c.message.content for c in out.choices}) > 1
     assert out.usage is not None and computed() - before == out.usage.prompt_tokens  # the prompt once, not three times
+
+
+class Capital(BaseModel):
+    country: str = Field(max_length=40)
+    capital: str = Field(max_length=40)
+    continent: Literal["Africa", "Asia", "Europe", "North America", "South America", "Oceania", "Antarctica"]
+    population_millions: int = Field(ge=0, le=10000)  # (bounded: a small model, free to, writes digits until max_tokens)
+
+
+def test_parse_gives_a_validated_object_twenty_times_out_of_twenty(client) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Describe the capital of France as JSON."}]
+    answers = []
+    for seed in range(20):
+        out = client.chat.completions.parse(
+            model=MODEL, messages=messages, response_format=Capital, temperature=0.7, seed=seed, max_tokens=120
+        )
+        assert isinstance(out.choices[0].message.parsed, Capital), out.choices[0].message.content
+        answers.append(out.choices[0].message.parsed)
+    assert sum(a.capital == "Paris" for a in answers) >= 10  # and, constrained, the small model still knows it
+    anything = client.chat.completions.create(
+        model=MODEL, messages=messages, response_format={"type": "json_object"}, temperature=0, max_tokens=200
+    )
+    assert isinstance(json.loads(anything.choices[0].message.content or ""), dict)
 
 
 def test_the_server_made_no_connection_off_this_machine(default_server, client) -> None:

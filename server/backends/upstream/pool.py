@@ -305,5 +305,6 @@ def unsupported(req: GenerationRequest) -> str | None:
         "logprobs": req.logprobs is not None,
         "echo": req.echo,
         "n": req.n != 1,
+        req.grammar.field if req.grammar is not None else "": req.grammar is not None,
     }
     return next((name for name, used in checks.items() if used), None)
