@@ -347,3 +347,123 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         code = "invalid_value" if first["type"] in _RANGE_ERRORS else "invalid_type"
         raise APIError(400, f"invalid request: {problems}", param=param, code=code) from None
+
+
+class InputPart(_Strict):
+    type: str = Field(max_length=64)
+    text: str | None = None
+
+
+class InputItem(_Strict):
+    """One item of a Responses request's `input`: a message (its content text or parts)."""
+
+    type: str | None = Field(default=None, max_length=64)
+    role: Literal["user", "assistant", "system", "developer"] | None = None
+    content: str | list[InputPart] | None = None
+
+
+class TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(_Strict):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ResponsesBody(_Strict):
+    """OpenAI's Responses API, text in and out (what it cannot honour yet is refused by name)."""
+
+    model: str | None = None
+    input: str | list[InputItem]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, lt=INT64)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stream: bool | None = None
+    text: TextConfig | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    prompt_cache_key: str | None = Field(default=None, max_length=256)
+    parallel_tool_calls: bool | None = None
+    tool_choice: Literal["auto", "none"] | None = None  # (with no tools, both mean a plain answer)
+    # refused unless empty, false or null: `unsupported` says why
+    tools: list[dict[str, Any]] | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    store: bool | None = None
+    background: bool | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = None
+    reasoning: dict[str, Any] | None = None
+    max_tool_calls: int | None = None
+
+    def unsupported(self) -> APIError | None:
+        reasons = {
+            "tools": (bool(self.tools), "tools on /v1/responses are not served yet; use /v1/chat/completions"),
+            "previous_response_id": (
+                self.previous_response_id is not None,
+                "responses are not kept here: send the whole conversation as input",
+            ),
+            "conversation": (self.conversation is not None, "conversations are not kept here: send the whole conversation as input"),
+            "store": (bool(self.store), "responses are not kept here (store: false)"),
+            "background": (bool(self.background), "background responses are not served; stream instead"),
+            "include": (bool(self.include), "include is not served"),
+            "top_logprobs": (bool(self.top_logprobs), "logprobs on /v1/responses are not served yet; use /v1/chat/completions"),
+            "reasoning": (self.reasoning is not None, "this model has no reasoning settings"),
+            "max_tool_calls": (self.max_tool_calls is not None, "no tools are served on /v1/responses"),
+        }
+        for param, (refused, why) in reasons.items():
+            if refused:
+                return APIError(400, f"{param}: {why}", param=param, code="unsupported_parameter")
+        return None
+
+    def messages(self) -> tuple[tuple[str, str], ...]:
+        """The conversation: the instructions first (as the system's), then the input's messages."""
+        out: list[tuple[str, str]] = [("system", self.instructions)] if self.instructions else []
+        if isinstance(self.input, str):
+            return (*out, ("user", self.input))
+        for i, item in enumerate(self.input):
+            if item.type not in (None, "message") or item.role is None:
+                what = item.type or "an item without a role"
+                raise APIError(
+                    400, f"input.{i}: {what!r} items are not served; send messages", param=f"input.{i}", code="unsupported_parameter"
+                )
+            out.append(("system" if item.role == "developer" else item.role, _item_text(item, f"input.{i}")))
+        if not out or out[-1][0] == "system":
+            raise APIError(400, "input has no message to answer", param="input", code="invalid_value")
+        return tuple(out)
+
+    def grammar(self) -> Grammar | None:
+        f = self.text.format if self.text is not None else None
+        if f is None or f.type == "text":
+            return None
+        if f.type == "json_object":
+            return Grammar("json_schema", '{"type": "object"}', "text.format")
+        if f.schema_ is None:
+            raise APIError(400, "a json_schema text format needs its schema", param="text.format.schema", code="invalid_value")
+        return Grammar("json_schema", json.dumps(f.schema_), "text.format")
+
+
+def _item_text(item: InputItem, where: str) -> str:
+    if item.content is None or isinstance(item.content, str):
+        return item.content or ""
+    texts = []
+    for j, part in enumerate(item.content):
+        if part.type in ("input_text", "output_text", "text") and part.text is not None:
+            texts.append(part.text)
+        else:
+            kind = NOT_TEXT.get(part.type, f"{part.type[:64]!r} parts")
+            raise APIError(
+                400,
+                f"this server's models read text only: {kind} are not supported",
+                param=f"{where}.content.{j}",
+                code="unsupported_parameter",
+            )
+    return "".join(texts)
