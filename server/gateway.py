@@ -59,6 +59,7 @@ from .guard import (
     scrub,
     scrub_header,
 )
+from .reasoning import ReasoningSplit
 from .routing import SURFACES, Draining, Routing
 
 
@@ -399,11 +400,17 @@ class Gateway:
             )
             for i in range(call.params.n):
                 rec.answer(i, output_scanner(PROFILES[call.surface]))
+            thinks = isinstance(call.prompt, ChatPrompt) and backend.text.reasoning is not None
+            splits = [ReasoningSplit(bool(backend.text.reasoning)) for _ in range(call.params.n)] if thinks else None
             gen = backend.stream(req)
             try:
                 async for delta in gen:
                     answer = rec.answers[delta.index]
-                    text, logprobs = answer.feed(delta.text, delta.logprobs)
+                    raw, thought, logprobs_in = delta.text, "", delta.logprobs
+                    if splits is not None:  # a reasoning model: its thinking apart, scanned by a scanner of its own
+                        raw, thought = rec.think(delta.index, splits[delta.index], delta, output_scanner(PROFILES[call.surface]))
+                        logprobs_in = delta.logprobs if raw else ()  # (only the answer's tokens are reported)
+                    text, logprobs = answer.feed(raw, logprobs_in)
                     if delta.finish_reason is not None:
                         if call.appendix is not None:
                             text += answer.scanner.feed(call.appendix(answer.text() + text))
@@ -413,7 +420,7 @@ class Gateway:
                     rec.emit(answer, text, delta)
                     prompt_tokens = delta.prompt_tokens or fitted.tokens  # (an upstream that reports no usage: the count made here)
                     rec.prompt_tokens = prompt_tokens
-                    yield Delta(text, delta.tokens, delta.finish_reason, prompt_tokens, delta.index, logprobs, delta.prompt)
+                    yield Delta(text, delta.tokens, delta.finish_reason, prompt_tokens, delta.index, logprobs, delta.prompt, thought)
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
         except OutputBlocked as exc:
@@ -638,6 +645,7 @@ class _Record:
         self.model = model  # the model this call was served by (a hot swap changes the backend's, not this)
         self.input_results: list[ScanResult] = []
         self.answers: list[Answer] = []  # one per choice, once output is produced (none: the call ended before)
+        self.thoughts: dict[int, Answer] = {}  # a reasoning model's thinking, per choice
         self.journal: str | None = None  # the audit journal's token for this call, once it is journalled
         self.prompt_text: str | None = None  # the redacted prompt, kept as audit content
         self.prompt_chars: int | None = None
@@ -656,6 +664,17 @@ class _Record:
         self.answers.append(Answer(scanner))
         return self.answers[index]
 
+    def think(self, index: int, split: ReasoningSplit, delta: Delta, scanner: Any) -> tuple[str, str]:
+        """Tell a delta's thinking from its answer: (the answer's raw text, the thinking as it may go out)."""
+        thought, raw = split.feed(delta.text)
+        if delta.finish_reason is not None:
+            more_thought, more_raw = split.finish()
+            thought, raw = thought + more_thought, raw + more_raw
+        thinking = self.thoughts.setdefault(index, Answer(scanner))
+        out = thinking.scanner.feed(thought) + (thinking.scanner.finish() if delta.finish_reason is not None else "")
+        thinking.keep(out, 0, delta.finish_reason)
+        return raw, out
+
     def emit(self, answer: Answer, text: str, delta: Delta) -> None:
         answer.keep(text, delta.tokens, delta.finish_reason)
         if text and self.ttft is None:
@@ -665,17 +684,26 @@ class _Record:
         self.status, self.error_code = status, code
 
     def output_text(self) -> str:
-        """The answer as it went out; several (n > 1) each under its choice's heading, as a chat
-        prompt's messages are under their roles."""
-        if len(self.answers) == 1:
-            return self.answers[0].text()
-        return "\n".join(f"[choice {i}]\n{a.text()}" for i, a in enumerate(self.answers))
+        """The answer as it went out; several (n > 1) each under its choice's heading, and a
+        reasoning model's thinking and answer under theirs, as a chat prompt's messages are under
+        their roles."""
+        sections: list[tuple[str, Answer]] = []
+        for i, answer in enumerate(self.answers):
+            name = f"choice {i} " if len(self.answers) > 1 else ""
+            if i in self.thoughts:  # a reasoning model's thinking before its answer, under a heading of its own
+                sections += [(f"{name}reasoning", self.thoughts[i]), (f"{name}answer", answer)]
+            else:
+                sections.append((name.strip(), answer))
+        if len(sections) == 1:
+            return sections[0][1].text()
+        return "\n".join(f"[{name}]\n{a.text()}" for name, a in sections)
 
     def output_results(self) -> list[ScanResult]:
-        if len(self.answers) == 1:
-            return self.answers[0].scanner.results()  # type: ignore[no-any-return]
-        if self.answers:
-            return merged_results(self.answers)
+        answers = [*self.answers, *self.thoughts.values()]
+        if len(answers) == 1:
+            return answers[0].scanner.results()  # type: ignore[no-any-return]
+        if answers:
+            return merged_results(answers)
         reason = "no output: the call ended before generation"
         return [ScanResult(name, Verdict.NOT_SCANNED, reason=reason) for name in PROFILES[self.call.surface].output_scanners]
 
@@ -732,6 +760,8 @@ class _Record:
                 )
                 if len(self.answers) > 1
                 else None,
+                sum(len(t.text()) for t in self.thoughts.values()) if self.thoughts else None,
+                audit.seal_content("".join(t.text() for t in self.thoughts.values())) if self.thoughts else None,
             ),
             timing=record.Timing(
                 iso_utc(self.started_at),

@@ -164,6 +164,7 @@ class Choice:
 
     index: int
     parts: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)  # a reasoning model's, apart from the answer
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
     tokens: int = 0
@@ -171,6 +172,7 @@ class Choice:
 
     def add(self, delta: Delta) -> None:
         self.parts.append(delta.text)
+        self.thinking.append(delta.reasoning)
         self.logprobs.extend(delta.logprobs)
         self.tokens = delta.tokens
         self.echo = delta.prompt or self.echo
@@ -346,10 +348,12 @@ class _ChatShape:
         return self._event([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
 
     def chunk(self, delta: Delta) -> dict[str, Any] | None:
-        if not (delta.text or delta.finish_reason or delta.logprobs):
+        if not (delta.text or delta.reasoning or delta.finish_reason or delta.logprobs):
             return None
         logprobs = chat_logprobs(delta.logprobs) if self.logprobs else None
         content = {"content": delta.text} if delta.text else {}
+        if delta.reasoning:
+            content |= _reasoning(delta.reasoning)
         return self._event([{"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}])
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
@@ -364,7 +368,7 @@ class _ChatShape:
             "choices": [
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": {"role": "assistant", "content": c.text, **(_reasoning("".join(c.thinking)) if any(c.thinking) else {})},
                     "logprobs": chat_logprobs(c.logprobs) if self.logprobs else None,
                     "finish_reason": c.finish or "stop",
                 }
@@ -372,6 +376,12 @@ class _ChatShape:
             ],
             "usage": usage,
         }
+
+
+def _reasoning(text: str) -> dict[str, str]:
+    """A reasoning model's thinking, under the name vLLM and DeepSeek's API use and the shorter one
+    newer clients read."""
+    return {"reasoning_content": text, "reasoning": text}
 
 
 async def chat_completions(request: Request) -> Response:

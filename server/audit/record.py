@@ -116,6 +116,8 @@ class OutputRef:
     finish_reason: str | None = None  # the first choice's
     content_hmac: str | None = None
     choices: tuple[ChoiceRef, ...] | None = _optional()  # each answer, where the call asked for several
+    reasoning_chars: int | None = _optional()  # a reasoning model's thinking, apart from the answer (kept with it, under its heading)
+    reasoning_hmac: str | None = _optional()
 
 
 @dataclass(frozen=True)

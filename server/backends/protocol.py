@@ -70,6 +70,12 @@ class PromptText(Protocol):
     def chat_template(self) -> bool: ...
 
     @property
+    def reasoning(self) -> bool | None:
+        """Whether the model writes a `<think>` section before its answer: None for a model that does
+        not; True where its chat template opens the section in the prompt; False where it opens it itself."""
+        ...
+
+    @property
     def fim(self) -> bool: ...
 
     @property

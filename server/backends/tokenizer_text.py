@@ -9,6 +9,7 @@ vLLM has no `suffix`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,17 @@ class TokenizerText:
     @property
     def chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @functools.cached_property
+    def reasoning(self) -> bool | None:
+        template = str(getattr(self.tokenizer, "chat_template", None) or "")
+        if "<think>" not in template and "</think>" not in template and "<think>" not in self.tokenizer.get_vocab():
+            return None
+        try:
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
+        except Exception:  # a template that cannot render a plain question: it says nothing of thinking
+            return False
+        return str(prompt).rstrip().endswith("<think>")
 
     @property
     def fim(self) -> bool:

@@ -152,6 +152,7 @@ class Delta:
     index: int = 0  # which of the request's `n` answers this belongs to
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token this delta's text comes from (when asked for)
     prompt: PromptEcho | None = None  # on the first delta of index 0, when `echo` was asked for
+    reasoning: str = ""  # (the gateway's) a reasoning model's thinking, told apart from `text`
 
 
 class EngineError(Exception):

@@ -109,6 +109,7 @@ def test_every_route_reaches_the_engine_only_through_the_gateway(tiny_model, tok
     bodies = {
         "/v1/completions": {"prompt": "hi", "max_tokens": 2},
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        "/v1/responses": {"input": "hi", "max_output_tokens": 2},
     }
     with ThreadedServer(app, free_port()) as s:
         for method, path in sorted(walk(app.routes)):
@@ -125,7 +126,7 @@ def test_every_route_reaches_the_engine_only_through_the_gateway(tiny_model, tok
                 )
                 assert r.status_code < 500, (path, r.text)
         assert callers and set(callers) == {("server.backends.local", "server.gateway")}
-        assert len(records(tmp_path, len(callers))) == len(callers) == 4
+        assert len(records(tmp_path, len(callers))) == len(callers) == 6
 
 
 # --- one record per call, whatever the outcome ----------------------------------------------------
