@@ -25,7 +25,7 @@ from dialog import web as dialog_web
 from dialog.service import DialogConfig, DialogService
 from dialog.store import Site
 
-from . import admin, feedback, models, openai_api, responses_api
+from . import admin, feedback, models, openai_api, responses_api, tokenizer_api
 from .audit import AuditConfig, AuditLog
 from .audit import web as audit_web
 from .auth import RequireApiKey
@@ -124,7 +124,7 @@ def routes(api_key: str | None) -> list[BaseRoute]:
         Route("/metrics", metrics, middleware=keyed),
         *dialog_web.routes(api_key, DEMO_SITE.site_key),  # before the /v1 mount, which would take /v1/dialog
         Mount("/v1", routes=[*openai_api.routes, *responses_api.routes, *feedback.routes], middleware=keyed),
-        *(Route(r.path, r.endpoint, methods=list(r.methods or ()), middleware=keyed) for r in openai_api.token_routes),
+        *(Route(r.path, r.endpoint, methods=list(r.methods or ()), middleware=keyed) for r in tokenizer_api.routes),
         *audit_web.routes,
         Mount("/admin", routes=admin.routes, middleware=[Middleware(audit_web.RequireAdmin)]),
     ]

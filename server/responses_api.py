@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .api_calls import actor_of, deltas, open_call, parse, refused, state_of, until_disconnect
 from .errors import APIError, from_failure
 from .gateway import Call, CallFailed, ChatPrompt, Delta, Params, Priority
-from .openai_api import _actor, _deltas, _open, _parse, _refused, _state, _until_disconnect
 from .schemas import ResponsesBody
 
 
@@ -89,8 +89,8 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
 
 
 async def responses(request: Request) -> Response:
-    state = _state(request)
-    body = await _parse(request, ResponsesBody, "support_chat", f"resp-{uuid.uuid4().hex}")
+    state = state_of(request)
+    body = await parse(request, ResponsesBody, "support_chat", f"resp-{uuid.uuid4().hex}")
     served = state.gateway.model_for("support_chat")
     if body.model is not None and body.model not in (served.name, "default"):
         raise APIError(
@@ -105,7 +105,7 @@ async def responses(request: Request) -> Response:
         messages = body.messages()
         grammar = body.grammar()
     except APIError as exc:
-        _refused(request, "support_chat", shape.id, exc)
+        refused(request, "support_chat", shape.id, exc)
         raise
     params = Params(
         max_tokens=body.max_output_tokens,
@@ -113,7 +113,7 @@ async def responses(request: Request) -> Response:
         top_p=body.top_p if body.top_p is not None else 1.0,
         grammar=grammar,
     )
-    actor = _actor(request, body)  # type: ignore[arg-type]  # (it reads .user, which both bodies have)
+    actor = actor_of(request, body)
     call = Call(
         "support_chat",
         actor,
@@ -123,7 +123,7 @@ async def responses(request: Request) -> Response:
         request_id=shape.id,
         affinity=body.prompt_cache_key,
     )
-    first, gen = await _until_disconnect(request, _open(state, call))
+    first, gen = await until_disconnect(request, open_call(state, call))
     if body.stream:
         return StreamingResponse(
             _events(shape, first, gen), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -131,13 +131,13 @@ async def responses(request: Request) -> Response:
 
     async def collect() -> tuple[str, Delta]:
         parts, last = [], first
-        async for delta in _deltas(first, gen):
+        async for delta in deltas(first, gen):
             parts.append(delta.text)
             last = delta
         return "".join(parts), last
 
     try:
-        text, last = await _until_disconnect(request, collect())
+        text, last = await until_disconnect(request, collect())
     except CallFailed as exc:
         raise from_failure(exc) from None
     status = "incomplete" if last.finish_reason == "length" else "completed"
@@ -155,7 +155,7 @@ async def _events(shape: _Shape, first: Delta, gen: AsyncIterator[Delta]) -> Asy
     parts, last = [], first
     where = {"item_id": shape.item, "output_index": 0, "content_index": 0}
     try:
-        async for delta in _deltas(first, gen):
+        async for delta in deltas(first, gen):
             last = delta
             if delta.text:
                 parts.append(delta.text)
