@@ -398,17 +398,18 @@ class Gateway:
                 n=call.params.n,
                 grammar=call.params.grammar,
             )
+            thinks = isinstance(call.prompt, ChatPrompt) and backend.text.reasoning is not None
             for i in range(call.params.n):
                 rec.answer(i, output_scanner(PROFILES[call.surface]))
-            thinks = isinstance(call.prompt, ChatPrompt) and backend.text.reasoning is not None
-            splits = [ReasoningSplit(bool(backend.text.reasoning)) for _ in range(call.params.n)] if thinks else None
+                if thinks:  # a reasoning model: its thinking apart, scanned by a scanner of its own
+                    rec.thinking(i, ReasoningSplit(bool(backend.text.reasoning)), output_scanner(PROFILES[call.surface]))
             gen = backend.stream(req)
             try:
                 async for delta in gen:
                     answer = rec.answers[delta.index]
                     raw, thought, logprobs_in = delta.text, "", delta.logprobs
-                    if splits is not None:  # a reasoning model: its thinking apart, scanned by a scanner of its own
-                        raw, thought = rec.think(delta.index, splits[delta.index], delta, output_scanner(PROFILES[call.surface]))
+                    if thinks:
+                        raw, thought = rec.think(delta)
                         logprobs_in = delta.logprobs if raw else ()  # (only the answer's tokens are reported)
                     text, logprobs = answer.feed(raw, logprobs_in)
                     if delta.finish_reason is not None:
@@ -646,6 +647,7 @@ class _Record:
         self.input_results: list[ScanResult] = []
         self.answers: list[Answer] = []  # one per choice, once output is produced (none: the call ended before)
         self.thoughts: dict[int, Answer] = {}  # a reasoning model's thinking, per choice
+        self.splits: dict[int, ReasoningSplit] = {}  # and where it ends, per choice
         self.journal: str | None = None  # the audit journal's token for this call, once it is journalled
         self.prompt_text: str | None = None  # the redacted prompt, kept as audit content
         self.prompt_chars: int | None = None
@@ -664,13 +666,17 @@ class _Record:
         self.answers.append(Answer(scanner))
         return self.answers[index]
 
-    def think(self, index: int, split: ReasoningSplit, delta: Delta, scanner: Any) -> tuple[str, str]:
+    def thinking(self, index: int, split: ReasoningSplit, scanner: Any) -> None:
+        """Choice `index` comes from a reasoning model: `split` tells its thinking apart, `scanner` scans it."""
+        self.splits[index], self.thoughts[index] = split, Answer(scanner)
+
+    def think(self, delta: Delta) -> tuple[str, str]:
         """Tell a delta's thinking from its answer: (the answer's raw text, the thinking as it may go out)."""
+        split, thinking = self.splits[delta.index], self.thoughts[delta.index]
         thought, raw = split.feed(delta.text)
         if delta.finish_reason is not None:
             more_thought, more_raw = split.finish()
             thought, raw = thought + more_thought, raw + more_raw
-        thinking = self.thoughts.setdefault(index, Answer(scanner))
         out = thinking.scanner.feed(thought) + (thinking.scanner.finish() if delta.finish_reason is not None else "")
         thinking.keep(out, 0, delta.finish_reason)
         return raw, out

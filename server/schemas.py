@@ -185,30 +185,31 @@ class ChatMessage(_Strict):
     content: str | list[ContentPart] | None = None
 
     def text(self, where: str) -> str:
-        """The message's text; a part that is not text is refused, saying what it is (`where`: its path)."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        texts = []
-        for j, part in enumerate(self.content):
-            if part.type in ("text", "input_text") and part.text is not None:
-                texts.append(part.text)
-            elif part.type in NOT_TEXT:
-                raise APIError(
-                    400,
-                    f"this server's models read text only: {NOT_TEXT[part.type]} ({part.type!r} parts) are not supported",
-                    param=f"{where}.content.{j}",
-                    code=f"{NOT_TEXT[part.type]}_not_supported",
-                )
-            else:
-                raise APIError(
-                    400,
-                    f"content part {j} of {where} has no text (type {part.type[:64]!r})",
-                    param=f"{where}.content.{j}",
-                    code="invalid_type",
-                )
-        return "".join(texts)
+        """The message's text (`where`: its path, which a refusal names)."""
+        return content_text(self.content, where)
+
+
+def content_text(content: str | list[ContentPart] | None, where: str) -> str:
+    """A message's text, whether a string or text parts (chat's and the Responses API's names for
+    them); a part that is not text is refused, saying what it is."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for j, part in enumerate(content):
+        if part.type in ("text", "input_text", "output_text") and part.text is not None:
+            texts.append(part.text)
+        elif part.type in NOT_TEXT:
+            raise APIError(
+                400,
+                f"this server's models read text only: {NOT_TEXT[part.type]} ({part.type!r} parts) are not supported",
+                param=f"{where}.content.{j}",
+                code=f"{NOT_TEXT[part.type]}_not_supported",
+            )
+        else:
+            raise APIError(
+                400, f"content part {j} of {where} has no text (type {part.type[:64]!r})", param=f"{where}.content.{j}", code="invalid_type"
+            )
+    return "".join(texts)
 
 
 class ChatBody(_Sampling):
@@ -349,17 +350,12 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
         raise APIError(400, f"invalid request: {problems}", param=param, code=code) from None
 
 
-class InputPart(_Strict):
-    type: str = Field(max_length=64)
-    text: str | None = None
-
-
 class InputItem(_Strict):
     """One item of a Responses request's `input`: a message (its content text or parts)."""
 
     type: str | None = Field(default=None, max_length=64)
     role: Literal["user", "assistant", "system", "developer"] | None = None
-    content: str | list[InputPart] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class TextFormat(_Strict):
@@ -435,7 +431,7 @@ class ResponsesBody(_Strict):
                 raise APIError(
                     400, f"input.{i}: {what!r} items are not served; send messages", param=f"input.{i}", code="unsupported_parameter"
                 )
-            out.append(("system" if item.role == "developer" else item.role, _item_text(item, f"input.{i}")))
+            out.append(("system" if item.role == "developer" else item.role, content_text(item.content, f"input.{i}")))
         if not out or out[-1][0] == "system":
             raise APIError(400, "input has no message to answer", param="input", code="invalid_value")
         return tuple(out)
@@ -449,21 +445,3 @@ class ResponsesBody(_Strict):
         if f.schema_ is None:
             raise APIError(400, "a json_schema text format needs its schema", param="text.format.schema", code="invalid_value")
         return Grammar("json_schema", json.dumps(f.schema_), "text.format")
-
-
-def _item_text(item: InputItem, where: str) -> str:
-    if item.content is None or isinstance(item.content, str):
-        return item.content or ""
-    texts = []
-    for j, part in enumerate(item.content):
-        if part.type in ("input_text", "output_text", "text") and part.text is not None:
-            texts.append(part.text)
-        else:
-            kind = NOT_TEXT.get(part.type, f"{part.type[:64]!r} parts")
-            raise APIError(
-                400,
-                f"this server's models read text only: {kind} are not supported",
-                param=f"{where}.content.{j}",
-                code="unsupported_parameter",
-            )
-    return "".join(texts)

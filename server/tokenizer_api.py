@@ -35,9 +35,13 @@ async def tokenize(request: Request) -> Response:
     messages = None
     if body.messages is not None:
         messages = tuple(("system" if m.role == "developer" else m.role, m.text(f"messages.{i}")) for i, m in enumerate(body.messages))
+
+    def ids_and_pieces() -> tuple[list[int], list[str]]:  # (tokenising a long text is CPU work: off the event loop)
+        ids = state.gateway.tokenize(surface, text, messages, body.special())
+        return ids, [state.gateway.detokenize(surface, [i]) for i in ids] if body.with_pieces or body.return_token_strs else []
+
     try:
-        ids = await asyncio.to_thread(state.gateway.tokenize, surface, text, messages, body.special())
-        pieces = [state.gateway.detokenize(surface, [i]) for i in ids] if body.with_pieces or body.return_token_strs else []
+        ids, pieces = await asyncio.to_thread(ids_and_pieces)
     except CallFailed as exc:
         raise from_failure(exc) from None
     out: dict[str, Any] = {"tokens": [{"id": i, "piece": p} for i, p in zip(ids, pieces)] if body.with_pieces else ids}

@@ -31,7 +31,7 @@ from tests.scripted_engine import ScriptedEngine
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
     from server.engine import Engine
 
@@ -109,20 +109,26 @@ def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=2,
-        bos_token_id=1,
-        pad_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **TINY, tie_word_embeddings=True, bos_token_id=1)).eval()
+
+
+def tiny_qwen2(vocab_size: int) -> Qwen2ForCausalLM:
+    """The same tiny shape as a Qwen2 (the family of the R1-distilled reasoning models)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, **TINY)).eval()
+
+
+TINY: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
 
 
 @pytest.fixture(scope="session")

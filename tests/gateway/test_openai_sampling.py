@@ -7,7 +7,6 @@ end-to-end run is in tests/e2e/test_default_model_e2e.py)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +14,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from server.audit import AuditReader, Filters
 from tests.conftest import metric
+from tests.gateway.test_gateway import records
 from tests.secrets_corpus import corpus
-from tests.waiting import eventually
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a story about a fox."}]
 
@@ -27,18 +25,6 @@ def client_of(url: str, strict: bool = True) -> openai.OpenAI:
     """The SDK, validating every response against its types (not where a field is null that its
     types do not allow, as OpenAI and vLLM send an echoed prompt's first logprob)."""
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, _strict_response_validation=strict)
-
-
-def audit_rows(audit_dir: Path, n: int) -> list[dict[str, Any]]:
-    def written() -> list[dict[str, Any]]:
-        reader = AuditReader(audit_dir)
-        try:
-            rows = list(reversed(reader.search(Filters(), limit=1000)))
-            return [r["record"] | {"_content": reader.get(str(r["seq"]))["content"]} for r in rows] if len(rows) >= n else []
-        finally:
-            reader.close()
-
-    return eventually(written, f"{n} audit records")
 
 
 def test_chat_logprobs_are_each_tokens_and_agree_with_the_greedy_choice(tiny_server) -> None:
@@ -179,7 +165,7 @@ def test_n_answers_are_recorded_each_and_their_controls_with_them(tiny_server) -
         out = client.chat.completions.create(
             model="tiny-llama", messages=MESSAGES, max_tokens=4, n=2, temperature=1.0, presence_penalty=0.5, logprobs=True
         )
-        row = audit_rows(s.audit_dir, 1)[-1]
+        row = records(s.audit_dir, 1)[-1]
         params = row["model"]["params"]
         assert params["n"] == 2 and params["presence_penalty"] == 0.5 and params["logprobs"] == 0
         choices = row["output"]["choices"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -16,8 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, Field
 
-from server.audit import AuditReader, Filters
-from tests.waiting import eventually
+from tests.gateway.test_gateway import records
 
 
 class Pet(BaseModel):
@@ -96,14 +94,7 @@ def test_the_grammar_is_named_in_the_audit_record(tiny_server) -> None:
     with tiny_server(engine="tiny") as s:
         httpx.post(f"{s.url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 5, "guided_regex": "[a-z]+"})
 
-        def record() -> list[dict]:
-            reader = AuditReader(Path(s.audit_dir))
-            try:
-                return [r["record"] for r in reader.search(Filters(), limit=10)]
-            finally:
-                reader.close()
-
-        rows = eventually(record, "the record")
+        rows = records(s.audit_dir, 1)
         assert rows[0]["model"]["params"]["grammar"] == "regex"
 
 

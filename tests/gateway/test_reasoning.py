@@ -10,17 +10,16 @@ import copy
 import json
 import secrets
 import string
-from typing import Any
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.audit import AuditReader, Filters
 from server.reasoning import ReasoningSplit
+from tests.conftest import tiny_qwen2
 from tests.dialog_client import Chat
-from tests.waiting import eventually
+from tests.gateway.test_gateway import records
 
 R1_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}{% endfor %}"
@@ -66,14 +65,6 @@ def test_text_that_never_closes_the_section_is_all_reasoning_and_without_one_all
         assert split_all(cuts(text, points), False) == ("", text.lstrip("\n"))  # (no section: the answer, less leading newlines)
 
 
-def records(audit_dir: Any) -> list[dict]:
-    reader = AuditReader(audit_dir)
-    try:
-        return [r["record"] | {"_content": reader.get(str(r["seq"]))["content"]} for r in reader.search(Filters(), limit=20)]
-    finally:
-        reader.close()
-
-
 def test_the_chat_api_returns_the_thinking_apart_and_the_audit_keeps_it_apart(tiny_server, r1_tokenizer) -> None:
     key = "ghp_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(36))  # fresh each run
     with tiny_server(tok=r1_tokenizer) as s:
@@ -91,7 +82,7 @@ def test_the_chat_api_returns_the_thinking_apart_and_the_audit_keeps_it_apart(ti
             ]
         assert "".join(d.get("content", "") for d in deltas) == message["content"]
         assert "".join(d.get("reasoning_content", "") for d in deltas) == message["reasoning_content"]
-        row = eventually(lambda: records(s.audit_dir), "the records")[-1]
+        row = records(s.audit_dir, 2)[0]  # (the whole answer's)
         out = row["output"]
         assert out["reasoning_chars"] == len(message["reasoning_content"]) and out["chars"] > out["reasoning_chars"]
         assert row["_content"]["output"] == f"[reasoning]\n{message['reasoning_content']}\n[answer]\n{message['content']}"
@@ -108,20 +99,7 @@ def test_a_support_visitor_never_sees_the_thinking(tiny_server, r1_tokenizer) ->
 
 
 def test_a_tiny_qwen2_whose_template_opens_the_section_is_split_on_the_real_engine(tiny_server, r1_tokenizer) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=len(r1_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    model = Qwen2ForCausalLM(config).eval()
+    model = tiny_qwen2(len(r1_tokenizer))
     with tiny_server(engine="tiny", model=model, tok=r1_tokenizer) as s:
         # the random weights would never close the section: a grammar makes them (thinking, then the answer)
         body = {

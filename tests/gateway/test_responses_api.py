@@ -10,8 +10,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from server.audit import AuditReader, Filters
-from tests.waiting import eventually
+from tests.gateway.test_gateway import records
 
 
 def client_of(url: str) -> openai.OpenAI:
@@ -68,16 +67,8 @@ def test_text_format_holds_the_real_engine_to_a_schema(tiny_server) -> None:
                 model="tiny-llama", input="Pick a word.", text_format=Answer, temperature=1.0, max_output_tokens=80
             )
             assert isinstance(out.output_parsed, Answer), (seed, out.output_text)
-        rows = eventually(lambda: _records(s.audit_dir), "the records")
-        assert rows[0]["model"]["params"]["grammar"] == "json_schema" and rows[0]["surface"] == "support_chat"
-
-
-def _records(audit_dir) -> list[dict]:  # type: ignore[no-untyped-def]
-    reader = AuditReader(audit_dir)
-    try:
-        return [r["record"] for r in reader.search(Filters(), limit=10)]
-    finally:
-        reader.close()
+        rows = records(s.audit_dir, 3)
+        assert rows[-1]["model"]["params"]["grammar"] == "json_schema" and rows[-1]["surface"] == "support_chat"
 
 
 @pytest.mark.parametrize(

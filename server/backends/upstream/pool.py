@@ -298,13 +298,14 @@ def unsupported(req: GenerationRequest) -> str | None:
     upstream as they are, but what OpenAI-compatible servers do not all honour (vLLM's extras,
     logprobs, echo, several answers) would be dropped by some of them without a word."""
     c = req.controls
-    checks = {
-        "repetition_penalty": c.repetition_penalty != 1.0,
-        "min_tokens": c.min_tokens > 0,
-        "stop_token_ids": bool(c.stop_token_ids),
-        "logprobs": req.logprobs is not None,
-        "echo": req.echo,
-        "n": req.n != 1,
-        req.grammar.field if req.grammar is not None else "": req.grammar is not None,
-    }
-    return next((name for name, used in checks.items() if used), None)
+    checks = [
+        ("repetition_penalty", c.repetition_penalty != 1.0),
+        ("min_tokens", c.min_tokens > 0),
+        ("stop_token_ids", bool(c.stop_token_ids)),
+        ("logprobs", req.logprobs is not None),
+        ("echo", req.echo),
+        ("n", req.n != 1),
+    ]
+    if req.grammar is not None:
+        checks.append((req.grammar.field, True))
+    return next((name for name, used in checks if used), None)
