@@ -34,6 +34,7 @@ FRAMES: dict[Code, Said] = {
     Code.OVERLOADED: Said("overloaded", PLAIN_WORDS["overloaded"], retry=True),
     Code.AUDIT_UNAVAILABLE: Said("overloaded", PLAIN_WORDS["overloaded"], retry=True),
     Code.INVALID_VALUE: Said("error", PLAIN_WORDS["error"]),
+    Code.TOOLS_NOT_SUPPORTED: Said("error", PLAIN_WORDS["error"]),  # (the chat offers no tools: never met)
     Code.ENGINE_UNAVAILABLE: Said("error", PLAIN_WORDS["error"], retry=True),
     Code.ENGINE_ERROR: Said("error", PLAIN_WORDS["error"]),
     Code.UPSTREAM_FAILED: Said("error", PLAIN_WORDS["error"]),

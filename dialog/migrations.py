@@ -240,6 +240,12 @@ def m008_replicas(conn: Any) -> None:
     )
 
 
+@migration
+def m009_reasoning(conn: Any) -> None:
+    """A reasoning model's thinking, kept apart from the answer the visitor reads."""
+    conn.execute(text("ALTER TABLE messages ADD COLUMN reasoning TEXT"))
+
+
 def migrate(conn: Any, upto: int | None = None) -> list[str]:
     """Bring the chat store forward (up to step `upto`, for tests of older schemas); returns the steps applied."""
     return migration.migrate(conn, upto)

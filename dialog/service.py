@@ -520,6 +520,7 @@ class DialogService(Handoff):
         guard passed it (secrets and card numbers redacted), and the guard sees every template
         token and tripwire the visitor typed."""
         parts: list[str] = []
+        thoughts: list[str] = []  # a reasoning model's thinking: stored apart, never sent to the visitor
         grounding: Grounding | None = None
         finish, error = "error", None  # type: str, frames.FrameError | None
         overloaded = False  # refused by the engine before a token: the client may send the message again
@@ -551,6 +552,10 @@ class DialogService(Handoff):
             gen = self.gateway.stream(call)
             async for delta in gen:
                 async with hub.lock:
+                    if delta.reasoning:
+                        if not thoughts and not parts:  # the widget says "thinking…" (only that it thinks)
+                            await hub.emit({"type": "thinking", "message_id": answer.id})
+                        thoughts.append(delta.reasoning)
                     if delta.text:
                         parts.append(delta.text)
                         await hub.emit({"type": "delta", "message_id": answer.id, "text": delta.text})
@@ -586,6 +591,8 @@ class DialogService(Handoff):
             # balancer to another replica, finds the conversation's seq past it
             done = await hub.emit(done, send=False)
             hub.updates[answer.id] = {"text": "".join(parts), "status": status, "finish_reason": "overloaded" if overloaded else finish}
+            if thoughts:
+                hub.updates[answer.id]["reasoning"] = "".join(thoughts)
             if sources:
                 hub.updates[answer.id]["sources"] = json.dumps(sources, ensure_ascii=False)
             if finish == "blocked" and isinstance(error, frames.FrameError) and error.code == "message_blocked":

@@ -80,6 +80,7 @@ messages = Table(
     Column("author", String),
     Column("rating", String),
     Column("replica", String),  # the replica streaming it (m008)
+    Column("reasoning", Text),  # a reasoning model's thinking before the answer, never shown to the visitor (m009)
 )
 
 replicas = Table("dialog_replicas", meta, Column("replica", String, primary_key=True), Column("seen_at", String))
@@ -132,6 +133,7 @@ class Message:
     author: str | None = None  # an agent's name (role "agent")
     rating: str | None = None  # the visitor's thumbs on an answer: up | down
     replica: str | None = None  # the replica that streamed it (a store replicas share)
+    reasoning: str | None = None  # a reasoning model's thinking (as the output guard passed it): never in a frame
 
     def to_frame(self) -> dict[str, Any]:
         frame = {"message_id": self.id, "role": self.role, "text": self.text, "status": self.status, "created_at": self.created_at}
@@ -477,4 +479,5 @@ def _message(row: Any) -> Message:
         row.author,
         row.rating,
         row.replica,
+        row.reasoning,
     )

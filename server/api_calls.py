@@ -23,6 +23,7 @@ from .state import AppState
 
 class HasUser(Protocol):
     user: str | None
+    safety_identifier: str | None  # OpenAI's newer name for the end user
 
 
 def state_of(request: Request) -> AppState:
@@ -86,7 +87,12 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 def actor_of(request: Request, body: HasUser) -> Actor:
     client = request.headers.get("x-tandem-client") or request.headers.get("user-agent")
     kind = "ide_user" if request.headers.get("x-tandem-client", "").startswith("tandem-lsp") else "api_client"
-    return Actor(kind, user=body.user, ip=request.client.host if request.client else None, client=client[:120] if client else None)
+    return Actor(
+        kind,
+        user=body.user or body.safety_identifier,
+        ip=request.client.host if request.client else None,
+        client=client[:120] if client else None,
+    )
 
 
 async def parse(request: Request, body_type: type[Body], surface: str, rid: str) -> Body:

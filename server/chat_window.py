@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-Message = tuple[str, str]  # (role, content)
+from .tool_calls import template_input
+
+Message = tuple[str, str]  # (role, content); a tool conversation's parts as roles of their own (`tool_calls.py`)
 
 _MARK = "\x00{}\x00"  # NUL cannot come from a template's own text
 _MARKS = re.compile("\x00([0-9]+)\x00")
@@ -33,9 +35,8 @@ class Choice:
 
 def render(tokenizer: Any, messages: tuple[Message, ...] | list[Message]) -> list[int]:
     """The model's prompt for these messages: its chat template applied, ready for an answer."""
-    rendered = tokenizer.apply_chat_template(
-        [{"role": r, "content": c} for r, c in messages], add_generation_prompt=True, tokenize=True, return_dict=True
-    )
+    conversation, tools = template_input(messages)
+    rendered = tokenizer.apply_chat_template(conversation, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True)
     return list(rendered["input_ids"])
 
 

@@ -35,6 +35,7 @@ class APIError(Exception):
 HTTP: dict[Code, tuple[int, str]] = {
     Code.CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error"),
     Code.INVALID_VALUE: (400, "invalid_request_error"),
+    Code.TOOLS_NOT_SUPPORTED: (400, "invalid_request_error"),
     Code.INPUT_TOO_LARGE: (413, "invalid_request_error"),
     Code.CONTENT_BLOCKED: (400, "invalid_request_error"),
     Code.OUTPUT_BLOCKED: (422, "invalid_request_error"),

@@ -15,6 +15,7 @@ from enum import StrEnum
 class Code(StrEnum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the prompt (with max_tokens) does not fit the model's window
     INVALID_VALUE = "invalid_value"  # a parameter or prompt the engine cannot serve as asked
+    TOOLS_NOT_SUPPORTED = "tools_not_supported"  # tools offered to a model whose chat template has none
     INPUT_TOO_LARGE = "input_too_large"  # over the guard's size cap: not even scanned
     CONTENT_BLOCKED = "content_blocked"  # the input guard refused it
     OUTPUT_BLOCKED = "output_blocked"  # the output guard stopped the answer

@@ -61,6 +61,7 @@ from .guard import (
 )
 from .reasoning import ReasoningSplit
 from .routing import SURFACES, Draining, Routing
+from .tool_calls import CALLS, TOOLS, HermesCalls, ToolCall, calls_message, forced  # noqa: F401  (re-exported: surfaces know only the gateway)
 
 
 def redact_secrets(text: str) -> str:
@@ -117,6 +118,7 @@ class Params:
     echo: bool = False  # the prompt first, as the model read it (completions)
     n: int = 1  # answers, each its own `index` in the deltas
     grammar: Grammar | None = None  # what every answer must follow (structured output)
+    tool_choice: str | None = None  # where tools were offered: auto, required, or function:<name> (for the record)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class Gateway:
         backend = self._routing.backend(surface)
         try:
             if messages is not None:
-                self._check_template(backend)
+                self._check_template(backend, ChatPrompt(messages))
                 return backend.text.encode(messages, special)
             return backend.text.encode(text or "", special)
         except CallFailed:
@@ -462,7 +464,7 @@ class Gateway:
         prompt = call.prompt
         if not isinstance(prompt, ChatPrompt):
             return prompt
-        self._check_template(backend)
+        self._check_template(backend, prompt)
         if not prompt.fit:
             return prompt
         try:
@@ -471,9 +473,17 @@ class Gateway:
             raise CallFailed(Code.INVALID_VALUE, f"the model's chat template rejected these messages: {exc}", param="messages") from None
         return _ChosenPrompt(choice.messages, fit=True, choice=choice)
 
-    def _check_template(self, backend: Backend) -> None:
+    def _check_template(self, backend: Backend, prompt: ChatPrompt) -> None:
         if not backend.text.chat_template:
             raise CallFailed(Code.INVALID_VALUE, f"model {backend.info.name!r} has no chat template; use /v1/completions", param="messages")
+        if backend.text.tools is None and (roles := {r for r, _ in prompt.messages} & {TOOLS, CALLS}):
+            raise CallFailed(
+                Code.TOOLS_NOT_SUPPORTED,
+                f"model {backend.info.name!r} does not serve tools (its chat template has none"
+                f"{', or its prompt goes to an upstream' if backend.info.backend == 'upstream' else ''}): "
+                "send the conversation without tools and tool_calls",
+                param="tools" if TOOLS in roles else "messages",
+            )
 
     def _render(self, call: Call, backend: Backend, prompt: Prompt, segments: list[Segment], unchanged: bool) -> _Fitted:
         """The sanitised segments as the model's prompt, with the default max_tokens for this kind of call."""
@@ -599,6 +609,7 @@ def _params_ref(p: Params) -> record.ParamsRef:
         echo=p.echo or None,
         n=p.n if p.n != 1 else None,
         grammar=p.grammar.kind if p.grammar is not None else None,
+        tool_choice=p.tool_choice,
     )
 
 

@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .api_calls import actor_of, deltas, open_call, parse, refused, sse, state_of, until_disconnect
+from .api_tools import ToolUse, tool_use, tools_message
 from .errors import APIError, from_failure
-from .gateway import Call, CallFailed, ChatPrompt, FimPrompt, ModelInfo, Params, Priority, TextPrompt
+from .gateway import Call, CallFailed, ChatPrompt, FimPrompt, ModelInfo, Params, Priority, TextPrompt, calls_message
 from .openai_shapes import ChatShape, Choice, CompletionShape, Shape
 from .schemas import ChatBody, CompletionBody, _Sampling
 from .state import AppState
@@ -57,7 +58,7 @@ def _params(body: _Sampling, max_tokens: int | None, logprobs: int | None = None
 
 def _call(request: Request, body: _Sampling, surface: str, prompt: Any, params: Params, priority: Priority, rid: str) -> Call:
     # X-Tandem-Affinity: calls that should share an upstream (the language server sends a hash of the document)
-    affinity = request.headers.get("x-tandem-affinity", "")[:128] or None
+    affinity = request.headers.get("x-tandem-affinity", "")[:128] or body.prompt_cache_key
     return Call(surface, actor_of(request, body), prompt, params, priority, request_id=rid, affinity=affinity)
 
 
@@ -146,7 +147,8 @@ async def chat_completions(request: Request) -> Response:
     if not model.chat:
         raise APIError(400, f"model {model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
     try:
-        messages = tuple(("system" if m.role == "developer" else m.role, m.text(f"messages.{i}")) for i, m in enumerate(body.messages))
+        tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, model, body.grammar() is not None)
+        messages = _messages(body, tools)
     except APIError as exc:
         refused(request, "support_chat", rid, exc)
         raise
@@ -155,8 +157,28 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _params(body, max_tokens, logprobs, n=body.n or 1)
+    if tools is not None:
+        params = dataclasses.replace(params, grammar=tools.grammar or params.grammar, tool_choice=tools.choice)
     call = _call(request, body, "support_chat", ChatPrompt(messages), params, Priority.CHAT, rid)
-    return await _respond(request, body, call, ChatShape(rid, created, model.name, bool(body.logprobs)))
+    reading = tools.reading if tools is not None else None
+    return await _respond(request, body, call, ChatShape(rid, created, model.name, bool(body.logprobs), reading))
+
+
+def _messages(body: ChatBody, tools: ToolUse | None) -> tuple[tuple[str, str], ...]:
+    """The conversation as the gateway takes it: the tools offered first, each message's text, an
+    assistant's calls after it (`api_tools.py`)."""
+    out = tools_message(tools)
+    for i, m in enumerate(body.messages):
+        out.append(("system" if m.role == "developer" else m.role, m.text(f"messages.{i}")))
+        if m.tool_calls:
+            if m.role != "assistant":
+                raise APIError(400, f"messages.{i}: only an assistant's message has tool_calls", param=f"messages.{i}.tool_calls")
+            calls = [
+                (c.id, c.function.name, c.function.checked(f"messages.{i}.tool_calls.{j}.function").arguments)
+                for j, c in enumerate(m.tool_calls)
+            ]
+            out.append(calls_message(calls))
+    return tuple(out)
 
 
 ENDPOINTS = {"ide_completion": "completions", "support_chat": "chat"}  # a model's surfaces, as clients know them
@@ -192,6 +214,7 @@ def _model_entry(state: AppState, m: ModelInfo, surfaces: list[str]) -> dict[str
         "chat": m.chat,
         "backend": m.backend,  # local: the in-process engine; upstream: a pool of OpenAI-compatible servers
         "token_count": m.token_count,  # tokenizer (exact), upstream (its tokenize endpoint) or estimate
+        "tools": m.tools is not None,  # /v1/chat/completions serves tools (the template teaches a format read back here)
         "endpoints": [ENDPOINTS[s] for s in surfaces],  # which of /v1/completions and /v1/chat/completions it serves
     }
 

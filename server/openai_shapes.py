@@ -5,10 +5,11 @@ under its names. The routes (`openai_api.py`) build the calls; these build the J
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .gateway import Candidate, Delta, PromptEcho, TokenLogprob
+from .gateway import Candidate, Delta, HermesCalls, PromptEcho, TokenLogprob, ToolCall
 
 
 @dataclass
@@ -115,44 +116,85 @@ class CompletionShape:
 
 
 class ChatShape:
-    def __init__(self, rid: str, created: int, model: str, logprobs: bool) -> None:
-        self.rid, self.created, self.model, self.logprobs = rid, created, model, logprobs
+    """`tools`: the names of the tools offered and how many calls an answer may make (None: any);
+    each answer is then read for calls (`HermesCalls`), streamed as tool-call deltas, each call whole."""
+
+    def __init__(self, rid: str, created: int, model: str, logprobs: bool, tools: tuple[Sequence[str], int | None] | None = None) -> None:
+        self.rid, self.created, self.model, self.logprobs, self.tools = rid, created, model, logprobs, tools
+        self.readers: dict[int, HermesCalls] = {}
 
     def _event(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.rid, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices}
+
+    def _reader(self) -> HermesCalls | None:
+        return HermesCalls(*self.tools) if self.tools is not None else None
 
     def opening(self, index: int) -> dict[str, Any] | None:  # chat opens each answer with the assistant's role
         return self._event([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
 
     def chunk(self, delta: Delta) -> dict[str, Any] | None:
-        if not (delta.text or delta.reasoning or delta.finish_reason or delta.logprobs):
+        text, finish = delta.text, delta.finish_reason
+        calls: list[ToolCall] = []
+        if self.tools is not None:
+            reader = self.readers.setdefault(delta.index, self._reader())  # type: ignore[arg-type]
+            made = len(reader.calls)
+            text, calls = reader.feed(text)
+            if finish is not None:
+                rest, more = reader.finish()
+                text, calls = text + rest, calls + more
+            finish = _finish(finish, reader)
+            calls_out = [_call_json(c, made + k) for k, c in enumerate(calls)]
+        if not (text or delta.reasoning or finish or delta.logprobs or calls):
             return None
         logprobs = chat_logprobs(delta.logprobs) if self.logprobs else None
-        content = {"content": delta.text} if delta.text else {}
+        content: dict[str, Any] = {"content": text} if text else {}
         if delta.reasoning:
             content |= _reasoning(delta.reasoning)
-        return self._event([{"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": delta.finish_reason}])
+        if calls:
+            content["tool_calls"] = calls_out
+        return self._event([{"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": finish}])
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         return {**self._event([]), "usage": usage}
 
+    def _message(self, c: Choice) -> tuple[dict[str, Any], str]:
+        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        finish = c.finish or "stop"
+        if (reader := self._reader()) is not None:
+            text, calls = reader.feed(c.text)
+            rest, more = reader.finish()
+            text, calls = text + rest, calls + more
+            if calls:
+                message = {"role": "assistant", "content": text.strip() or None, "tool_calls": [_call_json(c, None) for c in calls]}
+            finish = _finish(finish, reader) or finish
+        if any(c.thinking):
+            message |= _reasoning("".join(c.thinking))
+        return message, finish
+
     def whole(self, choices: list[Choice], usage: dict[str, int]) -> dict[str, Any]:
-        return {
-            "id": self.rid,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
+        out = []
+        for c in choices:
+            message, finish = self._message(c)
+            out.append(
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.text, **(_reasoning("".join(c.thinking)) if any(c.thinking) else {})},
+                    "message": message,
                     "logprobs": chat_logprobs(c.logprobs) if self.logprobs else None,
-                    "finish_reason": c.finish or "stop",
+                    "finish_reason": finish,
                 }
-                for c in choices
-            ],
-            "usage": usage,
-        }
+            )
+        return {"id": self.rid, "object": "chat.completion", "created": self.created, "model": self.model, "choices": out, "usage": usage}
+
+
+def _finish(finish: str | None, reader: HermesCalls) -> str | None:
+    """An answer that ended by itself after making calls ended to call them (OpenAI's `tool_calls`)."""
+    return "tool_calls" if finish == "stop" and reader.calls else finish
+
+
+def _call_json(call: ToolCall, index: int | None) -> dict[str, Any]:
+    """A call as OpenAI writes it; streamed, with its index among the answer's calls."""
+    out = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return {"index": index, **out} if index is not None else out
 
 
 def _reasoning(text: str) -> dict[str, str]:

@@ -13,13 +13,14 @@ nesting) is a 400 too, never a 500.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
 from .errors import APIError
-from .gateway import Grammar, LogitControls
+from .gateway import Grammar, LogitControls, calls_message
 
 Body = TypeVar("Body", bound=BaseModel)
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
@@ -34,6 +35,37 @@ MAX_BIASED = 1024  # entries of logit_bias or stop_token_ids
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+# OpenAI's fields a body does not serve: name -> (whether a value asks for what is not served, why).
+# A value that asks for nothing (null, false, empty, or what is served anyway) passes; any other is
+# a 400 naming the field, never ignored. The README's compatibility matrix lists each.
+Refused = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def _given(value: Any) -> bool:
+    return value not in (None, False, "", [], {})
+
+
+def _other_than(*served: Any) -> Callable[[Any], bool]:
+    return lambda value: value is not None and value not in served
+
+
+def refuse(data: Any, refused: Refused, where: str = "") -> None:
+    """Raise the 400 for the first field of `data` that asks for what is not served."""
+    if isinstance(data, dict):
+        for name, (asks, why) in refused.items():
+            if name in data and asks(data[name]):
+                raise APIError(400, f"{where}{name}: {why}", param=f"{where}{name}", code="unsupported_parameter")
+
+
+_TEXT_ONLY = "this server's models read and write text only"
+_NOT_KEPT = "nothing is kept here after the answer"
+_ONE_TIER = "one service tier is served here (auto)"
+_NO_REASONING = "this server has no reasoning settings (a reasoning model's thinking comes back as reasoning_content)"
+_NO_NETWORK = "no tool here reaches the network"
+_MODERATION = "OpenAI's moderation is not served; the gateway's own guard screens every request"
+_CACHE = "the prefix cache is this server's, in memory, and takes no options"
 
 
 class StreamOptions(_Strict):
@@ -74,6 +106,8 @@ class _Sampling(_Strict):
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     user: str | None = Field(default=None, max_length=256)  # the end user, for the audit log (stored pseudonymised)
+    safety_identifier: str | None = Field(default=None, max_length=256)  # OpenAI's newer name for user
+    prompt_cache_key: str | None = Field(default=None, max_length=256)  # keeps calls that share a prefix on one upstream
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_BIASED)  # token id (as a string) -> bias in [-100, 100]
@@ -143,6 +177,16 @@ class _Sampling(_Strict):
         )
 
 
+class _Refusing(_Strict):
+    REFUSED: ClassVar[Refused] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        refuse(data, cls.REFUSED)
+        return data
+
+
 class CompletionBody(_Sampling):
     prompt: str | list[str] | list[TokenId]
     max_tokens: int | None = Field(default=None, ge=0, lt=INT64)  # 0: the prompt's own logprobs only (with echo)
@@ -180,9 +224,63 @@ class ContentPart(_Strict):
     text: str | None = None
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"  # (OpenAI's, with the dots and colons MCP's tool names use)
+MAX_TOOLS = 128
+
+
+class FunctionCall(_Strict):
+    name: str = Field(max_length=64)
+    arguments: str = Field(max_length=MAX_BODY_BYTES)  # JSON text
+
+    def checked(self, where: str) -> FunctionCall:
+        try:
+            json.loads(self.arguments)
+        except ValueError:
+            raise APIError(400, f"{where}.arguments is not JSON", param=f"{where}.arguments", code="invalid_value") from None
+        return self
+
+
+class ToolCallItem(_Strict):
+    """A call the assistant made, as the conversation sends it back."""
+
+    id: str | None = Field(default=None, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of its arguments (None: none)
+    strict: bool | None = None  # (calls are held to the schema when they are required; see tool_choice)
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Strict):
+    name: str = Field(max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatMessage(_Strict):
+    REFUSED: ClassVar[Refused] = {
+        "name": (_given, "a participant's name is not passed to the model: put it in the message's content"),
+        "audio": (_given, _TEXT_ONLY),
+        "function_call": (_given, "the legacy function_call is not served: send the call as tool_calls"),
+        "refusal": (_given, "an assistant's refusal is not passed to the model: send it as content"),
+    }
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallItem] | None = Field(default=None, max_length=MAX_TOOLS)  # an assistant's
+    tool_call_id: str | None = Field(default=None, max_length=256)  # a tool result's: the call it answers
 
     def text(self, where: str) -> str:
         """The message's text (`where`: its path, which a refusal names)."""
@@ -212,11 +310,38 @@ def content_text(content: str | list[ContentPart] | None, where: str) -> str:
     return "".join(texts)
 
 
-class ChatBody(_Sampling):
+class ChatBody(_Sampling, _Refusing):
+    REFUSED: ClassVar[Refused] = {
+        "functions": (_given, "the legacy functions are not served: send them as tools"),
+        "function_call": (_given, "the legacy function_call is not served: use tool_choice"),
+        "audio": (_given, _TEXT_ONLY),
+        "modalities": (_other_than(["text"]), f'{_TEXT_ONLY}: modalities ["text"]'),
+        "prediction": (_given, "predicted outputs are not served"),
+        "reasoning_effort": (_given, _NO_REASONING),
+        "verbosity": (_given, "verbosity is not adjustable here: say it in the system message"),
+        "web_search_options": (_given, _NO_NETWORK),
+        "store": (_given, f"{_NOT_KEPT} (store: false)"),
+        "metadata": (_given, f"{_NOT_KEPT}: metadata is kept only with store"),
+        "service_tier": (_other_than("auto", "default"), _ONE_TIER),
+        "moderation": (_given, _MODERATION),
+        "prompt_cache_options": (_given, _CACHE),
+        "prompt_cache_retention": (_other_than("in_memory"), _CACHE),
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_in_messages(cls, data: Any) -> Any:
+        for i, message in enumerate(data.get("messages") or [] if isinstance(data, dict) else []):
+            refuse(message, ChatMessage.REFUSED, f"messages.{i}.")
+        return data
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, lt=INT64)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class TokenizeBody(_Strict):
@@ -351,11 +476,46 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
 
 
 class InputItem(_Strict):
-    """One item of a Responses request's `input`: a message (its content text or parts)."""
+    """One item of a Responses request's `input`: a message (its content text or parts), a function
+    call the model made (`function_call`) or its result (`function_call_output`)."""
 
     type: str | None = Field(default=None, max_length=64)
     role: Literal["user", "assistant", "system", "developer"] | None = None
     content: str | list[ContentPart] | None = None
+    call_id: str | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, max_length=64)
+    arguments: str | None = Field(default=None, max_length=MAX_BODY_BYTES)
+    output: str | list[ContentPart] | None = None
+
+
+class ResponseTool(_Strict):
+    """A tool of the Responses API: a function is flat there (no `function` object)."""
+
+    type: str = Field(max_length=64)
+    name: str | None = Field(default=None, pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def as_chat(self, where: str) -> ToolDef:
+        if self.type != "function":
+            raise APIError(
+                400,
+                f"{where}: {self.type[:64]!r} tools are not served here, only functions",
+                param=f"{where}.type",
+                code="unsupported_parameter",
+            )
+        if self.name is None:
+            raise APIError(400, f"{where}: a function needs its name", param=f"{where}.name", code="invalid_value")
+        return ToolDef(
+            type="function",
+            function=FunctionDef(name=self.name, description=self.description, parameters=self.parameters, strict=self.strict),
+        )
+
+
+class ResponseNamedChoice(_Strict):
+    type: Literal["function"]
+    name: str = Field(max_length=64)
 
 
 class TextFormat(_Strict):
@@ -371,8 +531,33 @@ class TextConfig(_Strict):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class ResponsesBody(_Strict):
-    """OpenAI's Responses API, text in and out (what it cannot honour yet is refused by name)."""
+class ResponsesStreamOptions(_Strict):
+    include_obfuscation: Literal[False] | None = None  # (no obfuscation padding is sent: there is nothing to hide it from on loopback)
+
+
+class ResponsesBody(_Refusing):
+    """OpenAI's Responses API: text in and out, and function tools (what it cannot honour is
+    refused by name)."""
+
+    REFUSED: ClassVar[Refused] = {
+        "previous_response_id": (_given, f"{_NOT_KEPT}: send the whole conversation as input"),
+        "conversation": (_given, f"{_NOT_KEPT}: send the whole conversation as input"),
+        "store": (_given, f"{_NOT_KEPT} (store: false)"),
+        "background": (_given, "background responses are not served; stream instead"),
+        "background_options": (_given, "background responses are not served; stream instead"),
+        "include": (_given, "no extra output is served to include"),
+        "top_logprobs": (_given, "logprobs on /v1/responses are not served; use /v1/chat/completions"),
+        "reasoning": (_given, _NO_REASONING),
+        "max_tool_calls": (_given, "not served: use parallel_tool_calls false for one call"),
+        "prompt": (_given, "stored prompt templates are not served: send the prompt as input"),
+        "context_management": (_given, "context management is not served: truncation auto drops the oldest turns"),
+        "service_tier": (_other_than("auto", "default"), _ONE_TIER),
+        "moderation": (_given, _MODERATION),
+        "prompt_cache_options": (_given, _CACHE),
+        "prompt_cache_retention": (_other_than("in_memory"), _CACHE),
+        "image": (_given, _TEXT_ONLY),
+        "access_programs": (_given, "access programs are OpenAI's, not this server's"),
+    }
 
     model: str | None = None
     input: str | list[InputItem]
@@ -388,51 +573,49 @@ class ResponsesBody(_Strict):
     safety_identifier: str | None = Field(default=None, max_length=256)
     prompt_cache_key: str | None = Field(default=None, max_length=256)
     parallel_tool_calls: bool | None = None
-    tool_choice: Literal["auto", "none"] | None = None  # (with no tools, both mean a plain answer)
-    # refused unless empty, false or null: `unsupported` says why
-    tools: list[dict[str, Any]] | None = None
-    previous_response_id: str | None = None
-    conversation: str | dict[str, Any] | None = None
-    store: bool | None = None
-    background: bool | None = None
-    include: list[str] | None = None
-    top_logprobs: int | None = None
-    reasoning: dict[str, Any] | None = None
-    max_tool_calls: int | None = None
+    tool_choice: Literal["auto", "none", "required"] | ResponseNamedChoice | None = None
+    tools: list[ResponseTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    stream_options: ResponsesStreamOptions | None = None
 
-    def unsupported(self) -> APIError | None:
-        reasons = {
-            "tools": (bool(self.tools), "tools on /v1/responses are not served yet; use /v1/chat/completions"),
-            "previous_response_id": (
-                self.previous_response_id is not None,
-                "responses are not kept here: send the whole conversation as input",
-            ),
-            "conversation": (self.conversation is not None, "conversations are not kept here: send the whole conversation as input"),
-            "store": (bool(self.store), "responses are not kept here (store: false)"),
-            "background": (bool(self.background), "background responses are not served; stream instead"),
-            "include": (bool(self.include), "include is not served"),
-            "top_logprobs": (bool(self.top_logprobs), "logprobs on /v1/responses are not served yet; use /v1/chat/completions"),
-            "reasoning": (self.reasoning is not None, "this model has no reasoning settings"),
-            "max_tool_calls": (self.max_tool_calls is not None, "no tools are served on /v1/responses"),
-        }
-        for param, (refused, why) in reasons.items():
-            if refused:
-                return APIError(400, f"{param}: {why}", param=param, code="unsupported_parameter")
-        return None
+    def chat_tools(self) -> list[ToolDef] | None:
+        return [t.as_chat(f"tools.{i}") for i, t in enumerate(self.tools)] if self.tools else None
 
-    def messages(self) -> tuple[tuple[str, str], ...]:
-        """The conversation: the instructions first (as the system's), then the input's messages."""
-        out: list[tuple[str, str]] = [("system", self.instructions)] if self.instructions else []
+    def chat_tool_choice(self) -> str | NamedToolChoice | None:
+        c = self.tool_choice
+        return NamedToolChoice(type="function", function=FunctionName(name=c.name)) if isinstance(c, ResponseNamedChoice) else c
+
+    def messages(self, head: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """The conversation: `head` (the tools offered), the instructions (as the system's), then the
+        input's messages, function calls (those in a row as one message of calls) and their results."""
+        out: list[tuple[str, str]] = [*head, *([("system", self.instructions)] if self.instructions else [])]
         if isinstance(self.input, str):
             return (*out, ("user", self.input))
+        calls: list[tuple[str | None, str, str]] = []
         for i, item in enumerate(self.input):
+            if item.type == "function_call":
+                if item.name is None or item.arguments is None:
+                    raise APIError(
+                        400, f"input.{i}: a function_call needs its name and arguments", param=f"input.{i}", code="invalid_value"
+                    )
+                calls.append(
+                    (item.call_id, item.name, FunctionCall(name=item.name, arguments=item.arguments).checked(f"input.{i}").arguments)
+                )
+                continue
+            if calls:
+                out.append(calls_message(calls))
+                calls = []
+            if item.type == "function_call_output":
+                out.append(("tool", content_text(item.output, f"input.{i}")))
+                continue
             if item.type not in (None, "message") or item.role is None:
                 what = item.type or "an item without a role"
                 raise APIError(
                     400, f"input.{i}: {what!r} items are not served; send messages", param=f"input.{i}", code="unsupported_parameter"
                 )
             out.append(("system" if item.role == "developer" else item.role, content_text(item.content, f"input.{i}")))
-        if not out or out[-1][0] == "system":
+        if calls:
+            out.append(calls_message(calls))
+        if len(out) == len(head) or out[-1][0] == "system":
             raise APIError(400, "input has no message to answer", param="input", code="invalid_value")
         return tuple(out)
 

@@ -473,16 +473,27 @@
         }
         setGenerating(answering.status === "bot");  // a person answers in their own time: no "typing"
         break;
+      case "thinking":  // a reasoning model thinks before it answers: that it does is shown, never what
+        var th = renderMessage(f.message_id, "assistant", "");
+        th.el.classList.add("thinking");
+        th.el.replaceChildren(el("span", "thinking-note", t("thinking")));
+        announce(t("thinking"));
+        setGenerating(true);
+        break;
       case "delta":
         var b = bubbles[f.message_id];
         if (!b || !b.text) announce(t("typing"));
-        renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text).el.removeAttribute("data-finish");
+        var streamed = renderMessage(f.message_id, "assistant", (b ? b.text : "") + f.text).el;
+        streamed.removeAttribute("data-finish");
+        streamed.classList.remove("thinking");
         if (retrying) { retrying = false; showStatus(""); }
         setGenerating(true);
         break;
       case "done":
         var d = bubbles[f.message_id], said = d ? d.text : "";
-        renderMessage(f.message_id, "assistant", said, note(f.finish_reason), f.sources).el.setAttribute("data-finish", f.finish_reason);
+        var ended = renderMessage(f.message_id, "assistant", said, note(f.finish_reason), f.sources).el;
+        ended.setAttribute("data-finish", f.finish_reason);
+        ended.classList.remove("thinking");
         if (f.finish_reason === "stop" || f.finish_reason === "length") thumbs(f.message_id);
         announce(t("assistant_said") + ": " + said + (note(f.finish_reason) ? " " + note(f.finish_reason) : ""));
         setGenerating(false);

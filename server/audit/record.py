@@ -60,6 +60,7 @@ class ParamsRef:
     echo: bool | None = _optional()
     n: int | None = _optional()
     grammar: str | None = _optional()  # the kind of grammar the answer was held to (json_schema, regex, …)
+    tool_choice: str | None = _optional()  # where tools were offered: auto, required or function:<name>
 
 
 @dataclass(frozen=True)

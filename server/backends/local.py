@@ -34,6 +34,7 @@ class LocalBackend:
             chat=self._text.chat_template,
             footprint_bytes=model.footprint_bytes,
             backend="local",
+            tools=self._text.tools,
         )
 
     @property

@@ -52,6 +52,7 @@ class ModelInfo:
     footprint_bytes: int | None  # weights in this process's memory; None for upstreams
     backend: str  # "local" | "upstream"
     token_count: str = "tokenizer"  # one of TOKEN_COUNTS
+    tools: str | None = None  # the format of tool calls served (PromptText.tools), None: tools are refused
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ class PromptText(Protocol):
     def reasoning(self) -> bool | None:
         """Whether the model writes a `<think>` section before its answer: None for a model that does
         not; True where its chat template opens the section in the prompt; False where it opens it itself."""
+        ...
+
+    @property
+    def tools(self) -> str | None:
+        """The format of tool calls the chat template teaches and the gateway reads back
+        (`tool_calls.HERMES`), or None where tools are not served (a template without them)."""
         ...
 
     @property

@@ -16,6 +16,7 @@ from typing import Any
 from .. import chat_window
 from ..chat_window import Choice, Message
 from ..engine.types import Messages
+from ..tool_calls import HERMES, OPEN
 from .protocol import Rendered
 
 
@@ -40,6 +41,19 @@ class TokenizerText:
         except Exception:  # a template that cannot render a plain question: it says nothing of thinking
             return False
         return str(prompt).rstrip().endswith("<think>")
+
+    @functools.cached_property
+    def tools(self) -> str | None:
+        if not self.as_ids or "tools" not in str(getattr(self.tokenizer, "chat_template", None) or ""):
+            return None  # (an upstream gets messages, not a prompt rendered here: tools are not passed on)
+        probe = [{"type": "function", "function": {"name": "probe_tool", "description": "", "parameters": {"type": "object"}}}]
+        try:
+            prompt = str(self.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tools=probe, tokenize=False))
+        except Exception:  # a template that cannot render tools does not serve them
+            return None
+        # Hermes' format, with its tag one token (the grammar that forces a call names the token)
+        hermes = OPEN in prompt and "probe_tool" in prompt and self.tokenizer.convert_tokens_to_ids(OPEN) != self.tokenizer.unk_token_id
+        return HERMES if hermes and len(self.tokenizer(OPEN, add_special_tokens=False)["input_ids"]) == 1 else None
 
     @property
     def fim(self) -> bool:

@@ -50,6 +50,11 @@ PROFILES = {
 }
 
 
+# the roles whose text comes from the caller, not the deployment: a tool's result, the tools
+# offered and an assistant's calls too (`server/tool_calls.py` names the last two)
+CALLERS_TEXT = ("user", "assistant", "tool", "tools", "tool_calls")
+
+
 @dataclass(frozen=True)
 class Segment:
     """One piece of caller text: a chat message (role) or a part of a completion prompt."""
@@ -120,12 +125,12 @@ class InputGuard:
         done(ScanResult("secrets", Verdict.REDACT if found else Verdict.PASS, found))
 
         if self.profile.pii:
-            segments, found = self._each(segments, lambda t: choose(pii.find_pii(t)), rewrite=True, roles=("user", "assistant"))
+            segments, found = self._each(segments, lambda t: choose(pii.find_pii(t)), rewrite=True, roles=("user", "assistant", "tool"))
             done(ScanResult("pii", Verdict.REDACT if found else Verdict.PASS, found))
 
         if self.profile.injection:
             find_tokens = lambda t: [Span(m.start(), m.end(), "template_token") for m in self.template_rx.finditer(t)]  # noqa: E731
-            segments, tokens_found = self._each(segments, find_tokens, rewrite=True, strip=True, roles=("user", "assistant"))
+            segments, tokens_found = self._each(segments, find_tokens, rewrite=True, strip=True, roles=CALLERS_TEXT)
             done(
                 ScanResult(
                     "template_tokens",

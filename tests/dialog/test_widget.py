@@ -260,3 +260,32 @@ def test_a_resumed_ack_carrying_the_servers_reference_settles_the_pending_messag
             assert [n for n, f in sent if f["type"] == "hello"] == [1, 2]
         finally:
             page.close()
+
+
+def test_a_reasoning_model_thinking_shows_thinking_and_never_its_thoughts(tiny_server, browser) -> None:
+    """The `thinking` frame (the service sends it when a reasoning model starts its <think>
+    section): the answer's bubble says "Thinking…" until the first words of the answer replace it."""
+    with tiny_server() as s:
+        page = browser.new_page()
+        try:
+            sockets = []
+
+            def on_message(ws, frame, n):  # type: ignore[no-untyped-def]
+                ws.send(json.dumps({"type": "ack", "client_msg_id": frame["client_msg_id"], "message_id": "u1", "seq": 1}))
+                ws.send(json.dumps({"type": "thinking", "message_id": "a1", "seq": 2}))
+                sockets.append(ws)
+
+            scripted_socket(page, lambda ws, frame, n: welcome(ws), on_message)
+            open_chat(page, s.url)
+            send_message(page, "When are you open?")
+            answer = page.locator("#tandem-chat .msg.assistant")
+            expect(answer).to_have_text("Thinking…")
+            expect(answer).to_have_class("msg assistant thinking")
+            expect(page.locator("#tandem-chat .stop")).to_be_visible()  # it is working on the answer: it can be stopped
+            sockets[0].send(json.dumps({"type": "delta", "message_id": "a1", "seq": 3, "text": "We are open from nine."}))
+            expect(answer).to_have_text("We are open from nine.")
+            sockets[0].send(json.dumps({"type": "done", "message_id": "a1", "seq": 4, "finish_reason": "stop"}))
+            expect(answer).to_have_attribute("data-finish", "stop")
+            assert "thinking" not in (answer.get_attribute("class") or "")
+        finally:
+            page.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -174,3 +175,103 @@ async def test_a_warmed_cursor_serves_the_first_keystroke_from_the_prefix_cache(
         assert metric(code_server, "tandem_prefix_cache_reused_tokens_total") - reused_before >= prompt_tokens * 0.9
     finally:
         await client.shutdown_session()
+
+
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+FLIGHTS: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "find_flights",
+        "description": "Find flights between two airports on a date",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "origin": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "destination": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "date": {"type": "string", "pattern": "^20[0-9]{2}-[01][0-9]-[0-3][0-9]$"},
+                "passengers": {"type": "integer", "minimum": 1, "maximum": 9},
+            },
+            "required": ["origin", "destination", "date", "passengers"],
+        },
+    },
+}
+QUESTIONS = [
+    "Is it raining in Lisbon?",
+    "I need to fly from Boston to Denver next Friday with my wife.",
+    "How cold is Oslo right now, in fahrenheit?",
+    "Book me something from JFK to LAX on 2027-03-14.",
+    "What should I wear in Tokyo today?",
+]
+
+
+def test_a_forced_tool_call_is_valid_json_matching_its_parameters_20_times_of_20(code_server: str) -> None:
+    """tool_choice required and named, sampled: every call is JSON that matches its function's
+    parameters (closed to the properties they name), checked here by a model of each."""
+    from concurrent.futures import ThreadPoolExecutor
+    from typing import Literal
+
+    import openai
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class Weather(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        city: str = Field(max_length=40)
+        unit: Literal["celsius", "fahrenheit"]
+
+    class Flights(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        origin: str = Field(pattern="^[A-Z]{3}$")
+        destination: str = Field(pattern="^[A-Z]{3}$")
+        date: str = Field(pattern="^20[0-9]{2}-[01][0-9]-[0-3][0-9]$")
+        passengers: int = Field(ge=1, le=9)
+
+    arguments: dict[str, type[BaseModel]] = {"get_weather": Weather, "find_flights": Flights}
+    client = openai.OpenAI(base_url=f"{code_server}/v1", api_key="unused", max_retries=0, timeout=600)
+
+    def ask(i: int) -> tuple[str | None, list[tuple[str, str]]]:
+        choice = "required" if i % 2 else {"type": "function", "function": {"name": ["get_weather", "find_flights"][i % 4 // 2]}}
+        out = client.chat.completions.create(  # type: ignore[call-overload]
+            model=CODE_MODEL,
+            messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            tools=[WEATHER, FLIGHTS],  # type: ignore[list-item]
+            tool_choice=choice,  # type: ignore[arg-type]
+            temperature=0.8,
+            seed=i,
+            max_tokens=160,
+        ).choices[0]
+        return out.finish_reason, [(c.function.name, c.function.arguments) for c in out.message.tool_calls or []]
+
+    with ThreadPoolExecutor(20) as pool:  # one batch: the engine serves them together
+        answers = list(pool.map(ask, range(20)))
+    for i, (finish, calls) in enumerate(answers):
+        assert finish == "tool_calls" and 1 <= len(calls) <= 2, (i, finish, calls)
+        for name, args in calls:
+            arguments[name].model_validate_json(args)
+            if i % 2 == 0:  # named
+                assert name == ["get_weather", "find_flights"][i % 4 // 2]
+
+
+def test_auto_calls_the_tool_and_streams_it_as_a_tool_call_delta(code_server: str) -> None:
+    import json
+
+    body = {"model": CODE_MODEL, "messages": [{"role": "user", "content": "What's the weather like in Paris today?"}], "tools": [WEATHER]}
+    whole = httpx.post(f"{code_server}/v1/chat/completions", json={**body, "temperature": 0}, timeout=300).json()["choices"][0]
+    assert whole["finish_reason"] == "tool_calls" and whole["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert json.loads(whole["message"]["tool_calls"][0]["function"]["arguments"])["city"] == "Paris"
+    with httpx.stream("POST", f"{code_server}/v1/chat/completions", json={**body, "temperature": 0, "stream": True}, timeout=300) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    calls = [t for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [t["function"]["name"] for t in calls] == ["get_weather"] and calls[0]["index"] == 0 and calls[0]["id"].startswith("call_")
+    assert calls[0]["function"]["arguments"] == whole["message"]["tool_calls"][0]["function"]["arguments"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"

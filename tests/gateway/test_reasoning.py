@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import secrets
+import sqlite3
 import string
 
 import httpx
@@ -96,6 +97,12 @@ def test_a_support_visitor_never_sees_the_thinking(tiny_server, r1_tokenizer) ->
             text, frames = visitor.ask("When are you open?")
         assert text == "We are open from 9:00 to 17:00."
         assert "Hmm" not in json.dumps(frames) and "think>" not in json.dumps(frames)
+        kinds = [f["type"] for f in frames]
+        assert "thinking" in kinds and kinds.index("thinking") < kinds.index("delta")  # the widget says "thinking…", only that
+        # the store keeps the thinking apart from the answer the visitor reads
+        with sqlite3.connect(s.dialog_dir / "chat.db") as db:
+            (stored,) = db.execute("SELECT text, reasoning FROM messages WHERE role = 'assistant'").fetchall()
+        assert stored == ("We are open from 9:00 to 17:00.", "Hmm, opening hours are nine to five.")
 
 
 def test_a_tiny_qwen2_whose_template_opens_the_section_is_split_on_the_real_engine(tiny_server, r1_tokenizer) -> None:

@@ -111,6 +111,10 @@ class CountedText:
         return True  # the upstream's: an upstream without one answers the chat with its own error
 
     @property
+    def tools(self) -> str | None:
+        return None  # (tools are not passed on to upstreams)
+
+    @property
     def reasoning(self) -> bool | None:
         return None  # (an upstream that parses reasoning sends it apart; its content is the answer)
 
