@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .tool_calls import template_input
+from .tool_calls import ROLES, TOOLS, template_input
 
 Message = tuple[str, str]  # (role, content); a tool conversation's parts as roles of their own (`tool_calls.py`)
 
@@ -40,9 +40,16 @@ def render(tokenizer: Any, messages: tuple[Message, ...] | list[Message]) -> lis
     return list(rendered["input_ids"])
 
 
+def pinned(roles: list[str]) -> int:
+    """How many leading messages are never dropped: the tools offered, then the first system message
+    (the newest message is never dropped either)."""
+    head = 1 if roles[:1] == [TOOLS] else 0
+    return head + (1 if len(roles) > head + 1 and roles[head] == "system" else 0)
+
+
 def choose(tokenizer: Any, messages: tuple[Message, ...], budget: int) -> Choice:
     """The messages to send so the prompt fits `budget` tokens."""
-    head = 1 if len(messages) > 1 and messages[0][0] == "system" else 0
+    head = pinned([r for r, _ in messages])
     history = messages[head:-1]
     costs = _costs(tokenizer, messages)
     total = sum(costs)
@@ -61,6 +68,8 @@ def choose(tokenizer: Any, messages: tuple[Message, ...], budget: int) -> Choice
 def _costs(tokenizer: Any, messages: tuple[Message, ...]) -> list[int]:
     """Each message's share of the prompt's tokens: from where the previous message's content ends
     to where its own does (the last one also carries what follows it); they add up to its length."""
+    if any(role in ROLES for role, _ in messages):  # (their content is JSON the template reads, not text a marker can stand in for)
+        return _estimated(tokenizer, messages)
     skeleton = tokenizer.apply_chat_template(
         [{"role": r, "content": _MARK.format(i)} for i, (r, _) in enumerate(messages)], add_generation_prompt=True, tokenize=False
     )

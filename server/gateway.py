@@ -513,7 +513,7 @@ class Gateway:
                     rendered.prompt, max(1, min(DEFAULT_CHAT_TOKENS, window - rendered.tokens)), segments, tokens=rendered.tokens
                 )
             choice, budget = prompt.choice, self._budget(call, backend)
-            head, kept = 1 if len(segments) > 1 and segments[0].role == "system" else 0, choice.kept
+            head, kept = chat_window.pinned([s.role for s in segments]), choice.kept
             while rendered.tokens > budget and kept > 0:
                 del segments[head]
                 kept -= 1

@@ -331,7 +331,8 @@ class ChatBody(_Sampling, _Refusing):
     @model_validator(mode="before")
     @classmethod
     def _refuse_in_messages(cls, data: Any) -> Any:
-        for i, message in enumerate(data.get("messages") or [] if isinstance(data, dict) else []):
+        messages = data.get("messages") if isinstance(data, dict) else None
+        for i, message in enumerate(messages if isinstance(messages, list) else []):  # (any other type: the validation says so)
             refuse(message, ChatMessage.REFUSED, f"messages.{i}.")
         return data
 

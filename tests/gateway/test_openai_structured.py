@@ -81,7 +81,7 @@ def test_vllms_fields_hold_a_regex_a_choice_and_a_schema(tiny_server) -> None:
         assert choice["choices"][0]["message"]["content"] in ("yes", "no", "maybe")
         schema = closed(Person.model_json_schema())
         for field in ({"guided_json": schema}, {"structured_outputs": {"json": schema}}):
-            text = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 150, **field}).json()
+            text = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 150, **field}, timeout=120).json()
             Person.model_validate_json(text["choices"][0]["message"]["content"])
         lark = 'start: "a" ("b" | "c")+ "d"'
         text = httpx.post(

@@ -82,7 +82,7 @@ def test_text_format_holds_the_real_engine_to_a_schema(tiny_server) -> None:
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, "input.0.content.0"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0"),
         ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type"),
-        ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{no"}]}, "input.0"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{no"}]}, "input.0.arguments"),
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "strang"}}}}, "text.format"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),

@@ -354,3 +354,17 @@ def test_the_responses_api_holds_a_required_call_on_the_real_engine(tiny_server,
         calls = [i for i in out.output if i.type == "function_call"]
         assert len(calls) == 1 and calls[0].name == "get_weather"  # type: ignore[union-attr]
         WeatherArgs.model_validate_json(calls[0].arguments)  # type: ignore[union-attr]
+
+
+def test_truncation_drops_old_turns_but_never_the_tools(tiny_server, hermes_tokenizer) -> None:
+    flat = {"type": "function", **WEATHER["function"]}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "words " * 80} for i in range(40)]
+    with tiny_server(tok=hermes_tokenizer) as s, client(s.url) as c:
+        s.engine.script = ["Sunny."]
+        out = c.responses.create(
+            model="tiny-llama", input=[*turns, {"role": "user", "content": "And now?"}], tools=[flat], truncation="auto"
+        )  # type: ignore[arg-type, list-item]
+        assert out.output_text == "Sunny."
+        prompt = hermes_tokenizer.decode(s.engine.requests[-1].prompt)
+        assert "<tools>" in prompt and "turn 0:" not in prompt and "turn 39:" in prompt and "And now?" in prompt
+        assert len(s.engine.requests[-1].prompt) <= s.engine.context_length
