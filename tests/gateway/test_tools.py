@@ -361,9 +361,9 @@ def test_truncation_drops_old_turns_but_never_the_tools(tiny_server, hermes_toke
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "words " * 80} for i in range(40)]
     with tiny_server(tok=hermes_tokenizer) as s, client(s.url) as c:
         s.engine.script = ["Sunny."]
-        out = c.responses.create(
+        out = c.responses.create(  # type: ignore[call-overload]
             model="tiny-llama", input=[*turns, {"role": "user", "content": "And now?"}], tools=[flat], truncation="auto"
-        )  # type: ignore[arg-type, list-item]
+        )
         assert out.output_text == "Sunny."
         prompt = hermes_tokenizer.decode(s.engine.requests[-1].prompt)
         assert "<tools>" in prompt and "turn 0:" not in prompt and "turn 39:" in prompt and "And now?" in prompt
