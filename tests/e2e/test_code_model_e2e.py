@@ -275,3 +275,29 @@ def test_auto_calls_the_tool_and_streams_it_as_a_tool_call_delta(code_server: st
     assert [t["function"]["name"] for t in calls] == ["get_weather"] and calls[0]["index"] == 0 and calls[0]["id"].startswith("call_")
     assert calls[0]["function"]["arguments"] == whole["message"]["tool_calls"][0]["function"]["arguments"]
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_parse_gives_a_validated_object_on_the_code_model(code_server: str) -> None:
+    """JSON schema on the code model too: the SDK's parse(), sampled, every answer its object."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from tests.e2e.test_default_model_e2e import Capital
+
+    client = openai.OpenAI(base_url=f"{code_server}/v1", api_key="unused", max_retries=0, timeout=600)
+
+    def ask(seed: int) -> object:
+        out = client.chat.completions.parse(
+            model=CODE_MODEL,
+            messages=[{"role": "user", "content": "Describe the capital of Japan as JSON."}],
+            response_format=Capital,
+            temperature=0.7,
+            seed=seed,
+            max_tokens=120,
+        )
+        return out.choices[0].message.parsed
+
+    with ThreadPoolExecutor(8) as pool:
+        parsed = list(pool.map(ask, range(8)))
+    assert all(isinstance(p, Capital) for p in parsed), parsed
