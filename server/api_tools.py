@@ -39,6 +39,8 @@ def tool_use(tools: Sequence[ToolDef] | None, choice: Choice, parallel: bool | N
     names = [t.function.name for t in tools]
     if len(set(names)) != len(names):
         raise APIError(400, "tools holds two functions of one name", param="tools", code="invalid_value")
+    if choice == "none":  # no call: the model is not told of the tools, so any model serves it
+        return ToolUse((), None, None, "none")
     if model.tools is None:
         upstream = " here (an upstream pool does not pass tools on)" if model.backend == "upstream" else ""
         raise APIError(
@@ -68,7 +70,7 @@ def tool_use(tools: Sequence[ToolDef] | None, choice: Choice, parallel: bool | N
         functions = [(t.function.name, t.function.parameters or {}) for t in required]
         grammar = Grammar("lark", forced(functions, len(functions) if parallel else 1), "tools")
     return ToolUse(
-        () if choice == "none" else tuple(tools),
+        tuple(tools),
         None if parallel else 1,
         grammar,
         choice if isinstance(choice, str) else f"function:{choice.function.name}" if choice is not None else "auto",

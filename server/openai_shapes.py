@@ -161,9 +161,7 @@ class ChatShape:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
         finish = c.finish or "stop"
         if (reader := self._reader()) is not None:
-            text, calls = reader.feed(c.text)
-            rest, more = reader.finish()
-            text, calls = text + rest, calls + more
+            text, calls = reader.read(c.text)
             if calls:
                 message = {"role": "assistant", "content": text.strip() or None, "tool_calls": [_call_json(c, None) for c in calls]}
             finish = _finish(finish, reader) or finish

@@ -31,8 +31,9 @@ from .schemas import ResponseNamedChoice, ResponsesBody
 class _Shape:
     """One response as its JSON object and as the events that build it."""
 
-    def __init__(self, body: ResponsesBody, model: str, tools: ToolUse | None = None) -> None:
-        self.body, self.model, self.tools = body, model, tools
+    def __init__(self, body: ResponsesBody, model: str) -> None:
+        self.body, self.model = body, model
+        self.tools: ToolUse | None = None  # (set once the body's tools are checked)
         self.id, self.item = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.sequence = 0
@@ -175,9 +176,7 @@ async def responses(request: Request) -> Response:
         raise from_failure(exc) from None
     calls: list[ToolCall] = []
     if (reader := shape.reader()) is not None:
-        text, calls = reader.feed(text)
-        rest, more = reader.finish()
-        text, calls = text + rest, calls + more
+        text, calls = reader.read(text)
     status = "incomplete" if last.finish_reason == "length" else "completed"
     return JSONResponse(shape.response(status, text, last.finish_reason, _usage(last.prompt_tokens, last.tokens), calls))
 

@@ -121,6 +121,12 @@ class HermesCalls:
                     new.append(call)
         return "".join(content), new
 
+    def read(self, text: str) -> tuple[str, list[ToolCall]]:
+        """A whole answer at once: its content and its calls."""
+        content, calls = self.feed(text)
+        rest, more = self.finish()
+        return content + rest, calls + more
+
     def finish(self) -> tuple[str, list[ToolCall]]:
         """What is left at the end: a call the model did not close is taken if it parses whole."""
         if self._bare:
@@ -175,6 +181,10 @@ def _partial_tag(text: str) -> int:
     return 0
 
 
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")  # names -> schemas
+_SCHEMAS = ("items", "additionalItems", "contains", "not", "if", "then", "else", "prefixItems", "anyOf", "oneOf", "allOf")
+
+
 def _closed(schema: Any) -> Any:
     """The schema with its objects closed to the properties they name (as OpenAI's strict mode
     reads a schema): a small model held to an open object invents keys until its budget runs out."""
@@ -182,7 +192,13 @@ def _closed(schema: Any) -> Any:
         return [_closed(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: _closed(v) for k, v in schema.items()}
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _closed(s) for name, s in out[key].items()}
+    for key in _SCHEMAS:
+        if key in out:
+            out[key] = _closed(out[key])
     if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out

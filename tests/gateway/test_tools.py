@@ -368,3 +368,31 @@ def test_truncation_drops_old_turns_but_never_the_tools(tiny_server, hermes_toke
         prompt = hermes_tokenizer.decode(s.engine.requests[-1].prompt)
         assert "<tools>" in prompt and "turn 0:" not in prompt and "turn 39:" in prompt and "And now?" in prompt
         assert len(s.engine.requests[-1].prompt) <= s.engine.context_length
+
+
+def test_a_required_calls_schema_is_closed_everywhere_a_schema_can_be() -> None:
+    from server.tool_calls import _closed
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"a": {"type": "string"}}},  # a property named "properties"
+            "items": {"type": "array", "items": {"type": "object", "properties": {"b": {"type": "integer"}}}},
+            "either": {"anyOf": [{"type": "object", "properties": {"c": {"type": "string"}}}, {"type": "null"}]},
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},  # said open: left open
+        },
+        "$defs": {"Thing": {"type": "object", "properties": {"d": {"type": "string"}}}},
+    }
+    closed = _closed(schema)
+    assert closed["additionalProperties"] is False and set(closed["properties"]) == set(schema["properties"])
+    p = closed["properties"]
+    assert p["properties"]["additionalProperties"] is False and "additionalProperties" not in p["properties"]["properties"]
+    assert p["items"]["items"]["additionalProperties"] is False
+    assert p["either"]["anyOf"][0]["additionalProperties"] is False and p["either"]["anyOf"][1] == {"type": "null"}
+    assert p["open"]["additionalProperties"] is True and closed["$defs"]["Thing"]["additionalProperties"] is False
+
+
+def test_tool_choice_none_is_served_by_any_model(tiny_server) -> None:
+    with tiny_server() as s, client(s.url) as c:  # SmolLM2's template: no tools, but none offers none
+        out = c.chat.completions.create(model="tiny-llama", messages=MESSAGES, tools=[WEATHER], tool_choice="none").choices[0]  # type: ignore[call-overload]
+        assert out.message.content == "Hello there." and out.message.tool_calls is None
