@@ -129,6 +129,13 @@ async def completions(request: Request) -> Response:
     if best_of is not None and best_of > n and body.stream:
         raise APIError(400, "best_of cannot be used with stream: the best answers are known only at the end", param="best_of")
     ranked = best_of is not None and best_of > n
+    if body.max_tokens == 0 and not (body.echo and n == 1 and not ranked):
+        raise APIError(
+            400,
+            "max_tokens 0 asks for the prompt's own logprobs only: it needs echo, and one answer",
+            param="max_tokens",
+            code="invalid_value",
+        )
     logprobs = body.logprobs if body.logprobs is not None else (0 if ranked else None)  # ranking needs each answer's logprob
     guarded = FimPrompt(prompt, body.suffix) if body.suffix is not None else TextPrompt(prompt)  # type: ignore[arg-type]
     priority = Priority.BATCH if body.priority == "background" else Priority.INTERACTIVE

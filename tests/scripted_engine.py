@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from server.engine import Candidate, ContextOverflow, Delta, EngineError, GenerationRequest, TokenLogprob
+from server.engine import Candidate, ContextOverflow, Delta, EngineError, GenerationRequest, InvalidRequest, TokenLogprob
 
 
 class ScriptedEngine:
@@ -24,6 +24,8 @@ class ScriptedEngine:
         self.requests.append(req)
         if self.error is not None:
             raise self.error
+        if req.max_tokens < 0 or (req.max_tokens == 0 and not (req.echo and req.n == 1)):  # as the engine refuses it
+            raise InvalidRequest(f"max_tokens must be at least 1 (0 only to echo one prompt), got {req.max_tokens}", "max_tokens")
         if isinstance(req.prompt, list) and len(req.prompt) + req.max_tokens > self.context_length:  # as the engine refuses it
             raise ContextOverflow(
                 f"prompt ({len(req.prompt)} tokens) + max_tokens ({req.max_tokens}) exceeds {self.context_length}", "max_tokens"

@@ -58,6 +58,20 @@ BAD_BODIES = [
     ("unknown role", "chat/completions", json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, None),
     ("max_tokens 0", "completions", json.dumps({"prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
     (
+        "max_tokens 0, empty prompt",
+        "completions",
+        json.dumps({"prompt": "", "max_tokens": 0}).encode(),
+        400,
+        "max_tokens",
+    ),  # (found by the fuzz test)
+    (
+        "max_tokens 0, two answers",
+        "completions",
+        json.dumps({"prompt": "x", "max_tokens": 0, "echo": True, "n": 2}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
         "max_tokens negative",
         "chat/completions",
         json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}).encode(),
