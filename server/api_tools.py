@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import APIError
-from .gateway import TOOLS, Grammar, ModelInfo, forced
+from .gateway import TOOLS, Grammar, forced
 from .schemas import NamedToolChoice, ToolDef
 
 Choice = str | NamedToolChoice | None
@@ -30,8 +30,10 @@ class ToolUse:
         return (tuple(t.function.name for t in self.offered), self.limit) if self.offered else None
 
 
-def tool_use(tools: Sequence[ToolDef] | None, choice: Choice, parallel: bool | None, model: ModelInfo, constrained: bool) -> ToolUse | None:
-    """`constrained`: the request holds its answer to a grammar of its own (response_format)."""
+def tool_use(tools: Sequence[ToolDef] | None, choice: Choice, parallel: bool | None, constrained: bool) -> ToolUse | None:
+    """`constrained`: the request holds its answer to a grammar of its own (response_format). A
+    model that does not serve tools is refused by the gateway (`tools_not_supported`), which alone
+    knows the backend the call will reach."""
     if not tools:
         if choice not in (None, "none", "auto"):
             raise APIError(400, "tool_choice needs tools", param="tool_choice", code="invalid_value")
@@ -41,14 +43,6 @@ def tool_use(tools: Sequence[ToolDef] | None, choice: Choice, parallel: bool | N
         raise APIError(400, "tools holds two functions of one name", param="tools", code="invalid_value")
     if choice == "none":  # no call: the model is not told of the tools, so any model serves it
         return ToolUse((), None, None, "none")
-    if model.tools is None:
-        upstream = " here (an upstream pool does not pass tools on)" if model.backend == "upstream" else ""
-        raise APIError(
-            400,
-            f"model {model.name!r} does not serve tools: its chat template has none{upstream}",
-            param="tools",
-            code="tools_not_supported",
-        )
     required: list[ToolDef] | None = None
     if isinstance(choice, NamedToolChoice):
         required = [t for t in tools if t.function.name == choice.function.name]
@@ -73,7 +67,7 @@ def tool_use(tools: Sequence[ToolDef] | None, choice: Choice, parallel: bool | N
         tuple(tools),
         None if parallel else 1,
         grammar,
-        choice if isinstance(choice, str) else f"function:{choice.function.name}" if choice is not None else "auto",
+        f"function:{choice.function.name}" if isinstance(choice, NamedToolChoice) else choice or "auto",
     )
 
 

@@ -153,17 +153,17 @@ async def chat_completions(request: Request) -> Response:
     model = state.gateway.model_for("support_chat")
     if not model.chat:
         raise APIError(400, f"model {model.name!r} has no chat template; use /v1/completions", code="no_chat_template")
-    try:
-        tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, model, body.grammar() is not None)
-        messages = _messages(body, tools)
-    except APIError as exc:
-        refused(request, "support_chat", rid, exc)
-        raise
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _params(body, max_tokens, logprobs, n=body.n or 1)
+    try:
+        tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, params.grammar is not None)
+        messages = _messages(body, tools)
+    except APIError as exc:
+        refused(request, "support_chat", rid, exc)
+        raise
     if tools is not None:
         params = dataclasses.replace(params, grammar=tools.grammar or params.grammar, tool_choice=tools.choice)
     call = _call(request, body, "support_chat", ChatPrompt(messages), params, Priority.CHAT, rid)

@@ -134,16 +134,13 @@ class ChatShape:
 
     def chunk(self, delta: Delta) -> dict[str, Any] | None:
         text, finish = delta.text, delta.finish_reason
-        calls: list[ToolCall] = []
+        calls: list[dict[str, Any]] = []  # as the stream writes them, with their index among the answer's calls
         if self.tools is not None:
             reader = self.readers.setdefault(delta.index, self._reader())  # type: ignore[arg-type]
             made = len(reader.calls)
-            text, calls = reader.feed(text)
-            if finish is not None:
-                rest, more = reader.finish()
-                text, calls = text + rest, calls + more
+            text, new = reader.read(text) if finish is not None else reader.feed(text)
             finish = _finish(finish, reader)
-            calls_out = [_call_json(c, made + k) for k, c in enumerate(calls)]
+            calls = [_call_json(c, made + k) for k, c in enumerate(new)]
         if not (text or delta.reasoning or finish or delta.logprobs or calls):
             return None
         logprobs = chat_logprobs(delta.logprobs) if self.logprobs else None
@@ -151,7 +148,7 @@ class ChatShape:
         if delta.reasoning:
             content |= _reasoning(delta.reasoning)
         if calls:
-            content["tool_calls"] = calls_out
+            content["tool_calls"] = calls
         return self._event([{"index": delta.index, "delta": content, "logprobs": logprobs, "finish_reason": finish}])
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:

@@ -134,7 +134,7 @@ async def responses(request: Request) -> Response:
     shape = _Shape(body, served.name)
     try:
         grammar = body.grammar()
-        tools = tool_use(body.chat_tools(), body.chat_tool_choice(), body.parallel_tool_calls, served, grammar is not None)
+        tools = tool_use(body.chat_tools(), body.chat_tool_choice(), body.parallel_tool_calls, grammar is not None)
         messages = body.messages(tools_message(tools))
     except APIError as exc:
         refused(request, "support_chat", shape.id, exc)

@@ -52,8 +52,8 @@ class TokenizerText:
         except Exception:  # a template that cannot render tools does not serve them
             return None
         # Hermes' format, with its tag one token (the grammar that forces a call names the token)
-        hermes = OPEN in prompt and "probe_tool" in prompt and self.tokenizer.convert_tokens_to_ids(OPEN) != self.tokenizer.unk_token_id
-        return HERMES if hermes and len(self.tokenizer(OPEN, add_special_tokens=False)["input_ids"]) == 1 else None
+        one_token = len(self.tokenizer(OPEN, add_special_tokens=False)["input_ids"]) == 1
+        return HERMES if OPEN in prompt and "probe_tool" in prompt and one_token else None
 
     @property
     def fim(self) -> bool:
