@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-compile",
         action="store_true",
-        help="keep the eager decode step instead of compiling the one-row step in the background (also TANDEM_COMPILE=0)",
+        help="keep the eager decode step instead of compiling the decode step in the background (also TANDEM_COMPILE=0)",
     )
     serve.add_argument(
         "--speculative",

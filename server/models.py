@@ -35,10 +35,14 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_SPECS = (None, "", "default", DEFAULT_MODEL_NAME)  # what `--model` says for the embedded default
 # "q4": 4-bit weight groups with bf16 input rows on the CPU (server/engine/int4.py), the output
 # head in int8 with each input row as two int8 rows (int8.py); "w8a8": int8 weights and int8
-# input rows, multiplied in int32 on the CPU (int8.py); "int8", "nf4", "fp4": bitsandbytes.
+# input rows, multiplied in int32 on the CPU (int8.py); "bf16": on a CPU, bf16 weights in
+# oneDNN's layout with fp32 everywhere else (bf16.py), on a GPU the model in bf16; "int8",
+# "nf4", "fp4": bitsandbytes.
 QUANT_MODES = ("none", "q4", "w8a8", "bf16", "int8", "nf4", "fp4")
 QUANT_CHOICES = ("auto", *QUANT_MODES)  # "auto": `choose_quant`
-CPU_PACKED = {"q4": ("int4", "int8x2"), "w8a8": ("int8", None)}  # modes loaded in fp32, then repacked: (format, head's format)
+# modes loaded in fp32, then repacked on a CPU: (format, head's format)
+CPU_PACKED = {"q4": ("int4", "int8x2"), "w8a8": ("int8", None), "bf16": ("bf16", None)}
+GPU_TOO = frozenset({"bf16"})  # packed modes that a GPU serves its own way (the model in that dtype)
 FOUR_BIT_BLOCKS = frozenset({"Q4_0", "Q4_1"})  # GGUF blocks of 32 weights on 16 levels: what int4 groups hold exactly
 
 
@@ -169,10 +173,10 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     placement = {"device_map": device} if device == "cuda" else {}  # on CPU, load as it always did
-    if quant in CPU_PACKED:
-        if device == "cuda":
-            raise ValueError(f"{quant} is a CPU path; on a GPU choose int8, nf4 or fp4 (bitsandbytes) or none")
+    if quant in CPU_PACKED and device == "cpu":
         return {"dtype": torch.float32}  # loaded in fp32, then quantized by `load`
+    if quant in CPU_PACKED and quant not in GPU_TOO:
+        raise ValueError(f"{quant} is a CPU path; on a GPU choose bf16, int8, nf4 or fp4 (bitsandbytes) or none")
     if quant == "none":
         return {"dtype": torch.float32, **placement}
     if quant == "bf16":
@@ -185,6 +189,12 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_compute_dtype=torch.bfloat16)
         return {"quantization_config": config, "dtype": torch.bfloat16, "device_map": device}
     raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_CHOICES)}")
+
+
+def torch_dtype(quant: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16}.get(quant, torch.float32)
 
 
 def gguf_source(spec: str | None, home: Path | None = None) -> Path | None:
@@ -210,8 +220,11 @@ def linear_block_types(gguf: Path) -> set[str]:
 def choose_quant(spec: str | None, home: Path | None = None) -> str:
     """`--quant auto`: on a CPU, what the catalogue measured for its model; q4 for a file whose
     layers are all 4-bit blocks (int4 groups then hold the file's own weights, and a step reads
-    an eighth of fp32's bytes); otherwise none."""
+    an eighth of fp32's bytes); otherwise bf16 where the CPU multiplies bf16 in hardware (as
+    fp32 in perplexity, faster at every batch size: README, "Quantization modes"), else none."""
     import torch
+
+    from .engine import bf16
 
     if torch.cuda.is_available():
         return "none"
@@ -220,7 +233,7 @@ def choose_quant(spec: str | None, home: Path | None = None) -> str:
     gguf = gguf_source(spec, home)
     if gguf is not None and gguf.is_file() and (types := linear_block_types(gguf)) and types <= FOUR_BIT_BLOCKS:
         return "q4"
-    return "none"
+    return "bf16" if bf16.native() and bf16.available() else "none"
 
 
 def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
@@ -231,7 +244,10 @@ def fim_tokens(tokenizer: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def load(spec: str | None = None, quant: str = "auto", home: Path | None = None) -> LoadedModel:
+def load(spec: str | None = None, quant: str = "auto", home: Path | None = None, repack: bool = True) -> LoadedModel:
+    """The model in `quant`; with `repack=False`, as transformers itself runs that mode where it
+    can (`bf16`: the whole model in bf16, as `dtype=torch.bfloat16` loads it), for a baseline
+    that the engine's own layouts must not speed up."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
@@ -242,9 +258,12 @@ def load(spec: str | None = None, quant: str = "auto", home: Path | None = None)
         # Belt and braces: nothing below may reach for a hub when the model is local.
         os.environ["HF_HUB_OFFLINE"] = "1"
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, **quantization_kwargs(quant))
+    as_transformers = not repack and quant in GPU_TOO
+    model = AutoModelForCausalLM.from_pretrained(
+        source, **({"dtype": torch_dtype(quant)} if as_transformers else quantization_kwargs(quant))
+    )
     model.eval()
-    if quant in CPU_PACKED:
+    if quant in CPU_PACKED and next(model.parameters()).device.type == "cpu" and not as_transformers:
         from .engine.packed import pack_linears
 
         fmt, head = CPU_PACKED[quant]

@@ -124,7 +124,7 @@ def _upstream(kind: str, log_dir: Path, cpu: int | None) -> tuple[subprocess.Pop
                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1", "--n_threads_batch", "1",
                 "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip
     else:
-        # --no-compile: the compile of the one-row step takes a minute of CPU in the background, which would
+        # --no-compile: the compile of the decode step takes a minute of CPU in the background, which would
         # land on whichever side of the comparison runs first
         args = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--audit-dir", str(log_dir / "upstream-audit"),
                 "--dialog-dir", str(log_dir / "upstream-dialog"), "--log-level", "warning", "--no-compile"]  # fmt: skip

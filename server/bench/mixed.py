@@ -12,7 +12,7 @@ from typing import Any
 from ..engine import Engine, GenerationRequest
 from ..engine.types import Priority
 from .measure import percentile
-from .workload import chat_ids, code_prefixes
+from .workload import chat_ids, code_prefixes, long_prompt_ids
 
 
 @dataclass
@@ -70,3 +70,51 @@ async def _measure(engine: Engine, tokenizer: Any, chats: int, completions: int,
 
 def mixed_load(engine: Engine, tokenizer: Any, chats: int, completions: int, interval: float = 0.8, max_tokens: int = 16) -> MixedResult:
     return asyncio.run(_measure(engine, tokenizer, chats, completions, interval, max_tokens))
+
+
+@dataclass
+class StallResult:
+    """8 chat streams decoding when a long prompt arrives: how long they wait for a token while
+    it is prefilled, in their own steps (the median gap between two of their tokens before it)."""
+
+    chunked: bool
+    prompt_tokens: int
+    step_ms: float  # the chat streams' median inter-token gap before the arrival
+    longest_gap_ms: float  # the longest gap of any chat stream from the arrival to the long prompt's first token
+    stall_steps: float  # (longest gap - step) / step: the steps a stream lost to the prefill
+    long_ttft_ms: float  # the long prompt's own time to first token
+
+
+async def _stall(engine: Engine, tokenizer: Any, chats: int, prompt_tokens: int) -> tuple[float, float, float]:
+    stop = asyncio.Event()
+    times: list[list[float]] = [[] for _ in range(chats)]
+
+    async def chat(i: int, ids: list[int]) -> None:
+        while not stop.is_set():
+            async for delta in engine.stream(GenerationRequest(prompt=ids, max_tokens=512)):
+                if delta.tokens:
+                    times[i].append(time.perf_counter())
+                if stop.is_set():
+                    break
+
+    tasks = [asyncio.create_task(chat(i, ids)) for i, ids in enumerate(chat_ids(tokenizer, chats))]
+    while engine.running < chats or min(len(t) for t in times) < 12:  # every stream decoding, a steady stretch measured
+        await asyncio.sleep(0.02)
+    arrived = time.perf_counter()
+    first = 0.0
+    async for delta in engine.stream(GenerationRequest(prompt=long_prompt_ids(tokenizer, prompt_tokens), max_tokens=4)):
+        if delta.tokens and not first:
+            first = time.perf_counter()
+    landed = len(times[0])
+    while min(len(t) for t in times) < landed + 2:  # one more token each after the long prompt joined
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.gather(*tasks)
+    before = [b - a for t in times for a, b in zip(t, t[1:]) if b < arrived]
+    during = [b - a for t in times for a, b in zip(t, t[1:]) if b > arrived and a < first]
+    return percentile(before, 50), max(during, default=0.0), first - arrived
+
+
+def long_prompt_stall(engine: Engine, tokenizer: Any, chunked: bool, chats: int = 8, prompt_tokens: int = 4000) -> StallResult:
+    step, gap, ttft = asyncio.run(_stall(engine, tokenizer, chats, prompt_tokens))
+    return StallResult(chunked, prompt_tokens, step * 1000, gap * 1000, (gap - step) / step, ttft * 1000)

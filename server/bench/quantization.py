@@ -29,7 +29,7 @@ class QuantRow:
     fraction_of_ceiling: float  # median over rounds of decode x bytes per token / bandwidth
     perplexity: dict[str, float] = field(default_factory=dict)
     perplexity_vs_none: dict[str, float] = field(default_factory=dict)
-    decode_step: str = ""  # which one-row step served (Engine.decode_step)
+    decode_step: str = ""  # which step served (Engine.decode_step)
 
 
 def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -> float:
@@ -41,7 +41,7 @@ def decode_rate(engine: Engine, tokenizer: Any, streams: int, max_tokens: int) -
 def measure_quant(
     spec: str | None, quant: str, max_tokens: int, ppl_tokens: int, rounds_b1: int = 3, compile_decode: bool = False, log: Any = print
 ) -> QuantRow:
-    """The engine as `tandem serve` runs it in each mode (compiling its one-row step where it can,
+    """The engine as `tandem serve` runs it in each mode (compiling its step where it can,
     unless told not to)."""
     loaded = models.load(spec, quant)
     per_token = weight_bytes_per_token(loaded.model, loaded.footprint_bytes)  # before the engine repacks the weights
@@ -109,7 +109,7 @@ def needs_unfused_copy(names: list[str]) -> bool:
 def decode_paths(plain: Any, served: Any, unfused: Any, max_tokens: int, rounds: int, names: list[str]) -> dict[str, Any]:
     """Decode at 1 and 16 rows through transformers' forward, through the engine's own step
     (`server/engine/fast_decode.py`), through that step on MKL-packed weights, with q/k/v and
-    gate/up fused into one packed matrix each (`server/engine/packed.py`), and with its one-row
+    gate/up fused into one packed matrix each (`server/engine/packed.py`), and with its
     step compiled: the before and after of each. `plain` is a model as transformers loads it,
     `unfused` and `served` copies that the engines pack in place (without and with fusing;
     `unfused` may be None where `needs_unfused_copy(names)` is false); `names` picks the paths

@@ -24,7 +24,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# tandem bench{' --quick' if r['quick'] else ''}",
         "",
-        f"{r['model']['name']} ({r['model']['quant']}, {r['model']['footprint_mib']} MiB), {m['cpus']} CPUs, "
+        f"{r['model']['name']} ({r['model']['quant']}, {r['model']['footprint_mib']} MiB; the peers in "
+        f"{r.get('peers_quant', r['model']['quant'])}, as transformers runs it), {m['cpus']} CPUs, "
         f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}; {r['settings']['max_tokens']} new tokens "
         f"per stream, greedy, median of {r['settings']['repeats']} run(s) per cell. llama.cpp: {r['llama_cpp']['status']}"
         + (f" ({r['llama_cpp']['version']}, {r['llama_cpp']['gguf']})" if r["llama_cpp"].get("version") else "")
@@ -73,7 +74,7 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"{sp['prompts']}; each request {sp['max_tokens']} new tokens, greedy, interactive priority, all rows arriving at once; "
             f"up to {sp['draft_tokens']} drafts per row and step; speculation on and off alternating over {sp['rounds']} round(s), medians "
-            f"(one-row step: {sp['decode_step']}). Acceptance = drafts accepted ÷ drafted; tokens per step = a row's tokens per decode step it was in (1 without speculation).",
+            f"(decode step: {sp['decode_step']}). Acceptance = drafts accepted ÷ drafted; tokens per step = a row's tokens per decode step it was in (1 without speculation).",
             "",
             "| rows | on tok/s | off tok/s | on ÷ off | latency p50 ms on | off | acceptance | tokens/step on |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -110,7 +111,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"Every row greedy, {sm['max_tokens']} new tokens, all at once; penalties = presence 0.5, frequency 0.5, repetition 1.1; "
             f"logit bias = 64 tokens; logprobs = the 5 likeliest alternatives; json_schema = a list of 40 or more records, "
             f"each token masked by llguidance's grammar; cases in rotating order over {sm['rounds']} round(s), "
-            f"medians (one-row step: {sm['decode_step']}). Cost = plain tok/s ÷ the case's tok/s; for one controlled row among plain "
+            f"medians (decode step: {sm['decode_step']}). Cost = plain tok/s ÷ the case's tok/s; for one controlled row among plain "
             "ones, the plain rows' cost is what the plain path pays for such a neighbour.",
             "",
             "| rows | case | tok/s | cost per token vs plain | plain rows' cost |",
@@ -122,12 +123,59 @@ def markdown(r: dict[str, Any]) -> str:
             for row in sm["rows"]
         ]
         lines.append("")
+    if "long_prompt" in r.get("mixed", {}):
+        lp = r["mixed"]["long_prompt"]
+        lines += [
+            f"A {lp['chunked']['prompt_tokens']}-token prompt arriving while 8 chat streams decode, prefilled whole or in chunks "
+            "between decode steps (median run): the longest wait of any chat stream for its next token until the long prompt's "
+            "first token, and the steps that wait lost against the streams' own median step before it.",
+            "",
+            "| prefill | chat step ms | longest gap ms | steps lost | long prompt's TTFT ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key in ("whole", "chunked"):
+            m = lp[key]
+            lines.append(f"| {key} | {m['step_ms']:.0f} | {m['longest_gap_ms']:.0f} | {m['stall_steps']:.1f} | {m['long_ttft_ms']:.0f} |")
+        lines.append("")
+    if "profile" in r:
+        lines += [
+            "## Profile: where a batched decode step's time goes",
+            "",
+            "Each part timed alone on a real batch's shapes (the chat prompts, prefilled and decoded 24 steps, left-padded as "
+            "in the engine), median ms per step. *Attention* runs over the padded cache as the step does; *unpadded* over each "
+            "row's own columns only. *Rest* is the eager step less products, attention, rotary and norms: Python, dispatch and "
+            "the small ops between them. Sampling follows the step (greedy rows; rows at temperature 0.8, top-p 0.95).",
+            "",
+            "| weights | rows | columns (longest row) | products | attention | attention, unpadded | rotary | norms | rest "
+            "| eager step | compiled step | sampling, greedy | sampling, top-p |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in r["profile"]:
+            lines.append(
+                f"| {p['weights']} | {p['rows']} | {p['padded_columns']:.0f} ({p['longest_row']:.0f}) | {_f(p['products'])} | "
+                f"{_f(p['attention'])} | {_f(p['attention_unpadded'])} | {_f(p['rotary'])} | {_f(p['norms'])} | {_f(p['rest'])} | "
+                f"{_f(p['step_eager'])} | {_f(p['step_compiled'])} | {_f(p['sampling_greedy'])} | {_f(p['sampling_top_p'])} |"
+            )
+        lines.append("")
+    if "kernels" in r:
+        counts = [k for k in next((k for k in r["kernels"] if "error" not in k), {}) if k.startswith("rows_")]
+        lines += [
+            "Every weight matrix of the model (unfused) multiplied by a step's rows in each kernel, ms per step (median); "
+            "the engine's modes are marked. bitsandbytes' kernels are measured end to end in the quantization section.",
+            "",
+            "| kernel | " + " | ".join(f"{c[5:]} row(s)" for c in counts) + " |",
+            "|---|" + "---:|" * len(counts),
+        ]
+        for k in r["kernels"]:
+            cells = [k.get("error", "–")] + [""] * (len(counts) - 1) if "error" in k else [_f(k[c]) for c in counts]
+            lines.append(f"| {k['kernel']} | " + " | ".join(cells) + " |")
+        lines.append("")
     if "quantization" in r:
         texts = list(r["quantization"][0]["perplexity"])
         lines += [
             "## Quantization",
             "",
-            "| mode | weights MiB | one-row step | decode tok/s, batch 1 | decode tok/s, batch 16 | "
+            "| mode | weights MiB | decode step | decode tok/s, batch 1 | decode tok/s, batch 16 | "
             + " | ".join(f"perplexity: {t}" for t in texts)
             + " |",
             "|---|---:|---|---:|---:|" + "---:|" * len(texts),
@@ -203,7 +251,7 @@ def markdown(r: dict[str, Any]) -> str:
                 ("fast_step", "engine's step"),
                 ("fast_step_packed", "engine's step, packed weights"),
                 ("fast_step_packed_fused", "engine's step, packed weights, q/k/v and gate/up fused"),
-                ("fast_step_packed_fused_compiled", "engine's step, packed and fused, one-row step compiled (`tandem serve`)"),
+                ("fast_step_packed_fused_compiled", "engine's step, packed and fused, compiled (`tandem serve`)"),
             ):
                 if key in p:
                     lines.append(

@@ -15,12 +15,13 @@ import torch
 import transformers
 
 from .. import models
-from ..engine import Engine, EngineConfig
+from ..engine import Engine, EngineConfig, bf16
 from .ceiling import read_bandwidth
 from .gateway_overhead import measure_gateway_overhead
 from .measure import RATIO_KEYS, Run, summarise
-from .mixed import mixed_load
+from .mixed import long_prompt_stall, mixed_load
 from .peers import LlamaCpp, continuous_batching_manager, engine_streams, llama_cpp_problem, sequential_generate, static_batch_generate
+from .profile import measure_kernels, measure_profile
 from .quantization import PATHS, decode_paths, measure_quant, needs_unfused_copy, relative_to_none
 from .report import markdown
 from .sampling_costs import measure_sampling_costs
@@ -35,6 +36,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens or (12 if quick else 64),
         "repeats": args.repeats or (1 if quick else 3),
         "mixed_completions": 6 if quick else 40,
+        "long_prompt_tokens": 1000 if quick else 4000,
         "quant_modes": ["none", "nf4"] if quick else list(models.QUANT_MODES),
         "quant_tokens": 16 if quick else 48,
         "ppl_tokens": 192 if quick else 2048,
@@ -47,7 +49,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "spec_rounds": 1 if quick else 3,
         "spec_draft_sweep": [] if quick else [4, 8, 16],
         "sampling_rows": [1, 16],
-        "compile": not quick,  # the compiled one-row step, as `tandem serve` runs it (--quick cannot wait a minute for it)
+        "profile_rows": [4, 16] if quick else [4, 16, 32],
+        "profile_rounds": 5 if quick else 20,
+        # the weight formats profiled: MKL's fp32, and oneDNN's bf16 where this CPU multiplies bf16 in hardware
+        "profile_formats": ["mkl", "bf16"] if bf16.native() else ["mkl"],
+        "compile": not quick,  # the compiled step, as `tandem serve` runs it (--quick cannot wait a minute for it)
         # --quick: the first and the last eager path only (each path is an engine, and one needs a model copy)
         "decode_paths": ["transformers_forward", "fast_step_packed_fused"] if quick else list(PATHS),
     }
@@ -112,10 +118,13 @@ def run_bench(args: argparse.Namespace) -> int:
         "quick": args.quick,
         "settings": s,
     }
-    loaded = models.load(args.model, args.quant)
+    # the peers' copy, as transformers runs the mode (bf16: the model in bf16; fp32 unpacked),
+    # unless --peers-quant names another mode for them
+    loaded = models.load(args.model, args.peers_quant or args.quant, repack=False)
     served = models.load(args.model, args.quant)  # the engine's copy: it repacks the weights it is given
     tokenizer = loaded.tokenizer  # (the model copies go before the quantization section)
-    result["model"] = {"name": loaded.name, "quant": loaded.quant, "footprint_mib": round(loaded.footprint_bytes / 2**20, 1)}
+    result["model"] = {"name": served.name, "quant": served.quant, "footprint_mib": round(served.footprint_bytes / 2**20, 1)}
+    result["peers_quant"] = loaded.quant
 
     llama = None
     gguf = (
@@ -162,6 +171,31 @@ def run_bench(args: argparse.Namespace) -> int:
         idle, busy = (sorted(runs[c], key=lambda r: r.ttft_p95_ms)[len(runs[c]) // 2] for c in (0, 8))  # the median run
         result["mixed"] = {"idle": asdict(idle), "under_8_chats": asdict(busy), "p95_ratio": round(busy.ttft_p95_ms / idle.ttft_p95_ms, 2)}
         print(f"  completion TTFT p95: idle {idle.ttft_p95_ms:.0f} ms, under 8 chats {busy.ttft_p95_ms:.0f} ms", flush=True)
+        stalls: dict[bool, list[Any]] = {True: [], False: []}
+        for rep in range(s["repeats"]):
+            for chunked in (True, False) if rep % 2 == 0 else (False, True):
+                engine = Engine(
+                    served.model, served.tokenizer, EngineConfig(max_batch_size=32, chunk_prefill_above=256 if chunked else 0)
+                ).start()
+                try:
+                    stalls[chunked].append(long_prompt_stall(engine, loaded.tokenizer, chunked, prompt_tokens=s["long_prompt_tokens"]))
+                finally:
+                    engine.close()
+        median = {c: sorted(r, key=lambda x: x.stall_steps)[len(r) // 2] for c, r in stalls.items()}
+        result["mixed"]["long_prompt"] = {"chunked": asdict(median[True]), "whole": asdict(median[False])}
+        for c in (False, True):
+            m = median[c]
+            print(
+                f"  a {m.prompt_tokens}-token prompt during 8 chats, {'chunked' if c else 'whole'}: longest gap {m.longest_gap_ms:.0f} ms "
+                f"({m.stall_steps:.1f} steps lost at {m.step_ms:.0f} ms a step), its TTFT {m.long_ttft_ms:.0f} ms",
+                flush=True,
+            )
+
+    if "profile" in s["sections"]:
+        print(f"profile: the batched step's parts at {s['profile_rows']} rows, weights {s['profile_formats']}", flush=True)
+        result["profile"] = measure_profile(args.model, s["profile_formats"], s["profile_rows"], s["profile_rounds"], s["compile"])
+        print(f"kernels: the model's products at {[1, *s['profile_rows'][1:]]} rows in each kernel", flush=True)
+        result["kernels"] = measure_kernels(args.model, [1, *s["profile_rows"][1:]], s["profile_rounds"])
 
     if "speculative" in s["sections"]:
         print(f"speculative: code completion at {s['spec_rows']} rows, on and off alternating, {s['spec_rounds']} round(s)", flush=True)
@@ -249,6 +283,28 @@ def bars(result: dict[str, Any]) -> dict[str, Any]:
         r = result["at_16_streams"]
         out["engine_vs_sequential_at_16_ge_5x"] = {"value": r["ratio_vs_sequential"], "pass": r["ratio_vs_sequential"] >= 5}
         out["engine_vs_cb_manager_at_16_ge_1.5x"] = {"value": r["ratio_vs_cb_manager"], "pass": r["ratio_vs_cb_manager"] >= 1.5}
+    by_streams = {r["streams"]: r for r in result.get("throughput", [])}
+    for n, static, cb in ((16, 2, 2), (32, 2, 2)):
+        if n in by_streams:
+            r = by_streams[n]
+            out[f"engine_vs_static_batch_at_{n}_ge_{static}x"] = {
+                "value": r["ratio_vs_static_batch"],
+                "pass": r["ratio_vs_static_batch"] >= static,
+            }
+            out[f"engine_vs_cb_manager_at_{n}_ge_{cb}x"] = {"value": r["ratio_vs_cb_manager"], "pass": r["ratio_vs_cb_manager"] >= cb}
+    if 16 in by_streams:
+        rate = by_streams[16]["peers"]["tandem_engine"]["tok_s"]
+        out["engine_at_16_ge_250_tok_s"] = {"value": rate, "pass": rate >= 250}
+    if 1 in by_streams:
+        rate = by_streams[1]["peers"]["tandem_engine"]["tok_s"]
+        llama = by_streams[1]["peers"].get("llama_cpp")
+        out["engine_at_1_ge_30_tok_s_or_0.75x_llama_cpp"] = {
+            "value": rate,
+            "pass": rate >= 30 or (llama is not None and rate >= 0.75 * llama["tok_s"]),
+        }
+    if "long_prompt" in result.get("mixed", {}):
+        lost = result["mixed"]["long_prompt"]["chunked"]["stall_steps"]
+        out["long_prompt_during_8_chats_stalls_le_2_steps"] = {"value": round(lost, 2), "pass": lost <= 2}
     if "mixed" in result:
         out["completion_p95_ttft_under_8_chats_le_2x_idle"] = {
             "value": result["mixed"]["p95_ratio"],

@@ -1,6 +1,6 @@
 """Prompt-lookup speculation on and off, on code completion, at several batch sizes.
 
-One engine (compiled one-row step and all, as `tandem serve` runs it) whose speculation is
+One engine (compiled step and all, as `tandem serve` runs it) whose speculation is
 switched between rounds, on and off alternating, so both see the same weights, caches and
 neighbours on the host; cells are medians over the rounds. The gate on the batch size is lifted
 here so that every size is measured with speculation on; the sizes where it is not slower are

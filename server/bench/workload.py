@@ -102,3 +102,17 @@ def code_completion_prompts(n: int, context_chars: int = 1500) -> list[str]:
         start = texts[f].rfind("\n", 0, cut - context_chars) + 1
         prompts.append(texts[f][start:cut])
     return prompts
+
+
+def long_prompt_ids(tokenizer: Any, tokens: int) -> list[int]:
+    """A prompt of `tokens` tokens: a user pasting a long document (a library source that ships
+    with torch's dependencies) and asking about it."""
+    spec = importlib.util.find_spec("networkx")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("networkx is not installed in this environment (it comes with torch)")
+    text = (Path(next(iter(spec.submodule_search_locations))) / "classes/graph.py").read_text(encoding="utf-8")
+    ids = list(tokenizer(text)["input_ids"])
+    while len(ids) < tokens:
+        ids += ids
+    question = list(tokenizer("\n\nSummarise what this module does.")["input_ids"])
+    return ids[: tokens - len(question)] + question

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from .chunked import ChunkBudget, ChunkedPrefill
 from .detokenize import IncrementalDetokenizer
-from .fast_decode import CompiledStep, compile_one_row, supports
+from .fast_decode import CompiledStep, compile_step, supports
 from .grammar import Constraint, Grammars
 from .kv import RunningBatch
 from .metrics import EngineMetrics
@@ -142,10 +143,12 @@ class Engine:
         self._plain_seconds: float | None = None  # EMA of a plain step's time, at batch sizes that may speculate
         self._verify_seconds: float | None = None  # EMA of a verification step's time, likewise
         self._rows: list[_Sequence] = []
+        self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # long prompts being prefilled between steps, oldest first
+        self._chunks = ChunkBudget()
         self._prefilling = 0  # requests taken from the queue and not yet in the batch (or finished)
         self._closing = False
         self._thread: threading.Thread | None = None
-        self.compiled_step: CompiledStep | None = None  # the compiled one-row step, once it is ready
+        self.compiled_step: CompiledStep | None = None  # the compiled step, once it is ready
         self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
         self.compile_nice: int | None = None  # the compile thread's nice value, once lowered
         self._quiet = threading.Event()  # set while the engine has nothing to do (no request running, prefilling or waiting)
@@ -185,7 +188,7 @@ class Engine:
         return "compiled" if self.compiled_step is not None and self.compiled_step.failed is None else "eager"
 
     def _compile(self) -> None:
-        """Compile the one-row step while the worker serves with the eager one; it switches at its
+        """Compile the decode step while the worker serves with the eager one; it switches at its
         next step. It must not starve live requests, so this thread runs at the lowest priority
         (COMPILE_NICE: on Linux per thread, and the C++ compiler processes inductor starts inherit
         it), inductor compiles in it rather than in a pool of worker processes at normal priority
@@ -207,15 +210,15 @@ class Engine:
             return
         self.compile_state = "compiling"
         started = time.monotonic()
-        log.info("compiling the one-row decode step in the background, at low priority (the eager step serves meanwhile)")
+        log.info("compiling the decode step in the background, at low priority (the eager step serves meanwhile)")
         try:
             import torch._inductor.config as inductor_config
 
             with inductor_config.patch(compile_threads=1):
-                self.compiled_step = compile_one_row(self.model)
-            log.info("one-row decode step compiled in %.0f s", time.monotonic() - started)
+                self.compiled_step = compile_step(self.model)
+            log.info("decode step compiled in %.0f s", time.monotonic() - started)
         except Exception:  # the eager step stays; compiling is an optimisation, not a requirement
-            log.exception("compiling the one-row decode step failed; the eager step stays")
+            log.exception("compiling the decode step failed; the eager step stays")
         finally:
             self.compile_state = "done"
             self.compiled.set()
@@ -242,7 +245,7 @@ class Engine:
         self._scheduler.close()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for seq in self._scheduler.drain() + self._rows:
+        for seq in self._scheduler.drain() + self._rows + [c for c, _ in self._chunking]:
             seq.send(EngineClosed("engine is shutting down"))  # (once per row: the stream raises at the first)
 
     @property
@@ -358,26 +361,29 @@ class Engine:
     def _serve(self) -> None:
         while not self._closing:
             self._drop_cancelled()
-            free = self.config.max_batch_size - len(self._rows)
-            if not self._rows and not len(self._scheduler):
+            free = self.config.max_batch_size - len(self._rows) - sum(seq.rows for seq, _ in self._chunking)
+            idle = not self._rows and not self._chunking
+            if idle and not len(self._scheduler):
                 self._set_busy(False)  # about to wait for work: a background compile may run
-            new = self._scheduler.take(free, self.config.prefill_token_budget, block=not self._rows) if free > 0 else []
+            new = self._scheduler.take(free, self.config.prefill_token_budget, block=idle) if free > 0 else []
             if self._closing:
                 break
             try:
                 if new:
                     self._set_busy(True)
-                    self._prefilling = len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
+                    self._prefilling += len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
                     self._admit(new)
+                if self._chunking:
+                    self._prefill_chunk()
                 if self._rows:
                     self._decode()
             except Exception as exc:  # a failed step must not take the engine down with it
                 log.exception("engine step failed; failing the %d requests in it", len(self._rows) + len(new))
-                for seq in {id(s): s for s in self._rows + new}.values():
+                for seq in {id(s): s for s in self._rows + new + [c for c, _ in self._chunking]}.values():
                     if not seq.done:
                         self._finish(seq, "error")
                         seq.send(EngineError(f"generation failed: {exc}"))
-                self._rows, self._batch, self._prefilling = [], RunningBatch(self.fast_decode), 0
+                self._rows, self._batch, self._prefilling, self._chunking = [], RunningBatch(self.fast_decode), 0, []
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._rows) if not s.cancelled]
@@ -401,6 +407,10 @@ class Engine:
                 self._join([seq], pre)
                 continue
             reused, kv = self._prefix.lookup(seq.prompt_ids)
+            if 0 < self.config.chunk_prefill_above < len(seq.prompt_ids) - reused:  # long: in chunks, between decode steps
+                self._chunking.append((seq, ChunkedPrefill(self.model, seq.prompt_ids, kv, reused)))
+                self.metrics.prefilled(0, reused)  # (its chunks count what they compute)
+                continue
             if kv is None:
                 misses.append(seq)
                 continue
@@ -415,6 +425,25 @@ class Engine:
                 if len(seq.prompt_ids) >= self._prefix.min_reuse and self._prefix.max_tokens > 0:
                     self._prefix.store(seq.prompt_ids, row_kv(pre, row))
             self._join(misses, pre)
+
+    def _prefill_chunk(self) -> None:
+        """The next chunk of the oldest long prompt being prefilled; once its last chunk is in,
+        it joins the batch (and its prompt goes into the prefix cache, as any other's)."""
+        seq, job = self._chunking[0]
+        if seq.cancelled:
+            self._chunking.pop(0)
+            self._prefilling -= 1
+            self._finish(seq, "cancelled")
+            return
+        reused = job.done
+        pre = job.advance(self._chunks.tokens(decoding=bool(self._rows)), self._chunks)
+        self.metrics.prefilled(job.done - reused)
+        if pre is None:
+            return
+        self._chunking.pop(0)
+        if self._prefix.max_tokens > 0 and len(seq.prompt_ids) >= self._prefix.min_reuse:
+            self._prefix.store(seq.prompt_ids, pre.kv)
+        self._join([seq], pre)
 
     def _echo(self, seq: _Sequence, pre: Prefilled) -> None:
         """Send the prompt back, with each token's log-probability given the ones before it; a
@@ -485,6 +514,8 @@ class Engine:
         drafts = self._drafts()
         emitted = self._speculate(drafts) if drafts is not None else self._plain_step()
         took = time.monotonic() - started
+        if drafts is None:
+            self._chunks.stepped(took)
         if self.speculative and size <= self.spec_max_rows:  # the costs behind the speculation gate
             if drafts is None:
                 self._plain_seconds = took if self._plain_seconds is None else 0.8 * self._plain_seconds + 0.2 * took

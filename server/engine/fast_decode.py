@@ -60,21 +60,27 @@ def supports(model: Any) -> bool:
 StepFn = Callable[..., torch.Tensor]  # forward_rows or a compiled copy of it
 
 
+COMPILED_ROWS = 32  # the most rows the compiled batched step takes (bf16.ROW_BLOCK: one block of products)
+
+
 @torch.inference_mode()
 def decode_step(
     model: Any, tokens: torch.Tensor, positions: torch.Tensor, layers: list[Any], mask: torch.Tensor, forward: StepFn | None = None
 ) -> torch.Tensor:
     """tokens, positions: [B]; layers: the batch's SlottedLayer per decoder layer (updated in
     place); mask: [B, T] with the new column included, 0 where a row is left-padded; `forward`
-    replaces `forward_rows` for one unpadded row. Returns the logits [B, V] for each row's next token."""
+    replaces `forward_rows` (the compiled step, `compile_step`) for one unpadded row and for 2
+    to COMPILED_ROWS rows. Returns the logits [B, V] for each row's next token."""
     length = layers[0].length
+    rows = tokens.shape[0]
     for cache in layers:  # growing the buffers stays outside the (possibly compiled) forward
         cache.reserve(1)
-    # One boolean mask for every layer; none at all when no row is padded (always so for one row).
-    attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+    # One boolean mask for every layer; none at all for one unpadded row. Several rows always
+    # pass one, padded or not, so that the compiled step needs one graph for them, not two.
+    attn_mask = None if rows == 1 and bool(mask.all()) else mask.bool()[:, None, None, :]
     keys = [cache.buffers[0] for cache in layers]
     values = [cache.buffers[1] for cache in layers]
-    if forward is None or attn_mask is not None or tokens.shape[0] != 1:  # the compiled step is for one unpadded row
+    if forward is None or (rows == 1 and attn_mask is not None) or rows > COMPILED_ROWS:  # shapes the compiled step was not made for
         forward = forward_rows
     elif not (tokens.is_inference() and positions.is_inference()):  # what the compiled graph was made for (and guards on)
         tokens, positions = tokens.clone(), positions.clone()
@@ -162,15 +168,17 @@ def _decoder(
     return _rms_norm(inner.norm, x)
 
 
-def compile_one_row(model: Any) -> "CompiledStep":
-    """`forward_rows` compiled by torch.compile (inductor) for a single row, warmed up on
-    scratch buffers so that the first real call finds it ready.
+def compile_step(model: Any) -> "CompiledStep":
+    """`forward_rows` compiled by torch.compile (inductor), warmed up on scratch buffers so that
+    the first real call finds it ready: one graph for a single unpadded row, one for 2 to
+    COMPILED_ROWS rows with a padding mask (both symbolic in the cache's length and capacity,
+    the second in its row count too).
 
-    Why: at one row the step's products read every weight once, and the ~40 small ops per
-    layer around them (norms, rotary, cache writes, attention) each pay Python and dispatch time,
-    a large share of an eager step. Inductor fuses them into a few C++ kernels. Compiling takes
-    minutes of CPU, so the engine does it in the background and keeps the eager step until it is
-    ready. `tandem bench` (ceiling, quantization) measures both."""
+    Why: a step's products read every weight once, and the ~40 small ops per layer around them
+    (norms, rotary, cache writes, attention) each pay Python and dispatch time, a large share
+    of an eager step at one row and at many. Inductor fuses them into a few C++ kernels.
+    Compiling takes minutes of CPU, so the engine does it in the background and keeps the eager
+    step until it is ready. `tandem bench` (profile, ceiling, quantization) measures both."""
     let_inductor_call_packed_linears()
     compiled = CompiledStep(torch.compile(forward_rows, dynamic=True))
     config = model.config
@@ -178,11 +186,15 @@ def compile_one_row(model: Any) -> "CompiledStep":
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     param = next(model.parameters())
     with torch.inference_mode():
-        for capacity, length in ((37, 20), (75, 41)):  # two sizes, so that both are symbolic from the start
-            keys = [param.new_zeros((1, kv_heads, capacity, head_dim)) for _ in model.model.layers]
-            values = [param.new_zeros((1, kv_heads, capacity, head_dim)) for _ in model.model.layers]
-            tokens = torch.zeros((1,), dtype=torch.long, device=param.device)
-            compiled.compiled(model, tokens, tokens + length, keys, values, length, None)
+        # two sizes of each shape, so that they are symbolic from the start
+        for rows, capacity, length in ((1, 37, 20), (1, 75, 41), (3, 37, 20), (5, 75, 41)):
+            keys = [param.new_zeros((rows, kv_heads, capacity, head_dim)) for _ in model.model.layers]
+            values = [param.new_zeros((rows, kv_heads, capacity, head_dim)) for _ in model.model.layers]
+            tokens = torch.zeros((rows,), dtype=torch.long, device=param.device)
+            mask = None if rows == 1 else torch.ones((rows, 1, 1, length + 1), dtype=torch.bool, device=param.device)
+            if mask is not None:
+                mask[0, ..., :3] = False
+            compiled.compiled(model, tokens, tokens + length, keys, values, length, mask)
     return compiled
 
 

@@ -57,7 +57,7 @@ class SlottedLayer(DynamicLayer):
         return self._kbuf, self._vbuf
 
     def reserve(self, n: int) -> None:
-        """Make room for n more columns, and keep one spare beyond them: the compiled one-row
+        """Make room for n more columns, and keep one spare beyond them: the compiled
         step was traced on buffers longer than what it attends over, and inductor guards on
         that (a step whose slice were the whole buffer would need a compile of its own)."""
         if self._length + n >= self._kbuf.shape[-2]:
@@ -207,13 +207,13 @@ class RunningBatch:
         self.next_tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
 
     @torch.inference_mode()
-    def step(self, model: torch.nn.Module, one_row_step: StepFn | None = None) -> torch.Tensor:
+    def step(self, model: torch.nn.Module, compiled: StepFn | None = None) -> torch.Tensor:
         """One decode step for every row; returns logits [B, V] for the new position.
-        `one_row_step`, when given, replaces the fast step's forward for a single unpadded row
-        (the compiled one, see fast_decode.compile_one_row)."""
+        `compiled`, when given, replaces the fast step's forward where it can (the compiled
+        step, see fast_decode.compile_step)."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
         if self.fast_decode and self.cache is not None:
-            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask, one_row_step)
+            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask, compiled)
             self.positions = self.positions + 1
             return logits
         out = model(

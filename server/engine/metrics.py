@@ -38,7 +38,7 @@ class EngineMetrics:
         self.prefix_hits = Counter("tandem_prefix_cache_hits", "Prompts that reused cached KV.", registry=r)
         self.prefix_tokens = Counter("tandem_prefix_cache_reused_tokens", "Prompt tokens served from the prefix cache.", registry=r)
         self.finishes = Counter("tandem_requests_finished", "Requests that ended, by reason.", ["reason"], registry=r)
-        self.decode_step = Gauge("tandem_decode_step_info", "The one-row decode step in use (1 for the current one).", ["step"], registry=r)
+        self.decode_step = Gauge("tandem_decode_step_info", "The decode step in use (1 for the current one).", ["step"], registry=r)
         self.spec_steps = Counter("tandem_speculative_steps", "Decode steps that verified prompt-lookup drafts.", registry=r)
         self.spec_drafted = Counter("tandem_speculative_drafted_tokens", "Draft tokens proposed for verification.", registry=r)
         self.spec_accepted = Counter(

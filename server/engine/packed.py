@@ -28,7 +28,7 @@ from typing import cast
 
 import torch
 
-from . import int4
+from . import bf16, int4
 from .int8 import int8_product, int8_split_product, quantize_weight
 
 log = logging.getLogger("tandem.engine")
@@ -40,6 +40,7 @@ _QUANTIZED = {
     "int8": (quantize_weight, int8_product),
     "int8x2": (quantize_weight, int8_split_product),
     "int4": (int4.quantize_weight, int4.int4_product),
+    "bf16": (bf16.quantize_weight, bf16.bf16_product),
 }
 FORMATS = ("mkl", *_QUANTIZED)
 
@@ -63,36 +64,53 @@ def _pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def let_inductor_call_packed_linears() -> None:
-    """Let torch.compile take a graph that calls `mkl::_mkl_linear` on these packed weights.
+    """Let torch.compile take a graph that calls `mkl::_mkl_linear` (or oneDNN's
+    `mkldnn::_linear_pointwise`, for bf16) on these packed weights.
 
-    Inductor lowers that op only for weights it packed itself (under `freezing`, with its own copy
-    of every weight) and fails on a packed weight that arrives as an input, as ours do. Registered
-    as a plain fallback, the compiled graph calls the same MKL kernel directly, and no weight is
-    copied. This touches inductor's lowering table, which is private; a failure here only means
-    the engine keeps its eager step."""
+    Inductor lowers those ops only for weights it packed itself (under `freezing`, with its own
+    copy of every weight) and fails on a packed weight that arrives as an input, as ours do.
+    Registered as plain fallbacks, the compiled graph calls the same kernels directly, and no
+    weight is copied. This touches inductor's lowering table, which is private; a failure here
+    only means the engine keeps its eager step."""
     from torch._inductor import (
         lowering,
-        mkldnn_lowerings,  # noqa: F401  (registers the lowering that is replaced here)
+        mkldnn_lowerings,  # noqa: F401  (registers the lowerings that are replaced here)
     )
 
-    op = torch.ops.mkl._mkl_linear
-    if op.default in lowering.fallbacks:
-        return
-    lowering.lowerings.pop(op.default, None)
-    lowering.make_fallback(op, warn=False)
+    for op in (torch.ops.mkl._mkl_linear, torch.ops.mkldnn._linear_pointwise):
+        if op.default in lowering.fallbacks:
+            continue
+        lowering.lowerings.pop(op.default, None)
+        lowering.make_fallback(op, warn=False)
 
 
 def _packed_linear(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x W^T + b for W packed by `_pack` (`packed`, `shape`)."""
+    if torch.compiler.is_compiling():
+        return _mkl_linear_rows(x, packed, shape, bias)
     return torch.ops.mkl._mkl_linear(x, packed, shape, bias, x.numel() // x.shape[-1])  # type: ignore[no-any-return]
+
+
+@torch.library.custom_op("tandem::mkl_linear_rows", mutates_args=())
+def _mkl_linear_rows(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`mkl::_mkl_linear` with its row count read from `x` when it runs. Why, in a compiled graph:
+    passed as an argument, that count makes torch.compile specialise the graph to one batch
+    size (one compile per size); read inside an opaque op, the batch stays symbolic."""
+    return torch.ops.mkl._mkl_linear(x, packed, shape, bias, x.numel() // x.shape[-1])  # type: ignore[no-any-return]
+
+
+@_mkl_linear_rows.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], shape.shape[0]))
 
 
 class _Weight(torch.nn.Module):
     """W in one of FORMATS: MKL's packed fp32 (`packed`, with `_aux` a zero-byte stand-in for W's
     shape), int8 (`packed` the int8 matrix, `_aux` its per-channel scales; "int8x2": the same, each
-    input row split into two int8 rows) or int4 (`packed` the
-    kernel's 4-bit layout, `_aux` its group scales and zeros). A weight int4 cannot hold (its
-    input size not whole groups) stays in MKL's layout."""
+    input row split into two int8 rows), int4 (`packed` the
+    kernel's 4-bit layout, `_aux` its group scales and zeros) or bf16 (`packed` oneDNN's bf16
+    layout, bf16.py). A weight int4 cannot hold (its input size not whole groups) stays in MKL's
+    layout."""
 
     fmt: str
     rows_out: int  # W's output size
@@ -100,7 +118,7 @@ class _Weight(torch.nn.Module):
     def _hold(self, weight: torch.Tensor, fmt: str) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown weight format {fmt!r}; choose from {', '.join(FORMATS)}")
-        if fmt == "int4" and not int4.supports(weight):
+        if (fmt == "int4" and not int4.supports(weight)) or (fmt == "bf16" and not bf16.available()):
             fmt = "mkl"
         self.fmt, self.rows_out = fmt, weight.shape[0]
         if fmt == "mkl":

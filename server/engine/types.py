@@ -20,8 +20,8 @@ class Priority(enum.IntEnum):
 
 DECODE_STEPS = ("transformers", "eager", "compiled")
 """How the engine decodes: through transformers' forward (the reference), through its own step on
-repacked weights (eager), or with that step's one-row case compiled in the background (compiled,
-a minute or two of CPU at low priority; the eager step serves meanwhile)."""
+repacked weights (eager), or with that step compiled in the background (compiled, a minute or two
+of CPU at low priority; the eager step serves meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class EngineConfig:
     max_waiting: int = 64
     prefill_token_budget: int = 4096  # prompt tokens admitted per step, so decode is not starved
     prefix_cache_tokens: int = 8192  # 0 turns the prefix cache off
+    chunk_prefill_above: int = (
+        256  # a prompt with more new tokens than this is prefilled in chunks between decode steps (chunked.py); 0: never
+    )
     context_length: int | None = None  # default: the model's own
     decode: str = "eager"  # one of DECODE_STEPS; a model the engine's step does not support uses transformers'
     speculative: bool = True  # prompt-lookup drafts for the greedy rows that ask for them, while the batch is small (speculative.py)

@@ -16,6 +16,7 @@ from lsprotocol import types
 from transformers import AutoTokenizer
 
 from server.backends.tokenizer_text import fim_prompt_ids
+from server.engine import bf16
 from server.models import ModelNotFound, choose_quant, fim_tokens, installed_model_gguf, linear_block_types, resolve
 from tests.conftest import ADMIN_TOKEN, ROOT, free_port, metric, stop_process, wait_healthy
 from tests.lsp_client import inline_params, open_doc, start_lsp, stats, text_of, wait_until
@@ -96,10 +97,10 @@ def test_the_fim_prompt_is_built_from_the_qwen_tokens(code_model_dir: Path) -> N
     assert tok.convert_tokens_to_ids("<|endoftext|>") not in tricky
 
 
-def test_auto_leaves_a_file_of_5_and_6_bit_blocks_in_fp32_unless_the_catalogue_measured_it(code_model_dir: Path) -> None:
+def test_auto_leaves_a_file_of_5_and_6_bit_blocks_in_fp32_or_bf16_unless_the_catalogue_measured_it(code_model_dir: Path) -> None:
     gguf = installed_model_gguf(CODE_MODEL)
     assert not linear_block_types(gguf) <= {"Q4_0", "Q4_1"}  # Q5_0, Q6_K, Q8_0 and Q4_K: int4 groups would round them
-    assert choose_quant(str(gguf)) == "none" and choose_quant(CODE_MODEL) == "w8a8"
+    assert choose_quant(str(gguf)) == ("bf16" if bf16.native() else "none") and choose_quant(CODE_MODEL) == "w8a8"
 
 
 def test_fim_completions_through_the_language_server(code_server: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from server import models
+from server.engine import bf16
 
 
 def test_default_model_is_converted_once_with_a_progress_bar(tmp_path, capsys) -> None:
@@ -41,7 +42,7 @@ def test_a_directory_without_a_checkpoint_is_refused(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("quant", "max_mib"), [("q4", 220), ("w8a8", 260), ("none", 600), ("bf16", 300), ("int8", 230), ("nf4", 120), ("fp4", 120)]
+    ("quant", "max_mib"), [("q4", 220), ("w8a8", 260), ("none", 600), ("bf16", 400), ("int8", 230), ("nf4", 120), ("fp4", 120)]
 )
 def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, quant: str, max_mib: int) -> None:
     loaded = models.load(None, quant)
@@ -55,12 +56,13 @@ def test_each_quantization_loads_smaller_and_still_answers(default_model_dir, qu
     assert "Paris" in loaded.tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
-def test_auto_runs_the_default_model_on_its_own_4_bit_blocks_and_a_checkpoint_in_fp32(default_model_dir) -> None:
+def test_auto_runs_the_default_model_on_its_own_4_bit_blocks_and_a_checkpoint_in_fp32_or_bf16(default_model_dir) -> None:
     """The embedded GGUF's layers are all Q4_1 blocks, which int4 groups hold as they are; a
-    transformers directory says nothing of its source, so it stays in fp32."""
+    transformers directory says nothing of its source, so it runs in fp32, or in bf16 products
+    where the CPU multiplies bf16 in hardware."""
     assert models.linear_block_types(models.default_gguf_path()) == {"Q4_1"}
     assert models.choose_quant(None) == models.choose_quant(str(models.default_gguf_path())) == "q4"
-    assert models.choose_quant(str(default_model_dir)) == "none"
+    assert models.choose_quant(str(default_model_dir)) == ("bf16" if bf16.native() else "none")  # bf16 where the CPU has it
     assert models.choose_quant("qwen2.5-coder-0.5b") == "w8a8"  # the catalogue's measured choice
     loaded = models.load(None)
     assert loaded.quant == "q4"

@@ -258,7 +258,7 @@ async def test_the_background_compile_waits_for_an_idle_engine_and_runs_at_the_l
     _, off = engines
     progress: list[int] = []
     release = threading.Event()
-    monkeypatch.setattr(engine_module, "compile_one_row", _python_heavy_compile(progress, release))
+    monkeypatch.setattr(engine_module, "compile_step", _python_heavy_compile(progress, release))
     monkeypatch.setattr(engine_module, "COMPILE_IDLE_SECONDS", 0.3)
     plain = await _gaps(off, 24)
     engine = Engine(off.model, off.tokenizer, EngineConfig(prefix_cache_tokens=0, decode="compiled")).start()

@@ -1,0 +1,207 @@
+"""Where a batched decode step's time goes: its products, attention over the slotted cache,
+the rotary, the norms, the rest (Python, dispatch and the small ops between them), and the
+sampling after it, at several batch sizes, for each weight format, eager and compiled.
+
+How: a real batch (the benchmark's chat prompts, prefilled and decoded a few steps, so the
+rows are left-padded as they are in the engine) gives the shapes; each part is then timed on
+its own over those shapes (CPU ops are synchronous, so a wall clock around them is exact), the
+whole step is timed eager and compiled, and what the parts do not account for is the rest.
+Attention is timed twice: over the padded cache, as the step computes it, and over each row's
+own columns only, which shows what the padding costs.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from .. import models
+from ..engine import bf16, int4, int8
+from ..engine.fast_decode import _attend, compile_step, decode_step
+from ..engine.kv import RunningBatch
+from ..engine.packed import FusedPackedLinear, PackedLinear, _pack, _packed_linear, pack_linears
+from ..engine.prefill import prefill_batch
+from ..engine.sampling import SamplingParams, sample_next
+from .workload import chat_ids
+
+DECODED = 24  # steps decoded before timing: the rows' lengths differ as they do in a running batch
+
+
+def _median_ms(fn: Callable[[], object], rounds: int) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def _batch(model: Any, tokenizer: Any, rows: int, pad_id: int) -> RunningBatch:
+    pre = prefill_batch(model, chat_ids(tokenizer, rows), pad_id)
+    batch = RunningBatch(fast_decode=True)
+    batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+    for _ in range(DECODED):
+        batch.next_tokens = batch.step(model).argmax(-1)
+    return batch
+
+
+def _parts(model: Any, batch: RunningBatch, rounds: int) -> dict[str, float]:
+    """Each part of one step, timed alone on the batch's shapes (ms)."""
+    inner, config = model.model, model.config
+    rows = batch.size
+    layers: list[Any] = batch.cache.layers  # type: ignore[union-attr]
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    scale = inner.layers[0].self_attn.scaling
+    products = [m for m in model.modules() if isinstance(m, (PackedLinear, FusedPackedLinear))]
+    inputs = [torch.randn(rows, 1, m.in_features) for m in products]
+    length = layers[0].length
+    mask = batch.mask.bool()[:, None, None, :]
+    q = torch.randn(rows, heads, 1, dim)
+    real = batch.mask.sum(1).tolist()  # each row's own columns (the rest of its row is padding)
+    x = torch.randn(rows, 1, config.hidden_size)
+    norm = inner.layers[0].input_layernorm
+    k = torch.randn(rows, kv_heads, 1, dim)
+    positions = batch.positions[:, None]
+    logits = torch.randn(rows, config.vocab_size)
+    greedy = [SamplingParams.build(0.0, 1.0, None)] * rows
+    sampled = [SamplingParams.build(0.8, 0.95, i) for i in range(rows)]
+
+    def attention(padded: bool) -> None:
+        for layer in layers:
+            kbuf, vbuf = layer.buffers
+            if padded:
+                _attend(q, kbuf[:, :, :length], vbuf[:, :, :length], mask, scale)
+            else:
+                for r, n in enumerate(real):
+                    _attend(q[r : r + 1], kbuf[r : r + 1, :, length - n : length], vbuf[r : r + 1, :, length - n : length], None, scale)
+
+    def rotary() -> None:
+        cos, sin = inner.rotary_emb(x, positions)
+        for _ in layers:
+            apply_rotary_pos_emb(q, k, cos, sin)
+
+    with torch.inference_mode():
+        return {
+            "products": _median_ms(lambda: [m(i) for m, i in zip(products, inputs)], rounds),
+            "attention": _median_ms(lambda: attention(True), rounds),
+            "attention_unpadded": _median_ms(lambda: attention(False), rounds),
+            "rotary": _median_ms(rotary, rounds),
+            "norms": _median_ms(
+                lambda: [F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon) for _ in range(2 * len(layers) + 1)], rounds
+            ),
+            "sampling_greedy": _median_ms(lambda: sample_next(logits, greedy), rounds),
+            "sampling_top_p": _median_ms(lambda: sample_next(logits, sampled), rounds),
+            "padded_columns": float(length),
+            "longest_row": float(max(real)),
+        }
+
+
+def _step_ms(model: Any, batch: RunningBatch, forward: Any, rounds: int) -> float:
+    """One whole step (the new column is written and then dropped again, so every round sees the
+    same batch)."""
+    layers: list[Any] = batch.cache.layers  # type: ignore[union-attr]
+    mask = torch.cat([batch.mask, batch.mask.new_ones((batch.size, 1))], dim=1)
+
+    def step() -> None:
+        decode_step(model, batch.next_tokens, batch.positions, layers, mask, forward)
+        for layer in layers:
+            layer.advance(-1)
+
+    with torch.inference_mode():
+        return _median_ms(step, rounds)
+
+
+def measure_profile(
+    spec: str | None, formats: list[str], row_counts: list[int], rounds: int, compile_step_too: bool, log: Any = print
+) -> list[dict[str, Any]]:
+    """One row per weight format and batch size: each part's ms, the eager and compiled step."""
+    out = []
+    for fmt in formats:
+        loaded = models.load(spec, "none")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        pack_linears(model, fuse=True, fmt=fmt)
+        compiled = compile_step(model) if compile_step_too else None
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        for rows in row_counts:
+            batch = _batch(model, tokenizer, rows, pad_id)
+            parts = _parts(model, batch, rounds)
+            eager = _step_ms(model, batch, None, rounds)
+            after = _step_ms(model, batch, compiled, rounds) if compiled is not None else None
+            accounted = parts["products"] + parts["attention"] + parts["rotary"] + parts["norms"]
+            row = {
+                "weights": fmt,
+                "rows": rows,
+                **{k: round(v, 2) for k, v in parts.items()},
+                "rest": round(max(eager - accounted, 0.0), 2),
+                "step_eager": round(eager, 2),
+                "step_compiled": round(after, 2) if after is not None else None,
+            }
+            out.append(row)
+            log(f"  {fmt:>4} x {rows:>2} rows: " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("weights", "rows")))
+        del model, loaded, compiled
+        gc.collect()
+    return out
+
+
+def _kernels() -> dict[str, tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor, Any], torch.Tensor]]]:
+    """name: (prepare a weight [out, in] once, product of fp32 rows [n, in] with it)."""
+    kernels: dict[str, tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor, Any], torch.Tensor]]] = {
+        "fp32 F.linear (transformers' fp32)": (lambda w: w, lambda x, w: F.linear(x, w)),
+        "fp32 MKL-packed (engine, none)": (_pack, lambda x, p: _packed_linear(x, p[0], p[1], None)),
+        "bf16 F.linear (transformers' bf16)": (lambda w: w.bfloat16(), lambda x, w: F.linear(x.bfloat16(), w).float()),
+        "int8 weight-only, bf16 rows (torch _weight_int8pack_mm)": (
+            lambda w: int8.quantize_weight(w),
+            lambda x, p: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), p[0], p[1].bfloat16()).float(),
+        ),
+        "int8 weights and rows (engine, w8a8: torch._int_mm)": (int8.quantize_weight, lambda x, p: int8.int8_product(x, *p)),
+    }
+    if int4.supports(torch.zeros(1, int4.GROUP)):
+        kernels["int4 weight-only, bf16 rows (engine, q4: _weight_int4pack_mm_for_cpu)"] = (
+            int4.quantize_weight,
+            lambda x, p: int4.int4_product(x, *p),
+        )
+    if bf16.available():
+        kernels["bf16 oneDNN-packed (engine, bf16)"] = (bf16.quantize_weight, lambda x, p: bf16.bf16_product(x, *p))
+    return kernels
+
+
+def _time_kernel(
+    weights: list[torch.Tensor],
+    prepare: Callable[[torch.Tensor], Any],
+    product: Callable[[torch.Tensor, Any], torch.Tensor],
+    row_counts: list[int],
+    rounds: int,
+) -> dict[str, float]:
+    held = [prepare(w) for w in weights]
+    times = {}
+    for rows in row_counts:
+        inputs = [torch.randn(rows, w.shape[1]) for w in weights]
+        times[f"rows_{rows}"] = round(_median_ms(lambda: [product(x, h) for x, h in zip(inputs, held)], rounds), 2)  # noqa: B023  (called in this iteration)
+    return times
+
+
+def measure_kernels(spec: str | None, row_counts: list[int], rounds: int, log: Any = print) -> list[dict[str, Any]]:
+    """The model's own weight matrices (every Linear, unfused) multiplied by 1, 16 and 32 rows
+    in each kernel: the products of one decode step, ms (the median of `rounds`)."""
+    loaded = models.load(spec, "none")
+    weights = [m.weight.detach() for m in loaded.model.modules() if type(m) is torch.nn.Linear]
+    out = []
+    with torch.inference_mode():
+        for name, (prepare, product) in _kernels().items():
+            try:
+                row: dict[str, Any] = {"kernel": name, **_time_kernel(weights, prepare, product, row_counts, rounds)}
+            except (RuntimeError, NotImplementedError) as exc:  # a kernel this CPU or build lacks
+                row = {"kernel": name, "error": f"{type(exc).__name__}: {exc}"[:200]}
+            out.append(row)
+            log(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "kernel"))
+            gc.collect()
+    return out

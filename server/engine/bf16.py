@@ -1,0 +1,48 @@
+"""bf16 weights for CPU products (`--quant bf16` on a CPU): each weight rounded to bf16 once and
+laid out by oneDNN for its AMX / AVX512_BF16 kernels (`mkldnn._reorder_linear_weight`), each
+input row rounded to bf16 as it goes in; norms, attention, the KV cache and sampling stay fp32.
+
+Why: a decode step's products read every weight once per step, and on a CPU with AMX tiles a
+bf16 product with the weight already in the kernel's layout does the same work in a third of
+MKL's fp32 time at 16 rows, and in half at one row (half the bytes). `tandem bench` measures the
+products (profile), the step (throughput) and perplexity against fp32 (quantization).
+
+Why blocks of ROW_BLOCK rows: oneDNN picks its kernel by the row count, and beyond 32 rows it
+takes one that sums in another order, so a row's product would depend on how many rows ran
+beside it. In blocks of at most 32, a row's product is the same alone or in any batch
+(tests/engine/test_engine.py), which keeps the engine's batched answers equal to one request's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROW_BLOCK = 32  # the largest row count whose products do not depend on it (measured; see above)
+PACK_ROWS = 16  # the row count oneDNN is told when packing (a layout hint: any count computes with it)
+
+
+def native() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512_BF16); elsewhere oneDNN
+    emulates it, slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return torch.backends.mkldnn.is_available() and any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W in bf16, in oneDNN's layout for its products; an empty stand-in) for W [out, in]."""
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16).contiguous(), PACK_ROWS)
+    return packed, weight.new_empty(0)
+
+
+def bf16_product(rows: torch.Tensor, packed: torch.Tensor, _unused: torch.Tensor) -> torch.Tensor:
+    """rows W^T in fp32, for rows fp32 [n, in], n > 0; the product is summed in fp32 and rounded
+    to bf16 by oneDNN."""
+    blocks = rows.to(torch.bfloat16).split(ROW_BLOCK)
+    outs = [torch.ops.mkldnn._linear_pointwise(block, packed, None, "none", [], "") for block in blocks]
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)).float()

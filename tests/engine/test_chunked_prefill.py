@@ -1,0 +1,120 @@
+"""Chunked prefill (server/engine/chunked.py): a long prompt is prefilled a chunk at a time
+between decode steps. Its answer is token for token `model.generate`'s; the rows already
+decoding go on producing tokens while it is prefilled; a cancelled one frees its place; the
+prefix cache serves it as it serves any prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from server.engine import Engine, GenerationRequest, LogitControls
+from server.engine.chunked import MAX_CHUNK, MIN_CHUNK, ChunkBudget
+from tests.conftest import tiny_llama
+from tests.waiting import eventually_async
+
+from .test_engine import PROMPTS, collect, reference
+
+LONG = " ".join(f"item {i} is {i * 7 % 13};" for i in range(22))  # about 170 tokens (the tiny model holds 256)
+
+
+@pytest.fixture(scope="module")
+def plain_model(tokenizer):  # type: ignore[no-untyped-def]
+    return tiny_llama(len(tokenizer))
+
+
+async def test_a_chunked_prompt_answers_as_generate_does_alone_and_beside_running_rows(engine_factory, plain_model, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
+    assert len(tokenizer(LONG)["input_ids"]) > 150
+    want = reference(plain_model, tokenizer, LONG, 24)
+    assert (await collect(engine, GenerationRequest(prompt=LONG, max_tokens=24)))[0] == want
+    before = engine.metrics.read("tandem_prefill_tokens_total")
+    results = await asyncio.gather(
+        *(collect(engine, GenerationRequest(prompt=p, max_tokens=40)) for p in PROMPTS[:3]),
+        collect(engine, GenerationRequest(prompt=LONG, max_tokens=24)),
+    )
+    assert results[-1][0] == want
+    for prompt, (text, _, _) in zip(PROMPTS[:3], results[:3]):
+        assert text == reference(plain_model, tokenizer, prompt, 40)
+    assert engine.metrics.read("tandem_prefill_tokens_total") - before == sum(len(tokenizer(p)["input_ids"]) for p in [*PROMPTS[:3], LONG])
+
+
+async def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks(engine_factory, tokenizer) -> None:
+    """Every row already decoding gets a token after (nearly) every chunk between the long
+    prompt's arrival and its first token; prefilled whole, it would get none."""
+    engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
+    engine._chunks.tokens = lambda decoding: MIN_CHUNK  # type: ignore[method-assign]
+    stamps: list[list[float]] = [[] for _ in range(3)]
+
+    async def chat(i: int) -> None:
+        req = GenerationRequest(prompt=PROMPTS[i], max_tokens=200, controls=LogitControls(min_tokens=200))  # no early end
+        async for delta in engine.stream(req):
+            if delta.tokens:
+                stamps[i].append(time.perf_counter())
+
+    chats = [asyncio.create_task(chat(i)) for i in range(3)]
+    await eventually_async(lambda: engine.running == 3 and all(stamps), "three rows decoding")
+    arrived = time.perf_counter()
+    first = 0.0
+    async for delta in engine.stream(GenerationRequest(prompt=LONG, max_tokens=2)):
+        if delta.tokens and not first:
+            first = time.perf_counter()
+    await asyncio.gather(*chats)
+    chunks = -(-len(tokenizer(LONG)["input_ids"]) // MIN_CHUNK)
+    for row in stamps:
+        assert sum(arrived < t < first for t in row) >= chunks - 2, (chunks, [sum(arrived < t < first for t in r) for r in stamps])
+
+
+async def test_a_long_prompt_cancelled_while_prefilling_stops_there_and_frees_its_place(engine_factory, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16, max_batch_size=2)
+    engine._chunks.tokens = lambda decoding: 1  # type: ignore[method-assign]  # (a token a chunk: it is still part-way when cancelled)
+    runner = asyncio.create_task(
+        collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=200, controls=LogitControls(min_tokens=200)))
+    )
+    await eventually_async(lambda: engine.running == 1, "a row decoding")
+    stream = engine.stream(GenerationRequest(prompt=LONG, max_tokens=50))
+    task = asyncio.create_task(stream.__anext__())
+    await eventually_async(lambda: bool(engine._chunking) and engine._chunking[0][1].done > 0, "the long prompt part-way")
+    task.cancel()  # its caller leaves
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await eventually_async(lambda: not engine._chunking, "the cancelled prompt dropped")
+    assert engine.metrics.read("tandem_requests_finished_total", reason="cancelled") == 1
+    assert engine.metrics.read("tandem_prefill_tokens_total") < len(tokenizer(PROMPTS[0])["input_ids"]) + len(tokenizer(LONG)["input_ids"])
+    assert (await collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=3)))[2] == 3  # its place is free again
+    await runner
+
+
+async def test_the_prefix_cache_serves_a_chunked_prompt_and_a_prompt_that_extends_it(engine_factory, plain_model, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=4096, chunk_prefill_above=16)
+    await collect(engine, GenerationRequest(prompt=LONG, max_tokens=4))
+    longer = LONG + " and then item 41 is"
+    text = (await collect(engine, GenerationRequest(prompt=longer, max_tokens=12)))[0]
+    assert engine.metrics.read("tandem_prefix_cache_hits_total") == 1
+    assert text == reference(plain_model, tokenizer, longer, 12)
+
+
+def test_a_chunk_takes_about_one_step_and_the_largest_with_nothing_decoding() -> None:
+    budget = ChunkBudget()
+    assert budget.tokens(decoding=False) == MAX_CHUNK
+    first = budget.tokens(decoding=True)
+    budget.stepped(0.020)
+    budget.prefilled(100, 0.100)  # 1 ms a token
+    assert first > 0 and budget.tokens(decoding=True) == 20
+    budget.stepped(10.0)
+    assert budget.tokens(decoding=True) <= MAX_CHUNK
+    budget.prefilled(1, 100.0)
+    assert budget.tokens(decoding=True) == MIN_CHUNK
+
+
+def test_an_engine_over_a_model_without_chunking_still_prefills_long_prompts(tiny_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from server.engine import EngineConfig
+
+    engine = Engine(tiny_model, tokenizer, EngineConfig(chunk_prefill_above=0, prefix_cache_tokens=0)).start()
+    try:
+        assert asyncio.run(collect(engine, GenerationRequest(prompt=LONG, max_tokens=5)))[2] == 5
+        assert not engine._chunking
+    finally:
+        engine.close()
