@@ -83,9 +83,10 @@ class StallResult:
     longest_gap_ms: float  # the longest gap of any chat stream from the arrival to the long prompt's first token
     stall_steps: float  # (longest gap - step) / step: the steps a stream lost to the prefill
     long_ttft_ms: float  # the long prompt's own time to first token
+    step_after_ms: float  # the chat streams' median gap once the long prompt decodes beside them (attention over its columns)
 
 
-async def _stall(engine: Engine, tokenizer: Any, chats: int, prompt_tokens: int) -> tuple[float, float, float]:
+async def _stall(engine: Engine, tokenizer: Any, chats: int, prompt_tokens: int) -> tuple[float, float, float, float]:
     stop = asyncio.Event()
     times: list[list[float]] = [[] for _ in range(chats)]
 
@@ -106,15 +107,16 @@ async def _stall(engine: Engine, tokenizer: Any, chats: int, prompt_tokens: int)
         if delta.tokens and not first:
             first = time.perf_counter()
     landed = len(times[0])
-    while min(len(t) for t in times) < landed + 2:  # one more token each after the long prompt joined
+    while min(len(t) for t in times) < landed + 8:  # a few more tokens each after the long prompt joined
         await asyncio.sleep(0.01)
     stop.set()
     await asyncio.gather(*tasks)
     before = [b - a for t in times for a, b in zip(t, t[1:]) if b < arrived]
     during = [b - a for t in times for a, b in zip(t, t[1:]) if b > arrived and a < first]
-    return percentile(before, 50), max(during, default=0.0), first - arrived
+    after = [b - a for t in times for a, b in zip(t, t[1:]) if a > first]
+    return percentile(before, 50), max(during, default=0.0), first - arrived, percentile(after, 50)
 
 
 def long_prompt_stall(engine: Engine, tokenizer: Any, chunked: bool, chats: int = 8, prompt_tokens: int = 4000) -> StallResult:
-    step, gap, ttft = asyncio.run(_stall(engine, tokenizer, chats, prompt_tokens))
-    return StallResult(chunked, prompt_tokens, step * 1000, gap * 1000, (gap - step) / step, ttft * 1000)
+    step, gap, ttft, after = asyncio.run(_stall(engine, tokenizer, chats, prompt_tokens))
+    return StallResult(chunked, prompt_tokens, step * 1000, gap * 1000, (gap - step) / step, ttft * 1000, after * 1000)

@@ -130,12 +130,15 @@ def markdown(r: dict[str, Any]) -> str:
             "between decode steps (median run): the longest wait of any chat stream for its next token until the long prompt's "
             "first token, and the steps that wait lost against the streams' own median step before it.",
             "",
-            "| prefill | chat step ms | longest gap ms | steps lost | long prompt's TTFT ms |",
-            "|---|---:|---:|---:|---:|",
+            "| prefill | chat step ms | longest gap ms | steps lost | long prompt's TTFT ms | chat step ms beside it after |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for key in ("whole", "chunked"):
             m = lp[key]
-            lines.append(f"| {key} | {m['step_ms']:.0f} | {m['longest_gap_ms']:.0f} | {m['stall_steps']:.1f} | {m['long_ttft_ms']:.0f} |")
+            lines.append(
+                f"| {key} | {m['step_ms']:.0f} | {m['longest_gap_ms']:.0f} | {m['stall_steps']:.1f} | {m['long_ttft_ms']:.0f} | "
+                f"{m['step_after_ms']:.0f} |"
+            )
         lines.append("")
     if "profile" in r:
         lines += [

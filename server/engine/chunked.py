@@ -2,13 +2,14 @@
 decode steps, instead of in one forward pass that stops every running stream until it ends.
 
 Why: a 4,000-token prompt takes seconds to prefill on a CPU; in one pass, every chat stream in
-the batch waits that long for its next token. In chunks sized to take about one decode step
-each (`ChunkBudget`), the streams keep decoding with at most one chunk between two of their
+the batch waits that long for its next token. In chunks sized to take a step and a half
+each (`ChunkBudget`, CHUNK_STEPS), the streams keep decoding with at most one chunk between two of their
 tokens, and the long prompt's first token comes a little later than it would alone.
 
 The chunk's keys and values are written in place into buffers allocated once for the whole
-prompt (`SlottedLayer`), so a chunk copies nothing already written; transformers' forward runs
-each chunk over them, as it runs a prompt on top of a cached prefix (prefill.py).
+prompt, so a chunk copies nothing already written. The engine's own step runs each chunk
+(`fast_decode.forward_chunk`: one attention call per layer over the prefix, its grouped-query
+heads read as they are); a model it does not run goes through transformers' forward.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ import time
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .kv import SlottedLayer
+from .fast_decode import forward_chunk
 from .prefill import KV, Prefilled, device_of
 
-MIN_CHUNK = 16  # tokens: below this a chunk pays more in fixed cost (transformers' forward) than it computes
+MIN_CHUNK = 8  # tokens: below this a chunk pays more in fixed cost (a forward over every layer) than it computes
 MAX_CHUNK = 1024
-FIRST_CHUNK = 64  # before anything is measured
+FIRST_CHUNK = 32  # before anything is measured
+CHUNK_STEPS = 1.5  # a chunk's time, in decode steps: a running stream waits at most this much longer for a token
 
 
 class ChunkBudget:
-    """How many prompt tokens one chunk may take: about one decode step's time, from running
+    """How many prompt tokens one chunk may take: CHUNK_STEPS decode steps' time, from running
     averages of both (a step of the batch as it is now, a chunk's time per token)."""
 
     def __init__(self) -> None:
@@ -48,32 +50,32 @@ class ChunkBudget:
             return MAX_CHUNK
         if self.step_seconds is None or self.token_seconds is None:
             return FIRST_CHUNK
-        return max(MIN_CHUNK, min(MAX_CHUNK, int(self.step_seconds / self.token_seconds)))
+        return max(MIN_CHUNK, min(MAX_CHUNK, int(CHUNK_STEPS * self.step_seconds / self.token_seconds)))
 
 
 class ChunkedPrefill:
     """One prompt's prefill in progress: `advance` runs its next chunk and, after the last,
-    returns the prompt's `Prefilled` (as prefill.py's functions do)."""
+    returns the prompt's `Prefilled` (as prefill.py's functions do). With `fast` (a model the
+    engine's own step runs), each chunk goes through `fast_decode.forward_chunk`; otherwise
+    through transformers' forward, on a cache whose layers write in place."""
 
-    def __init__(self, model: torch.nn.Module, prompt: list[int], prefix_kv: KV | None = None, reused: int = 0) -> None:
-        self.model, self.prompt, self.done = model, prompt, reused
+    def __init__(self, model: torch.nn.Module, prompt: list[int], prefix_kv: KV | None = None, reused: int = 0, fast: bool = False) -> None:
+        self.model, self.prompt, self.done, self.fast = model, prompt, reused, fast
         config: Any = model.config
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         param = next(model.parameters())
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())  # (a quantized model's first may be int8)
-        layers: list[SlottedLayer] = []
+        self.keys: list[torch.Tensor] = []  # per layer [1, kv_heads, len(prompt), head_dim]: every column the prompt needs, at once
+        self.values: list[torch.Tensor] = []
         for i in range(int(config.num_hidden_layers)):
-            if prefix_kv is not None:
-                keys, values = prefix_kv[i][0][:, :, :reused], prefix_kv[i][1][:, :, :reused]
-            else:
-                keys = values = param.new_zeros((1, kv_heads, 0, head_dim), dtype=dtype)
-            layer = SlottedLayer(keys, values)
-            layer.reserve(len(prompt) - reused)  # every column the prompt needs, at once
-            layers.append(layer)
-        self.layers = layers
+            for store, source in ((self.keys, 0), (self.values, 1)):
+                buf = param.new_zeros((1, kv_heads, len(prompt), head_dim), dtype=dtype)
+                if prefix_kv is not None:
+                    buf[:, :, :reused] = prefix_kv[i][source][:, :, :reused]
+                store.append(buf)
         self.cache = DynamicCache()
-        self.cache.layers = list[Any](layers)
+        self.cache.layers = [_InPlace(k, v, reused) for k, v in zip(self.keys, self.values)]
 
     @property
     def left(self) -> int:
@@ -83,22 +85,47 @@ class ChunkedPrefill:
     def advance(self, tokens: int, budget: ChunkBudget | None = None) -> Prefilled | None:
         """Prefill the next `tokens` of the prompt (at least one); the whole prompt's Prefilled
         once its last token is in."""
+        if self.left <= 0:
+            raise RuntimeError("this prompt is prefilled already")
         started = time.perf_counter()
         device = device_of(self.model)
         start, end = self.done, min(len(self.prompt), self.done + max(tokens, 1))
-        out = self.model(
-            input_ids=torch.tensor([self.prompt[start:end]], dtype=torch.long, device=device),
-            attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
-            position_ids=torch.arange(start, end, dtype=torch.long, device=device)[None, :],
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        ids = torch.tensor([self.prompt[start:end]], dtype=torch.long, device=device)
+        if self.fast:
+            logits = forward_chunk(self.model, ids, self.keys, self.values, start)
+        else:
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
+                position_ids=torch.arange(start, end, dtype=torch.long, device=device)[None, :],
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
         self.done = end
         if budget is not None:
             budget.prefilled(end - start, time.perf_counter() - started)
         if self.done < len(self.prompt):
             return None
-        kv = [(layer.keys, layer.values) for layer in self.layers]
+        kv = list(zip(self.keys, self.values))
         mask = torch.ones((1, len(self.prompt)), dtype=torch.long, device=device)
-        return Prefilled(kv, mask, torch.tensor([len(self.prompt)], device=device), out.logits[:, -1, :])
+        return Prefilled(kv, mask, torch.tensor([len(self.prompt)], device=device), logits)
+
+
+class _InPlace(DynamicLayer):
+    """A layer of transformers' cache over a buffer that already holds every column the prompt
+    needs: `update` writes the chunk's columns in place and returns the columns so far."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        super().__init__()
+        self.buffers, self.length = (keys, values), length
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):  # type: ignore[override]
+        end = self.length + key_states.shape[-2]
+        self.buffers[0][:, :, self.length : end] = key_states
+        self.buffers[1][:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self.buffers[0][:, :, :end], self.buffers[1][:, :, :end]
+        return self.keys, self.values

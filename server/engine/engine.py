@@ -408,7 +408,7 @@ class Engine:
                 continue
             reused, kv = self._prefix.lookup(seq.prompt_ids)
             if 0 < self.config.chunk_prefill_above < len(seq.prompt_ids) - reused:  # long: in chunks, between decode steps
-                self._chunking.append((seq, ChunkedPrefill(self.model, seq.prompt_ids, kv, reused)))
+                self._chunking.append((seq, ChunkedPrefill(self.model, seq.prompt_ids, kv, reused, self.fast_decode)))
                 self.metrics.prefilled(0, reused)  # (its chunks count what they compute)
                 continue
             if kv is None:

@@ -80,14 +80,38 @@ def decode_step(
     attn_mask = None if rows == 1 and bool(mask.all()) else mask.bool()[:, None, None, :]
     keys = [cache.buffers[0] for cache in layers]
     values = [cache.buffers[1] for cache in layers]
-    if forward is None or (rows == 1 and attn_mask is not None) or rows > COMPILED_ROWS:  # shapes the compiled step was not made for
-        forward = forward_rows
-    elif not (tokens.is_inference() and positions.is_inference()):  # what the compiled graph was made for (and guards on)
-        tokens, positions = tokens.clone(), positions.clone()
-    logits = forward(model, tokens, positions, keys, values, length, attn_mask)
+    split = padding_split(mask) if rows > 1 else None
+    if split is not None:  # rows of very different lengths: attention in two runs of rows, eager
+        logits = forward_rows(model, tokens, positions, keys, values, length, attn_mask, split)
+    else:
+        if forward is None or (rows == 1 and attn_mask is not None) or rows > COMPILED_ROWS:  # shapes the compiled step was not made for
+            forward = forward_rows
+        elif not (tokens.is_inference() and positions.is_inference()):  # what the compiled graph was made for (and guards on)
+            tokens, positions = tokens.clone(), positions.clone()
+        logits = forward(model, tokens, positions, keys, values, length, attn_mask)
     for cache in layers:
         cache.advance(1)
     return logits
+
+
+Split = tuple[int, int, int]  # (r, first column of rows [0, r), first column of rows [r, B))
+
+
+def padding_split(mask: torch.Tensor) -> Split | None:
+    """Where to cut the batch in two runs of rows so that each attends only over the columns
+    its own rows use, when that saves at least half of the attention over the padded cache
+    (a long conversation beside short ones: every short row would otherwise read the long
+    one's columns, in padding, at every step). None when the rows are of similar lengths."""
+    rows, width = mask.shape
+    first = mask.int().argmax(dim=1)  # each row's first real column (rows are left-padded)
+    before = first.cummin(dim=0).values  # the earliest first column among rows [0, r]
+    after = first.flip(0).cummin(dim=0).values.flip(0)  # ... among rows [r, B)
+    cut = torch.arange(1, rows, device=mask.device)
+    cost = cut * (width - before[:-1]) + (rows - cut) * (width - after[1:])
+    best = int(cost.argmin())
+    if int(cost[best]) * 2 > rows * width:
+        return None
+    return int(cut[best]), int(before[best]), int(after[best + 1])
 
 
 def forward_rows(
@@ -98,12 +122,14 @@ def forward_rows(
     values: list[torch.Tensor],
     length: int,
     attn_mask: torch.Tensor | None,
+    split: Split | None = None,
 ) -> torch.Tensor:
     """The decoder on one new token per row. Writes each layer's new key and value into column
-    `length` of its buffers and attends over columns [0, length]. A pure function of its inputs
-    (no Python state changes), so that torch.compile can take it whole."""
+    `length` of its buffers and attends over columns [0, length] (with `split`, each run of rows
+    over its own columns only). A pure function of its inputs (no Python state changes), so
+    that torch.compile can take it whole."""
     rows = tokens.shape[0]
-    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), keys, values, length, attn_mask)
+    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), keys, values, length, attn_mask, split=split)
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 
 
@@ -127,6 +153,20 @@ def forward_block(
     return model.lm_head(x if keep is None else x[keep])  # type: ignore[no-any-return]
 
 
+def forward_chunk(model: Any, tokens: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> torch.Tensor:
+    """One chunk of a prompt being prefilled (chunked.py): tokens [1, S] at positions
+    [length, length + S), written into columns [length, length + S) of the buffers, each
+    attending to the columns before it and to itself, all queries in one SDPA call per layer
+    (grouped-query heads read as they are: transformers' forward copies them to every query
+    head first, which on a long prefix is most of a chunk's time). Returns the last position's
+    logits [1, V]."""
+    width = tokens.shape[1]
+    positions = torch.arange(length, length + width, device=tokens.device)[None, :]
+    causal = torch.ones((width, length + width), dtype=torch.bool, device=tokens.device).tril(diagonal=length)
+    x = _decoder(model, tokens, positions, keys, values, length, causal[None, None], per_query=False)
+    return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+
+
 def block_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     """The boolean attention mask [B, 1, S, T + S] for `forward_block`: each of a row's S new
     tokens sees the row's mask [B, T] (holes included) and the block's tokens up to itself."""
@@ -143,8 +183,11 @@ def _decoder(
     values: list[torch.Tensor],
     length: int,
     attn_mask: torch.Tensor | None,
+    per_query: bool = True,
+    split: Split | None = None,
 ) -> torch.Tensor:
-    """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden]."""
+    """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden].
+    Several new tokens per row attend query by query (`_attend_each`) unless `per_query` is off."""
     inner = model.model
     rows, width = tokens.shape
     x = inner.embed_tokens(tokens)  # [B, S, hidden]
@@ -156,11 +199,18 @@ def _decoder(
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kbuf[:, :, length : length + width] = k
         vbuf[:, :, length : length + width] = v
-        o = (
-            _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
-            if width == 1
-            else _attend_each(q, kbuf, vbuf, length, attn_mask, attn.scaling)
-        )
+        if split is not None and attn_mask is not None:
+            end, (r, a, b) = length + width, split
+            o = torch.cat(
+                [
+                    _attend(q[:r], kbuf[:r, :, a:end], vbuf[:r, :, a:end], attn_mask[:r, ..., a:end], attn.scaling),
+                    _attend(q[r:], kbuf[r:, :, b:end], vbuf[r:, :, b:end], attn_mask[r:, ..., b:end], attn.scaling),
+                ]
+            )
+        elif width == 1 or not per_query:
+            o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
+        else:
+            o = _attend_each(q, kbuf, vbuf, length, attn_mask, attn.scaling)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
         gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)

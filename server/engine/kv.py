@@ -36,6 +36,29 @@ class SlottedLayer(DynamicLayer):
         self._vbuf = self._alloc(values, self._length + GROW)
         self._refresh()
 
+    @classmethod
+    def stacked(cls, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...], length: int) -> SlottedLayer:
+        """One layer over the rows of several caches ([b_i, H, t_i, D] each), left-padded to
+        `length` columns: one buffer written once. (Padding each, concatenating them and then
+        copying into a buffer with spare columns went over every byte three times, which a
+        long prompt joining short rows paid in stalled steps.)"""
+        layer = cls.__new__(cls)
+        DynamicLayer.__init__(layer)
+        first = keys[0]
+        layer.dtype, layer.device, layer.is_initialized, layer._length = first.dtype, first.device, True, length
+        rows = sum(k.shape[0] for k in keys)
+        bufs = []
+        for parts in (keys, values):
+            buf = first.new_zeros((rows, first.shape[1], length + GROW, first.shape[3]))
+            row = 0
+            for part in parts:
+                buf[row : row + part.shape[0], :, length - part.shape[2] : length] = part
+                row += part.shape[0]
+            bufs.append(buf)
+        layer._kbuf, layer._vbuf = bufs
+        layer._refresh()
+        return layer
+
     @staticmethod
     def _alloc(src: torch.Tensor, capacity: int) -> torch.Tensor:
         b, h, t, d = src.shape
@@ -120,13 +143,7 @@ class RunningBatch:
         else:
             old_t, new_t = self.mask.shape[1], mask.shape[1]
             t = max(old_t, new_t)
-            layers = [
-                SlottedLayer(
-                    torch.cat([pad_left(ok, t - old_t, 2), pad_left(nk, t - new_t, 2)]),
-                    torch.cat([pad_left(ov, t - old_t, 2), pad_left(nv, t - new_t, 2)]),
-                )
-                for (ok, ov), (nk, nv) in zip(self.kv(), kv)
-            ]
+            layers = [SlottedLayer.stacked((ok, nk), (ov, nv), t) for (ok, ov), (nk, nv) in zip(self.kv(), kv)]
             self.mask = torch.cat([pad_left(self.mask, t - old_t, 1), pad_left(mask, t - new_t, 1)])
             self.positions = torch.cat([self.positions, positions])
             self.next_tokens = torch.cat([self.next_tokens, next_tokens])

@@ -96,13 +96,13 @@ async def test_the_prefix_cache_serves_a_chunked_prompt_and_a_prompt_that_extend
     assert text == reference(plain_model, tokenizer, longer, 12)
 
 
-def test_a_chunk_takes_about_one_step_and_the_largest_with_nothing_decoding() -> None:
+def test_a_chunk_takes_a_step_and_a_half_and_the_largest_with_nothing_decoding() -> None:
     budget = ChunkBudget()
     assert budget.tokens(decoding=False) == MAX_CHUNK
     first = budget.tokens(decoding=True)
     budget.stepped(0.020)
     budget.prefilled(100, 0.100)  # 1 ms a token
-    assert first > 0 and budget.tokens(decoding=True) == 20
+    assert first > 0 and budget.tokens(decoding=True) == 30  # a step and a half
     budget.stepped(10.0)
     assert budget.tokens(decoding=True) <= MAX_CHUNK
     budget.prefilled(1, 100.0)

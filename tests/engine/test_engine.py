@@ -539,6 +539,45 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
         torch.testing.assert_close(v2, v1, **tol)
 
 
+def test_rows_of_very_different_lengths_attend_over_their_own_columns_and_decode_as_transformers_does(plain_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A long prompt beside short ones: the step cuts the batch in two runs of rows, each
+    attending only over its own columns (not the long row's, in padding); the logits and the
+    cache are transformers' forward's on the same weights. Rows of similar lengths stay one run."""
+    from server.engine.fast_decode import padding_split
+    from server.engine.kv import RunningBatch
+    from server.engine.prefill import prefill_batch
+
+    similar = torch.ones((3, 12), dtype=torch.long)
+    similar[1, :2] = 0
+    assert padding_split(similar) is None
+    mixed = torch.ones((4, 200), dtype=torch.long)
+    mixed[:3, :190] = 0  # three short rows, then a long one
+    assert padding_split(mixed) == (3, 190, 0)
+    mixed = mixed.flip(0)  # the long row first
+    assert padding_split(mixed) == (1, 0, 190)
+
+    long_prompt = " ".join(f"item {i} is {i * 7 % 13};" for i in range(20))
+    prompts = [tokenizer(p)["input_ids"] for p in (PROMPTS[0], PROMPTS[1], long_prompt)]
+    packed_model = tiny_llama(len(tokenizer))
+    pack_linears(packed_model)
+    batches = []
+    for model, fast_decode in ((plain_model, False), (packed_model, True)):
+        batch = RunningBatch(fast_decode=fast_decode)
+        for prompt in prompts:  # joining one by one: the long row last
+            pre = prefill_batch(model, [prompt], pad_id=2)
+            batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+        batches.append((batch, model))
+    for _ in range(20):
+        assert padding_split(torch.cat([batches[1][0].mask, torch.ones((3, 1), dtype=torch.long)], dim=1)) is not None
+        slow, fast = (batch.step(model) for batch, model in batches)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+        for batch, _ in batches:
+            batch.next_tokens = slow.argmax(-1)
+    for (k1, v1), (k2, v2) in zip(batches[0][0].kv(), batches[1][0].kv()):
+        torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.skipif(not bf16.native(), reason="this CPU has no bf16 products in hardware (--quant auto never picks bf16 here)")
 def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(default_model_dir) -> None:  # type: ignore[no-untyped-def]
     """--quant bf16 on the default model: the engine's batched answers (rows of other lengths,
