@@ -44,16 +44,19 @@ def _median_ms(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
-def _batch(model: Any, tokenizer: Any, rows: int, pad_id: int) -> RunningBatch:
+def _batch(model: Any, tokenizer: Any, rows: int, pad_id: int) -> tuple[RunningBatch, torch.Tensor]:
+    """The batch, and the logits of its last step."""
     pre = prefill_batch(model, chat_ids(tokenizer, rows), pad_id)
     batch = RunningBatch(fast_decode=True)
     batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+    logits = pre.logits
     for _ in range(DECODED):
-        batch.next_tokens = batch.step(model).argmax(-1)
-    return batch
+        logits = batch.step(model)
+        batch.next_tokens = logits.argmax(-1)
+    return batch, logits
 
 
-def _parts(model: Any, batch: RunningBatch, rounds: int) -> dict[str, float]:
+def _parts(model: Any, batch: RunningBatch, logits: torch.Tensor, rounds: int) -> dict[str, float]:
     """Each part of one step, timed alone on the batch's shapes (ms)."""
     inner, config = model.model, model.config
     rows = batch.size
@@ -71,7 +74,7 @@ def _parts(model: Any, batch: RunningBatch, rounds: int) -> dict[str, float]:
     norm = inner.layers[0].input_layernorm
     k = torch.randn(rows, kv_heads, 1, dim)
     positions = batch.positions[:, None]
-    logits = torch.randn(rows, config.vocab_size)
+    # (`logits`: the model's own next-token scores for these rows: random ones would be flat, as no model's are)
     greedy = [SamplingParams.build(0.0, 1.0, None)] * rows
     sampled = [SamplingParams.build(0.8, 0.95, i) for i in range(rows)]
 
@@ -132,8 +135,8 @@ def measure_profile(
         compiled = compile_step(model) if compile_step_too else None
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         for rows in row_counts:
-            batch = _batch(model, tokenizer, rows, pad_id)
-            parts = _parts(model, batch, rounds)
+            batch, logits = _batch(model, tokenizer, rows, pad_id)
+            parts = _parts(model, batch, logits, rounds)
             eager = _step_ms(model, batch, None, rounds)
             after = _step_ms(model, batch, compiled, rounds) if compiled is not None else None
             accounted = parts["products"] + parts["attention"] + parts["rotary"] + parts["norms"]

@@ -407,7 +407,10 @@ class Engine:
                 self._join([seq], pre)
                 continue
             reused, kv = self._prefix.lookup(seq.prompt_ids)
-            if 0 < self.config.chunk_prefill_above < len(seq.prompt_ids) - reused:  # long: in chunks, between decode steps
+            # A long chat prompt: in chunks, between decode steps. An interactive one (the developer
+            # waits on it, and it goes ahead of chat anyway) is prefilled at once: chunked under 8
+            # chat streams, a cold completion's first token came 3x later (`tandem bench`, mixed).
+            if seq.priority != Priority.INTERACTIVE and 0 < self.config.chunk_prefill_above < len(seq.prompt_ids) - reused:
                 self._chunking.append((seq, ChunkedPrefill(self.model, seq.prompt_ids, kv, reused, self.fast_decode)))
                 self.metrics.prefilled(0, reused)  # (its chunks count what they compute)
                 continue

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from server.engine import Engine, GenerationRequest, LogitControls
+from server.engine import Engine, GenerationRequest, LogitControls, Priority
 from server.engine.chunked import MAX_CHUNK, MIN_CHUNK, ChunkBudget
 from tests.conftest import tiny_llama
 from tests.waiting import eventually_async
@@ -118,3 +118,19 @@ def test_an_engine_over_a_model_without_chunking_still_prefills_long_prompts(tin
         assert not engine._chunking
     finally:
         engine.close()
+
+
+async def test_an_interactive_prompt_is_prefilled_at_once_however_long(engine_factory, plain_model, tokenizer) -> None:
+    """A completion request goes ahead of chat and its developer is waiting: it is not chunked."""
+    engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
+    chunks: list[int] = []
+    engine._chunks.prefilled = lambda tokens, seconds: chunks.append(tokens)  # type: ignore[method-assign]
+    chat = asyncio.create_task(
+        collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=100, controls=LogitControls(min_tokens=100)))
+    )
+    await eventually_async(lambda: engine.running == 1, "a chat row decoding")
+    text = (await collect(engine, GenerationRequest(prompt=LONG, max_tokens=12, priority=Priority.INTERACTIVE)))[0]
+    assert text == reference(plain_model, tokenizer, LONG, 12) and chunks == []
+    await chat
+    await collect(engine, GenerationRequest(prompt=LONG, max_tokens=2))  # the same prompt at chat priority is chunked
+    assert chunks
