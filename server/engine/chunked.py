@@ -4,7 +4,7 @@ decode steps, instead of in one forward pass that stops every running stream unt
 Why: a 4,000-token prompt takes seconds to prefill on a CPU; in one pass, every chat stream in
 the batch waits that long for its next token. In chunks sized to take a step and a half
 each (`ChunkBudget`, CHUNK_STEPS), the streams keep decoding with at most one chunk between two of their
-tokens, and the long prompt's first token comes a little later than it would alone.
+tokens, and the long prompt's own first token comes later than it would prefilled whole.
 
 The chunk's keys and values are written in place into buffers allocated once for the whole
 prompt, so a chunk copies nothing already written. The engine's own step runs each chunk
@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .fast_decode import forward_chunk
+from .kv import zeroed
 from .prefill import KV, Prefilled, device_of
 
 MIN_CHUNK = 8  # tokens: below this a chunk pays more in fixed cost (a forward over every layer) than it computes
@@ -70,7 +71,7 @@ class ChunkedPrefill:
         self.values: list[torch.Tensor] = []
         for i in range(int(config.num_hidden_layers)):
             for store, source in ((self.keys, 0), (self.values, 1)):
-                buf = param.new_zeros((1, kv_heads, len(prompt), head_dim), dtype=dtype)
+                buf = zeroed((1, kv_heads, len(prompt), head_dim), param.new_empty(0, dtype=dtype))
                 if prefix_kv is not None:
                     buf[:, :, :reused] = prefix_kv[i][source][:, :, :reused]
                 store.append(buf)

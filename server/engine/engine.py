@@ -484,9 +484,13 @@ class Engine:
         if not alive:
             return
         device = pre.mask.device
-        idx = torch.tensor([source[i] for i in alive], dtype=torch.long, device=device)
-        kv = [(k[idx], v[idx]) for k, v in pre.kv]
-        self._batch.join(kv, pre.mask[idx], pre.positions[idx], torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device))
+        rows_kept = [source[i] for i in alive]
+        if rows_kept == list(range(pre.mask.shape[0])):  # every prefilled row, in order: no copy (a long prompt's is large)
+            kv, mask, positions = pre.kv, pre.mask, pre.positions
+        else:
+            idx = torch.tensor(rows_kept, dtype=torch.long, device=device)
+            kv, mask, positions = [(k[idx], v[idx]) for k, v in pre.kv], pre.mask[idx], pre.positions[idx]
+        self._batch.join(kv, mask, positions, torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device))
         self._rows.extend(rows[i] for i in alive)
 
     def _logprobs(self, logits: torch.Tensor, rows: list[_Sequence], sampled: list[int | None]) -> list[TokenLogprob | None]:

@@ -13,12 +13,35 @@ mask as it is, positions are per row, and `keep` drops the columns no remaining 
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .fast_decode import StepFn, block_mask, decode_step, forward_block
 
-GROW = 64  # spare columns allocated at once; a decode step writes in place until they run out
+GROW = 64  # spare columns allocated at once (at least); a decode step writes in place until they run out
+LAZY_BYTES = 1 << 20  # buffers this large come zeroed by the OS (`zeroed`)
+
+
+def spare(length: int) -> int:
+    """Spare columns for a cache of `length`: a quarter of it, at least GROW, so that a long
+    batch (whose every growth copies every row's columns) grows rarely."""
+    return max(GROW, length // 4)
+
+
+def zeroed(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A zero tensor of `like`'s dtype and device. A large CPU buffer is fresh anonymous memory,
+    which the OS hands out zero: a page is only written (and counts in the resident set) once
+    something is written into it, and a short row's padding beside a long row never is.
+    `torch.zeros` writes every byte first: 9 rows beside a 4,000-token row are 1.7 GB over the
+    60 buffers, which stalled every stream for a dozen decode steps when the long row joined."""
+    count = math.prod(shape)
+    size = count * like.element_size()
+    if like.device.type != "cpu" or size < LAZY_BYTES:
+        return like.new_zeros(shape)
+    return torch.frombuffer(mmap.mmap(-1, size), dtype=like.dtype, count=count).view(shape)  # (the tensor keeps the mapping alive)
 
 
 class SlottedLayer(DynamicLayer):
@@ -32,8 +55,8 @@ class SlottedLayer(DynamicLayer):
         self.dtype, self.device = keys.dtype, keys.device
         self.is_initialized = True
         self._length = keys.shape[-2]
-        self._kbuf = self._alloc(keys, self._length + GROW)
-        self._vbuf = self._alloc(values, self._length + GROW)
+        self._kbuf = self._alloc(keys, self._length + spare(self._length))
+        self._vbuf = self._alloc(values, self._length + spare(self._length))
         self._refresh()
 
     @classmethod
@@ -49,7 +72,7 @@ class SlottedLayer(DynamicLayer):
         rows = sum(k.shape[0] for k in keys)
         bufs = []
         for parts in (keys, values):
-            buf = first.new_zeros((rows, first.shape[1], length + GROW, first.shape[3]))
+            buf = zeroed((rows, first.shape[1], length + spare(length), first.shape[3]), first)
             row = 0
             for part in parts:
                 buf[row : row + part.shape[0], :, length - part.shape[2] : length] = part
@@ -62,7 +85,7 @@ class SlottedLayer(DynamicLayer):
     @staticmethod
     def _alloc(src: torch.Tensor, capacity: int) -> torch.Tensor:
         b, h, t, d = src.shape
-        buf = src.new_zeros((b, h, capacity, d))
+        buf = zeroed((b, h, capacity, d), src)
         buf[:, :, :t] = src
         return buf
 
@@ -84,8 +107,8 @@ class SlottedLayer(DynamicLayer):
         step was traced on buffers longer than what it attends over, and inductor guards on
         that (a step whose slice were the whole buffer would need a compile of its own)."""
         if self._length + n >= self._kbuf.shape[-2]:
-            self._kbuf = self._alloc(self.keys, self._length + n + GROW)
-            self._vbuf = self._alloc(self.values, self._length + n + GROW)
+            self._kbuf = self._alloc(self.keys, self._length + n + spare(self._length))
+            self._vbuf = self._alloc(self.values, self._length + n + spare(self._length))
 
     def advance(self, n: int) -> None:
         """Count n columns written into the buffers as part of the cache."""

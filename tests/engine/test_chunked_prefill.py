@@ -134,3 +134,22 @@ async def test_an_interactive_prompt_is_prefilled_at_once_however_long(engine_fa
     await chat
     await collect(engine, GenerationRequest(prompt=LONG, max_tokens=2))  # the same prompt at chat priority is chunked
     assert chunks
+
+
+def test_a_large_cache_buffer_is_zero_and_takes_memory_only_where_written() -> None:
+    """The padding of short rows beside a long one is never written, so it never becomes
+    resident memory (torch.zeros would write all of it first)."""
+    import psutil
+    import torch
+
+    from server.engine.kv import LAZY_BYTES, zeroed
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    buf = zeroed((8, 3, 8192, 1024), torch.empty(0))  # 768 MiB of fp32
+    assert buf.shape == (8, 3, 8192, 1024) and buf.dtype == torch.float32
+    buf[:, :, -16:] = 1.0  # each row's last 16 columns: its real tokens
+    assert process.memory_info().rss - before < 128 * 2**20
+    assert not buf[:, :, :-16:97].any() and bool((buf[:, :, -16:] == 1.0).all())  # (a sample of the padding: reading it all would copy it)
+    small = zeroed((4, 4), torch.empty(0, dtype=torch.bfloat16))
+    assert small.dtype == torch.bfloat16 and not small.any() and 32 < LAZY_BYTES

@@ -302,16 +302,21 @@ def test_a_packed_linear_computes_what_the_plain_one_does_for_any_row_count(bias
         assert pack_linears(parent) == 1 and parent[0] is packed  # packing twice repacks nothing
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_an_int8_linear_is_within_int8_error_of_the_plain_one_and_each_row_is_its_own(bias: bool) -> None:
-    """Per-row activation scales and exact integer sums: a row's product is the same bits alone
-    or in any batch."""
+def _packed_twin(bias: bool, fmt: str) -> tuple[torch.nn.Linear, torch.nn.Sequential, torch.nn.Module]:
+    """A plain Linear [96 -> 160], and a parent holding its twin packed in `fmt` (and that twin)."""
     torch.manual_seed(0)
     plain = torch.nn.Linear(96, 160, bias=bias)
     parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))
     parent[0].load_state_dict(plain.state_dict())
-    assert pack_linears(parent, fmt="int8") == 1
-    packed = parent[0]
+    assert pack_linears(parent, fmt=fmt) == 1
+    return plain, parent, parent[0]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_an_int8_linear_is_within_int8_error_of_the_plain_one_and_each_row_is_its_own(bias: bool) -> None:
+    """Per-row activation scales and exact integer sums: a row's product is the same bits alone
+    or in any batch."""
+    plain, parent, packed = _packed_twin(bias, "int8")
     assert isinstance(packed, PackedLinear) and packed.packed.dtype == torch.int8 and "int8" in repr(packed)
     with torch.inference_mode():
         for rows in (1, 2, 7, 33, 600):
@@ -412,12 +417,7 @@ def test_a_bf16_linear_is_the_bf16_product_and_each_row_is_its_own_in_any_batch(
     """oneDNN's bf16 product of bf16-rounded inputs and weights, summed in fp32; a row's product
     is the same bits alone or beside any number of rows (past the 32 rows where oneDNN changes
     its kernel), so a batched answer is one request's answer."""
-    torch.manual_seed(0)
-    plain = torch.nn.Linear(96, 160, bias=bias)
-    parent = torch.nn.Sequential(torch.nn.Linear(96, 160, bias=bias))
-    parent[0].load_state_dict(plain.state_dict())
-    assert pack_linears(parent, fmt="bf16") == 1
-    packed = parent[0]
+    plain, _, packed = _packed_twin(bias, "bf16")
     assert isinstance(packed, PackedLinear) and "bf16" in repr(packed)
     assert packed.packed.numel() * packed.packed.element_size() == 96 * 160 * 2  # two bytes a weight
     with torch.inference_mode():
