@@ -42,8 +42,9 @@ class ChunkBudget:
         self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
 
     def prefilled(self, tokens: int, seconds: float) -> None:
-        per = seconds / max(tokens, 1)
-        self.token_seconds = per if self.token_seconds is None else 0.8 * self.token_seconds + 0.2 * per
+        # the latest chunk alone: a chunk's cost per token grows with the prefix it attends to, so
+        # the last one predicts the next better than an average of earlier, cheaper ones
+        self.token_seconds = seconds / max(tokens, 1)
 
     def tokens(self, decoding: bool) -> int:
         """The next chunk's size; with nothing decoding, the largest (no stream waits on it)."""
@@ -62,6 +63,7 @@ class ChunkedPrefill:
 
     def __init__(self, model: torch.nn.Module, prompt: list[int], prefix_kv: KV | None = None, reused: int = 0, fast: bool = False) -> None:
         self.model, self.prompt, self.done, self.fast = model, prompt, reused, fast
+        self.ready: Prefilled | None = None  # the whole prompt's, once its last chunk is in
         config: Any = model.config
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -110,7 +112,8 @@ class ChunkedPrefill:
             return None
         kv = list(zip(self.keys, self.values))
         mask = torch.ones((1, len(self.prompt)), dtype=torch.long, device=device)
-        return Prefilled(kv, mask, torch.tensor([len(self.prompt)], device=device), logits)
+        self.ready = Prefilled(kv, mask, torch.tensor([len(self.prompt)], device=device), logits)
+        return self.ready
 
 
 class _InPlace(DynamicLayer):

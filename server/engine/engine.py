@@ -430,19 +430,23 @@ class Engine:
             self._join(misses, pre)
 
     def _prefill_chunk(self) -> None:
-        """The next chunk of the oldest long prompt being prefilled; once its last chunk is in,
-        it joins the batch (and its prompt goes into the prefix cache, as any other's)."""
+        """The next chunk of the oldest long prompt being prefilled. Once its last chunk is in,
+        it joins the batch (and its prompt goes into the prefix cache, as any other's): at the
+        next call while rows decode, so that the join's copy of its cache and its last chunk
+        are not both between two of their tokens."""
         seq, job = self._chunking[0]
         if seq.cancelled:
             self._chunking.pop(0)
             self._prefilling -= 1
             self._finish(seq, "cancelled")
             return
-        reused = job.done
-        pre = job.advance(self._chunks.tokens(decoding=bool(self._rows)), self._chunks)
-        self.metrics.prefilled(job.done - reused)
+        pre = job.ready
         if pre is None:
-            return
+            reused = job.done
+            pre = job.advance(self._chunks.tokens(decoding=bool(self._rows)), self._chunks)
+            self.metrics.prefilled(job.done - reused)
+            if pre is None or self._rows:
+                return
         self._chunking.pop(0)
         if self._prefix.max_tokens > 0 and len(seq.prompt_ids) >= self._prefix.min_reuse:
             self._prefix.store(seq.prompt_ids, pre.kv)
