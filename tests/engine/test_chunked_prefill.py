@@ -153,3 +153,10 @@ def test_a_large_cache_buffer_is_zero_and_takes_memory_only_where_written() -> N
     assert not buf[:, :, :-16:97].any() and bool((buf[:, :, -16:] == 1.0).all())  # (a sample of the padding: reading it all would copy it)
     small = zeroed((4, 4), torch.empty(0, dtype=torch.bfloat16))
     assert small.dtype == torch.bfloat16 and not small.any() and 32 < LAZY_BYTES
+
+
+async def test_a_model_on_transformers_forward_is_chunked_through_it_and_answers_the_same(engine_factory, plain_model, tokenizer) -> None:
+    engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16, decode="transformers")
+    engine._chunks.tokens = lambda decoding: MIN_CHUNK  # type: ignore[method-assign]
+    assert not engine.fast_decode
+    assert (await collect(engine, GenerationRequest(prompt=LONG, max_tokens=16)))[0] == reference(plain_model, tokenizer, LONG, 16)
