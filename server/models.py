@@ -167,13 +167,14 @@ def resolve(spec: str | None, home: Path | None = None) -> tuple[str, str, bool]
     return spec, spec, False  # a Hugging Face id
 
 
-def quantization_kwargs(quant: str) -> dict[str, Any]:
+def quantization_kwargs(quant: str, repack: bool = True) -> dict[str, Any]:
+    """from_pretrained's arguments for `quant` (`repack=False`: as transformers runs it, see `load`)."""
     import torch
     from transformers import BitsAndBytesConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     placement = {"device_map": device} if device == "cuda" else {}  # on CPU, load as it always did
-    if quant in CPU_PACKED and device == "cpu":
+    if quant in CPU_PACKED and device == "cpu" and (repack or quant not in GPU_TOO):
         return {"dtype": torch.float32}  # loaded in fp32, then quantized by `load`
     if quant in CPU_PACKED and quant not in GPU_TOO:
         raise ValueError(f"{quant} is a CPU path; on a GPU choose bf16, int8, nf4 or fp4 (bitsandbytes) or none")
@@ -189,12 +190,6 @@ def quantization_kwargs(quant: str) -> dict[str, Any]:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_compute_dtype=torch.bfloat16)
         return {"quantization_config": config, "dtype": torch.bfloat16, "device_map": device}
     raise ValueError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_CHOICES)}")
-
-
-def torch_dtype(quant: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16}.get(quant, torch.float32)
 
 
 def gguf_source(spec: str | None, home: Path | None = None) -> Path | None:
@@ -259,9 +254,7 @@ def load(spec: str | None = None, quant: str = "auto", home: Path | None = None,
         os.environ["HF_HUB_OFFLINE"] = "1"
     tokenizer = AutoTokenizer.from_pretrained(source)
     as_transformers = not repack and quant in GPU_TOO
-    model = AutoModelForCausalLM.from_pretrained(
-        source, **({"dtype": torch_dtype(quant)} if as_transformers else quantization_kwargs(quant))
-    )
+    model = AutoModelForCausalLM.from_pretrained(source, **quantization_kwargs(quant, repack))
     model.eval()
     if quant in CPU_PACKED and next(model.parameters()).device.type == "cpu" and not as_transformers:
         from .engine.packed import pack_linears

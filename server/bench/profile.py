@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from .. import models
-from ..engine import bf16, int4, int8
+from ..engine import bf16, int8
 from ..engine.fast_decode import _attend, compile_step, decode_step
 from ..engine.kv import RunningBatch
-from ..engine.packed import FusedPackedLinear, PackedLinear, _pack, _packed_linear, pack_linears
+from ..engine.packed import FusedPackedLinear, PackedLinear, pack_linears
 from ..engine.prefill import prefill_batch
 from ..engine.sampling import SamplingParams, sample_next
 from .workload import chat_ids
@@ -155,40 +155,43 @@ def measure_profile(
     return out
 
 
-def _kernels() -> dict[str, tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor, Any], torch.Tensor]]]:
-    """name: (prepare a weight [out, in] once, product of fp32 rows [n, in] with it)."""
-    kernels: dict[str, tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor, Any], torch.Tensor]]] = {
-        "fp32 F.linear (transformers' fp32)": (lambda w: w, lambda x, w: F.linear(x, w)),
-        "fp32 MKL-packed (engine, none)": (_pack, lambda x, p: _packed_linear(x, p[0], p[1], None)),
-        "bf16 F.linear (transformers' bf16)": (lambda w: w.bfloat16(), lambda x, w: F.linear(x.bfloat16(), w).float()),
-        "int8 weight-only, bf16 rows (torch _weight_int8pack_mm)": (
-            lambda w: int8.quantize_weight(w),
-            lambda x, p: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), p[0], p[1].bfloat16()).float(),
-        ),
-        "int8 weights and rows (engine, w8a8: torch._int_mm)": (int8.quantize_weight, lambda x, p: int8.int8_product(x, *p)),
+Kernel = Callable[[torch.nn.Linear], Callable[[torch.Tensor], torch.Tensor]]  # a Linear prepared once -> its product of fp32 rows
+ENGINE_FORMATS = {  # the engine's formats (packed.py), each as `--quant` uses it
+    "mkl": "fp32 MKL-packed (engine, none)",
+    "int8": "int8 weights and rows (engine, w8a8: torch._int_mm)",
+    "int4": "int4 weight-only, bf16 rows (engine, q4: _weight_int4pack_mm_for_cpu)",
+    "bf16": "bf16 oneDNN-packed (engine, bf16)",
+}
+
+
+def _bf16_linear(linear: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    weight = linear.weight.bfloat16()
+    return lambda x: F.linear(x.bfloat16(), weight).float()
+
+
+def _int8_weight_only(linear: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    q, scale = int8.quantize_weight(linear.weight)
+    return lambda x: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, scale.bfloat16()).float()
+
+
+def _kernels() -> dict[str, Kernel]:
+    kernels: dict[str, Kernel] = {
+        "fp32 F.linear (transformers' fp32)": lambda linear: lambda x: F.linear(x, linear.weight),
+        "bf16 F.linear (transformers' bf16)": _bf16_linear,
+        "int8 weight-only, bf16 rows (torch _weight_int8pack_mm)": _int8_weight_only,
     }
-    if int4.supports(torch.zeros(1, int4.GROUP)):
-        kernels["int4 weight-only, bf16 rows (engine, q4: _weight_int4pack_mm_for_cpu)"] = (
-            int4.quantize_weight,
-            lambda x, p: int4.int4_product(x, *p),
-        )
-    if bf16.available():
-        kernels["bf16 oneDNN-packed (engine, bf16)"] = (bf16.quantize_weight, lambda x, p: bf16.bf16_product(x, *p))
+    for fmt, name in ENGINE_FORMATS.items():
+        if fmt != "bf16" or bf16.available():
+            kernels[name] = lambda linear, fmt=fmt: PackedLinear(linear, fmt)  # type: ignore[misc]
     return kernels
 
 
-def _time_kernel(
-    weights: list[torch.Tensor],
-    prepare: Callable[[torch.Tensor], Any],
-    product: Callable[[torch.Tensor, Any], torch.Tensor],
-    row_counts: list[int],
-    rounds: int,
-) -> dict[str, float]:
-    held = [prepare(w) for w in weights]
+def _time_kernel(linears: list[torch.nn.Linear], kernel: Kernel, row_counts: list[int], rounds: int) -> dict[str, float]:
+    products = [kernel(linear) for linear in linears]
     times = {}
     for rows in row_counts:
-        inputs = [torch.randn(rows, w.shape[1]) for w in weights]
-        times[f"rows_{rows}"] = round(_median_ms(lambda: [product(x, h) for x, h in zip(inputs, held)], rounds), 2)  # noqa: B023  (called in this iteration)
+        inputs = [torch.randn(rows, linear.in_features) for linear in linears]
+        times[f"rows_{rows}"] = round(_median_ms(lambda: [product(x) for product, x in zip(products, inputs)], rounds), 2)  # noqa: B023  (called in this iteration)
     return times
 
 
@@ -196,12 +199,12 @@ def measure_kernels(spec: str | None, row_counts: list[int], rounds: int, log: A
     """The model's own weight matrices (every Linear, unfused) multiplied by 1, 16 and 32 rows
     in each kernel: the products of one decode step, ms (the median of `rounds`)."""
     loaded = models.load(spec, "none")
-    weights = [m.weight.detach() for m in loaded.model.modules() if type(m) is torch.nn.Linear]
+    linears = [m for m in loaded.model.modules() if type(m) is torch.nn.Linear]
     out = []
     with torch.inference_mode():
-        for name, (prepare, product) in _kernels().items():
+        for name, kernel in _kernels().items():
             try:
-                row: dict[str, Any] = {"kernel": name, **_time_kernel(weights, prepare, product, row_counts, rounds)}
+                row: dict[str, Any] = {"kernel": name, **_time_kernel(linears, kernel, row_counts, rounds)}
             except (RuntimeError, NotImplementedError) as exc:  # a kernel this CPU or build lacks
                 row = {"kernel": name, "error": f"{type(exc).__name__}: {exc}"[:200]}
             out.append(row)

@@ -3,9 +3,9 @@ laid out by oneDNN for its AMX / AVX512_BF16 kernels (`mkldnn._reorder_linear_we
 input row rounded to bf16 as it goes in; norms, attention, the KV cache and sampling stay fp32.
 
 Why: a decode step's products read every weight once per step, and on a CPU with AMX tiles a
-bf16 product with the weight already in the kernel's layout does the same work in a third of
-MKL's fp32 time at 16 rows, and in half at one row (half the bytes). `tandem bench` measures the
-products (profile), the step (throughput) and perplexity against fp32 (quantization).
+bf16 product with the weight already in the kernel's layout reads half of fp32's bytes and
+multiplies faster than MKL's fp32 at every batch size. `tandem bench` measures the products
+(profile), the step (throughput) and perplexity against fp32 (quantization).
 
 Why blocks of ROW_BLOCK rows: oneDNN picks its kernel by the row count, and beyond 32 rows it
 takes one that sums in another order, so a row's product would depend on how many rows ran

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from . import bf16
 from .packed import FusedPart, PackedLinear, fused_outputs, let_inductor_call_packed_linears
 
 SUPPORTED_TYPES = ("llama", "qwen2")
@@ -60,7 +61,7 @@ def supports(model: Any) -> bool:
 StepFn = Callable[..., torch.Tensor]  # forward_rows or a compiled copy of it
 
 
-COMPILED_ROWS = 32  # the most rows the compiled batched step takes (bf16.ROW_BLOCK: one block of products)
+COMPILED_ROWS = bf16.ROW_BLOCK  # the most rows the compiled batched step takes (one block of bf16 products: no guard on a block count)
 
 
 @torch.inference_mode()

@@ -52,12 +52,8 @@ class SlottedLayer(DynamicLayer):
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
-        self._length = keys.shape[-2]
-        self._kbuf = self._alloc(keys, self._length + spare(self._length))
-        self._vbuf = self._alloc(values, self._length + spare(self._length))
-        self._refresh()
+        length = keys.shape[-2]
+        self._hold(self._alloc((keys,), length), self._alloc((values,), length), length)
 
     @classmethod
     def stacked(cls, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...], length: int) -> SlottedLayer:
@@ -67,26 +63,25 @@ class SlottedLayer(DynamicLayer):
         long prompt joining short rows paid in stalled steps.)"""
         layer = cls.__new__(cls)
         DynamicLayer.__init__(layer)
-        first = keys[0]
-        layer.dtype, layer.device, layer.is_initialized, layer._length = first.dtype, first.device, True, length
-        rows = sum(k.shape[0] for k in keys)
-        bufs = []
-        for parts in (keys, values):
-            buf = zeroed((rows, first.shape[1], length + spare(length), first.shape[3]), first)
-            row = 0
-            for part in parts:
-                buf[row : row + part.shape[0], :, length - part.shape[2] : length] = part
-                row += part.shape[0]
-            bufs.append(buf)
-        layer._kbuf, layer._vbuf = bufs
-        layer._refresh()
+        layer._hold(cls._alloc(keys, length), cls._alloc(values, length), length)
         return layer
 
+    def _hold(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
+        self.dtype, self.device, self.is_initialized, self._length = kbuf.dtype, kbuf.device, True, length
+        self._kbuf, self._vbuf = kbuf, vbuf
+        self._refresh()
+
     @staticmethod
-    def _alloc(src: torch.Tensor, capacity: int) -> torch.Tensor:
-        b, h, t, d = src.shape
-        buf = zeroed((b, h, capacity, d), src)
-        buf[:, :, :t] = src
+    def _alloc(parts: tuple[torch.Tensor, ...], length: int, more: int = 0) -> torch.Tensor:
+        """The rows of `parts` stacked, each right-aligned at column `length`, in a buffer with
+        `more` + spare(length) columns beyond it."""
+        first = parts[0]
+        rows = sum(part.shape[0] for part in parts)
+        buf = zeroed((rows, first.shape[1], length + more + spare(length), first.shape[3]), first)
+        row = 0
+        for part in parts:
+            buf[row : row + part.shape[0], :, length - part.shape[2] : length] = part
+            row += part.shape[0]
         return buf
 
     def _refresh(self) -> None:
@@ -107,8 +102,8 @@ class SlottedLayer(DynamicLayer):
         step was traced on buffers longer than what it attends over, and inductor guards on
         that (a step whose slice were the whole buffer would need a compile of its own)."""
         if self._length + n >= self._kbuf.shape[-2]:
-            self._kbuf = self._alloc(self.keys, self._length + n + spare(self._length))
-            self._vbuf = self._alloc(self.values, self._length + n + spare(self._length))
+            self._kbuf = self._alloc((self.keys,), self._length, n)
+            self._vbuf = self._alloc((self.values,), self._length, n)
 
     def advance(self, n: int) -> None:
         """Count n columns written into the buffers as part of the cache."""

@@ -1,17 +1,16 @@
 """Choosing the next token for each row of a batch.
 
-Rows differ in temperature, top-p and seed. Greedy rows are served with one vectorised argmax,
-and the sampled rows together (`_sample_rows`): temperature, top-p (nucleus) and the draw are
-batched ops, and each row only draws its one uniform number from its own seeded
-`torch.Generator`, so that a seed reproduces the same text whatever else is batched.
+Rows differ in temperature, top-p and seed, so greedy rows are served with one vectorised
+argmax and each sampled row draws one uniform number from its own seeded `torch.Generator`,
+so that a seed reproduces the same text whatever else is batched.
 
-Why not transformers' warpers and `torch.multinomial`, row by row as before: top-p sorts the
-whole vocabulary, about 4 ms a row here, which made 16 sampled rows cost three times their
-decode step (`tandem bench --sections profile`). The nucleus is found among the tokens above
-the largest of CUTOFFS whose tokens still hold top-p of the mass (a few hundred tokens, not
-49,152, for a real model's logits), and only those are sorted; the draw is the inverse of
-the nucleus' cumulative distribution at the row's uniform number. It keeps transformers' TopPLogitsWarper's nucleus:
-the likeliest tokens until their mass reaches top-p (tests/engine/test_sampling.py checks it).
+Why not transformers' warpers and `torch.multinomial`, as before: top-p sorts the whole
+vocabulary, which made 16 sampled rows cost several times their decode step (`tandem bench
+--sections profile`). The nucleus is found among the tokens above the largest of CUTOFFS whose
+tokens still hold top-p of the mass (a few hundred tokens, not the whole vocabulary, for a real
+model's logits), and only those are sorted; the draw is the inverse of the nucleus' cumulative
+distribution at the row's uniform number. It keeps TopPLogitsWarper's nucleus: the likeliest
+tokens until their mass reaches top-p (tests/engine/test_sampling.py checks it).
 A row with logit controls (penalties, a logit bias, min_tokens) has them applied to a copy of
 its own scores first, in vLLM's order; the rows without any pay nothing for them.
 
@@ -21,6 +20,7 @@ it, and the engine ends that one stream with an error while its neighbours go on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,19 +79,15 @@ def sample_next(logits: torch.Tensor, params: list[SamplingParams]) -> list[int 
     chosen: list[int | None] = list(torch.argmax(logits, dim=-1).tolist())  # [B]
     low, high = torch.aminmax(logits, dim=-1)  # (NaN propagates through both: one pass instead of isfinite's mask)
     finite = (torch.isfinite(low) & torch.isfinite(high)).tolist()
-    plain: list[int] = []  # sampled rows without controls: drawn together below
     for row, p in enumerate(params):
         if not finite[row]:
             chosen[row] = None
         elif not p.controlled:
             if not p.greedy:
-                plain.append(row)
+                chosen[row] = _sample_row(logits[row : row + 1], p)
         else:
             scores = apply_controls(logits[row : row + 1].float().clone(), p)
-            chosen[row] = int(torch.argmax(scores, dim=-1)[0]) if p.greedy else _sample_rows(scores, [p])[0]
-    if plain:
-        for row, token in zip(plain, _sample_rows(logits[plain], [params[r] for r in plain])):
-            chosen[row] = token
+            chosen[row] = int(torch.argmax(scores, dim=-1)[0]) if p.greedy else _sample_row(scores, p)
     return chosen
 
 
@@ -117,45 +113,37 @@ def apply_controls(scores: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return scores
 
 
-def _sample_rows(logits: torch.Tensor, params: list[SamplingParams]) -> list[int | None]:
-    """One token per row of logits [R, V], each drawn at its row's temperature from its top-p
-    nucleus with its own generator; None for a row whose probabilities are not finite. Row by
-    row, on [1, V] tensors: a batched reduction splits a row's sums differently with the row
-    count, and a seed must give the same text whatever the batch."""
-    return [_sample_one(logits[r : r + 1].float().cpu(), p) for r, p in enumerate(params)]  # on the CPU, where the generators live
-
-
-def _sample_one(logits: torch.Tensor, p: SamplingParams) -> int | None:
-    probs = torch.softmax(logits / p.temperature, dim=-1)
-    u = torch.rand(1, generator=p.generator)
+def _sample_row(logits: torch.Tensor, p: SamplingParams) -> int | None:
+    """One token drawn from a row's logits [1, V] at its temperature, from its top-p nucleus,
+    with its own generator; None where its probabilities are not finite. On [1, V] alone: a
+    reduction over several rows splits a row's sums differently with their count, and a seed
+    must give the same text whatever the batch."""
+    probs = torch.softmax(logits.float().cpu()[0] / p.temperature, dim=-1)  # on the CPU, where the generator lives
+    u = float(torch.rand(1, generator=p.generator))
     if p.top_p >= 1.0:  # no nucleus: the whole vocabulary, in any order
-        ids = torch.arange(probs.shape[-1])[None]
-        return _draw(probs, probs.cumsum(-1), ids, torch.tensor([float("inf")]), u)[0]
+        return _draw(probs, torch.arange(probs.shape[-1]), float("inf"), u)
     # The smallest of the CUTOFFS' top sets {p >= cutoff} that still holds top-p of the mass:
     # the nucleus (the likeliest tokens up to top-p) lies inside it, so only it is sorted.
     for cutoff in CUTOFFS:
-        ids = (probs[0] >= cutoff).nonzero()[:, 0]
-        held = probs[0, ids]
-        if float(held.sum()) >= p.top_p or cutoff == CUTOFFS[-1]:
+        ids = (probs >= cutoff).nonzero()[:, 0]
+        if float(probs[ids].sum()) >= p.top_p or cutoff == CUTOFFS[-1]:
             break
-    held, order = held.sort(descending=True)
-    return _draw(held[None], held.cumsum(-1)[None], ids[order][None], torch.tensor([p.top_p]), u)[0]
+    held, order = probs[ids].sort(descending=True)
+    return _draw(held, ids[order], p.top_p, u)
 
 
-def _draw(probs: torch.Tensor, mass: torch.Tensor, ids: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> list[int | None]:
-    """Per row of probabilities sorted likeliest first [R, K] (their running sums `mass`, their
-    token `ids`): the token where the nucleus' cumulative distribution reaches u times its mass.
-    The nucleus is TopPLogitsWarper's: each token whose preceding mass is below top-p (so the
-    likeliest always, and the token that crosses top-p too)."""
-    keep = (mass - probs) < top_p[:, None]
-    kept = torch.where(keep, probs, torch.zeros_like(probs))
-    running = kept.cumsum(-1)
-    total = running[:, -1]
-    index = torch.searchsorted(running, (u * total)[:, None], right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
-    index = torch.minimum(index, keep.sum(-1) - 1).clamp_(min=0)  # (never past the nucleus, whatever the rounding)
-    tokens = ids.gather(1, index[:, None])[:, 0].tolist()
-    valid = (torch.isfinite(total) & (total > 0)).tolist()
-    return [int(t) if ok else None for t, ok in zip(tokens, valid)]
+def _draw(probs: torch.Tensor, ids: torch.Tensor, top_p: float, u: float) -> int | None:
+    """Of probabilities sorted likeliest first [K] (of tokens `ids`), the token where the
+    nucleus' cumulative distribution reaches u times its mass. The nucleus is TopPLogitsWarper's:
+    each token whose preceding mass is below top-p (the likeliest always, and the token that
+    crosses top-p too)."""
+    keep = (probs.cumsum(-1) - probs) < top_p
+    running = torch.where(keep, probs, torch.zeros_like(probs)).cumsum(-1)
+    total = float(running[-1])
+    if not math.isfinite(total) or total <= 0.0:
+        return None
+    index = int(torch.searchsorted(running, torch.tensor([u * total]), right=True)[0])
+    return int(ids[max(0, min(index, int(keep.sum()) - 1))])  # (never past the nucleus, whatever the rounding)
 
 
 def logprobs_of(logits: torch.Tensor, chosen: list[int], top: list[int]) -> list[tuple[float, list[tuple[int, float]]]]:
