@@ -7,17 +7,22 @@ bf16 product with the weight already in the kernel's layout reads half of fp32's
 multiplies faster than MKL's fp32 at every batch size. `tandem bench` measures the products
 (profile), the step (throughput) and perplexity against fp32 (quantization).
 
-Why blocks of ROW_BLOCK rows: oneDNN picks its kernel by the row count, and beyond 32 rows it
-takes one that sums in another order, so a row's product would depend on how many rows ran
-beside it. In blocks of at most 32, a row's product is the same alone or in any batch
-(tests/engine/test_engine.py), which keeps the engine's batched answers equal to one request's.
+Why blocks: oneDNN picks its kernel by the row count, and each kernel sums in its own order, so
+a row's product would depend on how many rows ran beside it. A decode step's rows go in blocks
+of at most ROW_BLOCK (one kernel, the "narrow" one); a prompt's positions (`wide`) in blocks of
+exactly WIDE_BLOCK rows (zero rows added to the last), so that every block takes the same wide
+kernel, which reads each weight once for four times the rows. (Between 33 and 255 rows oneDNN
+switches kernels at counts that depend on the weight's shape: a fixed count avoids them all.)
+Either way a row's product is the same alone or in any batch (tests/engine/test_engine.py), which
+keeps the engine's batched answers equal to one request's.
 """
 
 from __future__ import annotations
 
 import torch
 
-ROW_BLOCK = 32  # the largest row count whose products do not depend on it (measured; see above)
+ROW_BLOCK = 32  # the largest row count of oneDNN's narrow kernel (measured; see above)
+WIDE_BLOCK = 128  # rows in every block of a prompt's products (see above)
 PACK_ROWS = 16  # the row count oneDNN is told when packing (a layout hint: any count computes with it)
 
 
@@ -40,9 +45,18 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, weight.new_empty(0)
 
 
-def bf16_product(rows: torch.Tensor, packed: torch.Tensor, _unused: torch.Tensor) -> torch.Tensor:
+def bf16_product(rows: torch.Tensor, packed: torch.Tensor, _unused: torch.Tensor, wide: bool = False) -> torch.Tensor:
     """rows W^T in fp32, for rows fp32 [n, in], n > 0; the product is summed in fp32 and rounded
-    to bf16 by oneDNN."""
-    blocks = rows.to(torch.bfloat16).split(ROW_BLOCK)
-    outs = [torch.ops.mkldnn._linear_pointwise(block, packed, None, "none", [], "") for block in blocks]
-    return (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
+    to bf16 by oneDNN. `wide`: the rows are a prompt's positions (see above)."""
+    x = rows.to(torch.bfloat16)
+    if not wide:
+        outs = [torch.ops.mkldnn._linear_pointwise(block, packed, None, "none", [], "") for block in x.split(ROW_BLOCK)]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
+    out = rows.new_empty((rows.shape[0], packed.shape[0]))
+    for start in range(0, rows.shape[0], WIDE_BLOCK):
+        block = x[start : start + WIDE_BLOCK]
+        real = block.shape[0]
+        if real < WIDE_BLOCK:
+            block = torch.cat((block, block.new_zeros((WIDE_BLOCK - real, block.shape[1]))))
+        out[start : start + real] = torch.ops.mkldnn._linear_pointwise(block, packed, None, "none", [], "")[:real]
+    return out

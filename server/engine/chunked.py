@@ -15,14 +15,12 @@ heads read as they are); a model it does not run goes through transformers' forw
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .fast_decode import forward_chunk
-from .kv import zeroed
-from .prefill import KV, Prefilled, device_of
+from .prefill import KV, Prefilled, device_of, kv_buffers
 
 MIN_CHUNK = 8  # tokens: below this a chunk pays more in fixed cost (a forward over every layer) than it computes
 MAX_CHUNK = 1024
@@ -64,19 +62,10 @@ class ChunkedPrefill:
     def __init__(self, model: torch.nn.Module, prompt: list[int], prefix_kv: KV | None = None, reused: int = 0, fast: bool = False) -> None:
         self.model, self.prompt, self.done, self.fast = model, prompt, reused, fast
         self.ready: Prefilled | None = None  # the whole prompt's, once its last chunk is in
-        config: Any = model.config
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        param = next(model.parameters())
-        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())  # (a quantized model's first may be int8)
-        self.keys: list[torch.Tensor] = []  # per layer [1, kv_heads, len(prompt), head_dim]: every column the prompt needs, at once
-        self.values: list[torch.Tensor] = []
-        for i in range(int(config.num_hidden_layers)):
-            for store, source in ((self.keys, 0), (self.values, 1)):
-                buf = zeroed((1, kv_heads, len(prompt), head_dim), param.new_empty(0, dtype=dtype))
-                if prefix_kv is not None:
-                    buf[:, :, :reused] = prefix_kv[i][source][:, :, :reused]
-                store.append(buf)
+        self.keys, self.values = kv_buffers(model, 1, len(prompt))  # per layer: every column the prompt needs, at once
+        if prefix_kv is not None:
+            for (k, v), (pk, pv) in zip(zip(self.keys, self.values), prefix_kv):
+                k[:, :, :reused], v[:, :, :reused] = pk[:, :, :reused], pv[:, :, :reused]
         self.cache = DynamicCache()
         self.cache.layers = [_InPlace(k, v, reused) for k, v in zip(self.keys, self.values)]
 

@@ -401,7 +401,7 @@ class Engine:
         for seq in new:
             self.metrics.admitted(now - seq.submitted, len(seq.prompt_ids))
             if seq.req.echo:  # the prompt's own logits are wanted: prefilled alone, every position kept
-                pre = prefill_batch(self.model, [seq.prompt_ids], self.pad_id, every_position=True)
+                pre = prefill_batch(self.model, [seq.prompt_ids], self.pad_id, every_position=True, fast=self.fast_decode)
                 self.metrics.prefilled(len(seq.prompt_ids))
                 self._echo(seq, pre)
                 self._join([seq], pre)
@@ -418,11 +418,11 @@ class Engine:
                 misses.append(seq)
                 continue
             self.metrics.prefilled(len(seq.prompt_ids) - reused, reused)
-            pre = prefill_on_prefix(self.model, seq.prompt_ids, kv, reused)
+            pre = prefill_on_prefix(self.model, seq.prompt_ids, kv, reused, fast=self.fast_decode)
             self._prefix.store(seq.prompt_ids, pre.kv)
             self._join([seq], pre)
         if misses:
-            pre = prefill_batch(self.model, [s.prompt_ids for s in misses], self.pad_id)
+            pre = prefill_batch(self.model, [s.prompt_ids for s in misses], self.pad_id, fast=self.fast_decode)
             self.metrics.prefilled(sum(len(s.prompt_ids) for s in misses))
             for row, seq in enumerate(misses):
                 if len(seq.prompt_ids) >= self._prefix.min_reuse and self._prefix.max_tokens > 0:

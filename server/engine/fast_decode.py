@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from . import bf16
-from .packed import FusedPart, PackedLinear, fused_outputs, let_inductor_call_packed_linears
+from .packed import FusedPart, PackedLinear, as_decode_steps, fused_outputs, let_inductor_call_packed_linears
 
 SUPPORTED_TYPES = ("llama", "qwen2")
 
@@ -148,10 +148,12 @@ def forward_block(
     positions [B, S]; writes the keys and values into columns [length, length + S) of the
     buffers; attn_mask [B, 1, S, length + S] (the row's mask, then causal within the block).
     Returns the logits of the flattened [B * S] positions listed in `keep` (all when None), so
-    that lm_head, the largest product, runs only on the positions the caller reads."""
-    x = _decoder(model, tokens, positions, keys, values, length, attn_mask)
-    x = x.reshape(-1, x.shape[-1])
-    return model.lm_head(x if keep is None else x[keep])  # type: ignore[no-any-return]
+    that lm_head, the largest product, runs only on the positions the caller reads. Its
+    products are those of S decode steps (`as_decode_steps`)."""
+    with as_decode_steps():
+        x = _decoder(model, tokens, positions, keys, values, length, attn_mask)
+        x = x.reshape(-1, x.shape[-1])
+        return model.lm_head(x if keep is None else x[keep])  # type: ignore[no-any-return]
 
 
 def forward_chunk(model: Any, tokens: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> torch.Tensor:
@@ -166,6 +168,34 @@ def forward_chunk(model: Any, tokens: torch.Tensor, keys: list[torch.Tensor], va
     causal = torch.ones((width, length + width), dtype=torch.bool, device=tokens.device).tril(diagonal=length)
     x = _decoder(model, tokens, positions, keys, values, length, causal[None, None], per_query=False)
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+
+
+def forward_prompts(
+    model: Any,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    every_position: bool = False,
+) -> torch.Tensor:
+    """Whole prompts in one pass (prefill.py): tokens [B, T], row r's prompt in its first
+    lengths[r] columns and padding after it; writes the keys and values into columns [0, T) of
+    the buffers, in the same places. Attention is causal, over each prompt's own columns
+    (`_attend_prompts`). Returns the logits at each row's last prompt token [B, V], or at every
+    position [B, T, V].
+
+    Why padding on the right: each row's tokens then sit in the columns they take alone, so a
+    prompt's keys and logits are the bits it gets prefilled alone (left-padded, its sums ran in
+    other vector lanes), and products a row at a time give the same bits in any batch. Why not
+    transformers' forward: its mask and attention dispatch, its five-op norms and its grouped
+    heads copied to every query head cost more than the products on a batch of chat prompts
+    (`tandem bench`, throughput: time to first token)."""
+    rows, width = tokens.shape
+    positions = torch.arange(width, device=tokens.device).expand(rows, width)
+    x = _decoder(model, tokens, positions, keys, values, 0, None, prompts=lengths.tolist())
+    if not every_position:
+        x = x[torch.arange(rows, device=x.device), lengths - 1]
+    return model.lm_head(x)  # type: ignore[no-any-return]
 
 
 def block_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
@@ -186,9 +216,12 @@ def _decoder(
     attn_mask: torch.Tensor | None,
     per_query: bool = True,
     split: Split | None = None,
+    prompts: list[int] | None = None,
 ) -> torch.Tensor:
     """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden].
-    Several new tokens per row attend query by query (`_attend_each`) unless `per_query` is off."""
+    Several new tokens per row attend query by query (`_attend_each`) unless `per_query` is off.
+    `prompts` (a cache empty before them, no mask): row r holds a prompt in its first prompts[r]
+    positions, each attending to itself and the ones before it (`_attend_prompts`)."""
     inner = model.model
     rows, width = tokens.shape
     x = inner.embed_tokens(tokens)  # [B, S, hidden]
@@ -200,7 +233,9 @@ def _decoder(
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         kbuf[:, :, length : length + width] = k
         vbuf[:, :, length : length + width] = v
-        if split is not None and attn_mask is not None:
+        if prompts is not None:
+            o = _attend_prompts(q, kbuf, vbuf, prompts, attn.scaling)
+        elif split is not None and attn_mask is not None:
             end, (r, a, b) = length + width, split
             o = torch.cat(
                 [
@@ -291,6 +326,26 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.
     scores = (grouped * k[:, :, None]).sum(-1) * scale  # [B, kv_heads, g, T]
     out = (torch.softmax(scores, dim=-1)[..., None] * v[:, :, None]).sum(-2)  # [B, kv_heads, g, D]
     return out.view(rows, heads, 1, dim)
+
+
+def _attend_prompts(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, prompts: list[int], scale: float) -> torch.Tensor:
+    """Causal attention for prompts [B, heads, S, D], row r's in its first prompts[r] positions
+    (the rest padding, whose output stays zero), one SDPA call per prompt over its own columns.
+    Why per prompt: SDPA blocks its queries and keys by the sequence's length, and a block
+    boundary moves a sum into other vector lanes: one call over the padded batch gave a short
+    prompt beside a long one other bits than it gets alone."""
+    gqa = kbuf.shape[1] != q.shape[1]
+    if len(set(prompts)) == 1 and prompts[0] == q.shape[2]:
+        return F.scaled_dot_product_attention(
+            q, kbuf[:, :, : prompts[0]], vbuf[:, :, : prompts[0]], is_causal=True, scale=scale, enable_gqa=gqa
+        )
+    out = q.new_zeros(q.shape)
+    for row, n in enumerate(prompts):
+        k, v = kbuf[row : row + 1, :, :n], vbuf[row : row + 1, :, :n]
+        out[row : row + 1, :, :n] = F.scaled_dot_product_attention(
+            q[row : row + 1, :, :n], k, v, is_causal=True, scale=scale, enable_gqa=gqa
+        )
+    return out
 
 
 def _attend_each(

@@ -21,9 +21,11 @@ SmolLM2-135M the step's 211 products become 121, measured in `tandem bench` (cei
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import cast
 
 import torch
@@ -43,6 +45,26 @@ _QUANTIZED = {
     "bf16": (bf16.quantize_weight, bf16.bf16_product),
 }
 FORMATS = ("mkl", *_QUANTIZED)
+_step = threading.local()  # .positions: set while several positions per row are multiplied as decode steps
+
+
+@contextlib.contextmanager
+def as_decode_steps() -> Iterator[None]:
+    """Products over several positions of each row computed as a decode step computes each one
+    (speculative verification: its logits must be the plain step's, bit for bit). Elsewhere a
+    product over several positions per row is a prompt's, which bf16 multiplies in its wide
+    blocks (bf16.py)."""
+    _step.positions = True
+    try:
+        yield
+    finally:
+        _step.positions = False
+
+
+def _prompt_positions(x: torch.Tensor) -> bool:
+    """Whether x [..., positions, in] holds several positions of each row (a prompt), outside
+    `as_decode_steps`."""
+    return x.dim() >= 3 and x.shape[-2] > 1 and not getattr(_step, "positions", False)
 
 
 def _packable(module: torch.nn.Module) -> bool:
@@ -131,7 +153,12 @@ class _Weight(torch.nn.Module):
         if self.fmt == "mkl":
             return _packed_linear(x, self.packed, self._aux, bias)
         rows = x.reshape(-1, x.shape[-1])
-        out = rows.new_zeros((0, self.rows_out)) if rows.shape[0] == 0 else _QUANTIZED[self.fmt][1](rows, self.packed, self._aux)
+        if rows.shape[0] == 0:
+            out = rows.new_zeros((0, self.rows_out))
+        elif self.fmt == "bf16":
+            out = bf16.bf16_product(rows, self.packed, self._aux, wide=_prompt_positions(x))
+        else:
+            out = _QUANTIZED[self.fmt][1](rows, self.packed, self._aux)
         if bias is not None:
             out = out + bias
         return out.view(*x.shape[:-1], self.rows_out)

@@ -578,23 +578,58 @@ def test_rows_of_very_different_lengths_attend_over_their_own_columns_and_decode
         torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["mkl", "bf16"])
+def test_a_batch_of_prompts_prefills_each_prompt_as_it_prefills_alone(tokenizer, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """The engine's prefill of several prompts at once (its own pass, prompts padded on the
+    right): each prompt's logits, keys and values are the bits transformers' forward gives it
+    alone, laid out left-padded as the running batch holds rows. A prompt of several hundred
+    tokens takes bf16 products over several of its wide blocks (bf16.py)."""
+    from server.engine.prefill import prefill_batch
+
+    if fmt == "bf16" and not bf16.available():
+        pytest.skip("oneDNN's bf16 products are not in this torch build")
+    model = tiny_llama(len(tokenizer))
+    pack_linears(model, fmt=fmt)
+    long_prompt = " ".join(f"item {i} is {i * 7 % 13};" for i in range(60))
+    prompts = [tokenizer(p)["input_ids"] for p in (PROMPTS[0], long_prompt, PROMPTS[1], PROMPTS[2])]
+    assert len({len(p) for p in prompts}) == len(prompts) and max(len(p) for p in prompts) > 2 * bf16.WIDE_BLOCK
+    with torch.inference_mode():
+        batch = prefill_batch(model, prompts, pad_id=2, fast=True)
+        width = batch.mask.shape[1]
+        for row, prompt in enumerate(prompts):
+            alone = prefill_batch(model, [prompt], pad_id=2)
+            n = len(prompt)
+            assert batch.mask[row].tolist() == [0] * (width - n) + [1] * n and int(batch.positions[row]) == n
+            assert torch.equal(batch.logits[row], alone.logits[0])
+            for (keys, values), (own_keys, own_values) in zip(batch.kv, alone.kv):
+                assert torch.equal(keys[row, :, width - n :], own_keys[0]) and torch.equal(values[row, :, width - n :], own_values[0])
+
+
 @pytest.mark.skipif(not bf16.native(), reason="this CPU has no bf16 products in hardware (--quant auto never picks bf16 here)")
 def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(default_model_dir) -> None:  # type: ignore[no-untyped-def]
     """--quant bf16 on the default model: the engine's batched answers (rows of other lengths,
-    left-padded, joining together) are, token for token, what `model.generate` gives for each
-    prompt alone on the same weights."""
+    joining together) are `model.generate`'s for each prompt alone on the same weights, token for
+    token, up to a near-tie. Why not always to the end: a row's products and its prefill are the
+    bits it gets alone (tested apart), but attention over a padded cache sums in other vector
+    lanes, and with bf16 inputs such a last bit can reach a logit, rounded to bf16 by the head:
+    where two tokens are within two of its steps, either may come (measured on these prompts:
+    margins 0 and 0.125 where they parted)."""
     from server import models
 
     served, reference = models.load(str(default_model_dir), "bf16"), models.load(str(default_model_dir), "bf16")
     engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
     tokenizer = served.tokenizer
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        for q in ("Explain why the sky is blue.", "Write a poem about the sea.", "What is 2 + 2?", "Describe how to bake bread at home.")
-    ]
+    questions = ("Explain why the sky is blue.", "Write a poem about the sea.", "What is 2 + 2?", "Describe how to bake bread at home.")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
 
-    async def run() -> list[tuple[str, str | None, int]]:
-        return await asyncio.gather(*(collect(engine, GenerationRequest(prompt=p, max_tokens=32)) for p in prompts))
+    async def answer(prompt: str) -> list[int]:
+        ids: list[int] = []
+        async for delta in engine.stream(GenerationRequest(prompt=prompt, max_tokens=32, logprobs=0)):
+            ids.extend(entry.chosen.token_id for entry in delta.logprobs)
+        return ids
+
+    async def run() -> list[list[int]]:
+        return await asyncio.gather(*(answer(p) for p in prompts))
 
     try:
         answers = asyncio.run(run())
@@ -602,10 +637,21 @@ def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(de
     finally:
         engine.close()
     eos = sorted(_eos_ids_of(reference))
-    for prompt, (text, _, _) in zip(prompts, answers):
+    whole = 0
+    for prompt, got in zip(prompts, answers):
         ids = tokenizer(prompt, return_tensors="pt")
-        out = reference.model.generate(**ids, max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
-        assert text == tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        out = reference.model.generate(
+            **ids, max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos[0], output_scores=True, return_dict_in_generate=True
+        )
+        want = [t for t in out.sequences[0, ids["input_ids"].shape[1] :].tolist() if t not in eos]
+        parted = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+        if parted is None:
+            assert got == want
+            whole += 1
+            continue
+        best, second = out.scores[parted][0].topk(2).values.tolist()
+        assert best - second <= 0.25 and out.scores[parted][0, got[parted]] >= second, (prompt, parted, best, second)
+    assert whole >= len(prompts) // 2
 
 
 def _eos_ids_of(loaded: Any) -> frozenset[int]:
