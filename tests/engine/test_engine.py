@@ -620,7 +620,9 @@ def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(de
     engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
     tokenizer = served.tokenizer
     questions = ("Explain why the sky is blue.", "Write a poem about the sea.", "What is 2 + 2?", "Describe how to bake bread at home.")
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions
+    ]
 
     async def answer(prompt: str) -> list[int]:
         ids: list[int] = []
@@ -641,7 +643,13 @@ def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(de
     for prompt, got in zip(prompts, answers):
         ids = tokenizer(prompt, return_tensors="pt")
         out = reference.model.generate(
-            **ids, max_new_tokens=32, do_sample=False, eos_token_id=eos, pad_token_id=eos[0], output_scores=True, return_dict_in_generate=True
+            **ids,
+            max_new_tokens=32,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos[0],
+            output_scores=True,
+            return_dict_in_generate=True,
         )
         want = [t for t in out.sequences[0, ids["input_ids"].shape[1] :].tolist() if t not in eos]
         parted = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
