@@ -115,7 +115,7 @@ def _step_ms(model: Any, batch: RunningBatch, forward: Any, rounds: int) -> floa
     mask = torch.cat([batch.mask, batch.mask.new_ones((batch.size, 1))], dim=1)
 
     def step() -> None:
-        decode_step(model, batch.next_tokens, batch.positions, layers, mask, forward)
+        decode_step(model, batch.next_tokens, batch.positions, [(layers, mask)], forward)
         for layer in layers:
             layer.advance(-1)
 

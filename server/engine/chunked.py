@@ -20,6 +20,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .fast_decode import forward_chunk
+from .packed import as_decode_steps
 from .prefill import KV, Prefilled, device_of, kv_buffers
 
 MIN_CHUNK = 8  # tokens: below this a chunk pays more in fixed cost (a forward over every layer) than it computes
@@ -83,17 +84,8 @@ class ChunkedPrefill:
         device = device_of(self.model)
         start, end = self.done, min(len(self.prompt), self.done + max(tokens, 1))
         ids = torch.tensor([self.prompt[start:end]], dtype=torch.long, device=device)
-        if self.fast:
-            logits = forward_chunk(self.model, ids, self.keys, self.values, start)
-        else:
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=torch.ones((1, end), dtype=torch.long, device=device),
-                position_ids=torch.arange(start, end, dtype=torch.long, device=device)[None, :],
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1, :]
+        with as_decode_steps():  # (a chunk is a few rows; bf16's wide blocks would pad it to 128)
+            logits = self._forward(ids, start, end)
         self.done = end
         if budget is not None:
             budget.prefilled(end - start, time.perf_counter() - started)
@@ -103,6 +95,19 @@ class ChunkedPrefill:
         mask = torch.ones((1, len(self.prompt)), dtype=torch.long, device=device)
         self.ready = Prefilled(kv, mask, torch.tensor([len(self.prompt)], device=device), logits)
         return self.ready
+
+    def _forward(self, ids: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """The chunk ids = prompt[start:end] on the columns before it; its last position's logits."""
+        if self.fast:
+            return forward_chunk(self.model, ids, self.keys, self.values, start)
+        return self.model(  # type: ignore[no-any-return]
+            input_ids=ids,
+            attention_mask=torch.ones((1, end), dtype=torch.long, device=ids.device),
+            position_ids=torch.arange(start, end, dtype=torch.long, device=ids.device)[None, :],
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
 
 
 class _InPlace(DynamicLayer):

@@ -494,8 +494,8 @@ class Engine:
         else:
             idx = torch.tensor(rows_kept, dtype=torch.long, device=device)
             kv, mask, positions = [(k[idx], v[idx]) for k, v in pre.kv], pre.mask[idx], pre.positions[idx]
-        self._batch.join(kv, mask, positions, torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device))
-        self._rows.extend(rows[i] for i in alive)
+        at = self._batch.join(kv, mask, positions, torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device))
+        self._rows[at:at] = [rows[i] for i in alive]
 
     def _logprobs(self, logits: torch.Tensor, rows: list[_Sequence], sampled: list[int | None]) -> list[TokenLogprob | None]:
         """Each row's chosen token with its log-probability and alternatives, for the rows that
@@ -543,7 +543,7 @@ class Engine:
         entries = self._logprobs(logits, self._rows, sampled)
         tokens = [self.pad_id if t is None else t for t in sampled]
         keep = [i for i, (s, t) in enumerate(zip(self._rows, sampled)) if self._advance(s, t, entries[i])]
-        self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._batch.mask.device)
+        self._batch.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self._batch.device)
         if len(keep) < size:
             self._rows = [self._rows[i] for i in keep]
             self._batch.keep(keep)
@@ -552,8 +552,8 @@ class Engine:
     def _drafts(self) -> list[list[int]] | None:
         """Each row's prompt-lookup drafts (none for rows that do not speculate), or None when
         this step should be a plain one: speculation off, a batch too large for it to pay, or
-        nothing to propose."""
-        if not self.speculative or len(self._rows) > self.spec_max_rows:
+        nothing to propose (or rows in several lanes, which verification does not take)."""
+        if not self.speculative or len(self._rows) > self.spec_max_rows or len(self._batch.lanes) > 1:
             return None
         drafts: list[list[int]] = []
         pays = self.spec_break_even()

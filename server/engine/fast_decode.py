@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,45 +65,85 @@ StepFn = Callable[..., torch.Tensor]  # forward_rows or a compiled copy of it
 COMPILED_ROWS = bf16.ROW_BLOCK  # the most rows the compiled batched step takes (one block of bf16 products: no guard on a block count)
 
 
+@dataclass
+class Run:
+    """Rows [start, stop) of the batch that attend over their own cache buffers (per layer,
+    [stop - start, kv_heads, capacity, head_dim]), from column `first` (the earliest any of them
+    uses) to `length` (the new token's column) inclusive; `mask` [rows, 1, 1, length + 1]."""
+
+    start: int
+    stop: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+    first: int
+    mask: torch.Tensor | None
+
+
+Lane = tuple[list[Any], torch.Tensor]  # one cache's SlottedLayer per decoder layer, and its mask [rows, T] (new column included)
+
+
 @torch.inference_mode()
 def decode_step(
-    model: Any, tokens: torch.Tensor, positions: torch.Tensor, layers: list[Any], mask: torch.Tensor, forward: StepFn | None = None
+    model: Any, tokens: torch.Tensor, positions: torch.Tensor, lanes: list[Lane], forward: StepFn | None = None
 ) -> torch.Tensor:
-    """tokens, positions: [B]; layers: the batch's SlottedLayer per decoder layer (updated in
-    place); mask: [B, T] with the new column included, 0 where a row is left-padded; `forward`
-    replaces `forward_rows` (the compiled step, `compile_step`) for one unpadded row and for 2
+    """tokens, positions: [B]; lanes: the batch's caches, each over a run of its rows in order
+    (kv.RunningBatch: a row far longer than the others gets a cache of its own), updated in
+    place; each mask includes the new column, 0 where a row is left-padded. `forward` replaces
+    `forward_rows` (the compiled step, `compile_step`) for one cache of one unpadded row or of 2
     to COMPILED_ROWS rows. Returns the logits [B, V] for each row's next token."""
-    length = layers[0].length
     rows = tokens.shape[0]
-    for cache in layers:  # growing the buffers stays outside the (possibly compiled) forward
-        cache.reserve(1)
-    # One boolean mask for every layer; none at all for one unpadded row. Several rows always
-    # pass one, padded or not, so that the compiled step needs one graph for them, not two.
-    attn_mask = None if rows == 1 and bool(mask.all()) else mask.bool()[:, None, None, :]
-    keys = [cache.buffers[0] for cache in layers]
-    values = [cache.buffers[1] for cache in layers]
-    split = padding_split(mask) if rows > 1 else None
-    if split is not None:  # rows of very different lengths: attention in two runs of rows, eager
-        logits = forward_rows(model, tokens, positions, keys, values, length, attn_mask, split)
+    for layers, _ in lanes:
+        for cache in layers:  # growing the buffers stays outside the (possibly compiled) forward
+            cache.reserve(1)
+    runs = _runs(lanes) if len(lanes) > 1 or rows > 1 else None
+    if runs is not None and len(runs) > 1:  # rows of very different lengths: each run over its own columns, eager
+        logits = forward_runs(model, tokens, positions, runs)
     else:
+        layers, mask = lanes[0]
+        length = layers[0].length
+        # One boolean mask for every layer; none at all for one unpadded row. Several rows always
+        # pass one, padded or not, so that the compiled step needs one graph for them, not two.
+        attn_mask = None if rows == 1 and bool(mask.all()) else mask.bool()[:, None, None, :]
+        keys = [cache.buffers[0] for cache in layers]
+        values = [cache.buffers[1] for cache in layers]
         if forward is None or (rows == 1 and attn_mask is not None) or rows > COMPILED_ROWS:  # shapes the compiled step was not made for
             forward = forward_rows
         elif not (tokens.is_inference() and positions.is_inference()):  # what the compiled graph was made for (and guards on)
             tokens, positions = tokens.clone(), positions.clone()
         logits = forward(model, tokens, positions, keys, values, length, attn_mask)
-    for cache in layers:
-        cache.advance(1)
+    for layers, _ in lanes:
+        for cache in layers:
+            cache.advance(1)
     return logits
 
 
-Split = tuple[int, int, int]  # (r, first column of rows [0, r), first column of rows [r, B))
+def _runs(lanes: list[Lane]) -> list[Run]:
+    """Each lane as one run of rows, or two where its rows are of very different lengths
+    (`padding_split`)."""
+    runs: list[Run] = []
+    start = 0
+    for layers, mask in lanes:
+        length, size = layers[0].length, mask.shape[0]
+        keys = [cache.buffers[0] for cache in layers]
+        values = [cache.buffers[1] for cache in layers]
+        attn_mask = mask.bool()[:, None, None, :]
+        split = padding_split(mask) if size > 1 else None
+        cuts = [(0, size, 0)] if split is None else [(0, split[0], split[1]), (split[0], size, split[2])]
+        for a, b, first in cuts:
+            rows_keys = keys if (a, b) == (0, size) else [k[a:b] for k in keys]
+            rows_values = values if (a, b) == (0, size) else [v[a:b] for v in values]
+            runs.append(Run(start + a, start + b, rows_keys, rows_values, length, first, attn_mask[a:b]))
+        start += size
+    return runs
 
 
-def padding_split(mask: torch.Tensor) -> Split | None:
-    """Where to cut the batch in two runs of rows so that each attends only over the columns
-    its own rows use, when that saves at least half of the attention over the padded cache
-    (a long conversation beside short ones: every short row would otherwise read the long
-    one's columns, in padding, at every step). None when the rows are of similar lengths."""
+def padding_split(mask: torch.Tensor) -> tuple[int, int, int] | None:
+    """Where to cut a cache's rows in two runs so that each attends only over the columns its
+    own rows use, when that saves at least half of the attention over the padded cache (a long
+    conversation beside short ones: every short row would otherwise read the long one's
+    columns, in padding, at every step): (r, first column of rows [0, r), first column of rows
+    [r, B)), or None when the rows are of similar lengths."""
     rows, width = mask.shape
     first = mask.int().argmax(dim=1)  # each row's first real column (rows are left-padded)
     before = first.cummin(dim=0).values  # the earliest first column among rows [0, r]
@@ -123,14 +164,20 @@ def forward_rows(
     values: list[torch.Tensor],
     length: int,
     attn_mask: torch.Tensor | None,
-    split: Split | None = None,
 ) -> torch.Tensor:
     """The decoder on one new token per row. Writes each layer's new key and value into column
-    `length` of its buffers and attends over columns [0, length] (with `split`, each run of rows
-    over its own columns only). A pure function of its inputs (no Python state changes), so
-    that torch.compile can take it whole."""
+    `length` of its buffers and attends over columns [0, length]. A pure function of its inputs
+    (no Python state changes), so that torch.compile can take it whole."""
     rows = tokens.shape[0]
-    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), keys, values, length, attn_mask, split=split)
+    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), keys, values, length, attn_mask)
+    return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+
+
+def forward_runs(model: Any, tokens: torch.Tensor, positions: torch.Tensor, runs: list[Run]) -> torch.Tensor:
+    """`forward_rows` with each run of rows writing into and attending over its own buffers and
+    columns: the products for every row at once, the attention run by run."""
+    rows = tokens.shape[0]
+    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), [], [], 0, None, runs=runs)
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 
 
@@ -215,34 +262,36 @@ def _decoder(
     length: int,
     attn_mask: torch.Tensor | None,
     per_query: bool = True,
-    split: Split | None = None,
+    runs: list[Run] | None = None,
     prompts: list[int] | None = None,
 ) -> torch.Tensor:
     """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden].
     Several new tokens per row attend query by query (`_attend_each`) unless `per_query` is off.
+    With `runs` (one token per row), each run writes into and reads its own buffers instead of
+    keys and values.
     `prompts` (a cache empty before them, no mask): row r holds a prompt in its first prompts[r]
     positions, each attending to itself and the ones before it (`_attend_prompts`)."""
     inner = model.model
     rows, width = tokens.shape
     x = inner.embed_tokens(tokens)  # [B, S, hidden]
     cos, sin = inner.rotary_emb(x, positions)
-    for layer, kbuf, vbuf in zip(inner.layers, keys, values):
+    for i, layer in enumerate(inner.layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = _rms_norm(layer.input_layernorm, x)
         q, k, v = (p.view(rows, width, -1, attn.head_dim).transpose(1, 2) for p in fused_outputs(h, attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if runs is not None:
+            o = torch.cat([_attend_run(run, i, q, k, v, attn.scaling) for run in runs])
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
+            h = _rms_norm(layer.post_attention_layernorm, x)
+            gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
+            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
+            continue
+        kbuf, vbuf = keys[i], values[i]
         kbuf[:, :, length : length + width] = k
         vbuf[:, :, length : length + width] = v
         if prompts is not None:
             o = _attend_prompts(q, kbuf, vbuf, prompts, attn.scaling)
-        elif split is not None and attn_mask is not None:
-            end, (r, a, b) = length + width, split
-            o = torch.cat(
-                [
-                    _attend(q[:r], kbuf[:r, :, a:end], vbuf[:r, :, a:end], attn_mask[:r, ..., a:end], attn.scaling),
-                    _attend(q[r:], kbuf[r:, :, b:end], vbuf[r:, :, b:end], attn_mask[r:, ..., b:end], attn.scaling),
-                ]
-            )
         elif width == 1 or not per_query:
             o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
         else:
@@ -326,6 +375,16 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.
     scores = (grouped * k[:, :, None]).sum(-1) * scale  # [B, kv_heads, g, T]
     out = (torch.softmax(scores, dim=-1)[..., None] * v[:, :, None]).sum(-2)  # [B, kv_heads, g, D]
     return out.view(rows, heads, 1, dim)
+
+
+def _attend_run(run: Run, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """A run's rows of q, k and v [B, heads, 1, D]: their key and value written into column
+    `run.length` of its buffers for `layer`, their attention over its columns [first, length]."""
+    kbuf, vbuf, end = run.keys[layer], run.values[layer], run.length + 1
+    kbuf[:, :, run.length : end] = k[run.start : run.stop]
+    vbuf[:, :, run.length : end] = v[run.start : run.stop]
+    mask = None if run.mask is None else run.mask[..., run.first : end]
+    return _attend(q[run.start : run.stop], kbuf[:, :, run.first : end], vbuf[:, :, run.first : end], mask, scale)
 
 
 def _attend_prompts(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, prompts: list[int], scale: float) -> torch.Tensor:

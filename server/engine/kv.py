@@ -128,23 +128,96 @@ def pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-class RunningBatch:
-    """The sequences decoding together: their KV cache, attention mask, positions and next inputs."""
+LANE_COLUMNS = 1024  # a row this long (or rows beside it) may get a cache of its own (RunningBatch.join)
+LANE_RATIO = 4  # ... when one side is this many times the other's length
+MAX_LANES = 4
 
-    def __init__(self, fast_decode: bool = False) -> None:
-        self.fast_decode = fast_decode  # the engine's own step (else transformers' forward, on the same layers)
-        self.cache: DynamicCache | None = None
-        self.mask = torch.zeros((0, 0), dtype=torch.long)  # [B, T]; 1 = real token, 0 = left pad
-        self.positions = torch.zeros((0,), dtype=torch.long)  # [B]; position id of the next input
-        self.next_tokens = torch.zeros((0,), dtype=torch.long)  # [B]
+
+class Lane:
+    """Rows of the running batch that share one cache, left-padded to one length."""
+
+    def __init__(self, layers: list[SlottedLayer], mask: torch.Tensor) -> None:
+        self.layers = layers
+        self.mask = mask  # [b, T]; 1 = real token, 0 = left pad (or a hole)
 
     @property
     def size(self) -> int:
         return int(self.mask.shape[0])
 
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
     def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        assert self.cache is not None
-        return [(layer.keys, layer.values) for layer in self.cache.layers]
+        return [(layer.keys, layer.values) for layer in self.layers]
+
+    def stacked(self, kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> Lane:
+        """This lane with rows (kv: per layer [b, H, t, D], mask [b, t]) after its own: one new cache."""
+        old_t, new_t = self.width, mask.shape[1]
+        t = max(old_t, new_t)
+        layers = [SlottedLayer.stacked((ok, nk), (ov, nv), t) for (ok, ov), (nk, nv) in zip(self.kv(), kv)]
+        return Lane(layers, torch.cat([pad_left(self.mask, t - old_t, 1), pad_left(mask, t - new_t, 1)]))
+
+    def kept(self, rows: list[int]) -> Lane:
+        """Only `rows` (in that order), without the columns that became padding (or holes) for all of them."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask[idx]
+        used = mask.bool().any(0)
+        lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
+        if bool(used[lead:].all()):
+            return Lane([SlottedLayer(k[idx, :, lead:], v[idx, :, lead:]) for k, v in self.kv()], mask[:, lead:])
+        # speculation left holes that no kept row uses (always so for a row left alone: its compiled step needs none)
+        cols = used.nonzero().view(-1)
+        return Lane([SlottedLayer(k[idx][:, :, cols], v[idx][:, :, cols]) for k, v in self.kv()], mask[:, cols])
+
+
+def apart(a: int, b: int) -> bool:
+    """Whether caches of a and b columns are better held apart than padded into one: one of
+    them long, and several times the other's length."""
+    return max(a, b) >= LANE_COLUMNS and max(a, b) >= LANE_RATIO * min(a, b)
+
+
+class RunningBatch:
+    """The sequences decoding together: their KV caches, attention masks, positions and next
+    inputs. Rows are held in lanes, each a cache of rows left-padded to one length: a row far
+    longer (or shorter) than the others gets a lane of its own, so that it joins and leaves
+    without rewriting the others' caches or theirs, and no row attends over its padding. A
+    decode step multiplies every row at once and attends lane by lane."""
+
+    def __init__(self, fast_decode: bool = False) -> None:
+        self.fast_decode = fast_decode  # the engine's own step (else transformers' forward, on the same layers, one lane)
+        self.lanes: list[Lane] = []
+        self.positions = torch.zeros((0,), dtype=torch.long)  # [B]; position id of the next input
+        self.next_tokens = torch.zeros((0,), dtype=torch.long)  # [B]
+
+    @property
+    def size(self) -> int:
+        return sum(lane.size for lane in self.lanes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The mask [B, T] of a batch in one lane (or none)."""
+        if not self.lanes:
+            return torch.zeros((0, 0), dtype=torch.long)
+        assert len(self.lanes) == 1, "a batch in several lanes has no single mask"
+        return self.lanes[0].mask
+
+    @property
+    def cache(self) -> DynamicCache | None:
+        """transformers' view of a batch in one lane (or None for none)."""
+        if not self.lanes:
+            return None
+        assert len(self.lanes) == 1, "a batch in several lanes has no single cache"
+        cache = DynamicCache()
+        cache.layers = list(self.lanes[0].layers)
+        return cache
+
+    def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.lanes[0].kv() if len(self.lanes) == 1 else []
 
     @torch.inference_mode()  # every buffer an inference tensor, as in the step (a compiled step guards on it)
     def join(
@@ -153,52 +226,57 @@ class RunningBatch:
         mask: torch.Tensor,
         positions: torch.Tensor,
         next_tokens: torch.Tensor,
-    ) -> None:
-        """Add freshly prefilled rows (kv: per layer [b, H, t, D], mask [b, t])."""
-        if self.size == 0:
-            layers = [SlottedLayer(k, v) for k, v in kv]
-            self.mask, self.positions, self.next_tokens = mask, positions, next_tokens
+    ) -> int:
+        """Add freshly prefilled rows (kv: per layer [b, H, t, D], mask [b, t]); returns the batch
+        row the first of them takes (the rest follow it). They go into the lane whose length is
+        closest to theirs, unless they and every lane are `apart` (and lanes are left): then
+        into a lane of their own, after the others, and nothing is copied."""
+        t = mask.shape[1]
+        fresh = Lane([SlottedLayer(k, v) for k, v in kv], mask)
+        if not self.lanes:
+            self.lanes, self.positions, self.next_tokens = [fresh], positions, next_tokens
+            return 0
+        close = [i for i, lane in enumerate(self.lanes) if not (self.fast_decode and apart(lane.width, t))]
+        if not close and len(self.lanes) < MAX_LANES:
+            at = self.size
+            self.lanes.append(fresh)
         else:
-            old_t, new_t = self.mask.shape[1], mask.shape[1]
-            t = max(old_t, new_t)
-            layers = [SlottedLayer.stacked((ok, nk), (ov, nv), t) for (ok, ov), (nk, nv) in zip(self.kv(), kv)]
-            self.mask = torch.cat([pad_left(self.mask, t - old_t, 1), pad_left(mask, t - new_t, 1)])
-            self.positions = torch.cat([self.positions, positions])
-            self.next_tokens = torch.cat([self.next_tokens, next_tokens])
-        self.cache = DynamicCache()
-        self.cache.layers = list(layers)
+            i = min(close or range(len(self.lanes)), key=lambda j: abs(self.lanes[j].width - t))
+            at = sum(lane.size for lane in self.lanes[: i + 1])
+            self.lanes[i] = self.lanes[i].stacked(kv, mask)
+        self.positions = torch.cat([self.positions[:at], positions, self.positions[at:]])
+        self.next_tokens = torch.cat([self.next_tokens[:at], next_tokens, self.next_tokens[at:]])
+        return at
 
     @torch.inference_mode()
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (in that order); drop columns that became padding (or holes) for every row."""
+        """Keep only `rows` (ascending); a lane copies its cache only if it lost rows."""
         if not rows:
             self.__init__(self.fast_decode)  # type: ignore[misc]
             return
-        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        mask = self.mask[idx]
-        used = mask.bool().any(0)
-        lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
-        if bool(used[lead:].all()):
-            self.mask = mask[:, lead:]
-            layers = [SlottedLayer(k[idx, :, lead:], v[idx, :, lead:]) for k, v in self.kv()]
-        else:  # speculation left holes that no kept row uses (always so for a row left alone: its compiled step needs none)
-            cols = used.nonzero().view(-1)
-            self.mask = mask[:, cols]
-            layers = [SlottedLayer(k[idx][:, :, cols], v[idx][:, :, cols]) for k, v in self.kv()]
+        lanes, start = [], 0
+        for lane in self.lanes:
+            own = [r - start for r in rows if start <= r < start + lane.size]
+            if len(own) == lane.size:
+                lanes.append(lane)
+            elif own:
+                lanes.append(lane.kept(own))
+            start += lane.size
+        self.lanes = lanes
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.positions = self.positions[idx]
         self.next_tokens = self.next_tokens[idx]
-        self.cache = DynamicCache()
-        self.cache.layers = list(layers)
 
     @torch.inference_mode()
     def verify(self, model: torch.nn.Module, drafts: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
         """One forward pass over each row's next token followed by its drafts (fast step only).
         Writes their keys and values after the cache's last column without counting them yet
         (`accept` does). Returns the logits [sum(1 + k_r), V] of every real position, row after
-        row, and where each row's start in them."""
-        assert self.fast_decode and self.cache is not None
+        row, and where each row's start in them. One lane only (the engine speculates for a few rows)."""
+        assert self.fast_decode and len(self.lanes) == 1
+        lane = self.lanes[0]
         rows, width = self.size, 1 + max(len(d) for d in drafts)
-        device = self.mask.device
+        device = self.device
         firsts = self.next_tokens.tolist()
         tokens = torch.tensor([[t, *d] + [0] * (width - 1 - len(d)) for t, d in zip(firsts, drafts)], dtype=torch.long, device=device)
         positions = self.positions[:, None] + torch.arange(width, device=device)
@@ -207,7 +285,7 @@ class RunningBatch:
         for r, d in enumerate(drafts):
             starts.append(len(keep))
             keep.extend(range(r * width, r * width + 1 + len(d)))
-        layers = self.cache.layers
+        layers = lane.layers
         length = layers[0].length
         for cache in layers:
             cache.reserve(width)
@@ -221,7 +299,7 @@ class RunningBatch:
             keys,
             values,
             length,
-            block_mask(self.mask, width),
+            block_mask(lane.mask, width),
             None if everything else torch.tensor(keep, dtype=torch.long, device=device),
         )
         return logits, starts
@@ -231,13 +309,14 @@ class RunningBatch:
         """After `verify`: row r keeps its next token and its first accepted[r] drafts. The cache
         grows by 1 + max(accepted); a row that accepted fewer gets mask 0 where the rest of its
         drafts (or another row's) were written."""
+        (lane,) = self.lanes
         top = max(accepted)
-        for cache in self.cache.layers:  # type: ignore[union-attr]
+        for cache in lane.layers:
             cache.advance(1 + top)
-        device = self.mask.device
+        device = self.device
         taken = torch.tensor(accepted, dtype=torch.long, device=device)
-        cols = (torch.arange(1 + top, device=device)[None, :] <= taken[:, None]).to(self.mask.dtype)
-        self.mask = torch.cat([self.mask, cols], dim=1)
+        cols = (torch.arange(1 + top, device=device)[None, :] <= taken[:, None]).to(lane.mask.dtype)
+        lane.mask = torch.cat([lane.mask, cols], dim=1)
         self.positions = self.positions + 1 + taken
         self.next_tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
 
@@ -246,9 +325,10 @@ class RunningBatch:
         """One decode step for every row; returns logits [B, V] for the new position.
         `compiled`, when given, replaces the fast step's forward where it can (the compiled
         step, see fast_decode.compile_step)."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.size, 1))], dim=1)
-        if self.fast_decode and self.cache is not None:
-            logits = decode_step(model, self.next_tokens, self.positions, self.cache.layers, self.mask, compiled)
+        for lane in self.lanes:
+            lane.mask = torch.cat([lane.mask, lane.mask.new_ones((lane.size, 1))], dim=1)
+        if self.fast_decode and self.lanes:
+            logits = decode_step(model, self.next_tokens, self.positions, [(lane.layers, lane.mask) for lane in self.lanes], compiled)
             self.positions = self.positions + 1
             return logits
         out = model(

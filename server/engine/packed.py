@@ -50,10 +50,11 @@ _step = threading.local()  # .positions: set while several positions per row are
 
 @contextlib.contextmanager
 def as_decode_steps() -> Iterator[None]:
-    """Products over several positions of each row computed as a decode step computes each one
-    (speculative verification: its logits must be the plain step's, bit for bit). Elsewhere a
-    product over several positions per row is a prompt's, which bf16 multiplies in its wide
-    blocks (bf16.py)."""
+    """Products over several positions of each row computed as a decode step computes each one:
+    speculative verification (its logits must be the plain step's, bit for bit) and a long
+    prompt's chunks (a few rows each, which bf16's wide blocks would pad to 128: a chunked
+    prompt's prefill took twice as long). Elsewhere a product over several positions per row
+    is a whole prompt's, which bf16 multiplies in its wide blocks (bf16.py)."""
     _step.positions = True
     try:
         yield

@@ -578,6 +578,76 @@ def test_rows_of_very_different_lengths_attend_over_their_own_columns_and_decode
         torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
 
 
+def test_a_long_row_joins_and_leaves_in_a_lane_of_its_own_without_copying_the_others_and_decodes_as_transformers_does(
+    plain_model, tokenizer, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A row far longer than the running ones gets a cache (a lane) of its own: its join copies
+    no other row's cache, a short row leaving copies no byte of the long row's, and short rows
+    joining later go into the short rows' lane. Each step's logits and each lane's cache are
+    transformers' forward's over one padded cache of the same rows; once the long row leaves,
+    one lane is left."""
+    from server.engine import kv as kv_module
+    from server.engine.kv import RunningBatch
+    from server.engine.prefill import prefill_batch
+
+    monkeypatch.setattr(kv_module, "LANE_COLUMNS", 64)  # (the tiny model's prompts are short; the rule is the same)
+    assert kv_module.apart(64, 16) and not kv_module.apart(64, 17) and not kv_module.apart(63, 8)
+    long_prompt = " ".join(f"item {i} is {i * 7 % 13};" for i in range(40))
+    prompts = [tokenizer(p)["input_ids"] for p in (PROMPTS[0], PROMPTS[1], long_prompt, PROMPTS[2])]
+    assert len(prompts[2]) >= 4 * max(len(prompts[0]), len(prompts[1]), len(prompts[3])) and len(prompts[2]) >= 64
+    packed_model = tiny_llama(len(tokenizer))
+    pack_linears(packed_model)
+    plain, fast = RunningBatch(fast_decode=False), RunningBatch(fast_decode=True)
+
+    def join(prompt: list[int]) -> tuple[int, int]:
+        places = []
+        for batch, model in ((plain, plain_model), (fast, packed_model)):
+            pre = prefill_batch(model, [prompt], pad_id=2, fast=batch.fast_decode)
+            places.append(batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1)))
+        return places[0], places[1]
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            want, got = plain.step(plain_model), fast.step(packed_model)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            plain.next_tokens = fast.next_tokens = want.argmax(-1)
+
+    def buffer(batch: RunningBatch, lane: int) -> int:
+        return batch.lanes[lane].layers[0].buffers[0].data_ptr()
+
+    with torch.inference_mode():
+        join(prompts[0])
+        join(prompts[1])
+        steps(2)
+        short = buffer(fast, 0)
+        assert join(prompts[2]) == (2, 2)  # the long row: after the short ones
+        assert len(fast.lanes) == 2 and buffer(fast, 0) == short and len(plain.lanes) == 1
+        steps(6)
+        long_row = buffer(fast, 1)
+        assert join(prompts[3]) == (3, 2)  # a short row: into the short rows' lane, before the long one
+        assert [lane.size for lane in fast.lanes] == [3, 1] and buffer(fast, 1) == long_row
+        fast_rows = [0, 1, 3, 2]  # the plain batch's rows in the fast batch's order
+        for _ in range(6):
+            want = plain.step(plain_model)
+            got = fast.step(packed_model)
+            torch.testing.assert_close(got, want[fast_rows], rtol=1e-4, atol=1e-4)
+            plain.next_tokens = want.argmax(-1)
+            fast.next_tokens = plain.next_tokens[fast_rows]
+        plain.keep([1, 2, 3])
+        fast.keep([1, 2, 3])  # the first short row leaves: the long lane is not rewritten
+        assert [lane.size for lane in fast.lanes] == [2, 1] and buffer(fast, 1) == long_row
+        fast.keep([0, 1])  # the long row leaves
+        plain.keep([0, 2])
+        assert len(fast.lanes) == 1
+        for _ in range(4):
+            want, got = plain.step(plain_model), fast.step(packed_model)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            plain.next_tokens = fast.next_tokens = want.argmax(-1)
+        for (k1, v1), (k2, v2) in zip(plain.kv(), fast.kv()):
+            torch.testing.assert_close(k2, k1[:, :, -k2.shape[2] :], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v2, v1[:, :, -v2.shape[2] :], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("fmt", ["mkl", "bf16"])
 def test_a_batch_of_prompts_prefills_each_prompt_as_it_prefills_alone(tokenizer, fmt: str) -> None:  # type: ignore[no-untyped-def]
     """The engine's prefill of several prompts at once (its own pass, prompts padded on the
