@@ -373,7 +373,7 @@ class Engine:
                     self._set_busy(True)
                     self._prefilling += len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
                     self._admit(new)
-                if self._chunking:
+                if self._chunking and not new:  # (a prompt admitted is this iteration's prefill: the streams wait for one, not two)
                     self._prefill_chunk()
                 if self._rows:
                     self._decode()

@@ -44,8 +44,15 @@ def zeroed(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.frombuffer(mmap.mmap(-1, size), dtype=like.dtype, count=count).view(shape)  # (the tensor keeps the mapping alive)
 
 
+def spare_rows(rows: int) -> int:
+    """Row slots beyond `rows` in a cache buffer, where rows that join later are written in
+    place (the OS backs a slot with memory only once it is written: `zeroed`)."""
+    return max(4, rows // 2)
+
+
 class SlottedLayer(DynamicLayer):
-    """One layer's keys/values, [B, H, T, D], with spare capacity along T."""
+    """One layer's keys/values, [B, H, T, D], in a buffer with spare capacity along T (written
+    in place one token a step) and spare row slots (rows joining in place, `append`)."""
 
     keys: torch.Tensor  # (set from the first moment: never None, unlike DynamicLayer's)
     values: torch.Tensor
@@ -53,7 +60,7 @@ class SlottedLayer(DynamicLayer):
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         length = keys.shape[-2]
-        self._hold(self._alloc((keys,), length), self._alloc((values,), length), length)
+        self._hold(self._alloc((keys,), length), self._alloc((values,), length), keys.shape[0], length)
 
     @classmethod
     def stacked(cls, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...], length: int) -> SlottedLayer:
@@ -63,21 +70,21 @@ class SlottedLayer(DynamicLayer):
         long prompt joining short rows paid in stalled steps.)"""
         layer = cls.__new__(cls)
         DynamicLayer.__init__(layer)
-        layer._hold(cls._alloc(keys, length), cls._alloc(values, length), length)
+        layer._hold(cls._alloc(keys, length), cls._alloc(values, length), sum(k.shape[0] for k in keys), length)
         return layer
 
-    def _hold(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
-        self.dtype, self.device, self.is_initialized, self._length = kbuf.dtype, kbuf.device, True, length
-        self._kbuf, self._vbuf = kbuf, vbuf
+    def _hold(self, kbuf: torch.Tensor, vbuf: torch.Tensor, rows: int, length: int) -> None:
+        self.dtype, self.device, self.is_initialized = kbuf.dtype, kbuf.device, True
+        self._kbuf, self._vbuf, self._rows, self._length = kbuf, vbuf, rows, length
         self._refresh()
 
     @staticmethod
     def _alloc(parts: tuple[torch.Tensor, ...], length: int, more: int = 0) -> torch.Tensor:
         """The rows of `parts` stacked, each right-aligned at column `length`, in a buffer with
-        `more` + spare(length) columns beyond it."""
+        `more` + spare(length) columns beyond it and spare_rows row slots after them."""
         first = parts[0]
         rows = sum(part.shape[0] for part in parts)
-        buf = zeroed((rows, first.shape[1], length + more + spare(length), first.shape[3]), first)
+        buf = zeroed((rows + spare_rows(rows), first.shape[1], length + more + spare(length), first.shape[3]), first)
         row = 0
         for part in parts:
             buf[row : row + part.shape[0], :, length - part.shape[2] : length] = part
@@ -85,8 +92,8 @@ class SlottedLayer(DynamicLayer):
         return buf
 
     def _refresh(self) -> None:
-        self.keys = self._kbuf[:, :, : self._length]
-        self.values = self._vbuf[:, :, : self._length]
+        self.keys = self._kbuf[: self._rows, :, : self._length]
+        self.values = self._vbuf[: self._rows, :, : self._length]
 
     @property
     def length(self) -> int:
@@ -94,8 +101,31 @@ class SlottedLayer(DynamicLayer):
 
     @property
     def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole key and value buffers, spare columns included (the fast step writes into them)."""
-        return self._kbuf, self._vbuf
+        """The rows' whole key and value buffers, spare columns included (the fast step writes into them)."""
+        return self._kbuf[: self._rows], self._vbuf[: self._rows]
+
+    def room(self, rows: int, length: int) -> bool:
+        """Whether `rows` more rows of at most `length` columns can be written in place."""
+        return self._rows + rows <= self._kbuf.shape[0] and length <= self._length
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write rows [b, H, t, D] into the next row slots, right-aligned at the cache's length
+        (their columns before it are masked: whatever a slot held there stays unread)."""
+        rows, t = keys.shape[0], keys.shape[2]
+        self._kbuf[self._rows : self._rows + rows, :, self._length - t : self._length] = keys
+        self._vbuf[self._rows : self._rows + rows, :, self._length - t : self._length] = values
+        self._rows += rows
+        self._refresh()
+
+    def compact(self, rows: list[int]) -> None:
+        """Keep only `rows` (ascending), moving each down to its new slot in place: only rows
+        after the first one dropped are copied, and nothing is allocated."""
+        for slot, row in enumerate(rows):
+            if slot != row:
+                self._kbuf[slot, :, : self._length] = self._kbuf[row, :, : self._length]
+                self._vbuf[slot, :, : self._length] = self._vbuf[row, :, : self._length]
+        self._rows = len(rows)
+        self._refresh()
 
     def reserve(self, n: int) -> None:
         """Make room for n more columns, and keep one spare beyond them: the compiled
@@ -113,8 +143,8 @@ class SlottedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object):  # type: ignore[override]
         n = key_states.shape[-2]
         self.reserve(n)
-        self._kbuf[:, :, self._length : self._length + n] = key_states
-        self._vbuf[:, :, self._length : self._length + n] = value_states
+        self._kbuf[: self._rows, :, self._length : self._length + n] = key_states
+        self._vbuf[: self._rows, :, self._length : self._length + n] = value_states
         self.advance(n)
         return self.keys, self.values
 
@@ -152,8 +182,15 @@ class Lane:
         return [(layer.keys, layer.values) for layer in self.layers]
 
     def stacked(self, kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> Lane:
-        """This lane with rows (kv: per layer [b, H, t, D], mask [b, t]) after its own: one new cache."""
+        """This lane with rows (kv: per layer [b, H, t, D], mask [b, t]) after its own: written
+        into its row slots where they fit (no longer than its cache, and slots left), else one
+        new cache."""
         old_t, new_t = self.width, mask.shape[1]
+        if all(layer.room(mask.shape[0], new_t) for layer in self.layers):
+            for layer, (k, v) in zip(self.layers, kv):
+                layer.append(k, v)
+            self.mask = torch.cat([self.mask, pad_left(mask, old_t - new_t, 1)])
+            return self
         t = max(old_t, new_t)
         layers = [SlottedLayer.stacked((ok, nk), (ov, nv), t) for (ok, ov), (nk, nv) in zip(self.kv(), kv)]
         return Lane(layers, torch.cat([pad_left(self.mask, t - old_t, 1), pad_left(mask, t - new_t, 1)]))
@@ -164,6 +201,12 @@ class Lane:
         mask = self.mask[idx]
         used = mask.bool().any(0)
         lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
+        if len(rows) > 1 and bool(used[lead:].all()) and lead <= self.width // 4:
+            # in place: the rows after a dropped one move down (a few leading pad columns stay, masked)
+            for layer in self.layers:
+                layer.compact(rows)
+            self.mask = mask
+            return self
         if bool(used[lead:].all()):
             return Lane([SlottedLayer(k[idx, :, lead:], v[idx, :, lead:]) for k, v in self.kv()], mask[:, lead:])
         # speculation left holes that no kept row uses (always so for a row left alone: its compiled step needs none)

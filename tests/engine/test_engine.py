@@ -539,10 +539,14 @@ def test_the_fast_step_on_packed_weights_matches_transformers_forward(plain_mode
         torch.testing.assert_close(v2, v1, **tol)
 
 
-def test_rows_of_very_different_lengths_attend_over_their_own_columns_and_decode_as_transformers_does(plain_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_rows_of_very_different_lengths_attend_over_their_own_columns_and_decode_as_transformers_does(
+    plain_model, tokenizer, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     """A long prompt beside short ones: the step cuts the batch in two runs of rows, each
     attending only over its own columns (not the long row's, in padding); the logits and the
-    cache are transformers' forward's on the same weights. Rows of similar lengths stay one run."""
+    cache are transformers' forward's on the same weights. Rows of similar lengths stay one run,
+    and so do rows whose split would save less attention than the compiled step saves."""
+    from server.engine import fast_decode as step_module
     from server.engine.fast_decode import padding_split
     from server.engine.kv import RunningBatch
     from server.engine.prefill import prefill_batch
@@ -550,11 +554,14 @@ def test_rows_of_very_different_lengths_attend_over_their_own_columns_and_decode
     similar = torch.ones((3, 12), dtype=torch.long)
     similar[1, :2] = 0
     assert padding_split(similar) is None
-    mixed = torch.ones((4, 200), dtype=torch.long)
-    mixed[:3, :190] = 0  # three short rows, then a long one
-    assert padding_split(mixed) == (3, 190, 0)
+    mixed = torch.ones((4, 2000), dtype=torch.long)
+    mixed[:3, :1990] = 0  # three short rows, then a long one
+    assert padding_split(mixed) == (3, 1990, 0)
     mixed = mixed.flip(0)  # the long row first
-    assert padding_split(mixed) == (1, 0, 190)
+    assert padding_split(mixed) == (1, 0, 1990)
+    assert padding_split(mixed[:, -200:]) is None  # the same rows 200 columns long: too little to save
+    monkeypatch.setattr(step_module, "MIN_SPLIT_SAVING", 0)  # (the tiny model's prompts are short; the rule is the same)
+    assert padding_split(mixed[:, -200:]) == (1, 0, 190)
 
     long_prompt = " ".join(f"item {i} is {i * 7 % 13};" for i in range(20))
     prompts = [tokenizer(p)["input_ids"] for p in (PROMPTS[0], PROMPTS[1], long_prompt)]
@@ -583,7 +590,8 @@ def test_a_long_row_joins_and_leaves_in_a_lane_of_its_own_without_copying_the_ot
 ) -> None:  # type: ignore[no-untyped-def]
     """A row far longer than the running ones gets a cache (a lane) of its own: its join copies
     no other row's cache, a short row leaving copies no byte of the long row's, and short rows
-    joining later go into the short rows' lane. Each step's logits and each lane's cache are
+    joining later go into the short rows' lane, in place (a spare row slot), as a row leaving
+    it moves the rows after it down in place. Each step's logits and each lane's cache are
     transformers' forward's over one padded cache of the same rows; once the long row leaves,
     one lane is left."""
     from server.engine import kv as kv_module
@@ -626,6 +634,7 @@ def test_a_long_row_joins_and_leaves_in_a_lane_of_its_own_without_copying_the_ot
         long_row = buffer(fast, 1)
         assert join(prompts[3]) == (3, 2)  # a short row: into the short rows' lane, before the long one
         assert [lane.size for lane in fast.lanes] == [3, 1] and buffer(fast, 1) == long_row
+        assert buffer(fast, 0) == short  # written into a spare row slot of the short rows' cache
         fast_rows = [0, 1, 3, 2]  # the plain batch's rows in the fast batch's order
         for _ in range(6):
             want = plain.step(plain_model)
@@ -636,6 +645,7 @@ def test_a_long_row_joins_and_leaves_in_a_lane_of_its_own_without_copying_the_ot
         plain.keep([1, 2, 3])
         fast.keep([1, 2, 3])  # the first short row leaves: the long lane is not rewritten
         assert [lane.size for lane in fast.lanes] == [2, 1] and buffer(fast, 1) == long_row
+        assert buffer(fast, 0) == short  # the rows after it moved down in place
         fast.keep([0, 1])  # the long row leaves
         plain.keep([0, 2])
         assert len(fast.lanes) == 1
