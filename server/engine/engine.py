@@ -22,7 +22,7 @@ import torch
 
 from .chunked import ChunkBudget, ChunkedPrefill
 from .detokenize import IncrementalDetokenizer
-from .fast_decode import CompiledStep, compile_step, supports
+from .fast_decode import Chunk, CompiledStep, compile_step, supports
 from .grammar import Constraint, Grammars
 from .kv import RunningBatch
 from .metrics import EngineMetrics
@@ -145,6 +145,7 @@ class Engine:
         self._rows: list[_Sequence] = []
         self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # long prompts being prefilled between steps, oldest first
         self._chunks = ChunkBudget()
+        self._beside: tuple[ChunkedPrefill, Chunk] | None = None  # the next chunk, to run beside the next decode step
         self._prefilling = 0  # requests taken from the queue and not yet in the batch (or finished)
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -384,6 +385,7 @@ class Engine:
                         self._finish(seq, "error")
                         seq.send(EngineError(f"generation failed: {exc}"))
                 self._rows, self._batch, self._prefilling, self._chunking = [], RunningBatch(self.fast_decode), 0, []
+                self._beside = None
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._rows) if not s.cancelled]
@@ -430,10 +432,11 @@ class Engine:
             self._join(misses, pre)
 
     def _prefill_chunk(self) -> None:
-        """The next chunk of the oldest long prompt being prefilled. Once its last chunk is in,
-        it joins the batch (and its prompt goes into the prefix cache, as any other's): at the
-        next call while rows decode, so that the join's copy of its cache and its last chunk
-        are not both between two of their tokens."""
+        """The next chunk of the oldest long prompt being prefilled: while rows decode through the
+        engine's own step, in the next step's pass (`_decode`: the chunk shares its products);
+        otherwise alone. Once its last chunk is in, it joins the batch (and its prompt goes into
+        the prefix cache, as any other's): at the next call while rows decode, so that the join
+        and its last chunk are not both between two of their tokens."""
         seq, job = self._chunking[0]
         if seq.cancelled:
             self._chunking.pop(0)
@@ -442,8 +445,12 @@ class Engine:
             return
         pre = job.ready
         if pre is None:
+            tokens = self._chunks.tokens(decoding=bool(self._rows))
+            if self._rows and self.fast_decode:  # in the next decode step's pass (`_decode`)
+                self._beside = (job, job.next_chunk(tokens))
+                return
             reused = job.done
-            pre = job.advance(self._chunks.tokens(decoding=bool(self._rows)), self._chunks)
+            pre = job.advance(tokens, self._chunks)
             self.metrics.prefilled(job.done - reused)
             if pre is None or self._rows:
                 return
@@ -489,12 +496,13 @@ class Engine:
             return
         device = pre.mask.device
         rows_kept = [source[i] for i in alive]
+        buffers = None
         if rows_kept == list(range(pre.mask.shape[0])):  # every prefilled row, in order: no copy (a long prompt's is large)
-            kv, mask, positions = pre.kv, pre.mask, pre.positions
+            kv, mask, positions, buffers = pre.kv, pre.mask, pre.positions, pre.buffers
         else:
             idx = torch.tensor(rows_kept, dtype=torch.long, device=device)
             kv, mask, positions = [(k[idx], v[idx]) for k, v in pre.kv], pre.mask[idx], pre.positions[idx]
-        at = self._batch.join(kv, mask, positions, torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device))
+        at = self._batch.join(kv, mask, positions, torch.tensor([tokens[i] for i in alive], dtype=torch.long, device=device), buffers)
         self._rows[at:at] = [rows[i] for i in alive]
 
     def _logprobs(self, logits: torch.Tensor, rows: list[_Sequence], sampled: list[int | None]) -> list[TokenLogprob | None]:
@@ -519,13 +527,23 @@ class Engine:
         ]
 
     def _decode(self) -> None:
-        started = time.monotonic()
         size = len(self._rows)
         self.metrics.stepped(size)
         drafts = self._drafts()
-        emitted = self._speculate(drafts) if drafts is not None else self._plain_step()
+        beside, self._beside = self._beside, None
+        if beside is not None and drafts is not None:  # verification takes no chunk: it runs alone first
+            self.metrics.prefilled(beside[1].end - beside[1].start)
+            beside[0].run(beside[1], self._chunks)
+            beside = None
+        started = time.monotonic()
+        emitted = self._speculate(drafts) if drafts is not None else self._plain_step(beside[1] if beside else None)
         took = time.monotonic() - started
-        if drafts is None:
+        if beside is not None:  # the chunk's cost: what the step took beyond a plain one
+            job, chunk = beside
+            assert chunk.logits is not None
+            self.metrics.prefilled(chunk.end - chunk.start)
+            job.ran(chunk, chunk.logits, max(took - (self._chunks.step_seconds or took), 1e-4), self._chunks)
+        elif drafts is None:
             self._chunks.stepped(took)
         if self.speculative and size <= self.spec_max_rows:  # the costs behind the speculation gate
             if drafts is None:
@@ -535,10 +553,11 @@ class Engine:
         rate = emitted / max(took, 1e-6)
         self._scheduler.tokens_per_second = 0.9 * self._scheduler.tokens_per_second + 0.1 * rate
 
-    def _plain_step(self) -> int:
-        """One token for every row; returns how many were emitted."""
+    def _plain_step(self, chunk: Chunk | None = None) -> int:
+        """One token for every row (and `chunk`, a long prompt's, in the same pass); returns how
+        many tokens were emitted."""
         size = len(self._rows)
-        logits = self._batch.step(self.model, self.compiled_step)
+        logits = self._batch.step(self.model, self.compiled_step, chunk)
         sampled = sample_next(logits, [s.sampling for s in self._rows])
         entries = self._logprobs(logits, self._rows, sampled)
         tokens = [self.pad_id if t is None else t for t in sampled]

@@ -83,25 +83,54 @@ class Run:
     mask: torch.Tensor | None
 
 
+@dataclass
+class Chunk:
+    """A piece of a prompt being prefilled (chunked.py): tokens [1, S] at positions [start,
+    start + S), whose keys and values go into columns [start, start + S) of the prompt's own
+    buffers (per layer [1, kv_heads, capacity, head_dim]), each attending to the columns
+    before it and to itself. `logits` [1, V]: its last position's, once it has run."""
+
+    tokens: torch.Tensor
+    start: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    logits: torch.Tensor | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.tokens.shape[1])
+
+    def causal(self) -> torch.Tensor:
+        """[1, 1, S, end]: each position sees the columns before it and itself."""
+        width = int(self.tokens.shape[1])
+        return torch.ones((width, self.end), dtype=torch.bool, device=self.tokens.device).tril(diagonal=self.start)[None, None]
+
+
 Lane = tuple[list[Any], torch.Tensor]  # one cache's SlottedLayer per decoder layer, and its mask [rows, T] (new column included)
 
 
 @torch.inference_mode()
 def decode_step(
-    model: Any, tokens: torch.Tensor, positions: torch.Tensor, lanes: list[Lane], forward: StepFn | None = None
+    model: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    lanes: list[Lane],
+    forward: StepFn | None = None,
+    chunk: Chunk | None = None,
 ) -> torch.Tensor:
     """tokens, positions: [B]; lanes: the batch's caches, each over a run of its rows in order
     (kv.RunningBatch: a row far longer than the others gets a cache of its own), updated in
     place; each mask includes the new column, 0 where a row is left-padded. `forward` replaces
     `forward_rows` (the compiled step, `compile_step`) for one cache of one unpadded row or of 2
-    to COMPILED_ROWS rows. Returns the logits [B, V] for each row's next token."""
+    to COMPILED_ROWS rows. `chunk`: a piece of a prompt prefilled in the same pass (eager; its
+    logits go into it). Returns the logits [B, V] for each row's next token."""
     rows = tokens.shape[0]
     for layers, _ in lanes:
         for cache in layers:  # growing the buffers stays outside the (possibly compiled) forward
             cache.reserve(1)
-    runs = _runs(lanes) if len(lanes) > 1 or rows > 1 else None
-    if runs is not None and len(runs) > 1:  # rows of very different lengths: each run over its own columns, eager
-        logits = forward_runs(model, tokens, positions, runs)
+    runs = _runs(lanes) if len(lanes) > 1 or rows > 1 or chunk is not None else None
+    if runs is not None and (len(runs) > 1 or chunk is not None):  # rows of very different lengths, or a chunk beside: eager
+        logits = forward_runs(model, tokens, positions, runs, chunk)
     else:
         layers, mask = lanes[0]
         length = layers[0].length
@@ -178,12 +207,27 @@ def forward_rows(
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 
 
-def forward_runs(model: Any, tokens: torch.Tensor, positions: torch.Tensor, runs: list[Run]) -> torch.Tensor:
+def forward_runs(model: Any, tokens: torch.Tensor, positions: torch.Tensor, runs: list[Run], chunk: Chunk | None = None) -> torch.Tensor:
     """`forward_rows` with each run of rows writing into and attending over its own buffers and
-    columns: the products for every row at once, the attention run by run."""
+    columns: the products for every row at once, the attention run by run. With `chunk`, its
+    positions go through the same products (as decode steps compute them, `as_decode_steps`:
+    a chunk's bits are the same beside a step as alone), its attention over its own buffers.
+
+    Why a chunk beside the step rather than between two: every product reads each weight once
+    for the step's rows and the chunk's together, and the pass's fixed cost is paid once, so a
+    stream waits for the chunk's attention and its share of the products, not for a whole
+    second pass (`tandem bench`, mixed: the long prompt's stall)."""
     rows = tokens.shape[0]
-    x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), [], [], 0, None, runs=runs)
-    return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+    if chunk is None:
+        x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), [], [], 0, None, runs=runs)
+        return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
+    both = torch.cat([tokens, chunk.tokens[0]])[None]
+    at = torch.cat([positions, torch.arange(chunk.start, chunk.end, device=positions.device)])[None]
+    with as_decode_steps():
+        x = _decoder(model, both, at, [], [], 0, None, runs=runs, chunk=chunk)[0]
+        logits = model.lm_head(torch.cat([x[:rows], x[-1:]]))
+    chunk.logits = logits[rows:]
+    return logits[:rows]  # type: ignore[no-any-return]
 
 
 def forward_block(
@@ -269,15 +313,18 @@ def _decoder(
     per_query: bool = True,
     runs: list[Run] | None = None,
     prompts: list[int] | None = None,
+    chunk: Chunk | None = None,
 ) -> torch.Tensor:
     """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden].
     Several new tokens per row attend query by query (`_attend_each`) unless `per_query` is off.
     With `runs` (one token per row), each run writes into and reads its own buffers instead of
-    keys and values.
+    keys and values; with `chunk` as well, tokens [1, B + S] are the B rows' tokens and then the
+    chunk's, the rows attending run by run and the chunk over its own buffers.
     `prompts` (a cache empty before them, no mask): row r holds a prompt in its first prompts[r]
     positions, each attending to itself and the ones before it (`_attend_prompts`)."""
     inner = model.model
     rows, width = tokens.shape
+    causal = chunk.causal() if chunk is not None else None
     x = inner.embed_tokens(tokens)  # [B, S, hidden]
     cos, sin = inner.rotary_emb(x, positions)
     for i, layer in enumerate(inner.layers):
@@ -286,7 +333,14 @@ def _decoder(
         q, k, v = (p.view(rows, width, -1, attn.head_dim).transpose(1, 2) for p in fused_outputs(h, attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if runs is not None:
-            o = torch.cat([_attend_run(run, i, q, k, v, attn.scaling) for run in runs])
+            if chunk is None:
+                o = torch.cat([_attend_run(run, i, q, k, v, attn.scaling) for run in runs])
+            else:  # [1, heads, B + S, D]: the rows' queries as [B, heads, 1, D], then the chunk's
+                b = width - int(chunk.tokens.shape[1])
+                qd, kd, vd = (t[0, :, :b].transpose(0, 1)[:, :, None] for t in (q, k, v))
+                od = torch.cat([_attend_run(run, i, qd, kd, vd, attn.scaling) for run in runs])
+                oc = _attend_chunk(chunk, i, q[:, :, b:], k[:, :, b:], v[:, :, b:], attn.scaling, causal)
+                o = torch.cat([od[:, :, 0].transpose(0, 1)[None], oc], dim=2)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
             h = _rms_norm(layer.post_attention_layernorm, x)
             gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
@@ -390,6 +444,17 @@ def _attend_run(run: Run, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch
     vbuf[:, :, run.length : end] = v[run.start : run.stop]
     mask = None if run.mask is None else run.mask[..., run.first : end]
     return _attend(q[run.start : run.stop], kbuf[:, :, run.first : end], vbuf[:, :, run.first : end], mask, scale)
+
+
+def _attend_chunk(
+    chunk: Chunk, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: torch.Tensor | None
+) -> torch.Tensor:
+    """A chunk's q, k and v [1, heads, S, D]: its keys and values written into its columns of its
+    buffers for `layer`, its attention over the columns up to each position (as forward_chunk's)."""
+    kbuf, vbuf = chunk.keys[layer], chunk.values[layer]
+    kbuf[:, :, chunk.start : chunk.end] = k
+    vbuf[:, :, chunk.start : chunk.end] = v
+    return _attend(q, kbuf[:, :, : chunk.end], vbuf[:, :, : chunk.end], causal, scale)
 
 
 def _attend_prompts(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, prompts: list[int], scale: float) -> torch.Tensor:

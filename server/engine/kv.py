@@ -19,7 +19,7 @@ import mmap
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .fast_decode import StepFn, block_mask, decode_step, forward_block
+from .fast_decode import Chunk, StepFn, block_mask, decode_step, forward_block
 
 GROW = 64  # spare columns allocated at once (at least); a decode step writes in place until they run out
 LAZY_BYTES = 1 << 20  # buffers this large come zeroed by the OS (`zeroed`)
@@ -63,6 +63,17 @@ class SlottedLayer(DynamicLayer):
         self._hold(self._alloc((keys,), length), self._alloc((values,), length), keys.shape[0], length)
 
     @classmethod
+    def over(cls, kbuf: torch.Tensor, vbuf: torch.Tensor, rows: int, length: int) -> SlottedLayer:
+        """A layer that holds buffers already written (rows [0, rows), columns [0, length)), as
+        they are: a chunked prompt's, made with a cache's room (chunked.py), which a copy into
+        fresh memory made a stall of its own when the prompt joined."""
+        layer = cls.__new__(cls)
+        DynamicLayer.__init__(layer)
+        layer._hold(kbuf, vbuf, rows, length)
+        layer.shared = True  # (the prefix cache may hold the prompt's columns too)
+        return layer
+
+    @classmethod
     def stacked(cls, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...], length: int) -> SlottedLayer:
         """One layer over the rows of several caches ([b_i, H, t_i, D] each), left-padded to
         `length` columns: one buffer written once. (Padding each, concatenating them and then
@@ -74,6 +85,7 @@ class SlottedLayer(DynamicLayer):
         return layer
 
     def _hold(self, kbuf: torch.Tensor, vbuf: torch.Tensor, rows: int, length: int) -> None:
+        self.shared = False  # whether the first row's columns may be read elsewhere: it is never moved over
         self.dtype, self.device, self.is_initialized = kbuf.dtype, kbuf.device, True
         self._kbuf, self._vbuf, self._rows, self._length = kbuf, vbuf, rows, length
         self._refresh()
@@ -134,6 +146,7 @@ class SlottedLayer(DynamicLayer):
         if self._length + n >= self._kbuf.shape[-2]:
             self._kbuf = self._alloc((self.keys,), self._length, n)
             self._vbuf = self._alloc((self.values,), self._length, n)
+            self.shared = False
 
     def advance(self, n: int) -> None:
         """Count n columns written into the buffers as part of the cache."""
@@ -201,7 +214,8 @@ class Lane:
         mask = self.mask[idx]
         used = mask.bool().any(0)
         lead = int((mask.cumsum(1) == 0).sum(1).min())  # leading pad columns shared by all rows
-        if len(rows) > 1 and bool(used[lead:].all()) and lead <= self.width // 4:
+        shared = rows[0] != 0 and any(layer.shared for layer in self.layers)
+        if len(rows) > 1 and bool(used[lead:].all()) and lead <= self.width // 4 and not shared:
             # in place: the rows after a dropped one move down (a few leading pad columns stay, masked)
             for layer in self.layers:
                 layer.compact(rows)
@@ -269,20 +283,27 @@ class RunningBatch:
         mask: torch.Tensor,
         positions: torch.Tensor,
         next_tokens: torch.Tensor,
+        buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> int:
         """Add freshly prefilled rows (kv: per layer [b, H, t, D], mask [b, t]); returns the batch
         row the first of them takes (the rest follow it). They go into the lane whose length is
         closest to theirs, unless they and every lane are `apart` (and lanes are left): then
-        into a lane of their own, after the others, and nothing is copied."""
+        into a lane of their own, after the others, where `buffers` (whose leading rows and
+        columns kv is, with room beyond) are held as they are, and nothing is copied."""
         t = mask.shape[1]
-        fresh = Lane([SlottedLayer(k, v) for k, v in kv], mask)
+
+        def fresh() -> Lane:
+            if buffers is not None and all(k.shape[-2] > t and k.shape[0] > mask.shape[0] for k, _ in buffers):
+                return Lane([SlottedLayer.over(k, v, mask.shape[0], t) for k, v in buffers], mask)
+            return Lane([SlottedLayer(k, v) for k, v in kv], mask)
+
         if not self.lanes:
-            self.lanes, self.positions, self.next_tokens = [fresh], positions, next_tokens
+            self.lanes, self.positions, self.next_tokens = [fresh()], positions, next_tokens
             return 0
         close = [i for i, lane in enumerate(self.lanes) if not (self.fast_decode and apart(lane.width, t))]
         if not close and len(self.lanes) < MAX_LANES:
             at = self.size
-            self.lanes.append(fresh)
+            self.lanes.append(fresh())
         else:
             i = min(close or range(len(self.lanes)), key=lambda j: abs(self.lanes[j].width - t))
             at = sum(lane.size for lane in self.lanes[: i + 1])
@@ -364,16 +385,19 @@ class RunningBatch:
         self.next_tokens = torch.tensor(next_tokens, dtype=torch.long, device=device)
 
     @torch.inference_mode()
-    def step(self, model: torch.nn.Module, compiled: StepFn | None = None) -> torch.Tensor:
+    def step(self, model: torch.nn.Module, compiled: StepFn | None = None, chunk: Chunk | None = None) -> torch.Tensor:
         """One decode step for every row; returns logits [B, V] for the new position.
         `compiled`, when given, replaces the fast step's forward where it can (the compiled
-        step, see fast_decode.compile_step)."""
+        step, see fast_decode.compile_step). `chunk` (fast step only): a piece of a prompt
+        prefilled in the same pass (fast_decode.forward_runs)."""
         for lane in self.lanes:
             lane.mask = torch.cat([lane.mask, lane.mask.new_ones((lane.size, 1))], dim=1)
         if self.fast_decode and self.lanes:
-            logits = decode_step(model, self.next_tokens, self.positions, [(lane.layers, lane.mask) for lane in self.lanes], compiled)
+            lanes = [(lane.layers, lane.mask) for lane in self.lanes]
+            logits = decode_step(model, self.next_tokens, self.positions, lanes, compiled, chunk)
             self.positions = self.positions + 1
             return logits
+        assert chunk is None, "a chunk runs beside the engine's own step only"
         out = model(
             input_ids=self.next_tokens[:, None],
             attention_mask=self.mask,

@@ -28,6 +28,7 @@ class Prefilled:
     positions: torch.Tensor  # [b] next position id
     logits: torch.Tensor  # [b, V] at the last prompt token
     every_logits: torch.Tensor | None = None  # [b, t, V] at every position, when asked for (a prompt's own logprobs)
+    buffers: KV | None = None  # buffers whose leading rows and columns `kv` is, with room beyond (a cache can hold them as they are)
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -39,7 +40,8 @@ def _kv_of(cache: DynamicCache) -> KV:
 
 
 def kv_buffers(model: torch.nn.Module, rows: int, columns: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Zeroed keys and values for every layer of `model`, [rows, kv_heads, columns, head_dim]."""
+    """Zeroed keys and values for every layer of `model`, [rows, kv_heads, columns, head_dim]
+    (fresh anonymous memory where large: `kv.zeroed`)."""
     config: Any = model.config
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -1,5 +1,5 @@
-"""Chunked prefill (server/engine/chunked.py): a long prompt is prefilled a chunk at a time
-between decode steps. Its answer is token for token `model.generate`'s; the rows already
+"""Chunked prefill (server/engine/chunked.py): a long prompt is prefilled a chunk at a time,
+in the decode steps' passes. Its answer is token for token `model.generate`'s; the rows already
 decoding go on producing tokens while it is prefilled; a cancelled one frees its place; the
 prefix cache serves it as it serves any prompt."""
 
@@ -96,13 +96,13 @@ async def test_the_prefix_cache_serves_a_chunked_prompt_and_a_prompt_that_extend
     assert text == reference(plain_model, tokenizer, longer, 12)
 
 
-def test_a_chunk_takes_a_step_and_a_half_and_the_largest_with_nothing_decoding() -> None:
+def test_a_chunk_takes_a_steps_time_and_the_largest_with_nothing_decoding() -> None:
     budget = ChunkBudget()
     assert budget.tokens(decoding=False) == MAX_CHUNK
     first = budget.tokens(decoding=True)
     budget.stepped(0.020)
     budget.prefilled(100, 0.100)  # 1 ms a token
-    assert first > 0 and budget.tokens(decoding=True) == 30  # a step and a half
+    assert first > 0 and budget.tokens(decoding=True) == 20  # a step's time
     budget.stepped(10.0)
     assert budget.tokens(decoding=True) <= MAX_CHUNK
     budget.prefilled(1, 100.0)
@@ -160,3 +160,100 @@ async def test_a_model_on_transformers_forward_is_chunked_through_it_and_answers
     engine._chunks.tokens = lambda decoding: MIN_CHUNK  # type: ignore[method-assign]
     assert not engine.fast_decode
     assert (await collect(engine, GenerationRequest(prompt=LONG, max_tokens=16)))[0] == reference(plain_model, tokenizer, LONG, 16)
+
+
+@pytest.mark.parametrize("fmt", ["mkl", "bf16"])
+def test_a_chunk_in_a_decode_steps_pass_computes_what_it_and_the_step_compute_apart(tokenizer, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """A chunk of a long prompt run in a decode step's pass (its positions in the step's
+    products, its attention over its own buffers) gives the step's rows and the chunk the bits
+    each gets in a pass of its own: logits, and every key and value written."""
+    import torch
+
+    from server.engine import bf16
+    from server.engine.chunked import ChunkedPrefill
+    from server.engine.fast_decode import forward_chunk
+    from server.engine.kv import RunningBatch
+    from server.engine.packed import as_decode_steps, pack_linears
+    from server.engine.prefill import prefill_batch
+
+    if fmt == "bf16" and not bf16.available():
+        pytest.skip("oneDNN's bf16 products are not in this torch build")
+    model = tiny_llama(len(tokenizer))
+    pack_linears(model, fmt=fmt)
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    long_prompt = tokenizer(LONG)["input_ids"]
+    with torch.inference_mode():
+        pairs = []
+        for _ in range(2):  # the same batch and the same half-prefilled prompt, twice
+            batch = RunningBatch(fast_decode=True)
+            pre = prefill_batch(model, prompts, pad_id=2, fast=True)
+            batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+            job = ChunkedPrefill(model, long_prompt, fast=True)
+            job.advance(40)
+            pairs.append((batch, job))
+        (together, job_a), (apart, job_b) = pairs
+        for size in (16, 3, 40):  # a chunk beside a step: then each alone
+            chunk = job_a.next_chunk(size)
+            got = together.step(model, None, chunk)
+            assert chunk.logits is not None
+            job_a.ran(chunk, chunk.logits, 0.0)
+            want = apart.step(model)
+            alone = job_b.next_chunk(size)
+            with as_decode_steps():
+                chunk_logits = forward_chunk(model, alone.tokens, job_b.keys, job_b.values, alone.start)
+            job_b.ran(alone, chunk_logits, 0.0)
+            assert torch.equal(got, want) and torch.equal(chunk.logits, chunk_logits)
+            together.next_tokens = apart.next_tokens = want.argmax(-1)
+        assert job_a.done == job_b.done == 40 + 16 + 3 + 40
+        for (k1, v1), (k2, v2) in zip(together.kv(), apart.kv()):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2)
+        for k1, k2 in zip(job_a.keys + job_a.values, job_b.keys + job_b.values):
+            assert torch.equal(k1[:, :, : job_a.done], k2[:, :, : job_b.done])
+
+
+def test_a_long_chunked_prompt_joins_over_the_buffers_it_was_prefilled_into(tokenizer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A chunked prompt long enough for a lane of its own joins the batch over the buffers its
+    chunks were written into (nothing copied) and decodes as the same prompt copied into a
+    cache would; the rows' moves when one leaves never write over the prompt's columns, which
+    the prefix cache may hold."""
+    import torch
+
+    from server.engine import kv as kv_module
+    from server.engine.chunked import ChunkedPrefill
+    from server.engine.kv import RunningBatch
+    from server.engine.packed import pack_linears
+    from server.engine.prefill import prefill_batch
+
+    monkeypatch.setattr(kv_module, "LANE_COLUMNS", 64)  # (the tiny model holds 256 tokens; the rule is the same)
+    model = tiny_llama(len(tokenizer))
+    pack_linears(model)
+    short = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
+    long_prompt = tokenizer(LONG)["input_ids"]
+    with torch.inference_mode():
+        batches = []
+        for adopt in (True, False):
+            batch = RunningBatch(fast_decode=True)
+            pre = prefill_batch(model, short, pad_id=2, fast=True)
+            batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+            job = ChunkedPrefill(model, long_prompt, fast=True)
+            while (done := job.advance(50)) is None:
+                pass
+            assert done.buffers is not None
+            assert batch.join(done.kv, done.mask, done.positions, done.logits.argmax(-1), done.buffers if adopt else None) == 2
+            assert len(batch.lanes) == 2
+            held = batch.lanes[1].layers[0].buffers[0].data_ptr() == done.buffers[0][0].data_ptr()
+            assert held == adopt
+            batches.append((batch, done))
+        for _ in range(3):
+            got, want = (batch.step(model) for batch, _ in batches)
+            assert torch.equal(got, want)
+            for batch, _ in batches:
+                batch.next_tokens = want.argmax(-1)
+        (batch, done), _ = batches
+        prompt_keys = done.kv[0][0].clone()
+        near = [tokenizer(LONG[: len(LONG) * d // 10])["input_ids"] for d in (9, 8)]  # long enough to share the long prompt's lane
+        pre = prefill_batch(model, near, pad_id=2, fast=True)
+        assert batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1)) == 3 and [lane.size for lane in batch.lanes] == [2, 3]
+        batch.keep([0, 1, 3, 4])  # the long prompt leaves; the rows after it stay
+        assert torch.equal(done.kv[0][0], prompt_keys)
+        batch.step(model)
