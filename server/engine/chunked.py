@@ -70,12 +70,10 @@ class ChunkedPrefill:
         self.ready: Prefilled | None = None  # the whole prompt's, once its last chunk is in
         # per layer: every column the prompt needs, at once, in a buffer with the room a running
         # batch's cache keeps (spare columns and row slots), so that the batch holds it as it is
-        self._buffers = kv_buffers(model, 1 + spare_rows(1), len(prompt) + spare(len(prompt)))
+        prefix = (prefix_kv, reused) if prefix_kv is not None else None
+        self._buffers = kv_buffers(model, 1 + spare_rows(1), len(prompt) + spare(len(prompt)), prefix)
         self.keys = [k[:1, :, : len(prompt)] for k in self._buffers[0]]
         self.values = [v[:1, :, : len(prompt)] for v in self._buffers[1]]
-        if prefix_kv is not None:
-            for (k, v), (pk, pv) in zip(zip(self.keys, self.values), prefix_kv):
-                k[:, :, :reused], v[:, :, :reused] = pk[:, :, :reused], pv[:, :, :reused]
         self.cache = DynamicCache()
         self.cache.layers = [_InPlace(k, v, reused) for k, v in zip(self.keys, self.values)]
 
@@ -123,7 +121,7 @@ class ChunkedPrefill:
     def _forward(self, chunk: Chunk) -> torch.Tensor:
         """The chunk on the columns before it; its last position's logits."""
         if self.fast:
-            return forward_chunk(self.model, chunk.tokens, self.keys, self.values, chunk.start)
+            return forward_chunk(self.model, chunk)
         return self.model(  # type: ignore[no-any-return]
             input_ids=chunk.tokens,
             attention_mask=torch.ones((1, chunk.end), dtype=torch.long, device=chunk.tokens.device),

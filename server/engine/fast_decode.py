@@ -252,17 +252,14 @@ def forward_block(
         return model.lm_head(x if keep is None else x[keep])  # type: ignore[no-any-return]
 
 
-def forward_chunk(model: Any, tokens: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> torch.Tensor:
-    """One chunk of a prompt being prefilled (chunked.py): tokens [1, S] at positions
-    [length, length + S), written into columns [length, length + S) of the buffers, each
-    attending to the columns before it and to itself, all queries in one SDPA call per layer
-    (grouped-query heads read as they are: transformers' forward copies them to every query
-    head first, which on a long prefix is most of a chunk's time). Returns the last position's
-    logits [1, V]."""
-    width = tokens.shape[1]
-    positions = torch.arange(length, length + width, device=tokens.device)[None, :]
-    causal = torch.ones((width, length + width), dtype=torch.bool, device=tokens.device).tril(diagonal=length)
-    x = _decoder(model, tokens, positions, keys, values, length, causal[None, None], per_query=False)
+def forward_chunk(model: Any, chunk: Chunk) -> torch.Tensor:
+    """One chunk of a prompt being prefilled (chunked.py), in a pass of its own: its keys and
+    values written into its columns of its buffers, each position attending to the columns
+    before it and to itself, all queries in one SDPA call per layer (grouped-query heads read
+    as they are: transformers' forward copies them to every query head first, which on a long
+    prefix is most of a chunk's time). Returns the last position's logits [1, V]."""
+    positions = torch.arange(chunk.start, chunk.end, device=chunk.tokens.device)[None, :]
+    x = _decoder(model, chunk.tokens, positions, chunk.keys, chunk.values, chunk.start, chunk.causal(), per_query=False)
     return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from .fast_decode import forward_chunk, forward_prompts
+from .fast_decode import Chunk, forward_chunk, forward_prompts
 from .kv import zeroed
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, H, T, D]
@@ -39,9 +39,12 @@ def _kv_of(cache: DynamicCache) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def kv_buffers(model: torch.nn.Module, rows: int, columns: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def kv_buffers(
+    model: torch.nn.Module, rows: int, columns: int, prefix: tuple[KV, int] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Zeroed keys and values for every layer of `model`, [rows, kv_heads, columns, head_dim]
-    (fresh anonymous memory where large: `kv.zeroed`)."""
+    (fresh anonymous memory where large: `kv.zeroed`); with `prefix` (a cached prompt's KV and
+    how many of its columns are reused), those columns copied into the first row."""
     config: Any = model.config
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -51,7 +54,12 @@ def kv_buffers(model: torch.nn.Module, rows: int, columns: int) -> tuple[list[to
     )  # (a quantized model's first may be int8)
     layers = range(int(config.num_hidden_layers))
     shape = (rows, kv_heads, columns, head_dim)
-    return [zeroed(shape, like) for _ in layers], [zeroed(shape, like) for _ in layers]
+    keys, values = [zeroed(shape, like) for _ in layers], [zeroed(shape, like) for _ in layers]
+    if prefix is not None:
+        kv, reused = prefix
+        for k, v, (pk, pv) in zip(keys, values, kv):
+            k[:1, :, :reused], v[:1, :, :reused] = pk[:, :, :reused], pv[:, :, :reused]
+    return keys, values
 
 
 @torch.inference_mode()
@@ -113,11 +121,9 @@ def _prefill_fast(
 def prefill_on_prefix(model: torch.nn.Module, prompt: list[int], prefix_kv: KV, reused: int, fast: bool = False) -> Prefilled:
     """Prefill `prompt` whose first `reused` tokens already have KV in `prefix_kv`."""
     if fast:
-        keys, values = kv_buffers(model, 1, len(prompt))
-        for (k, v), (pk, pv) in zip(zip(keys, values), prefix_kv):
-            k[:, :, :reused], v[:, :, :reused] = pk[:, :, :reused], pv[:, :, :reused]
+        keys, values = kv_buffers(model, 1, len(prompt), (prefix_kv, reused))
         ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=keys[0].device)
-        logits = forward_chunk(model, ids, keys, values, reused)
+        logits = forward_chunk(model, Chunk(ids, reused, keys, values))
         mask = torch.ones((1, len(prompt)), dtype=torch.long, device=ids.device)
         return Prefilled(list(zip(keys, values)), mask, torch.tensor([len(prompt)], device=ids.device), logits)
     cache = DynamicCache(ddp_cache_data=[(k[:, :, :reused], v[:, :, :reused]) for k, v in prefix_kv])

@@ -200,7 +200,7 @@ def test_a_chunk_in_a_decode_steps_pass_computes_what_it_and_the_step_compute_ap
             want = apart.step(model)
             alone = job_b.next_chunk(size)
             with as_decode_steps():
-                chunk_logits = forward_chunk(model, alone.tokens, job_b.keys, job_b.values, alone.start)
+                chunk_logits = forward_chunk(model, alone)
             job_b.ran(alone, chunk_logits, 0.0)
             assert torch.equal(got, want) and torch.equal(chunk.logits, chunk_logits)
             together.next_tokens = apart.next_tokens = want.argmax(-1)
