@@ -71,7 +71,7 @@ class ChunkedPrefill:
         # per layer: every column the prompt needs, at once, in a buffer with the room a running
         # batch's cache keeps (spare columns and row slots), so that the batch holds it as it is
         prefix = (prefix_kv, reused) if prefix_kv is not None else None
-        self._buffers = kv_buffers(model, 1 + spare_rows(1), len(prompt) + spare(len(prompt)), prefix)
+        self._buffers = kv_buffers(model, 1 + spare_rows(1), len(prompt) + spare(len(prompt), device_of(model)), prefix)
         self.keys = [k[:1, :, : len(prompt)] for k in self._buffers[0]]
         self.values = [v[:1, :, : len(prompt)] for v in self._buffers[1]]
         self.cache = DynamicCache()

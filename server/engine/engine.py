@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from .chunked import ChunkBudget, ChunkedPrefill
+from .chunked import MIN_CHUNK, ChunkBudget, ChunkedPrefill
 from .detokenize import IncrementalDetokenizer
-from .fast_decode import Chunk, CompiledStep, compile_step, supports
+from .fast_decode import COMPILED_ROWS, Chunk, CompiledStep, compile_step, supports
 from .grammar import Constraint, Grammars
 from .kv import RunningBatch
 from .metrics import EngineMetrics
@@ -146,6 +146,7 @@ class Engine:
         self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # long prompts being prefilled between steps, oldest first
         self._chunks = ChunkBudget()
         self._beside: tuple[ChunkedPrefill, Chunk] | None = None  # the next chunk, to run beside the next decode step
+        self._chunk_ran = False  # whether this worker iteration ran a chunk (alone or in its step's pass)
         self._prefilling = 0  # requests taken from the queue and not yet in the batch (or finished)
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -366,15 +367,20 @@ class Engine:
             idle = not self._rows and not self._chunking
             if idle and not len(self._scheduler):
                 self._set_busy(False)  # about to wait for work: a background compile may run
-            new = self._scheduler.take(free, self.config.prefill_token_budget, block=idle) if free > 0 else []
+            # The last step carried a chunk (about a step more for every stream): a prompt waiting
+            # now is admitted after one plain step, so that its prefill and that chunk do not fall
+            # into the same gap between two of the streams' tokens.
+            breather = bool(self._rows) and self._chunk_ran and len(self._scheduler) > 0
+            new = self._scheduler.take(free, self.config.prefill_token_budget, block=idle) if free > 0 and not breather else []
             if self._closing:
                 break
+            self._chunk_ran = False
             try:
                 if new:
                     self._set_busy(True)
                     self._prefilling += len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
                     self._admit(new)
-                if self._chunking and not new:  # (a prompt admitted is this iteration's prefill: the streams wait for one, not two)
+                if self._chunking and not new and not breather:  # (a prompt admitted is this iteration's prefill: one, not two)
                     self._prefill_chunk()
                 if self._rows:
                     self._decode()
@@ -446,10 +452,14 @@ class Engine:
         pre = job.ready
         if pre is None:
             tokens = self._chunks.tokens(decoding=bool(self._rows))
+            step = self.compiled_step
+            if step is not None and len(self._batch.lanes) == 1 and step.beside.takes(len(self._rows), MIN_CHUNK, job.done):
+                tokens = min(tokens, COMPILED_ROWS - len(self._rows))  # the most the compiled step takes beside its rows
             if self._rows and self.fast_decode:  # in the next decode step's pass (`_decode`)
                 self._beside = (job, job.next_chunk(tokens))
                 return
             reused = job.done
+            self._chunk_ran = True
             pre = job.advance(tokens, self._chunks)
             self.metrics.prefilled(job.done - reused)
             if pre is None or self._rows:
@@ -531,6 +541,7 @@ class Engine:
         self.metrics.stepped(size)
         drafts = self._drafts()
         beside, self._beside = self._beside, None
+        self._chunk_ran = self._chunk_ran or beside is not None
         if beside is not None and drafts is not None:  # verification takes no chunk: it runs alone first
             self.metrics.prefilled(beside[1].end - beside[1].start)
             beside[0].run(beside[1], self._chunks)

@@ -95,15 +95,22 @@ class Chunk:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # causal(), where made already (the compiled step takes it made)
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[1]  # type: ignore[no-any-return]  # (no int(): under torch.compile a symbolic size stays one)
 
     @property
     def end(self) -> int:
-        return self.start + int(self.tokens.shape[1])
+        return self.start + self.width
 
     def causal(self) -> torch.Tensor:
         """[1, 1, S, end]: each position sees the columns before it and itself."""
-        width = int(self.tokens.shape[1])
-        return torch.ones((width, self.end), dtype=torch.bool, device=self.tokens.device).tril(diagonal=self.start)[None, None]
+        if self.mask is None:
+            ones = torch.ones((self.width, self.end), dtype=torch.bool, device=self.tokens.device)
+            self.mask = ones.tril(diagonal=self.start)[None, None]
+        return self.mask
 
 
 Lane = tuple[list[Any], torch.Tensor]  # one cache's SlottedLayer per decoder layer, and its mask [rows, T] (new column included)
@@ -129,7 +136,15 @@ def decode_step(
         for cache in layers:  # growing the buffers stays outside the (possibly compiled) forward
             cache.reserve(1)
     runs = _runs(lanes) if len(lanes) > 1 or rows > 1 or chunk is not None else None
-    if runs is not None and (len(runs) > 1 or chunk is not None):  # rows of very different lengths, or a chunk beside: eager
+    beside = getattr(forward, "beside", None)
+    if chunk is not None and runs is not None and len(runs) == 1 and beside is not None and beside.takes(rows, chunk.width, chunk.start):
+        run = runs[0]
+        assert run.mask is not None and run.first == 0
+        both = torch.cat([tokens, chunk.tokens[0]])
+        at = torch.cat([positions, torch.arange(chunk.start, chunk.end, device=positions.device)])
+        out = beside(model, both, at, run.keys, run.values, run.length, run.mask, chunk.keys, chunk.values, chunk.start, chunk.causal())
+        logits, chunk.logits = out[:rows], out[rows:]
+    elif runs is not None and (len(runs) > 1 or chunk is not None):  # rows of very different lengths, or a chunk beside: eager
         logits = forward_runs(model, tokens, positions, runs, chunk)
     else:
         layers, mask = lanes[0]
@@ -210,24 +225,49 @@ def forward_rows(
 def forward_runs(model: Any, tokens: torch.Tensor, positions: torch.Tensor, runs: list[Run], chunk: Chunk | None = None) -> torch.Tensor:
     """`forward_rows` with each run of rows writing into and attending over its own buffers and
     columns: the products for every row at once, the attention run by run. With `chunk`, its
-    positions go through the same products (as decode steps compute them, `as_decode_steps`:
-    a chunk's bits are the same beside a step as alone), its attention over its own buffers.
+    positions go through the same products as further rows of one position each (as decode
+    steps compute them: a chunk's bits are the same beside a step as alone), its attention over
+    its own buffers; its logits go into it.
 
     Why a chunk beside the step rather than between two: every product reads each weight once
     for the step's rows and the chunk's together, and the pass's fixed cost is paid once, so a
     stream waits for the chunk's attention and its share of the products, not for a whole
     second pass (`tandem bench`, mixed: the long prompt's stall)."""
     rows = tokens.shape[0]
-    if chunk is None:
-        x = _decoder(model, tokens.view(rows, 1), positions.view(rows, 1), [], [], 0, None, runs=runs)
-        return model.lm_head(x[:, -1])  # type: ignore[no-any-return]
-    both = torch.cat([tokens, chunk.tokens[0]])[None]
-    at = torch.cat([positions, torch.arange(chunk.start, chunk.end, device=positions.device)])[None]
-    with as_decode_steps():
-        x = _decoder(model, both, at, [], [], 0, None, runs=runs, chunk=chunk)[0]
-        logits = model.lm_head(torch.cat([x[:rows], x[-1:]]))
-    chunk.logits = logits[rows:]
+    if chunk is not None:
+        tokens = torch.cat([tokens, chunk.tokens[0]])
+        positions = torch.cat([positions, torch.arange(chunk.start, chunk.end, device=positions.device)])
+    x = _decoder(model, tokens[:, None], positions[:, None], [], [], 0, None, runs=runs, chunk=chunk)
+    logits = model.lm_head(x[:, -1] if chunk is None else torch.cat([x[:rows, -1], x[-1:, -1]]))
+    if chunk is not None:
+        chunk.logits = logits[rows:]
     return logits[:rows]  # type: ignore[no-any-return]
+
+
+def forward_beside(
+    model: Any,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    length: int,
+    attn_mask: torch.Tensor,
+    chunk_keys: list[torch.Tensor],
+    chunk_values: list[torch.Tensor],
+    chunk_start: int,
+    causal: torch.Tensor,
+) -> torch.Tensor:
+    """`forward_runs` for one cache of B rows and a chunk of S positions, as plain arguments, so
+    that torch.compile can take it whole (as `forward_rows`): tokens and positions [B + S], the
+    rows' and then the chunk's; attn_mask [B, 1, 1, length + 1]; causal [1, 1, S, chunk_start +
+    S] (`Chunk.causal`). Returns the logits [B + 1, V]: each row's, then the chunk's last
+    position's."""
+    width = causal.shape[2]
+    rows = tokens.shape[0] - width
+    run = Run(0, rows, keys, values, length, 0, attn_mask)
+    chunk = Chunk(tokens[None, rows:], chunk_start, chunk_keys, chunk_values, mask=causal)
+    x = _decoder(model, tokens[:, None], positions[:, None], [], [], 0, None, runs=[run], chunk=chunk)
+    return model.lm_head(torch.cat([x[:rows, -1], x[-1:, -1]]))  # type: ignore[no-any-return]
 
 
 def forward_block(
@@ -315,8 +355,8 @@ def _decoder(
     """The decoder layers and final norm on tokens [B, S] at positions [B, S]; [B, S, hidden].
     Several new tokens per row attend query by query (`_attend_each`) unless `per_query` is off.
     With `runs` (one token per row), each run writes into and reads its own buffers instead of
-    keys and values; with `chunk` as well, tokens [1, B + S] are the B rows' tokens and then the
-    chunk's, the rows attending run by run and the chunk over its own buffers.
+    keys and values; with `chunk` as well, tokens [B + S, 1] are the B rows' tokens and then the
+    chunk's S, the rows attending run by run and the chunk over its own buffers.
     `prompts` (a cache empty before them, no mask): row r holds a prompt in its first prompts[r]
     positions, each attending to itself and the ones before it (`_attend_prompts`)."""
     inner = model.model
@@ -330,28 +370,22 @@ def _decoder(
         q, k, v = (p.view(rows, width, -1, attn.head_dim).transpose(1, 2) for p in fused_outputs(h, attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if runs is not None:
-            if chunk is None:
-                o = torch.cat([_attend_run(run, i, q, k, v, attn.scaling) for run in runs])
-            else:  # [1, heads, B + S, D]: the rows' queries as [B, heads, 1, D], then the chunk's
-                b = width - int(chunk.tokens.shape[1])
-                qd, kd, vd = (t[0, :, :b].transpose(0, 1)[:, :, None] for t in (q, k, v))
-                od = torch.cat([_attend_run(run, i, qd, kd, vd, attn.scaling) for run in runs])
-                oc = _attend_chunk(chunk, i, q[:, :, b:], k[:, :, b:], v[:, :, b:], attn.scaling, causal)
-                o = torch.cat([od[:, :, 0].transpose(0, 1)[None], oc], dim=2)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
-            h = _rms_norm(layer.post_attention_layernorm, x)
-            gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
-            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
-            continue
-        kbuf, vbuf = keys[i], values[i]
-        kbuf[:, :, length : length + width] = k
-        vbuf[:, :, length : length + width] = v
-        if prompts is not None:
-            o = _attend_prompts(q, kbuf, vbuf, prompts, attn.scaling)
-        elif width == 1 or not per_query:
-            o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
+            o = torch.cat([_attend_run(run, i, q, k, v, attn.scaling) for run in runs])
+            if chunk is not None:  # its S positions are the last S rows, [S, heads, 1, D]: as [1, heads, S, D]
+                b = rows - chunk.width
+                qc, kc, vc = (t[b:].transpose(0, 2) for t in (q, k, v))
+                oc = _attend_chunk(chunk, i, qc, kc, vc, attn.scaling, causal)
+                o = torch.cat([o, oc.transpose(0, 2)])
         else:
-            o = _attend_each(q, kbuf, vbuf, length, attn_mask, attn.scaling)
+            kbuf, vbuf = keys[i], values[i]
+            kbuf[:, :, length : length + width] = k
+            vbuf[:, :, length : length + width] = v
+            if prompts is not None:
+                o = _attend_prompts(q, kbuf, vbuf, prompts, attn.scaling)
+            elif width == 1 or not per_query:
+                o = _attend(q, kbuf[:, :, : length + width], vbuf[:, :, : length + width], attn_mask, attn.scaling)
+            else:
+                o = _attend_each(q, kbuf, vbuf, length, attn_mask, attn.scaling)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
         h = _rms_norm(layer.post_attention_layernorm, x)
         gate, up = fused_outputs(h, mlp.gate_proj, mlp.up_proj)
@@ -363,39 +397,52 @@ def compile_step(model: Any) -> "CompiledStep":
     """`forward_rows` compiled by torch.compile (inductor), warmed up on scratch buffers so that
     the first real call finds it ready: one graph for a single unpadded row, one for 2 to
     COMPILED_ROWS rows with a padding mask (both symbolic in the cache's length and capacity,
-    the second in its row count too).
+    the second in its row count too); and `forward_beside`, the step with a long prompt's chunk
+    in its pass (`CompiledStep.beside`), symbolic in the rows, the chunk's width and start.
 
     Why: a step's products read every weight once, and the ~40 small ops per layer around them
     (norms, rotary, cache writes, attention) each pay Python and dispatch time, a large share
     of an eager step at one row and at many. Inductor fuses them into a few C++ kernels.
     Compiling takes minutes of CPU, so the engine does it in the background and keeps the eager
-    step until it is ready. `tandem bench` (profile, ceiling, quantization) measures both."""
+    step until it is ready. `tandem bench` (profile, ceiling, quantization) measures both; the
+    chunk's step is the long prompt's stall in its mixed section."""
     let_inductor_call_packed_linears()
-    compiled = CompiledStep(torch.compile(forward_rows, dynamic=True))
+    compiled = CompiledStep(torch.compile(forward_rows, dynamic=True), torch.compile(forward_beside, dynamic=True))
     config = model.config
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     param = next(model.parameters())
+
+    def buffers(rows: int, capacity: int) -> list[torch.Tensor]:
+        return [param.new_zeros((rows, kv_heads, capacity, head_dim)) for _ in model.model.layers]
+
     with torch.inference_mode():
         # two sizes of each shape, so that they are symbolic from the start
         for rows, capacity, length in ((1, 37, 20), (1, 75, 41), (3, 37, 20), (5, 75, 41)):
-            keys = [param.new_zeros((rows, kv_heads, capacity, head_dim)) for _ in model.model.layers]
-            values = [param.new_zeros((rows, kv_heads, capacity, head_dim)) for _ in model.model.layers]
             tokens = torch.zeros((rows,), dtype=torch.long, device=param.device)
             mask = None if rows == 1 else torch.ones((rows, 1, 1, length + 1), dtype=torch.bool, device=param.device)
             if mask is not None:
                 mask[0, ..., :3] = False
-            compiled.compiled(model, tokens, tokens + length, keys, values, length, mask)
+            compiled.compiled(model, tokens, tokens + length, buffers(rows, capacity), buffers(rows, capacity), length, mask)
+        for rows, width, start in ((3, 4, 30), (5, 6, 61)):
+            tokens = torch.zeros((rows + width,), dtype=torch.long, device=param.device)
+            mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=param.device)
+            # a chunked prompt's buffers: views of its first row and columns, in buffers with room for more (chunked.py)
+            keys, values = ([b[:1, :, : start + 2 * width] for b in buffers(3, start + 3 * width)] for _ in range(2))
+            chunk = Chunk(tokens[None, rows:], start, keys, values)
+            compiled.beside.compiled(
+                model, tokens, tokens + 20, buffers(rows, 37), buffers(rows, 37), 20, mask, chunk.keys, chunk.values, start, chunk.causal()
+            )
     return compiled
 
 
-class CompiledStep:
-    """The compiled forward, which must never compile again on the worker thread: a recompile
-    there would stall every request for a minute. Any call that would need one (or that fails)
-    runs `forward_rows` instead, and so do all later calls."""
+class _NoRecompile:
+    """A compiled forward that must never compile again on the worker thread: a recompile there
+    would stall every request for a minute. Any call that would need one (or that fails) runs
+    `eager` instead, and so do all later calls."""
 
-    def __init__(self, compiled: StepFn) -> None:
-        self.compiled = compiled
+    def __init__(self, compiled: StepFn, eager: StepFn) -> None:
+        self.compiled, self.eager = compiled, eager
         self.failed: str | None = None
         self.calls = 0  # steps the compiled forward ran
 
@@ -408,8 +455,27 @@ class CompiledStep:
                 return logits
             except Exception as exc:  # the eager step computes the same thing; writing the same KV column twice is harmless
                 self.failed = f"{type(exc).__name__}: {exc}"
-                log.warning("the compiled decode step cannot run this call (%s); using the eager step from now on", self.failed)
-        return forward_rows(*args)
+                log.warning("the compiled %s cannot run this call (%s); eager from now on", self.eager.__name__, self.failed)
+        return self.eager(*args)
+
+
+class ChunkStep(_NoRecompile):
+    """The compiled `forward_beside`."""
+
+    def takes(self, rows: int, width: int, start: int) -> bool:
+        """Whether it was made for these shapes: sizes and offsets of 0 and 1 are never symbolic
+        in a compiled graph (torch specialises them), and bf16's products are compiled for one
+        block of rows (COMPILED_ROWS, as the plain step)."""
+        return self.failed is None and rows > 1 and width > 1 and start > 1 and rows + width <= COMPILED_ROWS
+
+
+class CompiledStep(_NoRecompile):
+    """The compiled `forward_rows`, and `beside`, the compiled `forward_beside`: each falls back
+    to its eager function on its own."""
+
+    def __init__(self, compiled: StepFn, beside: StepFn) -> None:
+        super().__init__(compiled, forward_rows)
+        self.beside = ChunkStep(beside, forward_beside)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, scale: float) -> torch.Tensor:

@@ -67,6 +67,42 @@ async def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_ch
         assert sum(arrived < t < first for t in row) >= chunks - 2, (chunks, [sum(arrived < t < first for t in r) for r in stamps])
 
 
+async def test_a_prompt_arriving_during_a_chunked_prefill_is_admitted_after_a_plain_step(engine_factory, plain_model, tokenizer) -> None:
+    """A step that carries a chunk already costs the running streams about a step more; a short
+    prompt arriving then is prefilled after one plain step, never in the same gap as a chunk,
+    and the long prompt's chunks go on after it. Both answers are generate's."""
+    engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
+    engine._chunks.tokens = lambda decoding: MIN_CHUNK  # type: ignore[method-assign]
+    events: list[tuple[str, bool]] = []  # on the worker thread, in order: ("decode", carried a chunk) or ("admit", False)
+    decode, admit = engine._decode, engine._admit
+
+    def logged_decode() -> None:
+        events.append(("decode", engine._beside is not None))
+        decode()
+
+    def logged_admit(new: list) -> None:  # type: ignore[type-arg]
+        events.append(("admit", False))
+        admit(new)
+
+    engine._decode, engine._admit = logged_decode, logged_admit  # type: ignore[method-assign]
+    chat = asyncio.create_task(
+        collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=120, controls=LogitControls(min_tokens=120)))
+    )
+    await eventually_async(lambda: engine.running == 1, "a row decoding")
+    long_answer = asyncio.create_task(collect(engine, GenerationRequest(prompt=LONG, max_tokens=8)))
+    await eventually_async(lambda: bool(engine._chunking) and engine._chunking[0][1].done >= 2 * MIN_CHUNK, "the long prompt part-way")
+    arrived = len(events)
+    short = await collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=6))
+    assert (await long_answer)[0] == reference(plain_model, tokenizer, LONG, 8)
+    await chat
+    assert short[0] == reference(plain_model, tokenizer, PROMPTS[1], 6)
+    [at] = [
+        i for i, (kind, _) in enumerate(events) if kind == "admit" and i >= arrived
+    ]  # the short prompt (the long one joins without one)
+    assert events[at - 2 : at] == [("decode", True), ("decode", False)], events[at - 4 : at + 2]  # a chunk's step, then a plain one
+    assert any(carried for _, carried in events[at:]), "the chunks went on after the short prompt"
+
+
 async def test_a_long_prompt_cancelled_while_prefilling_stops_there_and_frees_its_place(engine_factory, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16, max_batch_size=2)
     engine._chunks.tokens = lambda decoding: 1  # type: ignore[method-assign]  # (a token a chunk: it is still part-way when cancelled)

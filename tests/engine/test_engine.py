@@ -789,30 +789,41 @@ def test_the_engine_compiles_its_step_in_the_background_on_the_default_model(def
     several = [served.tokenizer(p)["input_ids"] for p in (prompt, "def fibonacci(n):", "Once upon a time, in a land far away,")]
     for prompts in (one, several):  # the one-row graph, then the batched one
         _compiled_steps_agree_with_eager_ones(served.model, reference.model, prompts, step, quant)
+    _compiled_chunk_steps_agree_with_eager_ones(served.model, reference.model, several, step, quant)
+
+
+def _agree(compiled: torch.Tensor, eager: torch.Tensor, quant: str, disagreements: list[float]) -> None:
+    """fp32: the same logits; otherwise each row's margin wherever the two pick other tokens."""
+    if quant == "none":
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+    for row in range(compiled.shape[0]):
+        if int(compiled[row].argmax()) != int(eager[row].argmax()):
+            top = eager[row].topk(2).values
+            disagreements.append(float(top[0] - top[1]))
 
 
 def _compiled_steps_agree_with_eager_ones(served: Any, reference: Any, prompts: list[list[int]], step: Any, quant: str) -> None:
+    from server.engine import kv
     from server.engine.kv import GROW, RunningBatch
     from server.engine.prefill import prefill_batch
 
     batches = []
-    for model in (served, reference):
-        pre = prefill_batch(model, prompts, pad_id=0)
-        batch = RunningBatch(fast_decode=True)
-        batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
-        batches.append(batch)
+    lazy_spare, kv.LAZY_SPARE = kv.LAZY_SPARE, 0  # buffers that grow every GROW columns, as on a GPU
+    try:
+        for model in (served, reference):
+            pre = prefill_batch(model, prompts, pad_id=0)
+            batch = RunningBatch(fast_decode=True)
+            batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+            batches.append(batch)
+    finally:
+        kv.LAZY_SPARE = lazy_spare
     calls, steps = step.calls, 2 * GROW + 8
     disagreements, mean_diffs = [], []
     for _ in range(steps):  # past the slotted cache's growth points, twice: the compiled graph takes each new buffer
         compiled_logits = batches[0].step(served, step)
         eager_logits = batches[1].step(reference)
-        if quant == "none":
-            torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-3, atol=1e-3)
+        _agree(compiled_logits, eager_logits, quant, disagreements)
         mean_diffs.append(float((compiled_logits - eager_logits).abs().mean()))
-        for row in range(len(prompts)):
-            if int(compiled_logits[row].argmax()) != int(eager_logits[row].argmax()):
-                top = eager_logits[row].topk(2).values
-                disagreements.append(float(top[0] - top[1]))
         for batch in batches:
             batch.next_tokens = eager_logits.argmax(-1)
     assert step.calls == calls + steps and step.failed is None
@@ -822,6 +833,45 @@ def _compiled_steps_agree_with_eager_ones(served: Any, reference: Any, prompts: 
     widest = 2.0 if quant == "w8a8" else 1.0
     assert len(disagreements) <= len(prompts) * steps // 8 and all(margin < widest for margin in disagreements), disagreements
     assert statistics.median(mean_diffs) < 1.0
+
+
+def _compiled_chunk_steps_agree_with_eager_ones(served: Any, reference: Any, prompts: list[list[int]], step: Any, quant: str) -> None:
+    """A long prompt's chunks in the steps' passes (`CompiledStep.beside`): the rows' logits and
+    the chunk's as the eager pass computes them, within the same noise as the plain step's."""
+    with torch.inference_mode():  # (as on the engine's worker: the compiled graphs guard on it)
+        _chunk_steps(served, reference, prompts, step, quant)
+
+
+def _chunk_steps(served: Any, reference: Any, prompts: list[list[int]], step: Any, quant: str) -> None:
+    from server.engine.chunked import ChunkedPrefill
+    from server.engine.kv import RunningBatch
+    from server.engine.prefill import prefill_batch
+
+    long_prompt = [token for prompt in prompts for token in prompt] * 4
+    runs = []
+    for model in (served, reference):
+        pre = prefill_batch(model, prompts, pad_id=0)
+        batch = RunningBatch(fast_decode=True)
+        batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+        job = ChunkedPrefill(model, long_prompt, fast=True)
+        job.advance(20)  # (a chunk from column 0 runs eager: its offset would be a constant in the graph)
+        runs.append((model, batch, job))
+    calls, disagreements = step.beside.calls, []
+    while runs[0][2].left > 0:
+        logits = []
+        for (model, batch, job), forward in zip(runs, (step, None)):
+            chunk = job.next_chunk(6)
+            rows = batch.step(model, forward, chunk)
+            assert chunk.logits is not None
+            job.ran(chunk, chunk.logits, 0.01)
+            logits.append(torch.cat([rows, chunk.logits]))
+        _agree(*logits, quant, disagreements)
+        for _, batch, _ in runs:
+            batch.next_tokens = logits[1][: len(prompts)].argmax(-1)
+    steps = step.beside.calls - calls
+    assert steps >= 3 and step.beside.failed is None
+    widest = 2.0 if quant == "w8a8" else 1.0
+    assert len(disagreements) <= (len(prompts) + 1) * steps // 8 and all(margin < widest for margin in disagreements), disagreements
 
 
 @pytest.mark.parametrize("poison", ["nan_logits", "overflowing_temperature"])
