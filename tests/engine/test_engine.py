@@ -818,7 +818,7 @@ def _compiled_steps_agree_with_eager_ones(served: Any, reference: Any, prompts: 
     finally:
         kv.LAZY_SPARE = lazy_spare
     calls, steps = step.calls, 2 * GROW + 8
-    disagreements, mean_diffs = [], []
+    disagreements, mean_diffs = list[float](), list[float]()
     for _ in range(steps):  # past the slotted cache's growth points, twice: the compiled graph takes each new buffer
         compiled_logits = batches[0].step(served, step)
         eager_logits = batches[1].step(reference)
@@ -856,7 +856,7 @@ def _chunk_steps(served: Any, reference: Any, prompts: list[list[int]], step: An
         job = ChunkedPrefill(model, long_prompt, fast=True)
         job.advance(20)  # (a chunk from column 0 runs eager: its offset would be a constant in the graph)
         runs.append((model, batch, job))
-    calls, disagreements = step.beside.calls, []
+    calls, disagreements = step.beside.calls, list[float]()
     while runs[0][2].left > 0:
         logits = []
         for (model, batch, job), forward in zip(runs, (step, None)):
@@ -865,7 +865,7 @@ def _chunk_steps(served: Any, reference: Any, prompts: list[list[int]], step: An
             assert chunk.logits is not None
             job.ran(chunk, chunk.logits, 0.01)
             logits.append(torch.cat([rows, chunk.logits]))
-        _agree(*logits, quant, disagreements)
+        _agree(logits[0], logits[1], quant, disagreements)
         for _, batch, _ in runs:
             batch.next_tokens = logits[1][: len(prompts)].argmax(-1)
     steps = step.beside.calls - calls
