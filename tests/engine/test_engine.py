@@ -658,6 +658,34 @@ def test_a_long_row_joins_and_leaves_in_a_lane_of_its_own_without_copying_the_ot
             torch.testing.assert_close(v2, v1[:, :, -v2.shape[2] :], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lazy_spare", [True, False])
+def test_a_cpu_batch_decodes_into_the_buffers_it_joined_without_growing_them(tokenizer, monkeypatch, lazy_spare: bool) -> None:  # type: ignore[no-untyped-def]
+    """On a CPU a running batch's cache buffers have LAZY_SPARE spare columns (pages the OS
+    backs only once written): 150 decode steps write into the buffers the rows joined, where
+    buffers of GROW spare columns (as on a GPU) are copied into new ones along the way."""
+    from server.engine import kv as kv_module
+    from server.engine.kv import GROW, RunningBatch
+    from server.engine.prefill import prefill_batch
+
+    if not lazy_spare:
+        monkeypatch.setattr(kv_module, "LAZY_SPARE", 0)
+    model = tiny_llama(len(tokenizer))
+    pack_linears(model)
+    batch = RunningBatch(fast_decode=True)
+    with torch.inference_mode():
+        pre = prefill_batch(model, [tokenizer(p)["input_ids"] for p in PROMPTS[:3]], pad_id=2, fast=True)
+        batch.join(pre.kv, pre.mask, pre.positions, pre.logits.argmax(-1))
+        first = batch.lanes[0].layers[0].buffers[0]
+        buffers = {first.data_ptr()}
+        for _ in range(150):
+            batch.next_tokens = batch.step(model).argmax(-1)
+            buffers.add(batch.lanes[0].layers[0].buffers[0].data_ptr())
+    if lazy_spare:
+        assert buffers == {first.data_ptr()} and first.shape[2] >= kv_module.LAZY_SPARE
+    else:
+        assert len(buffers) >= 150 // GROW
+
+
 @pytest.mark.parametrize("fmt", ["mkl", "bf16"])
 def test_a_batch_of_prompts_prefills_each_prompt_as_it_prefills_alone(tokenizer, fmt: str) -> None:  # type: ignore[no-untyped-def]
     """The engine's prefill of several prompts at once (its own pass, prompts padded on the
