@@ -57,7 +57,8 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             "A completion request every 0.8 s at interactive priority (a developer pausing while typing textwrap.py), "
             "with and without 8 chat streams decoding; each condition on a fresh engine (cold prefix cache), median of the runs. "
-            "The first request of a session prefills the whole window and is shown apart; the percentiles are over the rest.",
+            "The first request of a session prefills the whole window and is shown apart; the percentiles are over the rest. "
+            f"Decode step: {r.get('mixed_decode', 'eager')}.",
             "",
             "| chat streams | completions | TTFT p50 ms | TTFT p95 ms | first request ms |",
             "|---:|---:|---:|---:|---:|",

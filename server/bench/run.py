@@ -154,13 +154,20 @@ def run_bench(args: argparse.Namespace) -> int:
     if "mixed" in s["sections"]:
         print("mixed load: completions at typing pace, idle and under 8 chat streams", flush=True)
 
-        def fresh(**config: Any) -> Engine:  # the server's configuration, and a prefix cache that no earlier run has warmed
-            return Engine(served.model, served.tokenizer, EngineConfig(max_batch_size=32, **config)).start()
-
-        runs: dict[int, list[Any]] = {0: [], 8: []}
-        warm = fresh()
+        # the server's configuration (its step compiled once, by the warm-up's engine, unless --quick),
+        # and a prefix cache that no earlier run has warmed
+        decode = "compiled" if s["compile"] else "eager"
+        warm = Engine(served.model, served.tokenizer, EngineConfig(max_batch_size=32, decode=decode)).start()
+        warm.compiled.wait()
         mixed_load(warm, loaded.tokenizer, 8, 3)  # first calls allocate and pick kernels
         warm.close()
+        result["mixed_decode"] = warm.decode_step
+
+        def fresh(**config: Any) -> Engine:
+            settings = EngineConfig(max_batch_size=32, decode=decode, **config)
+            return Engine(served.model, served.tokenizer, settings, compiled_step=warm.compiled_step).start()
+
+        runs: dict[int, list[Any]] = {0: [], 8: []}
         for rep in range(s["repeats"]):
             for chats in (0, 8) if rep % 2 == 0 else (8, 0):
                 engine = fresh()

@@ -120,8 +120,15 @@ class Engine:
     anything but this engine (it still works through transformers' forward, with the same results)."""
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: Any, config: EngineConfig | None = None, metrics: EngineMetrics | None = None
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        config: EngineConfig | None = None,
+        metrics: EngineMetrics | None = None,
+        compiled_step: CompiledStep | None = None,
     ) -> None:
+        """`compiled_step`: the step another engine over this same model compiled (`tandem bench`
+        measures fresh engines as served, each without minutes of compiling of its own)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
@@ -152,13 +159,16 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.compiled_step: CompiledStep | None = None  # the compiled step, once it is ready
         self.compiled = threading.Event()  # set when the compile is over, whether it worked or not
+        if compiled_step is not None and self.config.decode == "compiled" and self.fast_decode:
+            self.compiled_step = compiled_step
+            self.compiled.set()
         self.compile_nice: int | None = None  # the compile thread's nice value, once lowered
         self._quiet = threading.Event()  # set while the engine has nothing to do (no request running, prefilling or waiting)
         self._quiet_since = time.monotonic()
         self._quiet.set()
         if not (self.config.decode == "compiled" and self.fast_decode):
             self.compiled.set()
-        self.compile_state = "off" if self.compiled.is_set() else "deferred"  # then "compiling", "done"
+        self.compile_state = ("done" if self.compiled_step else "off") if self.compiled.is_set() else "deferred"  # then "compiling", "done"
         self.metrics.running.set_function(lambda: len(self._rows))
         self.metrics.prefilling.set_function(lambda: self._prefilling)
         self.metrics.waiting.set_function(lambda: len(self._scheduler))

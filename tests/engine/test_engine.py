@@ -813,6 +813,14 @@ def test_the_engine_compiles_its_step_in_the_background_on_the_default_model(def
     finally:
         engine.close()
         eager.close()
+    # a fresh engine over the same model, given that step (as `tandem bench` makes its fresh engines): compiled at once
+    again = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0, decode="compiled"), compiled_step=step).start()
+    try:
+        assert again.compiled.is_set() and again.compile_state == "done" and again.decode_step == "compiled"
+        calls = step.calls
+        assert asyncio.run(collect(again, req))[0] == compiled_text and step.calls >= calls + tokens - 1
+    finally:
+        again.close()
     one = [served.tokenizer(prompt)["input_ids"]]
     several = [served.tokenizer(p)["input_ids"] for p in (prompt, "def fibonacci(n):", "Once upon a time, in a land far away,")]
     for prompts in (one, several):  # the one-row graph, then the batched one
