@@ -227,7 +227,7 @@ class Engine:
             import torch._inductor.config as inductor_config
 
             with inductor_config.patch(compile_threads=1):
-                self.compiled_step = compile_step(self.model)
+                self.compiled_step = compile_step(self.model, beside=self.config.chunk_prefill_above > 0)
             log.info("decode step compiled in %.0f s", time.monotonic() - started)
         except Exception:  # the eager step stays; compiling is an optimisation, not a requirement
             log.exception("compiling the decode step failed; the eager step stays")
@@ -462,8 +462,8 @@ class Engine:
         pre = job.ready
         if pre is None:
             tokens = self._chunks.tokens(decoding=bool(self._rows))
-            step = self.compiled_step
-            if step is not None and len(self._batch.lanes) == 1 and step.beside.takes(len(self._rows), MIN_CHUNK, job.done):
+            beside = self.compiled_step.beside if self.compiled_step is not None else None
+            if beside is not None and len(self._batch.lanes) == 1 and beside.takes(len(self._rows), MIN_CHUNK, job.done):
                 tokens = min(tokens, COMPILED_ROWS - len(self._rows))  # the most the compiled step takes beside its rows
             if self._rows and self.fast_decode:  # in the next decode step's pass (`_decode`)
                 self._beside = (job, job.next_chunk(tokens))

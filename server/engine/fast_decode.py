@@ -393,12 +393,13 @@ def _decoder(
     return _rms_norm(inner.norm, x)
 
 
-def compile_step(model: Any) -> "CompiledStep":
+def compile_step(model: Any, beside: bool = True) -> "CompiledStep":
     """`forward_rows` compiled by torch.compile (inductor), warmed up on scratch buffers so that
     the first real call finds it ready: one graph for a single unpadded row, one for 2 to
     COMPILED_ROWS rows with a padding mask (both symbolic in the cache's length and capacity,
-    the second in its row count too); and `forward_beside`, the step with a long prompt's chunk
-    in its pass (`CompiledStep.beside`), symbolic in the rows, the chunk's width and start.
+    the second in its row count too); and, with `beside` (an engine that chunks long prompts),
+    `forward_beside`, the step with a long prompt's chunk in its pass (`CompiledStep.beside`),
+    symbolic in the rows, the chunk's width and start.
 
     Why: a step's products read every weight once, and the ~40 small ops per layer around them
     (norms, rotary, cache writes, attention) each pay Python and dispatch time, a large share
@@ -407,7 +408,7 @@ def compile_step(model: Any) -> "CompiledStep":
     step until it is ready. `tandem bench` (profile, ceiling, quantization) measures both; the
     chunk's step is the long prompt's stall in its mixed section."""
     let_inductor_call_packed_linears()
-    compiled = CompiledStep(torch.compile(forward_rows, dynamic=True), torch.compile(forward_beside, dynamic=True))
+    compiled = CompiledStep(torch.compile(forward_rows, dynamic=True), torch.compile(forward_beside, dynamic=True) if beside else None)
     config = model.config
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -424,13 +425,15 @@ def compile_step(model: Any) -> "CompiledStep":
             if mask is not None:
                 mask[0, ..., :3] = False
             compiled.compiled(model, tokens, tokens + length, buffers(rows, capacity), buffers(rows, capacity), length, mask)
-        for rows, width, start in ((3, 4, 30), (5, 6, 61)):
+        chunk_step = compiled.beside
+        for rows, width, start in ((3, 4, 30), (5, 6, 61)) if chunk_step is not None else ():
+            assert chunk_step is not None
             tokens = torch.zeros((rows + width,), dtype=torch.long, device=param.device)
             mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=param.device)
             # a chunked prompt's buffers: views of its first row and columns, in buffers with room for more (chunked.py)
             keys, values = ([b[:1, :, : start + 2 * width] for b in buffers(3, start + 3 * width)] for _ in range(2))
             chunk = Chunk(tokens[None, rows:], start, keys, values)
-            compiled.beside.compiled(
+            chunk_step.compiled(
                 model, tokens, tokens + 20, buffers(rows, 37), buffers(rows, 37), 20, mask, chunk.keys, chunk.values, start, chunk.causal()
             )
     return compiled
@@ -470,12 +473,12 @@ class ChunkStep(_NoRecompile):
 
 
 class CompiledStep(_NoRecompile):
-    """The compiled `forward_rows`, and `beside`, the compiled `forward_beside`: each falls back
-    to its eager function on its own."""
+    """The compiled `forward_rows`, and `beside`, the compiled `forward_beside` (where there is
+    one): each falls back to its eager function on its own."""
 
-    def __init__(self, compiled: StepFn, beside: StepFn) -> None:
+    def __init__(self, compiled: StepFn, beside: StepFn | None) -> None:
         super().__init__(compiled, forward_rows)
-        self.beside = ChunkStep(beside, forward_beside)
+        self.beside = ChunkStep(beside, forward_beside) if beside is not None else None
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, scale: float) -> torch.Tensor:

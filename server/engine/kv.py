@@ -32,10 +32,9 @@ def spare(length: int, device: torch.device | None = None) -> int:
     """Spare columns for a cache of `length`: a quarter of it, at least GROW, so that a long
     batch (whose every growth copies every row's columns) grows rarely; on a CPU at least
     LAZY_SPARE. Why: a buffer there is fresh anonymous memory, whose pages cost nothing until
-    written, and a growth writes every row's columns into new pages at once: with 8 chat
-    streams of a few hundred tokens, 17,000 page faults that doubled one step (the streams'
-    longest gap while a long prompt was prefilled). Written a column a step, the pages fault a
-    few at a time instead."""
+    written, and a growth writes every row's columns into new pages at once, faults that
+    doubled the step they fell in (`tandem bench`, mixed: the long prompt's stall). Written a
+    column a step, the pages fault a few at a time instead."""
     least = LAZY_SPARE if device is not None and device.type == "cpu" else GROW
     return max(least, length // 4)
 

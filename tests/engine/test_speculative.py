@@ -236,7 +236,7 @@ def _python_heavy_compile(progress: list[int], release: threading.Event):  # typ
     between waits, as tracing does between the compiler subprocesses it waits for; records
     inductor's compile_threads as it finds it."""
 
-    def compile_one_row(model: object) -> None:
+    def compile_one_row(model: object, beside: bool = True) -> None:
         import torch._inductor.config as inductor_config
 
         progress.append(inductor_config.compile_threads or 0)
