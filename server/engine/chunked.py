@@ -18,6 +18,7 @@ engine's step does not run goes through transformers' forward.
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -35,28 +36,35 @@ CHUNK_STEPS = 1.0  # a chunk's time, in decode steps: a running stream waits at 
 
 class ChunkBudget:
     """How many prompt tokens one chunk may take: CHUNK_STEPS decode steps' time, from a running
-    average of the step (the batch as it is now) and the last chunk's time per token (in a
-    step's pass, what that step took beyond a plain one)."""
+    average of the step (the batch as it is now) and the prompt's last chunk's time per token
+    (in a step's pass, what that step took beyond a plain one)."""
 
     def __init__(self) -> None:
         self.step_seconds: float | None = None
-        self.token_seconds: float | None = None
+        # per prompt (None: any), its latest chunk alone: a chunk's cost per token grows with the
+        # prefix it attends to, so a prompt's last one predicts its next better than an average
+        # of earlier, cheaper ones, and another prompt's (a short one beside a long one) not at all
+        self._token_seconds: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
+        self._any: float | None = None
 
     def stepped(self, seconds: float) -> None:
         self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
 
-    def prefilled(self, tokens: int, seconds: float) -> None:
-        # the latest chunk alone: a chunk's cost per token grows with the prefix it attends to, so
-        # the last one predicts the next better than an average of earlier, cheaper ones
-        self.token_seconds = seconds / max(tokens, 1)
+    def prefilled(self, tokens: int, seconds: float, prompt: object | None = None) -> None:
+        if prompt is None:
+            self._any = seconds / max(tokens, 1)
+        else:
+            self._token_seconds[prompt] = seconds / max(tokens, 1)
 
-    def tokens(self, decoding: bool) -> int:
-        """The next chunk's size; with nothing decoding, the largest (no stream waits on it)."""
+    def tokens(self, decoding: bool, prompt: object | None = None) -> int:
+        """The next chunk's size for `prompt`; with nothing decoding, the largest (no stream
+        waits on it)."""
         if not decoding:
             return MAX_CHUNK
-        if self.step_seconds is None or self.token_seconds is None:
+        token_seconds = self._any if prompt is None else self._token_seconds.get(prompt)
+        if self.step_seconds is None or token_seconds is None:
             return FIRST_CHUNK
-        return max(MIN_CHUNK, min(MAX_CHUNK, int(CHUNK_STEPS * self.step_seconds / self.token_seconds)))
+        return max(MIN_CHUNK, min(MAX_CHUNK, int(CHUNK_STEPS * self.step_seconds / token_seconds)))
 
 
 class ChunkedPrefill:
@@ -109,7 +117,7 @@ class ChunkedPrefill:
         Prefilled once its last token is in."""
         self.done = chunk.end
         if budget is not None:
-            budget.prefilled(chunk.end - chunk.start, seconds)
+            budget.prefilled(chunk.end - chunk.start, seconds, self)
         if self.done < len(self.prompt):
             return None
         device = logits.device

@@ -54,6 +54,7 @@ log = logging.getLogger("tandem.engine")
 COMPILE_NICE = 19  # the compile thread's nice value (Linux: per thread, inherited by the compiler processes it starts)
 COMPILE_IDLE_SECONDS = 1.0  # the compile starts once the engine has been idle this long
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI and vLLM allow
+RIDE_TOKENS = 128  # chat prompt tokens arriving together that ride the running rows' steps as chunks (_chunked)
 
 
 class _Sequence:
@@ -150,7 +151,7 @@ class Engine:
         self._plain_seconds: float | None = None  # EMA of a plain step's time, at batch sizes that may speculate
         self._verify_seconds: float | None = None  # EMA of a verification step's time, likewise
         self._rows: list[_Sequence] = []
-        self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # long prompts being prefilled between steps, oldest first
+        self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # prompts being prefilled between steps, in arrival order (_chunked)
         self._chunks = ChunkBudget()
         self._beside: tuple[ChunkedPrefill, Chunk] | None = None  # the next chunk, to run beside the next decode step
         self._chunk_ran = False  # whether this worker iteration ran a chunk (alone or in its step's pass)
@@ -378,19 +379,20 @@ class Engine:
             if idle and not len(self._scheduler):
                 self._set_busy(False)  # about to wait for work: a background compile may run
             # The last step carried a chunk (about a step more for every stream): a prompt waiting
-            # now is admitted after one plain step, so that its prefill and that chunk do not fall
-            # into the same gap between two of the streams' tokens.
-            breather = bool(self._rows) and self._chunk_ran and len(self._scheduler) > 0
+            # now to be prefilled at once is admitted after one plain step, so that its prefill and
+            # that chunk do not fall into the same gap between two of the streams' tokens.
+            breather = bool(self._rows) and self._chunk_ran and len(self._scheduler) > 0 and not self._next_rides()
             new = self._scheduler.take(free, self.config.prefill_token_budget, block=idle) if free > 0 and not breather else []
             if self._closing:
                 break
             self._chunk_ran = False
             try:
+                prefilled = False
                 if new:
                     self._set_busy(True)
                     self._prefilling += len(new)  # each leaves this count in _join, once prefilled (or all at once below, on failure)
-                    self._admit(new)
-                if self._chunking and not new and not breather:  # (a prompt admitted is this iteration's prefill: one, not two)
+                    prefilled = self._admit(new)
+                if self._chunking and not prefilled and not breather:  # (a prompt prefilled is this iteration's prefill: one, not two)
                     self._prefill_chunk()
                 if self._rows:
                     self._decode()
@@ -413,22 +415,31 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
         self._batch.keep(keep)
 
-    def _admit(self, new: list[_Sequence]) -> None:
+    def _next_rides(self) -> bool:
+        """Whether the prompts `take` would admit next ride the running rows' steps (_chunked)."""
+        priority, tokens = self._scheduler.ahead()
+        return priority is not None and priority != Priority.INTERACTIVE and self._rides(tokens)
+
+    def _rides(self, chat_tokens: int) -> bool:
+        return bool(self._rows) and self.fast_decode and self.config.chunk_prefill_above > 0 and chat_tokens <= RIDE_TOKENS
+
+    def _admit(self, new: list[_Sequence]) -> bool:
+        """Prefill `new` (or queue its prompts for chunks); whether a prefill ran here."""
         now = time.monotonic()
+        rides = self._rides(sum(len(s.prompt_ids) for s in new if s.priority != Priority.INTERACTIVE))
+        prefilled = False
         misses: list[_Sequence] = []
         for seq in new:
             self.metrics.admitted(now - seq.submitted, len(seq.prompt_ids))
             if seq.req.echo:  # the prompt's own logits are wanted: prefilled alone, every position kept
                 pre = prefill_batch(self.model, [seq.prompt_ids], self.pad_id, every_position=True, fast=self.fast_decode)
+                prefilled = True
                 self.metrics.prefilled(len(seq.prompt_ids))
                 self._echo(seq, pre)
                 self._join([seq], pre)
                 continue
             reused, kv = self._prefix.lookup(seq.prompt_ids)
-            # A long chat prompt: in chunks, between decode steps. An interactive one (the developer
-            # waits on it, and it goes ahead of chat anyway) is prefilled at once: chunked under 8
-            # chat streams, a cold completion's first token came 3x later (`tandem bench`, mixed).
-            if seq.priority != Priority.INTERACTIVE and 0 < self.config.chunk_prefill_above < len(seq.prompt_ids) - reused:
+            if self._chunked(seq, len(seq.prompt_ids) - reused, rides):
                 self._chunking.append((seq, ChunkedPrefill(self.model, seq.prompt_ids, kv, reused, self.fast_decode)))
                 self.metrics.prefilled(0, reused)  # (its chunks count what they compute)
                 continue
@@ -437,6 +448,7 @@ class Engine:
                 continue
             self.metrics.prefilled(len(seq.prompt_ids) - reused, reused)
             pre = prefill_on_prefix(self.model, seq.prompt_ids, kv, reused, fast=self.fast_decode)
+            prefilled = True
             self._prefix.store(seq.prompt_ids, pre.kv)
             self._join([seq], pre)
         if misses:
@@ -446,35 +458,59 @@ class Engine:
                 if len(seq.prompt_ids) >= self._prefix.min_reuse and self._prefix.max_tokens > 0:
                     self._prefix.store(seq.prompt_ids, row_kv(pre, row))
             self._join(misses, pre)
+        return prefilled or bool(misses)
+
+    def _chunked(self, seq: _Sequence, new_tokens: int, rides: bool) -> bool:
+        """Whether `seq`'s prompt is prefilled in chunks, each in a decode step's pass (or alone,
+        with nothing decoding), rather than at once.
+
+        A long chat prompt: always. Chat prompts arriving while rows decode through the engine's
+        step, however short, with at most RIDE_TOKENS between them (`rides`): prefilled at once
+        they stop every stream for a pass of the whole model; in chunks their positions go into
+        the steps' products, which read each weight once for both. A larger burst is prefilled
+        together: one pass for all of them, where chunks of a few dozen tokens a step would
+        hold the last one's first token back for many steps. An interactive prompt
+        (the developer waits on it, and it goes ahead of chat anyway) is prefilled at once:
+        chunked under 8 chat streams, a cold completion's first token came 3x later (`tandem
+        bench`, mixed)."""
+        if seq.priority == Priority.INTERACTIVE or self.config.chunk_prefill_above <= 0 or new_tokens <= 0:
+            return False
+        return rides or new_tokens > self.config.chunk_prefill_above
 
     def _prefill_chunk(self) -> None:
-        """The next chunk of the oldest long prompt being prefilled: while rows decode through the
+        """The next chunk of the prompt being prefilled with the fewest tokens left (a short chat
+        prompt goes ahead of a long one for its few steps): while rows decode through the
         engine's own step, in the next step's pass (`_decode`: the chunk shares its products);
-        otherwise alone. Once its last chunk is in, it joins the batch (and its prompt goes into
-        the prefix cache, as any other's): at the next call while rows decode, so that the join
-        and its last chunk are not both between two of their tokens."""
-        seq, job = self._chunking[0]
+        otherwise alone. Once its last chunk is in, it joins the batch (`_chunks_done`)."""
+        at = min(range(len(self._chunking)), key=lambda i: self._chunking[i][1].left)  # fewest tokens left first
+        seq, job = self._chunking[at]
         if seq.cancelled:
-            self._chunking.pop(0)
+            self._chunking.pop(at)
             self._prefilling -= 1
             self._finish(seq, "cancelled")
             return
+        tokens = self._chunks.tokens(decoding=bool(self._rows), prompt=job)
+        beside = self.compiled_step.beside if self.compiled_step is not None else None
+        if beside is not None and len(self._batch.lanes) == 1 and beside.takes(len(self._rows), MIN_CHUNK, job.done):
+            tokens = min(tokens, COMPILED_ROWS - len(self._rows))  # the most the compiled step takes beside its rows
+        if self._rows and self.fast_decode:  # in the next decode step's pass (`_decode`)
+            self._beside = (job, job.next_chunk(tokens))
+            return
+        reused = job.done
+        self._chunk_ran = True
+        done = job.advance(tokens, self._chunks) is not None
+        self.metrics.prefilled(job.done - reused)
+        if done:
+            self._chunks_done(job)
+
+    def _chunks_done(self, job: ChunkedPrefill) -> None:
+        """`job`'s last chunk is in: its prompt goes into the prefix cache (as any other's) and its
+        rows join the batch at once (over the buffers its chunks were written into: no copy of
+        a long prompt's columns), its first token sampled from the last chunk's logits."""
+        at = next(i for i, (_, j) in enumerate(self._chunking) if j is job)
+        seq, _ = self._chunking.pop(at)
         pre = job.ready
-        if pre is None:
-            tokens = self._chunks.tokens(decoding=bool(self._rows))
-            beside = self.compiled_step.beside if self.compiled_step is not None else None
-            if beside is not None and len(self._batch.lanes) == 1 and beside.takes(len(self._rows), MIN_CHUNK, job.done):
-                tokens = min(tokens, COMPILED_ROWS - len(self._rows))  # the most the compiled step takes beside its rows
-            if self._rows and self.fast_decode:  # in the next decode step's pass (`_decode`)
-                self._beside = (job, job.next_chunk(tokens))
-                return
-            reused = job.done
-            self._chunk_ran = True
-            pre = job.advance(tokens, self._chunks)
-            self.metrics.prefilled(job.done - reused)
-            if pre is None or self._rows:
-                return
-        self._chunking.pop(0)
+        assert pre is not None
         if self._prefix.max_tokens > 0 and len(seq.prompt_ids) >= self._prefix.min_reuse:
             self._prefix.store(seq.prompt_ids, pre.kv)
         self._join([seq], pre)
@@ -552,9 +588,10 @@ class Engine:
         drafts = self._drafts()
         beside, self._beside = self._beside, None
         self._chunk_ran = self._chunk_ran or beside is not None
+        done: ChunkedPrefill | None = None  # a prompt whose last chunk ran here: it joins after the step
         if beside is not None and drafts is not None:  # verification takes no chunk: it runs alone first
             self.metrics.prefilled(beside[1].end - beside[1].start)
-            beside[0].run(beside[1], self._chunks)
+            done = beside[0] if beside[0].run(beside[1], self._chunks) is not None else None
             beside = None
         started = time.monotonic()
         emitted = self._speculate(drafts) if drafts is not None else self._plain_step(beside[1] if beside else None)
@@ -563,9 +600,12 @@ class Engine:
             job, chunk = beside
             assert chunk.logits is not None
             self.metrics.prefilled(chunk.end - chunk.start)
-            job.ran(chunk, chunk.logits, max(took - (self._chunks.step_seconds or took), 1e-4), self._chunks)
+            if job.ran(chunk, chunk.logits, max(took - (self._chunks.step_seconds or took), 1e-4), self._chunks) is not None:
+                done = job
         elif drafts is None:
             self._chunks.stepped(took)
+        if done is not None:
+            self._chunks_done(done)
         if self.speculative and size <= self.spec_max_rows:  # the costs behind the speculation gate
             if drafts is None:
                 self._plain_seconds = took if self._plain_seconds is None else 0.8 * self._plain_seconds + 0.2 * took

@@ -397,9 +397,9 @@ def compile_step(model: Any, beside: bool = True) -> "CompiledStep":
     """`forward_rows` compiled by torch.compile (inductor), warmed up on scratch buffers so that
     the first real call finds it ready: one graph for a single unpadded row, one for 2 to
     COMPILED_ROWS rows with a padding mask (both symbolic in the cache's length and capacity,
-    the second in its row count too); and, with `beside` (an engine that chunks long prompts),
-    `forward_beside`, the step with a long prompt's chunk in its pass (`CompiledStep.beside`),
-    symbolic in the rows, the chunk's width and start.
+    the second in its row count too); and, with `beside` (an engine that chunks prompts),
+    `forward_beside`, the step with a prompt's chunk in its pass (`CompiledStep.beside`),
+    symbolic in the rows, the chunk's width and start (and once more for a first chunk).
 
     Why: a step's products read every weight once, and the ~40 small ops per layer around them
     (norms, rotary, cache writes, attention) each pay Python and dispatch time, a large share
@@ -426,7 +426,8 @@ def compile_step(model: Any, beside: bool = True) -> "CompiledStep":
                 mask[0, ..., :3] = False
             compiled.compiled(model, tokens, tokens + length, buffers(rows, capacity), buffers(rows, capacity), length, mask)
         chunk_step = compiled.beside
-        for rows, width, start in ((3, 4, 30), (5, 6, 61)) if chunk_step is not None else ():
+        # and at column 0 (a prompt's first chunk: torch specialises a 0, so a graph of its own)
+        for rows, width, start in ((3, 4, 30), (5, 6, 61), (3, 4, 0)) if chunk_step is not None else ():
             assert chunk_step is not None
             tokens = torch.zeros((rows + width,), dtype=torch.long, device=param.device)
             mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=param.device)
@@ -467,9 +468,9 @@ class ChunkStep(_NoRecompile):
 
     def takes(self, rows: int, width: int, start: int) -> bool:
         """Whether it was made for these shapes: sizes and offsets of 0 and 1 are never symbolic
-        in a compiled graph (torch specialises them), and bf16's products are compiled for one
-        block of rows (COMPILED_ROWS, as the plain step)."""
-        return self.failed is None and rows > 1 and width > 1 and start > 1 and rows + width <= COMPILED_ROWS
+        in a compiled graph (torch specialises them; a chunk at column 0 has a graph of its own),
+        and bf16's products are compiled for one block of rows (COMPILED_ROWS, as the plain step)."""
+        return self.failed is None and rows > 1 and width > 1 and start != 1 and rows + width <= COMPILED_ROWS
 
 
 class CompiledStep(_NoRecompile):

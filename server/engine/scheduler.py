@@ -115,6 +115,16 @@ class Scheduler:
                 rows += item.rows
             return taken
 
+    def ahead(self) -> tuple[Priority | None, int]:
+        """The priority `take` would serve next (None: nothing waits) and the prompt tokens
+        waiting at it."""
+        with self._cond:
+            live = [entry[2] for entry in self._heap if not entry[2].cancelled]
+        if not live:
+            return None, 0
+        first = min(item.priority for item in live)
+        return first, sum(len(item.prompt_ids) for item in live if item.priority == first)
+
     def drain(self) -> list[Any]:
         with self._cond:
             items = [entry[2] for entry in self._heap]
