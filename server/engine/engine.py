@@ -378,10 +378,7 @@ class Engine:
             idle = not self._rows and not self._chunking
             if idle and not len(self._scheduler):
                 self._set_busy(False)  # about to wait for work: a background compile may run
-            # The last step carried a chunk (about a step more for every stream): a prompt waiting
-            # now to be prefilled at once is admitted after one plain step, so that its prefill and
-            # that chunk do not fall into the same gap between two of the streams' tokens.
-            breather = bool(self._rows) and self._chunk_ran and len(self._scheduler) > 0 and not self._next_rides()
+            breather = self._breather()
             new = self._scheduler.take(free, self.config.prefill_token_budget, block=idle) if free > 0 and not breather else []
             if self._closing:
                 break
@@ -415,10 +412,18 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
         self._batch.keep(keep)
 
-    def _next_rides(self) -> bool:
-        """Whether the prompts `take` would admit next ride the running rows' steps (_chunked)."""
+    def _breather(self) -> bool:
+        """Whether this iteration takes nothing from the queue and runs no chunk: one plain step.
+
+        When the last step carried a chunk (about a step more for every stream) and chat prompts
+        wait to be prefilled at once (more than ride the steps), so that their prefill and that
+        chunk do not fall into the same gap between two of the streams' tokens. Chat prompts that
+        ride are taken at once (their chunks are small), and so is an interactive prompt: its
+        developer is waiting, and it goes ahead of chat anyway."""
+        if not (self._rows and self._chunk_ran):
+            return False
         priority, tokens = self._scheduler.ahead()
-        return priority is not None and priority != Priority.INTERACTIVE and self._rides(tokens)
+        return priority is not None and priority != Priority.INTERACTIVE and not self._rides(tokens)
 
     def _rides(self, chat_tokens: int) -> bool:
         return bool(self._rows) and self.fast_decode and self.config.chunk_prefill_above > 0 and chat_tokens <= RIDE_TOKENS

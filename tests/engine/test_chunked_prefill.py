@@ -67,13 +67,15 @@ async def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_ch
         assert sum(arrived < t < first for t in row) >= chunks - 2, (chunks, [sum(arrived < t < first for t in r) for r in stamps])
 
 
-async def test_a_prompt_arriving_during_a_chunked_prefill_is_admitted_after_a_plain_step(
-    engine_factory, plain_model, tokenizer, monkeypatch
+@pytest.mark.parametrize("priority", [Priority.CHAT, Priority.INTERACTIVE], ids=["chat", "interactive"])
+async def test_a_prompt_prefilled_at_once_during_a_chunked_prefill_is_admitted_after_a_plain_step_unless_interactive(
+    engine_factory, plain_model, tokenizer, monkeypatch, priority
 ) -> None:
-    """A step that carries a chunk already costs the running streams about a step more; a short
+    """A step that carries a chunk already costs the running streams about a step more; a chat
     prompt arriving then to be prefilled at once (here: more chat tokens than ride the steps) is
-    prefilled after one plain step, never in the same gap as a chunk, and the long prompt's
-    chunks go on after it. Both answers are generate's."""
+    prefilled after one plain step, never in the same gap as a chunk. An interactive one is not
+    held back (its developer is waiting). Either way no chunk runs beside the prefill, and the
+    long prompt's chunks go on after it. Both answers are generate's."""
     from server.engine import engine as engine_module
 
     monkeypatch.setattr(engine_module, "RIDE_TOKENS", 0)
@@ -86,9 +88,9 @@ async def test_a_prompt_arriving_during_a_chunked_prefill_is_admitted_after_a_pl
         events.append(("decode", engine._beside is not None))
         decode()
 
-    def logged_admit(new: list) -> None:  # type: ignore[type-arg]
+    def logged_admit(new: list) -> bool:  # type: ignore[type-arg]
         events.append(("admit", False))
-        admit(new)
+        return admit(new)
 
     engine._decode, engine._admit = logged_decode, logged_admit  # type: ignore[method-assign]
     chat = asyncio.create_task(
@@ -98,14 +100,18 @@ async def test_a_prompt_arriving_during_a_chunked_prefill_is_admitted_after_a_pl
     long_answer = asyncio.create_task(collect(engine, GenerationRequest(prompt=LONG, max_tokens=8)))
     await eventually_async(lambda: bool(engine._chunking) and engine._chunking[0][1].done >= 2 * MIN_CHUNK, "the long prompt part-way")
     arrived = len(events)
-    short = await collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=6))
+    short = await collect(engine, GenerationRequest(prompt=PROMPTS[1], max_tokens=6, priority=priority))
     assert (await long_answer)[0] == reference(plain_model, tokenizer, LONG, 8)
     await chat
     assert short[0] == reference(plain_model, tokenizer, PROMPTS[1], 6)
     [at] = [
         i for i, (kind, _) in enumerate(events) if kind == "admit" and i >= arrived
     ]  # the short prompt (the long one joins without one)
-    assert events[at - 2 : at] == [("decode", True), ("decode", False)], events[at - 4 : at + 2]  # a chunk's step, then a plain one
+    if priority == Priority.CHAT:
+        assert events[at - 2 : at] == [("decode", True), ("decode", False)], events[at - 4 : at + 2]  # a chunk's step, then a plain one
+    else:
+        assert events[at - 1] == ("decode", True), events[at - 4 : at + 2]  # straight after a chunk's step
+    assert events[at + 1] == ("decode", False), events[at : at + 3]  # the prefill's iteration runs no chunk
     assert any(carried for _, carried in events[at:]), "the chunks went on after the short prompt"
 
 
