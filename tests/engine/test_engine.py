@@ -714,18 +714,29 @@ def test_a_batch_of_prompts_prefills_each_prompt_as_it_prefills_alone(tokenizer,
 
 
 @pytest.mark.skipif(not bf16.native(), reason="this CPU has no bf16 products in hardware (--quant auto never picks bf16 here)")
-def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(default_model_dir) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("arrival", ["together", "one_while_the_others_decode"])
+def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(default_model_dir, arrival: str) -> None:  # type: ignore[no-untyped-def]
     """--quant bf16 on the default model: the engine's batched answers (rows of other lengths,
     joining together) are `model.generate`'s for each prompt alone on the same weights, token for
     token, up to a near-tie. Why not always to the end: a row's products and its prefill are the
     bits it gets alone (tested apart), but attention over a padded cache sums in other vector
     lanes, and with bf16 inputs such a last bit can reach a logit, rounded to bf16 by the head:
     where two tokens are within two of its steps, either may come (measured on these prompts:
-    margins 0 and 0.125 where they parted)."""
+    margins 0 and 0.125 where they parted). A prompt arriving while the others decode rides
+    their steps in chunks (bf16's narrow products, not the wide ones generate's prompt takes):
+    the same rule holds for it."""
     from server import models
 
     served, reference = models.load(str(default_model_dir), "bf16"), models.load(str(default_model_dir), "bf16")
     engine = Engine(served.model, served.tokenizer, EngineConfig(prefix_cache_tokens=0)).start()
+    rode: list[int] = []
+    prefilled = engine._chunks.prefilled
+
+    def counted(tokens: int, seconds: float, prompt: object | None = None) -> None:
+        rode.append(tokens)
+        prefilled(tokens, seconds, prompt)
+
+    engine._chunks.prefilled = counted  # type: ignore[method-assign]
     tokenizer = served.tokenizer
     questions = ("Explain why the sky is blue.", "Write a poem about the sea.", "What is 2 + 2?", "Describe how to bake bread at home.")
     prompts = [
@@ -739,11 +750,17 @@ def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(de
         return ids
 
     async def run() -> list[list[int]]:
-        return await asyncio.gather(*(answer(p) for p in prompts))
+        if arrival == "together":
+            return await asyncio.gather(*(answer(p) for p in prompts))
+        first = [asyncio.create_task(answer(p)) for p in prompts[:-1]]
+        await eventually_async(lambda: engine.running == len(first), "the first prompts decoding")
+        last = await answer(prompts[-1])
+        return [*(await asyncio.gather(*first)), last]
 
     try:
         answers = asyncio.run(run())
-        assert engine.metrics.read("tandem_batch_size_peak") == len(prompts)
+        assert engine.metrics.read("tandem_batch_size_peak") == len(prompts) or arrival != "together"
+        assert (sum(rode) == len(tokenizer(prompts[-1])["input_ids"])) == (arrival != "together"), rode  # the last one rode, whole
     finally:
         engine.close()
     eos = sorted(_eos_ids_of(reference))
