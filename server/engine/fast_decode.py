@@ -105,6 +105,12 @@ class Chunk:
     def end(self) -> int:
         return self.start + self.width
 
+    def after(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step's tokens and positions [B] with the chunk's S after them [B + S]: its
+        positions as further rows of one position each."""
+        at = torch.arange(self.start, self.end, device=positions.device)
+        return torch.cat([tokens, self.tokens[0]]), torch.cat([positions, at])
+
     def causal(self) -> torch.Tensor:
         """[1, 1, S, end]: each position sees the columns before it and itself."""
         if self.mask is None:
@@ -140,8 +146,7 @@ def decode_step(
     if chunk is not None and runs is not None and len(runs) == 1 and beside is not None and beside.takes(rows, chunk.width, chunk.start):
         run = runs[0]
         assert run.mask is not None and run.first == 0
-        both = torch.cat([tokens, chunk.tokens[0]])
-        at = torch.cat([positions, torch.arange(chunk.start, chunk.end, device=positions.device)])
+        both, at = chunk.after(tokens, positions)
         out = beside(model, both, at, run.keys, run.values, run.length, run.mask, chunk.keys, chunk.values, chunk.start, chunk.causal())
         logits, chunk.logits = out[:rows], out[rows:]
     elif runs is not None and (len(runs) > 1 or chunk is not None):  # rows of very different lengths, or a chunk beside: eager
@@ -235,8 +240,7 @@ def forward_runs(model: Any, tokens: torch.Tensor, positions: torch.Tensor, runs
     second pass (`tandem bench`, mixed: the long prompt's stall)."""
     rows = tokens.shape[0]
     if chunk is not None:
-        tokens = torch.cat([tokens, chunk.tokens[0]])
-        positions = torch.cat([positions, torch.arange(chunk.start, chunk.end, device=positions.device)])
+        tokens, positions = chunk.after(tokens, positions)
     x = _decoder(model, tokens[:, None], positions[:, None], [], [], 0, None, runs=runs, chunk=chunk)
     logits = model.lm_head(x[:, -1] if chunk is None else torch.cat([x[:rows, -1], x[-1:, -1]]))
     if chunk is not None:
