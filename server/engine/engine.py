@@ -151,7 +151,7 @@ class Engine:
         self._plain_seconds: float | None = None  # EMA of a plain step's time, at batch sizes that may speculate
         self._verify_seconds: float | None = None  # EMA of a verification step's time, likewise
         self._rows: list[_Sequence] = []
-        self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # prompts being prefilled between steps, in arrival order (_chunked)
+        self._chunking: list[tuple[_Sequence, ChunkedPrefill]] = []  # prompts being prefilled in chunks (_chunked), in arrival order
         self._chunks = ChunkBudget()
         self._beside: tuple[ChunkedPrefill, Chunk] | None = None  # the next chunk, to run beside the next decode step
         self._chunk_ran = False  # whether this worker iteration ran a chunk (alone or in its step's pass)
@@ -476,8 +476,8 @@ class Engine:
         together: one pass for all of them, where chunks of a few dozen tokens a step would
         hold the last one's first token back for many steps. An interactive prompt
         (the developer waits on it, and it goes ahead of chat anyway) is prefilled at once:
-        chunked under 8 chat streams, a cold completion's first token came 3x later (`tandem
-        bench`, mixed)."""
+        chunked under chat load, a cold completion's first token came several times later
+        (`tandem bench`, mixed)."""
         if seq.priority == Priority.INTERACTIVE or self.config.chunk_prefill_above <= 0 or new_tokens <= 0:
             return False
         return rides or new_tokens > self.config.chunk_prefill_above
