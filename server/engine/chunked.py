@@ -41,27 +41,23 @@ class ChunkBudget:
 
     def __init__(self) -> None:
         self.step_seconds: float | None = None
-        # per prompt (None: any), its latest chunk alone: a chunk's cost per token grows with the
-        # prefix it attends to, so a prompt's last one predicts its next better than an average
-        # of earlier, cheaper ones, and another prompt's (a short one beside a long one) not at all
+        # per prompt, its latest chunk alone: a chunk's cost per token grows with the prefix it
+        # attends to, so a prompt's last one predicts its next better than an average of
+        # earlier, cheaper ones, and another prompt's (a short one beside a long one) not at all
         self._token_seconds: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
-        self._any: float | None = None
 
     def stepped(self, seconds: float) -> None:
         self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
 
-    def prefilled(self, tokens: int, seconds: float, prompt: object | None = None) -> None:
-        if prompt is None:
-            self._any = seconds / max(tokens, 1)
-        else:
-            self._token_seconds[prompt] = seconds / max(tokens, 1)
+    def prefilled(self, tokens: int, seconds: float, prompt: object) -> None:
+        self._token_seconds[prompt] = seconds / max(tokens, 1)
 
-    def tokens(self, decoding: bool, prompt: object | None = None) -> int:
+    def tokens(self, decoding: bool, prompt: object) -> int:
         """The next chunk's size for `prompt`; with nothing decoding, the largest (no stream
         waits on it)."""
         if not decoding:
             return MAX_CHUNK
-        token_seconds = self._any if prompt is None else self._token_seconds.get(prompt)
+        token_seconds = self._token_seconds.get(prompt)
         if self.step_seconds is None or token_seconds is None:
             return FIRST_CHUNK
         return max(MIN_CHUNK, min(MAX_CHUNK, int(CHUNK_STEPS * self.step_seconds / token_seconds)))

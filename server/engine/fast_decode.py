@@ -430,17 +430,26 @@ def compile_step(model: Any, beside: bool = True) -> "CompiledStep":
                 mask[0, ..., :3] = False
             compiled.compiled(model, tokens, tokens + length, buffers(rows, capacity), buffers(rows, capacity), length, mask)
         chunk_step = compiled.beside
-        # and at column 0 (a prompt's first chunk: torch specialises a 0, so a graph of its own)
-        for rows, width, start in ((3, 4, 30), (5, 6, 61), (3, 4, 0)) if chunk_step is not None else ():
-            assert chunk_step is not None
-            tokens = torch.zeros((rows + width,), dtype=torch.long, device=param.device)
-            mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=param.device)
-            # a chunked prompt's buffers: views of its first row and columns, in buffers with room for more (chunked.py)
-            keys, values = ([b[:1, :, : start + 2 * width] for b in buffers(3, start + 3 * width)] for _ in range(2))
-            chunk = Chunk(tokens[None, rows:], start, keys, values)
-            chunk_step.compiled(
-                model, tokens, tokens + 20, buffers(rows, 37), buffers(rows, 37), 20, mask, chunk.keys, chunk.values, start, chunk.causal()
-            )
+        if chunk_step is not None:  # and at column 0 (a prompt's first chunk: torch specialises a 0, so a graph of its own)
+            for rows, width, start in ((3, 4, 30), (5, 6, 61), (3, 4, 0)):
+                tokens = torch.zeros((rows + width,), dtype=torch.long, device=param.device)
+                mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=param.device)
+                # a chunked prompt's buffers: views of its first row and columns, in buffers with room for more (chunked.py)
+                keys, values = ([b[:1, :, : start + 2 * width] for b in buffers(3, start + 3 * width)] for _ in range(2))
+                chunk = Chunk(tokens[None, rows:], start, keys, values)
+                chunk_step.compiled(
+                    model,
+                    tokens,
+                    tokens + 20,
+                    buffers(rows, 37),
+                    buffers(rows, 37),
+                    20,
+                    mask,
+                    chunk.keys,
+                    chunk.values,
+                    start,
+                    chunk.causal(),
+                )
     return compiled
 
 

@@ -207,16 +207,19 @@ def test_each_prompt_s_chunks_are_sized_by_its_own_last_chunk() -> None:
 
 
 def test_a_chunk_takes_a_steps_time_and_the_largest_with_nothing_decoding() -> None:
-    budget = ChunkBudget()
-    assert budget.tokens(decoding=False) == MAX_CHUNK
-    first = budget.tokens(decoding=True)
+    class Prompt:  # (a ChunkedPrefill's stand-in: the budget holds it weakly)
+        pass
+
+    budget, prompt = ChunkBudget(), Prompt()
+    assert budget.tokens(False, prompt) == MAX_CHUNK
+    first = budget.tokens(True, prompt)
     budget.stepped(0.020)
-    budget.prefilled(100, 0.100)  # 1 ms a token
-    assert first > 0 and budget.tokens(decoding=True) == 20  # a step's time
+    budget.prefilled(100, 0.100, prompt)  # 1 ms a token
+    assert first > 0 and budget.tokens(True, prompt) == 20  # a step's time
     budget.stepped(10.0)
-    assert budget.tokens(decoding=True) <= MAX_CHUNK
-    budget.prefilled(1, 100.0)
-    assert budget.tokens(decoding=True) == MIN_CHUNK
+    assert budget.tokens(True, prompt) <= MAX_CHUNK
+    budget.prefilled(1, 100.0, prompt)
+    assert budget.tokens(True, prompt) == MIN_CHUNK
 
 
 def test_an_engine_over_a_model_without_chunking_still_prefills_long_prompts(tiny_model, tokenizer) -> None:  # type: ignore[no-untyped-def]
