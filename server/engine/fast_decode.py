@@ -429,28 +429,23 @@ def compile_step(model: Any, beside: bool = True) -> "CompiledStep":
             if mask is not None:
                 mask[0, ..., :3] = False
             compiled.compiled(model, tokens, tokens + length, buffers(rows, capacity), buffers(rows, capacity), length, mask)
-        chunk_step = compiled.beside
-        if chunk_step is not None:  # and at column 0 (a prompt's first chunk: torch specialises a 0, so a graph of its own)
-            for rows, width, start in ((3, 4, 30), (5, 6, 61), (3, 4, 0)):
-                tokens = torch.zeros((rows + width,), dtype=torch.long, device=param.device)
-                mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=param.device)
-                # a chunked prompt's buffers: views of its first row and columns, in buffers with room for more (chunked.py)
-                keys, values = ([b[:1, :, : start + 2 * width] for b in buffers(3, start + 3 * width)] for _ in range(2))
-                chunk = Chunk(tokens[None, rows:], start, keys, values)
-                chunk_step.compiled(
-                    model,
-                    tokens,
-                    tokens + 20,
-                    buffers(rows, 37),
-                    buffers(rows, 37),
-                    20,
-                    mask,
-                    chunk.keys,
-                    chunk.values,
-                    start,
-                    chunk.causal(),
-                )
+        if compiled.beside is not None:
+            _warm_chunk_step(model, compiled.beside, buffers)
     return compiled
+
+
+def _warm_chunk_step(model: Any, chunk_step: "ChunkStep", buffers: Callable[[int, int], list[torch.Tensor]]) -> None:
+    """`compile_step`'s warm-up of the chunk step: two sizes of each shape, and a chunk at column
+    0 (a prompt's first: torch specialises a 0, so a graph of its own)."""
+    device = next(model.parameters()).device
+    for rows, width, start in ((3, 4, 30), (5, 6, 61), (3, 4, 0)):
+        tokens = torch.zeros((rows + width,), dtype=torch.long, device=device)
+        mask = torch.ones((rows, 1, 1, 21), dtype=torch.bool, device=device)
+        # a chunked prompt's buffers: views of its first row and columns, in buffers with room for more (chunked.py)
+        keys, values = ([b[:1, :, : start + 2 * width] for b in buffers(3, start + 3 * width)] for _ in range(2))
+        chunk = Chunk(tokens[None, rows:], start, keys, values)
+        step = (tokens, tokens + 20, buffers(rows, 37), buffers(rows, 37), 20, mask)
+        chunk_step.compiled(model, *step, chunk.keys, chunk.values, start, chunk.causal())
 
 
 class _NoRecompile:

@@ -45,7 +45,7 @@ async def test_running_rows_keep_decoding_while_a_long_prompt_is_prefilled_in_ch
     """Every row already decoding gets a token after (nearly) every chunk between the long
     prompt's arrival and its first token; prefilled whole, it would get none."""
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
-    engine._chunks.tokens = lambda decoding, prompt=None: MIN_CHUNK  # type: ignore[method-assign]
+    engine._chunks.tokens = lambda decoding, prompt: MIN_CHUNK  # type: ignore[method-assign]
     stamps: list[list[float]] = [[] for _ in range(3)]
 
     async def chat(i: int) -> None:
@@ -80,7 +80,7 @@ async def test_a_prompt_prefilled_at_once_during_a_chunked_prefill_is_admitted_a
 
     monkeypatch.setattr(engine_module, "RIDE_TOKENS", 0)
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
-    engine._chunks.tokens = lambda decoding, prompt=None: MIN_CHUNK  # type: ignore[method-assign]
+    engine._chunks.tokens = lambda decoding, prompt: MIN_CHUNK  # type: ignore[method-assign]
     events: list[tuple[str, bool]] = []  # on the worker thread, in order: ("decode", carried a chunk) or ("admit", False)
     decode, admit = engine._decode, engine._admit
 
@@ -123,7 +123,7 @@ async def test_a_chat_prompt_arriving_while_rows_decode_rides_their_steps_ahead_
     of its own), ahead of a long prompt being chunked, and joins after its last chunk. Every
     answer is generate's."""
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=64)
-    engine._chunks.tokens = lambda decoding, prompt=None: 3  # type: ignore[method-assign]  # (several chunks each)
+    engine._chunks.tokens = lambda decoding, prompt: 3  # type: ignore[method-assign]  # (several chunks each)
     events: list[tuple[str, int]] = []  # on the worker thread: ("admit", prefilled at once) or ("decode", the chunk's prompt length or 0)
     decode, admit = engine._decode, engine._admit
 
@@ -150,20 +150,18 @@ async def test_a_chat_prompt_arriving_while_rows_decode_rides_their_steps_ahead_
     assert short[0] == reference(plain_model, tokenizer, PROMPTS[3], 6)
     assert long_text == reference(plain_model, tokenizer, LONG, 8)
     short_len, long_len = len(tokenizer(PROMPTS[3])["input_ids"]), len(tokenizer(LONG)["input_ids"])
-    assert ("admit", 0) in events[arrived:] and ("admit", 1) not in events[arrived:], events[
-        arrived:
-    ]  # queued for chunks, no pass of its own
+    # queued for chunks, no pass of its own
+    assert ("admit", 0) in events[arrived:] and ("admit", 1) not in events[arrived:], events[arrived:]
     carried = [n for kind, n in events[arrived:] if kind == "decode" and n]
     first, last = carried.index(short_len), len(carried) - 1 - carried[::-1].index(short_len)
-    assert carried[first : last + 1] == [short_len] * -(-short_len // 3), (
-        carried
-    )  # its chunks one after another, none of the long one's between
+    # its chunks one after another, none of the long one's between
+    assert carried[first : last + 1] == [short_len] * -(-short_len // 3), carried
     assert long_len in carried[last:], "the long prompt's chunks went on after it"
 
 
 async def test_a_long_prompt_cancelled_while_prefilling_stops_there_and_frees_its_place(engine_factory, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16, max_batch_size=2)
-    engine._chunks.tokens = lambda decoding, prompt=None: 1  # type: ignore[method-assign]  # (a token a chunk: it is still part-way when cancelled)
+    engine._chunks.tokens = lambda decoding, prompt: 1  # type: ignore[method-assign]  # (a token a chunk: it is still part-way when cancelled)
     runner = asyncio.create_task(
         collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=200, controls=LogitControls(min_tokens=200)))
     )
@@ -190,14 +188,15 @@ async def test_the_prefix_cache_serves_a_chunked_prompt_and_a_prompt_that_extend
     assert text == reference(plain_model, tokenizer, longer, 12)
 
 
+class _Prompt:  # (a ChunkedPrefill's stand-in: the budget holds it weakly)
+    pass
+
+
 def test_each_prompt_s_chunks_are_sized_by_its_own_last_chunk() -> None:
     """A short prompt's chunks attend to a few columns: sized by a long prompt's last chunk
     (thousands of columns), they would be a fraction of what a step's time allows."""
 
-    class Prompt:  # (a ChunkedPrefill's stand-in: the budget holds it weakly)
-        pass
-
-    budget, long_prompt, short_prompt = ChunkBudget(), Prompt(), Prompt()
+    budget, long_prompt, short_prompt = ChunkBudget(), _Prompt(), _Prompt()
     budget.stepped(0.020)
     budget.prefilled(8, 0.040, long_prompt)  # 5 ms a token, over a long prefix
     assert budget.tokens(True, long_prompt) == MIN_CHUNK
@@ -207,10 +206,7 @@ def test_each_prompt_s_chunks_are_sized_by_its_own_last_chunk() -> None:
 
 
 def test_a_chunk_takes_a_steps_time_and_the_largest_with_nothing_decoding() -> None:
-    class Prompt:  # (a ChunkedPrefill's stand-in: the budget holds it weakly)
-        pass
-
-    budget, prompt = ChunkBudget(), Prompt()
+    budget, prompt = ChunkBudget(), _Prompt()
     assert budget.tokens(False, prompt) == MAX_CHUNK
     first = budget.tokens(True, prompt)
     budget.stepped(0.020)
@@ -237,7 +233,7 @@ async def test_an_interactive_prompt_is_prefilled_at_once_however_long(engine_fa
     """A completion request goes ahead of chat and its developer is waiting: it is not chunked."""
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16)
     chunks: list[int] = []
-    engine._chunks.prefilled = lambda tokens, seconds, prompt=None: chunks.append(tokens)  # type: ignore[method-assign]
+    engine._chunks.prefilled = lambda tokens, seconds, prompt: chunks.append(tokens)  # type: ignore[method-assign]
     chat = asyncio.create_task(
         collect(engine, GenerationRequest(prompt=PROMPTS[0], max_tokens=100, controls=LogitControls(min_tokens=100)))
     )
@@ -270,7 +266,7 @@ def test_a_large_cache_buffer_is_zero_and_takes_memory_only_where_written() -> N
 
 async def test_a_model_on_transformers_forward_is_chunked_through_it_and_answers_the_same(engine_factory, plain_model, tokenizer) -> None:
     engine = engine_factory(prefix_cache_tokens=0, chunk_prefill_above=16, decode="transformers")
-    engine._chunks.tokens = lambda decoding, prompt=None: MIN_CHUNK  # type: ignore[method-assign]
+    engine._chunks.tokens = lambda decoding, prompt: MIN_CHUNK  # type: ignore[method-assign]
     assert not engine.fast_decode
     assert (await collect(engine, GenerationRequest(prompt=LONG, max_tokens=16)))[0] == reference(plain_model, tokenizer, LONG, 16)
 

@@ -732,7 +732,7 @@ def test_bf16_weights_answer_in_a_batch_as_generate_answers_each_prompt_alone(de
     rode: list[int] = []
     prefilled = engine._chunks.prefilled
 
-    def counted(tokens: int, seconds: float, prompt: object | None = None) -> None:
+    def counted(tokens: int, seconds: float, prompt: object) -> None:
         rode.append(tokens)
         prefilled(tokens, seconds, prompt)
 
