@@ -4,7 +4,8 @@ and the frames of that answer as they are made.
 - **One answer at a time per conversation, fleet-wide**: a replica claims `tandem:answering:{cid}`
   (SET NX with a lease it renews at each flush) before it numbers any frame of a new turn, and
   lets it go once the answer's `done` is stored; another replica's visitor asking meanwhile gets
-  `busy`, as on one box.
+  `busy`, as on one box. The claim of a replica found dead (its heartbeat in the shared store
+  stopped) is let go by the replica that finds it: its visitors do not wait out the lease.
 - **Frames**: each flushed batch goes to the conversation's stream `tandem:frames:{cid}` (the
   frame's seq is the entry's id; bounded, expiring) and is published on `tandem:live:{cid}`. A
   socket on another replica replays the stream past what the store gave it, then tails the
@@ -55,6 +56,15 @@ redis.call('PEXPIRE', KEYS[1], window)
 return -1
 """
 
+# A claim let go only by its holder, atomically: a GET then a DEL could delete the claim another
+# replica took between them (this one's having lapsed).
+LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 class Away(Exception):
     """Redis does not answer now: the caller does without it."""
@@ -67,6 +77,7 @@ class Live:
         self.up = True
         self._checked = 0.0
         self._window = self.redis.register_script(WINDOW)  # (sent again by itself to a Redis that restarted empty)
+        self._let_go = self.redis.register_script(LET_GO)
         self._hits = itertools.count()
 
     async def close(self) -> None:
@@ -104,25 +115,30 @@ class Live:
             self._down("claim", exc)
             return True
 
-    async def release(self, cid: str) -> None:
+    async def release(self, cid: str, holder: str | None = None) -> None:
+        """Let the claim on `cid` go if `holder` (this replica, unless named) still holds it: a
+        replica found dead no longer keeps a conversation answering until its lease runs out."""
         if not self.up:
             return
         try:
-            key = f"tandem:answering:{cid}"
-            if (await self.redis.get(key)) == self.replica.encode():
-                await self.redis.delete(key)
+            await self._let_go(keys=[f"tandem:answering:{cid}"], args=[holder or self.replica])
         except (RedisError, OSError) as exc:
             self._down("release", exc)
 
-    async def answering_elsewhere(self, cid: str) -> bool:
+    async def holder(self, cid: str) -> str | None:
+        """The replica answering `cid` now, if any (None while Redis is away)."""
         if not await self.check():
-            return False
+            return None
         try:
             holder = await self.redis.get(f"tandem:answering:{cid}")
         except (RedisError, OSError) as exc:
             self._down("read", exc)
-            return False
-        return holder is not None and holder != self.replica.encode()
+            return None
+        return None if holder is None else holder.decode() if isinstance(holder, bytes) else str(holder)
+
+    async def answering_elsewhere(self, cid: str) -> bool:
+        holder = await self.holder(cid)
+        return holder is not None and holder != self.replica
 
     async def hit(self, key: str, limit: int, per_seconds: float) -> int | None:
         """One hit on the fleet's window `key`: None if allowed, else the seconds to wait. Raises
@@ -161,7 +177,8 @@ class Live:
 
     async def follow(self, cid: str, after: int) -> AsyncIterator[dict[str, Any]]:
         """The frames another replica makes for `cid` past seq `after`, in order, each once: the
-        stream's, then the channel's, until that answer's `done` (or its replica's claim lapses)."""
+        stream's, then the channel's, until that answer's `done` (or its replica's claim ends: it
+        lapsed, or the replica that found that one dead let it go)."""
         last = after
         pubsub = self.redis.pubsub()
         try:

@@ -234,6 +234,7 @@ class DialogService(Handoff):
         if cut:
             log.warning("dialog: %d answers cut by a stopped server marked interrupted", len(cut))
             for cid, _ in cut:
+                await self._free_dead_claim(cid)  # (before the visitor hears: its next message is answered)
                 await self.notify(cid)
 
     async def _watch_replicas(self) -> None:
@@ -702,12 +703,25 @@ class DialogService(Handoff):
         every frame stored since this hub last looked: another replica may have answered meanwhile."""
         if self.live is None:
             return True
-        if not await self.live.claim(hub.cid):
+        if not await self.live.claim(hub.cid) and not (await self._free_dead_claim(hub.cid) and await self.live.claim(hub.cid)):
             return False
         if hub.following is not None:
             hub.following.cancel()
         conv = await self.store.conversation(hub.cid)
         hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
+        return True
+
+    async def _free_dead_claim(self, cid: str) -> bool:
+        """Let go the claim on `cid` of a replica whose heartbeat stopped; whether there was one.
+        Its claim in Redis, renewed at each flush, can outlive its last beat by a beat: the answer
+        is marked interrupted (the store's judgement) while the claim still says it is answering.
+        Without a shared store there is no heartbeat to judge by, and the claim lapses by itself."""
+        if self.live is None or self.config.database_url is None:
+            return False
+        holder = await self.live.holder(cid)
+        if holder is None or holder == self.replica or await self.store.alive(holder, self.config.lease_seconds):
+            return False
+        await self.live.release(cid, holder)
         return True
 
     async def _unclaim(self, hub: Hub) -> None:
@@ -717,8 +731,8 @@ class DialogService(Handoff):
     async def _follow(self, hub: Hub) -> None:
         """Relay the answer another replica is making to this hub's sockets, each frame once. A
         relay that ends without the answer's `done` (Redis went away, or the answering replica died
-        and its claim lapsed) goes on from the store until the answer ends there: finished by its
-        replica, or marked interrupted by whichever replica noticed it was cut."""
+        and its claim lapsed or was let go) goes on from the store until the answer ends there:
+        finished by its replica, or marked interrupted by whichever replica noticed it was cut."""
         assert self.live is not None
         try:
             ended = False

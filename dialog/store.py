@@ -397,6 +397,12 @@ class Store:
             await conn.execute(replicas.delete().where(replicas.c.replica == replica))
             await conn.execute(replicas.insert().values(replica=replica, seen_at=now()))
 
+    async def alive(self, replica: str, lease_seconds: float) -> bool:
+        """Whether `replica` beat within the lease (a replica that stopped cleanly is forgotten: not alive)."""
+        query = select(replicas.c.replica).where(replicas.c.replica == replica, replicas.c.seen_at > iso_utc(time.time() - lease_seconds))
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def forget_replica(self, replica: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(replicas.delete().where(replicas.c.replica == replica))

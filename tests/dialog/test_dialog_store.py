@@ -272,6 +272,9 @@ def test_a_dead_replicas_answers_are_marked_interrupted_by_another_once_its_hear
             legacy = await store.add_message(cid, "assistant", "", "streaming", 3)  # from before m008: nobody's
             assert await store.interrupt_streaming("rep_b", lease_seconds=60) == [(cid, legacy.id)]  # A is alive
             assert await store.interrupt_streaming("rep_b", lease_seconds=0) == [(cid, on_a.id)]  # A's beats stopped
+            assert await store.alive("rep_a", 60) and not await store.alive("rep_a", 0)  # the same judgement, for A's claims
+            await store.forget_replica("rep_b")  # stopped cleanly
+            assert not await store.alive("rep_b", 60) and not await store.alive("rep_never", 60)
             statuses = {m.id: m.status for m in await store.messages(cid)}
             assert statuses == {on_a.id: "interrupted", on_b.id: "streaming", legacy.id: "interrupted"}
             ends = [f for f in await store.frames_after(cid, 0) if f["type"] == "done"]

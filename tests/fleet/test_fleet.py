@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis as RedisClient
 
 from dialog.store import Site, Store
 from dialog.tokens import VisitorTokens
@@ -375,6 +376,61 @@ def test_a_replica_killed_mid_answer_leaves_its_cut_answers_interrupted_and_noth
     for chat in kept:
         assert [(m.role, m.status, m.text) for m in stored[chat.conversation_id]][1] == ("assistant", "done", ANSWER)
     fleet.restart(1)
+
+
+def turn(chat: Chat, text: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+    """A message and what ended it: the answer's `done`, or an error such as `busy` (no `done` follows one)."""
+    chat.say(text)
+    frames: list[dict[str, Any]] = []
+    while not frames or frames[-1]["type"] not in ("done", "error"):
+        frames.append(chat.recv(timeout))
+    return "".join(f["text"] for f in frames if f["type"] == "delta"), frames[-1]
+
+
+def test_a_claim_outliving_its_dead_replica_keeps_no_visitor_waiting(fleet: Fleet) -> None:
+    # A SIGKILLed replica's claim in Redis, renewed at each flush, outlives its last heartbeat by up
+    # to a beat. Here it outlives it by a minute, and the replica never beat at all.
+    claims = RedisClient.from_url(fleet.redis.url)
+    gone = "rep_gone"
+
+    def claimed(cid: str) -> None:
+        assert claims.set(f"tandem:answering:{cid}", gone, px=60_000)
+
+    try:
+        with Chat(fleet.lb.url, site="shop", source=address()) as chat:  # a claim alone (it died holding a message for the people, say)
+            claimed(chat.conversation_id)
+            answer, done = turn(chat, "Hello?")
+            assert (answer, done.get("finish_reason")) == (ANSWER, "stop"), done  # not `busy` for a minute
+        source = address()
+        with Chat(fleet.lb.url, site="shop", source=source) as chat:  # a claim and the answer it was making
+            token, cid = chat.token, chat.conversation_id
+            assert turn(chat, "Hello?")[0] == ANSWER
+
+        async def cut(store: Store) -> None:
+            last = (await store.conversation(cid) or {})["last_seq"]
+            await store.add_message(cid, "user", "And then?", "done", last + 1)
+            await store.add_message(cid, "assistant", "Half an ans", "streaming", last + 2, replica=gone)
+
+        on(fleet.chat_url, cut)
+        claimed(cid)
+        with Chat(fleet.lb.url, site="shop", token=token, conversation_id=cid, source=source) as back:
+            if back.welcome["history"][-1]["status"] != "interrupted":  # not marked yet: the replica the visitor is on follows it
+                done = back.until("done", timeout=30)[-1]  # marked by a live replica, which lets the claim go (it had 60 s to run)
+                assert done["finish_reason"] == "interrupted"
+            answer, done = turn(back, "Are you there?")
+            assert (answer, done.get("finish_reason")) == (ANSWER, "stop"), done
+        assert claims.get(f"tandem:answering:{cid}") is None
+        messages = conversations(fleet.chat_url)[cid]
+        assert [(m.role, m.status) for m in messages] == [
+            ("user", "done"),
+            ("assistant", "done"),
+            ("user", "done"),
+            ("assistant", "interrupted"),
+            ("user", "done"),
+            ("assistant", "done"),
+        ]
+    finally:
+        claims.close()
 
 
 def test_the_fleets_one_audit_chain_verifies(fleet: Fleet) -> None:
