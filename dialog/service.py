@@ -699,11 +699,12 @@ class DialogService(Handoff):
         )
 
     async def _claim(self, hub: Hub) -> bool:
-        """This replica answers the conversation now (always, without Redis). Its seq goes on after
-        every frame stored since this hub last looked: another replica may have answered meanwhile."""
+        """This replica answers the conversation now (always, without Redis; over a dead replica's
+        claim too). Its seq goes on after every frame stored since this hub last looked: another
+        replica may have answered meanwhile."""
         if self.live is None:
             return True
-        if not await self.live.claim(hub.cid) and not (await self._free_dead_claim(hub.cid) and await self.live.claim(hub.cid)):
+        if not await self.live.claim(hub.cid) and not await self._take_over(hub):
             return False
         if hub.following is not None:
             hub.following.cancel()
@@ -711,17 +712,37 @@ class DialogService(Handoff):
         hub.seq = max(hub.seq, conv["last_seq"] if conv else 0)
         return True
 
-    async def _free_dead_claim(self, cid: str) -> bool:
-        """Let go the claim on `cid` of a replica whose heartbeat stopped; whether there was one.
-        Its claim in Redis, renewed at each flush, can outlive its last beat by a beat: the answer
-        is marked interrupted (the store's judgement) while the claim still says it is answering.
-        Without a shared store there is no heartbeat to judge by, and the claim lapses by itself."""
+    async def _dead_holder(self, cid: str) -> str | None:
+        """The replica claiming `cid`, if its heartbeat stopped. Its claim in Redis, renewed at each
+        flush, can outlive its last beat by a beat: its answer is marked interrupted (the store's
+        judgement) while the claim still says it is answering. Without a shared store there is no
+        heartbeat to judge by, and the claim lapses by itself."""
         if self.live is None or self.config.database_url is None:
-            return False
+            return None
         holder = await self.live.holder(cid)
         if holder is None or holder == self.replica or await self.store.alive(holder, self.config.lease_seconds):
+            return None
+        return holder
+
+    async def _free_dead_claim(self, cid: str) -> None:
+        holder = await self._dead_holder(cid)
+        if holder is not None and self.live is not None:
+            await self.live.release(cid, holder)
+
+    async def _take_over(self, hub: Hub) -> bool:
+        """Claim a conversation whose claim a dead replica left (the caller holds the hub's lock).
+        Its cut answer is ended first, here as the watch would, and this hub's sockets get that
+        end: the new answer's frames come after it, in the store and on the wire."""
+        assert self.live is not None
+        if await self._dead_holder(hub.cid) is None:
+            return False  # another replica, alive, is answering
+        await self._interrupt_cut_answers()  # (which lets go the dead replicas' claims on their cut answers)
+        await self._free_dead_claim(hub.cid)  # (a claim with no answer: a message it was keeping for the people)
+        if not await self.live.claim(hub.cid):
             return False
-        await self.live.release(cid, holder)
+        for frame in await self.store.frames_after(hub.cid, hub.seq):
+            hub.seq = frame["seq"]
+            await hub.send(frame)
         return True
 
     async def _unclaim(self, hub: Hub) -> None:

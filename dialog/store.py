@@ -419,19 +419,27 @@ class Store:
             streaming = streaming.where(
                 messages.c.replica.is_distinct_from(replica), or_(messages.c.replica.is_(None), messages.c.replica.not_in(alive))
             )
+        cut = []
         async with self.engine.begin() as conn:
-            rows = list(await conn.execute(streaming))
-            for mid, cid in rows:
+            for mid, cid in list(await conn.execute(streaming)):
+                # Each step is one statement that locks what it changes: another replica sweeping at
+                # the same moment waits on the message's row, then finds it ended and leaves it.
+                ending = update(messages).where(messages.c.id == mid, messages.c.status == "streaming")
+                marked = await conn.execute(ending.values(status="interrupted", finish_reason="interrupted", updated_at=now()))
+                if marked.rowcount != 1:
+                    continue
                 seq = (
-                    await conn.execute(select(conversations.c.last_seq).where(conversations.c.id == cid))
-                ).scalar_one() + SEQ_GAP_AFTER_CRASH
+                    await conn.execute(
+                        update(conversations)
+                        .where(conversations.c.id == cid)
+                        .values(last_seq=conversations.c.last_seq + SEQ_GAP_AFTER_CRASH)
+                        .returning(conversations.c.last_seq)
+                    )
+                ).scalar_one()
                 frame = {"type": "done", "message_id": mid, "seq": seq, "finish_reason": "interrupted"}
                 await conn.execute(events.insert().values(conversation_id=cid, seq=seq, frame=json.dumps(frame)))
-                await conn.execute(update(conversations).where(conversations.c.id == cid).values(last_seq=seq))
-                await conn.execute(
-                    update(messages).where(messages.c.id == mid).values(status="interrupted", finish_reason="interrupted", updated_at=now())
-                )
-        return [(cid, mid) for mid, cid in rows]
+                cut.append((cid, mid))
+        return cut
 
 
 def sqlite_engine(path: Path) -> AsyncEngine:

@@ -284,3 +284,30 @@ def test_a_dead_replicas_answers_are_marked_interrupted_by_another_once_its_hear
             await store.close()
 
     run(scenario())
+
+
+def test_two_replicas_sweeping_at_once_mark_each_cut_answer_once(postgres) -> None:  # type: ignore[no-untyped-def]
+    """Every live replica sweeps for a dead one's answers (and one taking over a dead replica's
+    conversation sweeps at once): two sweeps at the same moment end each cut answer once, with one
+    `done`, and neither fails."""
+    url = postgres.create_database("sweeps_at_once")
+
+    async def scenario() -> None:
+        x, y = await Store.open(url), await Store.open(url)
+        try:
+            await x.put_site(Site("s", "S", ("https://a.test",), "p"))
+            for _ in range(5):
+                cut = {}
+                for _ in range(8):
+                    cid = await x.create_conversation("s", "v1")
+                    cut[(await x.add_message(cid, "assistant", "", "streaming", 1, replica="rep_dead")).id] = cid
+                swept = await asyncio.gather(x.interrupt_streaming("rep_x", 0), y.interrupt_streaming("rep_y", 0))
+                assert sorted(swept[0] + swept[1]) == sorted((cid, mid) for mid, cid in cut.items())  # each once, by either
+                for mid, cid in cut.items():
+                    ends = [f for f in await y.frames_after(cid, 0) if f["type"] == "done"]
+                    assert [(f["message_id"], f["finish_reason"]) for f in ends] == [(mid, "interrupted")]
+        finally:
+            await x.close()
+            await y.close()
+
+    run(scenario())
