@@ -734,15 +734,14 @@ class DialogService(Handoff):
         Its cut answer is ended first, here as the watch would, and this hub's sockets get that
         end: the new answer's frames come after it, in the store and on the wire."""
         assert self.live is not None
-        if await self._dead_holder(hub.cid) is None:
+        holder = await self._dead_holder(hub.cid)
+        if holder is None:
             return False  # another replica, alive, is answering
-        await self._interrupt_cut_answers()  # (which lets go the dead replicas' claims on their cut answers)
-        await self._free_dead_claim(hub.cid)  # (a claim with no answer: a message it was keeping for the people)
+        await self._interrupt_cut_answers()
+        await self.live.release(hub.cid, holder)  # (if the sweep has not: a claim with no answer, a message kept for the people)
         if not await self.live.claim(hub.cid):
             return False
-        for frame in await self.store.frames_after(hub.cid, hub.seq):
-            hub.seq = frame["seq"]
-            await hub.send(frame)
+        await self._send_unseen(hub, await self.store.frames_after(hub.cid, hub.seq))
         return True
 
     async def _unclaim(self, hub: Hub) -> None:
@@ -777,11 +776,16 @@ class DialogService(Handoff):
     async def _relay(self, hub: Hub, made: list[dict[str, Any]]) -> bool:
         """Send what this hub's sockets have not had of `made`; whether it held the answer's `done`."""
         async with hub.lock:
-            for frame in made:
-                if frame["seq"] > hub.seq:
-                    hub.seq = frame["seq"]
-                    await hub.send(frame)
+            await self._send_unseen(hub, made)
         return any(frame["type"] == "done" for frame in made)
+
+    @staticmethod
+    async def _send_unseen(hub: Hub, made: list[dict[str, Any]]) -> None:
+        """The frames of `made` past the hub's seq, to its sockets (the caller holds the hub's lock)."""
+        for frame in made:
+            if frame["seq"] > hub.seq:
+                hub.seq = frame["seq"]
+                await hub.send(frame)
 
     def _release_later(self, hub: Hub) -> None:
         asyncio.get_running_loop().call_soon(self._release, hub)

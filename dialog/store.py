@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, event, func, literal_column, or_, select, update
+from sqlalchemy import Column, Integer, MetaData, Select, String, Table, Text, event, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from server.clock import iso_utc
@@ -399,7 +399,7 @@ class Store:
 
     async def alive(self, replica: str, lease_seconds: float) -> bool:
         """Whether `replica` beat within the lease (a replica that stopped cleanly is forgotten: not alive)."""
-        query = select(replicas.c.replica).where(replicas.c.replica == replica, replicas.c.seen_at > iso_utc(time.time() - lease_seconds))
+        query = _alive(lease_seconds).where(replicas.c.replica == replica)
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).first() is not None
 
@@ -415,7 +415,7 @@ class Store:
         replicas share), only those of replicas other than `replica` whose heartbeat is older than it."""
         streaming = select(messages.c.id, messages.c.conversation_id).where(messages.c.status == "streaming")
         if lease_seconds is not None:
-            alive = select(replicas.c.replica).where(replicas.c.seen_at > iso_utc(time.time() - lease_seconds))
+            alive = _alive(lease_seconds)
             streaming = streaming.where(
                 messages.c.replica.is_distinct_from(replica), or_(messages.c.replica.is_(None), messages.c.replica.not_in(alive))
             )
@@ -440,6 +440,11 @@ class Store:
                 await conn.execute(events.insert().values(conversation_id=cid, seq=seq, frame=json.dumps(frame)))
                 cut.append((cid, mid))
         return cut
+
+
+def _alive(lease_seconds: float) -> Select[tuple[str]]:
+    """The replicas whose heartbeat is younger than the lease."""
+    return select(replicas.c.replica).where(replicas.c.seen_at > iso_utc(time.time() - lease_seconds))
 
 
 def sqlite_engine(path: Path) -> AsyncEngine:
